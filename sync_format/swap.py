@@ -1,0 +1,167 @@
+"""``commit_payload``: the atomic payload swap (ARCHITECTURE "The life of a stale read", STYLE rule 9).
+
+The new archive is written in full to a temp file beside the old one — every non-payload entry copied in
+its previous order (manifest bytes unchanged, so a publisher's signature stays valid), the payload last,
+then a ``state.json`` with ``generation + 1``, ``updated_at`` and the new payload's hashes — and synced.
+Only then, under an exclusive ``flock`` on the directory, the current generation is read again and compared
+with the one the payload was based on; if it moved, the temp file is discarded and ``SwapConflict`` raised.
+Otherwise ``os.replace`` and an fsync of the directory publish it. Readers holding the old snapshot keep
+reading the old inode to the end; new opens see the new file. A crash at any point leaves either the old
+or the new archive, never a torn one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from sync_format.archive_writer import UNLIMITED, PayloadSource, write_temp_archive
+from sync_format.atomic import discard, publish
+from sync_format.errors import ArchiveError, SwapConflict
+from sync_format.freshness import format_timestamp, now_ns
+from sync_format.payload_io import PayloadDigest
+from sync_format.reader import PAYLOAD_ENTRY, ArchiveSnapshot, open_archive
+from sync_format.state import STATE_ENTRY, ArchiveState
+from sync_format.zip_writer import Progress
+
+log = logging.getLogger(__name__)
+
+#: A staged payload: bytes in memory, a path to a file, or a (stream, size) pair.
+StagedPayload = bytes | str | os.PathLike[str] | tuple[BinaryIO, int]
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """What a successful swap committed.
+
+    Attributes:
+        path: The archive.
+        generation: The new generation (previous + 1).
+        state: The state now stored in the archive.
+        payload_offset: Data offset of the payload in the new file.
+    """
+
+    path: Path
+    generation: int
+    state: ArchiveState
+    payload_offset: int
+
+
+def commit_payload(
+    path: str | os.PathLike[str],
+    expected_generation: int,
+    staged: StagedPayload,
+    *,
+    max_payload_size: int = UNLIMITED,
+    progress: Progress | None = None,
+) -> CommitResult:
+    """Replace an archive's payload atomically if its generation is still ``expected_generation``.
+
+    Args:
+        path: The archive.
+        expected_generation: The generation the new payload was derived from.
+        staged: The new payload.
+        max_payload_size: Refuse payloads larger than this many bytes.
+        progress: Called with the number of payload bytes copied so far.
+
+    Returns:
+        The committed generation and state.
+
+    Raises:
+        SwapConflict: The generation moved (before or while the new file was written).
+        ArchiveError: The archive is unreadable, or the new one could not be written.
+    """
+    target = Path(path)
+    source = _source(staged)
+    with open_archive(target) as base:
+        if base.generation != expected_generation:
+            raise SwapConflict(target, expected_generation, base.generation)
+        leading = _kept_entries(base)
+    started = time.monotonic()
+    temp = write_temp_archive(
+        target,
+        leading,
+        source,
+        state_for=lambda digest: _next_state(expected_generation, digest),
+        max_payload_size=max_payload_size,
+        progress=progress,
+    )
+    assert temp.state is not None  # state_for was given
+    try:
+        with _directory_lock(target.parent):
+            current = _current_generation(target)
+            if current != expected_generation:
+                raise SwapConflict(target, expected_generation, current)
+            publish(temp.temp, target)
+    except BaseException:
+        discard(temp.temp)
+        raise
+    log.info(
+        "payload committed archive=%s generation=%d size=%d duration_ms=%.1f",
+        target,
+        temp.state.generation,
+        temp.digest.size,
+        (time.monotonic() - started) * 1000,
+    )
+    return CommitResult(target, temp.state.generation, temp.state, temp.payload_offset)
+
+
+def _source(staged: StagedPayload) -> PayloadSource:
+    if isinstance(staged, bytes):
+        return PayloadSource.from_bytes(staged)
+    if isinstance(staged, tuple):
+        stream, size = staged
+        return PayloadSource.from_stream(stream, size)
+    return PayloadSource.from_path(staged)
+
+
+def _kept_entries(base: ArchiveSnapshot) -> list[tuple[str, bytes]]:
+    """Every entry but the payload and the state, in the archive's order, decoded (written STORED)."""
+    kept = []
+    for entry in base.directory.entries:
+        if entry.name in (PAYLOAD_ENTRY, STATE_ENTRY):
+            continue
+        data = base.read_entry(entry.name)
+        assert data is not None  # the name came from the directory
+        kept.append((entry.name, data))
+    return kept
+
+
+def _next_state(base_generation: int, digest: PayloadDigest) -> ArchiveState:
+    return ArchiveState(
+        generation=base_generation + 1,
+        updated_at=format_timestamp(now_ns()),
+        payload_size=digest.size,
+        payload_crc32=digest.crc32,
+        payload_blake3=digest.blake3,
+    )
+
+
+def _current_generation(target: Path) -> int:
+    with open_archive(target) as current:
+        return current.generation
+
+
+@contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    """Exclusive advisory lock serialising the compare-and-replace of commits in one directory.
+
+    The lock is on the directory, not the archive: ``os.replace`` swaps the archive's inode, so a lock on
+    the archive file would not exclude a committer that opened the new inode.
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ArchiveError(f"cannot open directory for locking: {exc.strerror}", path=directory) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the flock

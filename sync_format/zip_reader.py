@@ -1,0 +1,439 @@
+"""Strict, one-pass reading of a ZIP central directory and its local headers (spec §1.5, §1.6, §9 D11).
+
+Everything the reference leaves unchecked is checked here, before any consumer sees an offset:
+the end record is where it claims to be; the central directory lies inside the file; entry names are
+plain (no absolute, ``..``, backslash or NUL, no duplicates); nothing is encrypted; only STORED and (for
+small non-payload entries) DEFLATE are accepted; every local header matches its central record (name,
+method, sizes, CRC); data offsets come from the local header; entries do not overlap and end before the
+central directory. ZIP64 records and extra fields are understood. Every failure is a ``MalformedArchive``
+that says where.
+
+This module knows ZIP, not ``.sync``: which entries must exist and how they are decoded is ``reader.py``'s job.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+
+from sync_format.errors import MalformedArchive
+
+EOCD_SIG = b"PK\x05\x06"
+ZIP64_EOCD_SIG = b"PK\x06\x06"
+ZIP64_LOCATOR_SIG = b"PK\x06\x07"
+CENTRAL_SIG = b"PK\x01\x02"
+LOCAL_SIG = b"PK\x03\x04"
+
+EOCD_SIZE = 22
+ZIP64_LOCATOR_SIZE = 20
+ZIP64_EOCD_SIZE = 56
+CENTRAL_SIZE = 46
+LOCAL_SIZE = 30
+MAX_COMMENT = 0xFFFF
+U16_MAX = 0xFFFF
+U32_MAX = 0xFFFFFFFF
+
+METHOD_STORED = 0
+METHOD_DEFLATED = 8
+FLAG_ENCRYPTED = 0x0001
+FLAG_DATA_DESCRIPTOR = 0x0008
+FLAG_UTF8 = 0x0800
+ZIP64_EXTRA_ID = 0x0001
+
+#: At most this many entries: a .sync needs six; the rest is room for extra entries, not for zip bombs.
+MAX_ENTRIES = 256
+#: Central directories larger than this (bytes) are refused before they are read.
+MAX_CENTRAL_DIRECTORY = 4 * 1024 * 1024
+#: Deflate never expands data by more than a few bytes per block, so compressed input above twice the
+#: uncompressed limit is refused unread.
+MAX_DEFLATE_INPUT_FACTOR = 2
+
+_EOCD = struct.Struct("<4s4H2LH")
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
+_CENTRAL = struct.Struct("<4s6H3L5H2L")
+_LOCAL = struct.Struct("<4s5H3L2H")
+
+
+@dataclass(frozen=True)
+class EntryInfo:
+    """One validated entry.
+
+    Attributes:
+        name: Entry name as stored.
+        method: 0 (stored) or 8 (deflated).
+        flags: General-purpose flags from the central directory.
+        crc32: CRC-32 of the uncompressed data.
+        compressed_size: Bytes of data in the file.
+        size: Uncompressed size.
+        header_offset: Offset of the local file header.
+        data_offset: Offset of the first data byte, from the local header's own lengths.
+    """
+
+    name: str
+    method: int
+    flags: int
+    crc32: int
+    compressed_size: int
+    size: int
+    header_offset: int
+    data_offset: int
+
+    @property
+    def data_end(self) -> int:
+        """Offset one past the last data byte."""
+        return self.data_offset + self.compressed_size
+
+
+@dataclass(frozen=True)
+class ZipDirectory:
+    """The validated central directory of one file.
+
+    Attributes:
+        entries: Entries in central-directory order.
+        cd_offset: Offset of the central directory.
+        file_size: Size of the file the directory was read from.
+    """
+
+    entries: tuple[EntryInfo, ...]
+    cd_offset: int
+    file_size: int
+
+    def get(self, name: str) -> EntryInfo | None:
+        """Look up an entry by exact name.
+
+        Args:
+            name: Entry name.
+
+        Returns:
+            The entry, or None when absent.
+        """
+        for entry in self.entries:
+            if entry.name == name:
+                return entry
+        return None
+
+
+def read_directory(fd: int, file_size: int, *, path: str | None = None) -> ZipDirectory:
+    """Read and validate the central directory and every local header.
+
+    Args:
+        fd: An open file descriptor of the archive (read with ``os.pread``; its offset is untouched).
+        file_size: The file's size from ``fstat`` on the same fd.
+        path: Used in error messages only.
+
+    Returns:
+        The validated directory.
+
+    Raises:
+        MalformedArchive: On any violation; ``offset`` points at the record at fault.
+    """
+    p = _Parser(fd, file_size, path)
+    return p.parse()
+
+
+def read_entry_data(
+    fd: int, entry: EntryInfo, *, limit: int, path: str | None = None
+) -> bytes:
+    """Read an entry's bytes completely, inflating if needed, capped, and check its CRC-32.
+
+    Args:
+        fd: Archive file descriptor.
+        entry: A validated entry of that archive.
+        limit: Largest uncompressed size accepted, in bytes.
+        path: Used in error messages only.
+
+    Returns:
+        The entry's uncompressed bytes.
+
+    Raises:
+        MalformedArchive: The entry is larger than ``limit``, fails to inflate, or its CRC does not match.
+    """
+    if entry.size > limit or entry.compressed_size > limit * MAX_DEFLATE_INPUT_FACTOR:
+        raise MalformedArchive(
+            f"entry {entry.name!r} is {entry.size} bytes, more than the limit of {limit}",
+            path=path,
+            offset=entry.header_offset,
+        )
+    raw = _pread_exact(fd, entry.compressed_size, entry.data_offset, path)
+    if entry.method == METHOD_DEFLATED:
+        # Compressed size is bounded by the caller's limit times a generous ratio; the output is capped
+        # by max_length so a deflate bomb cannot allocate beyond ``limit + 1`` bytes.
+        inflater = zlib.decompressobj(-15)
+        try:
+            data = inflater.decompress(raw, limit + 1)
+        except zlib.error as exc:
+            raise MalformedArchive(
+                f"entry {entry.name!r} does not inflate: {exc}", path=path, offset=entry.data_offset
+            ) from exc
+        if len(data) != entry.size or inflater.unconsumed_tail:
+            raise MalformedArchive(
+                f"entry {entry.name!r} inflates to a size other than the declared {entry.size}",
+                path=path,
+                offset=entry.data_offset,
+            )
+    else:
+        data = raw
+    if zlib.crc32(data) != entry.crc32:
+        raise MalformedArchive(
+            f"entry {entry.name!r} fails its CRC-32 check", path=path, offset=entry.data_offset
+        )
+    return data
+
+
+def _pread_exact(fd: int, size: int, offset: int, path: str | None) -> bytes:
+    try:
+        data = os.pread(fd, size, offset)
+    except OSError as exc:
+        raise MalformedArchive(f"read failed: {exc.strerror}", path=path, offset=offset) from exc
+    if len(data) != size:
+        raise MalformedArchive("file ends early", path=path, offset=offset)
+    return data
+
+
+def check_entry_name(name: str) -> str | None:
+    """Say why an entry name is refused, or None when it is acceptable.
+
+    Args:
+        name: Decoded entry name.
+
+    Returns:
+        A reason, or None.
+    """
+    if not name:
+        return "empty entry name"
+    if "\x00" in name:
+        return "entry name contains NUL"
+    if "\\" in name:
+        return "entry name contains a backslash"
+    if name.startswith("/"):
+        return "absolute entry name"
+    if len(name) >= 2 and name[1] == ":" and name[0].isalpha():
+        return "entry name with a drive letter"
+    if any(part == ".." for part in name.split("/")):
+        return "entry name with a '..' component"
+    return None
+
+
+class _Parser:
+    def __init__(self, fd: int, file_size: int, path: str | None) -> None:
+        self.fd = fd
+        self.size = file_size
+        self.path = path
+
+    def fail(self, message: str, offset: int | None = None) -> MalformedArchive:
+        return MalformedArchive(message, path=self.path, offset=offset)
+
+    def read(self, size: int, offset: int) -> bytes:
+        return _pread_exact(self.fd, size, offset, self.path)
+
+    def parse(self) -> ZipDirectory:
+        if self.size < EOCD_SIZE:
+            raise self.fail(f"{self.size} bytes is too short to be a ZIP archive")
+        tail_size = min(self.size, EOCD_SIZE + MAX_COMMENT)
+        tail_start = self.size - tail_size
+        tail = self.read(tail_size, tail_start)
+        eocd_pos = self._find_eocd(tail)
+        if eocd_pos < 0:
+            raise self.fail("no end-of-central-directory record (not a ZIP archive)")
+        eocd_abs = tail_start + eocd_pos
+        (_, disk, cd_disk, disk_entries, total_entries, cd_size, cd_offset, _) = _EOCD.unpack_from(
+            tail, eocd_pos
+        )
+        cd_limit = eocd_abs
+        if U16_MAX in (disk, cd_disk, disk_entries, total_entries) or U32_MAX in (cd_size, cd_offset):
+            disk, cd_disk, disk_entries, total_entries, cd_size, cd_offset, cd_limit = self._zip64(
+                eocd_abs
+            )
+        if disk != 0 or cd_disk != 0 or disk_entries != total_entries:
+            raise self.fail("multi-disk archives are not supported", eocd_abs)
+        if total_entries > MAX_ENTRIES:
+            raise self.fail(f"{total_entries} entries, more than the limit of {MAX_ENTRIES}", eocd_abs)
+        if cd_size > MAX_CENTRAL_DIRECTORY:
+            raise self.fail(f"central directory of {cd_size} bytes is too large", eocd_abs)
+        if cd_offset + cd_size > cd_limit:
+            raise self.fail("central directory extends past its end record", cd_offset)
+        if cd_offset >= tail_start and cd_offset + cd_size <= self.size:
+            cd = tail[cd_offset - tail_start : cd_offset - tail_start + cd_size]
+        else:
+            cd = self.read(cd_size, cd_offset)
+        entries = self._central_records(cd, cd_offset, total_entries)
+        self._check_overlaps(entries, cd_offset)
+        return ZipDirectory(entries=entries, cd_offset=cd_offset, file_size=self.size)
+
+    def _find_eocd(self, tail: bytes) -> int:
+        # Scan backwards: the record whose comment length reaches exactly the end of the file wins, so a
+        # signature inside a comment cannot be mistaken for the record.
+        pos = len(tail) - EOCD_SIZE
+        while pos >= 0:
+            pos = tail.rfind(EOCD_SIG, 0, pos + 4)
+            if pos < 0:
+                return -1
+            (comment_len,) = struct.unpack_from("<H", tail, pos + 20)
+            if pos + EOCD_SIZE + comment_len == len(tail):
+                return pos
+            pos -= 1
+        return -1
+
+    def _zip64(self, eocd_abs: int) -> tuple[int, int, int, int, int, int, int]:
+        loc_pos = eocd_abs - ZIP64_LOCATOR_SIZE
+        if loc_pos < 0:
+            raise self.fail("ZIP64 markers without a ZIP64 locator", eocd_abs)
+        sig, _, z64_offset, _ = _ZIP64_LOCATOR.unpack(self.read(ZIP64_LOCATOR_SIZE, loc_pos))
+        if sig != ZIP64_LOCATOR_SIG:
+            raise self.fail("ZIP64 markers without a ZIP64 locator", loc_pos)
+        if z64_offset + ZIP64_EOCD_SIZE > loc_pos:
+            raise self.fail("ZIP64 end record outside the file", loc_pos)
+        fields = _ZIP64_EOCD.unpack(self.read(ZIP64_EOCD_SIZE, z64_offset))
+        sig, _, _, _, disk, cd_disk, disk_entries, total_entries, cd_size, cd_offset = fields
+        if sig != ZIP64_EOCD_SIG:
+            raise self.fail("bad ZIP64 end-of-central-directory signature", z64_offset)
+        return disk, cd_disk, disk_entries, total_entries, cd_size, cd_offset, z64_offset
+
+    def _central_records(self, cd: bytes, cd_offset: int, count: int) -> tuple[EntryInfo, ...]:
+        entries: list[EntryInfo] = []
+        names: set[str] = set()
+        pos = 0
+        for _ in range(count):
+            rec_offset = cd_offset + pos
+            if pos + CENTRAL_SIZE > len(cd):
+                raise self.fail("central directory ends inside a record", rec_offset)
+            (sig, _, _, flags, method, _, _, crc, csize, usize, n, m, k, disk_start, _, _, hoff) = (
+                _CENTRAL.unpack_from(cd, pos)
+            )
+            if sig != CENTRAL_SIG:
+                raise self.fail("bad central directory signature", rec_offset)
+            end = pos + CENTRAL_SIZE + n + m + k
+            if end > len(cd):
+                raise self.fail("central directory record overruns the directory", rec_offset)
+            raw_name = cd[pos + CENTRAL_SIZE : pos + CENTRAL_SIZE + n]
+            extra = cd[pos + CENTRAL_SIZE + n : pos + CENTRAL_SIZE + n + m]
+            pos = end
+            name = self._decode_name(raw_name, flags, rec_offset)
+            if name in names:
+                raise self.fail(f"duplicate entry {name!r}", rec_offset)
+            names.add(name)
+            if flags & FLAG_ENCRYPTED:
+                raise self.fail(f"entry {name!r} is encrypted", rec_offset)
+            if method not in (METHOD_STORED, METHOD_DEFLATED):
+                raise self.fail(f"entry {name!r} uses unsupported compression method {method}", rec_offset)
+            usize, csize, hoff, disk_start = self._apply_zip64_extra(
+                extra, usize, csize, hoff, disk_start, rec_offset
+            )
+            if disk_start != 0:
+                raise self.fail(f"entry {name!r} starts on another disk", rec_offset)
+            if method == METHOD_STORED and csize != usize:
+                raise self.fail(f"stored entry {name!r} has different sizes", rec_offset)
+            data_offset = self._local_header(name, raw_name, flags, method, crc, csize, usize, hoff)
+            entries.append(
+                EntryInfo(
+                    name=name,
+                    method=method,
+                    flags=flags,
+                    crc32=crc,
+                    compressed_size=csize,
+                    size=usize,
+                    header_offset=hoff,
+                    data_offset=data_offset,
+                )
+            )
+        if pos != len(cd):
+            raise self.fail("central directory size does not match its records", cd_offset)
+        return tuple(entries)
+
+    def _decode_name(self, raw: bytes, flags: int, offset: int) -> str:
+        try:
+            name = raw.decode("utf-8") if flags & FLAG_UTF8 else raw.decode("cp437")
+        except UnicodeDecodeError as exc:
+            raise self.fail("entry name is not valid UTF-8", offset) from exc
+        reason = check_entry_name(name)
+        if reason:
+            raise self.fail(f"{reason}: {name!r}", offset)
+        return name
+
+    def _apply_zip64_extra(
+        self, extra: bytes, usize: int, csize: int, hoff: int, disk: int, offset: int
+    ) -> tuple[int, int, int, int]:
+        values = _zip64_values(extra)
+        if values is None:
+            if U32_MAX in (usize, csize, hoff):
+                raise self.fail("ZIP64 sizes marked but no ZIP64 extra field", offset)
+            return usize, csize, hoff, disk
+        wanted = [usize == U32_MAX, csize == U32_MAX, hoff == U32_MAX, disk == U16_MAX]
+        needed = sum(wanted)
+        if len(values) < needed:
+            raise self.fail("ZIP64 extra field is too short", offset)
+        it = iter(values)
+        if wanted[0]:
+            usize = next(it)
+        if wanted[1]:
+            csize = next(it)
+        if wanted[2]:
+            hoff = next(it)
+        if wanted[3]:
+            disk = next(it)
+        return usize, csize, hoff, disk
+
+    def _local_header(
+        self,
+        name: str,
+        raw_name: bytes,
+        flags: int,
+        method: int,
+        crc: int,
+        csize: int,
+        usize: int,
+        hoff: int,
+    ) -> int:
+        if hoff + LOCAL_SIZE > self.size:
+            raise self.fail(f"local header of {name!r} is outside the file", hoff)
+        header = self.read(LOCAL_SIZE, hoff)
+        (sig, _, lflags, lmethod, _, _, lcrc, lcsize, lusize, n, m) = _LOCAL.unpack(header)
+        if sig != LOCAL_SIG:
+            raise self.fail(f"bad local header signature for {name!r}", hoff)
+        if hoff + LOCAL_SIZE + n + m > self.size:
+            raise self.fail(f"local header of {name!r} overruns the file", hoff)
+        tail = self.read(n + m, hoff + LOCAL_SIZE)
+        if tail[:n] != raw_name:
+            raise self.fail(f"local header name does not match central record {name!r}", hoff)
+        if lmethod != method or (lflags & FLAG_ENCRYPTED):
+            raise self.fail(f"local header method or flags of {name!r} differ from the central record", hoff)
+        if not lflags & FLAG_DATA_DESCRIPTOR:
+            if U32_MAX in (lcsize, lusize):
+                values = _zip64_values(tail[n:]) or ()
+                if len(values) < 2:
+                    raise self.fail(f"local ZIP64 sizes of {name!r} missing", hoff)
+                lusize, lcsize = values[0], values[1]
+            if (lcrc, lcsize, lusize) != (crc, csize, usize):
+                raise self.fail(f"local header CRC or sizes of {name!r} differ from the central record", hoff)
+        return hoff + LOCAL_SIZE + n + m
+
+    def _check_overlaps(self, entries: tuple[EntryInfo, ...], cd_offset: int) -> None:
+        previous_end = 0
+        previous_name = ""
+        for entry in sorted(entries, key=lambda e: e.header_offset):
+            if entry.header_offset < previous_end:
+                raise self.fail(
+                    f"entry {entry.name!r} overlaps {previous_name!r}", entry.header_offset
+                )
+            if entry.data_end > cd_offset:
+                raise self.fail(
+                    f"data of {entry.name!r} runs into the central directory", entry.data_offset
+                )
+            previous_end = entry.data_end
+            previous_name = entry.name
+
+
+def _zip64_values(extra: bytes) -> tuple[int, ...] | None:
+    """The 64-bit values of a ZIP64 extra field (header 0x0001), or None when there is none."""
+    pos = 0
+    while pos + 4 <= len(extra):
+        header_id, size = struct.unpack_from("<HH", extra, pos)
+        body = extra[pos + 4 : pos + 4 + size]
+        if header_id == ZIP64_EXTRA_ID:
+            count = len(body) // 8
+            return struct.unpack_from(f"<{count}Q", body)
+        pos += 4 + size
+    return None
