@@ -184,4 +184,3 @@ def write_temp_archive(
         discard(temp)
         raise
     return TempArchive(temp, target, digest, entry.data_offset, state)
-

@@ -1,4 +1,4 @@
-"""Crash-safe file replacement: unique temp file in the target's directory, fsync, rename, fsync the directory.
+"""Crash-safe file replacement: a unique temp file beside the target, fsync, rename, fsync the directory.
 
 A reader either sees the old file or the new one, never a mixture; after a crash at any point the target
 is intact and at worst a temp file is left behind. Temp files are named ``.<target>.<random>.sync-tmp`` so

@@ -120,14 +120,13 @@ class SignatureError(ArchiveError):
     result with ``valid=False``. This class is for unsupported algorithms, undecodable keys and values.
 
     Attributes:
-        kind: ``unsupported_algorithm``, ``invalid_public_key``, ``invalid_signature`` or ``invalid_key_file``.
+        kind: ``unsupported_algorithm``, ``invalid_public_key``, ``invalid_signature`` or
+            ``invalid_key_file``.
     """
 
     code = "signature_error"
 
-    def __init__(
-        self, kind: str, message: str, *, path: str | os.PathLike[str] | None = None
-    ) -> None:
+    def __init__(self, kind: str, message: str, *, path: str | os.PathLike[str] | None = None) -> None:
         super().__init__(message, path=path)
         self.kind = kind
 
@@ -149,9 +148,7 @@ class SwapConflict(SyncError):
         self.path = Path(path)
         self.expected_generation = expected_generation
         self.actual_generation = actual_generation
-        super().__init__(
-            f"{self.path}: generation moved from {expected_generation} to {actual_generation}"
-        )
+        super().__init__(f"{self.path}: generation moved from {expected_generation} to {actual_generation}")
 
 
 class GuestError(SyncError):
@@ -219,9 +216,7 @@ class PolicyDenied(GuestError):
 
     code = "policy_denied"
 
-    def __init__(
-        self, message: str, *, rule: str, archive: str | os.PathLike[str] | None = None
-    ) -> None:
+    def __init__(self, message: str, *, rule: str, archive: str | os.PathLike[str] | None = None) -> None:
         super().__init__(message, archive=archive)
         self.rule = rule
 

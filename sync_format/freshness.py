@@ -51,7 +51,9 @@ def parse_timestamp_ns(text: str) -> int:
     if second > 60:
         raise ValueError(f"second out of range in {text!r}")
     try:
-        day = dt.datetime(int(m["y"]), int(m["mo"]), int(m["d"]), int(m["h"]), int(m["mi"]), 59 if leap else second)
+        day = dt.datetime(
+            int(m["y"]), int(m["mo"]), int(m["d"]), int(m["h"]), int(m["mi"]), 59 if leap else second
+        )
     except ValueError as exc:
         raise ValueError(f"impossible date in {text!r}: {exc}") from exc
     fraction = int((m["f"] or "0").ljust(9, "0"))

@@ -1,8 +1,8 @@
 """The ``manifest.toml`` model: every section and field of spec §2, typed, validated and immutable.
 
 Parsing follows the reference reader (spec §2.1): UTF-8 only, standard TOML, required tables ``[sync]``,
-``[meta]``, ``[policy]``, exact types (an unquoted datetime or a negative ``ttl`` is an error), exact lowercase
-``variant``. Unlike the reference we keep unknown keys and tables (``extra``) so that re-writing a
+``[meta]``, ``[policy]``, exact types (an unquoted datetime or a negative ``ttl`` is an error), exact
+lowercase ``variant``. Unlike the reference we keep unknown keys and tables (``extra``) so that re-writing a
 manifest loses nothing; the normalised form used by signatures (spec §3.3) still drops them, exactly as
 the reference does. Errors name the field that broke the rule.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
@@ -24,7 +24,7 @@ MAX_TOML_INT = 2**63 - 1
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
-class Variant(str, Enum):
+class Variant(StrEnum):
     """``sync.variant`` (spec §2.3); parsed exactly, lowercase only."""
 
     PLAIN = "plain"
@@ -364,7 +364,8 @@ class _Reader:
 
     @staticmethod
     def _extra(table: Mapping[str, Any], known: tuple[str, ...]) -> Mapping[str, Any]:
-        return _freeze({k: v for k, v in table.items() if k not in known})
+        extra: Mapping[str, Any] = _freeze({k: v for k, v in table.items() if k not in known})
+        return extra
 
     @staticmethod
     def _str(table: Mapping[str, Any], where: str, key: str, *, required: bool) -> str | None:

@@ -2,7 +2,7 @@
 
 Tables in the fixed order ``sync, meta, policy, permissions, ownership, verification, capabilities,
 [signature], encryption, [encryption.meta]``; keys in schema order; absent optional values omitted; arrays of
-0–1 elements inline, longer ones one element per line. Unknown keys and tables that a parsed manifest kept
+0 or 1 elements inline, longer ones one element per line. Unknown keys and tables that a parsed manifest kept
 are written after the known ones, so nothing is lost; the reference ignores them when it reads.
 """
 

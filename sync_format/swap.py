@@ -95,11 +95,7 @@ def commit_payload(
     )
     assert temp.state is not None  # state_for was given
     try:
-        with _directory_lock(target.parent):
-            current = _current_generation(target)
-            if current != expected_generation:
-                raise SwapConflict(target, expected_generation, current)
-            publish(temp.temp, target)
+        _publish_if_current(temp.temp, target, expected_generation)
     except BaseException:
         discard(temp.temp)
         raise
@@ -144,9 +140,14 @@ def _next_state(base_generation: int, digest: PayloadDigest) -> ArchiveState:
     )
 
 
-def _current_generation(target: Path) -> int:
-    with open_archive(target) as current:
-        return current.generation
+def _publish_if_current(temp: Path, target: Path, expected_generation: int) -> None:
+    """Under the directory lock: compare the generation on disk, then rename the temp file over it."""
+    with _directory_lock(target.parent):
+        with open_archive(target) as current:
+            actual = current.generation
+        if actual != expected_generation:
+            raise SwapConflict(target, expected_generation, actual)
+        publish(temp, target)
 
 
 @contextmanager

@@ -8,7 +8,8 @@ method, sizes, CRC); data offsets come from the local header; entries do not ove
 central directory. ZIP64 records and extra fields are understood. Every failure is a ``MalformedArchive``
 that says where.
 
-This module knows ZIP, not ``.sync``: which entries must exist and how they are decoded is ``reader.py``'s job.
+This module knows ZIP, not ``.sync``: which entries must exist and how they are decoded is the job of
+``reader.py``.
 """
 
 from __future__ import annotations
@@ -134,9 +135,7 @@ def read_directory(fd: int, file_size: int, *, path: str | None = None) -> ZipDi
     return p.parse()
 
 
-def read_entry_data(
-    fd: int, entry: EntryInfo, *, limit: int, path: str | None = None
-) -> bytes:
+def read_entry_data(fd: int, entry: EntryInfo, *, limit: int, path: str | None = None) -> bytes:
     """Read an entry's bytes completely, inflating if needed, capped, and check its CRC-32.
 
     Args:
@@ -244,9 +243,7 @@ class _Parser:
         )
         cd_limit = eocd_abs
         if U16_MAX in (disk, cd_disk, disk_entries, total_entries) or U32_MAX in (cd_size, cd_offset):
-            disk, cd_disk, disk_entries, total_entries, cd_size, cd_offset, cd_limit = self._zip64(
-                eocd_abs
-            )
+            disk, cd_disk, disk_entries, total_entries, cd_size, cd_offset, cd_limit = self._zip64(eocd_abs)
         if disk != 0 or cd_disk != 0 or disk_entries != total_entries:
             raise self.fail("multi-disk archives are not supported", eocd_abs)
         if total_entries > MAX_ENTRIES:
@@ -408,20 +405,17 @@ class _Parser:
                 lusize, lcsize = values[0], values[1]
             if (lcrc, lcsize, lusize) != (crc, csize, usize):
                 raise self.fail(f"local header CRC or sizes of {name!r} differ from the central record", hoff)
-        return hoff + LOCAL_SIZE + n + m
+        data_offset: int = hoff + LOCAL_SIZE + n + m
+        return data_offset
 
     def _check_overlaps(self, entries: tuple[EntryInfo, ...], cd_offset: int) -> None:
         previous_end = 0
         previous_name = ""
         for entry in sorted(entries, key=lambda e: e.header_offset):
             if entry.header_offset < previous_end:
-                raise self.fail(
-                    f"entry {entry.name!r} overlaps {previous_name!r}", entry.header_offset
-                )
+                raise self.fail(f"entry {entry.name!r} overlaps {previous_name!r}", entry.header_offset)
             if entry.data_end > cd_offset:
-                raise self.fail(
-                    f"data of {entry.name!r} runs into the central directory", entry.data_offset
-                )
+                raise self.fail(f"data of {entry.name!r} runs into the central directory", entry.data_offset)
             previous_end = entry.data_end
             previous_name = entry.name
 

@@ -2,7 +2,7 @@
 
 For archives under 4 GiB the output is byte-identical to the reference's ``zip`` 2.4.2 without optional
 features: version 10, DOS date 1980-01-01, no extra fields, external attributes 0644, CRC patched after the
-data. Entries or offsets past 4 GiB − 1 get ZIP64 extra fields and end records (the reference cannot write
+data. Entries or offsets past 4 GiB - 1 get ZIP64 extra fields and end records (the reference cannot write
 these at all, spec §9 D21). Data is streamed in blocks; nothing is buffered whole.
 """
 
@@ -96,7 +96,7 @@ class ZipWriter:
         source: BinaryIO,
         size: int,
         *,
-        on_block: Callable[[bytes], None] | None = None,
+        on_block: Callable[[bytes], object] | None = None,
         progress: Progress | None = None,
     ) -> WrittenEntry:
         """Write an entry by copying exactly ``size`` bytes from ``source`` in blocks.
@@ -189,9 +189,7 @@ class ZipWriter:
             big_offset = e.header_offset >= U32_MAX
             values = ([e.size, e.size] if big_size else []) + ([e.header_offset] if big_offset else [])
             extra = (
-                struct.pack(f"<HH{len(values)}Q", ZIP64_EXTRA_ID, 8 * len(values), *values)
-                if values
-                else b""
+                struct.pack(f"<HH{len(values)}Q", ZIP64_EXTRA_ID, 8 * len(values), *values) if values else b""
             )
             needed = _VERSION_NEEDED_ZIP64 if (e.zip64 or values) else _VERSION_NEEDED
             records.append(

@@ -1,4 +1,4 @@
-"""Signatures: Ed25519 keys and did:key, the manifest signature (v1 and our extension), detached file signatures."""
+"""Signatures: Ed25519 keys and did:key, manifest signatures (v1 and our extension), detached signatures."""
 
 from __future__ import annotations
 

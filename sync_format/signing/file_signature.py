@@ -153,7 +153,9 @@ def read_signature_document(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         doc = json.loads(Path(path).read_text("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SignatureError("invalid_signature", f"cannot read signature document: {exc}", path=path) from exc
+        raise SignatureError(
+            "invalid_signature", f"cannot read signature document: {exc}", path=path
+        ) from exc
     if not isinstance(doc, dict):
         raise SignatureError("invalid_signature", "signature document must be a JSON object", path=path)
     return doc

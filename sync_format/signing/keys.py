@@ -123,7 +123,9 @@ def write_key_file(path: str | os.PathLike[str], key: SigningKey) -> None:
     try:
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except FileExistsError as exc:
-        raise SignatureError("invalid_key_file", "refusing to overwrite an existing key file", path=p) from exc
+        raise SignatureError(
+            "invalid_key_file", "refusing to overwrite an existing key file", path=p
+        ) from exc
     except OSError as exc:
         raise SignatureError("invalid_key_file", f"cannot create key file: {exc.strerror}", path=p) from exc
     with os.fdopen(fd, "wb") as handle:

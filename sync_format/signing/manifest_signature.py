@@ -146,9 +146,7 @@ def sign_manifest(
         ManifestError: ``timestamp`` is not RFC 3339.
     """
     check_timestamp(timestamp, "signature.timestamp")
-    unsigned = replace(
-        manifest.without_signature(), meta=_with_creator(manifest.meta, key.did)
-    )
+    unsigned = replace(manifest.without_signature(), meta=_with_creator(manifest.meta, key.did))
     payload_hash = payload if isinstance(payload, str) or payload is None else hash_string(payload)
     sig = SignatureSection(
         algo=ALGORITHM,
@@ -284,9 +282,7 @@ def _check_extension(
         signature = b64decode_strict(sig.extension_value)
     except ValueError as exc:
         return f"extension_value: {exc}"
-    if len(signature) != SIGNATURE_SIZE or not _verify(
-        public_key, extension_payload(sig, signer), signature
-    ):
+    if len(signature) != SIGNATURE_SIZE or not _verify(public_key, extension_payload(sig, signer), signature):
         return "extension signature verification failed"
     if document_hash(snapshot.manifest_bytes.decode("utf-8")) != sig.document_hash:
         return "document hash mismatch (manifest keys outside the v1 schema changed)"
@@ -316,4 +312,3 @@ def _verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
     except BadSignatureError:
         return False
     return True
-

@@ -1,0 +1,42 @@
+"""The wheel builds, installs into a fresh virtual environment, imports every package and runs ``syncctl``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_installs_and_runs(tmp_path: Path) -> None:
+    """A wheel built from the tree installs on its own and ``syncctl --help`` runs from the new env."""
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(dist),
+            str(ROOT),
+        ],
+        check=True,
+    )
+    wheels = list(dist.glob("*.whl"))
+    assert len(wheels) == 1
+    env_dir = tmp_path / "env"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(wheels[0])], check=True)
+    code = "import sync_format, sync_format.signing, broker, workers, mountd, syncctl"
+    subprocess.run([str(python), "-c", code], check=True, cwd=tmp_path)
+    out = subprocess.run(
+        [str(env_dir / "bin" / "syncctl"), "--help"], check=True, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert "pack" in out.stdout
