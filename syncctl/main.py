@@ -1,0 +1,122 @@
+"""The ``syncctl`` entry point: the argument parser, logging, dispatch and the one place errors are mapped.
+
+Exit status (ARCHITECTURE "CLI"): 0 on success; 1 when the input is invalid or the operation failed, with
+exactly one ``error: …`` line on stderr and never a traceback (every ``SyncError`` and ``OSError`` is
+caught here, and nowhere else); 2 for usage errors, which argparse reports itself. Command groups register
+their subcommands through a ``register(subparsers, common)`` function; each subcommand stores its handler
+(``args -> exit status``) as ``args.handler``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from syncctl import archive_commands
+
+#: Exit status when the input is invalid or the operation failed (usage errors are argparse's 2).
+EXIT_FAILURE = 1
+#: Exit status after Ctrl-C, as shells report a death by SIGINT.
+EXIT_INTERRUPTED = 130
+
+_DISTRIBUTION = "sync-archives"
+_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(_DISTRIBUTION)
+    except PackageNotFoundError:
+        return "unknown (running from a source tree)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the parser with every subcommand.
+
+    Returns:
+        The parser; ``parse_args`` leaves the command's handler in ``args.handler``.
+    """
+    # -v is accepted before and after the subcommand; SUPPRESS keeps the subcommand's copy from
+    # resetting a count given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="log more (-v: info, -vv: debug) on stderr",
+    )
+    parser = argparse.ArgumentParser(
+        prog="syncctl",
+        description="Build, inspect, verify and unpack self-updating .sync data archives.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log more (-v: info, -vv: debug) on stderr"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    archive_commands.register(subparsers, common)
+    return parser
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format=_LOG_FORMAT, stream=sys.stderr)
+
+
+def _one_line(text: str) -> str:
+    """Collapse a message onto one line: the contract is exactly one ``error:`` line."""
+    return " ".join(text.split()) or "unknown error"
+
+
+def _os_error_text(exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    if exc.filename is not None:
+        return f"{os.fsdecode(exc.filename)}: {reason}"
+    return reason
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"error: {_one_line(message)}\n")
+    sys.stderr.flush()
+    return EXIT_FAILURE
+
+
+def _silence_stdout() -> None:
+    """After the reader of stdout went away, point it at /dev/null so the final flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``syncctl``.
+
+    Args:
+        argv: Arguments without the program name; ``sys.argv[1:]`` when None.
+
+    Returns:
+        The exit status (argparse exits with 2 itself on usage errors).
+    """
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    from sync_format.errors import SyncError
+
+    try:
+        status: int = args.handler(args)
+    except SyncError as exc:
+        return _fail(str(exc))
+    except BrokenPipeError:
+        _silence_stdout()
+        return _fail("output closed before everything was written (broken pipe)")
+    except OSError as exc:
+        return _fail(_os_error_text(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return EXIT_INTERRUPTED
+    return status
