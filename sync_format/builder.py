@@ -71,8 +71,7 @@ class SyncBuilder:
         Returns:
             The builder.
         """
-        self._manifest = manifest.to_bytes()
-        return self
+        return self.with_manifest_bytes(manifest.to_bytes())
 
     def with_manifest_bytes(self, data: bytes) -> SyncBuilder:
         """Use these manifest bytes verbatim (for example a signed manifest).
@@ -163,7 +162,7 @@ class SyncBuilder:
             raise ArchiveError(f"context.json is larger than {MAX_CONTEXT_SIZE} bytes")
         try:
             value = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # ValueError covers decode errors and huge integers
             raise ArchiveError(f"context.json is not valid JSON: {exc}") from exc
         if not isinstance(value, dict):
             raise ArchiveError("context.json must be a JSON object")

@@ -46,6 +46,10 @@ class HostPattern:
         if self.port is not None and port != self.port:
             return False
         if self.wildcard:
+            # A wildcard names DNS labels: it never matches an IP literal, nor a numeric last label that
+            # resolvers read as IPv4 shorthand (``*.0.0.1`` must not admit ``127.0.0.1`` or ``127.0.1``).
+            if ":" in host or host.rsplit(".", 1)[-1].isdigit():
+                return False
             return host.endswith("." + self.host) and len(host) > len(self.host) + 1
         return host == self.host
 

@@ -201,6 +201,8 @@ class Manifest:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ManifestError(f"invalid TOML: {exc}") from exc
+        except ValueError as exc:  # int() refuses literals longer than sys.get_int_max_str_digits()
+            raise ManifestError(f"invalid TOML: {exc}") from exc
         except RecursionError as exc:
             raise ManifestError("invalid TOML: nested too deeply") from exc
         return cls.from_dict(doc)

@@ -66,7 +66,8 @@ class ArchiveState:
         """
         try:
             doc = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        # ValueError also covers integers longer than sys.get_int_max_str_digits(), which json refuses.
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise MalformedArchive(f"{STATE_ENTRY} is not valid JSON: {exc}") from exc
         if not isinstance(doc, dict) or set(doc) != set(_KEYS):
             raise MalformedArchive(f"{STATE_ENTRY} must be an object with keys {', '.join(_KEYS)}")
