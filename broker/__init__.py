@@ -1,11 +1,12 @@
-"""The queue contract shared by producers (mountd) and consumers (workers).
+"""The contract shared by producers (mountd) and consumers (workers): settings now; the queue contract next.
 
-Its contents arrive with the refresh-pipeline issue: task names and queues, the refresh request codec, the
-Celery app factory, the one-refresh-per-archive claim, ``request_refresh`` and refresh status records. The
-package exists now so that the dependency direction ``syncctl → {mountd, workers} → broker → sync_format`` is
-fixed from the start.
+The refresh-pipeline issue adds task names and queues, the refresh request codec, the Celery app factory,
+the one-refresh-per-archive claim, ``request_refresh`` and refresh status records. ``Settings`` lives here
+because both sides of the queue are configured by it.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from broker.settings import Settings, SettingsError
+
+__all__ = ["Settings", "SettingsError"]

@@ -1,0 +1,142 @@
+"""``Settings``: every knob of sync, built once from flags and the environment and passed down.
+
+Only this module reads the environment (STYLE rule 10). Defaults are named constants with their unit.
+Components receive a ``Settings`` (or the few fields they need); nothing reads configuration from globals.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+#: Default WebDAV port of the reference's ``sync-mount``.
+DEFAULT_PORT = 4918
+#: Default bind address: loopback only.
+DEFAULT_HOST = "127.0.0.1"
+#: Sandbox mode when none is given: refuse to run guests without every confinement layer.
+DEFAULT_SANDBOX = "strict"
+#: Guest wall-clock budget in seconds when a manifest's ``policy.timeout`` is 0.
+DEFAULT_GUEST_TIMEOUT = 30.0
+#: Upper bound on any guest's wall-clock budget, in seconds, whatever its manifest asks.
+MAX_GUEST_TIMEOUT = 600.0
+#: Largest payload a guest may produce, in bytes.
+DEFAULT_MAX_PAYLOAD = 256 * 1024 * 1024
+
+SANDBOX_MODES = ("strict", "permissive")
+
+_ENV = {
+    "store": "SYNC_STORE",
+    "broker_url": "SYNC_BROKER_URL",
+    "result_backend": "SYNC_RESULT_BACKEND",
+    "host": "SYNC_HOST",
+    "port": "SYNC_PORT",
+    "cache_dir": "SYNC_CACHE_DIR",
+    "sandbox": "SYNC_SANDBOX",
+}
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the setting."""
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "sync"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings of one process.
+
+    Attributes:
+        store: Store directory or single archive served or refreshed.
+        broker_url: Celery broker URL; None selects the embedded default.
+        result_backend: Celery result backend URL; None derives it from the broker.
+        host: Address mountd binds.
+        port: Port mountd binds.
+        cache_dir: Where compiled guest modules and the embedded broker's data live.
+        sandbox: ``strict`` or ``permissive``.
+        guest_timeout: Guest budget in seconds when a manifest says 0.
+        max_guest_timeout: Cap on any guest's budget in seconds.
+        max_payload_size: Largest payload a guest may produce, in bytes.
+    """
+
+    store: Path | None = None
+    broker_url: str | None = None
+    result_backend: str | None = None
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    cache_dir: Path = Path()
+    sandbox: str = DEFAULT_SANDBOX
+    guest_timeout: float = DEFAULT_GUEST_TIMEOUT
+    max_guest_timeout: float = MAX_GUEST_TIMEOUT
+    max_payload_size: int = DEFAULT_MAX_PAYLOAD
+
+    def __post_init__(self) -> None:
+        if self.sandbox not in SANDBOX_MODES:
+            raise SettingsError(
+                f"SYNC_SANDBOX must be one of {', '.join(SANDBOX_MODES)}, not {self.sandbox!r}"
+            )
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"port {self.port} is out of range")
+
+    @classmethod
+    def from_env(
+        cls, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Build settings: flags (``overrides``, None values ignored) win over the environment.
+
+        Args:
+            overrides: Values from command-line flags by field name.
+            env: The environment to read; ``os.environ`` when None.
+
+        Returns:
+            The settings.
+
+        Raises:
+            SettingsError: A value cannot be used.
+        """
+        source = os.environ if env is None else env
+        values: dict[str, Any] = {"cache_dir": _default_cache_dir()}
+        for name, var in _ENV.items():
+            if var in source and source[var] != "":
+                values[name] = source[var]
+        for name, value in (overrides or {}).items():
+            if value is not None:
+                values[name] = value
+        return cls(**_coerce(values))
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with some fields changed.
+
+        Args:
+            **changes: Field values.
+
+        Returns:
+            The copy.
+        """
+        return replace(self, **_coerce(changes))
+
+
+def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
+    known = {f.name for f in fields(Settings)}
+    unknown = set(values) - known
+    if unknown:
+        raise SettingsError(f"unknown setting {sorted(unknown)[0]!r}")
+    return {name: _coerce_one(name, value) for name, value in values.items()}
+
+
+def _coerce_one(name: str, value: Any) -> Any:
+    try:
+        if name in ("store", "cache_dir") and value is not None:
+            return Path(value)
+        if name in ("port", "max_payload_size"):
+            return int(value)
+        if name in ("guest_timeout", "max_guest_timeout"):
+            return float(value)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"{name} must be a number, not {value!r}") from exc
+    return value

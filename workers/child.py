@@ -1,0 +1,173 @@
+"""The confined child: what runs between ``fork`` and ``os._exit`` for one guest job.
+
+Order matters and never changes: leave the parent's session and process group, die with the parent, point
+stdio at /dev/null, close every inherited socket, pipe and writable file except the channel, clear the
+environment, apply the sandbox policy, report it, refuse in strict mode when a layer is missing, and only
+then touch the guest. Everything needed afterwards was imported and prepared by the parent before fork: the
+child opens no file, imports no module and creates no socket once confined. Every outcome, including our
+own bugs, is sent to the parent as a message; the child never returns into the caller's code.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import stat
+from dataclasses import dataclass
+from typing import NoReturn
+
+import wasmtime
+
+from sync_format.errors import GuestError, GuestTrap, SandboxUnavailable, SyncError
+from workers.channel import Channel, ChannelClosed, ProtocolViolation
+from workers.confine import SandboxPolicy, apply_policy, enforce, set_pdeathsig
+from workers.engine import GuestLimits
+from workers.guest_runner import run_guest
+from workers.host_abi import ERR_REQUEST_FAILED
+
+#: Exit status of a child that hit a bug of ours (EX_SOFTWARE).
+EXIT_INTERNAL = 70
+
+
+@dataclass(frozen=True)
+class ChildJob:
+    """Everything the child needs, prepared by the parent before fork.
+
+    Attributes:
+        engine: The engine the module was compiled with.
+        module: The compiled guest.
+        payload: The archive's current payload.
+        limits: The run's budgets.
+        policy: The confinement to apply.
+        seccomp_program: The BPF program the parent built, or None when it could not.
+    """
+
+    engine: wasmtime.Engine
+    module: wasmtime.Module
+    payload: bytes
+    limits: GuestLimits
+    policy: SandboxPolicy
+    seccomp_program: bytes | None
+
+
+@dataclass(frozen=True)
+class _Reply:
+    status: int
+    body: bytes
+
+
+class ChannelIO:
+    """``GuestIO`` in the child: every request goes to the parent, which decides and performs it."""
+
+    def __init__(self, channel: Channel, max_response_size: int) -> None:
+        self._channel = channel
+        self._max = max_response_size
+
+    def http_request(self, url: str, method: str) -> _Reply:
+        """Ask the parent to perform a request.
+
+        Args:
+            url: The guest's URL.
+            method: The guest's method.
+
+        Returns:
+            The parent's reply (a status and body, or a negative ABI code).
+        """
+        self._channel.send_json({"type": "http", "url": url, "method": method})
+        reply = self._channel.recv_json()
+        size = reply.get("size", 0)
+        status = reply.get("status")
+        if reply.get("type") != "http_response" or not isinstance(status, int):
+            return _Reply(ERR_REQUEST_FAILED, b"")
+        if not isinstance(size, int) or not 0 <= size <= self._max:
+            raise ProtocolViolation("response body size out of range")
+        return _Reply(status, self._channel.recv_data(size))
+
+
+def child_main(sock_fd: int, job: ChildJob) -> NoReturn:
+    """Run one job in the freshly forked child and exit; never returns.
+
+    Args:
+        sock_fd: The child's end of the socketpair.
+        job: The prepared job.
+    """
+    status = EXIT_INTERNAL
+    channel: Channel | None = None
+    try:
+        os.setsid()
+        set_pdeathsig(signal.SIGKILL)
+        _isolate_descriptors(sock_fd)
+        os.environ.clear()
+        channel = Channel(socket.socket(fileno=sock_fd))
+        report = apply_policy(job.policy, job.seccomp_program)
+        channel.send_json({"type": "report", "report": report.to_json()})
+        enforce(report, job.policy.mode)
+        run = run_guest(
+            job.engine,
+            job.module,
+            job.payload,
+            job.limits,
+            ChannelIO(channel, job.limits.max_response_size),
+        )
+        channel.send_json(
+            {
+                "type": "result",
+                "entry": run.entry,
+                "fuel_used": run.fuel_used,
+                "requests": run.requests,
+                "duration_ms": run.duration_ms,
+                "size": None if run.new_payload is None else len(run.new_payload),
+            }
+        )
+        if run.new_payload is not None:
+            channel.send_data(run.new_payload)
+        status = 0
+    except SyncError as exc:
+        status = _send_error(channel, exc)
+    except (ChannelClosed, ProtocolViolation):
+        status = EXIT_INTERNAL
+    except BaseException as exc:  # noqa: BLE001  (last resort: report our own bug to the parent, then exit)
+        status = _send_error(channel, GuestError(f"internal error in the sandbox child: {exc!r}"))
+    os._exit(status)
+
+
+def _send_error(channel: Channel | None, exc: SyncError) -> int:
+    if channel is None:
+        return EXIT_INTERNAL
+    message: dict[str, object] = {"type": "error", "code": exc.code, "message": exc.message}
+    if isinstance(exc, GuestTrap):
+        message["trap_code"] = exc.trap_code
+    if isinstance(exc, SandboxUnavailable):
+        message["layer"] = exc.layer
+        message["errno"] = exc.errno
+    try:
+        channel.send_json(message)
+    except (ChannelClosed, ProtocolViolation):
+        return EXIT_INTERNAL
+    return 0
+
+
+def _isolate_descriptors(keep: int) -> None:
+    """Stdio to /dev/null; close inherited sockets, pipes and writable files other than ``keep``.
+
+    Read-only regular files stay open: wasmtime may still map a module's file.
+    """
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd in (0, 1, 2, keep):
+            continue
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        writable = False
+        if stat.S_ISREG(st.st_mode):
+            writable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+        if stat.S_ISSOCK(st.st_mode) or stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode) or writable:
+            os.close(fd)

@@ -1,0 +1,132 @@
+"""Instantiate a compiled guest with the ``host`` imports and run its entry point under its budgets.
+
+Linking offers only the six ``host`` functions: any other import (every WASI import included) fails
+instantiation, as in the reference (spec §7.3). The entry point is ``run: () -> ()``, else ``_start: () ->
+()``; only writes made on the ``run`` path are kept (reference §7.1 step 8). wasmtime traps are translated
+here, once, into our errors: out of fuel → ``GuestOutOfFuel``, epoch interrupt → ``GuestTimeout``, anything
+else → ``GuestTrap`` with wasmtime's trap code. This runs in the sandboxed child; the parent owns the clock.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import wasmtime
+
+from sync_format.errors import GuestOutOfFuel, GuestTimeout, GuestTrap
+from workers.engine import GuestLimits, make_store
+from workers.host_abi import I32_MAX, IMPORT_MODULE, GuestIO, HostFunctions, HostState
+
+ENTRY_POINTS = ("run", "_start")
+
+
+@dataclass(frozen=True)
+class GuestRun:
+    """What a completed guest run produced.
+
+    Attributes:
+        entry: The entry point called (``run`` or ``_start``).
+        new_payload: The composed payload, or None when the guest wrote nothing (or ran ``_start``).
+        fuel_used: Fuel consumed.
+        requests: HTTP requests made.
+        duration_ms: Time spent instantiating and running.
+    """
+
+    entry: str
+    new_payload: bytes | None
+    fuel_used: int
+    requests: int
+    duration_ms: float
+
+
+def run_guest(
+    engine: wasmtime.Engine,
+    module: wasmtime.Module,
+    payload: bytes,
+    limits: GuestLimits,
+    io: GuestIO,
+) -> GuestRun:
+    """Run one guest to completion.
+
+    Args:
+        engine: The engine the module was compiled with.
+        module: The compiled guest.
+        payload: The archive's current payload.
+        limits: Fuel, memory and payload budgets.
+        io: Where the guest's HTTP requests go.
+
+    Returns:
+        The run's result.
+
+    Raises:
+        GuestTrap: Instantiation failed, no entry point, or the guest trapped.
+        GuestOutOfFuel: The fuel budget ran out.
+        GuestTimeout: The epoch deadline passed.
+    """
+    if len(payload) > I32_MAX:
+        raise GuestTrap("payload is larger than the 32-bit guest ABI can address")
+    started = time.monotonic()
+    store = make_store(engine, limits)
+    state = HostState(payload=payload, max_payload_size=limits.max_payload_size, io=io)
+    host = HostFunctions(store, state)
+    instance = _instantiate(store, module, host)
+    exports = instance.exports(store)
+    memory = exports.get("memory")
+    state.memory = memory if isinstance(memory, wasmtime.Memory) else None
+    entry, func = _entry_point(store, exports)
+    try:
+        func(store)
+    except wasmtime.Trap as exc:
+        raise _translate_trap(exc, limits) from exc
+    except wasmtime.WasmtimeError as exc:
+        raise GuestTrap(f"guest failed: {exc}") from exc
+    fuel_used = limits.fuel - store.get_fuel()
+    new_payload = bytes(state.new_payload) if entry == "run" and state.new_payload is not None else None
+    return GuestRun(
+        entry=entry,
+        new_payload=new_payload,
+        fuel_used=fuel_used,
+        requests=state.requests,
+        duration_ms=(time.monotonic() - started) * 1000,
+    )
+
+
+def _instantiate(store: wasmtime.Store, module: wasmtime.Module, host: HostFunctions) -> wasmtime.Instance:
+    funcs = host.imports()
+    imports: list[wasmtime.Func] = []
+    for imp in module.imports:
+        if imp.module != IMPORT_MODULE or imp.name not in funcs:
+            raise GuestTrap(f"instantiation failed: unknown import {imp.module}::{imp.name}")
+        imports.append(funcs[imp.name])
+    try:
+        return wasmtime.Instance(store, module, imports)
+    except wasmtime.Trap as exc:
+        raise GuestTrap(f"instantiation trapped: {exc.message}", trap_code=_code_name(exc)) from exc
+    except wasmtime.WasmtimeError as exc:
+        raise GuestTrap(f"instantiation failed: {exc}") from exc
+
+
+def _entry_point(store: wasmtime.Store, exports: wasmtime.InstanceExports) -> tuple[str, wasmtime.Func]:
+    for name in ENTRY_POINTS:
+        func = exports.get(name)
+        if isinstance(func, wasmtime.Func):
+            ty = func.type(store)
+            if not ty.params and not ty.results:
+                return name, func
+    raise GuestTrap("No entry point found")
+
+
+def _code_name(exc: wasmtime.Trap) -> str | None:
+    code = exc.trap_code
+    return None if code is None else code.name
+
+
+def _translate_trap(exc: wasmtime.Trap, limits: GuestLimits) -> GuestTrap | GuestOutOfFuel | GuestTimeout:
+    code = exc.trap_code
+    if code == wasmtime.TrapCode.OUT_OF_FUEL:
+        return GuestOutOfFuel(f"guest used all {limits.fuel} units of fuel")
+    if code == wasmtime.TrapCode.INTERRUPT:
+        return GuestTimeout("guest passed its epoch deadline", seconds=limits.timeout_seconds)
+    first_line = exc.message.splitlines()[0] if exc.message else "trap"
+    return GuestTrap(f"guest trapped: {_code_name(exc) or first_line}", trap_code=_code_name(exc))

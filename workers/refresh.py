@@ -1,0 +1,208 @@
+"""``run_refresh``: one refresh of one archive, shared by the Celery task and ``syncctl run``.
+
+Open one snapshot; skip when another refresh already moved the generation past the requested base; refuse
+vaults (a guest would see ciphertext, spec §9 D6); report archives without update logic cleanly (§9 D12);
+load the guest through the module cache; run it in a fresh confined child under its budgets; and when it
+composed a new payload, commit it with ``commit_payload`` guarded by the generation the guest read. The
+outcome is a value: failures are recorded in it (with a stable error code), never raised, so callers decide
+on retries without parsing messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sync_format.builder import EMPTY_WASM
+from sync_format.errors import PolicyDenied, SwapConflict, SyncError
+from sync_format.reader import open_archive
+from sync_format.swap import commit_payload
+from workers.child import ChildJob
+from workers.runtime import GuestRuntime
+from workers.supervisor import SandboxOutcome, run_in_sandbox
+
+log = logging.getLogger(__name__)
+
+COMMITTED = "committed"
+UNCHANGED = "unchanged"
+NO_UPDATE_LOGIC = "no_update_logic"
+ALREADY_FRESH = "already_fresh"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class RefreshOutcome:
+    """What one refresh did.
+
+    Attributes:
+        archive: The archive.
+        status: ``committed``, ``unchanged``, ``no_update_logic``, ``already_fresh`` or ``failed``.
+        base_generation: The generation the guest read.
+        generation: The generation after the refresh.
+        error_code: Stable code of the failure (``SyncError.code``), None on success.
+        error: Human-readable failure.
+        duration_ms: Wall time of the whole refresh.
+        entry: Guest entry point that ran.
+        fuel_used: Fuel the guest consumed.
+        requests: HTTP requests the guest made.
+        payload_size: Size of the committed payload.
+        sandbox: The child's confinement report (``SandboxReport.to_json``).
+    """
+
+    archive: Path
+    status: str
+    base_generation: int
+    generation: int
+    error_code: str | None = None
+    error: str | None = None
+    duration_ms: float = 0.0
+    entry: str | None = None
+    fuel_used: int = 0
+    requests: int = 0
+    payload_size: int | None = None
+    sandbox: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True unless the refresh failed."""
+        return self.status != FAILED
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field.
+
+        Returns:
+            The outcome as a dict.
+        """
+        return {
+            "archive": str(self.archive),
+            "status": self.status,
+            "base_generation": self.base_generation,
+            "generation": self.generation,
+            "error_code": self.error_code,
+            "error": self.error,
+            "duration_ms": round(self.duration_ms, 3),
+            "entry": self.entry,
+            "fuel_used": self.fuel_used,
+            "requests": self.requests,
+            "payload_size": self.payload_size,
+            "sandbox": self.sandbox,
+        }
+
+
+def run_refresh(
+    path: str | os.PathLike[str],
+    runtime: GuestRuntime,
+    *,
+    base_generation: int | None = None,
+    heartbeat: Callable[[], None] | None = None,
+) -> RefreshOutcome:
+    """Refresh one archive now.
+
+    Args:
+        path: The archive.
+        runtime: The process's guest runtime.
+        base_generation: The generation the request was made for; a newer archive is left alone.
+        heartbeat: Called about once a second while the guest runs.
+
+    Returns:
+        The outcome (failures included).
+    """
+    started = time.monotonic()
+    archive = Path(path)
+    try:
+        outcome = _refresh(archive, runtime, base_generation, heartbeat)
+    except SyncError as exc:
+        generation = -1 if base_generation is None else base_generation
+        outcome = RefreshOutcome(archive, FAILED, generation, generation, exc.code, exc.message)
+    outcome = _with_duration(outcome, started)
+    log.info(
+        "refresh done archive=%s status=%s generation=%d error=%s duration_ms=%.1f",
+        archive,
+        outcome.status,
+        outcome.generation,
+        outcome.error_code,
+        outcome.duration_ms,
+    )
+    return outcome
+
+
+def _with_duration(outcome: RefreshOutcome, started: float) -> RefreshOutcome:
+    from dataclasses import replace  # noqa: PLC0415  (one use)
+
+    return replace(outcome, duration_ms=(time.monotonic() - started) * 1000)
+
+
+def _refresh(
+    archive: Path,
+    runtime: GuestRuntime,
+    base_generation: int | None,
+    heartbeat: Callable[[], None] | None,
+) -> RefreshOutcome:
+    with open_archive(archive) as snap:
+        generation = snap.generation
+        if base_generation is not None and generation > base_generation:
+            return RefreshOutcome(archive, ALREADY_FRESH, base_generation, generation)
+        manifest = snap.manifest
+        if manifest.is_vault:
+            raise PolicyDenied(
+                "vault archives are not refreshed: the guest would see ciphertext", rule="vault"
+            )
+        wasm = snap.read_wasm()
+        if wasm is None or wasm == EMPTY_WASM:
+            return RefreshOutcome(archive, NO_UPDATE_LOGIC, generation, generation)
+        limits = runtime.limits_for(manifest)
+        if snap.payload_size > limits.max_payload_size:
+            raise PolicyDenied(
+                f"payload of {snap.payload_size} bytes is over the guest limit of {limits.max_payload_size}",
+                rule="max_payload_size",
+            )
+        payload = snap.read_payload()
+        module = runtime.modules.load(wasm)
+        job = ChildJob(
+            engine=runtime.engine,
+            module=module,
+            payload=payload,
+            limits=limits,
+            policy=runtime.policy_for(limits),
+            seccomp_program=runtime.seccomp_program,
+        )
+        egress = runtime.egress_for(manifest, limits)
+    result = run_in_sandbox(job, egress, heartbeat=heartbeat, resolver=runtime.resolver)
+    try:
+        return _finish(archive, generation, result)
+    finally:
+        result.close()
+
+
+def _finish(archive: Path, generation: int, result: SandboxOutcome) -> RefreshOutcome:
+    common: dict[str, Any] = {
+        "entry": result.entry,
+        "fuel_used": result.fuel_used,
+        "requests": result.requests,
+        "sandbox": None if result.report is None else result.report.to_json(),
+    }
+    if result.error is not None:
+        return RefreshOutcome(
+            archive, FAILED, generation, generation, result.error.code, result.error.message, **common
+        )
+    if result.new_payload is None:
+        return RefreshOutcome(archive, UNCHANGED, generation, generation, **common)
+    try:
+        committed = commit_payload(archive, generation, (result.new_payload, result.new_payload_size))
+    except SwapConflict as exc:
+        return RefreshOutcome(
+            archive, FAILED, generation, exc.actual_generation, exc.code, exc.message, **common
+        )
+    return RefreshOutcome(
+        archive,
+        COMMITTED,
+        generation,
+        committed.generation,
+        payload_size=result.new_payload_size,
+        **common,
+    )

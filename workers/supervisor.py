@@ -1,0 +1,287 @@
+"""The supervisor: fork a fresh confined child per guest job and own its clock (STYLE rule 7).
+
+The parent forks, keeps its end of a socketpair and waits in slices: each slice it may call a heartbeat
+(claims in Redis stay alive while a job runs), and at the job's deadline it SIGKILLs the child's whole
+process group — signals never interrupt running wasm, so the deadline is the parent's, not the child's.
+While waiting it serves the child's requests: HTTP is performed here, by ``Egress``, after the allow-list,
+DNS and private-address checks; the child has no network at all. The new payload arrives as DATA frames
+and is spooled to a temp file, capped at the policy's maximum. The child is always reaped with ``wait4``
+so its exit status and resource use are recorded.
+
+Fork safety: the caller must be single-threaded (wasmtime and Python locks held by another thread would
+stay locked in the child); the engine never compiles in parallel and the child never compiles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from sync_format.errors import (
+    GuestError,
+    GuestOutOfFuel,
+    GuestTimeout,
+    GuestTrap,
+    PolicyDenied,
+    SandboxUnavailable,
+    SyncError,
+)
+from workers.channel import Channel, ChannelClosed, ChannelTimeout, ProtocolViolation
+from workers.child import ChildJob, child_main
+from workers.confine import SandboxReport
+from workers.egress import Egress, EgressPolicy, Resolver, system_resolver
+
+log = logging.getLogger(__name__)
+
+#: Seconds between heartbeats while a job runs.
+HEARTBEAT_INTERVAL = 1.0
+#: Payloads up to this size stay in memory while staged; larger ones spill to a temp file.
+SPOOL_IN_MEMORY = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ChildUsage:
+    """How the child ended and what it used.
+
+    Attributes:
+        exit_status: ``os.waitstatus_to_exitcode`` of the child (negative: killed by that signal).
+        user_seconds: CPU time in user mode.
+        system_seconds: CPU time in kernel mode.
+        max_rss_kib: Peak resident set size in KiB.
+    """
+
+    exit_status: int
+    user_seconds: float
+    system_seconds: float
+    max_rss_kib: int
+
+
+@dataclass
+class SandboxOutcome:
+    """The result of one supervised run.
+
+    Attributes:
+        error: Why the run failed, or None when the guest completed.
+        report: The child's confinement report (None if it died before sending one).
+        entry: The entry point that ran.
+        new_payload: The staged new payload (file positioned at 0), or None when nothing was written.
+        new_payload_size: Its size in bytes.
+        fuel_used: Fuel the guest consumed.
+        requests: HTTP requests the guest made.
+        duration_ms: Wall time from fork to reap.
+        usage: The child's exit status and resource use.
+    """
+
+    error: SyncError | None = None
+    report: SandboxReport | None = None
+    entry: str | None = None
+    new_payload: IO[bytes] | None = None
+    new_payload_size: int = 0
+    fuel_used: int = 0
+    requests: int = 0
+    duration_ms: float = 0.0
+    usage: ChildUsage | None = None
+    _closed: bool = field(default=False, repr=False)
+
+    def close(self) -> None:
+        """Release the staged payload."""
+        if self.new_payload is not None and not self._closed:
+            self.new_payload.close()
+            self._closed = True
+
+
+def run_in_sandbox(
+    job: ChildJob,
+    egress_policy: EgressPolicy,
+    *,
+    heartbeat: Callable[[], None] | None = None,
+    resolver: Resolver = system_resolver,
+) -> SandboxOutcome:
+    """Run one guest job in a fresh confined child.
+
+    Args:
+        job: The prepared job (module loaded, payload read, policy and limits set).
+        egress_policy: What the guest may fetch, performed here in the parent.
+        heartbeat: Called about every ``HEARTBEAT_INTERVAL`` seconds while the job runs.
+        resolver: Name resolution for egress.
+
+    Returns:
+        The outcome; failures of the guest or the sandbox are in ``error``, never raised.
+
+    Raises:
+        RuntimeError: The caller has other threads running (forking would be unsafe).
+    """
+    if threading.active_count() > 1:
+        raise RuntimeError("run_in_sandbox must be called from a single-threaded process")
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    started = time.monotonic()
+    deadline = started + job.limits.timeout_seconds
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover  (the child's coverage is the parent's assertions)
+        parent_sock.close()
+        child_main(child_sock.detach(), job)
+    child_sock.close()
+    outcome = SandboxOutcome()
+    session = _Session(Channel(parent_sock), outcome, job, Egress(egress_policy, resolver=resolver))
+    try:
+        session.serve(deadline, heartbeat)
+    finally:
+        parent_sock.close()
+        outcome.usage = _reap(pid, kill=True)
+        outcome.duration_ms = (time.monotonic() - started) * 1000
+    if outcome.error is None and outcome.entry is None:
+        outcome.error = _death_cause(outcome.usage, job.limits.timeout_seconds)
+    if outcome.error is not None:
+        outcome.close()
+        outcome.new_payload = None
+    return outcome
+
+
+class _Session:
+    """Parent side of the protocol for one child."""
+
+    def __init__(self, channel: Channel, outcome: SandboxOutcome, job: ChildJob, egress: Egress) -> None:
+        self.channel = channel
+        self.outcome = outcome
+        self.job = job
+        self.egress = egress
+
+    def serve(self, deadline: float, heartbeat: Callable[[], None] | None) -> None:
+        while True:
+            slice_end = min(deadline, time.monotonic() + HEARTBEAT_INTERVAL)
+            try:
+                message = self.channel.recv_json(slice_end)
+            except ChannelTimeout:
+                if time.monotonic() >= deadline:
+                    self.outcome.error = self._timeout()
+                    return
+                if heartbeat is not None:
+                    heartbeat()
+                continue
+            except ChannelClosed:
+                return  # the child died; its exit status says why
+            except ProtocolViolation as exc:
+                self.outcome.error = GuestError(f"sandbox child broke the protocol: {exc}")
+                return
+            try:
+                if self._handle(message, deadline):
+                    return
+            except ChannelTimeout:
+                self.outcome.error = self._timeout()
+                return
+            except (ChannelClosed, ProtocolViolation) as exc:
+                self.outcome.error = GuestError(f"sandbox channel failed: {exc}")
+                return
+
+    def _timeout(self) -> GuestTimeout:
+        seconds = self.job.limits.timeout_seconds
+        return GuestTimeout(f"guest ran past its deadline of {seconds:g} s", seconds=seconds)
+
+    def _handle(self, message: dict[str, Any], deadline: float) -> bool:
+        """Handle one message; True when the run is over."""
+        kind = message["type"]
+        if kind == "report":
+            self.outcome.report = SandboxReport.from_json(message["report"])
+            missing = self.outcome.report.missing
+            if missing:
+                log.warning(
+                    "sandbox incomplete mode=%s missing=%s",
+                    self.job.policy.mode.value,
+                    ",".join(f"{s.layer.value}({s.reason})" for s in missing),
+                )
+            return False
+        if kind == "http":
+            self._http(message, deadline)
+            return False
+        if kind == "result":
+            self._result(message, deadline)
+            return True
+        if kind == "error":
+            self.outcome.error = _error_from_child(message, self.job.limits.timeout_seconds)
+            return True
+        raise ProtocolViolation(f"unknown message type {kind!r}")
+
+    def _http(self, message: dict[str, Any], deadline: float) -> None:
+        url, method = message.get("url"), message.get("method")
+        if not isinstance(url, str) or not isinstance(method, str):
+            raise ProtocolViolation("http request without url or method")
+        if self.egress.requests_made >= self.job.limits.max_requests:
+            result_status, body = -5, b""
+        else:
+            result = self.egress.request(url, method, deadline=deadline)
+            result_status, body = result.status, result.body
+        self.channel.send_json({"type": "http_response", "status": result_status, "size": len(body)})
+        self.channel.send_data(body)
+
+    def _result(self, message: dict[str, Any], deadline: float) -> None:
+        size = message.get("size")
+        out = self.outcome
+        out.entry = str(message.get("entry"))
+        out.fuel_used = int(message.get("fuel_used", 0))
+        out.requests = int(message.get("requests", 0))
+        if size is None:
+            return
+        if not isinstance(size, int) or not 0 <= size <= self.job.limits.max_payload_size:
+            raise ProtocolViolation(f"new payload size {size!r} out of range")
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115  (closed by the outcome)
+        self.channel.recv_data(size, deadline, sink=spool)
+        spool.seek(0)
+        out.new_payload = spool  # type: ignore[assignment]  # SpooledTemporaryFile is an IO[bytes]
+        out.new_payload_size = size
+
+
+def _error_from_child(message: dict[str, Any], timeout: float) -> SyncError:
+    code = message.get("code")
+    text = str(message.get("message", "guest failed"))
+    if code == GuestTrap.code:
+        trap = message.get("trap_code")
+        return GuestTrap(text, trap_code=trap if isinstance(trap, str) else None)
+    if code == GuestOutOfFuel.code:
+        return GuestOutOfFuel(text)
+    if code == GuestTimeout.code:
+        return GuestTimeout(text, seconds=timeout)
+    if code == PolicyDenied.code:
+        return PolicyDenied(text, rule="guest")
+    if code == SandboxUnavailable.code:
+        errno = message.get("errno")
+        return SandboxUnavailable(
+            str(message.get("layer", "sandbox")), text, errno=errno if isinstance(errno, int) else None
+        )
+    return GuestError(text)
+
+
+def _death_cause(usage: ChildUsage | None, timeout: float) -> SyncError:
+    """Why a child ended without sending a result."""
+    status = usage.exit_status if usage is not None else None
+    if status == -signal.SIGXCPU:
+        return GuestTimeout("guest used up its CPU-time limit", seconds=timeout)
+    if status is not None and status < 0:
+        name = signal.Signals(-status).name
+        return GuestTrap(f"sandbox child died from {name}", trap_code=f"signal:{name}")
+    return GuestError(f"sandbox child exited with status {status} without a result")
+
+
+def _reap(pid: int, *, kill: bool) -> ChildUsage:
+    """Kill the child's process group if asked and it is still there, then wait for it."""
+    if kill:
+        # The group goes first (anything the child started); the pid too, in case the child was killed
+        # before its setsid() made the group exist.
+        for kill_call in (os.killpg, os.kill):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                kill_call(pid, signal.SIGKILL)
+    _, status, rusage = os.wait4(pid, 0)
+    return ChildUsage(
+        exit_status=os.waitstatus_to_exitcode(status),
+        user_seconds=rusage.ru_utime,
+        system_seconds=rusage.ru_stime,
+        max_rss_kib=rusage.ru_maxrss,
+    )
