@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from sync_format.errors import SyncError
+
 #: Default WebDAV port of the reference's ``sync-mount``.
 DEFAULT_PORT = 4918
 #: Default bind address: loopback only.
@@ -38,8 +40,10 @@ _ENV = {
 }
 
 
-class SettingsError(ValueError):
-    """A setting has a value that cannot be used; the message names the setting."""
+class SettingsError(SyncError, ValueError):
+    """Raised when a setting has a value that cannot be used; the message names the setting."""
+
+    code = "settings_error"
 
 
 def _default_cache_dir() -> Path:

@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from syncctl import archive_commands
+from syncctl import archive_commands, guest_commands
 
 #: Exit status when the input is invalid or the operation failed (usage errors are argparse's 2).
 EXIT_FAILURE = 1
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     archive_commands.register(subparsers, common)
+    guest_commands.register(subparsers, common)
     return parser
 
 

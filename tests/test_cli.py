@@ -569,3 +569,57 @@ def test_progress_bar_is_drawn_on_a_terminal(tmp_path: Path, sparse_payload: Pat
     assert status == 0
     assert b"extracting payload" in drawn
     assert file_blake3(extracted) == file_blake3(sparse_payload)
+
+
+def test_run_commits_a_refresh_in_the_sandbox(tmp_path: Path) -> None:
+    """``syncctl run`` runs the guest in the sandbox, commits its payload and reports every layer active."""
+    import wasmtime
+
+    from sync_format.testing import make_archive, make_manifest
+
+    guest = """(module
+      (import "host" "payload_write" (func $write (param i32 i32 i32) (result i32)))
+      (memory (export "memory") 1) (data (i32.const 0) "fresh")
+      (func (export "run") (drop (call $write (i32.const 0) (i32.const 5) (i32.const 0)))))"""
+    archive = tmp_path / "a.sync"
+    make_archive(archive, b"stale", manifest=make_manifest(timeout=5), wasm=wasmtime.wat2wasm(guest))
+    env = {**os.environ, "SYNC_CACHE_DIR": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "-m", "syncctl", "run", str(archive), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert (doc["status"], doc["generation"]) == ("committed", 1)
+    assert all(layer["active"] for layer in doc["sandbox"]["layers"])
+    extracted = subprocess.run(
+        [sys.executable, "-m", "syncctl", "extract", str(archive)], capture_output=True, check=True, env=env
+    )
+    assert extracted.stdout == b"fresh"
+
+
+def test_run_reports_a_failing_guest(tmp_path: Path) -> None:
+    """A guest that loops forever makes ``syncctl run`` exit 1 with one ``error:`` line naming the code."""
+    import wasmtime
+
+    from sync_format.testing import make_archive, make_manifest
+
+    archive = tmp_path / "a.sync"
+    loop = '(module (func (export "run") (loop (br 0))))'
+    make_archive(archive, b"stale", manifest=make_manifest(timeout=1), wasm=wasmtime.wat2wasm(loop))
+    env = {**os.environ, "SYNC_CACHE_DIR": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "-m", "syncctl", "run", str(archive)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert "guest_out_of_fuel" in errors[0]
+    assert "Traceback" not in result.stderr

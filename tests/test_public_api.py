@@ -8,7 +8,15 @@ import sys
 
 import pytest
 
-PACKAGES = ["sync_format", "sync_format.signing", "broker", "workers", "mountd", "syncctl"]
+PACKAGES = [
+    "sync_format",
+    "sync_format.signing",
+    "broker",
+    "workers",
+    "workers.confine",
+    "mountd",
+    "syncctl",
+]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

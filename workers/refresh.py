@@ -14,13 +14,13 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from sync_format.builder import EMPTY_WASM
 from sync_format.errors import PolicyDenied, SwapConflict, SyncError
-from sync_format.reader import open_archive
+from sync_format.reader import ArchiveSnapshot, open_archive
 from sync_format.swap import commit_payload
 from workers.child import ChildJob
 from workers.runtime import GuestRuntime
@@ -132,8 +132,6 @@ def run_refresh(
 
 
 def _with_duration(outcome: RefreshOutcome, started: float) -> RefreshOutcome:
-    from dataclasses import replace  # noqa: PLC0415  (one use)
-
     return replace(outcome, duration_ms=(time.monotonic() - started) * 1000)
 
 
@@ -155,28 +153,55 @@ def _refresh(
         wasm = snap.read_wasm()
         if wasm is None or wasm == EMPTY_WASM:
             return RefreshOutcome(archive, NO_UPDATE_LOGIC, generation, generation)
-        limits = runtime.limits_for(manifest)
-        if snap.payload_size > limits.max_payload_size:
-            raise PolicyDenied(
-                f"payload of {snap.payload_size} bytes is over the guest limit of {limits.max_payload_size}",
-                rule="max_payload_size",
-            )
-        payload = snap.read_payload()
-        module = runtime.modules.load(wasm)
-        job = ChildJob(
-            engine=runtime.engine,
-            module=module,
-            payload=payload,
-            limits=limits,
-            policy=runtime.policy_for(limits),
-            seccomp_program=runtime.seccomp_program,
-        )
-        egress = runtime.egress_for(manifest, limits)
-    result = run_in_sandbox(job, egress, heartbeat=heartbeat, resolver=runtime.resolver)
+        result = execute_guest(snap, wasm, runtime, heartbeat=heartbeat)
     try:
         return _finish(archive, generation, result)
     finally:
         result.close()
+
+
+def execute_guest(
+    snap: ArchiveSnapshot,
+    wasm: bytes,
+    runtime: GuestRuntime,
+    *,
+    allow_hosts: tuple[str, ...] | None = None,
+    heartbeat: Callable[[], None] | None = None,
+) -> SandboxOutcome:
+    """Run an archive's guest in a fresh confined child without committing anything.
+
+    Args:
+        snap: The open archive (its manifest and payload are used).
+        wasm: Its ``sync.wasm`` bytes.
+        runtime: The process's guest runtime.
+        allow_hosts: Hosts the guest may reach; the manifest's ``allow_hosts`` when None.
+        heartbeat: Called about once a second while the guest runs.
+
+    Returns:
+        The sandbox outcome (the staged payload, if any, must be closed by the caller).
+
+    Raises:
+        PolicyDenied: The payload is over the guest payload limit.
+        GuestTrap: The module does not compile.
+    """
+    limits = runtime.limits_for(snap.manifest)
+    if snap.payload_size > limits.max_payload_size:
+        raise PolicyDenied(
+            f"payload of {snap.payload_size} bytes is over the guest limit of {limits.max_payload_size}",
+            rule="max_payload_size",
+        )
+    job = ChildJob(
+        engine=runtime.engine,
+        module=runtime.modules.load(wasm),
+        payload=snap.read_payload(),
+        limits=limits,
+        policy=runtime.policy_for(limits),
+        seccomp_program=runtime.seccomp_program,
+    )
+    egress = runtime.egress_for(snap.manifest, limits)
+    if allow_hosts is not None:
+        egress = replace(egress, allow_hosts=allow_hosts)
+    return run_in_sandbox(job, egress, heartbeat=heartbeat, resolver=runtime.resolver)
 
 
 def _finish(archive: Path, generation: int, result: SandboxOutcome) -> RefreshOutcome:
