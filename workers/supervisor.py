@@ -214,13 +214,9 @@ class _Session:
         url, method = message.get("url"), message.get("method")
         if not isinstance(url, str) or not isinstance(method, str):
             raise ProtocolViolation("http request without url or method")
-        if self.egress.requests_made >= self.job.limits.max_requests:
-            result_status, body = -5, b""
-        else:
-            result = self.egress.request(url, method, deadline=deadline)
-            result_status, body = result.status, result.body
-        self.channel.send_json({"type": "http_response", "status": result_status, "size": len(body)})
-        self.channel.send_data(body)
+        result = self.egress.request(url, method, deadline=deadline)
+        self.channel.send_json({"type": "http_response", "status": result.status, "size": len(result.body)})
+        self.channel.send_data(result.body)
 
     def _result(self, message: dict[str, Any], deadline: float) -> None:
         size = message.get("size")
