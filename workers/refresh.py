@@ -50,6 +50,7 @@ class RefreshOutcome:
         entry: Guest entry point that ran.
         fuel_used: Fuel the guest consumed.
         requests: HTTP requests the guest made.
+        egress_errors: Error codes of the guest's requests that got no response.
         payload_size: Size of the committed payload.
         sandbox: The child's confinement report (``SandboxReport.to_json``).
     """
@@ -64,6 +65,7 @@ class RefreshOutcome:
     entry: str | None = None
     fuel_used: int = 0
     requests: int = 0
+    egress_errors: tuple[str, ...] = ()
     payload_size: int | None = None
     sandbox: dict[str, Any] | None = None
 
@@ -89,6 +91,7 @@ class RefreshOutcome:
             "entry": self.entry,
             "fuel_used": self.fuel_used,
             "requests": self.requests,
+            "egress_errors": list(self.egress_errors),
             "payload_size": self.payload_size,
             "sandbox": self.sandbox,
         }
@@ -209,6 +212,7 @@ def _finish(archive: Path, generation: int, result: SandboxOutcome) -> RefreshOu
         "entry": result.entry,
         "fuel_used": result.fuel_used,
         "requests": result.requests,
+        "egress_errors": tuple(result.egress_errors),
         "sandbox": None if result.report is None else result.report.to_json(),
     }
     if result.error is not None:

@@ -77,6 +77,7 @@ class SandboxOutcome:
         new_payload_size: Its size in bytes.
         fuel_used: Fuel the guest consumed.
         requests: HTTP requests the guest made.
+        egress_errors: ``error_code`` of every request that got no response (connect, DNS, timeout...).
         duration_ms: Wall time from fork to reap.
         usage: The child's exit status and resource use.
     """
@@ -88,6 +89,7 @@ class SandboxOutcome:
     new_payload_size: int = 0
     fuel_used: int = 0
     requests: int = 0
+    egress_errors: list[str] = field(default_factory=list)
     duration_ms: float = 0.0
     usage: ChildUsage | None = None
     _closed: bool = field(default=False, repr=False)
@@ -215,6 +217,8 @@ class _Session:
         if not isinstance(url, str) or not isinstance(method, str):
             raise ProtocolViolation("http request without url or method")
         result = self.egress.request(url, method, deadline=deadline)
+        if result.error_code is not None:
+            self.outcome.egress_errors.append(result.error_code)
         self.channel.send_json({"type": "http_response", "status": result.status, "size": len(result.body)})
         self.channel.send_data(result.body)
 
