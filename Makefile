@@ -19,6 +19,7 @@ lint: venv
 
 typecheck: venv
 	$(VENV)/bin/mypy sync_format broker
+	$(VENV)/bin/mypy workers syncctl mountd
 
 test: lint typecheck
 	$(PY) -m pytest

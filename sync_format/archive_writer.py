@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 import blake3
 
@@ -39,7 +39,7 @@ class PayloadSource:
 
     size: int
     description: str
-    _open: Callable[[], BinaryIO]
+    _open: Callable[[], IO[bytes]]
     _owned: bool = True
 
     @classmethod
@@ -77,7 +77,7 @@ class PayloadSource:
         return cls(st.st_size, str(p), lambda: p.open("rb"))
 
     @classmethod
-    def from_stream(cls, stream: BinaryIO, size: int) -> PayloadSource:
+    def from_stream(cls, stream: IO[bytes], size: int) -> PayloadSource:
         """Payload read from an open stream that yields exactly ``size`` bytes (not closed by us).
 
         Args:
@@ -89,7 +89,7 @@ class PayloadSource:
         """
         return cls(size, "stream", lambda: stream, _owned=False)
 
-    def open(self) -> BinaryIO:
+    def open(self) -> IO[bytes]:
         """Open the underlying stream.
 
         Returns:

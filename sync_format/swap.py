@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from sync_format.archive_writer import UNLIMITED, PayloadSource, write_temp_archive
 from sync_format.atomic import discard, publish
@@ -34,7 +34,7 @@ from sync_format.zip_writer import Progress
 log = logging.getLogger(__name__)
 
 #: A staged payload: bytes in memory, a path to a file, or a (stream, size) pair.
-StagedPayload = bytes | str | os.PathLike[str] | tuple[BinaryIO, int]
+StagedPayload = bytes | str | os.PathLike[str] | tuple[IO[bytes], int]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from sync_format.errors import ArchiveError
 from sync_format.zip_reader import (
@@ -93,7 +93,7 @@ class ZipWriter:
     def add_stream(
         self,
         name: str,
-        source: BinaryIO,
+        source: IO[bytes],
         size: int,
         *,
         on_block: Callable[[bytes], object] | None = None,

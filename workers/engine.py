@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import wasmtime
 
 from sync_format.errors import GuestTrap
+from workers.egress import DEFAULT_MAX_RESPONSE_SIZE
 
 #: Address space reserved up front per linear memory, in bytes. It equals the default memory limit: growth
 #: inside the reservation is an mprotect, while growth beyond it copies the whole memory (a guest growing
@@ -96,7 +97,7 @@ class GuestLimits:
     instances: int = 4
     timeout_seconds: float = 30.0
     max_payload_size: int = 256 * 1024 * 1024
-    max_response_size: int = 32 * 1024 * 1024
+    max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE
     max_requests: int = 64
 
 

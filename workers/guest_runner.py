@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 import wasmtime
+from wasmtime._instance import InstanceExports  # not re-exported by the package
 
 from sync_format.errors import GuestOutOfFuel, GuestTimeout, GuestTrap
 from workers.engine import GuestLimits, make_store
@@ -70,7 +71,7 @@ def run_guest(
     store = make_store(engine, limits)
     state = HostState(payload=payload, max_payload_size=limits.max_payload_size, io=io)
     host = HostFunctions(store, state)
-    instance = _instantiate(store, module, host)
+    instance = _instantiate(store, module, host, limits)
     exports = instance.exports(store)
     memory = exports.get("memory")
     state.memory = memory if isinstance(memory, wasmtime.Memory) else None
@@ -92,7 +93,9 @@ def run_guest(
     )
 
 
-def _instantiate(store: wasmtime.Store, module: wasmtime.Module, host: HostFunctions) -> wasmtime.Instance:
+def _instantiate(
+    store: wasmtime.Store, module: wasmtime.Module, host: HostFunctions, limits: GuestLimits
+) -> wasmtime.Instance:
     funcs = host.imports()
     imports: list[wasmtime.Func] = []
     for imp in module.imports:
@@ -102,12 +105,13 @@ def _instantiate(store: wasmtime.Store, module: wasmtime.Module, host: HostFunct
     try:
         return wasmtime.Instance(store, module, imports)
     except wasmtime.Trap as exc:
-        raise GuestTrap(f"instantiation trapped: {exc.message}", trap_code=_code_name(exc)) from exc
+        # A start function runs under the same budgets as the entry point: translate its trap the same way.
+        raise _translate_trap(exc, limits, stage="instantiation trapped") from exc
     except wasmtime.WasmtimeError as exc:
         raise GuestTrap(f"instantiation failed: {exc}") from exc
 
 
-def _entry_point(store: wasmtime.Store, exports: wasmtime.InstanceExports) -> tuple[str, wasmtime.Func]:
+def _entry_point(store: wasmtime.Store, exports: InstanceExports) -> tuple[str, wasmtime.Func]:
     for name in ENTRY_POINTS:
         func = exports.get(name)
         if isinstance(func, wasmtime.Func):
@@ -122,11 +126,13 @@ def _code_name(exc: wasmtime.Trap) -> str | None:
     return None if code is None else code.name
 
 
-def _translate_trap(exc: wasmtime.Trap, limits: GuestLimits) -> GuestTrap | GuestOutOfFuel | GuestTimeout:
+def _translate_trap(
+    exc: wasmtime.Trap, limits: GuestLimits, stage: str = "guest trapped"
+) -> GuestTrap | GuestOutOfFuel | GuestTimeout:
     code = exc.trap_code
     if code == wasmtime.TrapCode.OUT_OF_FUEL:
         return GuestOutOfFuel(f"guest used all {limits.fuel} units of fuel")
     if code == wasmtime.TrapCode.INTERRUPT:
         return GuestTimeout("guest passed its epoch deadline", seconds=limits.timeout_seconds)
     first_line = exc.message.splitlines()[0] if exc.message else "trap"
-    return GuestTrap(f"guest trapped: {_code_name(exc) or first_line}", trap_code=_code_name(exc))
+    return GuestTrap(f"{stage}: {_code_name(exc) or first_line}", trap_code=_code_name(exc))

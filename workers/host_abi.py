@@ -110,7 +110,9 @@ class HostFunctions:
         if not _in_bounds(self._store, memory, ptr, len(data)):
             return False
         assert memory is not None
-        memory.write(self._store, data, ptr)
+        if data:
+            # wasmtime-py refuses even an empty write that starts at the end of memory (IndexError).
+            memory.write(self._store, data, ptr)
         return True
 
     def payload_size(self) -> int:

@@ -57,7 +57,10 @@ class ModuleCache:
         self.directory = Path(directory)
         self.engine = engine
         self._fingerprint = engine_fingerprint()
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except FileExistsError as exc:
+            raise UnsafeCacheDirectory(self.directory, "not a directory") from exc
         self._check_private()
 
     def _check_private(self) -> None:

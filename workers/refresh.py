@@ -148,15 +148,18 @@ def _refresh(
         generation = snap.generation
         if base_generation is not None and generation > base_generation:
             return RefreshOutcome(archive, ALREADY_FRESH, base_generation, generation)
-        manifest = snap.manifest
-        if manifest.is_vault:
-            raise PolicyDenied(
+        if snap.manifest.is_vault:
+            denied = PolicyDenied(
                 "vault archives are not refreshed: the guest would see ciphertext", rule="vault"
             )
-        wasm = snap.read_wasm()
-        if wasm is None or wasm == EMPTY_WASM:
-            return RefreshOutcome(archive, NO_UPDATE_LOGIC, generation, generation)
-        result = execute_guest(snap, wasm, runtime, heartbeat=heartbeat)
+            return RefreshOutcome(archive, FAILED, generation, generation, denied.code, denied.message)
+        try:
+            wasm = snap.read_wasm()
+            if wasm is None or wasm == EMPTY_WASM:
+                return RefreshOutcome(archive, NO_UPDATE_LOGIC, generation, generation)
+            result = execute_guest(snap, wasm, runtime, heartbeat=heartbeat)
+        except SyncError as exc:  # the generation is known from here on: report it
+            return RefreshOutcome(archive, FAILED, generation, generation, exc.code, exc.message)
     try:
         return _finish(archive, generation, result)
     finally:

@@ -235,7 +235,7 @@ class _Session:
         spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY)  # noqa: SIM115  (closed by the outcome)
         self.channel.recv_data(size, deadline, sink=spool)
         spool.seek(0)
-        out.new_payload = spool  # type: ignore[assignment]  # SpooledTemporaryFile is an IO[bytes]
+        out.new_payload = spool
         out.new_payload_size = size
 
 
@@ -253,8 +253,10 @@ def _error_from_child(message: dict[str, Any], timeout: float) -> SyncError:
         return PolicyDenied(text, rule="guest")
     if code == SandboxUnavailable.code:
         errno = message.get("errno")
+        layer = str(message.get("layer", "sandbox"))
+        # The child's message is already "<layer>: <reason>"; rebuilding the error must not prefix it again.
         return SandboxUnavailable(
-            str(message.get("layer", "sandbox")), text, errno=errno if isinstance(errno, int) else None
+            layer, text.removeprefix(f"{layer}: "), errno=errno if isinstance(errno, int) else None
         )
     return GuestError(text)
 

@@ -67,7 +67,9 @@ def enforce(report: SandboxReport, mode: SandboxMode) -> tuple[LayerStatus, ...]
         first = missing[0]
         others = ", ".join(s.layer.value for s in missing[1:])
         suffix = f" (also missing: {others})" if others else ""
-        raise SandboxUnavailable(first.layer.value, f"{first.reason}{suffix}", errno=first.errno)
+        # The reason came from a SandboxUnavailable and already starts with the layer's name.
+        reason = (first.reason or "unavailable").removeprefix(f"{first.layer.value}: ")
+        raise SandboxUnavailable(first.layer.value, f"{reason}{suffix}", errno=first.errno)
     return missing
 
 
