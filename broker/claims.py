@@ -1,0 +1,228 @@
+"""The one-refresh-per-archive claim: a Redis hash per archive, changed only by one registered Lua script.
+
+Semantics are "strict": at most one refresh of an archive is queued or running at a time.
+
+* A producer claims the archive with the request's id as token *before* sending the task (TTL
+  ``QUEUED_CLAIM_TTL_MS``). A request arriving while the claim is held is merged: nothing is sent, and the
+  claim's ``merged`` counter goes up so the job can report how many reads it served.
+* The job that carries the request claims again with the same token when it starts (claiming is re-entrant
+  for the holder) and switches to ``RUNNING_CLAIM_TTL_MS``; it heartbeats about once a second and releases
+  at the end. If the claim is held by another token, the job was superseded (see below) and must not run.
+* Heartbeat and release compare the token, so a job whose claim expired and was taken by a newer request
+  can neither extend nor delete the newer claim.
+
+Why claims expire (TTL choice):
+    * ``RUNNING_CLAIM_TTL_MS`` (30 s, 30 missed heartbeats at one per second) bounds how long a crashed job
+      (SIGKILLed worker, lost host) blocks its archive; a job that merely stalls that long loses its claim,
+      and the generation guard of ``commit_payload`` still keeps two overlapping jobs from both committing.
+    * ``QUEUED_CLAIM_TTL_MS`` (10 min) bounds how long a lost message (a flushed Redis, a transport that
+      dropped it) blocks the archive. When the queue wait is longer than that, a second request may claim and
+      send a second message; whichever job starts first holds the claim and the other finds it held by
+      another token and drops out, so the archive is still refreshed once.
+
+Invariants: every change of a claim is one atomic script call; there is no Python "check, then act".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from broker.contract import CLAIM_PREFIX, validate_archive_key
+from broker.redis_client import translated
+
+#: How long a claim taken at request time lives before its job starts heartbeating, in milliseconds.
+QUEUED_CLAIM_TTL_MS = 10 * 60 * 1000
+#: How long a running job's claim lives after its last heartbeat, in milliseconds.
+RUNNING_CLAIM_TTL_MS = 30 * 1000
+
+# The claim script. One script for every operation, so the rules live in one place.
+#
+# KEYS[1]  the archive's claim key (CLAIM_PREFIX + archive key): a hash {token, merged}
+# ARGV[1]  operation: "claim", "heartbeat" or "release"
+# ARGV[2]  the caller's token (the refresh request id)
+# ARGV[3]  TTL in milliseconds for "claim" and "heartbeat" (a positive integer); ignored by "release"
+#
+# Returns {ok, merged}:
+#   claim      free, or already held by this token: (re)take it with TTL ARGV[3]  -> {1, merged so far}
+#              held by another token: merged += 1, TTL untouched               -> {0, merged after +1}
+#   heartbeat  held by this token: reset the TTL to ARGV[3]                    -> {1, merged}
+#              otherwise: nothing changes                                      -> {0, 0}
+#   release    held by this token: delete the claim                            -> {1, merged}
+#              otherwise: nothing changes                                      -> {0, 0}
+# An unknown operation or a bad TTL is an error reply; nothing changes.
+_CLAIM_LUA = """
+local key, op, token = KEYS[1], ARGV[1], ARGV[2]
+local holder = redis.call('HGET', key, 'token')
+local ttl = tonumber(ARGV[3])
+if op == 'claim' or op == 'heartbeat' then
+  if not ttl or ttl <= 0 then
+    return redis.error_reply('claim script: TTL must be a positive number of milliseconds')
+  end
+end
+if op == 'claim' then
+  if holder == false then
+    redis.call('HSET', key, 'token', token, 'merged', 0)
+    redis.call('PEXPIRE', key, ttl)
+    return {1, 0}
+  end
+  if holder == token then
+    redis.call('PEXPIRE', key, ttl)
+    return {1, tonumber(redis.call('HGET', key, 'merged'))}
+  end
+  return {0, redis.call('HINCRBY', key, 'merged', 1)}
+end
+if op ~= 'heartbeat' and op ~= 'release' then
+  return redis.error_reply('claim script: unknown operation ' .. tostring(op))
+end
+if holder ~= token then
+  return {0, 0}
+end
+local merged = tonumber(redis.call('HGET', key, 'merged'))
+if op == 'heartbeat' then
+  redis.call('PEXPIRE', key, ttl)
+else
+  redis.call('DEL', key)
+end
+return {1, merged}
+"""
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """What a claim, heartbeat or release did.
+
+    Attributes:
+        ok: Claim: acquired (or re-taken by its holder). Heartbeat: extended. Release: deleted.
+        merged: Requests merged into the claim so far (for a refused claim: including this one).
+    """
+
+    ok: bool
+    merged: int
+
+
+@dataclass(frozen=True)
+class ClaimHolder:
+    """Who holds an archive's claim right now (a read-only view for status displays).
+
+    Attributes:
+        token: The holder's token (its request id).
+        merged: Requests merged into it.
+        ttl_ms: Milliseconds until it expires unless renewed.
+    """
+
+    token: str
+    merged: int
+    ttl_ms: int
+
+
+def claim_key(archive: str) -> str:
+    """The Redis key of an archive's claim.
+
+    Args:
+        archive: Archive key.
+
+    Returns:
+        ``CLAIM_PREFIX + archive``.
+
+    Raises:
+        MalformedRecord: ``archive`` is not a valid archive key.
+    """
+    return CLAIM_PREFIX + validate_archive_key(archive)
+
+
+class Claims:
+    """The claim operations on one Redis client (the script is registered once per instance).
+
+    Args:
+        client: A client from ``make_redis`` (``decode_responses=True``).
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._script = client.register_script(_CLAIM_LUA)
+
+    def claim(self, archive: str, token: str, ttl_ms: int) -> ClaimResult:
+        """Take the archive's claim, or merge into the one held.
+
+        Args:
+            archive: Archive key.
+            token: The request id.
+            ttl_ms: Lifetime of the claim if taken, in milliseconds.
+
+        Returns:
+            ``ok`` when taken (or already held by ``token``); otherwise merged.
+
+        Raises:
+            MalformedRecord: ``archive`` is not a valid archive key.
+            ValueError: ``token`` is empty.
+            BrokerUnavailable: Redis cannot be reached.
+        """
+        return self._run(archive, "claim", token, ttl_ms)
+
+    def heartbeat(self, archive: str, token: str, ttl_ms: int) -> ClaimResult:
+        """Extend the claim if ``token`` holds it.
+
+        Args:
+            archive: Archive key.
+            token: The holder's token.
+            ttl_ms: New lifetime from now, in milliseconds.
+
+        Returns:
+            ``ok`` when extended; not ok when the claim expired or another token holds it.
+
+        Raises:
+            MalformedRecord: ``archive`` is not a valid archive key.
+            BrokerUnavailable: Redis cannot be reached.
+        """
+        return self._run(archive, "heartbeat", token, ttl_ms)
+
+    def release(self, archive: str, token: str) -> ClaimResult:
+        """Delete the claim if ``token`` holds it (compare-and-delete).
+
+        Args:
+            archive: Archive key.
+            token: The holder's token.
+
+        Returns:
+            ``ok`` when deleted, with the number of requests merged into it.
+
+        Raises:
+            MalformedRecord: ``archive`` is not a valid archive key.
+            BrokerUnavailable: Redis cannot be reached.
+        """
+        return self._run(archive, "release", token, 0)
+
+    def holder(self, archive: str) -> ClaimHolder | None:
+        """Who holds the claim now, if anyone (not atomic with later changes: for display only).
+
+        Args:
+            archive: Archive key.
+
+        Returns:
+            The holder, or None when the archive is not claimed.
+
+        Raises:
+            MalformedRecord: ``archive`` is not a valid archive key.
+            BrokerUnavailable: Redis cannot be reached.
+        """
+        key = claim_key(archive)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hgetall(key)
+        pipe.pttl(key)
+        with translated(self._client, "read claim"):
+            fields, ttl = pipe.execute()
+        if not fields or "token" not in fields:
+            return None
+        return ClaimHolder(str(fields["token"]), int(fields.get("merged", 0)), int(ttl))
+
+    def _run(self, archive: str, op: str, token: str, ttl_ms: int) -> ClaimResult:
+        if not token:
+            raise ValueError("a claim token must not be empty")
+        key = claim_key(archive)
+        with translated(self._client, op):
+            reply: Any = self._script(keys=[key], args=[op, token, ttl_ms])
+        ok, merged = reply
+        return ClaimResult(bool(ok), int(merged))

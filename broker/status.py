@@ -1,0 +1,420 @@
+"""Status records of refreshes: the latest attempt per archive, and a short history, in Redis.
+
+Workers write a record when a job starts (``mark_running``) and when it ends (``write_status``, from the
+fields of ``RefreshOutcome.to_json()``); ``syncctl status`` and mountd read them. These records, not
+Celery results, are the state of refreshes (results are off, see ``broker.celery_app``).
+
+Layout (keys in ``broker.contract``):
+    * ``sync:status:<archive>``: a hash with the fields of ``StatusRecord``; absent fields are None.
+    * ``sync:history:<archive>``: a list of JSON records, newest first, trimmed to ``HISTORY_LENGTH``.
+    * ``sync:status-index``: the set of archive keys that have a record, for ``list_status``.
+
+Invariants: each write is one MULTI/EXEC transaction, so a reader never sees a record from one attempt with
+the counters of another, and the history never grows past ``HISTORY_LENGTH``. Decoding is strict
+(``MalformedRecord``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+
+from broker.contract import (
+    HISTORY_PREFIX,
+    STATUS_INDEX_KEY,
+    STATUS_PREFIX,
+    MalformedRecord,
+    format_time,
+    parse_time,
+    require_int,
+    validate_archive_key,
+)
+from broker.redis_client import translated
+
+#: Attempts kept per archive in its history list.
+HISTORY_LENGTH = 20
+#: Status of a job that started and has not written its outcome yet.
+RUNNING = "running"
+
+_OPTIONAL_TEXT = ("error_code", "error", "worker", "job_id")
+
+
+@dataclass(frozen=True)
+class StatusRecord:
+    """The latest (or one historical) refresh attempt of an archive.
+
+    Attributes:
+        archive: Archive key.
+        status: ``running`` or a ``RefreshOutcome`` status (``committed``, ``failed``...).
+        generation: Generation after the attempt (before it, while running); -1 when unknown (the archive
+            could not be opened).
+        base_generation: Generation the attempt started from; -1 when unknown.
+        error_code: Stable failure code, None on success.
+        error: Human-readable failure, None on success.
+        duration_ms: Wall time of the attempt (0 while running).
+        worker: Worker (Celery hostname) that ran it.
+        job_id: Celery task id (the request id).
+        attempts: Attempts recorded for the archive so far, this one included.
+        last_attempt: When the attempt started.
+        updated_at: When the record was written.
+    """
+
+    archive: str
+    status: str
+    generation: int
+    base_generation: int
+    error_code: str | None
+    error: str | None
+    duration_ms: float
+    worker: str | None
+    job_id: str | None
+    attempts: int
+    last_attempt: datetime
+    updated_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (times as RFC 3339 UTC).
+
+        Returns:
+            Every field.
+        """
+        return {
+            "archive": self.archive,
+            "status": self.status,
+            "generation": self.generation,
+            "base_generation": self.base_generation,
+            "error_code": self.error_code,
+            "error": self.error,
+            "duration_ms": self.duration_ms,
+            "worker": self.worker,
+            "job_id": self.job_id,
+            "attempts": self.attempts,
+            "last_attempt": format_time(self.last_attempt),
+            "updated_at": format_time(self.updated_at),
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> StatusRecord:
+        """Decode ``to_json`` output (a history entry) strictly.
+
+        Args:
+            data: The decoded JSON.
+
+        Returns:
+            The record.
+
+        Raises:
+            MalformedRecord: Not an object with exactly these fields and types.
+        """
+        if not isinstance(data, dict) or set(data) != _FIELDS:
+            raise MalformedRecord("status", "must be an object with exactly the status fields")
+        for name in _OPTIONAL_TEXT:
+            if data[name] is not None and not isinstance(data[name], str):
+                raise MalformedRecord("status", "must be a string or null", field=name)
+        if not isinstance(data["status"], str):
+            raise MalformedRecord("status", "must be a string", field="status")
+        return cls(
+            archive=_archive(data["archive"]),
+            status=data["status"],
+            generation=require_int(data["generation"], "status", "generation", minimum=-1),
+            base_generation=require_int(data["base_generation"], "status", "base_generation", minimum=-1),
+            error_code=data["error_code"],
+            error=data["error"],
+            duration_ms=_duration(data["duration_ms"]),
+            worker=data["worker"],
+            job_id=data["job_id"],
+            attempts=require_int(data["attempts"], "status", "attempts"),
+            last_attempt=parse_time(data["last_attempt"], "status", "last_attempt"),
+            updated_at=parse_time(data["updated_at"], "status", "updated_at"),
+        )
+
+
+_FIELDS = frozenset(StatusRecord.__dataclass_fields__)
+
+
+def status_key(archive: str) -> str:
+    """The Redis key of an archive's status hash.
+
+    Args:
+        archive: Archive key.
+
+    Returns:
+        ``STATUS_PREFIX + archive``.
+
+    Raises:
+        MalformedRecord: Not a valid archive key.
+    """
+    return STATUS_PREFIX + validate_archive_key(archive)
+
+
+def history_key(archive: str) -> str:
+    """The Redis key of an archive's history list.
+
+    Args:
+        archive: Archive key.
+
+    Returns:
+        ``HISTORY_PREFIX + archive``.
+
+    Raises:
+        MalformedRecord: Not a valid archive key.
+    """
+    return HISTORY_PREFIX + validate_archive_key(archive)
+
+
+def mark_running(
+    client: redis.Redis,
+    archive: str,
+    *,
+    generation: int,
+    worker: str,
+    job_id: str,
+    now: datetime | None = None,
+) -> None:
+    """Record that a job started on the archive (status ``running``; the history is not touched).
+
+    Args:
+        client: Redis client.
+        archive: Archive key.
+        generation: Generation the job starts from.
+        worker: The worker's name.
+        job_id: The job's id.
+        now: Start time; the current time when None.
+
+    Raises:
+        MalformedRecord: Not a valid archive key.
+        BrokerUnavailable: Redis cannot be reached.
+    """
+    moment = format_time(now or datetime.now(UTC))
+    key = status_key(archive)
+    pipe = client.pipeline(transaction=True)
+    pipe.hdel(key, "error_code", "error")
+    pipe.hset(
+        key,
+        mapping={
+            "archive": archive,
+            "status": RUNNING,
+            "generation": generation,
+            "base_generation": generation,
+            "duration_ms": 0,
+            "worker": worker,
+            "job_id": job_id,
+            "last_attempt": moment,
+            "updated_at": moment,
+        },
+    )
+    pipe.hsetnx(key, "attempts", 0)
+    pipe.sadd(STATUS_INDEX_KEY, archive)
+    with translated(client, "mark running"):
+        pipe.execute()
+
+
+def write_status(
+    client: redis.Redis,
+    archive: str,
+    outcome: Mapping[str, Any],
+    *,
+    worker: str,
+    job_id: str,
+    now: datetime | None = None,
+) -> StatusRecord:
+    """Record the end of an attempt: the archive's status hash, its history, and the index.
+
+    Args:
+        client: Redis client.
+        archive: Archive key.
+        outcome: ``RefreshOutcome.to_json()`` (uses ``status``, ``generation``, ``base_generation``,
+            ``error_code``, ``error``, ``duration_ms``; other fields are ignored).
+        worker: The worker's name.
+        job_id: The job's id.
+        now: End time; the current time when None.
+
+    Returns:
+        The record as written (``attempts`` counts this attempt).
+
+    Raises:
+        MalformedRecord: Bad archive key, or an outcome field is missing or of the wrong type.
+        BrokerUnavailable: Redis cannot be reached.
+    """
+    validate_archive_key(archive)
+    status = outcome.get("status")
+    if not isinstance(status, str) or not status:
+        raise MalformedRecord("status", "outcome needs a non-empty status", field="status")
+    for name in ("error_code", "error"):
+        if outcome.get(name) is not None and not isinstance(outcome.get(name), str):
+            raise MalformedRecord("status", "must be a string or None", field=name)
+    generation = require_int(outcome.get("generation"), "status", "generation", minimum=-1)
+    base = require_int(outcome.get("base_generation"), "status", "base_generation", minimum=-1)
+    duration_ms = _duration(outcome.get("duration_ms"))
+    ended = now or datetime.now(UTC)
+    started = ended - timedelta(milliseconds=duration_ms)
+    fields: dict[str, Any] = {
+        "archive": archive,
+        "status": status,
+        "generation": generation,
+        "base_generation": base,
+        "error_code": outcome.get("error_code"),
+        "error": outcome.get("error"),
+        "duration_ms": round(duration_ms, 3),
+        "worker": worker,
+        "job_id": job_id,
+        "last_attempt": format_time(started),
+        "updated_at": format_time(ended),
+    }
+    key, history = status_key(archive), history_key(archive)
+    written: list[StatusRecord] = []
+
+    def write(pipe: redis.client.Pipeline) -> None:
+        # WATCH on the hash (redis-py's transaction helper) makes read-increment-write of ``attempts`` and
+        # the history entry that carries it one atomic step; it is retried if another write interleaves.
+        attempts = _int_text(pipe.hget(key, "attempts") or "0", "attempts") + 1
+        record = StatusRecord.from_json({**fields, "attempts": attempts})
+        pipe.multi()
+        absent = [name for name, value in fields.items() if value is None]
+        if absent:
+            pipe.hdel(key, *absent)
+        stored = {name: value for name, value in fields.items() if value is not None}
+        pipe.hset(key, items=[item for pair in {**stored, "attempts": attempts}.items() for item in pair])
+        pipe.sadd(STATUS_INDEX_KEY, archive)
+        pipe.lpush(history, json.dumps(record.to_json(), separators=(",", ":")))
+        pipe.ltrim(history, 0, HISTORY_LENGTH - 1)
+        written[:] = [record]
+
+    with translated(client, "write status"):
+        client.transaction(write, key)
+    return written[0]
+
+
+def read_status(client: redis.Redis, archive: str) -> StatusRecord | None:
+    """The archive's latest record.
+
+    Args:
+        client: Redis client.
+        archive: Archive key.
+
+    Returns:
+        The record, or None when the archive was never refreshed through the queue.
+
+    Raises:
+        MalformedRecord: Bad archive key, or the stored hash does not decode.
+        BrokerUnavailable: Redis cannot be reached.
+    """
+    key = status_key(archive)
+    with translated(client, "read status"):
+        fields = client.hgetall(key)
+    return _from_hash(archive, fields) if fields else None
+
+
+def read_history(client: redis.Redis, archive: str, limit: int = HISTORY_LENGTH) -> list[StatusRecord]:
+    """The archive's recent attempts, newest first.
+
+    Args:
+        client: Redis client.
+        archive: Archive key.
+        limit: Most entries returned.
+
+    Returns:
+        Up to ``limit`` records.
+
+    Raises:
+        MalformedRecord: Bad archive key, or an entry does not decode.
+        BrokerUnavailable: Redis cannot be reached.
+    """
+    if limit <= 0:
+        return []
+    key = history_key(archive)
+    with translated(client, "read history"):
+        entries = client.lrange(key, 0, limit - 1)
+    return [StatusRecord.from_json(_load(entry)) for entry in entries]
+
+
+def list_status(client: redis.Redis) -> list[StatusRecord]:
+    """The latest record of every archive that has one, sorted by archive key.
+
+    Args:
+        client: Redis client.
+
+    Returns:
+        The records.
+
+    Raises:
+        MalformedRecord: A stored record does not decode.
+        BrokerUnavailable: Redis cannot be reached.
+    """
+    with translated(client, "list status"):
+        archives = sorted(str(a) for a in client.smembers(STATUS_INDEX_KEY))
+        pipe = client.pipeline(transaction=False)
+        for archive in archives:
+            pipe.hgetall(status_key(archive))
+        replies = pipe.execute()
+    return [_from_hash(a, fields) for a, fields in zip(archives, replies, strict=True) if fields]
+
+
+def forget_status(client: redis.Redis, archive: str) -> None:
+    """Delete an archive's record and history (the archive left the store).
+
+    Args:
+        client: Redis client.
+        archive: Archive key.
+
+    Raises:
+        MalformedRecord: Bad archive key.
+        BrokerUnavailable: Redis cannot be reached.
+    """
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(status_key(archive), history_key(archive))
+    pipe.srem(STATUS_INDEX_KEY, archive)
+    with translated(client, "forget status"):
+        pipe.execute()
+
+
+def _from_hash(archive: str, fields: Mapping[Any, Any]) -> StatusRecord:
+    data: dict[str, Any] = dict.fromkeys(_FIELDS)
+    for name, value in fields.items():
+        if name not in _FIELDS:
+            raise MalformedRecord("status", f"unknown field in the record of {archive!r}", field=str(name))
+        data[name] = value
+    for name in ("generation", "base_generation", "attempts"):
+        data[name] = _int_text(data[name], name)
+    try:
+        data["duration_ms"] = float(data["duration_ms"])
+    except (TypeError, ValueError) as exc:
+        raise MalformedRecord("status", "must be a number", field="duration_ms") from exc
+    return StatusRecord.from_json(data)
+
+
+def _int_text(value: object, field: str) -> int:
+    if not isinstance(value, str) or not value.lstrip("-").isdigit():
+        raise MalformedRecord("status", f"must be an integer, not {value!r}", field=field)
+    return int(value)
+
+
+def _duration(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedRecord("status", "must be a number", field="duration_ms")
+    duration = float(value)
+    if not math.isfinite(duration) or duration < 0:
+        raise MalformedRecord("status", f"must be finite and >= 0, not {value!r}", field="duration_ms")
+    return duration
+
+
+def _archive(value: object) -> str:
+    try:
+        return validate_archive_key(value)
+    except MalformedRecord as exc:
+        raise MalformedRecord("status", exc.message, field="archive") from exc
+
+
+def _load(entry: object) -> object:
+    if not isinstance(entry, str):
+        raise MalformedRecord("status", "history entry is not text")
+    try:
+        return json.loads(entry)
+    except json.JSONDecodeError as exc:
+        raise MalformedRecord("status", f"history entry is not JSON: {exc}") from exc

@@ -1,0 +1,139 @@
+"""The claim script: acquire, merge, re-entrant claim, token-checked heartbeat and release, expiry."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from redis_server import wait_for
+
+from broker import MalformedRecord, claim_key
+from broker.claims import Claims
+
+ARCHIVE = "reports/a.csv.sync"
+
+
+@pytest.fixture
+def claims(redis_client: redis.Redis) -> Claims:
+    """Claim operations on the session's (emptied) Redis."""
+    return Claims(redis_client)
+
+
+def test_first_claim_acquires(claims: Claims, redis_client: redis.Redis) -> None:
+    """A claim on a free archive is acquired, stores the token and gets the TTL asked for."""
+    result = claims.claim(ARCHIVE, "t1", 60_000)
+    assert result.ok
+    assert result.merged == 0
+    assert redis_client.hget(claim_key(ARCHIVE), "token") == "t1"
+    assert 0 < redis_client.pttl(claim_key(ARCHIVE)) <= 60_000
+
+
+def test_claim_while_held_is_merged_and_counted(claims: Claims, redis_client: redis.Redis) -> None:
+    """Claims by other tokens are refused, counted as merged, and leave the holder and its TTL alone."""
+    claims.claim(ARCHIVE, "t1", 60_000)
+    assert claims.claim(ARCHIVE, "t2", 999_999).merged == 1
+    result = claims.claim(ARCHIVE, "t3", 999_999)
+    assert not result.ok
+    assert result.merged == 2
+    assert redis_client.hget(claim_key(ARCHIVE), "token") == "t1"
+    assert redis_client.pttl(claim_key(ARCHIVE)) <= 60_000
+
+
+def test_claim_is_reentrant_for_its_holder(claims: Claims, redis_client: redis.Redis) -> None:
+    """The holder claiming again (the job starting) succeeds and takes the new TTL."""
+    claims.claim(ARCHIVE, "t1", 60_000)
+    claims.claim(ARCHIVE, "t2", 60_000)
+    result = claims.claim(ARCHIVE, "t1", 600_000)
+    assert result.ok
+    assert result.merged == 1
+    assert redis_client.pttl(claim_key(ARCHIVE)) > 60_000
+
+
+def test_heartbeat_with_the_right_token_extends(claims: Claims, redis_client: redis.Redis) -> None:
+    """A heartbeat by the holder resets the TTL."""
+    claims.claim(ARCHIVE, "t1", 1_000)
+    assert claims.heartbeat(ARCHIVE, "t1", 600_000).ok
+    assert redis_client.pttl(claim_key(ARCHIVE)) > 1_000
+
+
+def test_heartbeat_with_a_wrong_token_is_ignored(claims: Claims, redis_client: redis.Redis) -> None:
+    """A heartbeat by another token changes nothing and reports so."""
+    claims.claim(ARCHIVE, "t1", 1_000)
+    result = claims.heartbeat(ARCHIVE, "t2", 600_000)
+    assert not result.ok
+    assert redis_client.pttl(claim_key(ARCHIVE)) <= 1_000
+    assert redis_client.hget(claim_key(ARCHIVE), "token") == "t1"
+
+
+def test_heartbeat_of_a_missing_claim_does_not_create_it(claims: Claims, redis_client: redis.Redis) -> None:
+    """A heartbeat after the claim is gone does not bring it back."""
+    assert not claims.heartbeat(ARCHIVE, "t1", 60_000).ok
+    assert not redis_client.exists(claim_key(ARCHIVE))
+
+
+def test_release_with_a_wrong_token_is_ignored(claims: Claims, redis_client: redis.Redis) -> None:
+    """Only the holder can delete the claim (compare-and-delete)."""
+    claims.claim(ARCHIVE, "t1", 60_000)
+    assert not claims.release(ARCHIVE, "t2").ok
+    assert redis_client.exists(claim_key(ARCHIVE))
+
+
+def test_release_by_the_holder_deletes_and_reports_merges(claims: Claims, redis_client: redis.Redis) -> None:
+    """The holder's release deletes the claim and returns how many requests were merged into it."""
+    claims.claim(ARCHIVE, "t1", 60_000)
+    claims.claim(ARCHIVE, "t2", 60_000)
+    claims.claim(ARCHIVE, "t3", 60_000)
+    result = claims.release(ARCHIVE, "t1")
+    assert result.ok
+    assert result.merged == 2
+    assert not redis_client.exists(claim_key(ARCHIVE))
+    assert claims.claim(ARCHIVE, "t4", 60_000).ok
+
+
+def test_claim_expires_after_its_ttl(claims: Claims) -> None:
+    """A claim nobody heartbeats expires, and then another token can take it."""
+    claims.claim(ARCHIVE, "t1", 150)
+    assert not claims.claim(ARCHIVE, "t2", 60_000).ok
+    wait_for(lambda: claims.holder(ARCHIVE) is None, 10, what="claim expired")
+    assert claims.claim(ARCHIVE, "t2", 60_000).ok
+    assert not claims.heartbeat(ARCHIVE, "t1", 60_000).ok
+    assert not claims.release(ARCHIVE, "t1").ok
+
+
+def test_holder_shows_token_merges_and_ttl(claims: Claims) -> None:
+    """``holder`` reports who holds the claim, how many requests merged, and the time left."""
+    assert claims.holder(ARCHIVE) is None
+    claims.claim(ARCHIVE, "t1", 60_000)
+    claims.claim(ARCHIVE, "t2", 60_000)
+    holder = claims.holder(ARCHIVE)
+    assert holder is not None
+    assert (holder.token, holder.merged) == ("t1", 1)
+    assert 0 < holder.ttl_ms <= 60_000
+
+
+def test_claims_of_different_archives_are_independent(claims: Claims) -> None:
+    """Claiming one archive does not affect another."""
+    assert claims.claim("a.sync", "t1", 60_000).ok
+    assert claims.claim("b.sync", "t2", 60_000).ok
+
+
+@pytest.mark.parametrize("ttl", [0, -5])
+def test_script_refuses_a_non_positive_ttl(claims: Claims, redis_client: redis.Redis, ttl: int) -> None:
+    """The script answers an error, and changes nothing, when asked for a TTL that is not positive."""
+    with pytest.raises(redis.ResponseError, match="TTL must be a positive"):
+        claims.claim(ARCHIVE, "t1", ttl)
+    assert not redis_client.exists(claim_key(ARCHIVE))
+
+
+def test_bad_keys_and_empty_tokens_are_refused(claims: Claims) -> None:
+    """An unsafe archive key or an empty token never reaches Redis."""
+    with pytest.raises(MalformedRecord):
+        claims.claim("../x.sync", "t1", 1_000)
+    with pytest.raises(ValueError, match="empty"):
+        claims.claim(ARCHIVE, "", 1_000)
+
+
+def test_claims_survive_a_script_cache_flush(claims: Claims, redis_client: redis.Redis) -> None:
+    """After ``SCRIPT FLUSH`` (or a Redis restart) the registered script is loaded again transparently."""
+    claims.claim(ARCHIVE, "t1", 60_000)
+    redis_client.script_flush()
+    assert claims.release(ARCHIVE, "t1").ok
