@@ -11,8 +11,11 @@ Invariants:
       the commit.
     * A worker holds one message per pool process (prefetch multiplier 1), so a long job never hides
       queued work from idle workers.
-    * The visibility timeout (after which Redis redelivers an unacknowledged message) exceeds the longest
-      job plus the longest retry countdown, so a slow job is never run twice at once.
+    * The visibility timeout (after which Redis redelivers an unacknowledged message) is short, so a job
+      whose whole worker died (SIGKILL, lost host) runs again within about two minutes. It exceeds the
+      longest retry countdown, so a retry waiting for its ETA is not redelivered. A job that runs longer
+      than it is redelivered while it runs; that copy finds the claim held by a live runner of the same
+      request (``Claims.start``) and drops out, so a slow job still runs once at a time.
     * Results are not stored unless ``Settings.result_backend`` names a backend: the state of refreshes
       lives in our status records (``broker.status``).
 """
@@ -42,8 +45,8 @@ SOFT_LIMIT_MARGIN = 60.0
 #: Time between the soft limit (the task still records its status and releases its claim) and the hard
 #: kill of the pool process, in seconds.
 HARD_LIMIT_MARGIN = 30.0
-#: Margin of the visibility timeout over the longest job plus the longest retry countdown, in seconds.
-VISIBILITY_MARGIN = 300.0
+#: Margin of the visibility timeout over the longest retry countdown, in seconds.
+VISIBILITY_MARGIN = 30.0
 #: How often a worker scans for unacknowledged messages past their visibility timeout, in seconds
 #: (kombu's ``unacked_restore_interval``; with throttle 1 a dead worker's messages return within about
 #: visibility timeout + this).
@@ -103,17 +106,17 @@ def job_time_limits(manifest_timeout: float, settings: Settings) -> TimeLimits:
 
 
 def visibility_timeout(settings: Settings, retry: RetryPolicy | None = None) -> float:
-    """The broker's visibility timeout: above the longest job and the longest retry countdown.
+    """The broker's visibility timeout: the longest retry countdown plus ``VISIBILITY_MARGIN``.
 
     Args:
-        settings: Supplies the longest guest budget.
+        settings: The process's settings (the timeout does not depend on guest budgets, see above).
         retry: The retry policy in use; the default policy when None.
 
     Returns:
         Seconds.
     """
-    longest_job = job_time_limits(settings.max_guest_timeout, settings).hard
-    return longest_job + (retry or RetryPolicy()).max_delay + VISIBILITY_MARGIN
+    del settings
+    return (retry or RetryPolicy()).max_delay + VISIBILITY_MARGIN
 
 
 def make_celery_app(

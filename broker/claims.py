@@ -5,9 +5,13 @@ Semantics are "strict": at most one refresh of an archive is queued or running a
 * A producer claims the archive with the request's id as token *before* sending the task (TTL
   ``QUEUED_CLAIM_TTL_MS``). A request arriving while the claim is held is merged: nothing is sent, and the
   claim's ``merged`` counter goes up so the job can report how many reads it served.
-* The job that carries the request claims again with the same token when it starts (claiming is re-entrant
-  for the holder) and switches to ``RUNNING_CLAIM_TTL_MS``; it heartbeats about once a second and releases
-  at the end. If the claim is held by another token, the job was superseded (see below) and must not run.
+* The job that carries the request *starts* on the claim with the same token and a runner id unique to this
+  execution, switching to ``RUNNING_CLAIM_TTL_MS``; it heartbeats about once a second and releases at the
+  end. If the claim is held by another token, the job was superseded (see below) and must not run. If it is
+  held by the same token but another live runner, the message was delivered twice (the broker redelivers
+  a message whose job runs longer than the visibility timeout) and this copy must not run either.
+* A job that schedules a retry *requeues* its claim: the runner is cleared and the TTL set to cover the
+  countdown, so the retry can start while no other request for the archive is sent meanwhile.
 * Heartbeat and release compare the token, so a job whose claim expired and was taken by a newer request
   can neither extend nor delete the newer claim.
 
@@ -40,24 +44,29 @@ RUNNING_CLAIM_TTL_MS = 30 * 1000
 
 # The claim script. One script for every operation, so the rules live in one place.
 #
-# KEYS[1]  the archive's claim key (CLAIM_PREFIX + archive key): a hash {token, merged}
-# ARGV[1]  operation: "claim", "heartbeat" or "release"
+# KEYS[1]  the archive's claim key (CLAIM_PREFIX + archive key): a hash {token, merged, runner}
+# ARGV[1]  operation: "claim", "start", "heartbeat", "requeue" or "release"
 # ARGV[2]  the caller's token (the refresh request id)
-# ARGV[3]  TTL in milliseconds for "claim" and "heartbeat" (a positive integer); ignored by "release"
+# ARGV[3]  TTL in milliseconds for every operation but "release" (a positive integer)
+# ARGV[4]  "start" only: the runner id of this execution
 #
 # Returns {ok, merged}:
 #   claim      free, or already held by this token: (re)take it with TTL ARGV[3]  -> {1, merged so far}
 #              held by another token: merged += 1, TTL untouched               -> {0, merged after +1}
+#   start      free: take it for this token and runner                         -> {1, 0}
+#              held by this token, no runner or this runner: set runner, TTL   -> {1, merged}
+#              held by this token and another runner: nothing changes          -> {0, merged}
+#              held by another token: merged += 1                              -> {0, merged after +1}
 #   heartbeat  held by this token: reset the TTL to ARGV[3]                    -> {1, merged}
-#              otherwise: nothing changes                                      -> {0, 0}
+#   requeue    held by this token: clear the runner, reset the TTL             -> {1, merged}
 #   release    held by this token: delete the claim                            -> {1, merged}
-#              otherwise: nothing changes                                      -> {0, 0}
+#   (heartbeat, requeue, release when not held by this token: nothing changes  -> {0, 0})
 # An unknown operation or a bad TTL is an error reply; nothing changes.
 _CLAIM_LUA = """
 local key, op, token = KEYS[1], ARGV[1], ARGV[2]
 local holder = redis.call('HGET', key, 'token')
 local ttl = tonumber(ARGV[3])
-if op == 'claim' or op == 'heartbeat' then
+if op ~= 'release' then
   if not ttl or ttl <= 0 then
     return redis.error_reply('claim script: TTL must be a positive number of milliseconds')
   end
@@ -74,7 +83,29 @@ if op == 'claim' then
   end
   return {0, redis.call('HINCRBY', key, 'merged', 1)}
 end
-if op ~= 'heartbeat' and op ~= 'release' then
+if op == 'start' then
+  local runner = ARGV[4]
+  if not runner or runner == '' then
+    return redis.error_reply('claim script: start needs a runner id')
+  end
+  if holder == false then
+    redis.call('HSET', key, 'token', token, 'merged', 0, 'runner', runner)
+    redis.call('PEXPIRE', key, ttl)
+    return {1, 0}
+  end
+  if holder ~= token then
+    return {0, redis.call('HINCRBY', key, 'merged', 1)}
+  end
+  local current = redis.call('HGET', key, 'runner')
+  local merged = tonumber(redis.call('HGET', key, 'merged'))
+  if current ~= false and current ~= runner then
+    return {0, merged}
+  end
+  redis.call('HSET', key, 'runner', runner)
+  redis.call('PEXPIRE', key, ttl)
+  return {1, merged}
+end
+if op ~= 'heartbeat' and op ~= 'requeue' and op ~= 'release' then
   return redis.error_reply('claim script: unknown operation ' .. tostring(op))
 end
 if holder ~= token then
@@ -82,6 +113,9 @@ if holder ~= token then
 end
 local merged = tonumber(redis.call('HGET', key, 'merged'))
 if op == 'heartbeat' then
+  redis.call('PEXPIRE', key, ttl)
+elseif op == 'requeue' then
+  redis.call('HDEL', key, 'runner')
   redis.call('PEXPIRE', key, ttl)
 else
   redis.call('DEL', key)
@@ -162,6 +196,45 @@ class Claims:
         """
         return self._run(archive, "claim", token, ttl_ms)
 
+    def start(self, archive: str, token: str, runner: str, ttl_ms: int) -> ClaimResult:
+        """Start running the request ``token`` as execution ``runner``.
+
+        Args:
+            archive: Archive key.
+            token: The request id the job carries.
+            runner: An id unique to this execution of the job.
+            ttl_ms: Lifetime of the claim from now, in milliseconds (heartbeats renew it).
+
+        Returns:
+            ``ok`` when this execution may run; not ok when another request holds the archive (superseded)
+            or another execution of the same request is running (a duplicate delivery).
+
+        Raises:
+            MalformedRecord: ``archive`` is not a valid archive key.
+            ValueError: ``token`` or ``runner`` is empty.
+            BrokerUnavailable: Redis cannot be reached.
+        """
+        if not runner:
+            raise ValueError("a runner id must not be empty")
+        return self._run(archive, "start", token, ttl_ms, runner)
+
+    def requeue(self, archive: str, token: str, ttl_ms: int) -> ClaimResult:
+        """Keep the claim for a retry: clear the runner and hold it ``ttl_ms`` (the countdown and a margin).
+
+        Args:
+            archive: Archive key.
+            token: The holder's token.
+            ttl_ms: Lifetime from now, in milliseconds.
+
+        Returns:
+            ``ok`` when the claim was still held by ``token``.
+
+        Raises:
+            MalformedRecord: ``archive`` is not a valid archive key.
+            BrokerUnavailable: Redis cannot be reached.
+        """
+        return self._run(archive, "requeue", token, ttl_ms)
+
     def heartbeat(self, archive: str, token: str, ttl_ms: int) -> ClaimResult:
         """Extend the claim if ``token`` holds it.
 
@@ -218,11 +291,11 @@ class Claims:
             return None
         return ClaimHolder(str(fields["token"]), int(fields.get("merged", 0)), int(ttl))
 
-    def _run(self, archive: str, op: str, token: str, ttl_ms: int) -> ClaimResult:
+    def _run(self, archive: str, op: str, token: str, ttl_ms: int, runner: str = "") -> ClaimResult:
         if not token:
             raise ValueError("a claim token must not be empty")
         key = claim_key(archive)
         with translated(self._client, op):
-            reply: Any = self._script(keys=[key], args=[op, token, ttl_ms])
+            reply: Any = self._script(keys=[key], args=[op, token, ttl_ms, runner])
         ok, merged = reply
         return ClaimResult(bool(ok), int(merged))

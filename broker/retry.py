@@ -18,9 +18,9 @@ from dataclasses import dataclass
 #: Retries after the first attempt before a job is given up and recorded as failed.
 DEFAULT_MAX_RETRIES = 5
 #: Delay ceiling of the first retry, in seconds; it doubles per retry.
-DEFAULT_BASE_DELAY = 10.0
+DEFAULT_BASE_DELAY = 5.0
 #: Largest delay of any retry, in seconds.
-DEFAULT_MAX_DELAY = 300.0
+DEFAULT_MAX_DELAY = 60.0
 
 
 @dataclass(frozen=True)

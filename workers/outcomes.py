@@ -1,16 +1,15 @@
 """Turn a refresh outcome into a decision: done, retry later, or give up (STYLE rule 4: the one place).
 
-Transient failures are retried with exponential backoff and full jitter: a swap conflict (another writer
-moved the generation; the next attempt starts from the new payload), a sandbox child that died for reasons
-of its own, and a guest whose source was unreachable (its HTTP requests got no response: DNS, connect, TLS,
-timeout) and that then failed or produced nothing. Deterministic guest failures — traps, fuel, a deadline
-passed without network trouble, policy refusals, a strict sandbox that cannot be built, a broken archive —
-are not retried: running the same code on the same input would fail the same way.
+Transient failures are retried, with the delays of ``broker.retry.RetryPolicy``: a swap conflict (another
+writer moved the generation; the next attempt starts from the new payload), a sandbox child that died for
+reasons of its own, and a guest whose source was unreachable (its HTTP requests got no response: DNS,
+connect, TLS, timeout) and that then failed or produced nothing. Deterministic guest failures (traps, fuel,
+a deadline passed without network trouble, policy refusals, a strict sandbox that cannot be built, a broken
+archive) are not retried: running the same code on the same input would fail the same way.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 from workers.refresh import COMMITTED, FAILED, UNCHANGED, RefreshOutcome
@@ -21,12 +20,6 @@ UNREACHABLE_SOURCE = frozenset(
 )
 #: Failure codes that are transient whatever the guest did.
 TRANSIENT_CODES = frozenset({"swap_conflict", "guest_error"})
-#: First retry delay in seconds; doubled per attempt.
-BASE_DELAY = 5.0
-#: Largest retry delay in seconds.
-MAX_DELAY = 300.0
-#: Attempts after the first before a job is given up and kept as failed.
-MAX_RETRIES = 5
 
 
 @dataclass(frozen=True)
@@ -58,17 +51,3 @@ def decide(outcome: RefreshOutcome) -> Decision:
         return Decision(True, "source_unreachable")
     code = outcome.error_code or "unknown"
     return Decision(code in TRANSIENT_CODES, code)
-
-
-def backoff(attempt: int, *, rng: random.Random | None = None) -> float:
-    """Delay before retry number ``attempt`` (0-based): full jitter over an exponential ceiling.
-
-    Args:
-        attempt: How many retries happened before this one.
-        rng: Random source (tests pass a seeded one).
-
-    Returns:
-        Seconds to wait.
-    """
-    ceiling = min(MAX_DELAY, BASE_DELAY * (2**attempt))
-    return (rng or random).uniform(0, ceiling)

@@ -50,11 +50,11 @@ def test_factory_applies_the_reliability_settings() -> None:
     assert app.tasks.get(TASK_REFRESH) is None
 
 
-def test_visibility_timeout_exceeds_the_longest_job_and_retry_delay() -> None:
-    """No job, however long its manifest asks, outlives the visibility timeout, retry countdown included."""
+def test_visibility_timeout_exceeds_the_longest_retry_delay() -> None:
+    """A retry waiting for its countdown is not redelivered; a dead worker's job returns in 2 minutes."""
     settings = Settings(max_guest_timeout=1200.0)
-    retry = RetryPolicy(max_delay=900.0)
-    assert visibility_timeout(settings, retry) > job_time_limits(10**9, settings).hard + retry.max_delay
+    assert visibility_timeout(settings, RetryPolicy(max_delay=900.0)) > 900.0
+    assert visibility_timeout(settings) < 120.0
 
 
 def test_time_limits_follow_the_manifest_timeout() -> None:

@@ -137,3 +137,23 @@ def test_claims_survive_a_script_cache_flush(claims: Claims, redis_client: redis
     claims.claim(ARCHIVE, "t1", 60_000)
     redis_client.script_flush()
     assert claims.release(ARCHIVE, "t1").ok
+
+
+def test_start_refuses_a_second_runner_of_the_same_request(claims: Claims) -> None:
+    """A redelivered copy of a running job (same token, another runner) may not start; the first goes on."""
+    assert claims.claim("a.sync", "t" * 32, 60_000).ok
+    assert claims.start("a.sync", "t" * 32, "runner-1", 30_000).ok
+    assert claims.start("a.sync", "t" * 32, "runner-1", 30_000).ok
+    assert not claims.start("a.sync", "t" * 32, "runner-2", 30_000).ok
+    assert not claims.start("a.sync", "u" * 32, "runner-3", 30_000).ok
+    assert claims.heartbeat("a.sync", "t" * 32, 30_000).ok
+
+
+def test_requeue_lets_the_retry_start_and_keeps_others_out(claims: Claims) -> None:
+    """After ``requeue`` the same request starts again under a new runner while other requests merge."""
+    assert claims.start("b.sync", "t" * 32, "runner-1", 30_000).ok
+    assert claims.requeue("b.sync", "t" * 32, 90_000).ok
+    assert not claims.claim("b.sync", "u" * 32, 60_000).ok
+    assert claims.start("b.sync", "t" * 32, "runner-2", 30_000).ok
+    assert claims.release("b.sync", "t" * 32).ok
+    assert claims.holder("b.sync") is None

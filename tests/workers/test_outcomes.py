@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
 
-from workers.outcomes import BASE_DELAY, MAX_DELAY, backoff, decide
+from workers.outcomes import decide
 from workers.refresh import ALREADY_FRESH, COMMITTED, FAILED, NO_UPDATE_LOGIC, UNCHANGED, RefreshOutcome
 
 
@@ -41,13 +40,3 @@ def test_decide(outcome: RefreshOutcome, retry: bool, reason: str) -> None:
     """Each kind of outcome gets the retry decision the retry policy names."""
     decision = decide(outcome)
     assert (decision.retry, decision.reason) == (retry, reason)
-
-
-def test_backoff_is_jittered_and_capped() -> None:
-    """Delays stay under an exponential ceiling capped at MAX_DELAY and vary between draws."""
-    rng = random.Random(7)
-    for attempt in range(12):
-        ceiling = min(MAX_DELAY, BASE_DELAY * 2**attempt)
-        draws = [backoff(attempt, rng=rng) for _ in range(50)]
-        assert all(0 <= d <= ceiling for d in draws)
-        assert len(set(draws)) > 1

@@ -1,0 +1,211 @@
+"""The service half of ``syncctl``: ``worker`` consumes refresh jobs; ``refresh`` and ``status`` talk to them.
+
+Each command builds ``Settings`` from its flags and the environment and resolves the broker once
+(``broker.connection.connect``: the ``--broker`` Redis, or the embedded one). Celery, Redis and the guest
+runtime are imported only inside the command that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    """Add the service commands to the ``syncctl`` parser.
+
+    Args:
+        subparsers: The parser's subcommand set.
+        common: Options every subcommand accepts (``-v``).
+    """
+    broker = argparse.ArgumentParser(add_help=False)
+    broker.add_argument("--broker", metavar="URL", help="Redis URL (SYNC_BROKER_URL); embedded when absent")
+    broker.add_argument("--cache-dir", metavar="DIR", help="cache and embedded-broker data (SYNC_CACHE_DIR)")
+
+    worker = subparsers.add_parser(
+        "worker",
+        parents=[common, broker],
+        help="run a refresh worker",
+        description="Consume refresh jobs from the broker and run them in the sandbox (Celery prefork pool).",
+    )
+    worker.add_argument("--store", metavar="DIR", help="the store the jobs refer to (SYNC_STORE)")
+    worker.add_argument("--concurrency", metavar="N", type=int, default=None, help="pool processes (cores)")
+    worker.add_argument("--name", metavar="NAME", help="worker node name (default sync@<host>)")
+    worker.add_argument("--sandbox", choices=("strict", "permissive"), help="SYNC_SANDBOX")
+    worker.set_defaults(handler=cmd_worker)
+
+    refresh = subparsers.add_parser(
+        "refresh",
+        parents=[common, broker],
+        help="ask the workers to refresh an archive",
+        description="Enqueue a refresh of ARCHIVE (merged into one already queued or running).",
+    )
+    refresh.add_argument("archive", metavar="PATH", help="the archive")
+    refresh.add_argument("--store", metavar="DIR", help="the store it belongs to (default: its directory)")
+    refresh.add_argument("--wait", action="store_true", help="wait until a worker finished the refresh")
+    refresh.add_argument("--timeout", type=float, default=120.0, help="seconds to wait with --wait")
+    refresh.set_defaults(handler=cmd_refresh)
+
+    status = subparsers.add_parser(
+        "status",
+        parents=[common, broker],
+        help="show refresh status and history",
+        description="Show the last refresh of each archive (or of PATH, with its history).",
+    )
+    status.add_argument("archive", metavar="PATH", nargs="?", help="one archive")
+    status.add_argument("--store", metavar="DIR", help="the store (SYNC_STORE; default: PATH's directory)")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=cmd_status)
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Any:
+    from broker.settings import Settings
+
+    return Settings.from_env({"broker_url": args.broker, "cache_dir": args.cache_dir, **extra})
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """``syncctl worker``: run a Celery worker with our app, settings and task.
+
+    Args:
+        args: Parsed arguments.
+
+    Returns:
+        The worker's exit status.
+    """
+    from broker.celery_app import make_celery_app
+    from broker.connection import connect
+    from broker.contract import QUEUE_REFRESH
+    from sync_format.errors import SyncError
+    from workers.tasks import register_tasks
+
+    settings = _settings(args, store=args.store, sandbox=args.sandbox)
+    if settings.store is None:
+        raise SyncError("a worker needs the store its jobs refer to: pass --store or set SYNC_STORE")
+    with connect(settings) as connection:
+        app = make_celery_app(settings, broker_url=connection.celery_url)
+        register_tasks(app, settings, broker_url=connection.redis_url)
+        argv = [
+            "worker",
+            f"--queues={QUEUE_REFRESH}",
+            "--pool=prefork",
+            f"--hostname={args.name or 'sync@' + socket.gethostname()}",
+            "--events",
+            "--loglevel=INFO",
+        ]
+        if args.concurrency is not None:
+            argv.append(f"--concurrency={args.concurrency}")
+        sys.stderr.write(f"worker: store {settings.store}, broker {connection.description}\n")
+        app.worker_main(argv)
+    return 0
+
+
+def _store_and_key(args: argparse.Namespace, settings: Any) -> tuple[Path, str]:
+    from broker.contract import archive_key
+
+    archive = Path(args.archive)
+    store = Path(args.store) if args.store else settings.store or archive.parent
+    return store, archive_key(store, archive)
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    """``syncctl refresh``: enqueue one refresh (optionally wait for its outcome).
+
+    Args:
+        args: Parsed arguments.
+
+    Returns:
+        0 when queued or merged (and, with ``--wait``, finished successfully), else 1.
+    """
+    from broker.celery_app import job_time_limits, make_celery_app
+    from broker.connection import connect
+    from broker.contract import RefreshRequest
+    from broker.redis_client import PRODUCER_CONNECT_TIMEOUT, SERVICE_SOCKET_TIMEOUT, make_redis
+    from broker.requests import PendingRefreshes, RequestResult, request_refresh
+    from broker.status import read_status
+    from sync_format import open_archive
+    from sync_format.errors import BrokerUnavailable
+
+    settings = _settings(args)
+    _, key = _store_and_key(args, settings)
+    with open_archive(args.archive) as snap:
+        generation, timeout = snap.generation, snap.manifest.policy.timeout
+    with connect(settings) as connection:
+        app = make_celery_app(settings, broker_url=connection.celery_url)
+        client = make_redis(
+            connection.redis_url,
+            socket_timeout=SERVICE_SOCKET_TIMEOUT,
+            connect_timeout=PRODUCER_CONNECT_TIMEOUT,
+        )
+        started = time.time()
+        request = RefreshRequest.new(key, generation)
+        result = request_refresh(
+            app, client, request, PendingRefreshes(), limits=job_time_limits(timeout, settings)
+        )
+        if result is RequestResult.DEFERRED:
+            raise BrokerUnavailable(f"the broker at {connection.description} is not reachable")
+        sys.stdout.write(f"{key}: {result.value} (generation {generation})\n")
+        if not args.wait:
+            return 0
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            record = read_status(client, key)
+            if record is not None and record.status != "running" and record.updated_at.timestamp() >= started:
+                sys.stdout.write(f"{key}: {record.status} (generation {record.generation})\n")
+                if record.error_code:
+                    sys.stderr.write(f"error: {record.error_code}: {record.error}\n")
+                    return 1
+                return 0
+            time.sleep(0.2)
+        sys.stderr.write(f"error: no worker finished the refresh of {key} within {args.timeout:g} s\n")
+        return 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``syncctl status``: the last refresh of every archive, or one archive's history.
+
+    Args:
+        args: Parsed arguments.
+
+    Returns:
+        0.
+    """
+    from broker.connection import connect
+    from broker.redis_client import SERVICE_CONNECT_TIMEOUT, SERVICE_SOCKET_TIMEOUT, make_redis
+    from broker.status import list_status, read_history
+
+    settings = _settings(args, store=args.store)
+    with connect(settings) as connection:
+        client = make_redis(
+            connection.redis_url,
+            socket_timeout=SERVICE_SOCKET_TIMEOUT,
+            connect_timeout=SERVICE_CONNECT_TIMEOUT,
+        )
+        if args.archive:
+            _, key = _store_and_key(args, settings)
+            records = read_history(client, key)
+        else:
+            records = list_status(client)
+    docs = [r.to_json() for r in records]
+    if args.json:
+        json.dump(docs, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    for doc in docs:
+        error = f" {doc['error_code']}: {doc['error']}" if doc.get("error_code") else ""
+        sys.stdout.write(
+            f"{doc['archive']}  {doc['status']}  generation {doc['generation']}  "
+            f"{doc.get('updated_at', '')}  {doc.get('worker') or ''}{error}{os.linesep}"
+        )
+    if not docs:
+        sys.stdout.write("no refreshes recorded\n")
+    return 0

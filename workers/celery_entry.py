@@ -1,0 +1,33 @@
+"""For people who know Celery: ``celery -A workers.celery_entry worker`` (or ``… flower``) uses our app.
+
+Celery's ``-A`` needs a module attribute, and our code has no module-level app (STYLE rule 10). This module
+builds one on first access through PEP 562's module ``__getattr__``, from ``Settings.from_env()`` (so
+``SYNC_BROKER_URL`` and ``SYNC_STORE`` apply), with the refresh task registered. Nothing in sync imports it;
+``syncctl worker`` builds its own app. Without ``SYNC_BROKER_URL`` the embedded broker of the settings is
+started or re-attached to, as ``syncctl worker`` does.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+
+@cache
+def _build() -> Any:
+    from broker.celery_app import make_celery_app  # noqa: PLC0415  (built only when Celery asks)
+    from broker.connection import connect  # noqa: PLC0415
+    from broker.settings import Settings  # noqa: PLC0415
+    from workers.tasks import register_tasks  # noqa: PLC0415
+
+    settings = Settings.from_env()
+    connection = connect(settings)
+    app = make_celery_app(settings, broker_url=connection.celery_url)
+    register_tasks(app, settings, broker_url=connection.redis_url)
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("app", "celery"):
+        return _build()
+    raise AttributeError(name)

@@ -1,0 +1,196 @@
+"""The Celery task bodies of a worker: thin shells around ``run_refresh`` and the claim protocol.
+
+``register_tasks(app, settings)`` binds ``broker.contract.TASK_REFRESH`` on an app from
+``broker.make_celery_app``. One job: decode the request; *start* on the archive's claim with the request's
+token and a runner id of this execution (a claim held by another request means superseded, by another
+runner of this request a duplicate delivery: both drop out); mark the status running; run the refresh with
+a heartbeat that keeps the claim alive; write the status record; publish "swapped" on commit; then either
+schedule a retry (transient failures, ``workers.outcomes``; the claim is kept for it) or release the claim,
+recording jobs that gave up in the failed list. The guest runtime (engine, module cache, seccomp program)
+is built lazily once per pool process, after Celery forked it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from celery import Celery  # type: ignore[import-untyped]
+from celery.exceptions import SoftTimeLimitExceeded  # type: ignore[import-untyped]
+
+from broker.claims import RUNNING_CLAIM_TTL_MS, Claims
+from broker.contract import TASK_REFRESH, MalformedRecord, RefreshRequest, archive_path
+from broker.failed import FailedJob, record_failed
+from broker.redis_client import SERVICE_CONNECT_TIMEOUT, SERVICE_SOCKET_TIMEOUT, make_redis
+from broker.retry import RetryPolicy
+from broker.settings import Settings
+from broker.status import mark_running, write_status
+from broker.swapped import publish_swapped
+from sync_format.errors import BrokerUnavailable
+from workers.outcomes import decide
+from workers.refresh import COMMITTED, FAILED, RefreshOutcome, run_refresh
+from workers.runtime import GuestRuntime
+
+log = logging.getLogger(__name__)
+
+#: Milliseconds a retry's claim outlives its countdown (the retry must start within this margin).
+REQUEUE_MARGIN_MS = 120_000
+
+
+class WorkerState:
+    """Per-process resources of a worker: Redis client, claims, guest runtime; built on first use."""
+
+    def __init__(self, settings: Settings, broker_url: str, retry: RetryPolicy) -> None:
+        self.settings = settings
+        self.broker_url = broker_url
+        self.retry = retry
+        self._pid = -1
+        self._client: redis.Redis | None = None
+        self._claims: Claims | None = None
+        self._runtime: GuestRuntime | None = None
+
+    def _check_fork(self) -> None:
+        # Celery forks its pool after registering tasks: never share a client or engine across processes.
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._client = self._claims = self._runtime = None
+
+    @property
+    def client(self) -> redis.Redis:
+        """This process's Redis client."""
+        self._check_fork()
+        if self._client is None:
+            self._client = make_redis(
+                self.broker_url,
+                socket_timeout=SERVICE_SOCKET_TIMEOUT,
+                connect_timeout=SERVICE_CONNECT_TIMEOUT,
+            )
+        return self._client
+
+    @property
+    def claims(self) -> Claims:
+        """This process's claim operations."""
+        self._check_fork()
+        if self._claims is None:
+            self._claims = Claims(self.client)
+        return self._claims
+
+    @property
+    def runtime(self) -> GuestRuntime:
+        """This process's guest runtime."""
+        self._check_fork()
+        if self._runtime is None:
+            self._runtime = GuestRuntime(self.settings)
+        return self._runtime
+
+
+def register_tasks(
+    app: Celery, settings: Settings, *, broker_url: str, retry: RetryPolicy | None = None
+) -> None:
+    """Bind the refresh task to ``app``.
+
+    Args:
+        app: An app from ``broker.make_celery_app``.
+        settings: The worker's settings (``store`` maps archive keys to paths).
+        broker_url: The Redis holding claims, status and notifications (the broker's own Redis).
+        retry: Retry delays and count; ``RetryPolicy()`` when None.
+    """
+    state = WorkerState(settings, broker_url, retry or RetryPolicy())
+
+    @app.task(name=TASK_REFRESH, bind=True)  # type: ignore[untyped-decorator]
+    def refresh(task: Any, payload: object) -> dict[str, Any]:
+        return refresh_job(task, payload, state)
+
+
+def refresh_job(task: Any, payload: object, state: WorkerState) -> dict[str, Any]:
+    """One delivery of a refresh job.
+
+    Args:
+        task: The bound Celery task (``request.id``, ``request.retries``, ``request.hostname``, ``retry``).
+        payload: The ``RefreshRequest.to_json()`` document the producer sent.
+        state: The process's resources.
+
+    Returns:
+        The refresh outcome as a dict (or ``{"status": "skipped", ...}`` when another job holds the archive).
+
+    Raises:
+        celery.exceptions.Retry: A transient failure is retried later.
+    """
+    try:
+        request = RefreshRequest.from_json(payload)
+    except MalformedRecord as exc:
+        # Not retryable: acknowledge and drop; the error is handled (and logged) here, once.
+        log.error("refresh request rejected error=%s", exc.message)  # noqa: TRY400
+        return {"status": "rejected", "error_code": exc.code, "error": exc.message}
+    store = state.settings.store
+    if store is None:
+        raise BrokerUnavailable("the worker has no store (set SYNC_STORE or --store)")
+    worker = str(task.request.hostname or socket.gethostname())
+    job_id = str(task.request.id)
+    runner = f"{worker}/{os.getpid()}/{uuid.uuid4().hex}"
+    claims = state.claims
+    if not claims.start(request.archive, request.request_id, runner, RUNNING_CLAIM_TTL_MS).ok:
+        log.info("refresh skipped archive=%s job=%s reason=claimed", request.archive, job_id)
+        return {"status": "skipped", "archive": request.archive}
+    mark_running(
+        state.client, request.archive, generation=request.base_generation, worker=worker, job_id=job_id
+    )
+
+    def heartbeat() -> None:
+        try:
+            claims.heartbeat(request.archive, request.request_id, RUNNING_CLAIM_TTL_MS)
+        except BrokerUnavailable as exc:
+            log.warning("claim heartbeat failed archive=%s job=%s error=%s", request.archive, job_id, exc)
+
+    try:
+        outcome = run_refresh(
+            archive_path(store, request.archive),
+            state.runtime,
+            base_generation=request.base_generation,
+            heartbeat=heartbeat,
+        )
+    except SoftTimeLimitExceeded:
+        outcome = RefreshOutcome(
+            archive_path(store, request.archive),
+            FAILED,
+            request.base_generation,
+            request.base_generation,
+            "job_time_limit",
+            "the job ran past its Celery soft time limit",
+        )
+    doc = outcome.to_json()
+    doc["archive"] = request.archive
+    write_status(state.client, request.archive, doc, worker=worker, job_id=job_id)
+    if outcome.status == COMMITTED:
+        publish_swapped(state.client, request.archive, outcome.generation)
+    decision = decide(outcome)
+    retries = int(task.request.retries or 0)
+    if decision.retry and state.retry.should_retry(retries):
+        countdown = state.retry.delay(retries)
+        claims.requeue(request.archive, request.request_id, int(countdown * 1000) + REQUEUE_MARGIN_MS)
+        log.info(
+            "refresh retry archive=%s job=%s reason=%s countdown_s=%.1f",
+            request.archive,
+            job_id,
+            decision.reason,
+            countdown,
+        )
+        raise task.retry(args=[payload], countdown=countdown)
+    if not outcome.ok:
+        failed = FailedJob(
+            request=request,
+            error_code=outcome.error_code,
+            error=outcome.error,
+            worker=worker,
+            job_id=job_id,
+            attempts=retries + 1,
+            failed_at=datetime.now(UTC),
+        )
+        record_failed(state.client, failed)
+    claims.release(request.archive, request.request_id)
+    return doc
