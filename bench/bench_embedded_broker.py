@@ -66,6 +66,8 @@ def build_app(transport: str, location: str) -> Any:
         "data_folder_in": str(folder / "queue"),
         "data_folder_out": str(folder / "queue"),
         "processed_folder": str(folder / "processed"),
+        # Without it kombu writes its broadcast exchanges into ./control of whatever the cwd is.
+        "control_folder": str(folder / "control"),
         "store_processed": False,
         "polling_interval": FILESYSTEM_POLLING,
     }
