@@ -2,8 +2,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# Programs the tests start as real services or use to build test hosts, and the Debian packages with them.
+SYSTEM_DEPS := redis-server:redis-server ip:iproute2 openssl:openssl
 
-.PHONY: venv test lint typecheck demo bench clean
+.PHONY: venv system-deps test lint typecheck demo bench clean
 
 venv: $(STAMP)
 
@@ -13,6 +15,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Installs what is missing with apt when run as root; otherwise names the packages to install.
+system-deps:
+	@missing=""; for dep in $(SYSTEM_DEPS); do command -v $${dep%%:*} >/dev/null 2>&1 || missing="$$missing $${dep##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		else echo "missing system packages:$$missing (install them, e.g. apt-get install$$missing)"; exit 1; fi; \
+	fi
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -21,7 +32,7 @@ typecheck: venv
 	$(VENV)/bin/mypy sync_format broker
 	$(VENV)/bin/mypy workers syncctl mountd
 
-test: lint typecheck
+test: system-deps lint typecheck
 	$(PY) -m pytest
 
 demo: venv
@@ -29,6 +40,9 @@ demo: venv
 
 bench: venv
 	$(PY) bench/bench_format.py
+	$(PY) bench/bench_confine.py
+	$(PY) bench/bench_embedded_broker.py
+	$(PY) bench/bench_pipeline.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
