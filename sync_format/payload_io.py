@@ -126,12 +126,15 @@ class PayloadReader(io.RawIOBase):
             Number of bytes read; 0 at the end.
         """
         self._check_closed()
-        view = memoryview(buffer).cast("B")
         remaining = self._size - self._pos
-        if remaining <= 0 or not len(view):
+        if remaining <= 0:
             return 0
-        n = min(len(view), remaining)
-        got = os.preadv(self._fd, [view[:n]], self._offset + self._pos)
+        view = buffer if isinstance(buffer, bytearray) else memoryview(buffer).cast("B")
+        if len(view) > remaining:
+            view = memoryview(view)[:remaining]
+        # The common case (a bytearray inside the payload) passes the caller's buffer to preadv untouched:
+        # no view, no slice, no copy.
+        got = os.preadv(self._fd, [view], self._offset + self._pos)
         self._pos += got
         return got
 
