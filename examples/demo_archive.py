@@ -1,9 +1,12 @@
-"""The main job until the server exists: pack a small demo store, sign it, inspect and verify it.
+"""The main job until the server exists: pack a small demo store, sign it, refresh it in the sandbox.
 
-Run with ``make demo``. It builds ``demo-store/`` (ignored by git) with a CSV of readings and a JSON feed,
-signs them with a fresh key, commits one payload refresh to show the atomic swap and the generation, and
-prints what ``syncctl inspect`` and ``syncctl verify`` say. Later issues turn this into ``syncctl demo``,
-which serves the store over WebDAV with live refreshes.
+Run with ``make demo`` (or ``python examples/demo_archive.py [DIR]``). It builds ``demo-store/`` (ignored by
+git) with a CSV of readings whose guest
+(``examples/guests/append_reading.wat``) appends a row at every refresh, and a static JSON feed. Both are
+signed with a fresh key: the CSV's signature binds its update logic (not its payload, which changes), the
+feed's binds its payload. ``syncctl run`` refreshes the CSV twice in the sandbox (atomic swaps, generation
+1 and 2), and ``syncctl inspect`` and ``syncctl verify`` show the result. Later issues turn this into
+``syncctl demo``, which serves the store over WebDAV with live refreshes.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sync_format import commit_payload
+import wasmtime
 
 ROOT = Path(__file__).resolve().parent.parent
-STORE = ROOT / "demo-store"
+DEFAULT_STORE = ROOT / "demo-store"
 
 
 def syncctl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -32,32 +35,38 @@ def syncctl(*args: str) -> subprocess.CompletedProcess[str]:
     return result
 
 
-def main() -> None:
-    """Build, sign, refresh once, inspect and verify the demo store."""
-    STORE.mkdir(exist_ok=True)
-    sources = STORE / "sources"
+def main(store: Path = DEFAULT_STORE) -> None:
+    """Build, sign, refresh twice, inspect and verify the demo store in ``store``."""
+    store.mkdir(parents=True, exist_ok=True)
+    sources = store / "sources"
     sources.mkdir(exist_ok=True)
     readings = sources / "readings.csv"
-    readings.write_text("time,sensor,celsius\n2026-11-25T12:00:00Z,roof,7.5\n")
+    readings.write_text("reading,sensor,celsius\n1,roof,7.1\n")
     feed = sources / "feed.json"
     feed.write_text(json.dumps({"items": [{"title": "hello"}]}) + "\n")
-    key = STORE / "demo-key.pem"
+    guest = store / "sources" / "append_reading.wasm"
+    guest.write_bytes(wasmtime.wat2wasm((ROOT / "examples" / "guests" / "append_reading.wat").read_text()))
+    key = store / "demo-key.pem"
     if not key.exists():
         syncctl("keygen", str(key))
 
-    csv_archive = STORE / "readings.csv.sync"
-    json_archive = STORE / "feed.json.sync"
-    syncctl("pack", str(readings), "-o", str(csv_archive), "--ttl", "5", "--sign", str(key))
-    syncctl("pack", str(feed), "-o", str(json_archive), "--ttl", "5", "--allow-host", "127.0.0.1")
+    csv_archive = store / "readings.csv.sync"
+    json_archive = store / "feed.json.sync"
+    syncctl(
+        "pack", str(readings), "-o", str(csv_archive), "--ttl", "5", "--wasm", str(guest), "--sign", str(key)
+    )
+    syncctl("pack", str(feed), "-o", str(json_archive), "--ttl", "3600", "--sign", str(key))
 
-    result = commit_payload(csv_archive, 0, readings.read_bytes() + b"2026-11-25T12:00:05Z,roof,7.6\n")
-    print(f"refreshed {csv_archive.name}: generation {result.generation}\n")
+    cache = ["--cache-dir", str(store / "cache")]
+    syncctl("run", str(csv_archive), *cache)
+    syncctl("run", str(csv_archive), *cache)
+    syncctl("extract", str(csv_archive))
 
     for archive in (csv_archive, json_archive):
         syncctl("inspect", str(archive))
         syncctl("verify", str(archive))
-    print(f"\nDemo store ready in {STORE}")
+    print(f"\nDemo store ready in {store}")
 
 
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_STORE)
