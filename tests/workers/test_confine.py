@@ -14,6 +14,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import resource
 import select
 import signal
@@ -46,6 +47,7 @@ from workers.confine import (
     set_pdeathsig,
 )
 from workers.confine.landlock import describe
+from workers.confine.rlimits import mapped_bytes
 from workers.engine import GuestLimits, compile_module, make_engine, make_store
 
 #: Generous bound for a child to answer; only reached when something is broken.
@@ -180,7 +182,9 @@ def test_full_confinement_reports_every_layer_active(program: bytes) -> None:
     assert details[Layer.LANDLOCK] == (
         "ABI 7: fs(16 rights, read-only: none), net(tcp bind+connect), scope(abstract-unix, signal)"
     )
-    assert details[Layer.RLIMITS] == "as=1536MiB cpu=60s nofile=64 fsize=0 core=0 nproc=0"
+    assert re.fullmatch(
+        r"as=\d+MiB\+1536MiB cpu=60s nofile=64 fsize=0 core=0 nproc=0", details[Layer.RLIMITS]
+    )
     assert "default EPERM" in details[Layer.SECCOMP]
 
 
@@ -382,11 +386,12 @@ def test_signalling_the_parent_fails(program: bytes, layers: tuple[Layer, ...], 
 
 
 def test_rlimits_are_in_effect(tmp_path: Path) -> None:
-    """The default limits read back as soft = hard, and NOFILE, FSIZE and AS refuse what exceeds them."""
+    """The default limits read back as soft = hard (AS: what the child mapped plus the headroom), and
+    NOFILE, FSIZE and AS refuse what exceeds them."""
     limits = Rlimits()
     target = tmp_path / "grown"
 
-    def body(_: None) -> dict[str, Any]:
+    def body(mapped_before: int) -> dict[str, Any]:
         names = {"as": resource.RLIMIT_AS, "nofile": resource.RLIMIT_NOFILE, "fsize": resource.RLIMIT_FSIZE}
         names |= {"core": resource.RLIMIT_CORE, "cpu": resource.RLIMIT_CPU}
         values = {name: list(resource.getrlimit(which)) for name, which in names.items()}
@@ -409,12 +414,20 @@ def test_rlimits_are_in_effect(tmp_path: Path) -> None:
             as_refused = False
         except MemoryError:
             as_refused = True
-        return {"values": values, "nofile": nofile_errno, "fsize": fsize_errno, "as_refused": as_refused}
+        as_limit = values.pop("as")
+        as_ok = as_limit[0] == as_limit[1] and 0 <= as_limit[0] - limits.address_space - mapped_before < 2**24
+        return {
+            "values": values,
+            "as_relative": as_ok,
+            "nofile": nofile_errno,
+            "fsize": fsize_errno,
+            "as_refused": as_refused,
+        }
 
-    answer = in_child(body, layers=(Layer.RLIMITS,), program=None)
+    answer = in_child(body, layers=(Layer.RLIMITS,), program=None, prepare=mapped_bytes)
     result = answer["result"]
+    assert result["as_relative"] is True
     assert result["values"] == {
-        "as": [limits.address_space] * 2,
         "nofile": [limits.open_files] * 2,
         "fsize": [limits.file_size] * 2,
         "core": [limits.core] * 2,

@@ -34,8 +34,10 @@ class SandboxMode(StrEnum):
     PERMISSIVE = "permissive"
 
 
-#: Address space for the confined child, in bytes: the Python interpreter, wasmtime's runtime, and linear
-#: memories reserved with the engine's small reservations (notes: ~184 MiB for one guest) plus headroom.
+#: Address space the confined child may add to what it inherited from its parent, in bytes: linear memories
+#: (256 MiB reserved each, two per store, plus guards), wasmtime's instance data, the new payload and the
+#: channel's buffers. It is headroom, not a total: a forked child inherits its parent's whole address space
+#: (a Celery worker or a test runner may map gigabytes), and an absolute limit would fail guests at random.
 DEFAULT_ADDRESS_SPACE = 1536 * 1024 * 1024
 #: CPU seconds before the kernel sends SIGXCPU; a backstop behind fuel and the parent's deadline.
 DEFAULT_CPU_SECONDS = 60
@@ -50,7 +52,8 @@ class Rlimits:
     """Resource limits for the child (each applied as soft = hard).
 
     Attributes:
-        address_space: RLIMIT_AS in bytes.
+        address_space: Address space in bytes the child may add beyond what it maps when the limit is
+            applied (RLIMIT_AS = mapped + this).
         cpu_seconds: RLIMIT_CPU in seconds.
         open_files: RLIMIT_NOFILE.
         file_size: RLIMIT_FSIZE in bytes.

@@ -1,10 +1,11 @@
 """Apply the policy's resource limits to the calling process.
 
-Each limit is set with soft = hard, so the child cannot raise it again, and never above the hard limit the
-process already has: a limit is only ever tightened (raising a hard limit would need CAP_SYS_RESOURCE, and a
-supervisor that already runs under a tighter limit keeps it). RLIMIT_NPROC is applied too but the kernel
-ignores it for root, and for others it also counts threads; new processes are forbidden by seccomp.
-Failures raise ``SandboxUnavailable`` with the errno.
+RLIMIT_AS is set relative to the address space the child already maps (it inherited its parent's): mapped
+plus the policy's headroom. Each limit is set with soft = hard, so the child cannot raise it again, and
+never above the hard limit the process already has: a limit is only ever tightened (raising a hard limit
+would need CAP_SYS_RESOURCE, and a supervisor that already runs under a tighter limit keeps it).
+RLIMIT_NPROC is applied too but the kernel ignores it for root, and for others it also counts threads; new
+processes are forbidden by seccomp. Failures raise ``SandboxUnavailable`` with the errno.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ def apply(limits: Rlimits) -> str:
         limits: The policy's limits.
 
     Returns:
-        The limits now in effect, for the layer's detail string (``as=1536MiB cpu=60s ...``).
+        The limits now in effect, for the layer's detail string (``as=812MiB+1536MiB cpu=60s ...``:
+        address space mapped when applied plus the headroom).
 
     Raises:
         SandboxUnavailable: A limit could not be set.
     """
+    mapped = mapped_bytes()
     wanted = (
-        ("as", resource.RLIMIT_AS, limits.address_space),
+        ("as", resource.RLIMIT_AS, mapped + limits.address_space),
         ("cpu", resource.RLIMIT_CPU, limits.cpu_seconds),
         ("nofile", resource.RLIMIT_NOFILE, limits.open_files),
         ("fsize", resource.RLIMIT_FSIZE, limits.file_size),
@@ -45,8 +48,28 @@ def apply(limits: Rlimits) -> str:
             raise SandboxUnavailable(
                 "rlimits", f"setrlimit({name}, {value}) failed: {exc}", errno=getattr(exc, "errno", None)
             ) from exc
-        parts.append(f"{name}={_show(name, effective)}")
+        shown = _show(name, effective)
+        if name == "as":
+            shown = f"{mapped // 2**20}MiB+{_show(name, effective - mapped)}"
+        parts.append(f"{name}={shown}")
     return " ".join(parts)
+
+
+def mapped_bytes() -> int:
+    """The calling process's current virtual address space (``VmSize``), in bytes.
+
+    Returns:
+        Bytes mapped now.
+
+    Raises:
+        SandboxUnavailable: ``/proc/self/statm`` cannot be read (it must be read before Landlock applies).
+    """
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            pages = int(statm.read().split()[0])
+    except (OSError, ValueError, IndexError) as exc:
+        raise SandboxUnavailable("rlimits", f"cannot read the address space size: {exc}") from exc
+    return pages * resource.getpagesize()
 
 
 def _show(name: str, value: int) -> str:
