@@ -1,0 +1,55 @@
+"""The one place where sync's errors become wsgidav's ``DAVError`` (STYLE rule 4).
+
+Everything below the provider raises ``SyncError`` subclasses; the provider and the resources hand them to
+``dav_error`` and raise what it returns, chained. The status says what the client can do about it:
+
+* the archive vanished between listing and opening (``FileNotFoundError`` underneath) → 404;
+* the server may not read it (``PermissionError`` underneath) → 403;
+* anything else (malformed ZIP, missing entry, bad manifest, I/O error) → 500.
+
+The message names the archive by its key (its path inside the store) and the error's code and reason,
+never an absolute server path, so an error page is useful to a client without describing the host.
+``read_only`` is the 403 every write method answers in read-only mode.
+"""
+
+from __future__ import annotations
+
+from wsgidav.dav_error import (  # type: ignore[import-untyped]
+    HTTP_FORBIDDEN,
+    HTTP_INTERNAL_ERROR,
+    HTTP_NOT_FOUND,
+    DAVError,
+)
+
+from sync_format import ArchiveError, SyncError
+
+
+def dav_error(exc: SyncError, archive: str) -> DAVError:
+    """Translate an error about one archive into the DAVError to raise.
+
+    Args:
+        exc: The error.
+        archive: The archive's key (store-relative path) for the message.
+
+    Returns:
+        The DAVError; raise it ``from exc``.
+    """
+    cause = exc.__cause__
+    if isinstance(cause, FileNotFoundError):
+        return DAVError(HTTP_NOT_FOUND, f"archive {archive} no longer exists")
+    if isinstance(cause, PermissionError):
+        return DAVError(HTTP_FORBIDDEN, f"archive {archive} cannot be read by the server")
+    reason = exc.reason if isinstance(exc, ArchiveError) else exc.message
+    return DAVError(HTTP_INTERNAL_ERROR, f"archive {archive} cannot be served: {exc.code}: {reason}")
+
+
+def read_only(what: str) -> DAVError:
+    """The refusal of a write in read-only mode.
+
+    Args:
+        what: The operation, for the message (``PUT``, ``DELETE``...).
+
+    Returns:
+        A 403 DAVError.
+    """
+    return DAVError(HTTP_FORBIDDEN, f"{what}: this store is served read-only")

@@ -1,0 +1,310 @@
+"""The listing cache: what each archive version looks like to a client, keyed by file identity.
+
+A directory listing (PROPFIND Depth 1, the HTML browser, name resolution) stats every entry of one
+directory — cheap — and opens an archive only when its identity ``(device, inode, mtime_ns, size)`` was not
+seen before. A swap makes a new inode, an edit changes mtime or size, so a changed archive is always opened
+again and an unchanged one never is: no invalidation message is needed (ARCHITECTURE, "The life of a stale
+read"). Facts do not depend on the file name, so a renamed archive is still a cache hit.
+
+Invariants:
+    * A listing never raises because of one archive: unreadable archives are left out and logged once per
+      identity (a content error is remembered for that identity; an I/O error is retried next time).
+    * Display names follow spec §8.1 (``sync_format.display_name``). When several archives of one directory
+      show under the same name, the one whose file name is that name plus ``.sync`` wins, else the first by
+      file name; a subdirectory beats any archive of its name. The losers are left out and logged once.
+      ``SyncProvider`` resolves names by the same rule, so a listed name always opens the listed archive.
+    * Listings skip hidden names, our temp files and symlinks, exactly like ``sync_format.iter_archives``.
+    * The cache is bounded (least recently used entries go) and safe to use from many threads; archives are
+      opened outside the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+from mountd.facts import ArchiveFacts
+from sync_format import ArchiveError, FileIdentity, display_name, open_archive
+from sync_format.store import SYNC_SUFFIX, is_archive_name
+
+log = logging.getLogger(__name__)
+
+#: Most archive versions remembered (facts or failures); about 1 KiB each.
+DEFAULT_MAX_ENTRIES = 100_000
+#: Most distinct name collisions remembered so that each is logged once.
+MAX_LOGGED_COLLISIONS = 10_000
+
+
+@dataclass(frozen=True)
+class ListedArchive:
+    """One archive as a listing shows it.
+
+    Attributes:
+        path: The archive file.
+        name: Its display name.
+        facts: What it answers (from the cache or a fresh open).
+    """
+
+    path: Path
+    name: str
+    facts: ArchiveFacts
+
+
+@dataclass(frozen=True)
+class DirectoryListing:
+    """One directory of the store as clients see it.
+
+    Attributes:
+        directory: The directory.
+        folders: Visible subdirectory names, sorted.
+        archives: Display name → archive, in file-name order; collisions already resolved.
+    """
+
+    directory: Path
+    folders: tuple[str, ...]
+    archives: Mapping[str, ListedArchive]
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """Why an archive version cannot be listed.
+
+    Attributes:
+        code: The error's ``code``.
+        reason: The error's message without the path.
+    """
+
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    """Counters of one index since it was made.
+
+    Attributes:
+        opens: Archives opened by the index (cache misses).
+        hits: Archive versions answered from the cache.
+        learned: Facts recorded from snapshots opened by someone else.
+        unreadable: Archive versions found unreadable.
+    """
+
+    opens: int
+    hits: int
+    learned: int
+    unreadable: int
+
+
+_Cached = ArchiveFacts | Unreadable
+
+
+class ArchiveIndex:
+    """Facts of archive versions, by identity, and the directory listings built from them.
+
+    Args:
+        max_entries: Most archive versions kept.
+    """
+
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, not {max_entries}")
+        self._max = max_entries
+        self._entries: OrderedDict[FileIdentity, _Cached] = OrderedDict()
+        self._logged_io: OrderedDict[FileIdentity, None] = OrderedDict()
+        self._collisions: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        self._lock = threading.Lock()
+        self._opens = self._hits = self._learned = self._unreadable = 0
+
+    @property
+    def stats(self) -> IndexStats:
+        """The counters so far."""
+        with self._lock:
+            return IndexStats(self._opens, self._hits, self._learned, self._unreadable)
+
+    def cached(self, identity: FileIdentity) -> ArchiveFacts | Unreadable | None:
+        """What is known about an archive version, without opening anything.
+
+        Args:
+            identity: The version.
+
+        Returns:
+            Its facts, why it is unreadable, or None when it was never seen.
+        """
+        with self._lock:
+            found = self._entries.get(identity)
+            if found is not None:
+                self._entries.move_to_end(identity)
+                self._hits += 1
+            return found
+
+    def learn(self, facts: ArchiveFacts) -> None:
+        """Record the facts of an archive opened elsewhere (a GET), so a listing need not open it again.
+
+        Args:
+            facts: Facts of an open snapshot (they carry its identity).
+        """
+        with self._lock:
+            self._learned += 1
+            self._store(facts.identity, facts)
+
+    def note_unreadable(self, path: Path, identity: FileIdentity | None, exc: ArchiveError) -> None:
+        """Record and log (once per identity) that an archive could not be opened.
+
+        Args:
+            path: The archive.
+            identity: Its version as stat saw it, when known.
+            exc: What ``open_archive`` raised.
+        """
+        # A plain ArchiveError comes from open/stat (the file vanished, EMFILE, EACCES): it says nothing
+        # about this version's bytes, so it is not remembered and the next listing tries again.
+        transient = type(exc) is ArchiveError
+        with self._lock:
+            if identity is None:
+                first = True
+            elif transient:
+                first = identity not in self._logged_io
+                self._logged_io[identity] = None
+                while len(self._logged_io) > self._max:
+                    self._logged_io.popitem(last=False)
+            else:
+                first = not isinstance(self._entries.get(identity), Unreadable)
+                self._store(identity, Unreadable(exc.code, exc.reason))
+            if first:
+                self._unreadable += 1
+        if first:
+            log.warning("archive unreadable archive=%s code=%s reason=%s", path, exc.code, exc.reason)
+
+    def facts_of(self, path: Path, identity: FileIdentity) -> ArchiveFacts | None:
+        """The facts of one archive version, opening it only when its identity is new.
+
+        Args:
+            path: The archive.
+            identity: Its version as ``lstat`` saw it a moment ago.
+
+        Returns:
+            The facts, or None when the archive is unreadable (logged once).
+        """
+        found = self.cached(identity)
+        if isinstance(found, ArchiveFacts):
+            return found
+        if isinstance(found, Unreadable):
+            return None
+        try:
+            with open_archive(path) as snapshot:
+                facts = ArchiveFacts.from_snapshot(snapshot)
+        except ArchiveError as exc:
+            self.note_unreadable(path, identity, exc)
+            return None
+        with self._lock:
+            self._opens += 1
+            # Stored under the identity of what was opened: if the file was swapped since the stat, the
+            # newer version is what this listing shows and what the next stat will find.
+            self._store(facts.identity, facts)
+        return facts
+
+    def describe(self, path: Path) -> ListedArchive | None:
+        """One archive file as a listing shows it (single-archive mode).
+
+        Args:
+            path: The archive.
+
+        Returns:
+            The listed archive, or None when it is missing or unreadable.
+        """
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            log.warning("archive missing archive=%s reason=%s", path, exc.strerror)
+            return None
+        facts = self.facts_of(path, FileIdentity.from_stat(st))
+        if facts is None:
+            return None
+        return ListedArchive(path, display_name(path, facts.display_ext), facts)
+
+    def list_directory(self, directory: Path) -> DirectoryListing:
+        """List one store directory: its visible subdirectories and its readable archives by display name.
+
+        Args:
+            directory: The directory (already known to be inside the store and not a symlink).
+
+        Returns:
+            The listing; an unreadable directory lists as empty (logged).
+        """
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            log.warning("directory unreadable directory=%s reason=%s", directory, exc.strerror)
+            return DirectoryListing(directory, (), MappingProxyType({}))
+        folders: list[str] = []
+        found: list[ListedArchive] = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue  # vanished since scandir
+            if stat.S_ISDIR(st.st_mode):
+                folders.append(entry.name)
+            elif stat.S_ISREG(st.st_mode) and is_archive_name(entry.name):
+                path = Path(entry.path)
+                facts = self.facts_of(path, FileIdentity.from_stat(st))
+                if facts is not None:
+                    found.append(ListedArchive(path, display_name(path, facts.display_ext), facts))
+        archives = self._resolve_collisions(directory, found, set(folders))
+        return DirectoryListing(directory, tuple(folders), MappingProxyType(archives))
+
+    def _resolve_collisions(
+        self, directory: Path, found: Iterable[ListedArchive], folders: set[str]
+    ) -> dict[str, ListedArchive]:
+        groups: dict[str, list[ListedArchive]] = {}
+        for listed in found:  # in file-name order
+            groups.setdefault(listed.name, []).append(listed)
+        archives: dict[str, ListedArchive] = {}
+        for name, group in groups.items():
+            if name in folders:
+                self._log_collision(directory, name, (), group)
+                continue
+            winner = next((a for a in group if a.path.name == name + SYNC_SUFFIX), group[0])
+            if len(group) > 1:
+                self._log_collision(directory, name, (winner,), [a for a in group if a is not winner])
+            archives[name] = winner
+        return archives
+
+    def _log_collision(
+        self,
+        directory: Path,
+        name: str,
+        winners: tuple[ListedArchive, ...],
+        losers: list[ListedArchive],
+    ) -> None:
+        key = (str(directory), name, *(a.path.name for a in winners), *(a.path.name for a in losers))
+        with self._lock:
+            if key in self._collisions:
+                return
+            self._collisions[key] = None
+            while len(self._collisions) > MAX_LOGGED_COLLISIONS:
+                self._collisions.popitem(last=False)
+        shown = winners[0].path.name if winners else "the folder"
+        log.warning(
+            "display name collision directory=%s name=%s shown=%s hidden=%s",
+            directory,
+            name,
+            shown,
+            ",".join(a.path.name for a in losers),
+        )
+
+    def _store(self, identity: FileIdentity, value: _Cached) -> None:
+        # Caller holds the lock.
+        self._entries[identity] = value
+        self._entries.move_to_end(identity)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)

@@ -1,0 +1,236 @@
+"""``SyncProvider``: wsgidav's provider over a store directory or one archive file.
+
+wsgidav's contract, as given: ``get_resource_inst`` maps a request path to a resource or None. Paths map to
+the store like this:
+
+* ``/`` is the store directory (or, in single-archive mode, a collection holding just that archive);
+* ``/a/b/`` is a real, visible subdirectory (hidden names and symlinks are never served);
+* ``/a/b/report.csv`` is the archive whose display name (spec §8.1) is ``report.csv`` in ``a/b``: first
+  the direct candidate ``report.csv.sync``, else the directory's listing (``ArchiveIndex``), with the same
+  collision rule as listings.
+
+Invariants:
+    * Names are checked by ``sync_format.store.check_store_name``: ``..``, ``.``, empty segments,
+      backslashes, NUL and drive prefixes map to None (404); wsgidav already refuses paths climbing out of
+      ``/`` (400) and ``RequestGuard`` undecodable ones (400).
+    * A request opens the archive it asks for once: resources are cached in the request's environ (wsgidav
+      resolves the same path more than once per request), and closed when the request ends.
+    * Symlinks are never followed inside the store: a candidate must be a regular file by ``lstat`` both
+      before and after it is opened, with the inode that was opened.
+    * A GET or HEAD of an expired archive calls the ``FreshnessHook`` once per request, after the archive
+      is open and before any byte is sent; the hook can neither delay nor fail the read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+from typing import Any, Protocol
+
+from wsgidav.dav_error import HTTP_SERVICE_UNAVAILABLE, DAVError  # type: ignore[import-untyped]
+from wsgidav.dav_provider import DAVProvider  # type: ignore[import-untyped]
+
+from broker.contract import archive_key
+from mountd.errors import dav_error
+from mountd.facts import ArchiveFacts
+from mountd.index import ArchiveIndex
+from mountd.middleware import on_request_end
+from mountd.resources import ArchiveResource, SingleArchiveCollection, StoreCollection
+from sync_format import ArchiveError, FileIdentity, SyncError, display_name
+from sync_format.store import SYNC_SUFFIX, check_store_name, is_archive_name
+
+log = logging.getLogger(__name__)
+
+#: Environ key of the request's resource cache (path → resource or None).
+RESOURCES_KEY = "sync.resources"
+#: Request methods that read a payload and so trigger the freshness check.
+READ_METHODS = frozenset({"GET", "HEAD"})
+#: Times an archive is reopened when its name changed to another file while it was being opened.
+OPEN_ATTEMPTS = 3
+
+
+class FreshnessHook(Protocol):
+    """Told about every expired archive a client reads; must return at once and never raise."""
+
+    def on_stale(self, archive: str, generation: int, timeout: int) -> None:
+        """An expired archive is being read.
+
+        Args:
+            archive: Its key (path inside the store).
+            generation: The generation being served (the refresh's base).
+            timeout: Its manifest's ``policy.timeout`` in seconds.
+        """
+
+
+class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
+    """Serve a store directory, or one archive, read-only.
+
+    Args:
+        store: A store directory or a single archive file.
+        freshness: Told about expired archives being read.
+        index: The listing cache; a new one when None.
+
+    Raises:
+        ArchiveError: ``store`` is neither a directory nor a file.
+    """
+
+    def __init__(self, store: Path, freshness: FreshnessHook, *, index: ArchiveIndex | None = None) -> None:
+        super().__init__()
+        store = Path(store).absolute()
+        if store.is_dir():
+            self.single: Path | None = None
+            self.root = store
+        elif store.is_file():
+            self.single = store
+            self.root = store.parent
+        else:
+            raise ArchiveError("store is neither a directory nor an archive file", path=store)
+        self.freshness = freshness
+        self.index = index or ArchiveIndex()
+
+    def __repr__(self) -> str:
+        return f"SyncProvider({self.single or self.root})"
+
+    def is_readonly(self) -> bool:
+        # Writes are refused by the resources (403) rather than by wsgidav (405): that way LOCK and UNLOCK
+        # still work, as macOS and Windows clients expect, and the writable mode only swaps resources.
+        return False
+
+    def get_resource_inst(self, path: str, environ: dict[str, Any]) -> Any:
+        """Map a request path to a resource, or None when nothing is there.
+
+        Args:
+            path: The unquoted, normalized request path.
+            environ: The WSGI environ.
+
+        Returns:
+            A ``StoreCollection``, an ``ArchiveResource`` or None.
+
+        Raises:
+            DAVError: The archive exists but cannot be served (500 with the reason, or 404/403).
+        """
+        cache = environ.get(RESOURCES_KEY)
+        if cache is None:
+            cache = environ[RESOURCES_KEY] = {}
+            on_request_end(environ, cache.clear)
+        if path in cache:
+            return cache[path]
+        resource = self._resolve(path, environ)
+        cache[path] = resource
+        if isinstance(resource, ArchiveResource):
+            if not on_request_end(environ, resource.close):
+                log.debug("no request scope: snapshot closes when collected archive=%s", resource.key)
+            if environ.get("REQUEST_METHOD") in READ_METHODS:
+                self._check_freshness(resource)
+        return resource
+
+    def _resolve(self, path: str, environ: dict[str, Any]) -> Any:
+        relative = path.strip("/")
+        if not relative:
+            if self.single is not None:
+                return SingleArchiveCollection("/", environ, self.index, self.single)
+            return StoreCollection("/", environ, self.index, self.root, self.root)
+        try:
+            parts = check_store_name(relative).parts
+        except ArchiveError as exc:
+            log.info("path refused path=%r reason=%s", path, exc.reason)
+            return None
+        if self.single is not None:
+            return self._single_archive(path, environ, parts) if len(parts) == 1 else None
+        directory = self.root
+        for part in parts[:-1]:
+            directory = directory / part
+            if not _is_folder(directory):
+                return None
+        name = parts[-1]
+        if _is_folder(directory / name):
+            return StoreCollection(path, environ, self.index, directory / name, self.root)
+        return self._archive(path, environ, directory, name)
+
+    def _archive(self, path: str, environ: dict[str, Any], directory: Path, name: str) -> Any:
+        candidate = directory / (name + SYNC_SUFFIX)
+        if is_archive_name(candidate.name):
+            identity = _regular_identity(candidate)
+            if identity is not None:
+                known = self.index.cached(identity)
+                # An archive whose display name is something else cannot be this name; do not open it.
+                if not isinstance(known, ArchiveFacts) or display_name(candidate, known.display_ext) == name:
+                    resource = self._open(path, environ, candidate)
+                    if display_name(candidate, resource.facts.display_ext) == name:
+                        return resource
+                    resource.close()
+        listed = self.index.list_directory(directory).archives.get(name)
+        if listed is None:
+            return None
+        return self._open(path, environ, listed.path)
+
+    def _single_archive(self, path: str, environ: dict[str, Any], parts: tuple[str, ...]) -> Any:
+        assert self.single is not None
+        try:
+            identity: FileIdentity | None = FileIdentity.from_stat(os.stat(self.single))
+        except OSError:
+            identity = None
+        known = None if identity is None else self.index.cached(identity)
+        if isinstance(known, ArchiveFacts) and display_name(self.single, known.display_ext) != parts[0]:
+            return None
+        # The operator named this file, so it may be a symlink: open it as given.
+        resource = self._open(path, environ, self.single, verify=False)
+        if display_name(self.single, resource.facts.display_ext) != parts[0]:
+            resource.close()
+            return None
+        return resource
+
+    def _open(
+        self, path: str, environ: dict[str, Any], archive: Path, *, verify: bool = True
+    ) -> ArchiveResource:
+        key = archive.relative_to(self.root).as_posix()
+        for _ in range(OPEN_ATTEMPTS):
+            try:
+                resource = ArchiveResource(path, environ, archive, key)
+            except ArchiveError as exc:
+                self.index.note_unreadable(archive, _regular_identity(archive), exc)
+                raise dav_error(exc, key) from exc
+            opened = resource.facts.identity
+            now = _regular_identity(archive)
+            if not verify or (now is not None and (now.device, now.inode) == (opened.device, opened.inode)):
+                self.index.learn(resource.facts)
+                return resource
+            # The name now points elsewhere (a swap, or something that is not a regular file): what was
+            # opened may not be what the store holds under this name, so open again.
+            resource.close()
+        raise DAVError(HTTP_SERVICE_UNAVAILABLE, f"archive {key} keeps changing while it is opened; retry")
+
+    def _check_freshness(self, resource: ArchiveResource) -> None:
+        facts = resource.facts
+        if not facts.is_expired():
+            return
+        try:
+            key = archive_key(self.root, resource.archive)
+        except SyncError as exc:
+            log.warning("stale archive has no refresh key archive=%s reason=%s", resource.key, exc.message)
+            return
+        try:
+            self.freshness.on_stale(key, facts.generation, facts.timeout)
+        except Exception:
+            # The read goes on whatever the hook does; this is where its failure is handled, so it is logged
+            # here, with the traceback.
+            log.exception("freshness hook failed archive=%s generation=%d", key, facts.generation)
+
+
+def _is_folder(path: Path) -> bool:
+    if path.name.startswith("."):
+        return False
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _regular_identity(path: Path) -> FileIdentity | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return FileIdentity.from_stat(st) if stat.S_ISREG(st.st_mode) else None

@@ -1,0 +1,245 @@
+"""Server lifecycle: the WSGI application over a store, and cheroot serving it.
+
+``build_app`` assembles wsgidav's ``WsgiDAVApp`` with our provider and the options the measurements in
+``notes/webdav-facts.md`` call for (1 MiB blocks instead of wsgidav's 8 KiB, property and lock managers,
+no version banners, the HTML browser, anonymous access), behind our middleware: ``RequestGuard`` (Host
+check, path check), ``ConditionalHeaders`` (If-Modified-Since as RFC 9110 says) and ``RequestScope``
+(closes each request's snapshots).
+``serve_background`` runs cheroot on a thread and returns a handle; ``serve`` blocks until SIGTERM or SIGINT
+and then shuts down gracefully (stop accepting, let running requests finish within ``SHUTDOWN_TIMEOUT``).
+
+Invariants:
+    * The server binds ``settings.host`` (loopback by default) and ``settings.port`` (0 picks a free port;
+      the handle reports the real one).
+    * Nothing here starts a broker: the caller passes the freshness hook (``NullFreshness`` by default) and
+      closes it after the server is down.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from cheroot import wsgi
+from wsgidav import util as dav_util  # type: ignore[import-untyped]
+from wsgidav.wsgidav_app import WsgiDAVApp  # type: ignore[import-untyped]
+
+from broker import Settings
+from mountd.freshness import NullFreshness
+from mountd.index import ArchiveIndex
+from mountd.middleware import ConditionalHeaders, RequestGuard, RequestScope, host_names
+from mountd.provider import FreshnessHook, SyncProvider
+from sync_format import ArchiveError
+
+log = logging.getLogger(__name__)
+
+#: Bytes per read of a payload while streaming it; wsgidav's 8 KiB default runs at a sixth of 1 MiB's speed.
+BLOCK_SIZE = 1024 * 1024
+#: cheroot worker threads: requests served at once (more measured no faster; see webdav-facts.md).
+SERVER_THREADS = 16
+#: Listen backlog: connections the kernel queues before cheroot accepts them (bursts of clients).
+LISTEN_BACKLOG = 128
+#: Seconds an idle keep-alive connection is kept.
+CONNECTION_TIMEOUT = 10
+#: Seconds shutdown waits for running requests before it gives up on them.
+SHUTDOWN_TIMEOUT = 5
+#: Seconds cheroot's selector waits per loop; shutdown waits up to this long for the loop to notice (cheroot's
+#: 0.5 s default made every stop take half a second), at the cost of ten idle wake-ups a second.
+SELECTOR_INTERVAL = 0.1
+#: Name in the Server header and in SERVER_NAME: no product or version banner.
+SERVER_NAME = "sync-mountd"
+
+
+def build_app(
+    settings: Settings,
+    store: Path,
+    freshness: FreshnessHook,
+    *,
+    index: ArchiveIndex | None = None,
+    allowed_hosts: Iterable[str] = (),
+) -> RequestGuard:
+    """The WSGI application serving ``store`` read-only.
+
+    Args:
+        settings: Supplies the bound host (for the Host check).
+        store: A store directory or one archive.
+        freshness: Told about expired archives being read.
+        index: The listing cache; a new one when None.
+        allowed_hosts: Further host names clients may use (e.g. the machine's DNS name when binding a
+            public address).
+
+    Returns:
+        ``RequestGuard`` → ``ConditionalHeaders`` → ``RequestScope`` → wsgidav's ``WsgiDAVApp``.
+
+    Raises:
+        ArchiveError: ``store`` is neither a directory nor a file.
+    """
+    provider = SyncProvider(store, freshness, index=index)
+    config: dict[str, Any] = {
+        "provider_mapping": {"/": provider},
+        "block_size": BLOCK_SIZE,
+        "property_manager": True,
+        "lock_storage": True,
+        "suppress_version_info": True,
+        "verbose": 3,
+        "logging": {"enable": False},
+        "http_authenticator": {"domain_controller": None, "accept_basic": True, "accept_digest": False},
+        "simple_dc": {"user_mapping": {"*": True}},
+        "dir_browser": {"enable": True, "response_trailer": SERVER_NAME, "davmount": True},
+    }
+    _suppress_version_info()
+    # wsgidav logs "Share '/' will allow anonymous write access" here because SyncProvider.is_readonly() is
+    # False (so that LOCK works); the resources refuse every write with 403 all the same.
+    dav = WsgiDAVApp(config)
+    return RequestGuard(ConditionalHeaders(RequestScope(dav)), host_names(settings.host, allowed_hosts))
+
+
+def _suppress_version_info() -> None:
+    # wsgidav honours "suppress_version_info" only in its own command line, by resetting these two
+    # module-level strings that error pages print; do what it does.
+    dav_util.public_wsgidav_info = "WsgiDAV"
+    dav_util.public_python_info = "Python"
+
+
+@dataclass
+class ServerHandle:
+    """A running server.
+
+    Attributes:
+        host: The address bound.
+        port: The port bound (the real one when 0 was asked for).
+        app: The application served.
+    """
+
+    host: str
+    port: int
+    app: RequestGuard
+    _server: wsgi.Server
+    _thread: threading.Thread
+
+    @property
+    def mount_url(self) -> str:
+        """``http://host:port`` (IPv6 literals in brackets), as the reference's ``mount_url()``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def provider(self) -> SyncProvider:
+        """The provider serving the store."""
+        conditional = self.app.app
+        assert isinstance(conditional, ConditionalHeaders)
+        scope = conditional.app
+        assert isinstance(scope, RequestScope)
+        dav: Any = scope.app  # WsgiDAVApp
+        provider: SyncProvider = dav.provider_map["/"]
+        return provider
+
+    def shutdown(self) -> None:
+        """Stop accepting, let running requests finish (within ``SHUTDOWN_TIMEOUT``), join the thread."""
+        self._server.stop()
+        self._thread.join(SHUTDOWN_TIMEOUT)
+        log.info("mountd stopped url=%s", self.mount_url)
+
+    def __enter__(self) -> ServerHandle:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.shutdown()
+
+
+def serve_background(
+    settings: Settings,
+    store: Path | None = None,
+    freshness: FreshnessHook | None = None,
+    *,
+    index: ArchiveIndex | None = None,
+    allowed_hosts: Iterable[str] = (),
+) -> ServerHandle:
+    """Bind and serve on a background thread; return once the socket listens.
+
+    Args:
+        settings: Host, port and (when ``store`` is None) the store.
+        store: A store directory or one archive; ``settings.store`` when None.
+        freshness: Told about expired archives being read; ``NullFreshness`` when None.
+        index: The listing cache; a new one when None.
+        allowed_hosts: Further host names clients may use.
+
+    Returns:
+        The handle; call ``shutdown`` (or use it as a context manager).
+
+    Raises:
+        ArchiveError: No store is given, or it is neither a directory nor a file.
+        OSError: The address cannot be bound.
+    """
+    root = store if store is not None else settings.store
+    if root is None:
+        raise ArchiveError("no store to serve: pass a store directory or an archive")
+    app = build_app(
+        settings, Path(root), freshness or NullFreshness(), index=index, allowed_hosts=allowed_hosts
+    )
+    server = wsgi.Server(
+        (settings.host, settings.port),
+        app,
+        numthreads=SERVER_THREADS,
+        server_name=SERVER_NAME,
+        request_queue_size=LISTEN_BACKLOG,
+        timeout=CONNECTION_TIMEOUT,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+    )
+    server.expiration_interval = SELECTOR_INTERVAL
+    server.prepare()  # binds and listens: the port is known and connections queue from here on
+    bound = server.bind_addr
+    thread = threading.Thread(target=server.serve, name="mountd-server", daemon=True)
+    thread.start()
+    handle = ServerHandle(str(bound[0]), int(bound[1]), app, server, thread)
+    log.info("mountd listening url=%s store=%s", handle.mount_url, root)
+    return handle
+
+
+def serve(
+    settings: Settings,
+    store: Path | None = None,
+    freshness: FreshnessHook | None = None,
+    *,
+    allowed_hosts: Iterable[str] = (),
+    on_ready: Callable[[ServerHandle], object] | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully. Call from the main thread.
+
+    Args:
+        settings: Host, port and (when ``store`` is None) the store.
+        store: A store directory or one archive; ``settings.store`` when None.
+        freshness: Told about expired archives being read; ``NullFreshness`` when None.
+        allowed_hosts: Further host names clients may use.
+        on_ready: Called with the handle once the server listens (e.g. to print the URL).
+
+    Raises:
+        ArchiveError: No store is given, or it is neither a directory nor a file.
+        OSError: The address cannot be bound.
+    """
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        log.info("mountd stopping signal=%s", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with serve_background(settings, store, freshness, allowed_hosts=allowed_hosts) as handle:
+            if on_ready is not None:
+                on_ready(handle)
+            stop.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

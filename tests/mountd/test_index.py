@@ -1,0 +1,96 @@
+"""The listing cache and the facts it holds, without a server."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from store_manifests import csv_manifest
+
+from mountd import ArchiveFacts, ArchiveIndex, derive_etag
+from sync_format import BuildResult, FileIdentity, open_archive
+from sync_format.testing import make_manifest
+
+AddArchive = Callable[..., BuildResult]
+
+
+def test_facts_come_from_the_snapshot(add_archive: AddArchive) -> None:
+    """Facts carry the manifest's type and extension, the payload size and BLAKE3, and the generation."""
+    built = add_archive("report.csv.sync", b"1,2\n", manifest=csv_manifest())
+    with open_archive(built.path) as snapshot:
+        facts = ArchiveFacts.from_snapshot(snapshot)
+    assert (facts.content_type, facts.display_ext, facts.payload_size) == ("text/csv", "csv", 4)
+    assert facts.etag == built.payload.blake3
+    assert facts.generation == 0
+    assert facts.last_modified == 1767225600.0  # created_at 2026-01-01T00:00:00Z
+    assert not facts.is_expired()
+
+
+def test_last_modified_is_never_later_than_the_file(add_archive: AddArchive) -> None:
+    """A manifest dated in the future gives the file's mtime as Last-Modified, not the future date."""
+    built = add_archive("future.txt.sync", manifest=make_manifest(created_at="2099-01-01T00:00:00Z"))
+    with open_archive(built.path) as snapshot:
+        facts = ArchiveFacts.from_snapshot(snapshot)
+    assert facts.last_modified == os.stat(built.path).st_mtime_ns / 1_000_000_000
+
+
+def test_derived_etag_changes_with_identity_and_crc() -> None:
+    """The fallback ETag changes with inode, mtime, size or payload CRC-32, and never looks like BLAKE3."""
+    base = FileIdentity(1, 2, 3, 4)
+    tags = {
+        derive_etag(base, 5),
+        derive_etag(FileIdentity(1, 9, 3, 4), 5),
+        derive_etag(FileIdentity(1, 2, 9, 4), 5),
+        derive_etag(FileIdentity(1, 2, 3, 9), 5),
+        derive_etag(base, 6),
+    }
+    assert len(tags) == 5
+    assert all(len(tag) != 64 and '"' not in tag for tag in tags)
+
+
+def test_a_renamed_archive_is_a_cache_hit_under_its_new_name(add_archive: AddArchive, store: Path) -> None:
+    """Renaming keeps the identity: the next listing shows the new display name without opening the file."""
+    add_archive("old.txt.sync")
+    index = ArchiveIndex()
+    assert list(index.list_directory(store).archives) == ["old.txt"]
+    os.rename(store / "old.txt.sync", store / "new.txt.sync")
+    assert list(index.list_directory(store).archives) == ["new.txt"]
+    assert index.stats.opens == 1
+
+
+def test_unreadable_archive_is_opened_and_logged_once_per_version(
+    store: Path, add_archive: AddArchive, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A malformed archive is opened and logged once; when it is replaced by a valid one it shows up."""
+    (store / "bad.txt.sync").write_bytes(b"PK\x03\x04 but not really")
+    index = ArchiveIndex()
+    with caplog.at_level("WARNING", logger="mountd.index"):
+        for _ in range(3):
+            assert dict(index.list_directory(store).archives) == {}
+    assert len([r for r in caplog.records if "unreadable" in r.getMessage()]) == 1
+    assert index.stats.unreadable == 1
+    add_archive("bad.txt.sync", b"fixed")
+    assert list(index.list_directory(store).archives) == ["bad.txt"]
+
+
+def test_an_unreadable_directory_lists_as_empty(store: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A directory that cannot be scanned (here: gone) lists as empty instead of failing the request."""
+    index = ArchiveIndex()
+    with caplog.at_level("WARNING", logger="mountd.index"):
+        listing = index.list_directory(store / "missing")
+    assert (listing.folders, dict(listing.archives)) == ((), {})
+    assert any("directory unreadable" in r.getMessage() for r in caplog.records)
+
+
+def test_the_cache_is_bounded(add_archive: AddArchive, store: Path) -> None:
+    """Beyond its bound the index forgets the least recently used versions and opens them again."""
+    for name in ("a", "b", "c"):
+        add_archive(f"{name}.txt.sync")
+    index = ArchiveIndex(max_entries=2)
+    index.list_directory(store)
+    index.list_directory(store)
+    assert index.stats.opens == 6
+    with pytest.raises(ValueError, match="max_entries"):
+        ArchiveIndex(max_entries=0)

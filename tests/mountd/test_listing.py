@@ -1,0 +1,134 @@
+"""Listings: display names, nested folders, our live properties, collisions, and no re-opening of archives."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from dav_client import get, names, propfind, request
+from store_manifests import EXPIRED, csv_manifest
+
+import mountd.resources
+from mountd import PROP_EXPIRED, PROP_EXPIRES_AT, PROP_GENERATION, PROP_TTL, ServerHandle
+from sync_format import BuildResult, commit_payload
+from sync_format.testing import make_manifest
+
+AddArchive = Callable[..., BuildResult]
+
+
+def test_propfind_lists_display_names_and_nested_folders(add_archive: AddArchive, url: str) -> None:
+    """Depth 1 lists archives by display name (report.csv.sync → report.csv), folders as collections."""
+    add_archive("report.csv.sync", b"a,b\n", manifest=csv_manifest())
+    add_archive("data.sync", b"x", manifest=make_manifest(display_ext="xlsx", ttl=2**62))
+    add_archive("sub/deeper/inner.txt.sync", b"inner")
+    root = propfind(url, "/")
+    assert names(root) == ["data.xlsx", "report.csv", "sub/"]
+    assert root["/sub/"]["{DAV:}resourcetype"] == "collection"
+    report = root["/report.csv"]
+    assert report["{DAV:}getcontentlength"] == "4"
+    assert report["{DAV:}getcontenttype"] == "text/csv"
+    assert names(propfind(url, "/sub/"), "/sub/") == ["deeper/"]
+    assert names(propfind(url, "/sub/deeper/"), "/sub/deeper/") == ["inner.txt"]
+    assert get(url, "/sub/deeper/inner.txt").body == b"inner"
+
+
+def test_listing_carries_our_live_properties(add_archive: AddArchive, store: Path, url: str) -> None:
+    """Archives in a listing carry ttl, expires-at, expired and generation in the urn:sync namespace."""
+    add_archive("old.txt.sync", manifest=EXPIRED)
+    add_archive("fresh.txt.sync")
+    commit_payload(store / "old.txt.sync", 0, b"newer")
+    listing = propfind(url, "/")
+    old, fresh = listing["/old.txt"], listing["/fresh.txt"]
+    assert (old[PROP_TTL], old[PROP_EXPIRED], old[PROP_GENERATION]) == ("60", "false", "1")
+    assert old["{urn:sync}last-refresh"].endswith("Z")
+    assert old[PROP_EXPIRES_AT].endswith("Z")
+    assert (fresh[PROP_EXPIRES_AT], fresh[PROP_EXPIRED], fresh[PROP_GENERATION]) == ("never", "false", "0")
+    assert "{urn:sync}last-refresh" not in fresh
+
+
+def test_depth_zero_propfind_of_an_archive_answers_from_its_snapshot(
+    add_archive: AddArchive, url: str
+) -> None:
+    """PROPFIND Depth 0 of one archive reports its size, type, strong ETag and generation."""
+    built = add_archive("report.csv.sync", b"1,2,3\n", manifest=csv_manifest())
+    listing = propfind(url, "/report.csv", depth="0")
+    props = listing["/report.csv"]
+    assert props["{DAV:}getcontentlength"] == "6"
+    assert props["{DAV:}getetag"] == f'"{built.payload.blake3}"'
+    assert props[PROP_GENERATION] == "0"
+
+
+def test_colliding_display_names_show_one_archive_deterministically(
+    add_archive: AddArchive, url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When two archives share a display name, the one named name.sync wins (else the first by file name),
+    a folder beats both, every GET agrees with the listing, and the collision is logged once."""
+    add_archive("data.txt.sync", b"direct")  # display_ext txt: data.txt
+    add_archive("data.sync", b"indirect")  # display_ext txt: data.txt too, sorts first
+    add_archive("x.sync", b"first", manifest=make_manifest(display_ext="tar.gz", ttl=2**62))  # x.tar.gz
+    add_archive("x.tar.sync", b"second", manifest=make_manifest(display_ext="gz", ttl=2**62))  # x.tar.gz
+    add_archive("dir.txt/inside.txt.sync")
+    add_archive("dir.sync", b"hidden by the folder")  # dir.txt, same as the folder
+    with caplog.at_level("WARNING", logger="mountd.index"):
+        first = names(propfind(url, "/"))
+        second = names(propfind(url, "/"))
+    assert first == second == ["data.txt", "dir.txt/", "x.tar.gz"]
+    assert get(url, "/data.txt").body == b"direct"
+    assert get(url, "/x.tar.gz").body == b"first"
+    folder = get(url, "/dir.txt/")  # the folder (HTML browser), not the archive
+    assert folder.headers["content-type"].startswith("text/html")
+    collisions = [r for r in caplog.records if "collision" in r.getMessage()]
+    assert len(collisions) == 3
+
+
+def test_propfind_twice_over_200_archives_opens_each_once(
+    add_archive: AddArchive, server: ServerHandle, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two Depth-1 PROPFINDs over 200 archives open each archive once in all (by the index)."""
+    for i in range(200):
+        add_archive(f"a{i:03d}.txt.sync", f"payload {i}".encode())
+    resource_opens: list[Path] = []
+    original = mountd.resources.open_archive
+
+    def counting(path: Path) -> object:
+        resource_opens.append(path)
+        return original(path)
+
+    monkeypatch.setattr(mountd.resources, "open_archive", counting)
+    assert len(names(propfind(url, "/"))) == 200
+    assert server.provider.index.stats.opens == 200
+    assert len(names(propfind(url, "/"))) == 200
+    stats = server.provider.index.stats
+    assert stats.opens == 200
+    assert stats.hits >= 200
+    assert resource_opens == []
+
+
+def test_a_swapped_archive_is_reopened_once_and_relisted(
+    add_archive: AddArchive, server: ServerHandle, store: Path, url: str
+) -> None:
+    """After a swap the next listing opens that one archive again and shows its new size and generation."""
+    add_archive("a.txt.sync", b"one")
+    add_archive("b.txt.sync", b"two")
+    propfind(url, "/")
+    commit_payload(store / "a.txt.sync", 0, b"three!")
+    listing = propfind(url, "/")
+    assert listing["/a.txt"]["{DAV:}getcontentlength"] == "6"
+    assert listing["/a.txt"][PROP_GENERATION] == "1"
+    assert server.provider.index.stats.opens == 3
+
+
+def test_hidden_and_temp_files_and_symlinks_are_not_listed(
+    add_archive: AddArchive, store: Path, url: str
+) -> None:
+    """Hidden names, non-archive files and symlinks (even to valid archives) are neither listed nor served."""
+    add_archive("shown.txt.sync")
+    add_archive(".hidden.txt.sync")
+    (store / "notes.txt").write_text("not an archive")
+    (store / "link.txt.sync").symlink_to(store / "shown.txt.sync")
+    (store / "linkdir").symlink_to(store)
+    assert names(propfind(url, "/")) == ["shown.txt"]
+    assert get(url, "/link.txt").status == 404
+    assert get(url, "/linkdir/shown.txt").status == 404
+    assert request(url, "PROPFIND", "/linkdir/", headers={"Depth": "1"}).status == 404

@@ -1,0 +1,67 @@
+"""mountd as a separate process: it signals readiness, serves, and shuts down gracefully on a signal."""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from dav_client import get, names, propfind
+from store_manifests import csv_manifest
+
+from sync_format import BuildResult
+
+AddArchive = Callable[..., BuildResult]
+HERE = Path(__file__).resolve().parent
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 30.0
+
+
+def readiness_line(process: subprocess.Popen[str]) -> str:
+    """The first stdout line of ``process``, waiting at most ``START_TIMEOUT``."""
+    stdout = process.stdout
+    assert stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.append(stdout.readline()))
+    reader.start()
+    reader.join(START_TIMEOUT)
+    assert lines, f"no readiness line within {START_TIMEOUT} s"
+    return lines[0]
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_server_process_serves_and_stops_on_signal(
+    add_archive: AddArchive, store: Path, stop_signal: signal.Signals
+) -> None:
+    """A mountd process prints its URL when ready, serves the store, and exits 0 after SIGTERM or SIGINT
+    while a client keeps a connection open."""
+    add_archive("report.csv.sync", b"a,b\n", manifest=csv_manifest())
+    process = subprocess.Popen(
+        [sys.executable, str(HERE / "run_mountd.py"), str(store)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        word, url = readiness_line(process).split()
+        assert word == "ready"
+        assert url.startswith("http://127.0.0.1:")
+        assert names(propfind(url, "/")) == ["report.csv"]
+        assert get(url, "/report.csv").body == b"a,b\n"
+        idle = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=STOP_TIMEOUT)
+        idle.request("GET", "/report.csv")  # keep-alive: the connection stays open after the response
+        assert idle.getresponse().read() == b"a,b\n"
+        process.send_signal(stop_signal)
+        out, err = process.communicate(timeout=STOP_TIMEOUT)
+        idle.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    assert out.strip() == "stopped"

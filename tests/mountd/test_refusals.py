@@ -1,0 +1,169 @@
+"""What mountd refuses: writes, path traversal, odd encodings, foreign Host headers; and broken archives."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from dav_client import Response, get, names, propfind, request
+from store_manifests import csv_manifest
+
+from sync_format import BuildResult
+
+AddArchive = Callable[..., BuildResult]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers"),
+    [
+        ("PUT", "/report.csv", {}),
+        ("PUT", "/new.txt", {}),
+        ("DELETE", "/report.csv", {}),
+        ("DELETE", "/sub/", {}),
+        ("MKCOL", "/newdir", {}),
+        ("MOVE", "/report.csv", {"Destination": "/moved.csv"}),
+        ("COPY", "/report.csv", {"Destination": "/copied.csv"}),
+    ],
+)
+def test_writes_are_refused_with_403(
+    add_archive: AddArchive, store: Path, url: str, method: str, path: str, headers: dict[str, str]
+) -> None:
+    """Every write method answers 403 and leaves the store as it was."""
+    add_archive("report.csv.sync", b"a,b\n", manifest=csv_manifest())
+    add_archive("sub/inner.txt.sync")
+    before = sorted(p.relative_to(store).as_posix() for p in store.rglob("*"))
+    full_headers = {k: (url + v if k == "Destination" else v) for k, v in headers.items()}
+    resp = request(url, method, path, headers=full_headers, body=b"new bytes" if method == "PUT" else None)
+    assert resp.status == 403, resp.body[:300]
+    assert b"read-only" in resp.body
+    assert sorted(p.relative_to(store).as_posix() for p in store.rglob("*")) == before
+    assert get(url, "/report.csv").body == b"a,b\n"
+
+
+def test_proppatch_is_refused(add_archive: AddArchive, url: str) -> None:
+    """PROPPATCH of an archive answers 207 with 403 for the property (RFC 4918 §9.2) and stores nothing."""
+    add_archive("report.csv.sync", manifest=csv_manifest())
+    body = (
+        b'<?xml version="1.0"?><propertyupdate xmlns="DAV:" xmlns:x="urn:x"><set><prop>'
+        b"<x:color>red</x:color></prop></set></propertyupdate>"
+    )
+    resp = request(url, "PROPPATCH", "/report.csv", headers={"Content-Type": "application/xml"}, body=body)
+    assert resp.status == 207
+    assert b"HTTP/1.1 403 Forbidden" in resp.body
+    props = propfind(url, "/report.csv", depth="0")["/report.csv"]
+    assert "{urn:x}color" not in props
+
+
+def raw(url: str, target: str) -> Response:
+    """GET a request target exactly as written (no client-side normalization)."""
+    return request(url, "GET", target)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/../etc/passwd",
+        "/%2e%2e/etc/passwd",
+        "/%2E%2E/%2e%2e/etc/passwd",
+        "/sub/../../etc/passwd",
+        "/sub/%2e%2e/%2e%2e/etc/passwd",
+        "/./report.csv",
+        "/a%00b",
+        "/%ff%fe",
+    ],
+)
+def test_traversal_and_odd_encodings_are_refused(add_archive: AddArchive, url: str, target: str) -> None:
+    """Dot segments (plain or percent-encoded), NUL and invalid UTF-8 are refused with 400 and a body."""
+    add_archive("report.csv.sync", manifest=csv_manifest())
+    resp = raw(url, target)
+    assert resp.status == 400
+    assert resp.body.startswith(b"400 Bad Request: ")
+    assert b"root:" not in resp.body
+
+
+@pytest.mark.parametrize(
+    "target", ["/a%5cb", "/sub%5c..%5creport.csv", "/C:/report.csv", "/%252e%252e/etc/passwd"]
+)
+def test_names_that_are_not_store_names_are_not_found(add_archive: AddArchive, url: str, target: str) -> None:
+    """Backslashes, drive prefixes and double-encoded dots never name anything in the store: 404."""
+    add_archive("report.csv.sync", manifest=csv_manifest())
+    assert raw(url, target).status == 404
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("evil.example:{port}", 421),
+        ("evil.example", 421),
+        ("127.0.0.1:1", 421),
+        ("localhost.evil.example:{port}", 421),
+        ("127.0.0.1:{port}", 200),
+        ("localhost:{port}", 200),
+        ("LOCALHOST:{port}", 200),
+        ("[::1]:{port}", 200),
+    ],
+)
+def test_host_header_must_name_this_server(add_archive: AddArchive, url: str, host: str, status: int) -> None:
+    """Only the bound host, localhost, 127.0.0.1 and [::1] with the server port are served (DNS rebinding)."""
+    add_archive("report.csv.sync", b"x", manifest=csv_manifest())
+    port = url.rsplit(":", 1)[1]
+    conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=30)
+    try:
+        conn.putrequest("GET", "/report.csv", skip_host=True)
+        conn.putheader("Host", host.format(port=port))
+        conn.endheaders()
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    assert resp.status == status
+    if status == 200:
+        assert body == b"x"
+
+
+def test_missing_host_header_is_refused(url: str) -> None:
+    """An HTTP/1.0 request without a Host header is refused with 400."""
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400")
+
+
+def test_malformed_archives_are_left_out_and_do_not_stop_the_server(
+    add_archive: AddArchive, store: Path, url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Random bytes and a truncated archive are left out of listings (logged once each), their GETs answer
+    500 naming the problem or 404, and the server keeps serving the good archive."""
+    good = add_archive("report.csv.sync", b"good", manifest=csv_manifest())
+    (store / "x.sync").write_bytes(bytes(range(256)) * 8)
+    whole = add_archive("trunc.txt.sync", b"z" * 5000).path.read_bytes()
+    (store / "trunc.txt.sync").write_bytes(whole[: len(whole) // 2])
+    with caplog.at_level("WARNING", logger="mountd.index"):
+        assert names(propfind(url, "/")) == ["report.csv"]
+        assert names(propfind(url, "/")) == ["report.csv"]
+        broken = get(url, "/x")
+        truncated = get(url, "/trunc.txt")
+    assert broken.status == 500
+    assert b"archive x.sync cannot be served: malformed_archive" in broken.body
+    assert truncated.status == 500
+    assert b"archive trunc.txt.sync cannot be served" in truncated.body
+    assert get(url, "/x.sync").status == 404
+    unreadable = [r for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(unreadable) == 2
+    assert get(url, "/report.csv").body == b"good"
+    assert good.path.exists()
+
+
+def test_a_store_name_that_vanished_is_not_found(add_archive: AddArchive, store: Path, url: str) -> None:
+    """An archive deleted after a listing is simply gone: 404, and the listing drops it."""
+    add_archive("gone.txt.sync")
+    assert names(propfind(url, "/")) == ["gone.txt"]
+    (store / "gone.txt.sync").unlink()
+    assert get(url, "/gone.txt").status == 404
+    assert names(propfind(url, "/")) == []
