@@ -1,12 +1,12 @@
-"""The main job until the server exists: pack a small demo store, sign it, refresh it in the sandbox.
+"""Build the demo: a small store of signed, self-updating archives, refreshed twice in the sandbox.
 
-Run with ``make demo`` (or ``python examples/demo_archive.py [DIR]``). It builds ``demo-store/`` (ignored by
-git) with a CSV of readings whose guest
-(``examples/guests/append_reading.wat``) appends a row at every refresh, and a static JSON feed. Both are
-signed with a fresh key: the CSV's signature binds its update logic (not its payload, which changes), the
-feed's binds its payload. ``syncctl run`` refreshes the CSV twice in the sandbox (atomic swaps, generation
-1 and 2), and ``syncctl inspect`` and ``syncctl verify`` show the result. Later issues turn this into
-``syncctl demo``, which serves the store over WebDAV with live refreshes.
+``make demo`` runs this, then serves ``demo/store`` with ``syncctl serve`` (live refreshes, nothing else
+to install). Run alone: ``python examples/demo_archive.py [DIR]``. It builds ``DIR/store`` (``demo/`` by
+default, ignored by git; sources, key and caches live beside the store, not in it) with a CSV of readings
+whose guest (``examples/guests/append_reading.wat``) appends a row at every refresh, and a static JSON
+feed. Both are signed with a fresh key: the CSV's signature binds its update logic (not its payload,
+which changes), the feed's binds its payload. ``syncctl run`` refreshes the CSV twice in the sandbox
+(atomic swaps, generation 1 and 2), and ``syncctl inspect`` and ``syncctl verify`` show the result.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import wasmtime
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_STORE = ROOT / "demo-store"
+DEFAULT_DIR = ROOT / "demo"
 
 
 def syncctl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -35,18 +35,19 @@ def syncctl(*args: str) -> subprocess.CompletedProcess[str]:
     return result
 
 
-def main(store: Path = DEFAULT_STORE) -> None:
-    """Build, sign, refresh twice, inspect and verify the demo store in ``store``."""
+def main(base: Path = DEFAULT_DIR) -> None:
+    """Build, sign, refresh twice, inspect and verify the demo store in ``base / "store"``."""
+    store = base / "store"
     store.mkdir(parents=True, exist_ok=True)
-    sources = store / "sources"
+    sources = base / "sources"
     sources.mkdir(exist_ok=True)
     readings = sources / "readings.csv"
     readings.write_text("reading,sensor,celsius\n1,roof,7.1\n")
     feed = sources / "feed.json"
     feed.write_text(json.dumps({"items": [{"title": "hello"}]}) + "\n")
-    guest = store / "sources" / "append_reading.wasm"
+    guest = sources / "append_reading.wasm"
     guest.write_bytes(wasmtime.wat2wasm((ROOT / "examples" / "guests" / "append_reading.wat").read_text()))
-    key = store / "demo-key.pem"
+    key = base / "demo-key.pem"
     if not key.exists():
         syncctl("keygen", str(key))
 
@@ -57,7 +58,7 @@ def main(store: Path = DEFAULT_STORE) -> None:
     )
     syncctl("pack", str(feed), "-o", str(json_archive), "--ttl", "3600", "--sign", str(key))
 
-    cache = ["--cache-dir", str(store / "cache")]
+    cache = ["--cache-dir", str(base / "cache")]
     syncctl("run", str(csv_archive), *cache)
     syncctl("run", str(csv_archive), *cache)
     syncctl("extract", str(csv_archive))
@@ -69,4 +70,4 @@ def main(store: Path = DEFAULT_STORE) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_STORE)
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_DIR)

@@ -1,0 +1,98 @@
+"""Refresh workers started by ``syncctl serve`` on the same machine, so one command serves a live store.
+
+The workers are ordinary ``syncctl worker`` processes (a Celery prefork pool each) pointed at the same
+broker and store. ``LocalWorkers`` starts them, restarts one that exits (at most ``MAX_RESTARTS`` times, so a
+worker that cannot start does not spin), and stops them with SIGTERM (warm shutdown: the job in progress
+finishes) and SIGKILL after ``STOP_TIMEOUT`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: Seconds a worker gets to finish its job after SIGTERM before it is killed.
+STOP_TIMEOUT = 20.0
+#: Restarts of an exited worker before giving up on it.
+MAX_RESTARTS = 5
+#: Seconds between checks that the workers are alive.
+WATCH_INTERVAL = 1.0
+
+
+class LocalWorkers:
+    """One supervised ``syncctl worker`` process with ``concurrency`` pool processes."""
+
+    def __init__(
+        self, *, store: Path, broker_url: str, cache_dir: Path, concurrency: int, sandbox: str
+    ) -> None:
+        self._argv = [
+            sys.executable,
+            "-m",
+            "syncctl",
+            "worker",
+            "--store",
+            str(store),
+            "--broker",
+            broker_url,
+            "--cache-dir",
+            str(cache_dir),
+            "--concurrency",
+            str(concurrency),
+            "--sandbox",
+            sandbox,
+            "--name",
+            f"sync-local-{os.getpid()}@%h",
+        ]
+        self._process: subprocess.Popen[bytes] | None = None
+        self._restarts = 0
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="local-workers", daemon=True)
+
+    def start(self) -> LocalWorkers:
+        """Start the worker and its watcher.
+
+        Returns:
+            This object.
+        """
+        self._spawn()
+        self._watcher.start()
+        return self
+
+    def _spawn(self) -> None:
+        # Our own interpreter and fixed arguments: nothing here comes from a client.
+        self._process = subprocess.Popen(self._argv, stdin=subprocess.DEVNULL, start_new_session=True)  # noqa: S603
+        log.info("local worker started pid=%d", self._process.pid)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(WATCH_INTERVAL):
+            process = self._process
+            if process is None or process.poll() is None:
+                continue
+            if self._restarts >= MAX_RESTARTS:
+                log.error("local worker keeps exiting status=%s; not restarting it", process.returncode)
+                return
+            self._restarts += 1
+            log.warning("local worker exited status=%s; restarting", process.returncode)
+            self._spawn()
+
+    def stop(self) -> None:
+        """Stop the watcher, then the worker (SIGTERM, SIGKILL after ``STOP_TIMEOUT``)."""
+        self._stop.set()
+        if self._watcher.is_alive():
+            self._watcher.join()
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

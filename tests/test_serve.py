@@ -1,0 +1,84 @@
+"""``syncctl serve`` with nothing installed: a stale read is answered at once, then refreshed by a worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import wasmtime
+
+from sync_format import open_archive
+from sync_format.freshness import format_timestamp, now_ns
+from sync_format.testing import make_archive, make_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+GUEST = ROOT / "examples" / "guests" / "append_reading.wat"
+
+
+def _get(url: str) -> tuple[bytes, str]:
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310  (loopback URL of our server)
+        return response.read(), response.headers["ETag"]
+
+
+def _wait_for(predicate, timeout: float, interval: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def test_stale_read_is_served_then_refreshed(tmp_path: Path) -> None:
+    """An expired archive is served as it is; one refresh runs on the embedded broker; later reads are new."""
+    store = tmp_path / "store"
+    store.mkdir()
+    archive = store / "readings.csv.sync"
+    manifest = make_manifest(
+        content_type="text/csv", display_ext="csv", ttl=1, created_at=format_timestamp(now_ns())
+    )
+    make_archive(
+        archive, b"reading\n1,roof,7.1\n", manifest=manifest, wasm=wasmtime.wat2wasm(GUEST.read_text())
+    )
+    env = {**os.environ, "SYNC_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("SYNC_BROKER_URL", None)
+    log = (tmp_path / "serve.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "syncctl", "serve", str(store), "--port", "0", "--workers", "1"],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert line.startswith("serving "), line + (tmp_path / "serve.log").read_text()
+        url = line.split(" at ")[1].split(" ")[0] + "/readings.csv"
+        first, etag = _get(url)
+        assert first == b"reading\n1,roof,7.1\n"
+        with open_archive(archive) as snap:
+            expiry = snap.expiry()
+        _wait_for(expiry.is_expired, timeout=10)
+        stale, stale_etag = _get(url)
+        assert (stale, stale_etag) == (first, etag)
+        fresh, fresh_etag = _wait_for(lambda: (r := _get(url))[0] != first and r, timeout=60)
+        assert fresh == b"reading\n1,roof,7.1\n2,roof,7.2\n"
+        assert fresh_etag != etag
+        with open_archive(archive) as snap:
+            assert snap.generation == 1
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(60)
+        assert server.stdout is not None
+        server.stdout.close()
+        log.close()
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True, check=False)
+    assert leftovers.stdout.strip() == "", "serve left processes behind"
