@@ -181,10 +181,12 @@ def refresh_job(task: Any, payload: object, state: WorkerState) -> dict[str, Any
             countdown,
         )
         raise task.retry(args=[payload], countdown=countdown)
-    if not outcome.ok:
+    if not outcome.ok or decision.retry:
+        # A job gives up on a failure, and on a retryable outcome whose retries are used up even when it is
+        # not a failure by status (an unreachable source and no new payload ends "unchanged").
         failed = FailedJob(
             request=request,
-            error_code=outcome.error_code,
+            error_code=outcome.error_code or decision.reason,
             error=outcome.error,
             worker=worker,
             job_id=job_id,
