@@ -163,12 +163,17 @@ def refresh_job(task: Any, payload: object, state: WorkerState) -> dict[str, Any
             "job_time_limit",
             "the job ran past its Celery soft time limit",
         )
+    decision = decide(outcome)
     doc = outcome.to_json()
     doc["archive"] = request.archive
+    if doc["error_code"] is None and decision.reason != "ok":
+        # An unreachable source can end "unchanged" without an error of its own: name it in the status so
+        # an operator sees why the payload did not move.
+        doc["error_code"] = decision.reason
+        doc["error"] = "the guest's source could not be reached: " + ", ".join(outcome.egress_errors)
     write_status(state.client, request.archive, doc, worker=worker, job_id=job_id)
     if outcome.status == COMMITTED:
         publish_swapped(state.client, request.archive, outcome.generation)
-    decision = decide(outcome)
     retries = int(task.request.retries or 0)
     if decision.retry and state.retry.should_retry(retries):
         countdown = state.retry.delay(retries)
@@ -186,8 +191,8 @@ def refresh_job(task: Any, payload: object, state: WorkerState) -> dict[str, Any
         # not a failure by status (an unreachable source and no new payload ends "unchanged").
         failed = FailedJob(
             request=request,
-            error_code=outcome.error_code or decision.reason,
-            error=outcome.error,
+            error_code=doc["error_code"],
+            error=doc["error"],
             worker=worker,
             job_id=job_id,
             attempts=retries + 1,
