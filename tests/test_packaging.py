@@ -40,3 +40,11 @@ def test_wheel_installs_and_runs(tmp_path: Path) -> None:
         [str(env_dir / "bin" / "syncctl"), "--help"], check=True, capture_output=True, text=True, cwd=tmp_path
     )
     assert "pack" in out.stdout
+    mount = subprocess.run(
+        [str(env_dir / "bin" / "sync-mount"), "--help"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert "ARCHIVE" in mount.stdout

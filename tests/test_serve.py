@@ -82,3 +82,43 @@ def test_stale_read_is_served_then_refreshed(tmp_path: Path) -> None:
         log.close()
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True, check=False)
     assert leftovers.stdout.strip() == "", "serve left processes behind"
+
+
+def test_sync_mount_serves_one_archive(tmp_path: Path) -> None:
+    """``sync-mount ARCHIVE -p 0`` serves that archive under its display name, like the reference."""
+    archive = tmp_path / "report.csv.sync"
+    make_archive(archive, b"a,b\n1,2\n", manifest=make_manifest(content_type="text/csv", display_ext="csv"))
+    env = {**os.environ, "SYNC_CACHE_DIR": str(tmp_path / "cache")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "syncctl.mount", str(archive), "-p", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        url = line.split(" at ")[1].split(" ")[0]
+        body, etag = _get(url + "/report.csv")
+        assert body == b"a,b\n1,2\n"
+        assert etag.startswith('"')
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(60)
+        assert server.stdout is not None
+        server.stdout.close()
+
+
+def test_sync_mount_refuses_a_missing_archive(tmp_path: Path) -> None:
+    """``sync-mount`` on a path that is not a file exits 1 with one ``error:`` line."""
+    result = subprocess.run(
+        [sys.executable, "-m", "syncctl.mount", str(tmp_path / "missing.sync")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ")
+    assert len(result.stderr.splitlines()) == 1

@@ -1,0 +1,44 @@
+"""``sync-mount``: the reference's command (spec §8.5), as a thin shell over ``syncctl serve``.
+
+``sync-mount ARCHIVE [-p PORT] [-v]`` serves one archive read-only on 127.0.0.1 (default port 4918), like
+the reference, and like ``syncctl serve`` it also refreshes the archive when it expires (embedded broker and
+a local worker unless ``SYNC_BROKER_URL`` is set). The reference's ``--writable`` store mode is not offered
+yet: mountd's writable mode is still being built, and the flag is refused as unknown rather than ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from syncctl import main as syncctl_main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``sync-mount``.
+
+    Args:
+        argv: Arguments without the program name; ``sys.argv[1:]`` when None.
+
+    Returns:
+        The exit status.
+    """
+    parser = argparse.ArgumentParser(
+        prog="sync-mount", description="Serve a .sync archive's payload over WebDAV (read-only)."
+    )
+    parser.add_argument("archive", metavar="ARCHIVE", help="the .sync archive to serve")
+    parser.add_argument("-p", "--port", type=int, default=4918, help="port on 127.0.0.1 (default 4918)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more")
+    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {syncctl_main._version()}")
+    args = parser.parse_args(argv)
+    if not Path(args.archive).is_file():
+        sys.stderr.write(f"error: {args.archive}: not an archive file\n")
+        return 1
+    verbose = ["-" + "v" * args.verbose] if args.verbose else []
+    return syncctl_main.main([*verbose, "serve", args.archive, "--port", str(args.port)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
