@@ -47,7 +47,7 @@ from workers.confine import (
     set_pdeathsig,
 )
 from workers.confine.landlock import describe
-from workers.confine.rlimits import mapped_bytes
+from workers.confine.rlimits import highest_descriptor, mapped_bytes
 from workers.engine import GuestLimits, compile_module, make_engine, make_store
 
 #: Generous bound for a child to answer; only reached when something is broken.
@@ -183,7 +183,7 @@ def test_full_confinement_reports_every_layer_active(program: bytes) -> None:
         "ABI 7: fs(16 rights, read-only: none), net(tcp bind+connect), scope(abstract-unix, signal)"
     )
     assert re.fullmatch(
-        r"as=\d+MiB\+1536MiB cpu=60s nofile=64 fsize=0 core=0 nproc=0", details[Layer.RLIMITS]
+        r"as=\d+MiB\+1536MiB cpu=60s nofile=\d+\+64 fsize=0 core=0 nproc=0", details[Layer.RLIMITS]
     )
     assert "default EPERM" in details[Layer.SECCOMP]
 
@@ -386,19 +386,23 @@ def test_signalling_the_parent_fails(program: bytes, layers: tuple[Layer, ...], 
 
 
 def test_rlimits_are_in_effect(tmp_path: Path) -> None:
-    """The default limits read back as soft = hard (AS: what the child mapped plus the headroom), and
-    NOFILE, FSIZE and AS refuse what exceeds them."""
+    """The default limits read back as soft = hard (AS: what the child mapped plus the headroom; NOFILE: its
+    highest descriptor plus the count), and NOFILE, FSIZE and AS refuse what exceeds them."""
     limits = Rlimits()
     target = tmp_path / "grown"
 
-    def body(mapped_before: int) -> dict[str, Any]:
+    def held() -> tuple[int, int]:
+        return mapped_bytes(), highest_descriptor()
+
+    def body(before: list[int]) -> dict[str, Any]:
+        mapped_before, highest_before = before
         names = {"as": resource.RLIMIT_AS, "nofile": resource.RLIMIT_NOFILE, "fsize": resource.RLIMIT_FSIZE}
         names |= {"core": resource.RLIMIT_CORE, "cpu": resource.RLIMIT_CPU}
         values = {name: list(resource.getrlimit(which)) for name, which in names.items()}
         fds = []
         nofile_errno = None
         try:
-            while len(fds) <= limits.open_files:
+            while len(fds) <= highest_before + 1 + limits.open_files:
                 fds.append(os.dup(0))
         except OSError as exc:
             nofile_errno = exc.errno
@@ -416,19 +420,22 @@ def test_rlimits_are_in_effect(tmp_path: Path) -> None:
             as_refused = True
         as_limit = values.pop("as")
         as_ok = as_limit[0] == as_limit[1] and 0 <= as_limit[0] - limits.address_space - mapped_before < 2**24
+        nofile_limit = values.pop("nofile")
+        nofile_ok = nofile_limit == [highest_before + 1 + limits.open_files] * 2
         return {
             "values": values,
             "as_relative": as_ok,
+            "nofile_relative": nofile_ok,
             "nofile": nofile_errno,
             "fsize": fsize_errno,
             "as_refused": as_refused,
         }
 
-    answer = in_child(body, layers=(Layer.RLIMITS,), program=None, prepare=mapped_bytes)
+    answer = in_child(body, layers=(Layer.RLIMITS,), program=None, prepare=held)
     result = answer["result"]
     assert result["as_relative"] is True
+    assert result["nofile_relative"] is True
     assert result["values"] == {
-        "nofile": [limits.open_files] * 2,
         "fsize": [limits.file_size] * 2,
         "core": [limits.core] * 2,
         "cpu": [limits.cpu_seconds] * 2,

@@ -41,7 +41,8 @@ class SandboxMode(StrEnum):
 DEFAULT_ADDRESS_SPACE = 1536 * 1024 * 1024
 #: CPU seconds before the kernel sends SIGXCPU; a backstop behind fuel and the parent's deadline.
 DEFAULT_CPU_SECONDS = 60
-#: Open file descriptors the child may hold (the channel, wasmtime's mappings, stdio).
+#: File descriptors the child may open beyond the highest one it inherited (it opens none after confinement;
+#: Landlock needs one while applying its ruleset).
 DEFAULT_OPEN_FILES = 64
 #: Largest file the child may write, in bytes: it writes none.
 DEFAULT_FILE_SIZE = 0

@@ -1,15 +1,18 @@
 """Apply the policy's resource limits to the calling process.
 
-RLIMIT_AS is set relative to the address space the child already maps (it inherited its parent's): mapped
-plus the policy's headroom. Each limit is set with soft = hard, so the child cannot raise it again, and
-never above the hard limit the process already has: a limit is only ever tightened (raising a hard limit
-would need CAP_SYS_RESOURCE, and a supervisor that already runs under a tighter limit keeps it).
-RLIMIT_NPROC is applied too but the kernel ignores it for root, and for others it also counts threads; new
-processes are forbidden by seccomp. Failures raise ``SandboxUnavailable`` with the errno.
+RLIMIT_AS and RLIMIT_NOFILE are set relative to what the child already holds (it inherited its parent's
+address space and descriptors): mapped plus the policy's headroom, and the highest open descriptor plus
+the policy's count. An absolute limit would fail guests whenever the parent (a long-lived worker) holds
+more. Each limit is set with soft = hard, so the child cannot raise it again, and never above the hard limit
+the process already has: a limit is only ever tightened (raising a hard limit would need CAP_SYS_RESOURCE,
+and a supervisor that already runs under a tighter limit keeps it). RLIMIT_NPROC is applied too but the
+kernel ignores it for root, and for others it also counts threads; new processes are forbidden by seccomp.
+Failures raise ``SandboxUnavailable`` with the errno.
 """
 
 from __future__ import annotations
 
+import os
 import resource
 
 from sync_format.errors import SandboxUnavailable
@@ -23,17 +26,18 @@ def apply(limits: Rlimits) -> str:
         limits: The policy's limits.
 
     Returns:
-        The limits now in effect, for the layer's detail string (``as=812MiB+1536MiB cpu=60s ...``:
-        address space mapped when applied plus the headroom).
+        The limits now in effect, for the layer's detail string (``as=812MiB+1536MiB cpu=60s nofile=9+64
+        ...``: what was held when applied plus the headroom).
 
     Raises:
         SandboxUnavailable: A limit could not be set.
     """
     mapped = mapped_bytes()
+    first_free = highest_descriptor() + 1
     wanted = (
         ("as", resource.RLIMIT_AS, mapped + limits.address_space),
         ("cpu", resource.RLIMIT_CPU, limits.cpu_seconds),
-        ("nofile", resource.RLIMIT_NOFILE, limits.open_files),
+        ("nofile", resource.RLIMIT_NOFILE, first_free + limits.open_files),
         ("fsize", resource.RLIMIT_FSIZE, limits.file_size),
         ("core", resource.RLIMIT_CORE, limits.core),
         ("nproc", resource.RLIMIT_NPROC, limits.processes),
@@ -51,8 +55,25 @@ def apply(limits: Rlimits) -> str:
         shown = _show(name, effective)
         if name == "as":
             shown = f"{mapped // 2**20}MiB+{_show(name, effective - mapped)}"
+        elif name == "nofile":
+            shown = f"{first_free}+{effective - first_free}"
         parts.append(f"{name}={shown}")
     return " ".join(parts)
+
+
+def highest_descriptor() -> int:
+    """The highest file descriptor the calling process has open.
+
+    Returns:
+        The descriptor number (at least 2: stdio).
+
+    Raises:
+        SandboxUnavailable: ``/proc/self/fd`` cannot be listed (it must be read before Landlock applies).
+    """
+    try:
+        return max(2, *(int(name) for name in os.listdir("/proc/self/fd")))
+    except (OSError, ValueError) as exc:
+        raise SandboxUnavailable("rlimits", f"cannot list open descriptors: {exc}") from exc
 
 
 def mapped_bytes() -> int:
