@@ -299,11 +299,12 @@ class Egress:
         Args:
             policy: What the guest may fetch.
             resolver: Name resolution (the system resolver unless a test points names elsewhere).
-            tls_context: TLS settings for https; ``ssl.create_default_context()`` when None.
+            tls_context: TLS settings for https; ``ssl.create_default_context()`` when None, built on the
+                first https request only (it reads the CA bundle: ~25 ms, most of a job without requests).
         """
         self._policy = policy
         self._resolver = resolver
-        self._tls_context = tls_context or ssl.create_default_context()
+        self._tls_context = tls_context
         self._exact: tuple[HostPattern, ...] = tuple(
             p
             for p in (parse_pattern(entry) for entry in policy.allow_hosts)
@@ -451,6 +452,8 @@ class Egress:
 
     def _connection(self, target: _Target, address: str, timeout: float) -> http.client.HTTPConnection:
         if target.scheme == "https":
+            if self._tls_context is None:
+                self._tls_context = ssl.create_default_context()
             return _PinnedHTTPSConnection(target.host, target.port, address, timeout, self._tls_context)
         return _PinnedHTTPConnection(target.host, target.port, address, timeout)
 
