@@ -15,8 +15,9 @@ from dataclasses import replace
 from broker.settings import Settings
 from sync_format.errors import SandboxUnavailable
 from sync_format.manifest import Manifest
+from workers.addresses import Resolver, system_resolver
 from workers.confine import SandboxMode, SandboxPolicy, build_program
-from workers.egress import EgressPolicy, Resolver, system_resolver
+from workers.egress import EgressPolicy
 from workers.engine import GuestLimits, make_engine
 from workers.module_cache import ModuleCache
 

@@ -8,8 +8,10 @@ DNS and private-address checks; the child has no network at all. The new payload
 and is spooled to a temp file, capped at the policy's maximum. The child is always reaped with ``wait4``
 so its exit status and resource use are recorded.
 
-Fork safety: the caller must be single-threaded (wasmtime and Python locks held by another thread would
-stay locked in the child); the engine never compiles in parallel and the child never compiles.
+Fork safety: the caller must not run other threads that could hold a lock the child needs (wasmtime's,
+the allocator's, Python's). Only daemon threads are tolerated: egress starts them itself (a DNS lookup
+abandoned at its timeout, a deadline watchdog) and they touch nothing the child uses. The engine never
+compiles in parallel and the child never compiles.
 """
 
 from __future__ import annotations
@@ -35,10 +37,11 @@ from sync_format.errors import (
     SandboxUnavailable,
     SyncError,
 )
+from workers.addresses import Resolver, system_resolver
 from workers.channel import Channel, ChannelClosed, ChannelTimeout, ProtocolViolation
 from workers.child import ChildJob, child_main
 from workers.confine import SandboxReport
-from workers.egress import Egress, EgressPolicy, Resolver, system_resolver
+from workers.egress import Egress, EgressPolicy
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +123,11 @@ def run_in_sandbox(
         The outcome; failures of the guest or the sandbox are in ``error``, never raised.
 
     Raises:
-        RuntimeError: The caller has other threads running (forking would be unsafe).
+        RuntimeError: The caller runs other non-daemon threads (forking would be unsafe).
     """
-    if threading.active_count() > 1:
-        raise RuntimeError("run_in_sandbox must be called from a single-threaded process")
+    others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    if others:
+        raise RuntimeError(f"run_in_sandbox forks: stop these threads first: {[t.name for t in others]}")
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     started = time.monotonic()
     deadline = started + job.limits.timeout_seconds

@@ -18,13 +18,12 @@ import pytest
 from netns_hosts import Certificate, Route, ServedHost, loopback_host, make_certificate, netns_hosts
 
 from sync_format.testing import make_manifest
+from workers.addresses import is_restricted_address, system_resolver
 from workers.egress import (
     ALL_METHODS,
     Egress,
     EgressPolicy,
     HttpResult,
-    is_restricted_address,
-    system_resolver,
 )
 
 BINARY = bytes(range(256)) * 4 + b"\xff\xfe\xc3\x28 not utf-8"
