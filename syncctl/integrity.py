@@ -180,7 +180,7 @@ class _Checker:
         sidecar = snap.path.with_name(snap.path.name + SIDECAR_SUFFIX)
         has_sidecar = sidecar.is_file()
         if snap.manifest.signature is not None:
-            self._manifest_signature(wasm)
+            self._manifest_signature(wasm, digest)
         elif self.require_signature and not has_sidecar:
             self.checks.append(
                 Check(
@@ -251,11 +251,11 @@ class _Checker:
         self.checks.append(Check("entries", not bad, detail))
         return wasm
 
-    def _manifest_signature(self, wasm: bytes | None) -> None:
+    def _manifest_signature(self, wasm: bytes | None, digest: PayloadDigest) -> None:
         sig = self.snapshot.manifest.signature
         assert sig is not None  # the caller checked
         try:
-            result = verify_manifest_signature(self.snapshot)
+            result = verify_manifest_signature(self.snapshot, payload_digest=digest)
         except ArchiveError as exc:
             self.checks.append(Check("signature", False, exc.reason))
             return

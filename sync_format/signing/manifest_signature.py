@@ -27,6 +27,7 @@ from nacl.signing import VerifyKey
 from sync_format.errors import SignatureError
 from sync_format.freshness import check_timestamp
 from sync_format.manifest import Manifest, MetaSection, SignatureSection
+from sync_format.payload_io import PayloadDigest
 from sync_format.reader import ArchiveSnapshot
 from sync_format.signing.canonical import (
     HASH_PREFIX,
@@ -224,11 +225,14 @@ class ManifestVerification:
         }
 
 
-def verify_manifest_signature(snapshot: ArchiveSnapshot) -> ManifestVerification:
+def verify_manifest_signature(
+    snapshot: ArchiveSnapshot, *, payload_digest: PayloadDigest | None = None
+) -> ManifestVerification:
     """Verify an archive's manifest signature in the reference's order, then the extension.
 
     Args:
         snapshot: The opened archive (its manifest bytes, payload and entries are read from it).
+        payload_digest: The payload's digest when the caller already streamed it (it is not read again).
 
     Returns:
         The verdicts; a signature that does not match is ``valid=False``, not an exception.
@@ -249,7 +253,8 @@ def verify_manifest_signature(snapshot: ArchiveSnapshot) -> ManifestVerification
     if computed != sig.manifest_hash:
         return replace(result, error="manifest hash mismatch")
     if sig.payload_hash is not None:
-        payload_hash = HASH_PREFIX + snapshot.digest_payload().blake3
+        digest = payload_digest if payload_digest is not None else snapshot.digest_payload()
+        payload_hash = HASH_PREFIX + digest.blake3
         result = replace(result, payload_hash=payload_hash)
         if payload_hash != sig.payload_hash:
             return replace(result, error="payload hash mismatch")
