@@ -78,7 +78,40 @@ def sync_properties(facts: ArchiveFacts) -> dict[str, str]:
     return props
 
 
-class _ArchiveFile(DAVNonCollection):  # type: ignore[misc]  # wsgidav is untyped
+class _ReadOnly:
+    """Every write method of a wsgidav resource refuses with 403 (read-only serving).
+
+    The provider does not declare itself read-only (wsgidav would then answer 405 and refuse LOCK too,
+    which macOS and Windows clients need), so writes reach the resources and are refused here, with the 403
+    the reference's read-only mount answers for write opens (spec §8.2).
+    """
+
+    def handle_delete(self) -> bool:
+        raise read_only("DELETE")
+
+    def delete(self) -> None:
+        raise read_only("DELETE")
+
+    def handle_copy(self, dest_path: str, *, depth_infinity: bool) -> bool:
+        raise read_only("COPY")
+
+    def handle_move(self, dest_path: str) -> bool:
+        raise read_only("MOVE")
+
+    def copy_move_single(self, dest_path: str, *, is_move: bool) -> None:
+        raise read_only("MOVE" if is_move else "COPY")
+
+    def move_recursive(self, dest_path: str) -> None:
+        raise read_only("MOVE")
+
+    def set_property_value(self, name: str, value: Any, *, dry_run: bool = False) -> None:
+        raise read_only("PROPPATCH")
+
+    def remove_all_properties(self, *, recursive: bool) -> None:
+        raise read_only("PROPPATCH")
+
+
+class _ArchiveFile(_ReadOnly, DAVNonCollection):  # type: ignore[misc]  # wsgidav is untyped
     """An archive shown as its payload: every answer comes from ``self.facts``; every write is refused."""
 
     facts: ArchiveFacts
@@ -123,30 +156,6 @@ class _ArchiveFile(DAVNonCollection):  # type: ignore[misc]  # wsgidav is untype
 
     def begin_write(self, *, content_type: str | None = None) -> Any:
         raise read_only("PUT")
-
-    def handle_delete(self) -> bool:
-        raise read_only("DELETE")
-
-    def delete(self) -> None:
-        raise read_only("DELETE")
-
-    def handle_copy(self, dest_path: str, *, depth_infinity: bool) -> bool:
-        raise read_only("COPY")
-
-    def handle_move(self, dest_path: str) -> bool:
-        raise read_only("MOVE")
-
-    def copy_move_single(self, dest_path: str, *, is_move: bool) -> None:
-        raise read_only("MOVE" if is_move else "COPY")
-
-    def move_recursive(self, dest_path: str) -> None:
-        raise read_only("MOVE")
-
-    def set_property_value(self, name: str, value: Any, *, dry_run: bool = False) -> None:
-        raise read_only("PROPPATCH")
-
-    def remove_all_properties(self, *, recursive: bool) -> None:
-        raise read_only("PROPPATCH")
 
     def set_last_modified(self, dest_path: str, time_stamp: float, *, dry_run: bool) -> bool:
         raise read_only("PROPPATCH")
@@ -206,7 +215,7 @@ class IndexedArchiveResource(_ArchiveFile):
             raise dav_error(exc, self.key) from exc
 
 
-class StoreCollection(DAVCollection):  # type: ignore[misc]  # wsgidav is untyped
+class StoreCollection(_ReadOnly, DAVCollection):  # type: ignore[misc]  # wsgidav is untyped
     """A store directory: its visible subdirectories and its readable archives by display name.
 
     Args:
@@ -267,30 +276,6 @@ class StoreCollection(DAVCollection):  # type: ignore[misc]  # wsgidav is untype
 
     def create_collection(self, name: str) -> None:
         raise read_only("MKCOL")
-
-    def handle_delete(self) -> bool:
-        raise read_only("DELETE")
-
-    def delete(self) -> None:
-        raise read_only("DELETE")
-
-    def handle_copy(self, dest_path: str, *, depth_infinity: bool) -> bool:
-        raise read_only("COPY")
-
-    def handle_move(self, dest_path: str) -> bool:
-        raise read_only("MOVE")
-
-    def copy_move_single(self, dest_path: str, *, is_move: bool) -> None:
-        raise read_only("MOVE" if is_move else "COPY")
-
-    def move_recursive(self, dest_path: str) -> None:
-        raise read_only("MOVE")
-
-    def set_property_value(self, name: str, value: Any, *, dry_run: bool = False) -> None:
-        raise read_only("PROPPATCH")
-
-    def remove_all_properties(self, *, recursive: bool) -> None:
-        raise read_only("PROPPATCH")
 
     def _key(self, archive: Path) -> str:
         return archive.relative_to(self.store).as_posix()
