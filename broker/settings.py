@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -112,17 +112,6 @@ class Settings:
             if value is not None:
                 values[name] = value
         return cls(**_coerce(values))
-
-    def with_overrides(self, **changes: Any) -> Settings:
-        """A copy with some fields changed.
-
-        Args:
-            **changes: Field values.
-
-        Returns:
-            The copy.
-        """
-        return replace(self, **_coerce(changes))
 
 
 def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,6 @@ data has to be committed. The reference manifest is the spec's §2.7 builder man
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from pathlib import Path
 
 from sync_format.builder import EMPTY_WASM, BuildResult, SyncBuilder
@@ -144,16 +143,3 @@ def reference_archive_bytes(tmp_dir: str | os.PathLike[str]) -> bytes:
     path = Path(tmp_dir, "tv1.sync")
     make_archive(path, state=False)
     return path.read_bytes()
-
-
-def with_ttl(manifest: Manifest, ttl: int) -> Manifest:
-    """Copy of a manifest with another TTL.
-
-    Args:
-        manifest: The manifest.
-        ttl: New ``policy.ttl``.
-
-    Returns:
-        The copy.
-    """
-    return replace(manifest, policy=replace(manifest.policy, ttl=ttl))
