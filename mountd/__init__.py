@@ -3,17 +3,20 @@
 A client sees each archive as one file, named by its display name (``report.csv.sync`` → ``report.csv``),
 whose bytes are the payload, answered from one snapshot per request (``resources``); directories list
 through a cache keyed by file identity (``index``); reads of expired archives ask the broker for a refresh
-without waiting for it (``freshness``). ``server`` assembles the WSGI application and runs cheroot.
+without waiting for it (``freshness``). In writable mode (``writable``) uploads become archives through
+``uploads`` (complete bodies only), and WebDAV locks can be shared through Redis (``locks``). ``server``
+assembles the WSGI application and runs cheroot.
 
 It must never import ``workers`` or ``wasmtime`` (a test checks it): refreshes are sent by task name.
 """
 
 from __future__ import annotations
 
-from mountd.errors import dav_error, read_only
+from mountd.errors import IncompleteUpload, UploadTooLarge, WriteError, WriteRefused, dav_error, read_only
 from mountd.facts import ArchiveFacts, derive_etag
 from mountd.freshness import BrokerFreshness, FreshnessCounts, NullFreshness
 from mountd.index import ArchiveIndex, DirectoryListing, IndexStats, ListedArchive, Unreadable
+from mountd.locks import RedisLockStorage
 from mountd.middleware import RequestGuard, RequestScope, host_names, on_request_end
 from mountd.provider import FreshnessHook, SyncProvider
 from mountd.resources import (
@@ -28,10 +31,13 @@ from mountd.resources import (
     SingleArchiveCollection,
     StoreCollection,
 )
-from mountd.server import BLOCK_SIZE, ServerHandle, build_app, serve, serve_background
+from mountd.server import BLOCK_SIZE, ServerHandle, build_app, serve, serve_background, serve_writable
+from mountd.uploads import UploadSink
+from mountd.writable import DEFAULT_MAX_UPLOAD, WritableArchiveResource, WritableCollection, WritePolicy
 
 __all__ = [
     "BLOCK_SIZE",
+    "DEFAULT_MAX_UPLOAD",
     "PROP_EXPIRED",
     "PROP_EXPIRES_AT",
     "PROP_GENERATION",
@@ -45,10 +51,12 @@ __all__ = [
     "DirectoryListing",
     "FreshnessCounts",
     "FreshnessHook",
+    "IncompleteUpload",
     "IndexStats",
     "IndexedArchiveResource",
     "ListedArchive",
     "NullFreshness",
+    "RedisLockStorage",
     "RequestGuard",
     "RequestScope",
     "ServerHandle",
@@ -56,6 +64,13 @@ __all__ = [
     "StoreCollection",
     "SyncProvider",
     "Unreadable",
+    "UploadSink",
+    "UploadTooLarge",
+    "WritableArchiveResource",
+    "WritableCollection",
+    "WriteError",
+    "WritePolicy",
+    "WriteRefused",
     "build_app",
     "dav_error",
     "derive_etag",
@@ -64,4 +79,5 @@ __all__ = [
     "read_only",
     "serve",
     "serve_background",
+    "serve_writable",
 ]

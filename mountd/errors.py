@@ -9,19 +9,69 @@ Everything below the provider raises ``SyncError`` subclasses; the provider and 
 
 The message names the archive by its key (its path inside the store) and the error's code and reason,
 never an absolute server path, so an error page is useful to a client without describing the host.
-``read_only`` is the 403 every write method answers in read-only mode.
+``read_only`` is the 403 every write method answers in read-only mode. The writable store's own refusals
+are errors of this module (``UploadTooLarge``, ``IncompleteUpload``, ``WriteRefused``) and become 413, 400 and
+403 here; a full disk under any write becomes 507 (Insufficient Storage, RFC 4918 §11.5).
 """
 
 from __future__ import annotations
 
+import errno
+
 from wsgidav.dav_error import (  # type: ignore[import-untyped]
+    HTTP_BAD_REQUEST,
+    HTTP_CONFLICT,
     HTTP_FORBIDDEN,
+    HTTP_INSUFFICIENT_STORAGE,
     HTTP_INTERNAL_ERROR,
     HTTP_NOT_FOUND,
+    HTTP_REQUEST_ENTITY_TOO_LARGE,
     DAVError,
 )
 
-from sync_format import ArchiveError, SyncError
+from sync_format import ArchiveError, SwapConflict, SyncError
+
+
+class WriteError(SyncError):
+    """A write to the writable store was refused or could not be completed; nothing was changed."""
+
+    code = "write_error"
+
+
+class UploadTooLarge(WriteError):
+    """Raised when a PUT body is (or is announced to be) larger than the server's upload limit.
+
+    Attributes:
+        size: Bytes announced or received so far.
+        limit: The limit in bytes.
+    """
+
+    code = "upload_too_large"
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"the upload is larger than this server accepts ({size} > {limit} bytes)")
+        self.size = size
+        self.limit = limit
+
+
+class IncompleteUpload(WriteError):
+    """Raised when a PUT body ended before the length the client announced, or announced a bad length."""
+
+    code = "incomplete_upload"
+
+
+class WriteRefused(WriteError):
+    """Raised when the client may not make this change (role, ``write_allowed``, a name the store refuses).
+
+    Attributes:
+        target: What the write was aimed at (a request path), for the message.
+    """
+
+    code = "write_refused"
+
+    def __init__(self, target: str, reason: str) -> None:
+        super().__init__(f"{target}: {reason}")
+        self.target = target
 
 
 def dav_error(exc: SyncError, archive: str) -> DAVError:
@@ -35,6 +85,16 @@ def dav_error(exc: SyncError, archive: str) -> DAVError:
         The DAVError; raise it ``from exc``.
     """
     cause = exc.__cause__
+    if isinstance(exc, UploadTooLarge):
+        return DAVError(HTTP_REQUEST_ENTITY_TOO_LARGE, exc.message)
+    if isinstance(exc, IncompleteUpload):
+        return DAVError(HTTP_BAD_REQUEST, exc.message)
+    if isinstance(exc, WriteRefused):
+        return DAVError(HTTP_FORBIDDEN, exc.message)
+    if isinstance(exc, SwapConflict):
+        return DAVError(HTTP_CONFLICT, f"archive {archive} changed while it was being written; retry")
+    if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DAVError(HTTP_INSUFFICIENT_STORAGE, f"archive {archive}: no space left to store it")
     if isinstance(cause, FileNotFoundError):
         return DAVError(HTTP_NOT_FOUND, f"archive {archive} no longer exists")
     if isinstance(cause, PermissionError):

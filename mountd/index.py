@@ -9,9 +9,11 @@ read"). Facts do not depend on the file name, so a renamed archive is still a ca
 Invariants:
     * A listing never raises because of one archive: unreadable archives are left out and logged once per
       identity (a content error is remembered for that identity; an I/O error is retried next time).
-    * Display names follow spec §8.1 (``sync_format.display_name``). When several archives of one directory
-      show under the same name, the one whose file name is that name plus ``.sync`` wins, else the first by
-      file name; a subdirectory beats any archive of its name. The losers are left out and logged once.
+    * Display names follow spec §8.1: the read-only rule (``sync_format.display_name``) by default, the
+      writable store's rule (``sync_format.writable_display_name``) for a writable server. When several
+      archives of one directory show under the same name, the one whose file name is that name plus
+      ``.sync`` wins, else the first by file name; a subdirectory beats any archive of its name. The
+      losers are left out and logged once.
       ``SyncProvider`` resolves names by the same rule, so a listed name always opens the listed archive.
     * Listings skip hidden names, our temp files and symlinks, exactly like ``sync_format.iter_archives``.
     * The cache is bounded (least recently used entries go) and safe to use from many threads; archives are
@@ -25,7 +27,7 @@ import os
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -35,6 +37,9 @@ from sync_format import ArchiveError, FileIdentity, display_name, open_archive
 from sync_format.store import SYNC_SUFFIX, is_archive_name
 
 log = logging.getLogger(__name__)
+
+#: How an archive's display name follows from its path and ``display_ext`` (spec §8.1 has two rules).
+NameRule = Callable[[Path, str], str]
 
 #: Most archive versions remembered (facts or failures); about 1 KiB each.
 DEFAULT_MAX_ENTRIES = 100_000
@@ -110,11 +115,13 @@ class ArchiveIndex:
 
     Args:
         max_entries: Most archive versions kept.
+        name_rule: The display-name rule of listings (the read-only one by default).
     """
 
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, *, name_rule: NameRule = display_name) -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, not {max_entries}")
+        self.name_rule = name_rule
         self._max = max_entries
         self._entries: OrderedDict[FileIdentity, _Cached] = OrderedDict()
         self._logged_io: OrderedDict[FileIdentity, None] = OrderedDict()
@@ -226,7 +233,7 @@ class ArchiveIndex:
         facts = self.facts_of(path, FileIdentity.from_stat(st))
         if facts is None:
             return None
-        return ListedArchive(path, display_name(path, facts.display_ext), facts)
+        return ListedArchive(path, self.name_rule(path, facts.display_ext), facts)
 
     def list_directory(self, directory: Path) -> DirectoryListing:
         """List one store directory: its visible subdirectories and its readable archives by display name.
@@ -258,7 +265,7 @@ class ArchiveIndex:
                 path = Path(entry.path)
                 facts = self.facts_of(path, FileIdentity.from_stat(st))
                 if facts is not None:
-                    found.append(ListedArchive(path, display_name(path, facts.display_ext), facts))
+                    found.append(ListedArchive(path, self.name_rule(path, facts.display_ext), facts))
         archives = self._resolve_collisions(directory, found, set(folders))
         return DirectoryListing(directory, tuple(folders), MappingProxyType(archives))
 

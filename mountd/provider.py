@@ -38,7 +38,14 @@ from mountd.facts import ArchiveFacts
 from mountd.index import ArchiveIndex
 from mountd.middleware import on_request_end
 from mountd.resources import ArchiveResource, SingleArchiveCollection, StoreCollection
-from sync_format import ArchiveError, FileIdentity, SyncError, display_name
+from mountd.writable import (
+    JunkResource,
+    WritableArchiveResource,
+    WritableCollection,
+    WritePolicy,
+    is_junk_name,
+)
+from sync_format import ArchiveError, FileIdentity, SyncError, display_name, writable_display_name
 from sync_format.store import SYNC_SUFFIX, check_store_name, is_archive_name
 
 log = logging.getLogger(__name__)
@@ -65,20 +72,31 @@ class FreshnessHook(Protocol):
 
 
 class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
-    """Serve a store directory, or one archive, read-only.
+    """Serve a store directory, or one archive, read-only — or a store directory writable.
 
     Args:
         store: A store directory or a single archive file.
         freshness: Told about expired archives being read.
-        index: The listing cache; a new one when None.
+        index: The listing cache; a new one when None (with the writable naming rule when writable).
+        writable: The writable store's policy; None serves read-only.
 
     Raises:
-        ArchiveError: ``store`` is neither a directory nor a file.
+        ArchiveError: ``store`` is neither a directory nor a file, or ``writable`` is given with a file.
     """
 
-    def __init__(self, store: Path, freshness: FreshnessHook, *, index: ArchiveIndex | None = None) -> None:
+    def __init__(
+        self,
+        store: Path,
+        freshness: FreshnessHook,
+        *,
+        index: ArchiveIndex | None = None,
+        writable: WritePolicy | None = None,
+    ) -> None:
         super().__init__()
         store = Path(store).absolute()
+        self.writable = writable
+        if writable is not None and not store.is_dir():
+            raise ArchiveError("a writable store must be a directory", path=store)
         if store.is_dir():
             self.single: Path | None = None
             self.root = store
@@ -88,7 +106,9 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         else:
             raise ArchiveError("store is neither a directory nor an archive file", path=store)
         self.freshness = freshness
-        self.index = index or ArchiveIndex()
+        if index is None:
+            index = ArchiveIndex(name_rule=writable_display_name if writable is not None else display_name)
+        self.index = index
 
     def __repr__(self) -> str:
         return f"SyncProvider({self.single or self.root})"
@@ -126,12 +146,22 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
                 self._check_freshness(resource)
         return resource
 
+    def forget(self, environ: dict[str, Any]) -> None:
+        """Drop the request's resolved resources after a write changed what paths map to.
+
+        Args:
+            environ: The WSGI environ.
+        """
+        cache = environ.get(RESOURCES_KEY)
+        if cache is not None:
+            cache.clear()
+
     def _resolve(self, path: str, environ: dict[str, Any]) -> Any:
         relative = path.strip("/")
         if not relative:
             if self.single is not None:
                 return SingleArchiveCollection("/", environ, self.index, self.single)
-            return StoreCollection("/", environ, self.index, self.root, self.root)
+            return self._folder("/", environ, self.root)
         try:
             parts = check_store_name(relative).parts
         except ArchiveError as exc:
@@ -146,8 +176,15 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
                 return None
         name = parts[-1]
         if _is_folder(directory / name):
-            return StoreCollection(path, environ, self.index, directory / name, self.root)
+            return self._folder(path, environ, directory / name)
+        if self.writable is not None and is_junk_name(name):
+            return JunkResource(path, environ)
         return self._archive(path, environ, directory, name)
+
+    def _folder(self, path: str, environ: dict[str, Any], directory: Path) -> StoreCollection:
+        if self.writable is not None:
+            return WritableCollection(path, environ, self, directory, self.writable)
+        return StoreCollection(path, environ, self.index, directory, self.root)
 
     def _archive(self, path: str, environ: dict[str, Any], directory: Path, name: str) -> Any:
         candidate = directory / (name + SYNC_SUFFIX)
@@ -156,9 +193,12 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
             if identity is not None:
                 known = self.index.cached(identity)
                 # An archive whose display name is something else cannot be this name; do not open it.
-                if not isinstance(known, ArchiveFacts) or display_name(candidate, known.display_ext) == name:
+                if (
+                    not isinstance(known, ArchiveFacts)
+                    or self.index.name_rule(candidate, known.display_ext) == name
+                ):
                     resource = self._open(path, environ, candidate)
-                    if display_name(candidate, resource.facts.display_ext) == name:
+                    if self.index.name_rule(candidate, resource.facts.display_ext) == name:
                         return resource
                     resource.close()
         listed = self.index.list_directory(directory).archives.get(name)
@@ -173,11 +213,14 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         except OSError:
             identity = None
         known = None if identity is None else self.index.cached(identity)
-        if isinstance(known, ArchiveFacts) and display_name(self.single, known.display_ext) != parts[0]:
+        if (
+            isinstance(known, ArchiveFacts)
+            and self.index.name_rule(self.single, known.display_ext) != parts[0]
+        ):
             return None
         # The operator named this file, so it may be a symlink: open it as given.
         resource = self._open(path, environ, self.single, verify=False)
-        if display_name(self.single, resource.facts.display_ext) != parts[0]:
+        if self.index.name_rule(self.single, resource.facts.display_ext) != parts[0]:
             resource.close()
             return None
         return resource
@@ -188,7 +231,10 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         key = archive.relative_to(self.root).as_posix()
         for _ in range(OPEN_ATTEMPTS):
             try:
-                resource = ArchiveResource(path, environ, archive, key)
+                if self.writable is not None:
+                    resource = WritableArchiveResource(path, environ, archive, key, self, self.writable)
+                else:
+                    resource = ArchiveResource(path, environ, archive, key)
             except ArchiveError as exc:
                 self.index.note_unreadable(archive, _regular_identity(archive), exc)
                 raise dav_error(exc, key) from exc

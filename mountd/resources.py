@@ -247,23 +247,21 @@ class StoreCollection(_ReadOnly, DAVCollection):  # type: ignore[misc]  # wsgida
 
     def get_member_list(self) -> list[Any]:
         listing = self.listing()
-        members: list[Any] = [
-            StoreCollection(
-                dav_util.join_uri(self.path, name),
-                self.environ,
-                self.index,
-                self.directory / name,
-                self.store,
-            )
-            for name in listing.folders
-        ]
-        members.extend(
-            IndexedArchiveResource(
-                dav_util.join_uri(self.path, name), self.environ, listed, self._key(listed.path)
-            )
-            for name, listed in listing.archives.items()
-        )
+        members: list[Any] = [self.member_folder(name) for name in listing.folders]
+        members.extend(self.member_archive(name, listed) for name, listed in listing.archives.items())
         return members
+
+    def member_folder(self, name: str) -> StoreCollection:
+        """The resource of a subdirectory this collection lists (the writable store makes writable ones)."""
+        return StoreCollection(
+            dav_util.join_uri(self.path, name), self.environ, self.index, self.directory / name, self.store
+        )
+
+    def member_archive(self, name: str, listed: ListedArchive) -> IndexedArchiveResource:
+        """The resource of an archive this collection lists."""
+        return IndexedArchiveResource(
+            dav_util.join_uri(self.path, name), self.environ, listed, self._key(listed.path)
+        )
 
     def get_last_modified(self) -> float | None:
         try:

@@ -35,6 +35,7 @@ from mountd.freshness import NullFreshness
 from mountd.index import ArchiveIndex
 from mountd.middleware import ConditionalHeaders, RequestGuard, RequestScope, host_names
 from mountd.provider import FreshnessHook, SyncProvider
+from mountd.writable import DEFAULT_MAX_UPLOAD, WritePolicy
 from sync_format import ArchiveError
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,10 @@ def build_app(
     *,
     index: ArchiveIndex | None = None,
     allowed_hosts: Iterable[str] = (),
+    writable: WritePolicy | None = None,
+    lock_storage: Any = True,
 ) -> RequestGuard:
-    """The WSGI application serving ``store`` read-only.
+    """The WSGI application serving ``store`` (read-only unless ``writable`` is given).
 
     Args:
         settings: Supplies the bound host (for the Host check).
@@ -73,6 +76,9 @@ def build_app(
         index: The listing cache; a new one when None.
         allowed_hosts: Further host names clients may use (e.g. the machine's DNS name when binding a
             public address).
+        writable: The writable store's policy; None serves read-only.
+        lock_storage: wsgidav's lock storage: True for one in memory (one server process), or a shared
+            one such as ``mountd.locks.RedisLockStorage``.
 
     Returns:
         ``RequestGuard`` → ``ConditionalHeaders`` → ``RequestScope`` → wsgidav's ``WsgiDAVApp``.
@@ -80,12 +86,12 @@ def build_app(
     Raises:
         ArchiveError: ``store`` is neither a directory nor a file.
     """
-    provider = SyncProvider(store, freshness, index=index)
+    provider = SyncProvider(store, freshness, index=index, writable=writable)
     config: dict[str, Any] = {
         "provider_mapping": {"/": provider},
         "block_size": BLOCK_SIZE,
         "property_manager": True,
-        "lock_storage": True,
+        "lock_storage": lock_storage,
         "suppress_version_info": True,
         "verbose": 3,
         "logging": {"enable": False},
@@ -95,7 +101,7 @@ def build_app(
     }
     _suppress_version_info()
     # wsgidav logs "Share '/' will allow anonymous write access" here because SyncProvider.is_readonly() is
-    # False (so that LOCK works); the resources refuse every write with 403 all the same.
+    # False (so that LOCK works); in read-only mode the resources refuse every write with 403 all the same.
     dav = WsgiDAVApp(config)
     return RequestGuard(ConditionalHeaders(RequestScope(dav)), host_names(settings.host, allowed_hosts))
 
@@ -165,6 +171,8 @@ def serve_background(
     *,
     index: ArchiveIndex | None = None,
     allowed_hosts: Iterable[str] = (),
+    writable: WritePolicy | None = None,
+    lock_storage: Any = True,
 ) -> ServerHandle:
     """Bind and serve on a background thread; return once the socket listens.
 
@@ -174,6 +182,8 @@ def serve_background(
         freshness: Told about expired archives being read; ``NullFreshness`` when None.
         index: The listing cache; a new one when None.
         allowed_hosts: Further host names clients may use.
+        writable: The writable store's policy; None serves read-only.
+        lock_storage: wsgidav's lock storage (see ``build_app``).
 
     Returns:
         The handle; call ``shutdown`` (or use it as a context manager).
@@ -186,7 +196,13 @@ def serve_background(
     if root is None:
         raise ArchiveError("no store to serve: pass a store directory or an archive")
     app = build_app(
-        settings, Path(root), freshness or NullFreshness(), index=index, allowed_hosts=allowed_hosts
+        settings,
+        Path(root),
+        freshness or NullFreshness(),
+        index=index,
+        allowed_hosts=allowed_hosts,
+        writable=writable,
+        lock_storage=lock_storage,
     )
     server = wsgi.Server(
         (settings.host, settings.port),
@@ -214,6 +230,8 @@ def serve(
     *,
     allowed_hosts: Iterable[str] = (),
     on_ready: Callable[[ServerHandle], object] | None = None,
+    writable: WritePolicy | None = None,
+    lock_storage: Any = True,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully. Call from the main thread.
 
@@ -223,6 +241,8 @@ def serve(
         freshness: Told about expired archives being read; ``NullFreshness`` when None.
         allowed_hosts: Further host names clients may use.
         on_ready: Called with the handle once the server listens (e.g. to print the URL).
+        writable: The writable store's policy; None serves read-only.
+        lock_storage: wsgidav's lock storage (see ``build_app``).
 
     Raises:
         ArchiveError: No store is given, or it is neither a directory nor a file.
@@ -236,10 +256,77 @@ def serve(
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        with serve_background(settings, store, freshness, allowed_hosts=allowed_hosts) as handle:
+        with serve_background(
+            settings,
+            store,
+            freshness,
+            allowed_hosts=allowed_hosts,
+            writable=writable,
+            lock_storage=lock_storage,
+        ) as handle:
             if on_ready is not None:
                 on_ready(handle)
             stop.wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def serve_writable(
+    settings: Settings,
+    store: Path | None = None,
+    freshness: FreshnessHook | None = None,
+    *,
+    max_upload: int = DEFAULT_MAX_UPLOAD,
+    on_ready: Callable[[ServerHandle], object] | None = None,
+    lock_storage: Any = True,
+) -> None:
+    """Serve a store directory writable until SIGTERM or SIGINT (the reference's ``serve_writable``).
+
+    The directory is created when missing, as the reference does.
+
+    Args:
+        settings: Host, port and (when ``store`` is None) the store.
+        store: The store directory; ``settings.store`` when None.
+        freshness: Told about expired archives being read; ``NullFreshness`` when None.
+        max_upload: Largest PUT body in bytes.
+        on_ready: Called with the handle once the server listens.
+        lock_storage: wsgidav's lock storage (see ``build_app``).
+
+    Raises:
+        ArchiveError: No store is given, it is a file, or it cannot be created.
+        OSError: The address cannot be bound.
+    """
+    root = writable_root(store if store is not None else settings.store)
+    serve(
+        settings,
+        root,
+        freshness,
+        on_ready=on_ready,
+        writable=WritePolicy(root, max_upload=max_upload),
+        lock_storage=lock_storage,
+    )
+
+
+def writable_root(store: Path | None) -> Path:
+    """The directory a writable server serves, created when missing.
+
+    Args:
+        store: The store directory.
+
+    Returns:
+        Its absolute path.
+
+    Raises:
+        ArchiveError: No store is given, it is an existing file, or it cannot be created.
+    """
+    if store is None:
+        raise ArchiveError("no store to serve: pass a store directory")
+    root = Path(store).absolute()
+    if root.exists() and not root.is_dir():
+        raise ArchiveError("a writable store must be a directory, not a file", path=root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ArchiveError(f"cannot create the store directory: {exc.strerror}", path=root) from exc
+    return root

@@ -232,14 +232,14 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from sync_format.freshness import format_timestamp, now_ns
     from sync_format.signing import read_key_file, sign_manifest
     from sync_format.signing.canonical import HASH_PREFIX
-    from syncctl.progress import byte_progress
-    from syncctl.template import (
+    from sync_format.template import (
         DEFAULT_CREATED_BY,
         DEFAULT_TIMEOUT,
         DEFAULT_TTL,
         extension_of,
         template_manifest,
     )
+    from syncctl.progress import byte_progress
 
     payload = Path(args.file)
     output = Path(args.output)

@@ -48,7 +48,44 @@ def register(
     )
     serve.add_argument("--cache-dir", metavar="DIR", help="cache and embedded-broker data (SYNC_CACHE_DIR)")
     serve.add_argument("--sandbox", choices=("strict", "permissive"), help="for local workers (SYNC_SANDBOX)")
+    serve.add_argument(
+        "--writable",
+        action="store_true",
+        help="accept uploads, deletes, moves and new folders (PATH must be a directory; created if missing)",
+    )
+    serve.add_argument(
+        "--max-upload",
+        metavar="SIZE",
+        type=parse_size,
+        default=None,
+        help="largest upload with --writable, e.g. 512M or 16G (default 16G)",
+    )
     serve.set_defaults(handler=cmd_serve)
+
+
+def parse_size(text: str) -> int:
+    """``--max-upload``'s value: bytes, or a number with K, M, G or T (powers of 1024).
+
+    Args:
+        text: The option's text.
+
+    Returns:
+        Bytes.
+
+    Raises:
+        argparse.ArgumentTypeError: Not a positive size.
+    """
+    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    body = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = body[-1:] if body[-1:] in units else ""
+    number = body[: len(body) - len(unit)]
+    try:
+        value = int(float(number) * units[unit])
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1048576, 512M, 16G)")
+    return value
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -63,7 +100,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from broker.connection import connect
     from broker.settings import Settings
     from mountd.freshness import BrokerFreshness
-    from mountd.server import ServerHandle, serve
+    from mountd.locks import RedisLockStorage
+    from mountd.server import ServerHandle, serve, writable_root
+    from mountd.writable import DEFAULT_MAX_UPLOAD, WritePolicy
+    from sync_format.errors import SyncError
     from syncctl.local_workers import LocalWorkers
 
     settings = Settings.from_env(
@@ -77,6 +117,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         }
     )
     store = Path(args.path).absolute()
+    writable = None
+    if args.writable:
+        store = writable_root(store)
+        writable = WritePolicy(store, max_upload=args.max_upload or DEFAULT_MAX_UPLOAD)
+    elif args.max_upload is not None:
+        raise SyncError("--max-upload needs --writable")
     root = store if store.is_dir() else store.parent
     workers_wanted = args.workers
     if workers_wanted is None:
@@ -95,13 +141,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         def ready(handle: ServerHandle) -> Any:
             local = f", {workers_wanted} local worker processes" if workers is not None else ""
+            mode = "writable" if writable is not None else "read-only"
             sys.stdout.write(
-                f"serving {store} at {handle.mount_url} (broker: {connection.description}{local})\n"
+                f"serving {store} ({mode}) at {handle.mount_url} (broker: {connection.description}{local})\n"
             )
             sys.stdout.flush()
 
+        # Locks live in the broker's Redis: every mountd of this store (and a restarted one) sees them.
+        locks = RedisLockStorage(connection.redis_url, prefix=f"sync:dav:{root}:") if writable else True
         try:
-            serve(settings, store, freshness, on_ready=ready)
+            serve(settings, store, freshness, on_ready=ready, writable=writable, lock_storage=locks)
         finally:
             freshness.close()
             if workers is not None:

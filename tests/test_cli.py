@@ -18,8 +18,8 @@ import pytest
 
 from sync_format import EMPTY_WASM, SyncBuilder, commit_payload, open_archive
 from sync_format.signing import SIDECAR_SUFFIX, SigningKey, read_key_file, sign_file
+from sync_format.template import content_type_for, extension_of
 from sync_format.testing import make_archive, make_manifest
-from syncctl.template import content_type_for, extension_of
 
 ROOT = Path(__file__).resolve().parent.parent
 #: A WebAssembly module that is not the empty one: the empty module plus a custom section named "test".
@@ -621,5 +621,6 @@ def test_run_reports_a_failing_guest(tmp_path: Path) -> None:
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1
-    assert "guest_out_of_fuel" in errors[0]
+    # Fuel is sized to the 1 s budget, so which limit stops the loop first depends on how busy the machine is.
+    assert re.match(r"error: guest_(out_of_fuel|timeout): ", errors[0]), errors[0]
     assert "Traceback" not in result.stderr

@@ -122,3 +122,48 @@ def test_sync_mount_refuses_a_missing_archive(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("error: ")
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_sync_mount_writable_creates_the_store_and_takes_uploads(tmp_path: Path) -> None:
+    """``sync-mount --writable DIR -p 0`` creates DIR, and a PUT there becomes an archive served back."""
+    store = tmp_path / "new-store"
+    env = {**os.environ, "SYNC_CACHE_DIR": str(tmp_path / "cache")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "syncctl.mount", "--writable", str(store), "-p", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert "(writable)" in line, line
+        url = line.split(" at ")[1].split(" ")[0]
+        upload = urllib.request.Request(url + "/notes.md", data=b"# hello\n", method="PUT")  # noqa: S310
+        with urllib.request.urlopen(upload, timeout=30) as response:  # noqa: S310  (loopback URL of our server)
+            assert response.status == 201
+        assert (store / "notes.md.sync").is_file()
+        body, _ = _get(url + "/notes.md")
+        assert body == b"# hello\n"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(60)
+        assert server.stdout is not None
+        server.stdout.close()
+
+
+def test_sync_mount_writable_refuses_a_file(tmp_path: Path) -> None:
+    """``sync-mount --writable`` on an existing file exits 1 with one ``error:`` line, like the reference."""
+    archive = tmp_path / "report.csv.sync"
+    make_archive(archive, b"x")
+    result = subprocess.run(
+        [sys.executable, "-m", "syncctl.mount", "--writable", str(archive)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ")
+    assert len(result.stderr.splitlines()) == 1

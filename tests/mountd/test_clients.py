@@ -1,4 +1,4 @@
-"""Real WebDAV clients list and read a served store: rclone (``:webdav:`` backend) and cadaver."""
+"""Real WebDAV clients list and read a served store, and write to a writable one: rclone and cadaver."""
 
 from __future__ import annotations
 
@@ -6,12 +6,16 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from recording_hook import RecordingHook
 from store_manifests import csv_manifest
 
+from broker import Settings
+from mountd import serve_background
+from mountd.writable import WritePolicy
 from sync_format import BuildResult
 
 AddArchive = Callable[..., BuildResult]
@@ -81,3 +85,45 @@ def test_cadaver_lists_and_gets(url: str, client_env: dict[str, str], tmp_path: 
     assert re.search(rf"^\s+report\.csv\s+{len(REPORT)}\s", out, re.MULTILINE), out
     assert re.search(r"^\s+notes\.txt\s+13\s", out, re.MULTILINE), out
     assert target.read_bytes() == REPORT
+
+
+@pytest.fixture
+def writable_url(store: Path, hook: RecordingHook) -> Iterator[str]:
+    """mountd serving ``store`` writable."""
+    with serve_background(
+        Settings(host="127.0.0.1", port=0), store, hook, writable=WritePolicy(store)
+    ) as handle:
+        yield handle.mount_url
+
+
+def test_rclone_writes_to_a_writable_store(
+    writable_url: str, store: Path, client_env: dict[str, str], tmp_path: Path
+) -> None:
+    """``rclone copy`` uploads a tree (files become archives), ``check`` finds it equal, ``delete`` works."""
+    source = tmp_path / "upload"
+    (source / "deep").mkdir(parents=True)
+    (source / "data.csv").write_bytes(REPORT)
+    (source / "deep" / "blob.bin").write_bytes(os.urandom(300_000))
+    rclone(writable_url, client_env, "copy", str(source), ":webdav:incoming")
+    assert (store / "incoming" / "data.csv.sync").is_file()
+    assert (store / "incoming" / "deep" / "blob.bin.sync").is_file()
+    rclone(writable_url, client_env, "check", str(source), ":webdav:incoming")
+    assert rclone(writable_url, client_env, "cat", ":webdav:incoming/data.csv") == REPORT.decode()
+    rclone(writable_url, client_env, "delete", ":webdav:incoming/deep")
+    assert not (store / "incoming" / "deep" / "blob.bin.sync").exists()
+
+
+def test_cadaver_writes_to_a_writable_store(
+    writable_url: str, store: Path, client_env: dict[str, str], tmp_path: Path
+) -> None:
+    """cadaver's ``mkcol``, ``put``, ``move`` and ``get`` round-trip a file through the writable store."""
+    local = tmp_path / "notes.txt"
+    local.write_bytes(b"written by cadaver\n")
+    back = tmp_path / "back.txt"
+    script = (
+        f"mkcol docs\nput {local} docs/notes.txt\nmove docs/notes.txt docs/final.txt\n"
+        f"get docs/final.txt {back}\nquit\n"
+    )
+    run(["cadaver", writable_url + "/"], client_env, stdin=script)
+    assert back.read_bytes() == b"written by cadaver\n"
+    assert sorted(os.listdir(store / "docs")) == ["final.txt.sync"]

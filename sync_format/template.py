@@ -1,4 +1,4 @@
-"""The manifest ``syncctl pack`` writes by default: the reference store's template (spec §8.3).
+"""The manifest new archives get by default: the reference store's template (spec §8.3).
 
 ``created_by = "sync-fs"``, ``ttl = 3600``, ``timeout = 30``, no allowed hosts, ``sync.version = "1.2"``,
 ``hash_algo = "blake3"``, ``created_at`` = now (``YYYY-MM-DDTHH:MM:SSZ``), variant plain. ``display_ext`` is
@@ -6,8 +6,10 @@ the extension of the input file's name by Rust's rule (text after the last dot, 
 trailing ``.sync`` is stripped first; whitespace and leading dots trimmed) and ``content_type`` comes from
 the spec's table, looked up with the effective ``display_ext`` lower-cased.
 
-The writable store of ``mountd`` wraps uploads with the same template; when it lands this module's table
-and rule belong in ``sync_format`` so that both use one copy.
+``syncctl pack`` and the writable store of ``mountd`` (which wraps every upload with it) share this one copy.
+Uploads differ in one field: ``ownership.write_allowed`` is true, because a file a user put into a writable
+share is theirs to overwrite; archives packed by a publisher keep the reference's ``false`` and mountd
+refuses to overwrite their payload (``write_allowed`` honoured).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sync_format.freshness import format_timestamp, now_ns
 from sync_format.manifest import (
     Manifest,
     MetaSection,
+    OwnershipSection,
     PermissionsSection,
     PolicySection,
     SyncSection,
@@ -106,6 +109,7 @@ def template_manifest(
     ttl: int = DEFAULT_TTL,
     timeout: int = DEFAULT_TIMEOUT,
     allow_hosts: Sequence[str] = (),
+    write_allowed: bool = False,
 ) -> Manifest:
     """Build the template manifest with the given overrides.
 
@@ -117,6 +121,7 @@ def template_manifest(
         ttl: ``policy.ttl`` in seconds.
         timeout: ``policy.timeout`` in seconds.
         allow_hosts: ``permissions.allow_hosts`` in the order given.
+        write_allowed: ``ownership.write_allowed``.
 
     Returns:
         The manifest (validated when the builder parses its bytes).
@@ -135,4 +140,5 @@ def template_manifest(
         ),
         policy=PolicySection(ttl=ttl, timeout=timeout),
         permissions=PermissionsSection(allow_hosts=tuple(allow_hosts)),
+        ownership=OwnershipSection(write_allowed=write_allowed),
     )

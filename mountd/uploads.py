@@ -1,0 +1,139 @@
+"""``UploadSink``: where a PUT body goes before it becomes a payload — a counted, capped temp file.
+
+wsgidav streams a PUT body into the file object a resource's ``begin_write`` returns and then calls
+``end_write``. The reference writes straight into its target and commits whatever arrived, so a client that
+drops the connection halfway leaves a truncated payload behind (spec §9). Here the body goes to a temp file
+in the target's own directory (same filesystem, hidden temp name that listings skip), and only a body that
+is provably complete is handed to the commit:
+
+* with ``Content-Length``, exactly that many bytes must have arrived (cheroot's input simply ends early when
+  the peer goes away; it does not raise);
+* with chunked transfer coding (macOS Finder), cheroot raises on a body that ends before its terminating
+  zero-size chunk, and Finder's ``X-Expected-Entity-Length`` is checked when it is sent;
+* at most ``limit`` bytes are accepted: a declared length above it is refused before any byte is read, a
+  chunked body is cut off as soon as it passes it.
+
+Invariants:
+    * ``finish`` returns the temp file only for a complete body; ``discard`` removes it (idempotent). A
+      sink that is neither finished nor discarded still holds its temp file: the resource always calls one.
+    * Nothing here touches the archive: the old payload is intact until the commit, whatever the client does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from mountd.errors import IncompleteUpload, UploadTooLarge
+from sync_format import ArchiveError
+from sync_format.atomic import create_temp, discard
+
+log = logging.getLogger(__name__)
+
+#: Header macOS Finder sends with chunked uploads, announcing the body's length.
+EXPECTED_LENGTH_HEADER = "HTTP_X_EXPECTED_ENTITY_LENGTH"
+
+
+def declared_length(environ: dict[str, Any]) -> int | None:
+    """The body length the client announced (``Content-Length``, else Finder's expected length).
+
+    Args:
+        environ: The WSGI environ of a PUT.
+
+    Returns:
+        The length, or None when the client announced none (chunked without a hint).
+
+    Raises:
+        IncompleteUpload: The announced length is not a non-negative integer.
+    """
+    for key in ("CONTENT_LENGTH", EXPECTED_LENGTH_HEADER):
+        text = environ.get(key)
+        if text in (None, ""):
+            continue
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise IncompleteUpload(f"invalid {key.removeprefix('HTTP_').replace('_', '-').title()}: {text!r}")
+        return value
+    return None
+
+
+class UploadSink:
+    """A PUT body on its way to a commit.
+
+    Args:
+        target: The archive the body is for (the temp file goes next to it).
+        limit: Most bytes accepted.
+        expected: Bytes the client announced, or None.
+
+    Raises:
+        UploadTooLarge: ``expected`` is above ``limit``.
+        ArchiveError: The temp file cannot be created (missing directory, no permission, no space).
+    """
+
+    def __init__(self, target: Path, limit: int, expected: int | None) -> None:
+        if expected is not None and expected > limit:
+            raise UploadTooLarge(expected, limit)
+        self.target = target
+        self.limit = limit
+        self.expected = expected
+        self.received = 0
+        self.path: Path | None
+        self.path, self._file = create_temp(target)
+
+    def write(self, data: bytes) -> int:
+        """Append one block of the body.
+
+        Raises:
+            UploadTooLarge: The body passed the limit.
+            ArchiveError: The temp file cannot be written (e.g. the disk is full).
+        """
+        self.received += len(data)
+        if self.received > self.limit:
+            raise UploadTooLarge(self.received, self.limit)
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise ArchiveError(f"cannot store the upload: {exc.strerror}", path=self.target) from exc
+        return len(data)
+
+    def writelines(self, blocks: Iterable[bytes]) -> None:
+        """Append every block (wsgidav hands the whole body stream here)."""
+        for block in blocks:
+            self.write(block)
+
+    def close(self) -> None:
+        """Close the temp file (wsgidav calls this after the last block); it stays until finish/discard."""
+        try:
+            self._file.close()
+        except OSError as exc:
+            raise ArchiveError(f"cannot store the upload: {exc.strerror}", path=self.target) from exc
+
+    def finish(self) -> Path:
+        """The temp file holding the complete body.
+
+        Returns:
+            Its path; the caller commits it and then calls ``discard``.
+
+        Raises:
+            IncompleteUpload: Fewer bytes arrived than were announced.
+        """
+        self.close()
+        if self.expected is not None and self.received != self.expected:
+            raise IncompleteUpload(
+                f"the body ended after {self.received} of {self.expected} bytes; nothing was changed"
+            )
+        assert self.path is not None, "finish after discard"
+        return self.path
+
+    def discard(self) -> None:
+        """Remove the temp file (safe to call more than once)."""
+        if not self._file.closed:
+            self._file.close()
+        if self.path is not None:
+            discard(self.path)
+            self.path = None

@@ -1,0 +1,275 @@
+"""Writable mode: uploads become archives, overwrites are atomic commits, broken uploads change nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import os
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from dav_client import names, propfind, request
+from recording_hook import RecordingHook
+from redis_server import RedisServer
+from store_manifests import csv_manifest
+
+from broker import Settings
+from mountd import ServerHandle, serve_background
+from mountd.locks import RedisLockStorage
+from mountd.writable import WritePolicy
+from sync_format import EMPTY_WASM, BuildResult, OwnershipSection, open_archive
+from sync_format.atomic import is_temp_name
+
+AddArchive = Callable[..., BuildResult]
+#: Upload limit of the test server (bytes).
+LIMIT = 64 * 1024
+CSV = b"region,total\nnorth,12\n"
+
+
+def editable_csv() -> object:
+    """A CSV manifest whose payload clients may overwrite."""
+    return dataclasses.replace(csv_manifest(), ownership=OwnershipSection(write_allowed=True))
+
+
+@pytest.fixture
+def wserver(store: Path, hook: RecordingHook) -> Iterator[ServerHandle]:
+    """mountd serving ``store`` writable, with a small upload limit."""
+    policy = WritePolicy(store, max_upload=LIMIT)
+    with serve_background(Settings(host="127.0.0.1", port=0), store, hook, writable=policy) as handle:
+        yield handle
+
+
+@pytest.fixture
+def wurl(wserver: ServerHandle) -> str:
+    """The writable server's URL."""
+    return wserver.mount_url
+
+
+def put(url: str, path: str, body: bytes, **headers: str) -> int:
+    """PUT a body and return the status."""
+    return request(url, "PUT", path, body=body, headers=headers).status
+
+
+def leftovers(directory: Path) -> list[str]:
+    """Temp files of uploads or commits left in a directory."""
+    return [name for name in os.listdir(directory) if is_temp_name(name)]
+
+
+def raw_exchange(url: str, head: str, body: bytes) -> None:
+    """Send a request head (``{host}`` filled in) and part of a body on a raw socket, then stop sending."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname or "", parts.port or 80), timeout=10) as sock:
+        sock.sendall(head.format(host=parts.netloc).encode() + body)
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(10)
+        while sock.recv(65536):
+            pass  # the server answers (or closes) once it has seen the body end early
+
+
+def test_put_new_file_wraps_it_into_an_archive(wurl: str, store: Path) -> None:
+    """A PUT of a new name answers 201 with an ETag and stores ``name.sync`` made with the upload template."""
+    response = request(wurl, "PUT", "/report.csv", body=CSV)
+    assert response.status == 201
+    assert response.header("etag")
+    with open_archive(store / "report.csv.sync") as snapshot:
+        assert snapshot.read_payload() == CSV
+        assert snapshot.manifest.sync.content_type == "text/csv"
+        assert snapshot.manifest.sync.display_ext == "csv"
+        assert snapshot.manifest.ownership.write_allowed is True
+        assert snapshot.read_entry("sync.wasm") == EMPTY_WASM
+        assert snapshot.generation == 0
+    got = request(wurl, "GET", "/report.csv")
+    assert (got.status, got.body, got.header("content-type")) == (200, CSV, "text/csv")
+    assert got.header("etag") == response.header("etag")
+
+
+def test_put_over_an_archive_commits_a_new_generation(
+    wurl: str, store: Path, add_archive: AddArchive
+) -> None:
+    """Overwriting replaces the payload atomically: 204, generation + 1, manifest bytes kept, new ETag."""
+    add_archive("report.csv.sync", CSV, manifest=editable_csv())
+    before = request(wurl, "GET", "/report.csv")
+    with open_archive(store / "report.csv.sync") as snapshot:
+        manifest_bytes = snapshot.read_entry("manifest.toml")
+    assert put(wurl, "/report.csv", b"region,total\nsouth,30\n") == 204
+    after = request(wurl, "GET", "/report.csv")
+    assert after.body == b"region,total\nsouth,30\n"
+    assert after.header("etag") != before.header("etag")
+    with open_archive(store / "report.csv.sync") as snapshot:
+        assert snapshot.generation == 1
+        assert snapshot.read_entry("manifest.toml") == manifest_bytes
+    assert leftovers(store) == []
+
+
+def test_archive_without_write_allowed_refuses_overwrite(
+    wurl: str, store: Path, add_archive: AddArchive
+) -> None:
+    """A publisher's archive (``write_allowed = false``) answers 403 to a PUT and keeps its payload."""
+    add_archive("report.csv.sync", CSV, manifest=csv_manifest())
+    response = request(wurl, "PUT", "/report.csv", body=b"vandalised")
+    assert response.status == 403
+    assert b"write_allowed" in response.body
+    assert request(wurl, "GET", "/report.csv").body == CSV
+
+
+def test_interrupted_upload_keeps_the_old_payload(wurl: str, store: Path, add_archive: AddArchive) -> None:
+    """A client that hangs up halfway through a PUT body changes nothing and leaves no temp file."""
+    add_archive("report.csv.sync", CSV, manifest=editable_csv())
+    head = "PUT /report.csv HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000\r\n\r\n"
+    raw_exchange(wurl, head, b"x" * 400)
+    assert request(wurl, "GET", "/report.csv").body == CSV
+    with open_archive(store / "report.csv.sync") as snapshot:
+        assert snapshot.generation == 0
+    assert leftovers(store) == []
+
+
+def test_interrupted_upload_of_a_new_name_creates_nothing(wurl: str, store: Path) -> None:
+    """A new file whose body is cut short never appears, not even empty."""
+    head = "PUT /new.csv HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000\r\n\r\n"
+    raw_exchange(wurl, head, b"x" * 10)
+    assert request(wurl, "GET", "/new.csv").status == 404
+    assert os.listdir(store) == []
+
+
+def test_chunked_upload_is_committed_when_complete(wurl: str, store: Path) -> None:
+    """A chunked PUT (as Finder sends) with its terminating chunk is stored byte-exact."""
+    parts = urlsplit(wurl)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    blocks = [b"a" * 1000, b"b" * 3000, b"c" * 7]
+    conn.request("PUT", "/chunked.txt", body=iter(blocks), encode_chunked=True)
+    assert conn.getresponse().status == 201
+    conn.close()
+    assert request(wurl, "GET", "/chunked.txt").body == b"".join(blocks)
+
+
+def test_cut_chunked_upload_changes_nothing(wurl: str, store: Path, add_archive: AddArchive) -> None:
+    """A chunked body that ends before its zero-size chunk leaves the old payload in place."""
+    add_archive(
+        "notes.txt.sync",
+        b"old",
+        manifest=dataclasses.replace(
+            csv_manifest(),
+            sync=dataclasses.replace(csv_manifest().sync, display_ext="txt"),
+            ownership=OwnershipSection(write_allowed=True),
+        ),
+    )
+    head = "PUT /notes.txt HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    raw_exchange(wurl, head, b"10\r\n0123456789abcdef\r\n20\r\nonly part of")
+    assert request(wurl, "GET", "/notes.txt").body == b"old"
+    assert leftovers(store) == []
+
+
+def test_declared_oversize_upload_is_refused_unread(wurl: str, store: Path) -> None:
+    """A Content-Length above the limit gets 413 and nothing is stored."""
+    response = request(wurl, "PUT", "/big.bin", body=b"x" * (LIMIT + 1))
+    assert response.status == 413
+    assert os.listdir(store) == []
+
+
+def test_chunked_upload_over_the_limit_is_cut_off(wurl: str, store: Path) -> None:
+    """A chunked body that grows past the limit gets 413 and nothing is stored."""
+    parts = urlsplit(wurl)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    blocks = (b"z" * 8192 for _ in range(LIMIT // 8192 + 2))
+    try:
+        conn.request("PUT", "/big.bin", body=blocks, encode_chunked=True)
+        status = conn.getresponse().status
+    except (BrokenPipeError, ConnectionResetError):
+        status = 413  # the server may answer and close before the client finished sending
+    finally:
+        conn.close()
+    assert status == 413
+    assert os.listdir(store) == []
+
+
+def test_folders_delete_move_and_copy(wurl: str, store: Path) -> None:
+    """MKCOL makes a folder; COPY and MOVE carry archives to new names; DELETE removes files and folders."""
+    assert request(wurl, "MKCOL", "/team/").status == 201
+    assert put(wurl, "/team/report.csv", CSV) == 201
+    copy = request(wurl, "COPY", "/team/report.csv", headers={"Destination": f"{wurl}/team/copy.csv"})
+    assert copy.status == 201
+    move = request(wurl, "MOVE", "/team/report.csv", headers={"Destination": f"{wurl}/renamed.txt"})
+    assert move.status == 201
+    assert sorted(os.listdir(store / "team")) == ["copy.csv.sync"]
+    assert (store / "renamed.txt.sync").is_file()
+    # The manifest is untouched by a rename (a signature stays valid): the file keeps its content type.
+    renamed = request(wurl, "GET", "/renamed.txt")
+    assert (renamed.status, renamed.body, renamed.header("content-type")) == (200, CSV, "text/csv")
+    assert names(propfind(wurl, "/")) == ["renamed.txt", "team/"]
+    assert request(wurl, "DELETE", "/renamed.txt").status == 204
+    assert request(wurl, "DELETE", "/team/").status == 204
+    assert os.listdir(store) == []
+
+
+def test_os_metadata_files_are_accepted_and_discarded(wurl: str, store: Path) -> None:
+    """``._*`` and ``.DS_Store`` uploads succeed without storing anything; other hidden names are refused."""
+    assert put(wurl, "/._report.csv", b"apple double") in (201, 204)
+    assert put(wurl, "/.DS_Store", b"finder") in (201, 204)
+    assert request(wurl, "GET", "/.DS_Store").body == b""
+    assert put(wurl, "/.secret", b"hidden") == 403
+    assert os.listdir(store) == []
+
+
+def test_conditional_put_on_an_old_etag_fails(wurl: str, store: Path) -> None:
+    """A PUT with If-Match of a version that was replaced meanwhile gets 412 and changes nothing."""
+    first = request(wurl, "PUT", "/doc.txt", body=b"one")
+    assert put(wurl, "/doc.txt", b"two") == 204
+    assert put(wurl, "/doc.txt", b"three", **{"If-Match": first.header("etag") or ""}) == 412
+    assert request(wurl, "GET", "/doc.txt").body == b"two"
+
+
+def test_dead_properties_follow_the_file(wurl: str) -> None:
+    """PROPPATCH stores a dead property, MOVE carries it, and our live properties are protected."""
+    assert put(wurl, "/doc.txt", b"text") == 201
+    patch = (
+        b'<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:example">'
+        b"<D:set><D:prop><Z:colour>blue</Z:colour></D:prop></D:set></D:propertyupdate>"
+    )
+    assert request(wurl, "PROPPATCH", "/doc.txt", body=patch).status == 207
+    assert request(wurl, "MOVE", "/doc.txt", headers={"Destination": f"{wurl}/moved.txt"}).status == 201
+    props = propfind(wurl, "/moved.txt", depth="0")
+    assert props["/moved.txt"].get("{urn:example}colour") == "blue"
+    protected = (
+        b'<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:S="urn:sync">'
+        b"<D:set><D:prop><S:generation>99</S:generation></D:prop></D:set></D:propertyupdate>"
+    )
+    response = request(wurl, "PROPPATCH", "/moved.txt", body=protected)
+    assert response.status == 207
+    assert b"403" in response.body
+
+
+def test_locks_are_shared_through_redis(tmp_path: Path, store: Path, hook: RecordingHook) -> None:
+    """Two servers sharing Redis lock storage: a lock taken through one binds writes through the other."""
+    lock_body = (
+        b'<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
+        b"<D:locktype><D:write/></D:locktype><D:owner>test</D:owner></D:lockinfo>"
+    )
+    policy = WritePolicy(store, max_upload=LIMIT)
+    settings = Settings(host="127.0.0.1", port=0)
+    with RedisServer(tmp_path / "redis") as redis_server:
+        storages = [RedisLockStorage(redis_server.url, prefix="test:dav:") for _ in range(2)]
+        with (
+            serve_background(settings, store, hook, writable=policy, lock_storage=storages[0]) as one,
+            serve_background(settings, store, hook, writable=policy, lock_storage=storages[1]) as two,
+        ):
+            assert put(one.mount_url, "/shared.txt", b"v1") == 201
+            locked = request(
+                one.mount_url, "LOCK", "/shared.txt", body=lock_body, headers={"Timeout": "Second-60"}
+            )
+            assert locked.status == 200
+            token = locked.header("lock-token") or ""
+            assert put(two.mount_url, "/shared.txt", b"v2") == 423
+            assert put(two.mount_url, "/shared.txt", b"v2", If=f"({token})") == 204
+            assert (
+                request(two.mount_url, "UNLOCK", "/shared.txt", headers={"Lock-Token": token}).status == 204
+            )
+            assert put(one.mount_url, "/shared.txt", b"v3") == 204
+
+
+def test_read_only_server_still_refuses_writes(url: str, store: Path) -> None:
+    """Without writable mode a PUT of a new name is refused with 403 and nothing is stored."""
+    assert put(url, "/new.txt", b"data") == 403
+    assert os.listdir(store) == []
