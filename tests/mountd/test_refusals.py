@@ -167,3 +167,22 @@ def test_a_store_name_that_vanished_is_not_found(add_archive: AddArchive, store:
     (store / "gone.txt.sync").unlink()
     assert get(url, "/gone.txt").status == 404
     assert names(propfind(url, "/")) == []
+
+
+def test_every_malformed_case_of_the_format_tests_in_one_store(
+    add_archive: AddArchive, store: Path, url: str
+) -> None:
+    """Every broken archive of the format tests (TV-3 rejections, each ZIP rule) sits in one served store:
+    listings show only the good archive, each broken one answers 500 or 404, and the server keeps serving."""
+    from test_reader import MALFORMED
+    from test_vectors import TV3_REJECTIONS
+
+    builds = [param.values[0] for param in MALFORMED] + [param.values[0].data for param in TV3_REJECTIONS]
+    for number, build in enumerate(builds):
+        (store / f"broken{number:02d}.txt.sync").write_bytes(build())
+    add_archive("report.csv.sync", b"good", manifest=csv_manifest())
+    assert names(propfind(url, "/")) == ["report.csv"]
+    for number in range(len(builds)):
+        assert get(url, f"/broken{number:02d}.txt").status in (404, 500)
+    assert get(url, "/report.csv").body == b"good"
+    assert names(propfind(url, "/")) == ["report.csv"]
