@@ -28,6 +28,7 @@ from typing import Any
 
 from cheroot import wsgi
 from wsgidav import util as dav_util  # type: ignore[import-untyped]
+from wsgidav.prop_man.property_manager import ShelvePropertyManager  # type: ignore[import-untyped]
 from wsgidav.wsgidav_app import WsgiDAVApp  # type: ignore[import-untyped]
 
 from broker import Settings
@@ -66,6 +67,7 @@ def build_app(
     allowed_hosts: Iterable[str] = (),
     writable: WritePolicy | None = None,
     lock_storage: Any = True,
+    property_store: Path | None = None,
 ) -> RequestGuard:
     """The WSGI application serving ``store`` (read-only unless ``writable`` is given).
 
@@ -79,6 +81,7 @@ def build_app(
         writable: The writable store's policy; None serves read-only.
         lock_storage: wsgidav's lock storage: True for one in memory (one server process), or a shared
             one such as ``mountd.locks.RedisLockStorage``.
+        property_store: A file to keep dead properties in across restarts (in memory when None).
 
     Returns:
         ``RequestGuard`` → ``ConditionalHeaders`` → ``RequestScope`` → wsgidav's ``WsgiDAVApp``.
@@ -90,7 +93,7 @@ def build_app(
     config: dict[str, Any] = {
         "provider_mapping": {"/": provider},
         "block_size": BLOCK_SIZE,
-        "property_manager": True,
+        "property_manager": _property_manager(property_store),
         "lock_storage": lock_storage,
         "suppress_version_info": True,
         "verbose": 3,
@@ -104,6 +107,18 @@ def build_app(
     # False (so that LOCK works); in read-only mode the resources refuse every write with 403 all the same.
     dav = WsgiDAVApp(config)
     return RequestGuard(ConditionalHeaders(RequestScope(dav)), host_names(settings.host, allowed_hosts))
+
+
+def _property_manager(path: Path | None) -> Any:
+    if path is None:
+        return True  # wsgidav's in-memory manager
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ArchiveError(
+            f"cannot create the property store's directory: {exc.strerror}", path=path
+        ) from exc
+    return ShelvePropertyManager(str(path))
 
 
 def _suppress_version_info() -> None:
@@ -173,6 +188,7 @@ def serve_background(
     allowed_hosts: Iterable[str] = (),
     writable: WritePolicy | None = None,
     lock_storage: Any = True,
+    property_store: Path | None = None,
 ) -> ServerHandle:
     """Bind and serve on a background thread; return once the socket listens.
 
@@ -184,6 +200,7 @@ def serve_background(
         allowed_hosts: Further host names clients may use.
         writable: The writable store's policy; None serves read-only.
         lock_storage: wsgidav's lock storage (see ``build_app``).
+        property_store: Where dead properties persist (see ``build_app``).
 
     Returns:
         The handle; call ``shutdown`` (or use it as a context manager).
@@ -203,6 +220,7 @@ def serve_background(
         allowed_hosts=allowed_hosts,
         writable=writable,
         lock_storage=lock_storage,
+        property_store=property_store,
     )
     server = wsgi.Server(
         (settings.host, settings.port),
@@ -232,6 +250,7 @@ def serve(
     on_ready: Callable[[ServerHandle], object] | None = None,
     writable: WritePolicy | None = None,
     lock_storage: Any = True,
+    property_store: Path | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully. Call from the main thread.
 
@@ -243,6 +262,7 @@ def serve(
         on_ready: Called with the handle once the server listens (e.g. to print the URL).
         writable: The writable store's policy; None serves read-only.
         lock_storage: wsgidav's lock storage (see ``build_app``).
+        property_store: Where dead properties persist (see ``build_app``).
 
     Raises:
         ArchiveError: No store is given, or it is neither a directory nor a file.
@@ -263,6 +283,7 @@ def serve(
             allowed_hosts=allowed_hosts,
             writable=writable,
             lock_storage=lock_storage,
+            property_store=property_store,
         ) as handle:
             if on_ready is not None:
                 on_ready(handle)

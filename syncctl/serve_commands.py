@@ -9,6 +9,7 @@ then the workers (they finish the job in progress), then an embedded broker it s
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -149,8 +150,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         # Locks live in the broker's Redis: every mountd of this store (and a restarted one) sees them.
         locks = RedisLockStorage(connection.redis_url, prefix=f"sync:dav:{root}:") if writable else True
+        # Dead properties (PROPPATCH) of a writable store survive restarts, in the cache, one file per store.
+        properties = None
+        if writable is not None:
+            properties = (
+                settings.cache_dir / "mountd" / f"properties-{hashlib.sha256(bytes(root)).hexdigest()[:16]}"
+            )
         try:
-            serve(settings, store, freshness, on_ready=ready, writable=writable, lock_storage=locks)
+            serve(
+                settings,
+                store,
+                freshness,
+                on_ready=ready,
+                writable=writable,
+                lock_storage=locks,
+                property_store=properties,
+            )
         finally:
             freshness.close()
             if workers is not None:

@@ -273,3 +273,20 @@ def test_read_only_server_still_refuses_writes(url: str, store: Path) -> None:
     """Without writable mode a PUT of a new name is refused with 403 and nothing is stored."""
     assert put(url, "/new.txt", b"data") == 403
     assert os.listdir(store) == []
+
+
+def test_dead_properties_survive_a_restart(tmp_path: Path, store: Path, hook: RecordingHook) -> None:
+    """With a property store, a dead property set before a restart is still there after it."""
+    policy = WritePolicy(store, max_upload=LIMIT)
+    settings = Settings(host="127.0.0.1", port=0)
+    properties = tmp_path / "cache" / "properties"
+    patch = (
+        b'<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:example">'
+        b"<D:set><D:prop><Z:colour>green</Z:colour></D:prop></D:set></D:propertyupdate>"
+    )
+    with serve_background(settings, store, hook, writable=policy, property_store=properties) as first:
+        assert put(first.mount_url, "/doc.txt", b"text") == 201
+        assert request(first.mount_url, "PROPPATCH", "/doc.txt", body=patch).status == 207
+    with serve_background(settings, store, hook, writable=policy, property_store=properties) as second:
+        props = propfind(second.mount_url, "/doc.txt", depth="0")
+    assert props["/doc.txt"].get("{urn:example}colour") == "green"
