@@ -2,8 +2,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# Programs the tests start as real services or use to build test hosts, and the Debian packages with them.
-SYSTEM_DEPS := redis-server:redis-server ip:iproute2 openssl:openssl rclone:rclone cadaver:cadaver litmus:litmus
+# Programs the tests start as real services, use as real clients or to build test hosts (docker-compose
+# validates compose.yaml; no engine is needed), and the Debian packages with them.
+SYSTEM_DEPS := redis-server:redis-server ip:iproute2 openssl:openssl rclone:rclone cadaver:cadaver \
+	litmus:litmus docker-compose:docker-compose
 
 .PHONY: venv system-deps test lint typecheck demo bench clean
 

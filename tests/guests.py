@@ -212,6 +212,27 @@ def fetch(url: bytes | str, method: bytes | str = b"GET") -> bytes:
     )
 
 
+def fetch_body(url: bytes | str) -> bytes:
+    """A guest that requests ``url`` and writes the response body as the new payload (traps unless 200).
+
+    This is what a guest mirroring a source does: the payload becomes what the source serves now, and a
+    failed fetch leaves the old payload in place.
+
+    Args:
+        url: The URL, baked into a data segment.
+
+    Returns:
+        The binary module.
+    """
+    request, data = http_request(url)
+    capacity = FETCH_PAGES * PAGE - BODY
+    run = f"""(func (export "run") (local $n i32)
+    (if (i32.ne {request} (i32.const 200)) (then unreachable))
+    (local.set $n {call("last_response_read", BODY, capacity)})
+    (drop {call("payload_write", 0, "(local.get $n)", BODY)}))"""
+    return module(run, memory=f'(memory (export "memory") {FETCH_PAGES})', data=data)
+
+
 def results(payload: bytes, count: int) -> tuple[list[int], bytes]:
     """Split a recorded payload into its ``count`` little-endian i32 results and the bytes after them."""
     return list(struct.unpack_from(f"<{count}i", payload)), payload[4 * count :]
