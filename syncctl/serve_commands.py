@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from broker.settings import Settings
+    from mountd.server import ServerHandle
 
 #: Pool processes of the local workers when serving with the embedded broker.
 DEFAULT_LOCAL_CONCURRENCY = 2
@@ -60,11 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     Returns:
         0 after a clean shutdown.
     """
-    from broker.connection import connect
     from broker.settings import Settings
-    from mountd.freshness import BrokerFreshness
-    from mountd.server import ServerHandle, serve
-    from syncctl.local_workers import LocalWorkers
 
     settings = Settings.from_env(
         {
@@ -76,9 +77,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "sandbox": args.sandbox,
         }
     )
-    store = Path(args.path).absolute()
+    return serve_store(settings, Path(args.path), worker_count=args.workers)
+
+
+def serve_store(
+    settings: Settings,
+    path: Path,
+    *,
+    worker_count: int | None = None,
+    on_ready: Callable[[ServerHandle], object] | None = None,
+) -> int:
+    """Serve ``path`` as ``syncctl serve`` does, until SIGTERM or SIGINT; ``syncctl demo`` uses it too.
+
+    Args:
+        settings: Built from flags and the environment.
+        path: A store directory or one archive.
+        worker_count: Local worker pool processes; None for the default (see ``--workers``).
+        on_ready: Called with the server once it listens, after the ``serving …`` line is printed.
+
+    Returns:
+        0 after a clean shutdown.
+    """
+    from broker.connection import connect
+    from mountd.freshness import BrokerFreshness
+    from mountd.server import serve
+    from syncctl.local_workers import LocalWorkers
+
+    store = path.absolute()
     root = store if store.is_dir() else store.parent
-    workers_wanted = args.workers
+    workers_wanted = worker_count
     if workers_wanted is None:
         workers_wanted = 0 if settings.broker_url else DEFAULT_LOCAL_CONCURRENCY
     with connect(settings) as connection:
@@ -99,6 +126,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 f"serving {store} at {handle.mount_url} (broker: {connection.description}{local})\n"
             )
             sys.stdout.flush()
+            if on_ready is not None:
+                on_ready(handle)
 
         try:
             serve(settings, store, freshness, on_ready=ready)
