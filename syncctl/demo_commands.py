@@ -111,8 +111,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
             def ready(handle: ServerHandle) -> None:
                 _say(mount_instructions(handle.mount_url, watch=built.archives[0].name))
+                _say(f"refresh workers log to {built.worker_log}\n")
                 _say("Ctrl-C stops the server, the workers, the broker and the source.\n")
 
-            return serve_store(settings, built.store, on_ready=ready)
+            return serve_store(settings, built.store, worker_log=built.worker_log, on_ready=ready)
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -2,7 +2,9 @@
 
 Layout of a demo directory ``DIR`` (``./sync-demo`` by default): ``DIR/store/`` (the archives, what is
 served), ``DIR/demo-key.pem`` (the signing key, made once and kept), ``DIR/cache/`` (compiled guests and the
-embedded broker's data) and ``DIR/.sync-demo`` (the marker that says this directory is a demo's).
+embedded broker's data), ``DIR/workers.log`` (what the refresh workers say) and ``DIR/.sync-demo`` (the
+marker that says this directory is a demo's). Everything the demo writes stays in ``DIR``: deleting it
+removes the demo.
 
 The archives, each refreshed at most every ``DEMO_TTL`` seconds when read:
 
@@ -55,6 +57,7 @@ MARKER = ".sync-demo"
 KEY_FILE = "demo-key.pem"
 STORE_DIR = "store"
 CACHE_DIR = "cache"
+WORKER_LOG = "workers.log"
 _URL_PLACEHOLDER = "@SOURCE_URL@"
 _MARKER_TEXT = "This directory was made by `syncctl demo`; it may be deleted.\n"
 _APPENDED_SEED = b"reading,sensor,celsius\n1,roof,7.1\n"
@@ -97,6 +100,7 @@ class DemoStore:
         base: The demo directory.
         store: The store directory to serve.
         cache: The cache directory (compiled guests, embedded broker).
+        worker_log: Where the local refresh workers write their output.
         signer: The ``did:key`` that signed the archives.
         archives: The archives built, in display order.
     """
@@ -104,6 +108,7 @@ class DemoStore:
     base: Path
     store: Path
     cache: Path
+    worker_log: Path
     signer: str
     archives: tuple[DemoArchive, ...]
 
@@ -227,7 +232,7 @@ def build_demo_store(base: Path, source: DemoSource) -> DemoStore:
     )
     _write_signed(appended.path, _APPENDED_SEED, append_guest(), key)
     archives.append(appended)
-    return DemoStore(base, store, base / CACHE_DIR, key.did, tuple(archives))
+    return DemoStore(base, store, base / CACHE_DIR, base / WORKER_LOG, key.did, tuple(archives))
 
 
 def describe(built: DemoStore) -> str:

@@ -85,6 +85,7 @@ def serve_store(
     path: Path,
     *,
     worker_count: int | None = None,
+    worker_log: Path | None = None,
     on_ready: Callable[[ServerHandle], object] | None = None,
 ) -> int:
     """Serve ``path`` as ``syncctl serve`` does, until SIGTERM or SIGINT; ``syncctl demo`` uses it too.
@@ -93,6 +94,7 @@ def serve_store(
         settings: Built from flags and the environment.
         path: A store directory or one archive.
         worker_count: Local worker pool processes; None for the default (see ``--workers``).
+        worker_log: Where the local workers' output goes; this process's stdout and stderr when None.
         on_ready: Called with the server once it listens, after the ``serving …`` line is printed.
 
     Returns:
@@ -118,6 +120,7 @@ def serve_store(
                 cache_dir=settings.cache_dir,
                 concurrency=workers_wanted,
                 sandbox=settings.sandbox,
+                log=worker_log,
             ).start()
 
         def ready(handle: ServerHandle) -> Any:

@@ -135,6 +135,7 @@ def test_prints_mount_instructions_with_its_url(demo: RunningDemo) -> None:
         assert root in line, line
     assert f"gio mount {root.replace('http://', 'dav://')}" in demo.output
     assert f"curl -i {root}readings.csv" in demo.output
+    assert f"refresh workers log to {demo.base / 'workers.log'}" in demo.output
 
 
 def test_readings_are_refreshed_from_the_source(demo: RunningDemo) -> None:
@@ -144,6 +145,7 @@ def test_readings_are_refreshed_from_the_source(demo: RunningDemo) -> None:
     assert first.startswith(CSV_HEADER.encode())
     fresh, fresh_etag = wait_for(lambda: _changed(url, first), REFRESH_TIMEOUT, interval=0.5)
     assert fresh.startswith(CSV_HEADER.encode())
+    assert "readings.csv.sync status=committed" in (demo.base / "workers.log").read_text()
     assert _last_reading(fresh) > _last_reading(first)
     assert fresh_etag != etag
 
