@@ -23,9 +23,12 @@ if TYPE_CHECKING:
 _DESCRIPTION = """\
 Build a demo store of signed, self-updating archives in DIR and serve it over WebDAV with live refreshes.
 A small HTTP source on 127.0.0.1 (started and stopped with the demo) serves sensor readings and a JSON feed
-that change every 2 s; the archives readings.csv and feed.json fetch from it in the sandbox when they are
-read after their 5 s TTL, and appended.csv grows by a row on its own. DIR keeps the store, the signing key
-and the caches; the archives are rebuilt at every start."""
+that change every few seconds; the archives readings.csv and feed.json fetch from it in the sandbox when
+they are read after their TTL (a few seconds), and appended.csv grows by a row on its own. DIR keeps the
+store, the signing key, the caches and the workers' log; the archives are rebuilt at every start."""
+
+#: Where the demo lives when no DIR is given: beside the user, easy to find and to delete.
+DEFAULT_DIR = "sync-demo"
 
 
 def register(
@@ -38,8 +41,6 @@ def register(
         subparsers: The parser's subcommand set.
         common: Options every subcommand accepts (``-v``).
     """
-    from syncctl.demo_store import DEFAULT_DIR
-
     demo = subparsers.add_parser(
         "demo",
         parents=[common],
@@ -51,7 +52,7 @@ def register(
         "dir",
         metavar="DIR",
         nargs="?",
-        default=str(DEFAULT_DIR),
+        default=DEFAULT_DIR,
         help=f"demo directory: new, empty or an earlier demo's (default ./{DEFAULT_DIR})",
     )
     demo.add_argument("--host", help="address to serve on (SYNC_HOST, default 127.0.0.1)")
@@ -95,8 +96,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             _say(describe(built))
             if args.no_serve:
                 _say(
-                    "built only (--no-serve): the source stopped with this command, so readings.csv and "
-                    f"feed.json refresh again only under `syncctl demo {args.dir}`\n"
+                    "built only (--no-serve): the source stops with this command, so readings.csv and "
+                    f"feed.json cannot refresh until `syncctl demo {args.dir}` rebuilds and serves them\n"
                 )
                 return 0
             settings = Settings.from_env(

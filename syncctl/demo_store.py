@@ -50,8 +50,6 @@ DEMO_TTL = 5
 DEMO_TIMEOUT = 10
 #: Longest source URL the fetch guest holds (it reserves 1 KiB of memory for it, NUL included).
 MAX_URL_BYTES = 1023
-#: Where the demo lives when no directory is given (relative to the working directory).
-DEFAULT_DIR = Path("sync-demo")
 
 MARKER = ".sync-demo"
 KEY_FILE = "demo-key.pem"
