@@ -37,10 +37,10 @@ typecheck: venv
 test: system-deps lint typecheck
 	$(PY) -m pytest
 
-# Builds demo/store, then serves it at http://127.0.0.1:4918 (SYNC_PORT) with live refreshes until Ctrl-C.
+# `syncctl demo`: builds ./sync-demo/store and serves it at http://127.0.0.1:4918 (SYNC_PORT) with live
+# refreshes until Ctrl-C.
 demo: venv
-	$(PY) examples/demo_archive.py demo
-	SYNC_CACHE_DIR=$(CURDIR)/demo/cache $(PY) -m syncctl serve demo/store
+	$(PY) -m syncctl demo
 
 bench: venv
 	$(PY) bench/bench_format.py

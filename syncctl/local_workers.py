@@ -3,7 +3,8 @@
 The workers are ordinary ``syncctl worker`` processes (a Celery prefork pool each) pointed at the same
 broker and store. ``LocalWorkers`` starts them, restarts one that exits (at most ``MAX_RESTARTS`` times, so a
 worker that cannot start does not spin), and stops them with SIGTERM (warm shutdown: the job in progress
-finishes) and SIGKILL after ``STOP_TIMEOUT`` seconds.
+finishes) and SIGKILL after ``STOP_TIMEOUT`` seconds. Their output goes to this process's stdout and stderr,
+or appended to ``log`` when one is given (``syncctl demo`` keeps the terminal for its own instructions).
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ class LocalWorkers:
     """One supervised ``syncctl worker`` process with ``concurrency`` pool processes."""
 
     def __init__(
-        self, *, store: Path, broker_url: str, cache_dir: Path, concurrency: int, sandbox: str
+        self,
+        *,
+        store: Path,
+        broker_url: str,
+        cache_dir: Path,
+        concurrency: int,
+        sandbox: str,
+        log: Path | None = None,
     ) -> None:
         self._argv = [
             sys.executable,
@@ -50,6 +58,7 @@ class LocalWorkers:
             "--name",
             f"sync-local-{os.getpid()}@%h",
         ]
+        self._log = log
         self._process: subprocess.Popen[bytes] | None = None
         self._restarts = 0
         self._stop = threading.Event()
@@ -67,7 +76,17 @@ class LocalWorkers:
 
     def _spawn(self) -> None:
         # Our own interpreter and fixed arguments: nothing here comes from a client.
-        self._process = subprocess.Popen(self._argv, stdin=subprocess.DEVNULL, start_new_session=True)  # noqa: S603
+        if self._log is None:
+            self._process = subprocess.Popen(self._argv, stdin=subprocess.DEVNULL, start_new_session=True)  # noqa: S603
+        else:
+            with self._log.open("ab") as output:  # the child keeps its own copy of the descriptor
+                self._process = subprocess.Popen(  # noqa: S603
+                    self._argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
         log.info("local worker started pid=%d", self._process.pid)
 
     def _watch(self) -> None:

@@ -11,8 +11,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from broker.settings import Settings
+    from mountd.server import ServerHandle
+    from mountd.writable import WritePolicy
 
 #: Pool processes of the local workers when serving with the embedded broker.
 DEFAULT_LOCAL_CONCURRENCY = 2
@@ -98,14 +104,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     Returns:
         0 after a clean shutdown.
     """
-    from broker.connection import connect
     from broker.settings import Settings
-    from mountd.freshness import BrokerFreshness
-    from mountd.locks import RedisLockStorage
-    from mountd.server import ServerHandle, serve, writable_root
+    from mountd.server import writable_root
     from mountd.writable import DEFAULT_MAX_UPLOAD, WritePolicy
     from sync_format.errors import SyncError
-    from syncctl.local_workers import LocalWorkers
 
     settings = Settings.from_env(
         {
@@ -117,15 +119,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "sandbox": args.sandbox,
         }
     )
-    store = Path(args.path).absolute()
+    path = Path(args.path)
     writable = None
     if args.writable:
-        store = writable_root(store)
-        writable = WritePolicy(store, max_upload=args.max_upload or DEFAULT_MAX_UPLOAD)
+        path = writable_root(path)
+        writable = WritePolicy(path, max_upload=args.max_upload or DEFAULT_MAX_UPLOAD)
     elif args.max_upload is not None:
         raise SyncError("--max-upload needs --writable")
+    return serve_store(settings, path, worker_count=args.workers, writable=writable)
+
+
+def serve_store(
+    settings: Settings,
+    path: Path,
+    *,
+    worker_count: int | None = None,
+    worker_log: Path | None = None,
+    on_ready: Callable[[ServerHandle], object] | None = None,
+    writable: WritePolicy | None = None,
+) -> int:
+    """Serve ``path`` as ``syncctl serve`` does, until SIGTERM or SIGINT; ``syncctl demo`` uses it too.
+
+    Args:
+        settings: Built from flags and the environment.
+        path: A store directory or one archive.
+        worker_count: Local worker pool processes; None for the default (see ``--workers``).
+        worker_log: Where the local workers' output goes; this process's stdout and stderr when None.
+        on_ready: Called with the server once it listens, after the ``serving …`` line is printed.
+        writable: Serve the store directory writable with this policy; read-only when None.
+
+    Returns:
+        0 after a clean shutdown.
+    """
+    from broker.connection import connect
+    from mountd.freshness import BrokerFreshness
+    from mountd.locks import RedisLockStorage
+    from mountd.server import serve
+    from syncctl.local_workers import LocalWorkers
+
+    store = path.absolute()
     root = store if store.is_dir() else store.parent
-    workers_wanted = args.workers
+    workers_wanted = worker_count
     if workers_wanted is None:
         workers_wanted = 0 if settings.broker_url else DEFAULT_LOCAL_CONCURRENCY
     with connect(settings) as connection:
@@ -138,6 +172,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 cache_dir=settings.cache_dir,
                 concurrency=workers_wanted,
                 sandbox=settings.sandbox,
+                log=worker_log,
             ).start()
 
         def ready(handle: ServerHandle) -> Any:
@@ -147,6 +182,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 f"serving {store} ({mode}) at {handle.mount_url} (broker: {connection.description}{local})\n"
             )
             sys.stdout.flush()
+            if on_ready is not None:
+                on_ready(handle)
 
         # Locks live in the broker's Redis: every mountd of this store (and a restarted one) sees them.
         locks = RedisLockStorage(connection.redis_url, prefix=f"sync:dav:{root}:") if writable else True

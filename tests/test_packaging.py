@@ -48,3 +48,13 @@ def test_wheel_installs_and_runs(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert "ARCHIVE" in mount.stdout
+    # The demo compiles guests shipped as package data: building its store proves they are in the wheel.
+    demo = subprocess.run(
+        [str(env_dir / "bin" / "syncctl"), "demo", str(tmp_path / "demo"), "--no-serve"],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert demo.returncode == 0, demo.stderr
+    assert (tmp_path / "demo" / "store" / "readings.csv.sync").is_file()

@@ -17,7 +17,7 @@ from sync_format.freshness import format_timestamp, now_ns
 from sync_format.testing import make_archive, make_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
-GUEST = ROOT / "examples" / "guests" / "append_reading.wat"
+GUEST = ROOT / "syncctl" / "demo_guests" / "append_reading.wat"
 
 
 def _get(url: str) -> tuple[bytes, str]:

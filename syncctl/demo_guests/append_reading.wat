@@ -1,5 +1,6 @@
-;; Example guest: appends one CSV row "<n>,roof,7.<n mod 10>" to the payload, where n is the number of
-;; lines already there. It uses only the reference ABI: payload_size, payload_read, payload_write.
+;; Demo guest (appended.csv of `syncctl demo`): appends one CSV row "<n>,roof,7.<n mod 10>" to the payload,
+;; where n is the number of lines already there. It needs no network: it uses only the reference ABI's
+;; payload_size, payload_read and payload_write.
 (module
   (import "host" "payload_size"  (func $size  (result i32)))
   (import "host" "payload_read"  (func $read  (param i32 i32 i32) (result i32)))
