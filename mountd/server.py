@@ -2,9 +2,9 @@
 
 ``build_app`` assembles wsgidav's ``WsgiDAVApp`` with our provider and the options the measurements in
 ``notes/webdav-facts.md`` call for (1 MiB blocks instead of wsgidav's 8 KiB, property and lock managers,
-no version banners, the HTML browser, anonymous access), behind our middleware: ``RequestGuard`` (Host
-check, path check), ``ConditionalHeaders`` (If-Modified-Since as RFC 9110 says) and ``RequestScope``
-(closes each request's snapshots).
+no version banners, the HTML browser, authentication and roles from ``mountd.auth``), behind our
+middleware: ``RequestGuard`` (Host check, path check), ``ConditionalHeaders`` (If-Modified-Since as RFC 9110
+says) and ``RequestScope`` (closes each request's snapshots).
 ``serve_background`` runs cheroot on a thread and returns a handle; ``serve`` blocks until SIGTERM or SIGINT
 and then shuts down gracefully (stop accepting, let running requests finish within ``SHUTDOWN_TIMEOUT``).
 
@@ -31,10 +31,12 @@ from wsgidav import util as dav_util  # type: ignore[import-untyped]
 from wsgidav.wsgidav_app import WsgiDAVApp  # type: ignore[import-untyped]
 
 from broker import Settings
+from mountd.auth import auth_config
 from mountd.freshness import NullFreshness
 from mountd.index import ArchiveIndex
 from mountd.middleware import ConditionalHeaders, RequestGuard, RequestScope, host_names
 from mountd.provider import FreshnessHook, SyncProvider
+from mountd.users import UserTable
 from sync_format import ArchiveError
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ def build_app(
     *,
     index: ArchiveIndex | None = None,
     allowed_hosts: Iterable[str] = (),
+    users: UserTable | None = None,
 ) -> RequestGuard:
     """The WSGI application serving ``store`` read-only.
 
@@ -73,12 +76,15 @@ def build_app(
         index: The listing cache; a new one when None.
         allowed_hosts: Further host names clients may use (e.g. the machine's DNS name when binding a
             public address).
+        users: The users file; None for anonymous access (see ``mountd.auth`` for who gets which role).
 
     Returns:
         ``RequestGuard`` → ``ConditionalHeaders`` → ``RequestScope`` → wsgidav's ``WsgiDAVApp``.
 
     Raises:
         ArchiveError: ``store`` is neither a directory nor a file.
+        SettingsError: A non-loopback host without users and without ``settings.allow_anonymous``.
+        UsersFileError: ``users`` has no users.
     """
     provider = SyncProvider(store, freshness, index=index)
     config: dict[str, Any] = {
@@ -89,8 +95,7 @@ def build_app(
         "suppress_version_info": True,
         "verbose": 3,
         "logging": {"enable": False},
-        "http_authenticator": {"domain_controller": None, "accept_basic": True, "accept_digest": False},
-        "simple_dc": {"user_mapping": {"*": True}},
+        **auth_config(users, host=settings.host, allow_anonymous=settings.allow_anonymous),
         "dir_browser": {"enable": True, "response_trailer": SERVER_NAME, "davmount": True},
     }
     _suppress_version_info()
@@ -165,6 +170,7 @@ def serve_background(
     *,
     index: ArchiveIndex | None = None,
     allowed_hosts: Iterable[str] = (),
+    users: UserTable | None = None,
 ) -> ServerHandle:
     """Bind and serve on a background thread; return once the socket listens.
 
@@ -174,19 +180,27 @@ def serve_background(
         freshness: Told about expired archives being read; ``NullFreshness`` when None.
         index: The listing cache; a new one when None.
         allowed_hosts: Further host names clients may use.
+        users: The users file; None for anonymous access.
 
     Returns:
         The handle; call ``shutdown`` (or use it as a context manager).
 
     Raises:
         ArchiveError: No store is given, or it is neither a directory nor a file.
+        SettingsError: A non-loopback host without users and without ``settings.allow_anonymous``.
+        UsersFileError: ``users`` has no users.
         OSError: The address cannot be bound.
     """
     root = store if store is not None else settings.store
     if root is None:
         raise ArchiveError("no store to serve: pass a store directory or an archive")
     app = build_app(
-        settings, Path(root), freshness or NullFreshness(), index=index, allowed_hosts=allowed_hosts
+        settings,
+        Path(root),
+        freshness or NullFreshness(),
+        index=index,
+        allowed_hosts=allowed_hosts,
+        users=users,
     )
     server = wsgi.Server(
         (settings.host, settings.port),
@@ -213,6 +227,7 @@ def serve(
     freshness: FreshnessHook | None = None,
     *,
     allowed_hosts: Iterable[str] = (),
+    users: UserTable | None = None,
     on_ready: Callable[[ServerHandle], object] | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully. Call from the main thread.
@@ -222,10 +237,13 @@ def serve(
         store: A store directory or one archive; ``settings.store`` when None.
         freshness: Told about expired archives being read; ``NullFreshness`` when None.
         allowed_hosts: Further host names clients may use.
+        users: The users file; None for anonymous access.
         on_ready: Called with the handle once the server listens (e.g. to print the URL).
 
     Raises:
         ArchiveError: No store is given, or it is neither a directory nor a file.
+        SettingsError: A non-loopback host without users and without ``settings.allow_anonymous``.
+        UsersFileError: ``users`` has no users.
         OSError: The address cannot be bound.
     """
     stop = threading.Event()
@@ -236,7 +254,7 @@ def serve(
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        with serve_background(settings, store, freshness, allowed_hosts=allowed_hosts) as handle:
+        with serve_background(settings, store, freshness, allowed_hosts=allowed_hosts, users=users) as handle:
             if on_ready is not None:
                 on_ready(handle)
             stop.wait()
