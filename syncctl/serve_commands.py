@@ -4,6 +4,11 @@ It resolves the broker once (``--broker`` Redis, or the embedded one), gives mou
 freshness hook (an expired archive that is read gets one refresh job, never delaying the read), and unless
 told otherwise starts local refresh workers on the same broker. Stops on SIGINT/SIGTERM: the server first,
 then the workers (they finish the job in progress), then an embedded broker it started.
+
+Access (``mountd.auth``): without ``--auth`` only a loopback address may be served (anonymous users are
+owners there) unless ``--allow-anonymous`` lets anonymous users read from other addresses; with ``--auth
+FILE`` users log in with the passwords and roles ``syncctl user`` wrote. The users file is read before
+anything starts, so a bad one fails the command at once.
 """
 
 from __future__ import annotations
@@ -48,6 +53,19 @@ def register(
     )
     serve.add_argument("--cache-dir", metavar="DIR", help="cache and embedded-broker data (SYNC_CACHE_DIR)")
     serve.add_argument("--sandbox", choices=("strict", "permissive"), help="for local workers (SYNC_SANDBOX)")
+    serve.add_argument(
+        "--auth",
+        metavar="FILE",
+        type=Path,
+        help="users file (see `syncctl user`): clients log in with basic (or digest) authentication",
+    )
+    serve.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        default=None,
+        help="serve a non-loopback address without --auth, read-only for anonymous clients; with --auth, "
+        "clients without credentials read anonymously (SYNC_ALLOW_ANONYMOUS)",
+    )
     serve.set_defaults(handler=cmd_serve)
 
 
@@ -62,8 +80,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """
     from broker.connection import connect
     from broker.settings import Settings
+    from mountd.auth import access_policy
     from mountd.freshness import BrokerFreshness
     from mountd.server import ServerHandle, serve
+    from mountd.users import load_users
     from syncctl.local_workers import LocalWorkers
 
     settings = Settings.from_env(
@@ -74,8 +94,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "broker_url": args.broker,
             "cache_dir": args.cache_dir,
             "sandbox": args.sandbox,
+            "allow_anonymous": args.allow_anonymous,
         }
     )
+    users = load_users(args.auth) if args.auth is not None else None
+    # Refuse an unusable access configuration before a broker or workers are started.
+    access_policy(users, host=settings.host, allow_anonymous=settings.allow_anonymous)
     store = Path(args.path).absolute()
     root = store if store.is_dir() else store.parent
     workers_wanted = args.workers
@@ -101,7 +125,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             sys.stdout.flush()
 
         try:
-            serve(settings, store, freshness, on_ready=ready)
+            serve(settings, store, freshness, users=users, on_ready=ready)
         finally:
             freshness.close()
             if workers is not None:
