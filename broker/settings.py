@@ -28,6 +28,9 @@ MAX_GUEST_TIMEOUT = 600.0
 DEFAULT_MAX_PAYLOAD = 256 * 1024 * 1024
 
 SANDBOX_MODES = ("strict", "permissive")
+#: Spellings of a boolean in the environment.
+_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+_FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 _ENV = {
     "store": "SYNC_STORE",
@@ -37,6 +40,7 @@ _ENV = {
     "port": "SYNC_PORT",
     "cache_dir": "SYNC_CACHE_DIR",
     "sandbox": "SYNC_SANDBOX",
+    "allow_anonymous": "SYNC_ALLOW_ANONYMOUS",
 }
 
 
@@ -66,6 +70,8 @@ class Settings:
         guest_timeout: Guest budget in seconds when a manifest says 0.
         max_guest_timeout: Cap on any guest's budget in seconds.
         max_payload_size: Largest payload a guest may produce, in bytes.
+        allow_anonymous: Let mountd serve a non-loopback address without a users file (anonymous requests
+            are then read-only); see ``mountd.auth``.
     """
 
     store: Path | None = None
@@ -78,6 +84,7 @@ class Settings:
     guest_timeout: float = DEFAULT_GUEST_TIMEOUT
     max_guest_timeout: float = MAX_GUEST_TIMEOUT
     max_payload_size: int = DEFAULT_MAX_PAYLOAD
+    allow_anonymous: bool = False
 
     def __post_init__(self) -> None:
         if self.sandbox not in SANDBOX_MODES:
@@ -132,4 +139,18 @@ def _coerce_one(name: str, value: Any) -> Any:
             return float(value)
     except (TypeError, ValueError) as exc:
         raise SettingsError(f"{name} must be a number, not {value!r}") from exc
+    if name == "allow_anonymous":
+        return _coerce_bool(name, value)
     return value
+
+
+def _coerce_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    choices = "/".join(sorted(_TRUE_WORDS | _FALSE_WORDS))
+    raise SettingsError(f"{name} ({_ENV[name]}) must be one of {choices}, not {value!r}")

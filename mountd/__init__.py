@@ -6,13 +6,31 @@ through a cache keyed by file identity (``index``); reads of expired archives as
 without waiting for it (``freshness``). In writable mode (``writable``) uploads become archives through
 ``uploads`` (complete bodies only), and WebDAV locks can be shared through Redis (``locks``). ``server``
 assembles the WSGI application and runs cheroot.
+Who may connect, and whether a request may write, is decided by ``auth`` over a users file (``users``).
 
 It must never import ``workers`` or ``wasmtime`` (a test checks it): refreshes are sent by task name.
 """
 
 from __future__ import annotations
 
-from mountd.errors import IncompleteUpload, UploadTooLarge, WriteError, WriteRefused, dav_error, read_only
+from mountd.auth import (
+    AccessPolicy,
+    UsersDomainController,
+    access_policy,
+    auth_config,
+    is_loopback,
+    may_write,
+    role_of,
+)
+from mountd.errors import (
+    IncompleteUpload,
+    UploadTooLarge,
+    UsersFileError,
+    WriteError,
+    WriteRefused,
+    dav_error,
+    read_only,
+)
 from mountd.facts import ArchiveFacts, derive_etag
 from mountd.freshness import BrokerFreshness, FreshnessCounts, NullFreshness
 from mountd.index import ArchiveIndex, DirectoryListing, IndexStats, ListedArchive, Unreadable
@@ -33,6 +51,17 @@ from mountd.resources import (
 )
 from mountd.server import BLOCK_SIZE, ServerHandle, build_app, serve, serve_background, serve_writable
 from mountd.uploads import UploadSink
+from mountd.users import (
+    PasswordHash,
+    Role,
+    User,
+    UserTable,
+    add_user,
+    digest_ha1,
+    load_users,
+    parse_users,
+    remove_user,
+)
 from mountd.writable import DEFAULT_MAX_UPLOAD, WritableArchiveResource, WritableCollection, WritePolicy
 
 __all__ = [
@@ -44,6 +73,7 @@ __all__ = [
     "PROP_LAST_REFRESH",
     "PROP_TTL",
     "SYNC_NAMESPACE",
+    "AccessPolicy",
     "ArchiveFacts",
     "ArchiveIndex",
     "ArchiveResource",
@@ -56,9 +86,11 @@ __all__ = [
     "IndexedArchiveResource",
     "ListedArchive",
     "NullFreshness",
+    "PasswordHash",
     "RedisLockStorage",
     "RequestGuard",
     "RequestScope",
+    "Role",
     "ServerHandle",
     "SingleArchiveCollection",
     "StoreCollection",
@@ -66,17 +98,31 @@ __all__ = [
     "Unreadable",
     "UploadSink",
     "UploadTooLarge",
+    "User",
+    "UserTable",
+    "UsersDomainController",
+    "UsersFileError",
     "WritableArchiveResource",
     "WritableCollection",
     "WriteError",
     "WritePolicy",
     "WriteRefused",
+    "access_policy",
+    "add_user",
+    "auth_config",
     "build_app",
     "dav_error",
     "derive_etag",
+    "digest_ha1",
     "host_names",
+    "is_loopback",
+    "load_users",
+    "may_write",
     "on_request_end",
+    "parse_users",
     "read_only",
+    "remove_user",
+    "role_of",
     "serve",
     "serve_background",
     "serve_writable",

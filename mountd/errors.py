@@ -12,11 +12,16 @@ never an absolute server path, so an error page is useful to a client without de
 ``read_only`` is the 403 every write method answers in read-only mode. The writable store's own refusals
 are errors of this module (``UploadTooLarge``, ``IncompleteUpload``, ``WriteRefused``) and become 413, 400 and
 403 here; a full disk under any write becomes 507 (Insufficient Storage, RFC 4918 §11.5).
+
+``UsersFileError`` is mountd's own ``SyncError``: a users file (``mountd.users``) that cannot be read or
+breaks its format. It is raised before the server binds, so it never becomes a DAVError.
 """
 
 from __future__ import annotations
 
 import errno
+import os
+from pathlib import Path
 
 from wsgidav.dav_error import (  # type: ignore[import-untyped]
     HTTP_BAD_REQUEST,
@@ -72,6 +77,36 @@ class WriteRefused(WriteError):
     def __init__(self, target: str, reason: str) -> None:
         super().__init__(f"{target}: {reason}")
         self.target = target
+
+
+class UsersFileError(SyncError):
+    """Raised when a users file cannot be read, parsed or written, or breaks the format of ``mountd.users``.
+
+    Attributes:
+        path: The users file, when known.
+        user: The user whose entry is wrong, when the problem is in one entry.
+        line: The 1-based line of the problem, when known.
+    """
+
+    code = "users_file_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        user: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        self.path = None if path is None else Path(path)
+        self.user = user
+        self.line = line
+        self.reason = message
+        where = "" if self.path is None else str(self.path)
+        if line is not None:
+            where = f"{where}:{line}" if where else f"line {line}"
+        who = f"user {user!r}: " if user is not None else ""
+        super().__init__(f"{where}: {who}{message}" if where else f"{who}{message}")
 
 
 def dav_error(exc: SyncError, archive: str) -> DAVError:

@@ -7,7 +7,9 @@
   ``127.0.0.1`` and ``[::1]``, each with the server's port (bare when the port is 80), plus names the
   operator adds; anything else gets 421 Misdirected Request, a missing Host 400;
 * a path that is not valid UTF-8 once percent-decoded (wsgidav would raise on it and answer 500), or that
-  has a ``.``/``..`` segment or a control character (``path_problem``): 400.
+  has a ``.``/``..`` segment or a control character (``path_problem``): 400;
+* Basic credentials that are not base64 of UTF-8 ``user:password`` (``credentials_problem``): 400. wsgidav's
+  authenticator decodes them without checking and would answer 500.
 
 ``ConditionalHeaders`` makes wsgidav's If-Modified-Since handling follow RFC 9110 §13.1.3 for GET and HEAD:
 wsgidav answers 304 only when the date is strictly later than Last-Modified (so a client echoing
@@ -24,6 +26,8 @@ descriptor lives exactly as long as its request, whatever wsgidav did with the r
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -44,6 +48,8 @@ SCOPE_KEY = "sync.request_scope"
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: The authentication scheme as wsgidav's authenticator finds it: the header's leading word.
+_AUTH_SCHEME = re.compile(r"^(\w+)")
 
 
 def on_request_end(environ: WSGIEnviron, callback: Callable[[], object]) -> bool:
@@ -113,6 +119,10 @@ class RequestGuard:
                 environ.get("REMOTE_ADDR"),
             )
             return _refuse(start_response, "400 Bad Request", problem)
+        problem = credentials_problem(environ.get("HTTP_AUTHORIZATION"))
+        if problem is not None:
+            log.info("request refused reason=credentials remote=%s", environ.get("REMOTE_ADDR"))
+            return _refuse(start_response, "400 Bad Request", problem)
         return self.app(environ, start_response)
 
     def _allowed(self, host: str, port: str) -> bool:
@@ -155,6 +165,34 @@ def path_problem(path: str) -> str | None:
         return "path has a dot segment"
     if _CONTROL.search(text):
         return "path has a control character"
+    return None
+
+
+def credentials_problem(authorization: str | None) -> str | None:
+    """Why an ``Authorization`` header must be refused before wsgidav parses it, or None.
+
+    Only the Basic scheme is checked, the way wsgidav's authenticator reads it (scheme = leading word,
+    credentials = everything after the first six characters, decoded leniently as base64, then as UTF-8,
+    then split at the first ``:``): where wsgidav would raise and answer 500, this answers 400. Digest
+    headers are parsed leniently by wsgidav and answered 401 when wrong.
+
+    Args:
+        authorization: The header's value, or None.
+
+    Returns:
+        The reason, or None.
+    """
+    if authorization is None:
+        return None
+    scheme = _AUTH_SCHEME.match(authorization)
+    if scheme is None or scheme.group(1).lower() != "basic":
+        return None
+    try:
+        decoded = base64.decodebytes(authorization[len("Basic ") :].strip().encode("utf-8")).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return "Basic credentials are not base64 of UTF-8 text"
+    if ":" not in decoded:
+        return "Basic credentials have no ':' between user and password"
     return None
 
 

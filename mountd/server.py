@@ -2,9 +2,9 @@
 
 ``build_app`` assembles wsgidav's ``WsgiDAVApp`` with our provider and the options the measurements in
 ``notes/webdav-facts.md`` call for (1 MiB blocks instead of wsgidav's 8 KiB, property and lock managers,
-no version banners, the HTML browser, anonymous access), behind our middleware: ``RequestGuard`` (Host
-check, path check), ``ConditionalHeaders`` (If-Modified-Since as RFC 9110 says) and ``RequestScope``
-(closes each request's snapshots).
+no version banners, the HTML browser, authentication and roles from ``mountd.auth``), behind our
+middleware: ``RequestGuard`` (Host check, path check), ``ConditionalHeaders`` (If-Modified-Since as RFC 9110
+says) and ``RequestScope`` (closes each request's snapshots).
 ``serve_background`` runs cheroot on a thread and returns a handle; ``serve`` blocks until SIGTERM or SIGINT
 and then shuts down gracefully (stop accepting, let running requests finish within ``SHUTDOWN_TIMEOUT``).
 
@@ -32,10 +32,12 @@ from wsgidav.prop_man.property_manager import ShelvePropertyManager  # type: ign
 from wsgidav.wsgidav_app import WsgiDAVApp  # type: ignore[import-untyped]
 
 from broker import Settings
+from mountd.auth import auth_config
 from mountd.freshness import NullFreshness
 from mountd.index import ArchiveIndex
 from mountd.middleware import ConditionalHeaders, RequestGuard, RequestScope, host_names
 from mountd.provider import FreshnessHook, SyncProvider
+from mountd.users import UserTable
 from mountd.writable import DEFAULT_MAX_UPLOAD, WritePolicy
 from sync_format import ArchiveError
 
@@ -68,6 +70,7 @@ def build_app(
     writable: WritePolicy | None = None,
     lock_storage: Any = True,
     property_store: Path | None = None,
+    users: UserTable | None = None,
 ) -> RequestGuard:
     """The WSGI application serving ``store`` (read-only unless ``writable`` is given).
 
@@ -82,12 +85,15 @@ def build_app(
         lock_storage: wsgidav's lock storage: True for one in memory (one server process), or a shared
             one such as ``mountd.locks.RedisLockStorage``.
         property_store: A file to keep dead properties in across restarts (in memory when None).
+        users: The users file; None for anonymous access (see ``mountd.auth`` for who gets which role).
 
     Returns:
         ``RequestGuard`` → ``ConditionalHeaders`` → ``RequestScope`` → wsgidav's ``WsgiDAVApp``.
 
     Raises:
         ArchiveError: ``store`` is neither a directory nor a file.
+        SettingsError: A non-loopback host without users and without ``settings.allow_anonymous``.
+        UsersFileError: ``users`` has no users.
     """
     provider = SyncProvider(store, freshness, index=index, writable=writable)
     config: dict[str, Any] = {
@@ -98,8 +104,7 @@ def build_app(
         "suppress_version_info": True,
         "verbose": 3,
         "logging": {"enable": False},
-        "http_authenticator": {"domain_controller": None, "accept_basic": True, "accept_digest": False},
-        "simple_dc": {"user_mapping": {"*": True}},
+        **auth_config(users, host=settings.host, allow_anonymous=settings.allow_anonymous),
         "dir_browser": {"enable": True, "response_trailer": SERVER_NAME, "davmount": True},
     }
     _suppress_version_info()
@@ -189,6 +194,7 @@ def serve_background(
     writable: WritePolicy | None = None,
     lock_storage: Any = True,
     property_store: Path | None = None,
+    users: UserTable | None = None,
 ) -> ServerHandle:
     """Bind and serve on a background thread; return once the socket listens.
 
@@ -201,12 +207,15 @@ def serve_background(
         writable: The writable store's policy; None serves read-only.
         lock_storage: wsgidav's lock storage (see ``build_app``).
         property_store: Where dead properties persist (see ``build_app``).
+        users: The users file; None for anonymous access.
 
     Returns:
         The handle; call ``shutdown`` (or use it as a context manager).
 
     Raises:
         ArchiveError: No store is given, or it is neither a directory nor a file.
+        SettingsError: A non-loopback host without users and without ``settings.allow_anonymous``.
+        UsersFileError: ``users`` has no users.
         OSError: The address cannot be bound.
     """
     root = store if store is not None else settings.store
@@ -221,6 +230,7 @@ def serve_background(
         writable=writable,
         lock_storage=lock_storage,
         property_store=property_store,
+        users=users,
     )
     server = wsgi.Server(
         (settings.host, settings.port),
@@ -247,6 +257,7 @@ def serve(
     freshness: FreshnessHook | None = None,
     *,
     allowed_hosts: Iterable[str] = (),
+    users: UserTable | None = None,
     on_ready: Callable[[ServerHandle], object] | None = None,
     writable: WritePolicy | None = None,
     lock_storage: Any = True,
@@ -259,6 +270,7 @@ def serve(
         store: A store directory or one archive; ``settings.store`` when None.
         freshness: Told about expired archives being read; ``NullFreshness`` when None.
         allowed_hosts: Further host names clients may use.
+        users: The users file; None for anonymous access.
         on_ready: Called with the handle once the server listens (e.g. to print the URL).
         writable: The writable store's policy; None serves read-only.
         lock_storage: wsgidav's lock storage (see ``build_app``).
@@ -266,6 +278,8 @@ def serve(
 
     Raises:
         ArchiveError: No store is given, or it is neither a directory nor a file.
+        SettingsError: A non-loopback host without users and without ``settings.allow_anonymous``.
+        UsersFileError: ``users`` has no users.
         OSError: The address cannot be bound.
     """
     stop = threading.Event()
@@ -284,6 +298,7 @@ def serve(
             writable=writable,
             lock_storage=lock_storage,
             property_store=property_store,
+            users=users,
         ) as handle:
             if on_ready is not None:
                 on_ready(handle)

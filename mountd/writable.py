@@ -49,6 +49,7 @@ from wsgidav.dav_provider import DAVNonCollection  # type: ignore[import-untyped
 # The base of both resource kinds; its default write methods are what the read-only mixin overrides.
 from wsgidav.dav_provider import _DAVResource as DAVResource
 
+from mountd import auth
 from mountd.errors import IncompleteUpload, WriteRefused, dav_error
 from mountd.facts import ArchiveFacts
 from mountd.index import ListedArchive
@@ -84,10 +85,6 @@ JUNK_PREFIX = "._"
 CONDITIONAL_HEADERS = ("HTTP_IF_MATCH", "HTTP_IF_UNMODIFIED_SINCE", "HTTP_IF")
 
 
-def _anyone(environ: dict[str, Any]) -> bool:
-    return True
-
-
 def is_junk_name(name: str) -> bool:
     """Tell whether a file name is OS metadata that a writable store accepts and discards.
 
@@ -107,13 +104,14 @@ class WritePolicy:
     Attributes:
         root: The store directory.
         max_upload: Largest PUT body in bytes.
-        may_write: Whether the request's caller may change the store (their role); everyone by default.
+        may_write: Whether the request's caller may change the store: by default their role
+            (``mountd.auth.may_write``: owners may, consumers may not).
         created_by: ``meta.created_by`` of archives made from uploads.
     """
 
     root: Path
     max_upload: int = DEFAULT_MAX_UPLOAD
-    may_write: Callable[[dict[str, Any]], bool] = _anyone
+    may_write: Callable[[dict[str, Any]], bool] = auth.may_write
     created_by: str = DEFAULT_CREATED_BY
 
     def require_writer(self, environ: dict[str, Any], what: str) -> None:

@@ -15,7 +15,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from syncctl import archive_commands, demo_commands, guest_commands, serve_commands, service_commands
+from syncctl import (
+    archive_commands,
+    demo_commands,
+    guest_commands,
+    serve_commands,
+    service_commands,
+    user_commands,
+)
 
 #: Exit status when the input is invalid or the operation failed (usage errors are argparse's 2).
 EXIT_FAILURE = 1
@@ -65,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     service_commands.register(subparsers, common)
     serve_commands.register(subparsers, common)
     demo_commands.register(subparsers, common)
+    user_commands.register(subparsers, common)
     return parser
 
 

@@ -4,6 +4,11 @@ It resolves the broker once (``--broker`` Redis, or the embedded one), gives mou
 freshness hook (an expired archive that is read gets one refresh job, never delaying the read), and unless
 told otherwise starts local refresh workers on the same broker. Stops on SIGINT/SIGTERM: the server first,
 then the workers (they finish the job in progress), then an embedded broker it started.
+
+Access (``mountd.auth``): without ``--auth`` only a loopback address may be served (anonymous users are
+owners there) unless ``--allow-anonymous`` lets anonymous users read from other addresses; with ``--auth
+FILE`` users log in with the passwords and roles ``syncctl user`` wrote. The users file is read before
+anything starts, so a bad one fails the command at once.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from broker.settings import Settings
     from mountd.server import ServerHandle
+    from mountd.users import UserTable
     from mountd.writable import WritePolicy
 
 #: Pool processes of the local workers when serving with the embedded broker.
@@ -67,6 +73,19 @@ def register(
         default=None,
         help="largest upload with --writable, e.g. 512M or 16G (default 16G)",
     )
+    serve.add_argument(
+        "--auth",
+        metavar="FILE",
+        type=Path,
+        help="users file (see `syncctl user`): clients log in with basic (or digest) authentication",
+    )
+    serve.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        default=None,
+        help="serve a non-loopback address without --auth, read-only for anonymous clients; with --auth, "
+        "clients without credentials read anonymously (SYNC_ALLOW_ANONYMOUS)",
+    )
     serve.set_defaults(handler=cmd_serve)
 
 
@@ -105,7 +124,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         0 after a clean shutdown.
     """
     from broker.settings import Settings
+    from mountd.auth import access_policy
     from mountd.server import writable_root
+    from mountd.users import load_users
     from mountd.writable import DEFAULT_MAX_UPLOAD, WritePolicy
     from sync_format.errors import SyncError
 
@@ -117,8 +138,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "broker_url": args.broker,
             "cache_dir": args.cache_dir,
             "sandbox": args.sandbox,
+            "allow_anonymous": args.allow_anonymous,
         }
     )
+    users = load_users(args.auth) if args.auth is not None else None
+    # Refuse an unusable access configuration before a broker or workers are started.
+    access_policy(users, host=settings.host, allow_anonymous=settings.allow_anonymous)
     path = Path(args.path)
     writable = None
     if args.writable:
@@ -126,7 +151,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         writable = WritePolicy(path, max_upload=args.max_upload or DEFAULT_MAX_UPLOAD)
     elif args.max_upload is not None:
         raise SyncError("--max-upload needs --writable")
-    return serve_store(settings, path, worker_count=args.workers, writable=writable)
+    return serve_store(settings, path, worker_count=args.workers, writable=writable, users=users)
 
 
 def serve_store(
@@ -137,6 +162,7 @@ def serve_store(
     worker_log: Path | None = None,
     on_ready: Callable[[ServerHandle], object] | None = None,
     writable: WritePolicy | None = None,
+    users: UserTable | None = None,
 ) -> int:
     """Serve ``path`` as ``syncctl serve`` does, until SIGTERM or SIGINT; ``syncctl demo`` uses it too.
 
@@ -147,6 +173,7 @@ def serve_store(
         worker_log: Where the local workers' output goes; this process's stdout and stderr when None.
         on_ready: Called with the server once it listens, after the ``serving …`` line is printed.
         writable: Serve the store directory writable with this policy; read-only when None.
+        users: Who may log in, and their roles; None for anonymous access (see ``mountd.auth``).
 
     Returns:
         0 after a clean shutdown.
@@ -202,6 +229,7 @@ def serve_store(
                 writable=writable,
                 lock_storage=locks,
                 property_store=properties,
+                users=users,
             )
         finally:
             freshness.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import http.client
 import os
@@ -19,6 +20,7 @@ from store_manifests import csv_manifest
 from broker import Settings
 from mountd import ServerHandle, serve_background
 from mountd.locks import RedisLockStorage
+from mountd.users import Role, add_user, load_users
 from mountd.writable import WritePolicy
 from sync_format import EMPTY_WASM, BuildResult, OwnershipSection, open_archive
 from sync_format.atomic import is_temp_name
@@ -290,3 +292,25 @@ def test_dead_properties_survive_a_restart(tmp_path: Path, store: Path, hook: Re
     with serve_background(settings, store, hook, writable=policy, property_store=properties) as second:
         props = propfind(second.mount_url, "/doc.txt", depth="0")
     assert props["/doc.txt"].get("{urn:example}colour") == "green"
+
+
+def test_only_owners_write_when_users_log_in(tmp_path: Path, store: Path, hook: RecordingHook) -> None:
+    """With a users file, an owner's PUT and DELETE succeed, a consumer's are refused 403, and both read."""
+    users_file = tmp_path / "users.toml"
+    add_user(users_file, "olive", Role.OWNER, "owner-secret")
+    add_user(users_file, "cody", Role.CONSUMER, "consumer-secret")
+    policy = WritePolicy(store, max_upload=LIMIT)
+    settings = Settings(host="127.0.0.1", port=0)
+    owner = {"Authorization": "Basic " + base64.b64encode(b"olive:owner-secret").decode()}
+    consumer = {"Authorization": "Basic " + base64.b64encode(b"cody:consumer-secret").decode()}
+    with serve_background(settings, store, hook, writable=policy, users=load_users(users_file)) as handle:
+        base = handle.mount_url
+        assert request(base, "PUT", "/doc.txt", body=b"x").status == 401
+        assert request(base, "PUT", "/doc.txt", body=b"by owner", headers=owner).status == 201
+        assert request(base, "PUT", "/doc.txt", body=b"by consumer", headers=consumer).status == 403
+        assert request(base, "PUT", "/new.txt", body=b"by consumer", headers=consumer).status == 403
+        assert request(base, "DELETE", "/doc.txt", headers=consumer).status == 403
+        assert request(base, "MKCOL", "/folder/", headers=consumer).status == 403
+        assert request(base, "GET", "/doc.txt", headers=consumer).body == b"by owner"
+        assert request(base, "DELETE", "/doc.txt", headers=owner).status == 204
+    assert os.listdir(store) == []
