@@ -3,7 +3,8 @@
 A client sees each archive as one file, named by its display name (``report.csv.sync`` → ``report.csv``),
 whose bytes are the payload, answered from one snapshot per request (``resources``); directories list
 through a cache keyed by file identity (``index``); reads of expired archives ask the broker for a refresh
-without waiting for it (``freshness``). ``server`` assembles the WSGI application and runs cheroot.
+without waiting for it (``freshness``), and archives about to expire are asked for before a reader sees
+them stale (``scheduler``). ``server`` assembles the WSGI application and runs cheroot.
 
 It must never import ``workers`` or ``wasmtime`` (a test checks it): refreshes are sent by task name.
 """
@@ -13,7 +14,14 @@ from __future__ import annotations
 from mountd.errors import dav_error, read_only
 from mountd.facts import ArchiveFacts, derive_etag
 from mountd.freshness import BrokerFreshness, FreshnessCounts, NullFreshness
-from mountd.index import ArchiveIndex, DirectoryListing, IndexStats, ListedArchive, Unreadable
+from mountd.index import (
+    ArchiveIndex,
+    DirectoryEntries,
+    DirectoryListing,
+    IndexStats,
+    ListedArchive,
+    Unreadable,
+)
 from mountd.middleware import RequestGuard, RequestScope, host_names, on_request_end
 from mountd.provider import FreshnessHook, SyncProvider
 from mountd.resources import (
@@ -28,6 +36,7 @@ from mountd.resources import (
     SingleArchiveCollection,
     StoreCollection,
 )
+from mountd.scheduler import RefreshScheduler, ScanReport, SchedulerStats
 from mountd.server import BLOCK_SIZE, ServerHandle, build_app, serve, serve_background
 
 __all__ = [
@@ -42,6 +51,7 @@ __all__ = [
     "ArchiveIndex",
     "ArchiveResource",
     "BrokerFreshness",
+    "DirectoryEntries",
     "DirectoryListing",
     "FreshnessCounts",
     "FreshnessHook",
@@ -49,8 +59,11 @@ __all__ = [
     "IndexedArchiveResource",
     "ListedArchive",
     "NullFreshness",
+    "RefreshScheduler",
     "RequestGuard",
     "RequestScope",
+    "ScanReport",
+    "SchedulerStats",
     "ServerHandle",
     "SingleArchiveCollection",
     "StoreCollection",
