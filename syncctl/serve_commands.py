@@ -1,8 +1,10 @@
 """``syncctl serve``: serve a store (or one archive) over WebDAV with live refreshes, on one machine.
 
 It resolves the broker once (``--broker`` Redis, or the embedded one), gives mountd a broker-backed
-freshness hook (an expired archive that is read gets one refresh job, never delaying the read), and unless
-told otherwise starts local refresh workers on the same broker. Stops on SIGINT/SIGTERM: the server first,
+freshness hook (an expired archive that is read gets one refresh job, never delaying the read), starts the
+refresh scheduler on the same hook and the server's listing cache (archives with update logic are asked for
+shortly before they expire; ``--no-scheduler`` leaves refreshes to reads), and unless told otherwise starts
+local refresh workers on the same broker. Stops on SIGINT/SIGTERM: the server first, then the scheduler,
 then the workers (they finish the job in progress), then an embedded broker it started.
 """
 
@@ -48,6 +50,11 @@ def register(
     )
     serve.add_argument("--cache-dir", metavar="DIR", help="cache and embedded-broker data (SYNC_CACHE_DIR)")
     serve.add_argument("--sandbox", choices=("strict", "permissive"), help="for local workers (SYNC_SANDBOX)")
+    serve.add_argument(
+        "--no-scheduler",
+        action="store_true",
+        help="refresh archives only when an expired one is read, not shortly before they expire",
+    )
     serve.set_defaults(handler=cmd_serve)
 
 
@@ -63,6 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from broker.connection import connect
     from broker.settings import Settings
     from mountd.freshness import BrokerFreshness
+    from mountd.scheduler import RefreshScheduler
     from mountd.server import ServerHandle, serve
     from syncctl.local_workers import LocalWorkers
 
@@ -92,8 +100,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 concurrency=workers_wanted,
                 sandbox=settings.sandbox,
             ).start()
+        schedulers: list[RefreshScheduler] = []
 
         def ready(handle: ServerHandle) -> Any:
+            if not args.no_scheduler:
+                # On the server's index, so a pass and the reads open each archive version once in all.
+                schedulers.append(RefreshScheduler(store, freshness, handle.provider.index).start())
             local = f", {workers_wanted} local worker processes" if workers is not None else ""
             sys.stdout.write(
                 f"serving {store} at {handle.mount_url} (broker: {connection.description}{local})\n"
@@ -103,6 +115,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             serve(settings, store, freshness, on_ready=ready)
         finally:
+            for scheduler in schedulers:
+                scheduler.close()
             freshness.close()
             if workers is not None:
                 workers.stop()
