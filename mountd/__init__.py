@@ -4,13 +4,15 @@ A client sees each archive as one file, named by its display name (``report.csv.
 whose bytes are the payload, answered from one snapshot per request (``resources``); directories list
 through a cache keyed by file identity (``index``); reads of expired archives ask the broker for a refresh
 without waiting for it (``freshness``), and archives about to expire are asked for before a reader sees
-them stale (``scheduler``). ``server`` assembles the WSGI application and runs cheroot.
+them stale (``scheduler``); a web browser gets each folder as a table with every archive's freshness
+(``browser``). ``server`` assembles the WSGI application and runs cheroot.
 
 It must never import ``workers`` or ``wasmtime`` (a test checks it): refreshes are sent by task name.
 """
 
 from __future__ import annotations
 
+from mountd.browser import BrowserView
 from mountd.errors import dav_error, read_only
 from mountd.facts import ArchiveFacts, derive_etag
 from mountd.freshness import BrokerFreshness, FreshnessCounts, NullFreshness
@@ -51,6 +53,7 @@ __all__ = [
     "ArchiveIndex",
     "ArchiveResource",
     "BrokerFreshness",
+    "BrowserView",
     "DirectoryEntries",
     "DirectoryListing",
     "FreshnessCounts",
