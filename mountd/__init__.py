@@ -5,7 +5,9 @@ whose bytes are the payload, answered from one snapshot per request (``resources
 through a cache keyed by file identity (``index``); reads of expired archives ask the broker for a refresh
 without waiting for it (``freshness``). In writable mode (``writable``) uploads become archives through
 ``uploads`` (complete bodies only), and WebDAV locks can be shared through Redis (``locks``). ``server``
-assembles the WSGI application and runs cheroot.
+assembles the WSGI application and runs cheroot. Archives about to expire are asked for before a reader
+sees them stale (``scheduler``); a web browser gets each folder as a table with every archive's freshness
+(``browser``).
 Who may connect, and whether a request may write, is decided by ``auth`` over a users file (``users``).
 
 It must never import ``workers`` or ``wasmtime`` (a test checks it): refreshes are sent by task name.
@@ -22,6 +24,7 @@ from mountd.auth import (
     may_write,
     role_of,
 )
+from mountd.browser import BrowserView
 from mountd.errors import (
     IncompleteUpload,
     UploadTooLarge,
@@ -33,7 +36,14 @@ from mountd.errors import (
 )
 from mountd.facts import ArchiveFacts, derive_etag
 from mountd.freshness import BrokerFreshness, FreshnessCounts, NullFreshness
-from mountd.index import ArchiveIndex, DirectoryListing, IndexStats, ListedArchive, Unreadable
+from mountd.index import (
+    ArchiveIndex,
+    DirectoryEntries,
+    DirectoryListing,
+    IndexStats,
+    ListedArchive,
+    Unreadable,
+)
 from mountd.locks import RedisLockStorage
 from mountd.middleware import RequestGuard, RequestScope, host_names, on_request_end
 from mountd.provider import FreshnessHook, SyncProvider
@@ -49,6 +59,7 @@ from mountd.resources import (
     SingleArchiveCollection,
     StoreCollection,
 )
+from mountd.scheduler import RefreshScheduler, ScanReport, SchedulerStats
 from mountd.server import BLOCK_SIZE, ServerHandle, build_app, serve, serve_background, serve_writable
 from mountd.uploads import UploadSink
 from mountd.users import (
@@ -78,6 +89,8 @@ __all__ = [
     "ArchiveIndex",
     "ArchiveResource",
     "BrokerFreshness",
+    "BrowserView",
+    "DirectoryEntries",
     "DirectoryListing",
     "FreshnessCounts",
     "FreshnessHook",
@@ -88,9 +101,12 @@ __all__ = [
     "NullFreshness",
     "PasswordHash",
     "RedisLockStorage",
+    "RefreshScheduler",
     "RequestGuard",
     "RequestScope",
     "Role",
+    "ScanReport",
+    "SchedulerStats",
     "ServerHandle",
     "SingleArchiveCollection",
     "StoreCollection",

@@ -1,26 +1,34 @@
 """What mountd tells clients about one archive, computed once from one snapshot.
 
 ``ArchiveFacts`` is the small, immutable summary that both a GET (from the snapshot it opened) and a listing
-(from the index's cache) answer from: content type, payload size, ETag, Last-Modified, generation, TTL and
-expiry. Nothing here re-hashes a payload or re-reads an archive (STYLE rule 11): every field comes from the
-manifest, ``state.json`` and the central directory that ``open_archive`` already validated.
+(from the index's cache) answer from: content type, payload size, ETag, Last-Modified, generation, TTL,
+expiry, and whether the archive has update logic (what the refresh scheduler needs). Nothing here re-hashes
+a payload or re-reads an archive (STYLE rule 11): every field comes from the manifest, ``state.json`` and the
+central directory that ``open_archive`` already validated.
 
 Invariants:
     * The ETag is strong and changes whenever the payload bytes can have changed: it is the payload's
       BLAKE3 recorded at commit time, or, when no trusted hash exists, a tag derived from the file's
       identity and the payload's CRC-32 (see ``derive_etag``).
     * Last-Modified is stable for one file version (never "now"), so If-Modified-Since can match.
+    * "Has update logic" is read from the central directory, never from the module's bytes: an archive
+      without ``sync.wasm``, or whose ``sync.wasm`` is the 8-byte empty module (same size and CRC-32), has
+      none — exactly the archives a worker answers ``no_update_logic`` for.
     * Facts never depend on the archive's file name: a rename keeps them valid (the display name is computed
       from the current path by whoever lists the archive).
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
-from sync_format import ArchiveSnapshot, Expiry, FileIdentity, parse_timestamp_ns
+from sync_format import EMPTY_WASM, ArchiveSnapshot, Expiry, FileIdentity, parse_timestamp_ns
+from sync_format.reader import WASM_ENTRY
 
 NS_PER_SECOND = 1_000_000_000
+#: CRC-32 of the 8-byte empty module, which builders write when an archive has no update logic.
+EMPTY_WASM_CRC32 = zlib.crc32(EMPTY_WASM)
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,7 @@ class ArchiveFacts:
         timeout: ``policy.timeout`` in seconds (the refresh job's budget).
         expiry: When the payload stops being fresh.
         identity: The file version these facts were read from.
+        has_update_logic: True when ``sync.wasm`` is present and is not the empty module.
     """
 
     display_ext: str
@@ -52,6 +61,7 @@ class ArchiveFacts:
     timeout: int
     expiry: Expiry
     identity: FileIdentity
+    has_update_logic: bool
 
     @classmethod
     def from_snapshot(cls, snapshot: ArchiveSnapshot) -> ArchiveFacts:
@@ -77,6 +87,7 @@ class ArchiveFacts:
             timeout=manifest.policy.timeout,
             expiry=snapshot.expiry(),
             identity=snapshot.identity,
+            has_update_logic=_has_update_logic(snapshot),
         )
 
     def is_expired(self) -> bool:
@@ -103,6 +114,13 @@ def derive_etag(identity: FileIdentity, payload_crc32: int) -> str:
         ``<inode>-<mtime_ns>-<size>-<crc32>`` in hex.
     """
     return f"{identity.inode:x}-{identity.mtime_ns:x}-{identity.size:x}-{payload_crc32:08x}"
+
+
+def _has_update_logic(snapshot: ArchiveSnapshot) -> bool:
+    wasm = snapshot.directory.get(WASM_ENTRY)
+    if wasm is None:
+        return False
+    return not (wasm.size == len(EMPTY_WASM) and wasm.crc32 == EMPTY_WASM_CRC32)
 
 
 def _last_modified(timestamp: str, identity: FileIdentity) -> float:

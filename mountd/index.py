@@ -78,6 +78,21 @@ class DirectoryListing:
 
 
 @dataclass(frozen=True)
+class DirectoryEntries:
+    """One store directory as ``lstat`` sees it, before any archive is opened.
+
+    Attributes:
+        directory: The directory.
+        folders: Visible subdirectory names, sorted.
+        archives: Visible regular files with an archive name, with their identity, in file-name order.
+    """
+
+    directory: Path
+    folders: tuple[str, ...]
+    archives: tuple[tuple[Path, FileIdentity], ...]
+
+
+@dataclass(frozen=True)
 class Unreadable:
     """Why an archive version cannot be listed.
 
@@ -235,23 +250,23 @@ class ArchiveIndex:
             return None
         return ListedArchive(path, self.name_rule(path, facts.display_ext), facts)
 
-    def list_directory(self, directory: Path) -> DirectoryListing:
-        """List one store directory: its visible subdirectories and its readable archives by display name.
+    def directory_entries(self, directory: Path) -> DirectoryEntries:
+        """What a listing of one store directory considers, by ``lstat`` alone: nothing is opened.
 
         Args:
             directory: The directory (already known to be inside the store and not a symlink).
 
         Returns:
-            The listing; an unreadable directory lists as empty (logged).
+            Its visible subdirectories and archive files; an unreadable directory has none (logged).
         """
         try:
             with os.scandir(directory) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
             log.warning("directory unreadable directory=%s reason=%s", directory, exc.strerror)
-            return DirectoryListing(directory, (), MappingProxyType({}))
+            return DirectoryEntries(directory, (), ())
         folders: list[str] = []
-        found: list[ListedArchive] = []
+        files: list[tuple[Path, FileIdentity]] = []
         for entry in entries:
             if entry.name.startswith("."):
                 continue
@@ -262,12 +277,26 @@ class ArchiveIndex:
             if stat.S_ISDIR(st.st_mode):
                 folders.append(entry.name)
             elif stat.S_ISREG(st.st_mode) and is_archive_name(entry.name):
-                path = Path(entry.path)
-                facts = self.facts_of(path, FileIdentity.from_stat(st))
-                if facts is not None:
-                    found.append(ListedArchive(path, self.name_rule(path, facts.display_ext), facts))
-        archives = self._resolve_collisions(directory, found, set(folders))
-        return DirectoryListing(directory, tuple(folders), MappingProxyType(archives))
+                files.append((Path(entry.path), FileIdentity.from_stat(st)))
+        return DirectoryEntries(directory, tuple(folders), tuple(files))
+
+    def list_directory(self, directory: Path) -> DirectoryListing:
+        """List one store directory: its visible subdirectories and its readable archives by display name.
+
+        Args:
+            directory: The directory (already known to be inside the store and not a symlink).
+
+        Returns:
+            The listing; an unreadable directory lists as empty (logged).
+        """
+        entries = self.directory_entries(directory)
+        found: list[ListedArchive] = []
+        for path, identity in entries.archives:
+            facts = self.facts_of(path, identity)
+            if facts is not None:
+                found.append(ListedArchive(path, self.name_rule(path, facts.display_ext), facts))
+        archives = self._resolve_collisions(directory, found, set(entries.folders))
+        return DirectoryListing(directory, entries.folders, MappingProxyType(archives))
 
     def _resolve_collisions(
         self, directory: Path, found: Iterable[ListedArchive], folders: set[str]

@@ -2,9 +2,10 @@
 
 ``build_app`` assembles wsgidav's ``WsgiDAVApp`` with our provider and the options the measurements in
 ``notes/webdav-facts.md`` call for (1 MiB blocks instead of wsgidav's 8 KiB, property and lock managers,
-no version banners, the HTML browser, authentication and roles from ``mountd.auth``), behind our
-middleware: ``RequestGuard`` (Host check, path check), ``ConditionalHeaders`` (If-Modified-Since as RFC 9110
-says) and ``RequestScope`` (closes each request's snapshots).
+no version banners, our freshness-aware HTML browser in place of wsgidav's (``browser``), authentication
+and roles from ``mountd.auth``), behind our middleware: ``RequestGuard`` (Host check, path check),
+``ConditionalHeaders`` (If-Modified-Since as RFC 9110 says) and ``RequestScope`` (closes each request's
+snapshots).
 ``serve_background`` runs cheroot on a thread and returns a handle; ``serve`` blocks until SIGTERM or SIGINT
 and then shuts down gracefully (stop accepting, let running requests finish within ``SHUTDOWN_TIMEOUT``).
 
@@ -33,6 +34,7 @@ from wsgidav.wsgidav_app import WsgiDAVApp  # type: ignore[import-untyped]
 
 from broker import Settings
 from mountd.auth import auth_config
+from mountd.browser import middleware_stack
 from mountd.freshness import NullFreshness
 from mountd.index import ArchiveIndex
 from mountd.middleware import ConditionalHeaders, RequestGuard, RequestScope, host_names
@@ -105,7 +107,8 @@ def build_app(
         "verbose": 3,
         "logging": {"enable": False},
         **auth_config(users, host=settings.host, allow_anonymous=settings.allow_anonymous),
-        "dir_browser": {"enable": True, "response_trailer": SERVER_NAME, "davmount": True},
+        "dir_browser": {"enable": False},
+        "middleware_stack": middleware_stack(),
     }
     _suppress_version_info()
     # wsgidav logs "Share '/' will allow anonymous write access" here because SyncProvider.is_readonly() is

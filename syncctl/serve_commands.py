@@ -1,8 +1,10 @@
 """``syncctl serve``: serve a store (or one archive) over WebDAV with live refreshes, on one machine.
 
 It resolves the broker once (``--broker`` Redis, or the embedded one), gives mountd a broker-backed
-freshness hook (an expired archive that is read gets one refresh job, never delaying the read), and unless
-told otherwise starts local refresh workers on the same broker. Stops on SIGINT/SIGTERM: the server first,
+freshness hook (an expired archive that is read gets one refresh job, never delaying the read), starts the
+refresh scheduler on the same hook and the server's listing cache (archives with update logic are asked for
+shortly before they expire; ``--no-scheduler`` leaves refreshes to reads), and unless told otherwise starts
+local refresh workers on the same broker. Stops on SIGINT/SIGTERM: the server first, then the scheduler,
 then the workers (they finish the job in progress), then an embedded broker it started.
 
 Access (``mountd.auth``): without ``--auth`` only a loopback address may be served (anonymous users are
@@ -86,6 +88,11 @@ def register(
         help="serve a non-loopback address without --auth, read-only for anonymous clients; with --auth, "
         "clients without credentials read anonymously (SYNC_ALLOW_ANONYMOUS)",
     )
+    serve.add_argument(
+        "--no-scheduler",
+        action="store_true",
+        help="refresh archives only when an expired one is read, not shortly before they expire",
+    )
     serve.set_defaults(handler=cmd_serve)
 
 
@@ -151,7 +158,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         writable = WritePolicy(path, max_upload=args.max_upload or DEFAULT_MAX_UPLOAD)
     elif args.max_upload is not None:
         raise SyncError("--max-upload needs --writable")
-    return serve_store(settings, path, worker_count=args.workers, writable=writable, users=users)
+    return serve_store(
+        settings,
+        path,
+        worker_count=args.workers,
+        writable=writable,
+        users=users,
+        scheduler=not args.no_scheduler,
+    )
 
 
 def serve_store(
@@ -163,6 +177,7 @@ def serve_store(
     on_ready: Callable[[ServerHandle], object] | None = None,
     writable: WritePolicy | None = None,
     users: UserTable | None = None,
+    scheduler: bool = True,
 ) -> int:
     """Serve ``path`` as ``syncctl serve`` does, until SIGTERM or SIGINT; ``syncctl demo`` uses it too.
 
@@ -174,6 +189,7 @@ def serve_store(
         on_ready: Called with the server once it listens, after the ``serving …`` line is printed.
         writable: Serve the store directory writable with this policy; read-only when None.
         users: Who may log in, and their roles; None for anonymous access (see ``mountd.auth``).
+        scheduler: Ask for refreshes shortly before archives expire (``--no-scheduler`` turns it off).
 
     Returns:
         0 after a clean shutdown.
@@ -181,6 +197,7 @@ def serve_store(
     from broker.connection import connect
     from mountd.freshness import BrokerFreshness
     from mountd.locks import RedisLockStorage
+    from mountd.scheduler import RefreshScheduler
     from mountd.server import serve
     from syncctl.local_workers import LocalWorkers
 
@@ -201,8 +218,12 @@ def serve_store(
                 sandbox=settings.sandbox,
                 log=worker_log,
             ).start()
+        schedulers: list[RefreshScheduler] = []
 
         def ready(handle: ServerHandle) -> Any:
+            if scheduler:
+                # On the server's index, so a pass and the reads open each archive version once in all.
+                schedulers.append(RefreshScheduler(store, freshness, handle.provider.index).start())
             local = f", {workers_wanted} local worker processes" if workers is not None else ""
             mode = "writable" if writable is not None else "read-only"
             sys.stdout.write(
@@ -232,6 +253,8 @@ def serve_store(
                 users=users,
             )
         finally:
+            for running in schedulers:
+                running.close()
             freshness.close()
             if workers is not None:
                 workers.stop()

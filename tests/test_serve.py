@@ -1,4 +1,5 @@
-"""``syncctl serve`` with nothing installed: a stale read is answered at once, then refreshed by a worker."""
+"""``syncctl serve`` with nothing installed: a stale read is answered at once, then refreshed by a worker; the
+scheduler refreshes an archive about to expire without any read."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def _wait_for(predicate, timeout: float, interval: float = 0.2):  # type: ignore
 
 
 def test_stale_read_is_served_then_refreshed(tmp_path: Path) -> None:
-    """An expired archive is served as it is; one refresh runs on the embedded broker; later reads are new."""
+    """An expired archive is served as it is; one refresh runs on the embedded broker; later reads are new
+    (the scheduler is off: this is the read path alone)."""
     store = tmp_path / "store"
     store.mkdir()
     archive = store / "readings.csv.sync"
@@ -50,7 +52,18 @@ def test_stale_read_is_served_then_refreshed(tmp_path: Path) -> None:
     env.pop("SYNC_BROKER_URL", None)
     log = (tmp_path / "serve.log").open("wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "syncctl", "serve", str(store), "--port", "0", "--workers", "1"],
+        [
+            sys.executable,
+            "-m",
+            "syncctl",
+            "serve",
+            str(store),
+            "--port",
+            "0",
+            "--workers",
+            "1",
+            "--no-scheduler",
+        ],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
@@ -82,6 +95,49 @@ def test_stale_read_is_served_then_refreshed(tmp_path: Path) -> None:
         log.close()
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True, check=False)
     assert leftovers.stdout.strip() == "", "serve left processes behind"
+
+
+def test_the_scheduler_refreshes_an_archive_nobody_reads(tmp_path: Path) -> None:
+    """An archive with a 3 s TTL is refreshed by the scheduler, the embedded broker and a local worker
+    without any client reading it (the server gets no request at all)."""
+    store = tmp_path / "store"
+    store.mkdir()
+    archive = store / "readings.csv.sync"
+    manifest = make_manifest(
+        content_type="text/csv", display_ext="csv", ttl=3, created_at=format_timestamp(now_ns())
+    )
+    original = b"reading\n1,roof,7.1\n"
+    make_archive(archive, original, manifest=manifest, wasm=wasmtime.wat2wasm(GUEST.read_text()))
+    env = {**os.environ, "SYNC_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("SYNC_BROKER_URL", None)
+    log_path = tmp_path / "serve.log"
+    log = log_path.open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "syncctl", "serve", str(store), "--port", "0", "--workers", "1"],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+
+    def generation() -> int:
+        with open_archive(archive) as snap:
+            return snap.generation
+
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert line.startswith("serving "), line + log_path.read_text()
+        _wait_for(lambda: generation() >= 1, timeout=60)
+        with open_archive(archive) as snap:
+            assert snap.read_payload().startswith(original + b"2,roof,7.2\n")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(60)
+        assert server.stdout is not None
+        server.stdout.close()
+        log.close()
 
 
 def test_sync_mount_serves_one_archive(tmp_path: Path) -> None:

@@ -1,0 +1,305 @@
+"""The refresh scheduler asks for refreshes of archives with update logic shortly before they expire.
+
+Most tests drive ``RefreshScheduler.scan`` directly with a clock they move, so "due" and "back-off" are
+exact; the thread's own timing is shown by one test on the real clock (a TTL of seconds) and by ``close``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from recording_hook import RecordingHook
+from redis_server import wait_for
+
+from mountd import ArchiveFacts, ArchiveIndex
+from mountd.scheduler import (
+    MAX_RETRY_BACKOFF,
+    NS_PER_SECOND,
+    RETRY_BACKOFF,
+    RefreshScheduler,
+    lead_ns,
+)
+from sync_format import EMPTY_WASM, FileIdentity, Manifest, commit_payload, open_archive
+from sync_format.freshness import format_timestamp, now_ns
+from sync_format.testing import make_archive, make_manifest
+
+#: A valid module that is not the empty one: the empty module plus a custom section named "sync".
+LOGIC_WASM = EMPTY_WASM + b"\x00\x05\x04sync"
+#: Seconds the real-clock tests wait for the scheduler at most.
+WAIT = 20.0
+#: Archives of the open-counting test.
+MANY = 10_000
+
+
+class Clock:
+    """Wall-clock nanoseconds that a test moves forward by hand, starting at the real time."""
+
+    def __init__(self) -> None:
+        self.now = now_ns()
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance_to(self, moment_ns: int) -> None:
+        """Move to ``moment_ns`` (never backwards)."""
+        assert moment_ns >= self.now
+        self.now = moment_ns
+
+
+class StampedHook(RecordingHook):
+    """A recording hook that also keeps the wall-clock time of each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stamps: list[int] = []
+
+    def on_stale(self, archive: str, generation: int, timeout: int) -> None:
+        """Record the call and when it came."""
+        self.stamps.append(now_ns())
+        super().on_stale(archive, generation, timeout)
+
+
+def manifest(*, ttl: int, created_at: str = "2020-01-01T00:00:00Z", timeout: int = 5) -> Manifest:
+    """A manifest with the given TTL; expired long ago unless ``created_at`` says otherwise."""
+    return make_manifest(ttl=ttl, created_at=created_at, timeout=timeout)
+
+
+def add(
+    store: Path, name: str, *, ttl: int, logic: bool = True, created_at: str = "2020-01-01T00:00:00Z"
+) -> Path:
+    """Build ``store/name`` (parents created), with update logic unless told otherwise."""
+    path = store / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wasm = LOGIC_WASM if logic else EMPTY_WASM
+    make_archive(path, b"payload", manifest=manifest(ttl=ttl, created_at=created_at), wasm=wasm)
+    return path
+
+
+def expiry_ns(path: Path) -> int:
+    """The archive's expiry instant."""
+    with open_archive(path) as snap:
+        at = snap.expiry().at_ns
+    assert at is not None
+    return at
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """A clock the test moves."""
+    return Clock()
+
+
+@pytest.fixture
+def make_scheduler(store: Path, hook: RecordingHook, clock: Clock) -> Callable[..., RefreshScheduler]:
+    """A scheduler over ``store`` with the recording hook and the test's clock (not started)."""
+
+    def make(root: Path = store) -> RefreshScheduler:
+        return RefreshScheduler(root, hook, ArchiveIndex(), clock=clock)
+
+    return make
+
+
+def test_an_archive_expiring_in_seconds_is_requested_before_it_expires(store: Path) -> None:
+    """On the real clock, an archive expiring in 2-3 s is asked for once, before it expires, by a thread that
+    slept until it was due instead of polling."""
+    path = add(store, "soon.txt.sync", ttl=3, created_at=format_timestamp(now_ns()))
+    hook = StampedHook()
+    scheduler = RefreshScheduler(store, hook, ArchiveIndex()).start()
+    try:
+        wait_for(lambda: hook.calls, WAIT, what="the archive was asked for")
+        assert hook.calls == [("soon.txt.sync", 0, 5)]
+        assert hook.stamps[0] < expiry_ns(path)
+        # One pass found it not yet due and slept until it was; the next asked for it.
+        assert scheduler.stats.scans <= 2
+    finally:
+        scheduler.close()
+
+
+def test_archives_without_update_logic_or_expiry_are_never_requested(
+    store: Path, hook: RecordingHook, make_scheduler: Callable[..., RefreshScheduler]
+) -> None:
+    """Expired archives with the empty module, with TTL 0, or that never expire are left alone; an expired
+    one with update logic is asked for."""
+    add(store, "empty-module.txt.sync", ttl=60, logic=False)
+    add(store, "ttl-zero.txt.sync", ttl=0)
+    add(store, "never.txt.sync", ttl=2**62)
+    add(store, "due.txt.sync", ttl=60)
+    report = make_scheduler().scan()
+    assert hook.calls == [("due.txt.sync", 0, 5)]
+    assert (report.archives, report.requested) == (1, 1)
+
+
+def test_a_fresh_archive_is_scheduled_at_its_expiry_minus_the_lead(
+    store: Path, hook: RecordingHook, clock: Clock, make_scheduler: Callable[..., RefreshScheduler]
+) -> None:
+    """An archive with an hour of TTL left is not asked for; it becomes due 60 s (10 % of the TTL, clamped)
+    before expiry, and is asked for then."""
+    path = add(store, "hourly.txt.sync", ttl=3600, created_at=format_timestamp(clock.now))
+    scheduler = make_scheduler()
+    report = scheduler.scan()
+    due = expiry_ns(path) - 60 * NS_PER_SECOND
+    assert (hook.calls, report.next_due_ns) == ([], due)
+    clock.advance_to(due - 1)
+    assert scheduler.scan().requested == 0
+    clock.advance_to(due)
+    assert scheduler.scan().requested == 1
+    assert hook.calls == [("hourly.txt.sync", 0, 5)]
+    assert [lead_ns(ttl) // NS_PER_SECOND for ttl in (3, 100, 3600)] == [1, 10, 60]
+
+
+def test_the_same_generation_is_not_requested_again_until_the_back_off_ends(
+    store: Path, hook: RecordingHook, clock: Clock, make_scheduler: Callable[..., RefreshScheduler]
+) -> None:
+    """An expired archive whose refresh does not come is asked for once per back-off, which doubles per
+    repeat, and the next pass is scheduled at the end of the back-off."""
+    add(store, "stuck.txt.sync", ttl=60)
+    scheduler = make_scheduler()
+    first = scheduler.scan()
+    assert scheduler.scan().requested == 0
+    assert len(hook.calls) == 1
+    backoff = int(RETRY_BACKOFF * NS_PER_SECOND)
+    assert first.next_due_ns == clock.now + backoff
+    clock.advance_to(clock.now + backoff)
+    second = scheduler.scan()
+    assert (second.requested, second.next_due_ns) == (1, clock.now + 2 * backoff)
+    assert hook.calls == [("stuck.txt.sync", 0, 5)] * 2
+    assert 2 * RETRY_BACKOFF <= MAX_RETRY_BACKOFF
+
+
+def test_after_a_commit_the_next_expiry_is_scheduled(
+    store: Path, hook: RecordingHook, clock: Clock, make_scheduler: Callable[..., RefreshScheduler]
+) -> None:
+    """Once a refresh commits generation 1, the archive is no longer due; it is scheduled from its new
+    expiry and asked for again, for generation 1, when that comes."""
+    path = add(store, "daily.txt.sync", ttl=60)
+    scheduler = make_scheduler()
+    scheduler.scan()
+    commit_payload(path, 0, b"refreshed")
+    report = scheduler.scan()
+    due = expiry_ns(path) - lead_ns(60)
+    assert (report.requested, report.next_due_ns) == (0, due)
+    clock.advance_to(max(due, clock.now))
+    assert scheduler.scan().requested == 1
+    assert hook.calls == [("daily.txt.sync", 0, 5), ("daily.txt.sync", 1, 5)]
+
+
+def test_the_walk_follows_folders_and_skips_what_listings_skip(
+    store: Path,
+    hook: RecordingHook,
+    make_scheduler: Callable[..., RefreshScheduler],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nested folders are walked; hidden names, symlinked archives and folders are not; an unreadable archive
+    is skipped and logged once over two passes."""
+    nested = add(store, "a/b/deep.txt.sync", ttl=60)
+    add(store, ".hidden/secret.txt.sync", ttl=60)
+    add(store, "a/.dot.txt.sync", ttl=60)
+    os.symlink(nested, store / "link.txt.sync")
+    os.symlink(store / "a", store / "linked-folder")
+    (store / "broken.txt.sync").write_bytes(b"not a zip")
+    scheduler = make_scheduler()
+    with caplog.at_level(logging.WARNING, logger="mountd.index"):
+        scheduler.scan()
+        scheduler.scan()
+    assert hook.calls == [("a/b/deep.txt.sync", 0, 5)]
+    unreadable = [r for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(unreadable) == 1
+
+
+def test_a_single_archive_store_is_scheduled_under_its_file_name(
+    tmp_path: Path, hook: RecordingHook, make_scheduler: Callable[..., RefreshScheduler]
+) -> None:
+    """Serving one archive file, the scheduler asks for it by its file name, as the provider's reads do."""
+    path = add(tmp_path, "one.txt.sync", ttl=60)
+    make_scheduler(path).scan()
+    assert hook.calls == [("one.txt.sync", 0, 5)]
+
+
+class FailingHook:
+    """A hook that raises, as a broken implementation would."""
+
+    def on_stale(self, archive: str, generation: int, timeout: int) -> None:
+        """Fail."""
+        raise RuntimeError("hook is broken")
+
+
+def test_a_failing_hook_is_logged_and_not_called_in_a_loop(
+    store: Path, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the hook raises, the pass goes on, the failure is logged with its traceback, and the archive
+    waits for its back-off like a successful request."""
+    add(store, "x.txt.sync", ttl=60)
+    add(store, "y.txt.sync", ttl=60)
+    scheduler = RefreshScheduler(store, FailingHook(), ArchiveIndex(), clock=clock)
+    with caplog.at_level(logging.ERROR, logger="mountd.scheduler"):
+        first = scheduler.scan()
+        second = scheduler.scan()
+    assert (first.archives, first.requested, second.requested) == (2, 0, 0)
+    assert scheduler.stats.hook_failures == 2
+    failures = [r for r in caplog.records if "freshness hook failed" in r.getMessage()]
+    assert len(failures) == 2
+    assert all(r.exc_info is not None for r in failures)
+
+
+def test_close_returns_promptly_even_mid_pass(store: Path, hook: RecordingHook) -> None:
+    """``close`` ends a thread that sleeps for the 30 s scan interval, and one in the middle of a pass over
+    hundreds of archives it has not opened yet, without waiting for either."""
+    idle = RefreshScheduler(store, hook, ArchiveIndex()).start()
+    wait_for(lambda: idle.stats.scans == 1, WAIT, what="the first pass ended")
+    idle.close()
+    assert not idle.running
+    RefreshScheduler(store, hook, ArchiveIndex()).close()  # never started: nothing to join
+
+    source = add(store, "src/a.txt.sync", ttl=2**62)
+    for i in range(500):
+        shutil.copyfile(source, store / "src" / f"copy{i:03d}.txt.sync")
+    index = ArchiveIndex()
+    opened = threading.Event()
+    release = threading.Event()
+    original = index.facts_of
+
+    def facts_of(path: Path, identity: FileIdentity) -> ArchiveFacts | None:
+        if not opened.is_set():
+            opened.set()
+            release.wait(WAIT)  # hold the pass at its first archive until close was called
+        return original(path, identity)
+
+    index.facts_of = facts_of  # type: ignore[method-assign]
+    busy = RefreshScheduler(store, hook, index).start()
+    assert opened.wait(WAIT)
+    closer = threading.Thread(target=busy.close)
+    closer.start()
+    wait_for(lambda: busy.closing, WAIT, what="close was called")
+    release.set()
+    closer.join(WAIT)
+    assert not busy.running
+    assert index.stats.opens == 1  # the pass stopped after the archive it was opening
+
+
+@pytest.mark.slow
+def test_passes_over_ten_thousand_archives_open_each_once(
+    store: Path, hook: RecordingHook, make_scheduler: Callable[..., RefreshScheduler]
+) -> None:
+    """Two passes over 10,000 archives open each archive once (the index's cache answers the second)."""
+    source = store.parent / "source.sync"
+    make_archive(
+        source,
+        b"payload",
+        manifest=manifest(ttl=3600, created_at=format_timestamp(now_ns())),
+        wasm=LOGIC_WASM,
+    )
+    for i in range(MANY):
+        shutil.copyfile(source, store / f"a{i:05d}.txt.sync")
+    scheduler = make_scheduler()
+    first = scheduler.scan()
+    assert (first.archives, scheduler.index.stats.opens) == (MANY, MANY)
+    second = scheduler.scan()
+    assert (second.archives, scheduler.index.stats.opens) == (MANY, MANY)
+    assert scheduler.index.stats.hits >= MANY
+    assert hook.calls == []
