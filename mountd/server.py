@@ -35,6 +35,7 @@ from mountd.freshness import NullFreshness
 from mountd.index import ArchiveIndex
 from mountd.middleware import ConditionalHeaders, RequestGuard, RequestScope, host_names
 from mountd.provider import FreshnessHook, SyncProvider
+from mountd.sendfile import gateway_class
 from sync_format import ArchiveError
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,7 @@ def serve_background(
     *,
     index: ArchiveIndex | None = None,
     allowed_hosts: Iterable[str] = (),
+    sendfile: bool = True,
 ) -> ServerHandle:
     """Bind and serve on a background thread; return once the socket listens.
 
@@ -174,6 +176,8 @@ def serve_background(
         freshness: Told about expired archives being read; ``NullFreshness`` when None.
         index: The listing cache; a new one when None.
         allowed_hosts: Further host names clients may use.
+        sendfile: Send payload bodies with ``os.sendfile`` (``mountd.sendfile``); False copies them in
+            blocks, as over TLS.
 
     Returns:
         The handle; call ``shutdown`` (or use it as a context manager).
@@ -198,6 +202,7 @@ def serve_background(
         shutdown_timeout=SHUTDOWN_TIMEOUT,
     )
     server.expiration_interval = SELECTOR_INTERVAL
+    server.gateway = gateway_class(sendfile=sendfile)
     server.prepare()  # binds and listens: the port is known and connections queue from here on
     bound = server.bind_addr
     thread = threading.Thread(target=server.serve, name="mountd-server", daemon=True)
