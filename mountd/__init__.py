@@ -3,7 +3,8 @@
 A client sees each archive as one file, named by its display name (``report.csv.sync`` → ``report.csv``),
 whose bytes are the payload, answered from one snapshot per request (``resources``); directories list
 through a cache keyed by file identity (``index``); reads of expired archives ask the broker for a refresh
-without waiting for it (``freshness``). ``server`` assembles the WSGI application and runs cheroot.
+without waiting for it (``freshness``). ``server`` assembles the WSGI application and runs cheroot, whose
+gateway (``sendfile``) sends payload bodies with ``os.sendfile``.
 
 It must never import ``workers`` or ``wasmtime`` (a test checks it): refreshes are sent by task name.
 """
@@ -28,6 +29,7 @@ from mountd.resources import (
     SingleArchiveCollection,
     StoreCollection,
 )
+from mountd.sendfile import PayloadGateway, direct_bytes, gateway_class, offer_payload
 from mountd.server import BLOCK_SIZE, ServerHandle, build_app, serve, serve_background
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "IndexedArchiveResource",
     "ListedArchive",
     "NullFreshness",
+    "PayloadGateway",
     "RequestGuard",
     "RequestScope",
     "ServerHandle",
@@ -59,7 +62,10 @@ __all__ = [
     "build_app",
     "dav_error",
     "derive_etag",
+    "direct_bytes",
+    "gateway_class",
     "host_names",
+    "offer_payload",
     "on_request_end",
     "read_only",
     "serve",

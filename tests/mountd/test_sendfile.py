@@ -20,8 +20,7 @@ from recording_hook import RecordingHook
 from redis_server import wait_for
 
 from broker import Settings
-from mountd import BLOCK_SIZE, ServerHandle, serve_background
-from mountd.sendfile import direct_bytes
+from mountd import BLOCK_SIZE, ServerHandle, direct_bytes, serve_background
 from sync_format import BuildResult, commit_payload
 
 AddArchive = Callable[..., BuildResult]
