@@ -14,7 +14,8 @@ The three others serve the same bytes as plain files (payloads, and a folder of 
 has a folder of archives).
 
 (a) GET of one big payload (512 MiB; ``--quick`` 64 MiB), the client ``curl -o /dev/null``; runs are
-    interleaved across servers and the median is reported in MB/s (10^6 bytes). Goal: mountd ≥ 1.0x
+    interleaved across servers and the median is reported in MB/s (10^6 bytes), with the CPU seconds the
+    server's processes spent per GB sent (steadier than the rate on a busy machine). Goal: mountd ≥ 1.0x
     rclone. curl itself tops out near 2.5-3.5 GB/s on this kind of machine (``notes/webdav-facts.md``),
     which caps what the fastest servers can show.
 (b) 4 KiB GETs: ``wrk -t2 -c16 -d5s --latency`` (``--quick`` 2 s) on one small file; requests/s, p50 and
@@ -367,6 +368,23 @@ def propfind(url: str, path: str) -> tuple[float, int, int]:
         conn.close()
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its live children (nginx's workers), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; fields[0] is the state
+        if int(entry.name) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def vm_hwm(pid: int) -> int:
     """Peak resident set size of a process, in bytes (``VmHWM``)."""
     status = Path(f"/proc/{pid}/status").read_text()
@@ -380,18 +398,26 @@ def vm_hwm(pid: int) -> int:
 
 
 def bench_big_get(servers: dict[str, Server], sizes: Sizes, results: Results) -> None:
-    """(a): interleaved curl GETs of the big payload, median MB/s per server."""
+    """(a): interleaved curl GETs of the big payload: median MB/s, and server CPU seconds per GB sent."""
     runs: dict[str, list[float]] = {name: [] for name in servers}
+    cpu: dict[str, float] = dict.fromkeys(servers, 0.0)
     for server in servers.values():  # one untimed pass: page cache and connections warm
         curl_get(f"{server.url}/big.bin")
     for _ in range(sizes.get_runs):
         for name, server in servers.items():
+            before = tree_cpu_seconds(server.process.pid)
             rate, size = curl_get(f"{server.url}/big.bin")
+            cpu[name] += tree_cpu_seconds(server.process.pid) - before
             if size != sizes.big:
                 raise RuntimeError(f"{name} sent {size} bytes of {sizes.big}")
             runs[name].append(rate)
     for name, rates in runs.items():
-        results.big_get[name] = {"median_mb_s": statistics.median(rates), "runs_mb_s": rates}
+        results.big_get[name] = {
+            "median_mb_s": statistics.median(rates),
+            "runs_mb_s": rates,
+            # CPU per byte does not depend on what else the machine runs, unlike the rate.
+            "server_cpu_s_per_gb": cpu[name] / (sizes.get_runs * sizes.big / 1e9),
+        }
 
 
 def bench_small_gets(servers: dict[str, Server], sizes: Sizes, results: Results) -> None:
@@ -515,11 +541,14 @@ def print_report(results: Results, sizes: Sizes) -> None:
     )
     base_get = results.big_get.get(BASELINE, {}).get("median_mb_s")
     print(f"\n(a) GET {sizes.big // MIB} MiB, curl, median of {sizes.get_runs}")
-    print(f"  {'server':<12} {'MB/s':>8} {'vs ' + BASELINE:>10}   runs")
+    print(f"  {'server':<12} {'MB/s':>8} {'vs ' + BASELINE:>10} {'CPU s/GB':>9}   runs")
     for name, row in results.big_get.items():
         runs = " ".join(f"{r:.0f}" for r in row["runs_mb_s"])
         ratio = _ratio(row["median_mb_s"], base_get)
-        print(f"  {name:<12} {row['median_mb_s']:>8.0f} {_fmt(ratio, '.2f') + 'x':>10}   {runs}")
+        print(
+            f"  {name:<12} {row['median_mb_s']:>8.0f} {_fmt(ratio, '.2f') + 'x':>10} "
+            f"{row['server_cpu_s_per_gb']:>9.3f}   {runs}"
+        )
     base_small = results.small_gets.get(BASELINE, {}).get("req_per_s")
     print(f"\n(b) {SMALL_SIZE // 1024} KiB GETs, wrk -t2 -c16 -d{sizes.wrk_seconds}s")
     print(f"  {'server':<12} {'req/s':>8} {'vs ' + BASELINE:>10} {'p50 ms':>8} {'p99 ms':>8}")
