@@ -47,6 +47,7 @@ bench: venv
 	$(PY) bench/bench_confine.py
 	$(PY) bench/bench_embedded_broker.py
 	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_mountd.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

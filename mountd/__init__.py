@@ -5,10 +5,10 @@ whose bytes are the payload, answered from one snapshot per request (``resources
 through a cache keyed by file identity (``index``); reads of expired archives ask the broker for a refresh
 without waiting for it (``freshness``). In writable mode (``writable``) uploads become archives through
 ``uploads`` (complete bodies only), and WebDAV locks can be shared through Redis (``locks``). ``server``
-assembles the WSGI application and runs cheroot. Archives about to expire are asked for before a reader
-sees them stale (``scheduler``); a web browser gets each folder as a table with every archive's freshness
-(``browser``).
-Who may connect, and whether a request may write, is decided by ``auth`` over a users file (``users``).
+assembles the WSGI application and runs cheroot, whose gateway (``sendfile``) sends payload bodies with
+``os.sendfile``. Archives about to expire are asked for before a reader sees them stale (``scheduler``); a
+web browser gets each folder as a table with every archive's freshness (``browser``). Who may connect, and
+whether a request may write, is decided by ``auth`` over a users file (``users``).
 
 It must never import ``workers`` or ``wasmtime`` (a test checks it): refreshes are sent by task name.
 """
@@ -60,6 +60,7 @@ from mountd.resources import (
     StoreCollection,
 )
 from mountd.scheduler import RefreshScheduler, ScanReport, SchedulerStats
+from mountd.sendfile import PayloadGateway, direct_bytes, gateway_class, offer_payload
 from mountd.server import BLOCK_SIZE, ServerHandle, build_app, serve, serve_background, serve_writable
 from mountd.uploads import UploadSink
 from mountd.users import (
@@ -100,6 +101,7 @@ __all__ = [
     "ListedArchive",
     "NullFreshness",
     "PasswordHash",
+    "PayloadGateway",
     "RedisLockStorage",
     "RefreshScheduler",
     "RequestGuard",
@@ -130,10 +132,13 @@ __all__ = [
     "dav_error",
     "derive_etag",
     "digest_ha1",
+    "direct_bytes",
+    "gateway_class",
     "host_names",
     "is_loopback",
     "load_users",
     "may_write",
+    "offer_payload",
     "on_request_end",
     "parse_users",
     "read_only",

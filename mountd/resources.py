@@ -33,6 +33,7 @@ from wsgidav.dav_provider import DAVCollection, DAVNonCollection  # type: ignore
 from mountd.errors import dav_error, read_only
 from mountd.facts import ArchiveFacts
 from mountd.index import ArchiveIndex, DirectoryListing, ListedArchive
+from mountd.sendfile import offer_payload
 from sync_format import ArchiveError, ArchiveSnapshot, PayloadReader, open_archive
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ class ArchiveResource(_ArchiveFile):
         self.facts = ArchiveFacts.from_snapshot(self.snapshot)
 
     def get_content(self) -> PayloadReader:
-        return self.snapshot.open_payload()
+        return offer_payload(self.environ, self.snapshot.open_payload())
 
     def close(self) -> None:
         """Release the snapshot's fd (readers already handed out stay valid)."""

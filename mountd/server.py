@@ -39,6 +39,7 @@ from mountd.freshness import NullFreshness
 from mountd.index import ArchiveIndex
 from mountd.middleware import ConditionalHeaders, RequestGuard, RequestScope, host_names
 from mountd.provider import FreshnessHook, SyncProvider
+from mountd.sendfile import gateway_class
 from mountd.users import UserTable
 from mountd.writable import DEFAULT_MAX_UPLOAD, WritePolicy
 from sync_format import ArchiveError
@@ -198,6 +199,7 @@ def serve_background(
     lock_storage: Any = True,
     property_store: Path | None = None,
     users: UserTable | None = None,
+    sendfile: bool = True,
 ) -> ServerHandle:
     """Bind and serve on a background thread; return once the socket listens.
 
@@ -211,6 +213,8 @@ def serve_background(
         lock_storage: wsgidav's lock storage (see ``build_app``).
         property_store: Where dead properties persist (see ``build_app``).
         users: The users file; None for anonymous access.
+        sendfile: Send payload bodies with ``os.sendfile`` (``mountd.sendfile``); False copies them in
+            blocks, as over TLS.
 
     Returns:
         The handle; call ``shutdown`` (or use it as a context manager).
@@ -245,6 +249,7 @@ def serve_background(
         shutdown_timeout=SHUTDOWN_TIMEOUT,
     )
     server.expiration_interval = SELECTOR_INTERVAL
+    server.gateway = gateway_class(sendfile=sendfile)
     server.prepare()  # binds and listens: the port is known and connections queue from here on
     bound = server.bind_addr
     thread = threading.Thread(target=server.serve, name="mountd-server", daemon=True)

@@ -1,0 +1,251 @@
+"""Payload bodies sent by the kernel: a cheroot gateway that hands a payload span to ``os.sendfile``.
+
+Why: wsgidav streams a file by looping ``read(block_size)`` and yielding each block through its
+middleware; cheroot then pushes every block through a pure-Python buffered writer that copies it twice
+before ``send`` (``notes/webdav-facts.md``: ~2,100 MB/s at 1 MiB blocks, where ``os.sendfile`` on loopback
+reaches ~5 GB/s). Neither honours ``wsgi.file_wrapper``, and wsgidav's body is a generator, so the reader
+cannot be recognised from the response iterable. Instead the resource *offers* its payload reader in the
+request's environ (``offer_payload``, called by ``ArchiveResource.get_content``) and ``PayloadGateway``, the
+gateway cheroot runs the application with, takes over after the application's first body block: it
+writes that block as cheroot would, checks that the rest of the body is exactly the next bytes of the
+offered reader, sends them straight from the reader's file descriptor, and closes the response iterable
+(wsgidav then closes the reader, the request scope the snapshot).
+
+Invariants:
+    * The direct path is taken only when the response proves the body is one contiguous span of the
+      offered reader: status 200 with ``Content-Length`` equal to the payload size and the reader having
+      read exactly the first block from offset 0, or status 206 whose ``Content-Range`` starts where the
+      reader's first block started and whose length is ``Content-Length``; never with a chunked or encoded
+      body or a ``multipart/*`` one (several ranges are assembled by a middleware, block by block). Any
+      other response is written block by block as cheroot writes it.
+    * Bytes come from the reader's own file descriptor at its own offsets: it holds the inode it was opened
+      on, so a swap during the transfer never mixes old and new bytes, and nothing past the payload's end is
+      ever sent.
+    * ``os.sendfile`` only on a plain TCP or Unix socket; on TLS (an ``ssl.SSLSocket``) or anything that is
+      not a socket the rest is copied in ``COPY_BLOCK`` blocks through ``sendall`` (or cheroot's writer), so
+      the kernel never sends plaintext past a TLS layer. ``sendfile=False`` forces the copy path.
+    * A client that goes away mid-body surfaces as the ``OSError`` cheroot already ignores for that case
+      (EPIPE, ECONNRESET, "timed out"): no traceback, the connection is closed, and the response iterable is
+      closed all the same, releasing the reader's and the snapshot's file descriptors.
+    * A payload that ends early (the file was truncated under us, which we never do) sends what there is,
+      logs it once and closes the connection, so the client sees a short body instead of a hang.
+    * Bytes sent outside the iterable are recorded in the environ (``direct_bytes``), for anything that
+      counts response bytes from what the iterable yields.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import socket
+from typing import Any, ClassVar
+
+from cheroot import wsgi
+
+from sync_format import PayloadReader
+
+log = logging.getLogger(__name__)
+
+#: Environ key of the payload reader a resource offers as its response body.
+PAYLOAD_KEY = "sync.sendfile.payload"
+#: Environ key of the number of body bytes this gateway sent outside the response iterable.
+DIRECT_BYTES_KEY = "sync.sendfile.direct_bytes"
+#: Bytes per read and ``sendall`` on the copy path (TLS, non-sockets, ``sendfile=False``): the block size
+#: the measurements found fastest for Python-level copies.
+COPY_BLOCK = 1024 * 1024
+#: Largest count asked of one ``os.sendfile`` call (Linux moves at most 0x7ffff000 bytes per call anyway;
+#: a non-blocking socket takes what fits in its buffer and the loop asks again).
+SENDFILE_MAX = 1 << 30
+#: Statuses whose body may be a payload span.
+SPAN_STATUSES = (200, 206)
+
+
+def offer_payload(environ: dict[str, Any], reader: PayloadReader) -> PayloadReader:
+    """Offer ``reader`` as the source of this request's response body; return it unchanged.
+
+    The gateway uses it only when the response it sees proves the body is a span of this reader (see the
+    module's invariants); offering a reader that ends up unused, or read differently, is harmless.
+
+    Args:
+        environ: The request's WSGI environ.
+        reader: The payload reader the response body is read from.
+
+    Returns:
+        ``reader``.
+    """
+    environ[PAYLOAD_KEY] = reader
+    return reader
+
+
+def direct_bytes(environ: dict[str, Any]) -> int:
+    """Body bytes of this request's response sent by the gateway outside the WSGI iterable.
+
+    The full body is what the iterable yielded plus this; it is final once the iterable is closed.
+
+    Args:
+        environ: The request's WSGI environ.
+
+    Returns:
+        The byte count; 0 when the whole body went through the iterable.
+    """
+    sent = environ.get(DIRECT_BYTES_KEY, 0)
+    return sent if isinstance(sent, int) else 0
+
+
+class PayloadGateway(wsgi.Gateway_10):
+    """cheroot's WSGI 1.0 gateway, sending payload spans with ``os.sendfile`` (see the module docstring).
+
+    cheroot instantiates the gateway per request with the request only, so the choice of path is a class
+    attribute; ``gateway_class`` picks the class.
+    """
+
+    #: Whether plain sockets get ``os.sendfile``; False copies in ``COPY_BLOCK`` blocks instead.
+    use_sendfile: ClassVar[bool] = True
+
+    def respond(self) -> None:
+        """Run the application and send its response, taking payload spans off the iterable."""
+        response = self.req.server.wsgi_app(self.env, self.start_response)
+        try:
+            first = True
+            for chunk in response:
+                if not chunk:
+                    continue
+                if not isinstance(chunk, bytes):
+                    raise TypeError("WSGI applications must yield bytes")
+                self.write(chunk)
+                if first:
+                    first = False
+                    if self._send_payload_rest(len(chunk)):
+                        break
+        finally:
+            self.req.ensure_headers_sent()
+            close = getattr(response, "close", None)
+            if close is not None:
+                close()
+
+    def _send_payload_rest(self, written: int) -> bool:
+        """Send the rest of the body from the offered reader when it is a span of it; True when done."""
+        reader = self.env.get(PAYLOAD_KEY)
+        length = self.remaining_bytes_out  # cheroot keeps the declared Content-Length here
+        if not isinstance(reader, PayloadReader) or reader.closed or self.req.chunked_write:
+            return False
+        if length is None or length <= written or not self._is_span(reader, written, length):
+            return False
+        position = reader.tell()
+        count = length - written
+        sock = self.req.conn.socket
+        # Exactly socket.socket: an ssl.SSLSocket is a subclass whose fd carries TLS records.
+        via_sendfile = self.use_sendfile and type(sock) is socket.socket
+        log.debug(
+            "payload span sending path=%s via=%s position=%d bytes=%d",
+            self.env.get("PATH_INFO"),
+            "sendfile" if via_sendfile else "copy",
+            position,
+            count,
+        )
+        if via_sendfile:
+            fd, offset, _ = reader.span
+            sent = _sendfile(sock, fd, offset + position, count)
+        else:
+            sent = self._copy(reader, count, sock)
+        reader.seek(position + sent)  # os.sendfile does not move the reader; the copy already did
+        self.env[DIRECT_BYTES_KEY] = sent
+        if sent < count:
+            log.warning(
+                "payload ended early path=%s sent=%d expected=%d", self.env.get("PATH_INFO"), sent, count
+            )
+            self.req.close_connection = True
+        return True
+
+    def _is_span(self, reader: PayloadReader, written: int, length: int) -> bool:
+        """Whether the body is ``length`` bytes of ``reader`` whose first ``written`` were just read."""
+        status = int(self.req.status[:3])
+        headers = {key.lower(): value for key, value in self.req.outheaders}
+        if status not in SPAN_STATUSES or b"content-encoding" in headers:
+            return False
+        if headers.get(b"content-type", b"").lower().startswith(b"multipart/"):
+            return False
+        start = reader.tell() - written
+        if status == 200:
+            return start == 0 and length == reader.size
+        first, last, total = _content_range(headers.get(b"content-range", b""))
+        return first == start and last - first + 1 == length and total == reader.size
+
+    def _copy(self, reader: PayloadReader, count: int, sock: object) -> int:
+        """The copy path: ``COPY_BLOCK`` reads into one buffer, each sent with ``sendall`` when possible."""
+        buffer = bytearray(min(COPY_BLOCK, count))
+        view = memoryview(buffer)
+        sent = 0
+        while sent < count:
+            got = reader.readinto(view[: min(len(buffer), count - sent)])
+            if got == 0:
+                break
+            if isinstance(sock, socket.socket):
+                sock.sendall(view[:got])
+            else:
+                self.req.write(bytes(view[:got]))
+            sent += got
+        return sent
+
+
+class CopyingPayloadGateway(PayloadGateway):
+    """``PayloadGateway`` that never uses ``os.sendfile`` (the TLS path, forced)."""
+
+    use_sendfile: ClassVar[bool] = False
+
+
+def gateway_class(*, sendfile: bool = True) -> type[PayloadGateway]:
+    """The gateway for ``cheroot.wsgi.Server.gateway``.
+
+    Args:
+        sendfile: Use ``os.sendfile`` for payload spans on plain sockets; False copies them in blocks.
+
+    Returns:
+        ``PayloadGateway`` or ``CopyingPayloadGateway``.
+    """
+    return PayloadGateway if sendfile else CopyingPayloadGateway
+
+
+def _content_range(value: bytes) -> tuple[int, int, int]:
+    """``(first, last, total)`` of ``bytes first-last/total``; ``(-1, -1, -1)`` when it is not that."""
+    unit, _, spec = value.partition(b" ")
+    span, _, total = spec.partition(b"/")
+    first, _, last = span.partition(b"-")
+    if unit.strip().lower() != b"bytes":
+        return -1, -1, -1
+    try:
+        return int(first), int(last), int(total)
+    except ValueError:
+        return -1, -1, -1
+
+
+def _sendfile(sock: socket.socket, fd: int, offset: int, count: int) -> int:
+    """Send ``count`` bytes of ``fd`` from ``offset``; return the bytes sent (fewer only at end of file).
+
+    cheroot's sockets have a timeout and so are non-blocking underneath: when the send buffer is full the
+    loop waits for it with ``poll`` for at most that timeout, as ``socket.sendall`` would.
+
+    Raises:
+        TimeoutError: The client read nothing for the socket's timeout.
+        OSError: The connection broke (EPIPE, ECONNRESET).
+    """
+    sock_fd = sock.fileno()
+    timeout = sock.gettimeout()
+    wait_ms = None if timeout is None else int(timeout * 1000)
+    poller: select.poll | None = None
+    sent = 0
+    while sent < count:
+        try:
+            n = os.sendfile(sock_fd, fd, offset + sent, min(count - sent, SENDFILE_MAX))
+        except BlockingIOError:
+            if poller is None:
+                poller = select.poll()
+                poller.register(sock_fd, select.POLLOUT)
+            if not poller.poll(wait_ms):
+                raise TimeoutError("timed out") from None  # cheroot ignores exactly this text
+            continue
+        if n == 0:
+            break
+        sent += n
+    return sent

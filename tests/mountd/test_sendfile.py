@@ -1,0 +1,284 @@
+"""The payload write path (``mountd.sendfile``): exact bodies over sendfile and the copy path, HTTP intact.
+
+Every test runs against a real server from ``serve_background`` on a free port, once with ``os.sendfile``
+and once with the copy path forced (``sendfile=False``, what TLS gets), through real sockets. Which path
+carried a body is read from the gateway's debug log.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+import re
+import socket
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import pytest
+from recording_hook import RecordingHook
+from redis_server import wait_for
+
+from broker import Settings
+from mountd import BLOCK_SIZE, ServerHandle, direct_bytes, serve_background
+from sync_format import BuildResult, commit_payload
+
+AddArchive = Callable[..., BuildResult]
+#: Larger than one 1 MiB application block, so the gateway takes over the rest of the body.
+BIG = os.urandom(5 * 1024 * 1024 + 12345)
+#: Large enough that the kernel's socket buffers cannot hold the rest of the body when the swap happens.
+HUGE_MIB = 32
+#: Receive buffer of the slow client in the swap test, in bytes.
+SLOW_RCVBUF = 64 * 1024
+LOGGER = "mountd.sendfile"
+
+
+@pytest.fixture(params=[True, False], ids=["sendfile", "copy"])
+def sendfile(request: pytest.FixtureRequest) -> bool:
+    """Whether the server uses ``os.sendfile`` (False forces the copy path)."""
+    value: bool = request.param
+    return value
+
+
+@pytest.fixture
+def payload_server(store: Path, hook: RecordingHook, sendfile: bool) -> Iterator[ServerHandle]:
+    """mountd over ``store`` with the payload path chosen by ``sendfile``."""
+    with serve_background(Settings(host="127.0.0.1", port=0), store, hook, sendfile=sendfile) as handle:
+        yield handle
+
+
+@pytest.fixture
+def big(add_archive: AddArchive) -> bytes:
+    """``/big.txt`` holds ``BIG``."""
+    add_archive("big.txt.sync", BIG)
+    return BIG
+
+
+def _connect(handle: ServerHandle) -> http.client.HTTPConnection:
+    return http.client.HTTPConnection(handle.host, handle.port, timeout=30)
+
+
+def _via(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [m.group(1) for r in caplog.records if (m := re.search(r" via=(\w+)", r.getMessage()))]
+
+
+def _expected_via(sendfile: bool) -> str:
+    return "sendfile" if sendfile else "copy"
+
+
+def test_big_get_is_byte_exact_on_the_chosen_path(
+    big: bytes, payload_server: ServerHandle, sendfile: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A multi-MiB GET answers exactly the payload with its Content-Length, sent by the chosen path."""
+    conn = _connect(payload_server)
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        conn.request("GET", "/big.txt")
+        resp = conn.getresponse()
+        body = resp.read()
+    conn.close()
+    assert resp.status == 200
+    assert resp.getheader("Content-Length") == str(len(big))
+    assert body == big
+    assert _via(caplog) == [_expected_via(sendfile)]
+
+
+@pytest.mark.parametrize(
+    ("spec", "first", "last"),
+    [
+        ("bytes=1000-3000999", 1000, 3000999),
+        ("bytes=-2500000", len(BIG) - 2500000, len(BIG) - 1),
+        ("bytes=4000000-", 4000000, len(BIG) - 1),
+        ("bytes=10-20", 10, 20),
+    ],
+    ids=["middle", "suffix", "open-ended", "small"],
+)
+def test_single_range_is_byte_exact(
+    big: bytes,
+    payload_server: ServerHandle,
+    sendfile: bool,
+    caplog: pytest.LogCaptureFixture,
+    spec: str,
+    first: int,
+    last: int,
+) -> None:
+    """A single Range answers 206 with exactly that slice; slices beyond one block take the fast path."""
+    conn = _connect(payload_server)
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        conn.request("GET", "/big.txt", headers={"Range": spec})
+        resp = conn.getresponse()
+        body = resp.read()
+    conn.close()
+    assert resp.status == 206
+    assert resp.getheader("Content-Range") == f"bytes {first}-{last}/{len(big)}"
+    assert resp.getheader("Content-Length") == str(last - first + 1)
+    assert body == big[first : last + 1]
+    assert _via(caplog) == ([_expected_via(sendfile)] if last - first + 1 > BLOCK_SIZE else [])
+
+
+def _ranges_answered(resp: http.client.HTTPResponse, body: bytes) -> list[tuple[int, int, bytes]]:
+    """The (first, last, bytes) parts of a 206, single-part or multipart/byteranges."""
+    content_type = resp.getheader("Content-Type") or ""
+    if not content_type.startswith("multipart/byteranges"):
+        found = re.fullmatch(r"bytes (\d+)-(\d+)/\d+", resp.getheader("Content-Range") or "")
+        assert found is not None
+        return [(int(found.group(1)), int(found.group(2)), body)]
+    boundary = content_type.split("boundary=", 1)[1].strip('"').encode()
+    parts = []
+    for raw in body.split(b"--" + boundary)[1:-1]:
+        head, _, data = raw.partition(b"\r\n\r\n")
+        found = re.search(rb"Content-Range: bytes (\d+)-(\d+)/\d+", head, re.IGNORECASE)
+        assert found is not None
+        parts.append((int(found.group(1)), int(found.group(2)), data[:-2]))
+    return parts
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["bytes=0-9,2000000-2999999", "bytes=100-2000000,3000000-3000100"],
+    ids=["small-first", "big-first"],
+)
+def test_several_ranges_answer_exact_parts(big: bytes, payload_server: ServerHandle, spec: str) -> None:
+    """Several ranges answer 206 whose every part (one, or multipart) is exactly the slice it names."""
+    conn = _connect(payload_server)
+    conn.request("GET", "/big.txt", headers={"Range": spec})
+    resp = conn.getresponse()
+    body = resp.read()
+    assert resp.status == 206
+    parts = _ranges_answered(resp, body)
+    assert parts
+    for first, last, data in parts:
+        assert data == big[first : last + 1]
+    conn.request("GET", "/big.txt", headers={"Range": "bytes=0-3"})  # the connection is still in step
+    assert conn.getresponse().read() == big[:4]
+    conn.close()
+
+
+def test_head_sends_headers_only_and_keeps_the_connection(big: bytes, payload_server: ServerHandle) -> None:
+    """HEAD answers the GET's headers without a body, and the same connection then serves a GET."""
+    conn = _connect(payload_server)
+    conn.request("HEAD", "/big.txt")
+    head = conn.getresponse()
+    assert head.read() == b""
+    assert head.status == 200
+    assert head.getheader("Content-Length") == str(len(big))
+    sock = conn.sock
+    conn.request("GET", "/big.txt")
+    assert conn.getresponse().read() == big
+    assert conn.sock is sock
+    conn.close()
+
+
+def test_keep_alive_serves_a_second_request_after_a_big_body(
+    big: bytes, payload_server: ServerHandle
+) -> None:
+    """After a body sent by the fast path the connection stays open and in step for the next requests."""
+    conn = _connect(payload_server)
+    conn.request("GET", "/big.txt")
+    first = conn.getresponse()
+    assert first.read() == big
+    assert not first.will_close
+    sock = conn.sock
+    conn.request("GET", "/big.txt", headers={"Range": "bytes=1048576-3145727"})
+    assert conn.getresponse().read() == big[1048576:3145728]
+    conn.request("GET", "/big.txt")
+    assert conn.getresponse().read() == big
+    assert conn.sock is sock
+    conn.close()
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_client_gone_mid_body_closes_quietly_and_releases_the_files(
+    add_archive: AddArchive,
+    payload_server: ServerHandle,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client that resets mid-body costs no traceback, leaks no fd, and the server serves the next GET."""
+    huge = os.urandom(HUGE_MIB * 1024 * 1024)
+    add_archive("huge.txt.sync", huge)
+    conn = _connect(payload_server)
+    conn.request("GET", "/huge.txt")
+    assert conn.getresponse().read() == huge  # warm: the server's threads and caches exist before counting
+    conn.close()
+    baseline = _open_fds()
+    for _ in range(3):
+        sock = socket.create_connection((payload_server.host, payload_server.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_RCVBUF)
+        sock.sendall(f"GET /huge.txt HTTP/1.1\r\nHost: 127.0.0.1:{payload_server.port}\r\n\r\n".encode())
+        assert sock.recv(65536)
+        # SO_LINGER 0: close with a reset, as a killed client does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()
+    wait_for(lambda: _open_fds() <= baseline, 10, what="the server released the aborted requests' fds")
+    conn = _connect(payload_server)
+    conn.request("GET", "/huge.txt")
+    assert conn.getresponse().read() == huge
+    conn.close()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("mountd")]
+
+
+def test_swap_during_a_slow_download_sends_only_old_bytes(
+    add_archive: AddArchive, store: Path, payload_server: ServerHandle
+) -> None:
+    """A swap committed while a slow client is mid-body leaves that body entirely old; the next GET is new."""
+    old = os.urandom(HUGE_MIB * 1024 * 1024)
+    new = os.urandom(2 * 1024 * 1024)
+    add_archive("huge.txt.sync", old)
+    sock = socket.create_connection((payload_server.host, payload_server.port), timeout=30)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_RCVBUF)
+    sock.sendall(f"GET /huge.txt HTTP/1.1\r\nHost: 127.0.0.1:{payload_server.port}\r\n\r\n".encode())
+    reader = sock.makefile("rb")
+    try:
+        status = reader.readline()
+        assert status.startswith(b"HTTP/1.1 200")
+        while reader.readline() not in (b"\r\n", b""):
+            pass
+        head = reader.read(2 * 1024 * 1024)
+        commit_payload(store / "huge.txt.sync", 0, new)
+        rest = reader.read(len(old) - len(head))
+    finally:
+        reader.close()
+        sock.close()
+    assert head + rest == old
+    conn = _connect(payload_server)
+    conn.request("GET", "/huge.txt")
+    assert conn.getresponse().read() == new
+    conn.close()
+
+
+class _CountingApp:
+    """A WSGI wrapper recording each response's ``direct_bytes`` when it is closed, as byte counters do."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+        self.direct: list[int] = []
+
+    def __call__(self, environ: dict[str, object], start_response: Callable[..., object]) -> Iterator[bytes]:
+        result = self.app(environ, start_response)
+        try:
+            yield from result
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+            self.direct.append(direct_bytes(environ))
+
+
+def test_bytes_sent_past_the_iterable_are_reported(big: bytes, payload_server: ServerHandle) -> None:
+    """What the gateway sends outside the WSGI iterable is what ``direct_bytes`` reports to a wrapper."""
+    guard = payload_server.app
+    counting = _CountingApp(guard.app)
+    guard.app = counting
+    conn = _connect(payload_server)
+    conn.request("GET", "/big.txt")
+    assert conn.getresponse().read() == big
+    conn.request("GET", "/big.txt", headers={"Range": "bytes=0-99"})
+    assert conn.getresponse().read() == big[:100]
+    conn.close()
+    wait_for(lambda: len(counting.direct) == 2, 10, what="both responses closed")
+    assert counting.direct == [len(big) - BLOCK_SIZE, 0]
