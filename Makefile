@@ -42,12 +42,9 @@ test: system-deps lint typecheck
 demo: venv
 	$(PY) -m syncctl demo
 
+# Runs every benchmark in bench/ and writes their figures, and the machine's, to docs/benchmarks.md.
 bench: venv
-	$(PY) bench/bench_format.py
-	$(PY) bench/bench_confine.py
-	$(PY) bench/bench_embedded_broker.py
-	$(PY) bench/bench_pipeline.py
-	$(PY) bench/bench_mountd.py
+	$(PY) bench/report.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
