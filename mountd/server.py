@@ -33,7 +33,9 @@ from wsgidav.wsgidav_app import WsgiDAVApp  # type: ignore[import-untyped]
 from broker import Settings
 from mountd.freshness import NullFreshness
 from mountd.index import ArchiveIndex
+from mountd.metrics import CountingFreshness, MountdMetrics
 from mountd.middleware import ConditionalHeaders, RequestGuard, RequestScope, host_names
+from mountd.ops import OpsEndpoints, health_check
 from mountd.provider import FreshnessHook, SyncProvider
 from sync_format import ArchiveError
 
@@ -75,12 +77,14 @@ def build_app(
             public address).
 
     Returns:
-        ``RequestGuard`` → ``ConditionalHeaders`` → ``RequestScope`` → wsgidav's ``WsgiDAVApp``.
+        ``RequestGuard`` → ``OpsEndpoints`` → ``ConditionalHeaders`` → ``RequestScope`` → wsgidav's
+        ``WsgiDAVApp``.
 
     Raises:
         ArchiveError: ``store`` is neither a directory nor a file.
     """
-    provider = SyncProvider(store, freshness, index=index)
+    metrics = MountdMetrics(freshness)
+    provider = SyncProvider(store, CountingFreshness(freshness, metrics), index=index)
     config: dict[str, Any] = {
         "provider_mapping": {"/": provider},
         "block_size": BLOCK_SIZE,
@@ -97,7 +101,8 @@ def build_app(
     # wsgidav logs "Share '/' will allow anonymous write access" here because SyncProvider.is_readonly() is
     # False (so that LOCK works); the resources refuse every write with 403 all the same.
     dav = WsgiDAVApp(config)
-    return RequestGuard(ConditionalHeaders(RequestScope(dav)), host_names(settings.host, allowed_hosts))
+    ops = OpsEndpoints(ConditionalHeaders(RequestScope(dav)), metrics, health_check(store, freshness))
+    return RequestGuard(ops, host_names(settings.host, allowed_hosts))
 
 
 def _suppress_version_info() -> None:
@@ -132,12 +137,10 @@ class ServerHandle:
     @property
     def provider(self) -> SyncProvider:
         """The provider serving the store."""
-        conditional = self.app.app
-        assert isinstance(conditional, ConditionalHeaders)
-        scope = conditional.app
-        assert isinstance(scope, RequestScope)
-        dav: Any = scope.app  # WsgiDAVApp
-        provider: SyncProvider = dav.provider_map["/"]
+        app: Any = self.app
+        while not hasattr(app, "provider_map"):  # down the middleware chain to wsgidav's WsgiDAVApp
+            app = app.app
+        provider: SyncProvider = app.provider_map["/"]
         return provider
 
     def shutdown(self) -> None:
