@@ -123,6 +123,9 @@ def configure_logging(verbosity: int, log_format: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(make_formatter(log_format))
     logging.basicConfig(level=level, handlers=[handler])
+    if log_format == "json":
+        # Python warnings go to stderr as multi-line text unless they are log records.
+        logging.captureWarnings(True)
 
 
 def use_formatter(logger: logging.Logger, log_format: str) -> None:
@@ -134,3 +137,18 @@ def use_formatter(logger: logging.Logger, log_format: str) -> None:
     """
     for handler in logger.handlers:
         handler.setFormatter(make_formatter(log_format))
+
+
+def announce(line: str, log_format: str) -> None:
+    """Write a line a command always shows on stderr, whatever the log level, in the log format.
+
+    Args:
+        line: The text.
+        log_format: ``text`` (written as is) or ``json`` (one object, level INFO, logger ``syncctl``).
+    """
+    if log_format == "json":
+        record = logging.makeLogRecord({"name": "syncctl", "levelno": logging.INFO, "levelname": "INFO"})
+        record.msg = line
+        line = JsonFormatter().format(record)
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
