@@ -27,15 +27,25 @@ WATCH_INTERVAL = 1.0
 
 
 class LocalWorkers:
-    """One supervised ``syncctl worker`` process with ``concurrency`` pool processes."""
+    """One supervised ``syncctl worker`` process with ``concurrency`` pool processes, logging in
+    ``log_format`` like the command that started it."""
 
     def __init__(
-        self, *, store: Path, broker_url: str, cache_dir: Path, concurrency: int, sandbox: str
+        self,
+        *,
+        store: Path,
+        broker_url: str,
+        cache_dir: Path,
+        concurrency: int,
+        sandbox: str,
+        log_format: str = "text",
     ) -> None:
         self._argv = [
             sys.executable,
             "-m",
             "syncctl",
+            "--log-format",
+            log_format,
             "worker",
             "--store",
             str(store),

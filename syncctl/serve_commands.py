@@ -91,6 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 cache_dir=settings.cache_dir,
                 concurrency=workers_wanted,
                 sandbox=settings.sandbox,
+                log_format=getattr(args, "log_format", "text"),
             ).start()
 
         def ready(handle: ServerHandle) -> Any:

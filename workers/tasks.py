@@ -6,8 +6,9 @@ token and a runner id of this execution (a claim held by another request means s
 runner of this request a duplicate delivery: both drop out); mark the status running; run the refresh with
 a heartbeat that keeps the claim alive; write the status record; publish "swapped" on commit; then either
 schedule a retry (transient failures, ``workers.outcomes``; the claim is kept for it) or release the claim,
-recording jobs that gave up in the failed list. The guest runtime (engine, module cache, seccomp program)
-is built lazily once per pool process, after Celery forked it.
+recording jobs that gave up in the failed list. Each delivery is recorded once in the worker's metrics
+(``workers.metrics``) as soon as its outcome is known. The guest runtime (engine, module cache, seccomp
+program) and the metrics are built lazily once per pool process, after Celery forked it.
 """
 
 from __future__ import annotations
