@@ -27,10 +27,22 @@ MAX_GUEST_TIMEOUT = 600.0
 #: Largest payload a guest may produce, in bytes.
 DEFAULT_MAX_PAYLOAD = 256 * 1024 * 1024
 
+#: Port of a worker's metrics and health endpoint: 0 means no endpoint.
+DEFAULT_METRICS_PORT = 0
+#: Address a worker's metrics endpoint binds: loopback only (a container passes 0.0.0.0).
+DEFAULT_METRICS_HOST = "127.0.0.1"
+#: Log line format when none is given.
+DEFAULT_LOG_FORMAT = "text"
+
 SANDBOX_MODES = ("strict", "permissive")
 #: Spellings of a boolean in the environment.
 _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+#: ``text``: ``LEVEL logger: message`` lines; ``json``: one JSON object per line.
+LOG_FORMATS = ("text", "json")
+#: Environment variable of the log format (read by ``log_format``, before any command builds settings).
+LOG_FORMAT_ENV = "SYNC_LOG_FORMAT"
 
 _ENV = {
     "store": "SYNC_STORE",
@@ -41,6 +53,8 @@ _ENV = {
     "cache_dir": "SYNC_CACHE_DIR",
     "sandbox": "SYNC_SANDBOX",
     "allow_anonymous": "SYNC_ALLOW_ANONYMOUS",
+    "metrics_port": "SYNC_METRICS_PORT",
+    "metrics_host": "SYNC_METRICS_HOST",
 }
 
 
@@ -72,6 +86,8 @@ class Settings:
         max_payload_size: Largest payload a guest may produce, in bytes.
         allow_anonymous: Let mountd serve a non-loopback address without a users file (anonymous requests
             are then read-only); see ``mountd.auth``.
+        metrics_port: Port of a worker's ``/metrics`` and ``/health`` endpoint; 0 turns it off.
+        metrics_host: Address that endpoint binds.
     """
 
     store: Path | None = None
@@ -85,14 +101,17 @@ class Settings:
     max_guest_timeout: float = MAX_GUEST_TIMEOUT
     max_payload_size: int = DEFAULT_MAX_PAYLOAD
     allow_anonymous: bool = False
+    metrics_port: int = DEFAULT_METRICS_PORT
+    metrics_host: str = DEFAULT_METRICS_HOST
 
     def __post_init__(self) -> None:
         if self.sandbox not in SANDBOX_MODES:
             raise SettingsError(
                 f"SYNC_SANDBOX must be one of {', '.join(SANDBOX_MODES)}, not {self.sandbox!r}"
             )
-        if not 0 <= self.port <= 65535:
-            raise SettingsError(f"port {self.port} is out of range")
+        for name in ("port", "metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise SettingsError(f"{name} {getattr(self, name)} is out of range")
 
     @classmethod
     def from_env(
@@ -121,6 +140,29 @@ class Settings:
         return cls(**_coerce(values))
 
 
+def log_format(flag: str | None = None, env: Mapping[str, str] | None = None) -> str:
+    """The log line format: the flag, else ``SYNC_LOG_FORMAT``, else ``text``.
+
+    Separate from ``Settings`` because logging is set up before a command builds its settings (and for
+    commands that build none).
+
+    Args:
+        flag: The ``--log-format`` value, or None.
+        env: The environment to read; ``os.environ`` when None.
+
+    Returns:
+        One of ``LOG_FORMATS``.
+
+    Raises:
+        SettingsError: The value is not one of ``LOG_FORMATS``.
+    """
+    source = os.environ if env is None else env
+    value = flag or source.get(LOG_FORMAT_ENV) or DEFAULT_LOG_FORMAT
+    if value not in LOG_FORMATS:
+        raise SettingsError(f"{LOG_FORMAT_ENV} must be one of {', '.join(LOG_FORMATS)}, not {value!r}")
+    return value
+
+
 def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
     known = {f.name for f in fields(Settings)}
     unknown = set(values) - known
@@ -133,7 +175,7 @@ def _coerce_one(name: str, value: Any) -> Any:
     try:
         if name in ("store", "cache_dir") and value is not None:
             return Path(value)
-        if name in ("port", "max_payload_size"):
+        if name in ("port", "max_payload_size", "metrics_port"):
             return int(value)
         if name in ("guest_timeout", "max_guest_timeout"):
             return float(value)

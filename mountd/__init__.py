@@ -8,7 +8,8 @@ without waiting for it (``freshness``). In writable mode (``writable``) uploads 
 assembles the WSGI application and runs cheroot, whose gateway (``sendfile``) sends payload bodies with
 ``os.sendfile``. Archives about to expire are asked for before a reader sees them stale (``scheduler``); a
 web browser gets each folder as a table with every archive's freshness (``browser``). Who may connect, and
-whether a request may write, is decided by ``auth`` over a users file (``users``).
+whether a request may write, is decided by ``auth`` over a users file (``users``). Health and Prometheus
+metrics are answered under ``/.well-known/sync/`` (``ops``, ``metrics``).
 
 It must never import ``workers`` or ``wasmtime`` (a test checks it): refreshes are sent by task name.
 """
@@ -45,7 +46,9 @@ from mountd.index import (
     Unreadable,
 )
 from mountd.locks import RedisLockStorage
+from mountd.metrics import CountingFreshness, MountdMetrics, record_bytes
 from mountd.middleware import RequestGuard, RequestScope, host_names, on_request_end
+from mountd.ops import HEALTH_PATH, METRICS_PATH, Health, OpsEndpoints, check_health
 from mountd.provider import FreshnessHook, SyncProvider
 from mountd.resources import (
     PROP_EXPIRED,
@@ -79,6 +82,8 @@ from mountd.writable import DEFAULT_MAX_UPLOAD, WritableArchiveResource, Writabl
 __all__ = [
     "BLOCK_SIZE",
     "DEFAULT_MAX_UPLOAD",
+    "HEALTH_PATH",
+    "METRICS_PATH",
     "PROP_EXPIRED",
     "PROP_EXPIRES_AT",
     "PROP_GENERATION",
@@ -91,15 +96,19 @@ __all__ = [
     "ArchiveResource",
     "BrokerFreshness",
     "BrowserView",
+    "CountingFreshness",
     "DirectoryEntries",
     "DirectoryListing",
     "FreshnessCounts",
     "FreshnessHook",
+    "Health",
     "IncompleteUpload",
     "IndexStats",
     "IndexedArchiveResource",
     "ListedArchive",
+    "MountdMetrics",
     "NullFreshness",
+    "OpsEndpoints",
     "PasswordHash",
     "PayloadGateway",
     "RedisLockStorage",
@@ -129,6 +138,7 @@ __all__ = [
     "add_user",
     "auth_config",
     "build_app",
+    "check_health",
     "dav_error",
     "derive_etag",
     "digest_ha1",
@@ -142,6 +152,7 @@ __all__ = [
     "on_request_end",
     "parse_users",
     "read_only",
+    "record_bytes",
     "remove_user",
     "role_of",
     "serve",

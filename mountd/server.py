@@ -37,7 +37,9 @@ from mountd.auth import auth_config
 from mountd.browser import middleware_stack
 from mountd.freshness import NullFreshness
 from mountd.index import ArchiveIndex
+from mountd.metrics import CountingFreshness, MountdMetrics
 from mountd.middleware import ConditionalHeaders, RequestGuard, RequestScope, host_names
+from mountd.ops import OpsEndpoints, health_check
 from mountd.provider import FreshnessHook, SyncProvider
 from mountd.sendfile import gateway_class
 from mountd.users import UserTable
@@ -91,14 +93,16 @@ def build_app(
         users: The users file; None for anonymous access (see ``mountd.auth`` for who gets which role).
 
     Returns:
-        ``RequestGuard`` → ``ConditionalHeaders`` → ``RequestScope`` → wsgidav's ``WsgiDAVApp``.
+        ``RequestGuard`` → ``OpsEndpoints`` → ``ConditionalHeaders`` → ``RequestScope`` → wsgidav's
+        ``WsgiDAVApp``.
 
     Raises:
         ArchiveError: ``store`` is neither a directory nor a file.
         SettingsError: A non-loopback host without users and without ``settings.allow_anonymous``.
         UsersFileError: ``users`` has no users.
     """
-    provider = SyncProvider(store, freshness, index=index, writable=writable)
+    metrics = MountdMetrics(freshness)
+    provider = SyncProvider(store, CountingFreshness(freshness, metrics), index=index, writable=writable)
     config: dict[str, Any] = {
         "provider_mapping": {"/": provider},
         "block_size": BLOCK_SIZE,
@@ -115,7 +119,8 @@ def build_app(
     # wsgidav logs "Share '/' will allow anonymous write access" here because SyncProvider.is_readonly() is
     # False (so that LOCK works); in read-only mode the resources refuse every write with 403 all the same.
     dav = WsgiDAVApp(config)
-    return RequestGuard(ConditionalHeaders(RequestScope(dav)), host_names(settings.host, allowed_hosts))
+    ops = OpsEndpoints(ConditionalHeaders(RequestScope(dav)), metrics, health_check(store, freshness))
+    return RequestGuard(ops, host_names(settings.host, allowed_hosts))
 
 
 def _property_manager(path: Path | None) -> Any:
@@ -162,12 +167,10 @@ class ServerHandle:
     @property
     def provider(self) -> SyncProvider:
         """The provider serving the store."""
-        conditional = self.app.app
-        assert isinstance(conditional, ConditionalHeaders)
-        scope = conditional.app
-        assert isinstance(scope, RequestScope)
-        dav: Any = scope.app  # WsgiDAVApp
-        provider: SyncProvider = dav.provider_map["/"]
+        app: Any = self.app
+        while not hasattr(app, "provider_map"):  # down the middleware chain to wsgidav's WsgiDAVApp
+            app = app.app
+        provider: SyncProvider = app.provider_map["/"]
         return provider
 
     def shutdown(self) -> None:

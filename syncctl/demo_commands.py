@@ -115,6 +115,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 _say(f"refresh workers log to {built.worker_log}\n")
                 _say("Ctrl-C stops the server, the workers, the broker and the source.\n")
 
-            return serve_store(settings, built.store, worker_log=built.worker_log, on_ready=ready)
+            return serve_store(
+                settings,
+                built.store,
+                worker_log=built.worker_log,
+                on_ready=ready,
+                log_format=args.log_format,
+            )
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -28,7 +28,8 @@ WATCH_INTERVAL = 1.0
 
 
 class LocalWorkers:
-    """One supervised ``syncctl worker`` process with ``concurrency`` pool processes."""
+    """One supervised ``syncctl worker`` process with ``concurrency`` pool processes, logging in
+    ``log_format`` like the command that started it, to ``log`` (a file) or to this process's output."""
 
     def __init__(
         self,
@@ -39,11 +40,14 @@ class LocalWorkers:
         concurrency: int,
         sandbox: str,
         log: Path | None = None,
+        log_format: str = "text",
     ) -> None:
         self._argv = [
             sys.executable,
             "-m",
             "syncctl",
+            "--log-format",
+            log_format,
             "worker",
             "--store",
             str(store),

@@ -10,7 +10,6 @@ their subcommands through a ``register(subparsers, common)`` function; each subc
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from syncctl import (
     service_commands,
     user_commands,
 )
+from syncctl.log_format import configure_logging
 
 #: Exit status when the input is invalid or the operation failed (usage errors are argparse's 2).
 EXIT_FAILURE = 1
@@ -30,7 +30,7 @@ EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
 
 _DISTRIBUTION = "sync-archives"
-_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+_LOG_FORMAT_HELP = "log lines as text or one JSON object each (SYNC_LOG_FORMAT, default text)"
 
 
 def _version() -> str:
@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="log more (-v: info, -vv: debug) on stderr",
     )
+    common.add_argument(
+        "--log-format", choices=("text", "json"), default=argparse.SUPPRESS, help=_LOG_FORMAT_HELP
+    )
     parser = argparse.ArgumentParser(
         prog="syncctl",
         description="Build, inspect, verify and unpack self-updating .sync data archives.",
@@ -66,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="log more (-v: info, -vv: debug) on stderr"
     )
+    parser.add_argument("--log-format", choices=("text", "json"), default=None, help=_LOG_FORMAT_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     archive_commands.register(subparsers, common)
     guest_commands.register(subparsers, common)
@@ -74,11 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo_commands.register(subparsers, common)
     user_commands.register(subparsers, common)
     return parser
-
-
-def _configure_logging(verbosity: int) -> None:
-    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format=_LOG_FORMAT, stream=sys.stderr)
 
 
 def _one_line(text: str) -> str:
@@ -116,9 +115,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status (argparse exits with 2 itself on usage errors).
     """
     args = build_parser().parse_args(argv)
-    _configure_logging(args.verbose)
+    from broker.settings import log_format
     from sync_format.errors import SyncError
 
+    try:
+        args.log_format = log_format(args.log_format)
+    except SyncError as exc:
+        return _fail(str(exc))
+    configure_logging(args.verbose, args.log_format)
     try:
         status: int = args.handler(args)
     except SyncError as exc:

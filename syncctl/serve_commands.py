@@ -165,6 +165,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         writable=writable,
         users=users,
         scheduler=not args.no_scheduler,
+        log_format=args.log_format,
     )
 
 
@@ -178,6 +179,7 @@ def serve_store(
     writable: WritePolicy | None = None,
     users: UserTable | None = None,
     scheduler: bool = True,
+    log_format: str = "text",
 ) -> int:
     """Serve ``path`` as ``syncctl serve`` does, until SIGTERM or SIGINT; ``syncctl demo`` uses it too.
 
@@ -190,6 +192,7 @@ def serve_store(
         writable: Serve the store directory writable with this policy; read-only when None.
         users: Who may log in, and their roles; None for anonymous access (see ``mountd.auth``).
         scheduler: Ask for refreshes shortly before archives expire (``--no-scheduler`` turns it off).
+        log_format: ``text`` or ``json``, for the local workers' logs (``--log-format``).
 
     Returns:
         0 after a clean shutdown.
@@ -217,6 +220,7 @@ def serve_store(
                 concurrency=workers_wanted,
                 sandbox=settings.sandbox,
                 log=worker_log,
+                log_format=log_format,
             ).start()
         schedulers: list[RefreshScheduler] = []
 

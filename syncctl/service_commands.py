@@ -41,6 +41,17 @@ def register(
     worker.add_argument("--concurrency", metavar="N", type=int, default=None, help="pool processes (cores)")
     worker.add_argument("--name", metavar="NAME", help="worker node name (default sync@<host>)")
     worker.add_argument("--sandbox", choices=("strict", "permissive"), help="SYNC_SANDBOX")
+    worker.add_argument(
+        "--metrics-port",
+        metavar="PORT",
+        type=int,
+        help="serve GET /metrics and /health on this port (SYNC_METRICS_PORT; default 0: off)",
+    )
+    worker.add_argument(
+        "--metrics-host",
+        metavar="ADDR",
+        help="address of the metrics port (SYNC_METRICS_HOST, default 127.0.0.1)",
+    )
     worker.set_defaults(handler=cmd_worker)
 
     refresh = subparsers.add_parser(
@@ -82,19 +93,42 @@ def cmd_worker(args: argparse.Namespace) -> int:
     Returns:
         The worker's exit status.
     """
+    from celery import signals  # type: ignore[import-untyped]
+
     from broker.celery_app import make_celery_app
     from broker.connection import connect
     from broker.contract import QUEUE_REFRESH
     from sync_format.errors import SyncError
+    from syncctl.log_format import announce, use_formatter
+    from workers.metrics_server import start_endpoint
     from workers.tasks import register_tasks
 
-    settings = _settings(args, store=args.store, sandbox=args.sandbox)
+    settings = _settings(
+        args,
+        store=args.store,
+        sandbox=args.sandbox,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+    )
     if settings.store is None:
         raise SyncError("a worker needs the store its jobs refer to: pass --store or set SYNC_STORE")
+    log_format = getattr(args, "log_format", "text")
+    if log_format != "text":
+        # Celery replaces the root logger's handlers (worker_hijack_root_logger) and gives its task logger
+        # one of its own; both signals fire right after, in this process, before the pool forks.
+        def restyle(logger: Any, **_: Any) -> None:
+            use_formatter(logger, log_format)
+
+        signals.after_setup_logger.connect(restyle, weak=False)
+        signals.after_setup_task_logger.connect(restyle, weak=False)
     with connect(settings) as connection:
         app = make_celery_app(settings, broker_url=connection.celery_url)
         register_tasks(app, settings, broker_url=connection.redis_url)
+        endpoint = start_endpoint(settings, connection.redis_url)
+        if endpoint is not None:
+            signals.worker_process_init.connect(endpoint.close_inherited, weak=False)
         argv = [
+            *(["--quiet"] if log_format != "text" else []),  # the banner is not a log line
             "worker",
             f"--queues={QUEUE_REFRESH}",
             "--pool=prefork",
@@ -104,8 +138,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         ]
         if args.concurrency is not None:
             argv.append(f"--concurrency={args.concurrency}")
-        sys.stderr.write(f"worker: store {settings.store}, broker {connection.description}\n")
-        app.worker_main(argv)
+        metrics = "" if endpoint is None else ", metrics on {}:{}".format(*endpoint.address)
+        announce(f"worker: store {settings.store}, broker {connection.description}{metrics}", log_format)
+        try:
+            app.worker_main(argv)
+        finally:
+            if endpoint is not None:
+                endpoint.stop()
     return 0
 
 

@@ -6,8 +6,9 @@ token and a runner id of this execution (a claim held by another request means s
 runner of this request a duplicate delivery: both drop out); mark the status running; run the refresh with
 a heartbeat that keeps the claim alive; write the status record; publish "swapped" on commit; then either
 schedule a retry (transient failures, ``workers.outcomes``; the claim is kept for it) or release the claim,
-recording jobs that gave up in the failed list. The guest runtime (engine, module cache, seccomp program)
-is built lazily once per pool process, after Celery forked it.
+recording jobs that gave up in the failed list. Each delivery is recorded once in the worker's metrics
+(``workers.metrics``) as soon as its outcome is known. The guest runtime (engine, module cache, seccomp
+program) and the metrics are built lazily once per pool process, after Celery forked it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from broker.settings import Settings
 from broker.status import mark_running, write_status
 from broker.swapped import publish_swapped
 from sync_format.errors import BrokerUnavailable
+from workers.metrics import JobMetrics, JobRecord
 from workers.outcomes import decide
 from workers.refresh import COMMITTED, FAILED, RefreshOutcome, run_refresh
 from workers.runtime import GuestRuntime
@@ -43,7 +45,7 @@ REQUEUE_MARGIN_MS = 120_000
 
 
 class WorkerState:
-    """Per-process resources of a worker: Redis client, claims, guest runtime; built on first use."""
+    """Per-process resources of a worker: Redis client, claims, guest runtime, metrics; built on first use."""
 
     def __init__(self, settings: Settings, broker_url: str, retry: RetryPolicy) -> None:
         self.settings = settings
@@ -53,12 +55,13 @@ class WorkerState:
         self._client: redis.Redis | None = None
         self._claims: Claims | None = None
         self._runtime: GuestRuntime | None = None
+        self._metrics: JobMetrics | None = None
 
     def _check_fork(self) -> None:
         # Celery forks its pool after registering tasks: never share a client or engine across processes.
         if self._pid != os.getpid():
             self._pid = os.getpid()
-            self._client = self._claims = self._runtime = None
+            self._client = self._claims = self._runtime = self._metrics = None
 
     @property
     def client(self) -> redis.Redis:
@@ -88,6 +91,14 @@ class WorkerState:
             self._runtime = GuestRuntime(self.settings)
         return self._runtime
 
+    @property
+    def metrics(self) -> JobMetrics:
+        """This process's job metrics (built after the fork, so they write this process's files)."""
+        self._check_fork()
+        if self._metrics is None:
+            self._metrics = JobMetrics()
+        return self._metrics
+
 
 def register_tasks(
     app: Celery, settings: Settings, *, broker_url: str, retry: RetryPolicy | None = None
@@ -104,16 +115,20 @@ def register_tasks(
 
     @app.task(name=TASK_REFRESH, bind=True)  # type: ignore[untyped-decorator]
     def refresh(task: Any, payload: object) -> dict[str, Any]:
-        return refresh_job(task, payload, state)
+        with state.metrics.job() as record:
+            return refresh_job(task, payload, state, record)
 
 
-def refresh_job(task: Any, payload: object, state: WorkerState) -> dict[str, Any]:
+def refresh_job(
+    task: Any, payload: object, state: WorkerState, record: JobRecord | None = None
+) -> dict[str, Any]:
     """One delivery of a refresh job.
 
     Args:
         task: The bound Celery task (``request.id``, ``request.retries``, ``request.hostname``, ``retry``).
         payload: The ``RefreshRequest.to_json()`` document the producer sent.
         state: The process's resources.
+        record: Where the delivery's outcome is recorded for the metrics, as soon as it is known.
 
     Returns:
         The refresh outcome as a dict (or ``{"status": "skipped", ...}`` when another job holds the archive).
@@ -126,6 +141,8 @@ def refresh_job(task: Any, payload: object, state: WorkerState) -> dict[str, Any
     except MalformedRecord as exc:
         # Not retryable: acknowledge and drop; the error is handled (and logged) here, once.
         log.error("refresh request rejected error=%s", exc.message)  # noqa: TRY400
+        if record is not None:
+            record.done("rejected", exc.code)
         return {"status": "rejected", "error_code": exc.code, "error": exc.message}
     store = state.settings.store
     if store is None:
@@ -136,6 +153,8 @@ def refresh_job(task: Any, payload: object, state: WorkerState) -> dict[str, Any
     claims = state.claims
     if not claims.start(request.archive, request.request_id, runner, RUNNING_CLAIM_TTL_MS).ok:
         log.info("refresh skipped archive=%s job=%s reason=claimed", request.archive, job_id)
+        if record is not None:
+            record.done("skipped")
         return {"status": "skipped", "archive": request.archive}
     mark_running(
         state.client, request.archive, generation=request.base_generation, worker=worker, job_id=job_id
@@ -164,6 +183,8 @@ def refresh_job(task: Any, payload: object, state: WorkerState) -> dict[str, Any
             "the job ran past its Celery soft time limit",
         )
     decision = decide(outcome)
+    if record is not None:
+        record.done(outcome.status, outcome.error_code, outcome.sandbox)
     doc = outcome.to_json()
     doc["archive"] = request.archive
     if doc["error_code"] is None and decision.reason != "ok":

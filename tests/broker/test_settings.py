@@ -1,10 +1,10 @@
-"""``Settings.from_env`` reads SYNC_ALLOW_ANONYMOUS as a boolean; flags win over it."""
+"""``Settings.from_env``: SYNC_ALLOW_ANONYMOUS as a boolean, the metrics endpoint, and the log format."""
 
 from __future__ import annotations
 
 import pytest
 
-from broker.settings import Settings, SettingsError
+from broker.settings import Settings, SettingsError, log_format
 
 
 @pytest.mark.parametrize(
@@ -27,3 +27,33 @@ def test_allow_anonymous_rejects_other_words() -> None:
     """A value that is not a boolean word is a SettingsError naming the variable."""
     with pytest.raises(SettingsError, match="SYNC_ALLOW_ANONYMOUS"):
         Settings.from_env(env={"SYNC_ALLOW_ANONYMOUS": "maybe"})
+
+
+def test_metrics_endpoint_is_off_on_loopback_by_default() -> None:
+    """Without flags or variables the worker endpoint is off (port 0) and would bind 127.0.0.1."""
+    settings = Settings.from_env(env={})
+    assert (settings.metrics_port, settings.metrics_host) == (0, "127.0.0.1")
+
+
+def test_metrics_flags_win_over_the_environment() -> None:
+    """SYNC_METRICS_PORT and SYNC_METRICS_HOST apply, and flags override them."""
+    env = {"SYNC_METRICS_PORT": "9100", "SYNC_METRICS_HOST": "0.0.0.0"}  # noqa: S104  (a container's bind)
+    assert Settings.from_env(env=env).metrics_port == 9100
+    assert Settings.from_env(env=env).metrics_host == "0.0.0.0"  # noqa: S104
+    assert Settings.from_env({"metrics_port": 9200, "metrics_host": None}, env=env).metrics_port == 9200
+
+
+@pytest.mark.parametrize("value", ["x", "70000", "-1"])
+def test_a_bad_metrics_port_is_a_settings_error(value: str) -> None:
+    """A metrics port that is not a number in 0..65535 is refused with the setting's name."""
+    with pytest.raises(SettingsError, match="metrics_port"):
+        Settings.from_env(env={"SYNC_METRICS_PORT": value})
+
+
+def test_log_format_comes_from_the_flag_then_the_environment() -> None:
+    """The flag wins, then SYNC_LOG_FORMAT, then text; anything else is refused."""
+    assert log_format(None, {}) == "text"
+    assert log_format(None, {"SYNC_LOG_FORMAT": "json"}) == "json"
+    assert log_format("text", {"SYNC_LOG_FORMAT": "json"}) == "text"
+    with pytest.raises(SettingsError, match="SYNC_LOG_FORMAT"):
+        log_format(None, {"SYNC_LOG_FORMAT": "yaml"})
