@@ -28,6 +28,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -54,6 +55,8 @@ CONDITION_HEADERS = (
     "HTTP_IF_RANGE",
     "HTTP_TRANSFER_ENCODING",
 )
+#: Formatted HTTP dates remembered (the current second's and the archives' Last-Modified); then dropped.
+MAX_REMEMBERED_DATES = 10_000
 #: Bytes per read when the body goes through the iterable (the copy path); wsgidav's ``block_size``
 #: setting wins when configured.
 DEFAULT_BLOCK = 1024 * 1024
@@ -92,6 +95,7 @@ class FastGet(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         super().__init__(wsgidav_app, next_app, config)
         self.block_size: int = config.get("block_size") or DEFAULT_BLOCK
         self.extra_headers: list[tuple[str, str]] = list(config.get("response_headers") or ())
+        self._dates: dict[float, str] = {}
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         provider = environ.get("wsgidav.provider")
@@ -106,9 +110,9 @@ class FastGet(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         facts = known.facts
         headers = [
             ("Content-Length", str(facts.payload_size)),
-            ("Last-Modified", dav_util.get_rfc1123_time(facts.last_modified)),
+            ("Last-Modified", self._http_date(facts.last_modified)),
             ("Content-Type", facts.content_type),
-            ("Date", dav_util.get_rfc1123_time()),
+            ("Date", self._http_date(None)),
             ("ETag", f'"{facts.etag}"'),
             ("Accept-Ranges", "bytes"),
             *self.extra_headers,
@@ -118,6 +122,17 @@ class FastGet(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
             reader.close()
             return [b""]
         return _Body(offer_payload(environ, reader), self.block_size)
+
+    def _http_date(self, moment: float | None) -> str:
+        # Formatting a date costs more than the rest of the headers: the current second's text and each
+        # archive's Last-Modified text are formatted once (keyed by the exact value formatted).
+        key = int(time.time()) if moment is None else moment
+        text = self._dates.get(key)
+        if text is None:
+            if len(self._dates) >= MAX_REMEMBERED_DATES:
+                self._dates.clear()
+            text = self._dates[key] = dav_util.get_rfc1123_time(key)
+        return text
 
 
 class _Body:

@@ -71,6 +71,8 @@ RESOURCES_KEY = "sync.resources"
 READ_METHODS = frozenset({"GET", "HEAD"})
 #: Times an archive is reopened when its name changed to another file while it was being opened.
 OPEN_ATTEMPTS = 3
+#: Display names remembered by the fast path (path and extension → name); beyond it all are dropped.
+MAX_REMEMBERED_NAMES = 100_000
 #: Flags of the fast path's open: a symlink in the last segment fails instead of being followed.
 KNOWN_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 
@@ -80,12 +82,12 @@ class KnownPayload:
     """An archive a GET or HEAD can be answered for without wsgidav (``SyncProvider.open_known``).
 
     Attributes:
-        archive: The archive file.
+        archive: The archive file's path.
         facts: The facts of the version ``reader`` reads.
         reader: The payload of that version; the caller owns it (close it when the response ends).
     """
 
-    archive: Path
+    archive: str
     facts: ArchiveFacts
     reader: PayloadReader
 
@@ -138,6 +140,8 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         else:
             raise ArchiveError("store is neither a directory nor an archive file", path=store)
         self.freshness = freshness
+        self._root_text = str(self.root).rstrip("/")  # "" for "/", so that f"{root}/{name}" is right
+        self._names: dict[tuple[str, str], str] = {}
         if index is None:
             index = ArchiveIndex(name_rule=writable_display_name if writable is not None else display_name)
         self.index = index
@@ -201,25 +205,27 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
             parts = check_store_name(relative).parts
         except ArchiveError:
             return None
-        directory = self.root
+        # Plain strings rather than Path objects: this runs on every small GET.
+        directory = self._root_text
         for part in parts[:-1]:
-            directory = directory / part
-            if not _is_folder(directory):
+            directory = f"{directory}/{part}"
+            if not _is_folder_text(directory, part):
                 return None
         name = parts[-1]
-        candidate = directory / (name + SYNC_SUFFIX)
-        if not is_archive_name(candidate.name) or _is_folder(directory / name):
+        file_name = name + SYNC_SUFFIX
+        if not is_archive_name(file_name) or _is_folder_text(f"{directory}/{name}", name):
             return None
+        candidate = f"{directory}/{file_name}"
         try:
             fd = os.open(candidate, KNOWN_OPEN_FLAGS)
         except OSError:
             return None
         known = self._known(candidate, name, fd)
         if known is not None and known.facts.is_expired():
-            self._check_freshness(known.archive, known.facts)
+            self._check_freshness(Path(known.archive), known.facts)
         return known
 
-    def _known(self, candidate: Path, name: str, fd: int) -> KnownPayload | None:
+    def _known(self, candidate: str, name: str, fd: int) -> KnownPayload | None:
         # Owns fd: it ends up in the returned reader or closed.
         try:
             st = os.fstat(fd)
@@ -245,7 +251,7 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         identity = facts.identity
         now = _regular_identity(candidate)
         if (
-            self.index.name_rule(candidate, facts.display_ext) != name
+            self._display_name(candidate, facts.display_ext) != name
             or now is None
             or (now.device, now.inode) != (identity.device, identity.inode)
         ):
@@ -254,6 +260,16 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
             reader.close()
             return None
         return KnownPayload(candidate, facts, reader)
+
+    def _display_name(self, archive: str, display_ext: str) -> str:
+        # The name rule of a path and extension never changes, so its answers are remembered (bounded).
+        key = (archive, display_ext)
+        found = self._names.get(key)
+        if found is None:
+            if len(self._names) >= MAX_REMEMBERED_NAMES:
+                self._names.clear()
+            found = self._names[key] = self.index.name_rule(Path(archive), display_ext)
+        return found
 
     def forget(self, environ: dict[str, Any]) -> None:
         """Drop the request's resolved resources after a write changed what paths map to.
@@ -382,7 +398,16 @@ def _is_folder(path: Path) -> bool:
         return False
 
 
-def _regular_identity(path: Path) -> FileIdentity | None:
+def _is_folder_text(path: str, name: str) -> bool:
+    if name.startswith("."):
+        return False
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _regular_identity(path: Path | str) -> FileIdentity | None:
     try:
         st = os.lstat(path)
     except OSError:
