@@ -37,6 +37,8 @@ from wsgidav.dir_browser import WsgiDavDirBrowser  # type: ignore[import-untyped
 from wsgidav.mw.base_mw import BaseMiddleware  # type: ignore[import-untyped]
 
 from mountd.facts import ArchiveFacts
+from mountd.fast_get import FastGet
+from mountd.fast_propfind import FastPropfind
 from mountd.index import DirectoryListing
 from mountd.middleware import StartResponse, WSGIEnviron
 from mountd.provider import SyncProvider
@@ -79,12 +81,19 @@ tr.expired td.expires{color:#b00;font-weight:bold}
 
 
 def middleware_stack() -> list[Any]:
-    """wsgidav's default middleware stack with ``BrowserView`` in the place of wsgidav's own browser.
+    """wsgidav's default middleware stack with ours in the place of wsgidav's own browser.
+
+    That place is after the HTTP authenticator and before the request resolver: ``FastGet`` (plain reads
+    of archives), ``BrowserView`` (folder pages), ``FastPropfind`` (listings), each passing on what it
+    does not answer.
 
     Returns:
         The ``middleware_stack`` value for wsgidav's config.
     """
-    return [BrowserView if mw is WsgiDavDirBrowser else mw for mw in DEFAULT_CONFIG["middleware_stack"]]
+    stack: list[Any] = []
+    for mw in DEFAULT_CONFIG["middleware_stack"]:
+        stack.extend([FastGet, BrowserView, FastPropfind] if mw is WsgiDavDirBrowser else [mw])
+    return stack
 
 
 def accepts_html(accept: str | None) -> bool:

@@ -39,6 +39,8 @@ class ArchiveFacts:
         display_ext: The manifest's ``sync.display_ext`` (the display name is built from it and the path).
         content_type: The manifest's ``sync.content_type``.
         payload_size: Payload length in bytes.
+        payload_offset: Absolute offset of the first payload byte in this file version, so that a GET of
+            a known version reads the payload without parsing the archive again (``SyncProvider.open_known``).
         etag: Strong entity tag, without quotes.
         last_modified: Seconds since the epoch for Last-Modified.
         generation: Number of committed swaps.
@@ -53,6 +55,7 @@ class ArchiveFacts:
     display_ext: str
     content_type: str
     payload_size: int
+    payload_offset: int
     etag: str
     last_modified: float
     generation: int
@@ -79,6 +82,7 @@ class ArchiveFacts:
             display_ext=manifest.sync.display_ext,
             content_type=manifest.sync.content_type,
             payload_size=snapshot.payload_size,
+            payload_offset=snapshot.payload_offset,
             etag=state.trusted_blake3 or derive_etag(snapshot.identity, snapshot.payload.crc32),
             last_modified=_last_modified(state.updated_at or manifest.meta.created_at, snapshot.identity),
             generation=state.generation,

@@ -18,6 +18,10 @@ Invariants:
     * Listings skip hidden names, our temp files and symlinks, exactly like ``sync_format.iter_archives``.
     * The cache is bounded (least recently used entries go) and safe to use from many threads; archives are
       opened outside the lock.
+    * A directory's last complete listing is kept with the names and identities it was built from, and
+      returned again only when a fresh scan finds exactly those (so a swap, edit, rename, new or removed
+      entry always rebuilds it); a listing that met an I/O error is not kept. Remembered listings hold at
+      most ``max_entries`` archives together.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ NameRule = Callable[[Path, str], str]
 DEFAULT_MAX_ENTRIES = 100_000
 #: Most distinct name collisions remembered so that each is logged once.
 MAX_LOGGED_COLLISIONS = 10_000
+#: Directories whose last listing is remembered whole, reused while none of its entries changed.
+MAX_REMEMBERED_LISTINGS = 256
 
 
 @dataclass(frozen=True)
@@ -141,6 +147,8 @@ class ArchiveIndex:
         self._entries: OrderedDict[FileIdentity, _Cached] = OrderedDict()
         self._logged_io: OrderedDict[FileIdentity, None] = OrderedDict()
         self._collisions: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        self._listings: OrderedDict[str, tuple[object, DirectoryListing]] = OrderedDict()
+        self._listed = 0  # archives in the remembered listings
         self._lock = threading.Lock()
         self._opens = self._hits = self._learned = self._unreadable = 0
 
@@ -259,29 +267,19 @@ class ArchiveIndex:
         Returns:
             Its visible subdirectories and archive files; an unreadable directory has none (logged).
         """
-        try:
-            with os.scandir(directory) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as exc:
-            log.warning("directory unreadable directory=%s reason=%s", directory, exc.strerror)
-            return DirectoryEntries(directory, (), ())
-        folders: list[str] = []
-        files: list[tuple[Path, FileIdentity]] = []
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue  # vanished since scandir
-            if stat.S_ISDIR(st.st_mode):
-                folders.append(entry.name)
-            elif stat.S_ISREG(st.st_mode) and is_archive_name(entry.name):
-                files.append((Path(entry.path), FileIdentity.from_stat(st)))
-        return DirectoryEntries(directory, tuple(folders), tuple(files))
+        folders, files = _scan(directory)
+        return DirectoryEntries(
+            directory,
+            folders,
+            tuple((directory / name, FileIdentity.from_stat(st)) for name, st in files),
+        )
 
     def list_directory(self, directory: Path) -> DirectoryListing:
         """List one store directory: its visible subdirectories and its readable archives by display name.
+
+        The directory is scanned (``lstat`` of every entry) each time; when no entry was added, removed or
+        changed identity since the last listing of it, that listing is returned as it was, without
+        looking up, naming or sorting its archives again.
 
         Args:
             directory: The directory (already known to be inside the store and not a symlink).
@@ -289,14 +287,38 @@ class ArchiveIndex:
         Returns:
             The listing; an unreadable directory lists as empty (logged).
         """
-        entries = self.directory_entries(directory)
+        folders, files = _scan(directory)
+        key = (folders, tuple((name, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size) for name, st in files))
+        memo_key = str(directory)
+        with self._lock:
+            remembered = self._listings.get(memo_key)
+            if remembered is not None and remembered[0] == key:
+                self._listings.move_to_end(memo_key)
+                self._hits += len(remembered[1].archives)
+                return remembered[1]
         found: list[ListedArchive] = []
-        for path, identity in entries.archives:
+        complete = True
+        for name, st in files:
+            path = directory / name
+            identity = FileIdentity.from_stat(st)
             facts = self.facts_of(path, identity)
             if facts is not None:
                 found.append(ListedArchive(path, self.name_rule(path, facts.display_ext), facts))
-        archives = self._resolve_collisions(directory, found, set(entries.folders))
-        return DirectoryListing(directory, entries.folders, MappingProxyType(archives))
+            elif not isinstance(self.cached(identity), Unreadable):
+                complete = False  # an I/O error, not remembered: the next listing tries again
+        archives = self._resolve_collisions(directory, found, set(folders))
+        listing = DirectoryListing(directory, folders, MappingProxyType(archives))
+        if complete and len(files) <= self._max:
+            with self._lock:
+                old = self._listings.pop(memo_key, None)
+                if old is not None:
+                    self._listed -= len(old[1].archives)
+                self._listings[memo_key] = (key, listing)
+                self._listed += len(archives)
+                # Bounded like the facts: no more listed archives than ``max_entries``, in few directories.
+                while len(self._listings) > MAX_REMEMBERED_LISTINGS or self._listed > self._max:
+                    self._listed -= len(self._listings.popitem(last=False)[1][1].archives)
+        return listing
 
     def _resolve_collisions(
         self, directory: Path, found: Iterable[ListedArchive], folders: set[str]
@@ -344,3 +366,31 @@ class ArchiveIndex:
         self._entries.move_to_end(identity)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
+
+
+def _scan(directory: Path) -> tuple[tuple[str, ...], tuple[tuple[str, os.stat_result], ...]]:
+    """Visible subdirectory names and archive files with their ``lstat``, sorted by name.
+
+    An unreadable directory has none (logged).
+    """
+    try:
+        with os.scandir(directory) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        log.warning("directory unreadable directory=%s reason=%s", directory, exc.strerror)
+        return (), ()
+    folders: list[str] = []
+    files: list[tuple[str, os.stat_result]] = []
+    for entry in entries:
+        name = entry.name
+        if name.startswith("."):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue  # vanished since scandir
+        if stat.S_ISDIR(st.st_mode):
+            folders.append(name)
+        elif stat.S_ISREG(st.st_mode) and is_archive_name(name):
+            files.append((name, st))
+    return tuple(folders), tuple(files)

@@ -19,6 +19,12 @@ Invariants:
       before and after it is opened, with the inode that was opened.
     * A GET or HEAD of an expired archive calls the ``FreshnessHook`` once per request, after the archive
       is open and before any byte is sent; the hook can neither delay nor fail the read.
+    * ``open_known`` (the fast GET path, ``mountd.fast_get``) resolves a name exactly as ``_resolve`` does
+      for the common case (the direct candidate of a read-only store directory) and returns None for
+      everything else, so that wsgidav's path answers it. It opens the file once and reads the cached
+      facts of the identity it ``fstat``s on that same descriptor: a swap makes a new inode and an edit a
+      new mtime or size, so a cached identity means the cached payload offset and size describe the bytes
+      behind that descriptor. An unknown identity is parsed from the same descriptor and learnt.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,7 +52,15 @@ from mountd.writable import (
     WritePolicy,
     is_junk_name,
 )
-from sync_format import ArchiveError, FileIdentity, SyncError, display_name, writable_display_name
+from sync_format import (
+    ArchiveError,
+    FileIdentity,
+    PayloadReader,
+    SyncError,
+    display_name,
+    open_archive_fd,
+    writable_display_name,
+)
 from sync_format.store import SYNC_SUFFIX, check_store_name, is_archive_name
 
 log = logging.getLogger(__name__)
@@ -56,6 +71,25 @@ RESOURCES_KEY = "sync.resources"
 READ_METHODS = frozenset({"GET", "HEAD"})
 #: Times an archive is reopened when its name changed to another file while it was being opened.
 OPEN_ATTEMPTS = 3
+#: Display names remembered by the fast path (path and extension → name); beyond it all are dropped.
+MAX_REMEMBERED_NAMES = 100_000
+#: Flags of the fast path's open: a symlink in the last segment fails instead of being followed.
+KNOWN_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+@dataclass(frozen=True)
+class KnownPayload:
+    """An archive a GET or HEAD can be answered for without wsgidav (``SyncProvider.open_known``).
+
+    Attributes:
+        archive: The archive file's path.
+        facts: The facts of the version ``reader`` reads.
+        reader: The payload of that version; the caller owns it (close it when the response ends).
+    """
+
+    archive: str
+    facts: ArchiveFacts
+    reader: PayloadReader
 
 
 class FreshnessHook(Protocol):
@@ -106,6 +140,8 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         else:
             raise ArchiveError("store is neither a directory nor an archive file", path=store)
         self.freshness = freshness
+        self._root_text = str(self.root).rstrip("/")  # "" for "/", so that f"{root}/{name}" is right
+        self._names: dict[tuple[str, str], str] = {}
         if index is None:
             index = ArchiveIndex(name_rule=writable_display_name if writable is not None else display_name)
         self.index = index
@@ -143,8 +179,97 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
             if not on_request_end(environ, resource.close):
                 log.debug("no request scope: snapshot closes when collected archive=%s", resource.key)
             if environ.get("REQUEST_METHOD") in READ_METHODS:
-                self._check_freshness(resource)
+                self._check_freshness(resource.archive, resource.facts)
         return resource
+
+    def open_known(self, path: str) -> KnownPayload | None:
+        """Open the archive a plain GET or HEAD of ``path`` reads, when it is the simple case.
+
+        The simple case: a read-only store directory, ``path`` names an archive by its direct candidate
+        (display name + ``.sync``) whose display name is that name, and no folder has that name. The
+        freshness check is done here, as for a resolved resource.
+
+        Args:
+            path: The normalized request path.
+
+        Returns:
+            The archive's facts and payload reader, or None when wsgidav's path must answer (anything
+            else, including missing and unreadable archives, so that their errors come from one place).
+        """
+        if self.single is not None or self.writable is not None or path.endswith("/"):
+            return None
+        relative = path.strip("/")
+        if not relative:
+            return None
+        try:
+            parts = check_store_name(relative).parts
+        except ArchiveError:
+            return None
+        # Plain strings rather than Path objects: this runs on every small GET.
+        directory = self._root_text
+        for part in parts[:-1]:
+            directory = f"{directory}/{part}"
+            if not _is_folder_text(directory, part):
+                return None
+        name = parts[-1]
+        file_name = name + SYNC_SUFFIX
+        if not is_archive_name(file_name) or _is_folder_text(f"{directory}/{name}", name):
+            return None
+        candidate = f"{directory}/{file_name}"
+        try:
+            fd = os.open(candidate, KNOWN_OPEN_FLAGS)
+        except OSError:
+            return None
+        known = self._known(candidate, name, fd)
+        if known is not None and known.facts.is_expired():
+            self._check_freshness(Path(known.archive), known.facts)
+        return known
+
+    def _known(self, candidate: str, name: str, fd: int) -> KnownPayload | None:
+        # Owns fd: it ends up in the returned reader or closed.
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            return None
+        cached = self.index.cached(FileIdentity.from_stat(st)) if stat.S_ISREG(st.st_mode) else False
+        if isinstance(cached, ArchiveFacts):
+            facts = cached
+            reader = PayloadReader(fd, facts.payload_offset, facts.payload_size)
+        elif cached is None:
+            try:
+                snapshot = open_archive_fd(fd, candidate)  # takes fd over, closes it on error
+            except ArchiveError:
+                return None  # wsgidav's path opens it again and answers the error
+            with snapshot:
+                facts = ArchiveFacts.from_snapshot(snapshot)
+                reader = snapshot.open_payload()
+            self.index.learn(facts)
+        else:  # not a regular file, or a version known to be unreadable
+            os.close(fd)
+            return None
+        identity = facts.identity
+        now = _regular_identity(candidate)
+        if (
+            self._display_name(candidate, facts.display_ext) != name
+            or now is None
+            or (now.device, now.inode) != (identity.device, identity.inode)
+        ):
+            # Another display name, or the name points elsewhere since the open (a swap): wsgidav's
+            # path resolves it as usual.
+            reader.close()
+            return None
+        return KnownPayload(candidate, facts, reader)
+
+    def _display_name(self, archive: str, display_ext: str) -> str:
+        # The name rule of a path and extension never changes, so its answers are remembered (bounded).
+        key = (archive, display_ext)
+        found = self._names.get(key)
+        if found is None:
+            if len(self._names) >= MAX_REMEMBERED_NAMES:
+                self._names.clear()
+            found = self._names[key] = self.index.name_rule(Path(archive), display_ext)
+        return found
 
     def forget(self, environ: dict[str, Any]) -> None:
         """Drop the request's resolved resources after a write changed what paths map to.
@@ -248,14 +373,13 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
             resource.close()
         raise DAVError(HTTP_SERVICE_UNAVAILABLE, f"archive {key} keeps changing while it is opened; retry")
 
-    def _check_freshness(self, resource: ArchiveResource) -> None:
-        facts = resource.facts
+    def _check_freshness(self, archive: Path, facts: ArchiveFacts) -> None:
         if not facts.is_expired():
             return
         try:
-            key = archive_key(self.root, resource.archive)
+            key = archive_key(self.root, archive)
         except SyncError as exc:
-            log.warning("stale archive has no refresh key archive=%s reason=%s", resource.key, exc.message)
+            log.warning("stale archive has no refresh key archive=%s reason=%s", archive, exc.message)
             return
         try:
             self.freshness.on_stale(key, facts.generation, facts.timeout)
@@ -274,7 +398,16 @@ def _is_folder(path: Path) -> bool:
         return False
 
 
-def _regular_identity(path: Path) -> FileIdentity | None:
+def _is_folder_text(path: str, name: str) -> bool:
+    if name.startswith("."):
+        return False
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _regular_identity(path: Path | str) -> FileIdentity | None:
     try:
         st = os.lstat(path)
     except OSError:

@@ -50,6 +50,7 @@ from sync_format.reader import (
     ArchiveSnapshot,
     FileIdentity,
     open_archive,
+    open_archive_fd,
 )
 from sync_format.state import STATE_ENTRY, ArchiveState
 from sync_format.store import (
@@ -116,6 +117,7 @@ __all__ = [
     "invalid_entries",
     "iter_archives",
     "open_archive",
+    "open_archive_fd",
     "parse_timestamp_ns",
     "parse_url",
     "store_path_for",

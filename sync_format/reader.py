@@ -283,6 +283,27 @@ def open_archive(path: str | os.PathLike[str]) -> ArchiveSnapshot:
         fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise ArchiveError(f"cannot open: {exc.strerror}", path=p) from exc
+    return open_archive_fd(fd, p)
+
+
+def open_archive_fd(fd: int, path: str | os.PathLike[str]) -> ArchiveSnapshot:
+    """Validate an archive from a file descriptor the caller already opened, as ``open_archive`` does.
+
+    For callers that open and ``fstat`` the file themselves first (mountd looks the identity up in its
+    cache and parses only when it is new), so that a request still opens the archive once.
+
+    Args:
+        fd: A readable descriptor of the archive; the snapshot takes ownership of it (it is closed with
+            the snapshot, or before this raises).
+        path: The path it was opened from (for the snapshot and for error messages).
+
+    Returns:
+        A snapshot holding ``fd``.
+
+    Raises:
+        ArchiveError: The file is not a valid archive (as for ``open_archive``), with the path.
+    """
+    p = Path(path)
     try:
         return _snapshot(p, fd)
     except ArchiveError as exc:

@@ -1,0 +1,232 @@
+"""The fast paths (``FastGet``, ``FastPropfind``, the remembered listing) answer exactly as wsgidav does.
+
+Each comparison sends the same request twice: once in the form a fast path answers, once in a form that
+means the same to WebDAV but that the fast path passes on to wsgidav (a query string on a GET, an explicit
+``allprop`` body on a PROPFIND). The index's counters show which path answered: wsgidav's GET opens the
+archive through the provider, which ``learn``s its facts; the fast path finds them cached.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+from xml.etree import ElementTree
+
+import pytest
+from dav_client import PROPFIND_ALL, Response, request
+from store_manifests import EXPIRED, csv_manifest
+
+import mountd.fast_propfind
+from broker import Settings
+from mountd import Role, ServerHandle, add_user, load_users, serve_background
+from sync_format import BuildResult, commit_payload
+from sync_format.testing import make_archive, make_manifest
+
+AddArchive = Callable[..., BuildResult]
+
+#: A lock request body for an exclusive write lock.
+LOCK_BODY = (
+    b'<?xml version="1.0" encoding="utf-8"?><lockinfo xmlns="DAV:"><lockscope><exclusive/></lockscope>'
+    b"<locktype><write/></locktype><owner>tester</owner></lockinfo>"
+)
+
+
+def _without_date(resp: Response) -> tuple[int, list[tuple[str, str]], bytes]:
+    return resp.status, [(k, v) for k, v in resp.headers.items() if k != "date"], resp.body
+
+
+def _fast_and_slow_propfind(url: str, path: str, depth: str) -> tuple[Response, Response]:
+    fast = request(url, "PROPFIND", path, headers={"Depth": depth})
+    slow = request(
+        url, "PROPFIND", path, headers={"Depth": depth, "Content-Type": "application/xml"}, body=PROPFIND_ALL
+    )
+    return fast, slow
+
+
+@pytest.fixture
+def varied_store(add_archive: AddArchive, store: Path) -> Path:
+    """A store with fresh, expired, reference-style and oddly named archives and a folder."""
+    add_archive("report.csv.sync", b"a,b\n1,2\n", manifest=csv_manifest())
+    add_archive("old.txt.sync", b"stale", manifest=EXPIRED)
+    add_archive("plain.txt.sync", b"no state", state=False)
+    add_archive("odd & <name> 'q' \"d\" é.txt.sync", b"odd")
+    add_archive("sub folder/inner.txt.sync", b"inner")
+    (store / "empty & <dir>").mkdir()
+    return store
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("name", ["report.csv", "old.txt", "plain.txt", "odd & <name> 'q' \"d\" é.txt"])
+def test_fast_get_answers_as_wsgidav(
+    varied_store: Path, server: ServerHandle, method: str, name: str
+) -> None:
+    """A plain GET or HEAD answered from cached facts has wsgidav's status, headers (in order) and body."""
+    path = "/" + quote(name)
+    slow = request(server.mount_url, method, path + "?slow")
+    learned = server.provider.index.stats.learned
+    fast = request(server.mount_url, method, path)
+    assert server.provider.index.stats.learned == learned, "the second read should not open through wsgidav"
+    assert slow.status == 200
+    assert _without_date(fast) == _without_date(slow)
+
+
+def test_fast_get_learns_an_unseen_version_with_one_open(
+    add_archive: AddArchive, server: ServerHandle
+) -> None:
+    """The first GET of a version parses it from the descriptor it opened and remembers it for the next."""
+    add_archive("new.txt.sync", b"first")
+    stats = server.provider.index.stats
+    first = request(server.mount_url, "GET", "/new.txt")
+    after = server.provider.index.stats
+    assert first.status == 200
+    assert first.body == b"first"
+    assert (after.learned, after.opens) == (stats.learned + 1, stats.opens)
+    assert request(server.mount_url, "GET", "/new.txt").body == b"first"
+    assert server.provider.index.stats.learned == after.learned
+
+
+def test_swapped_archive_is_never_served_from_the_cached_layout(
+    add_archive: AddArchive, store: Path, server: ServerHandle
+) -> None:
+    """After a swap (new inode) the fast path serves the new payload, ETag and length, not the cached ones."""
+    add_archive("data.txt.sync", b"old payload")
+    before = request(server.mount_url, "GET", "/data.txt")
+    commit_payload(store / "data.txt.sync", 0, b"the new, longer payload")
+    after = request(server.mount_url, "GET", "/data.txt")
+    assert before.body == b"old payload"
+    assert after.body == b"the new, longer payload"
+    assert after.header("content-length") == str(len(after.body))
+    assert after.header("etag") != before.header("etag")
+
+
+def test_archive_edited_in_place_is_never_served_from_the_cached_layout(
+    add_archive: AddArchive, store: Path, tmp_path: Path, server: ServerHandle
+) -> None:
+    """An archive rewritten in place (same inode, new size and mtime) is parsed again, not read as cached."""
+    add_archive("data.txt.sync", b"x" * 100)
+    assert request(server.mount_url, "GET", "/data.txt").body == b"x" * 100
+    replacement = tmp_path / "replacement.sync"
+    make_archive(replacement, b"edited", manifest=make_manifest(content_type="text/x-edited"))
+    target = store / "data.txt.sync"
+    inode = target.stat().st_ino
+    with target.open("r+b") as out:
+        out.truncate(0)
+        out.write(replacement.read_bytes())
+    assert target.stat().st_ino == inode
+    resp = request(server.mount_url, "GET", "/data.txt")
+    assert resp.status == 200
+    assert resp.body == b"edited"
+    assert resp.header("content-type") == "text/x-edited"
+
+
+def test_fast_get_passes_ranges_and_conditions_to_wsgidav(
+    add_archive: AddArchive, server: ServerHandle
+) -> None:
+    """Range and conditional GETs keep wsgidav's answers: 206, 304 and 412."""
+    add_archive("data.txt.sync", b"0123456789")
+    etag = request(server.mount_url, "GET", "/data.txt").header("etag") or ""
+    ranged = request(server.mount_url, "GET", "/data.txt", headers={"Range": "bytes=2-4"})
+    assert (ranged.status, ranged.body) == (206, b"234")
+    assert request(server.mount_url, "GET", "/data.txt", headers={"If-None-Match": etag}).status == 304
+    assert request(server.mount_url, "GET", "/data.txt", headers={"If-Match": '"other"'}).status == 412
+
+
+@pytest.mark.parametrize(
+    ("path", "depth"),
+    [
+        ("/", "1"),
+        ("/", "0"),
+        ("/sub%20folder/", "1"),
+        ("/sub%20folder", "1"),
+        ("/empty%20%26%20%3Cdir%3E/", "1"),
+    ],
+)
+def test_fast_propfind_answers_as_wsgidav(
+    varied_store: Path, url: str, path: str, depth: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PROPFIND without a body answers byte for byte what wsgidav answers for an explicit allprop."""
+    documents: list[str] = []
+    original = mountd.fast_propfind._folder_response
+
+    def spy(*args: Any) -> str:
+        documents.append(args[0])
+        return original(*args)
+
+    monkeypatch.setattr(mountd.fast_propfind, "_folder_response", spy)
+    fast, slow = _fast_and_slow_propfind(url, path, depth)
+    assert documents, "the request without a body should be answered by FastPropfind"
+    assert len(documents) == len(set(documents))
+    assert slow.status == 207
+    assert _without_date(fast) == _without_date(slow)
+
+
+@pytest.mark.parametrize("setup", ["lock", "dead-property"])
+def test_fast_propfind_shows_locks_and_dead_properties(
+    varied_store: Path, server: ServerHandle, setup: str
+) -> None:
+    """A member with a lock or a dead property (e.g. from a shared property store) is listed with it."""
+    url = server.mount_url
+    if setup == "lock":
+        resp = request(url, "LOCK", "/report.csv", headers={"Timeout": "Second-600"}, body=LOCK_BODY)
+        assert resp.status == 200, resp.body
+        marker = b"opaquelocktoken"
+    else:
+        # A read-only store refuses PROPPATCH; dead properties come from a property store written elsewhere.
+        colour = ElementTree.Element("{urn:test}colour")
+        colour.text = "blue"
+        value = ElementTree.tostring(colour)
+        server.provider.prop_manager.write_property("/sub%20folder/", "{urn:test}colour", value)
+        marker = b"blue"
+    fast, slow = _fast_and_slow_propfind(url, "/", "1")
+    assert marker in fast.body
+    assert _without_date(fast) == _without_date(slow)
+
+
+def test_listing_is_rebuilt_when_an_entry_changes(add_archive: AddArchive, store: Path, url: str) -> None:
+    """A remembered listing is not reused after a swap, an addition or a removal in its folder."""
+    add_archive("a.txt.sync", b"a")
+    add_archive("b.txt.sync", b"b")
+    first, _ = _fast_and_slow_propfind(url, "/", "1")
+    commit_payload(store / "a.txt.sync", 0, b"swapped a")
+    add_archive("c.txt.sync", b"c")
+    (store / "b.txt.sync").unlink()
+    fast, slow = _fast_and_slow_propfind(url, "/", "1")
+    assert b"/b.txt<" in first.body
+    assert b"/b.txt<" not in fast.body
+    assert b"/c.txt<" in fast.body
+    assert b"<ns0:getcontentlength>9</ns0:getcontentlength>" in fast.body
+    assert _without_date(fast) == _without_date(slow)
+
+
+@pytest.fixture
+def consumer_server(store: Path, add_archive: AddArchive, tmp_path: Path) -> Iterator[ServerHandle]:
+    """mountd with a users file holding one consumer, serving ``data.txt``."""
+    users = tmp_path / "users.toml"
+    add_user(users, "reader", Role.CONSUMER, "reader-secret")
+    add_archive("data.txt.sync", b"secret payload")
+    with serve_background(Settings(host="127.0.0.1", port=0), store, users=load_users(users)) as handle:
+        yield handle
+
+
+def test_fast_paths_still_require_credentials(consumer_server: ServerHandle) -> None:
+    """Wrong or missing credentials get 401 on GET and PROPFIND; a consumer's own get the payload."""
+
+    def basic(password: str) -> dict[str, str]:
+        return {"Authorization": "Basic " + base64.b64encode(f"reader:{password}".encode()).decode()}
+
+    url = consumer_server.mount_url
+    good = request(url, "GET", "/data.txt", headers=basic("reader-secret"))
+    assert (good.status, good.body) == (200, b"secret payload")
+    learned = consumer_server.provider.index.stats.learned
+    again = request(url, "GET", "/data.txt", headers=basic("reader-secret"))
+    assert (again.status, again.body) == (200, b"secret payload")
+    assert consumer_server.provider.index.stats.learned == learned  # answered by the fast path
+    for headers in ({}, basic("wrong")):
+        for method in ("GET", "HEAD", "PROPFIND"):
+            path = "/" if method == "PROPFIND" else "/data.txt"
+            resp = request(url, method, path, headers={**headers, "Depth": "1"})
+            assert resp.status == 401, (method, headers)
+            assert b"secret payload" not in resp.body
