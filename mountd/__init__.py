@@ -77,7 +77,9 @@ from mountd.users import (
     parse_users,
     remove_user,
 )
-from mountd.writable import DEFAULT_MAX_UPLOAD, WritableArchiveResource, WritableCollection, WritePolicy
+from mountd.writable import WritableArchiveResource
+from mountd.writable_folders import WritableCollection
+from mountd.write_policy import DEFAULT_MAX_UPLOAD, WritePolicy
 
 __all__ = [
     "BLOCK_SIZE",

@@ -45,13 +45,9 @@ from mountd.facts import ArchiveFacts
 from mountd.index import ArchiveIndex
 from mountd.middleware import on_request_end
 from mountd.resources import ArchiveResource, SingleArchiveCollection, StoreCollection
-from mountd.writable import (
-    JunkResource,
-    WritableArchiveResource,
-    WritableCollection,
-    WritePolicy,
-    is_junk_name,
-)
+from mountd.writable import JunkResource, WritableArchiveResource
+from mountd.writable_folders import WritableCollection
+from mountd.write_policy import WritePolicy, is_junk_name
 from sync_format import (
     ArchiveError,
     FileIdentity,

@@ -43,7 +43,7 @@ from mountd.ops import OpsEndpoints, health_check
 from mountd.provider import FreshnessHook, SyncProvider
 from mountd.sendfile import gateway_class
 from mountd.users import UserTable
-from mountd.writable import DEFAULT_MAX_UPLOAD, WritePolicy
+from mountd.write_policy import DEFAULT_MAX_UPLOAD, WritePolicy
 from sync_format import ArchiveError
 
 log = logging.getLogger(__name__)

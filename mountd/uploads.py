@@ -13,6 +13,10 @@ is provably complete is handed to the commit:
 * at most ``limit`` bytes are accepted: a declared length above it is refused before any byte is read, a
   chunked body is cut off as soon as it passes it.
 
+``DavSink`` is the same sink as wsgidav's PUT handler sees it: every error becomes the DAVError a client
+gets (via ``mountd.errors.dav_error``), and a body stream that cheroot cannot read to its end counts as
+incomplete.
+
 Invariants:
     * ``finish`` returns the temp file only for a complete body; ``discard`` removes it (idempotent). A
       sink that is neither finished nor discarded still holds its temp file: the resource always calls one.
@@ -26,8 +30,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mountd.errors import IncompleteUpload, UploadTooLarge
-from sync_format import ArchiveError
+from mountd.errors import IncompleteUpload, UploadTooLarge, dav_error
+from sync_format import ArchiveError, SyncError
 from sync_format.atomic import create_temp, discard
 
 log = logging.getLogger(__name__)
@@ -137,3 +141,59 @@ class UploadSink:
         if self.path is not None:
             discard(self.path)
             self.path = None
+
+
+class DavSink:
+    """The file object wsgidav writes a PUT body into: an ``UploadSink`` speaking DAVError."""
+
+    def __init__(self, sink: UploadSink, key: str) -> None:
+        self.sink = sink
+        self.key = key
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.sink.write(data)
+        except SyncError as exc:
+            raise dav_error(exc, self.key) from exc
+
+    def writelines(self, blocks: Iterable[bytes]) -> None:
+        stream = iter(blocks)
+        while True:
+            try:
+                block = next(stream, None)
+            except (ValueError, OSError) as exc:
+                # cheroot raises ValueError on a malformed or cut-off chunked body, OSError on a socket
+                # timeout or reset: the body is incomplete.
+                raise dav_error(
+                    IncompleteUpload(f"the request body could not be read: {exc}"), self.key
+                ) from exc
+            if block is None:
+                return
+            self.write(block)
+
+    def close(self) -> None:
+        try:
+            self.sink.close()
+        except SyncError as exc:
+            raise dav_error(exc, self.key) from exc
+
+
+def open_sink(limit: int, environ: dict[str, Any], target: Path, key: str) -> DavSink:
+    """A ``DavSink`` for the PUT in ``environ``, its temp file next to ``target``.
+
+    Raises:
+        DAVError: 413 when the announced length is over ``limit``, 400 for a bad length, 507 without space.
+    """
+    try:
+        return DavSink(UploadSink(target, limit, declared_length(environ)), key)
+    except SyncError as exc:
+        raise dav_error(exc, key) from exc
+
+
+def finish_upload(sink: DavSink | None, key: str) -> Path:
+    """The temp file of a complete body (see ``UploadSink.finish``), as a DAVError when incomplete."""
+    assert sink is not None, "end_write without begin_write"
+    try:
+        return sink.sink.finish()
+    except SyncError as exc:
+        raise dav_error(exc, key) from exc

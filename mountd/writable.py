@@ -1,7 +1,8 @@
-"""The writable store: PUT, DELETE, MKCOL, COPY, MOVE and dead properties over a directory of archives.
+"""The writable store's archives: PUT, DELETE, COPY, MOVE and dead properties of files that are archives.
 
 wsgidav drives every write through the resource objects (its contract, STYLE rule 6); these classes are the
-writable twins of ``mountd.resources``. A client sees files; the store holds archives:
+writable twins of ``mountd.resources`` (folders: ``mountd.writable_folders``; what is allowed:
+``mountd.write_policy``; upload bodies: ``mountd.uploads``). A client sees files; the store holds archives:
 
 * ``PUT /a/report.csv`` of a new name wraps the body into ``a/report.csv.sync`` with the upload template
   (spec §8.3, ``sync_format.template``; ``ownership.write_allowed = true``); a PUT over an existing archive
@@ -27,20 +28,15 @@ Invariants:
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from io import BytesIO
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wsgidav import util as dav_util  # type: ignore[import-untyped]
 from wsgidav.dav_error import (  # type: ignore[import-untyped]
     HTTP_FORBIDDEN,
-    HTTP_METHOD_NOT_ALLOWED,
     DAVError,
     PRECONDITION_CODE_ProtectedProperty,
 )
@@ -49,202 +45,31 @@ from wsgidav.dav_provider import DAVNonCollection  # type: ignore[import-untyped
 # The base of both resource kinds; its default write methods are what the read-only mixin overrides.
 from wsgidav.dav_provider import _DAVResource as DAVResource
 
-from mountd import auth
-from mountd.errors import IncompleteUpload, WriteRefused, dav_error
+from mountd.errors import WriteRefused, dav_error
 from mountd.facts import ArchiveFacts
 from mountd.index import ListedArchive
 from mountd.resources import (
     SYNC_PROPERTIES,
     ArchiveResource,
     IndexedArchiveResource,
-    StoreCollection,
 )
-from mountd.uploads import UploadSink, declared_length
+from mountd.uploads import DavSink, finish_upload, open_sink
+from mountd.write_policy import WritePolicy, carry_properties
 from sync_format import ArchiveError, SwapConflict, SyncBuilder, SyncError, open_archive
 from sync_format.atomic import atomic_write
-from sync_format.store import check_store_name, store_path_for
 from sync_format.swap import commit_payload
-from sync_format.template import DEFAULT_CREATED_BY, extension_of, template_manifest
+from sync_format.template import extension_of, template_manifest
 
 if TYPE_CHECKING:
     from mountd.provider import SyncProvider
 
 log = logging.getLogger(__name__)
 
-#: Largest upload accepted by default (bytes): 16 GiB; ``--max-upload`` changes it.
-DEFAULT_MAX_UPLOAD = 16 * 1024**3
-#: Times a PUT retries its commit when a refresh committed in between (the upload replaces whatever is there).
 COMMIT_ATTEMPTS = 3
 #: Bytes per read when copying an archive.
 COPY_BLOCK = 1024 * 1024
 #: Exact metadata names macOS leaves on every share.
-JUNK_NAMES = frozenset({".DS_Store"})
-#: Prefix of macOS AppleDouble companions (``._report.csv``).
-JUNK_PREFIX = "._"
-#: Request headers that make a PUT conditional on the version it saw: then a concurrent commit is a 412.
 CONDITIONAL_HEADERS = ("HTTP_IF_MATCH", "HTTP_IF_UNMODIFIED_SINCE", "HTTP_IF")
-
-
-def is_junk_name(name: str) -> bool:
-    """Tell whether a file name is OS metadata that a writable store accepts and discards.
-
-    Args:
-        name: The last segment of a request path.
-
-    Returns:
-        True for ``.DS_Store`` and ``._*``.
-    """
-    return name in JUNK_NAMES or name.startswith(JUNK_PREFIX)
-
-
-@dataclass(frozen=True)
-class WritePolicy:
-    """What a writable server allows.
-
-    Attributes:
-        root: The store directory.
-        max_upload: Largest PUT body in bytes.
-        may_write: Whether the request's caller may change the store: by default their role
-            (``mountd.auth.may_write``: owners may, consumers may not).
-        created_by: ``meta.created_by`` of archives made from uploads.
-    """
-
-    root: Path
-    max_upload: int = DEFAULT_MAX_UPLOAD
-    may_write: Callable[[dict[str, Any]], bool] = auth.may_write
-    created_by: str = DEFAULT_CREATED_BY
-
-    def require_writer(self, environ: dict[str, Any], what: str) -> None:
-        """Refuse the request unless its caller may write.
-
-        Args:
-            environ: The WSGI environ.
-            what: The operation, for the message.
-
-        Raises:
-            DAVError: 403.
-        """
-        if not self.may_write(environ):
-            raise dav_error(WriteRefused(what, "your role may read this store but not change it"), what)
-
-    def archive_for(self, path: str) -> Path:
-        """The archive file a request path names when it is created (``/a/x.csv`` → ``<root>/a/x.csv.sync``).
-
-        Args:
-            path: A request path of a file.
-
-        Returns:
-            The archive path.
-
-        Raises:
-            DAVError: 403 for names the store cannot hold (hidden, invalid).
-        """
-        relative = self._relative(path)
-        return store_path_for(self.root, relative.as_posix())
-
-    def folder_for(self, path: str) -> Path:
-        """The directory a collection's request path names.
-
-        Args:
-            path: A request path of a collection.
-
-        Returns:
-            The directory.
-
-        Raises:
-            DAVError: 403 for names the store cannot hold.
-        """
-        relative = self._relative(path)
-        return self.root.joinpath(*relative.parts)
-
-    def _relative(self, path: str) -> PurePosixPath:
-        text = path.strip("/")
-        try:
-            relative = check_store_name(text)
-        except ArchiveError as exc:
-            raise dav_error(WriteRefused(path, exc.reason), path) from exc
-        if any(part.startswith(".") for part in relative.parts):
-            raise dav_error(WriteRefused(path, "hidden names are not stored"), path)
-        return relative
-
-
-def carry_properties(
-    provider: SyncProvider, source: Any, dest_path: str, *, is_move: bool, with_children: bool
-) -> None:
-    """Copy or move a resource's dead properties to where it now lives (after the copy or move).
-
-    Args:
-        provider: The provider (its property manager; it resolves the destination).
-        source: The resource copied or moved.
-        dest_path: The destination's request path.
-        is_move: Move (the source's properties go) rather than copy.
-        with_children: Also the properties of everything below (a folder moved as a whole).
-    """
-    manager = provider.prop_manager
-    if manager is None:
-        return
-    destination = provider.get_resource_inst(dest_path, source.environ)
-    if destination is None:
-        return
-    if is_move:
-        manager.move_properties(
-            source.get_ref_url(),
-            destination.get_ref_url(),
-            with_children=with_children,
-            environ=source.environ,
-        )
-    else:
-        manager.copy_properties(source.get_ref_url(), destination.get_ref_url(), source.environ)
-
-
-class _DavSink:
-    """The file object wsgidav writes a PUT body into: an ``UploadSink`` speaking DAVError."""
-
-    def __init__(self, sink: UploadSink, key: str) -> None:
-        self.sink = sink
-        self.key = key
-
-    def write(self, data: bytes) -> int:
-        try:
-            return self.sink.write(data)
-        except SyncError as exc:
-            raise dav_error(exc, self.key) from exc
-
-    def writelines(self, blocks: Iterable[bytes]) -> None:
-        stream = iter(blocks)
-        while True:
-            try:
-                block = next(stream, None)
-            except (ValueError, OSError) as exc:
-                # cheroot raises ValueError on a malformed or cut-off chunked body, OSError on a socket
-                # timeout or reset: the body is incomplete.
-                raise dav_error(
-                    IncompleteUpload(f"the request body could not be read: {exc}"), self.key
-                ) from exc
-            if block is None:
-                return
-            self.write(block)
-
-    def close(self) -> None:
-        try:
-            self.sink.close()
-        except SyncError as exc:
-            raise dav_error(exc, self.key) from exc
-
-
-def _open_sink(policy: WritePolicy, environ: dict[str, Any], target: Path, key: str) -> _DavSink:
-    try:
-        return _DavSink(UploadSink(target, policy.max_upload, declared_length(environ)), key)
-    except SyncError as exc:
-        raise dav_error(exc, key) from exc
-
-
-def _finish(sink: _DavSink | None, key: str) -> Path:
-    assert sink is not None, "end_write without begin_write"
-    try:
-        return sink.sink.finish()
-    except SyncError as exc:
-        raise dav_error(exc, key) from exc
 
 
 def _copy_file(source: Path, target: Path, key: str) -> None:
@@ -363,14 +188,14 @@ class WritableArchiveResource(_WritableArchive, ArchiveResource):
         super().__init__(path, environ, archive, key)
         self.provider = provider
         self.policy = policy
-        self._sink: _DavSink | None = None
+        self._sink: DavSink | None = None
 
-    def begin_write(self, *, content_type: str | None = None) -> _DavSink:
+    def begin_write(self, *, content_type: str | None = None) -> DavSink:
         self.policy.require_writer(self.environ, "PUT")
         if not self.snapshot.manifest.ownership.write_allowed:
             refusal = WriteRefused(self.path, "this archive does not allow writes (ownership.write_allowed)")
             raise dav_error(refusal, self.key)
-        self._sink = _open_sink(self.policy, self.environ, self.archive, self.key)
+        self._sink = open_sink(self.policy.max_upload, self.environ, self.archive, self.key)
         return self._sink
 
     def end_write(self, *, with_errors: bool) -> None:
@@ -381,7 +206,7 @@ class WritableArchiveResource(_WritableArchive, ArchiveResource):
             log.info("upload discarded archive=%s", self.key)
             return
         try:
-            body = _finish(sink, self.key)
+            body = finish_upload(sink, self.key)
             self._commit(body)
         finally:
             if sink is not None:
@@ -468,7 +293,7 @@ class PendingArchive(DAVNonCollection):  # type: ignore[misc]  # wsgidav is unty
         self.provider = provider
         self.policy = policy
         self.facts: ArchiveFacts | None = None
-        self._sink: _DavSink | None = None
+        self._sink: DavSink | None = None
 
     def get_content_length(self) -> int:
         return 0 if self.facts is None else self.facts.payload_size
@@ -488,9 +313,9 @@ class PendingArchive(DAVNonCollection):  # type: ignore[misc]  # wsgidav is unty
     def get_content(self) -> BytesIO:
         return BytesIO(b"")
 
-    def begin_write(self, *, content_type: str | None = None) -> _DavSink:
+    def begin_write(self, *, content_type: str | None = None) -> DavSink:
         self.policy.require_writer(self.environ, "PUT")
-        self._sink = _open_sink(self.policy, self.environ, self.target, self.key)
+        self._sink = open_sink(self.policy.max_upload, self.environ, self.target, self.key)
         return self._sink
 
     def end_write(self, *, with_errors: bool) -> None:
@@ -501,7 +326,7 @@ class PendingArchive(DAVNonCollection):  # type: ignore[misc]  # wsgidav is unty
             log.info("upload discarded archive=%s", self.key)
             return
         try:
-            body = _finish(sink, self.key)
+            body = finish_upload(sink, self.key)
             self.facts = create_archive(self.policy, self.target, self.key, body)
         finally:
             if sink is not None:
@@ -592,131 +417,3 @@ class _Discard:
 
     def close(self) -> None:
         return None
-
-
-class WritableCollection(StoreCollection):
-    """A store directory that also takes PUT of new files, MKCOL, DELETE, COPY, MOVE and PROPPATCH.
-
-    Args:
-        path: The request path.
-        environ: The WSGI environ.
-        provider: The provider.
-        directory: The directory.
-        policy: What writes are allowed.
-    """
-
-    def __init__(
-        self, path: str, environ: dict[str, Any], provider: SyncProvider, directory: Path, policy: WritePolicy
-    ) -> None:
-        super().__init__(path, environ, provider.index, directory, policy.root)
-        self.provider = provider
-        self.policy = policy
-
-    def member_folder(self, name: str) -> StoreCollection:
-        return WritableCollection(
-            dav_util.join_uri(self.path, name),
-            self.environ,
-            self.provider,
-            self.directory / name,
-            self.policy,
-        )
-
-    def member_archive(self, name: str, listed: ListedArchive) -> IndexedArchiveResource:
-        path = dav_util.join_uri(self.path, name)
-        return ListedWritableArchive(
-            path, self.environ, listed, self._key(listed.path), self.provider, self.policy
-        )
-
-    def handle_delete(self) -> bool:
-        return False
-
-    def handle_copy(self, dest_path: str, *, depth_infinity: bool) -> bool:
-        return False
-
-    def handle_move(self, dest_path: str) -> bool:
-        return False
-
-    def create_empty_resource(self, name: str) -> Any:
-        path = dav_util.join_uri(self.path, name)
-        if is_junk_name(name):
-            return JunkResource(path, self.environ)
-        self.policy.require_writer(self.environ, "PUT")
-        target = self.policy.archive_for(path)
-        if self.environ.get("REQUEST_METHOD") == "PUT":
-            # Nothing is created until the body is complete; see PendingArchive.
-            return PendingArchive(path, self.environ, target, self.provider, self.policy)
-        # LOCK on an unmapped name (RFC 4918 §9.10.4): an empty file must exist from now on.
-        facts = create_archive(self.policy, target, self.policy.archive_for(path).name, None)
-        self.provider.index.learn(facts)
-        self.provider.forget(self.environ)
-        return self.provider.get_resource_inst(path, self.environ)
-
-    def create_collection(self, name: str) -> None:
-        self.policy.require_writer(self.environ, "MKCOL")
-        directory = self.policy.folder_for(dav_util.join_uri(self.path, name))
-        try:
-            directory.mkdir()
-        except FileExistsError as exc:
-            raise DAVError(HTTP_METHOD_NOT_ALLOWED, "a resource of that name exists") from exc
-        except OSError as exc:
-            raise dav_error(
-                ArchiveError(f"cannot create folder: {exc.strerror}", path=directory), name
-            ) from exc
-        self.provider.forget(self.environ)
-        log.info("folder created folder=%s", directory.relative_to(self.policy.root).as_posix())
-
-    def delete(self) -> None:
-        self.policy.require_writer(self.environ, "DELETE")
-        if self.directory == self.policy.root:
-            raise DAVError(HTTP_FORBIDDEN, "the store's root cannot be deleted")
-        # wsgidav has deleted the members it lists; what is left are hidden files (OS metadata, in-flight
-        # temp files of uploads that will now fail): the client asked for the whole folder to go.
-        try:
-            shutil.rmtree(self.directory)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise dav_error(
-                ArchiveError(f"cannot delete folder: {exc.strerror}", path=self.directory), self.path
-            ) from exc
-        DAVResource.remove_all_properties(self, recursive=True)
-        DAVResource.remove_all_locks(self, recursive=True)
-        self.provider.forget(self.environ)
-        log.info("folder deleted folder=%s", self.path)
-
-    def copy_move_single(self, dest_path: str, *, is_move: bool) -> None:
-        self.policy.require_writer(self.environ, "MOVE" if is_move else "COPY")
-        directory = self.policy.folder_for(dest_path)
-        try:
-            directory.mkdir(exist_ok=True)
-        except OSError as exc:
-            raise dav_error(
-                ArchiveError(f"cannot create folder: {exc.strerror}", path=directory), dest_path
-            ) from exc
-        self.provider.forget(self.environ)
-        carry_properties(self.provider, self, dest_path, is_move=False, with_children=False)
-
-    def support_recursive_move(self, dest_path: str) -> bool:
-        return True
-
-    def move_recursive(self, dest_path: str) -> None:
-        self.policy.require_writer(self.environ, "MOVE")
-        if self.directory == self.policy.root:
-            raise DAVError(HTTP_FORBIDDEN, "the store's root cannot be moved")
-        target = self.policy.folder_for(dest_path)
-        try:
-            os.rename(self.directory, target)
-        except OSError as exc:
-            status = errno.errorcode.get(exc.errno or 0, "error")
-            raise dav_error(
-                ArchiveError(f"cannot move folder: {exc.strerror} ({status})", path=self.directory), self.path
-            ) from exc
-        self.provider.forget(self.environ)
-        carry_properties(self.provider, self, dest_path, is_move=True, with_children=True)
-
-    def set_property_value(self, name: str, value: Any, *, dry_run: bool = False) -> None:
-        self.policy.require_writer(self.environ, "PROPPATCH")
-        DAVResource.set_property_value(self, name, value, dry_run=dry_run)
-
-    def remove_all_properties(self, *, recursive: bool) -> None:
-        DAVResource.remove_all_properties(self, recursive=recursive)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from broker.settings import Settings
     from mountd.server import ServerHandle
     from mountd.users import UserTable
-    from mountd.writable import WritePolicy
+    from mountd.write_policy import WritePolicy
 
 #: Pool processes of the local workers when serving with the embedded broker.
 DEFAULT_LOCAL_CONCURRENCY = 2
@@ -134,7 +134,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mountd.auth import access_policy
     from mountd.server import writable_root
     from mountd.users import load_users
-    from mountd.writable import DEFAULT_MAX_UPLOAD, WritePolicy
+    from mountd.write_policy import DEFAULT_MAX_UPLOAD, WritePolicy
     from sync_format.errors import SyncError
 
     settings = Settings.from_env(

@@ -21,7 +21,7 @@ from broker import Settings
 from mountd import ServerHandle, serve_background
 from mountd.locks import RedisLockStorage
 from mountd.users import Role, add_user, load_users
-from mountd.writable import WritePolicy
+from mountd.write_policy import WritePolicy
 from sync_format import EMPTY_WASM, BuildResult, OwnershipSection, open_archive
 from sync_format.atomic import is_temp_name
 
