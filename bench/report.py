@@ -58,6 +58,7 @@ BENCHES = (
         "mountd vs wsgidav, rclone and nginx: big GETs, small GETs, PROPFIND, RSS",
         quick=("--quick",),
     ),
+    Bench("bench_auth", "what a login costs: scrypt checks and GET rates with remembered Basic logins"),
 )
 
 
