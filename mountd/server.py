@@ -45,6 +45,7 @@ from mountd.sendfile import gateway_class
 from mountd.users import UserTable
 from mountd.write_policy import DEFAULT_MAX_UPLOAD, WritePolicy
 from sync_format import ArchiveError
+from sync_format.atomic import sweep_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ SHUTDOWN_TIMEOUT = 5
 #: Seconds cheroot's selector waits per loop; shutdown waits up to this long for the loop to notice (cheroot's
 #: 0.5 s default made every stop take half a second), at the cost of ten idle wake-ups a second.
 SELECTOR_INTERVAL = 0.1
+#: Seconds a temp file in a writable store may go unmodified before it counts as abandoned by a crash.
+ABANDONED_TEMP_SECONDS = 3600
 #: Name in the Server header and in SERVER_NAME: no product or version banner.
 SERVER_NAME = "sync-mountd"
 
@@ -356,7 +359,10 @@ def serve_writable(
 
 
 def writable_root(store: Path | None) -> Path:
-    """The directory a writable server serves, created when missing.
+    """The directory a writable server serves, created when missing, without abandoned temp files.
+
+    Uploads and commits interrupted by a crash of their writer leave hidden temp files; those untouched for
+    ``ABANDONED_TEMP_SECONDS`` are removed here (a file being written is younger: each write moves its mtime).
 
     Args:
         store: The store directory.
@@ -376,4 +382,7 @@ def writable_root(store: Path | None) -> Path:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ArchiveError(f"cannot create the store directory: {exc.strerror}", path=root) from exc
+    removed = sweep_temp_files(root, older_than=ABANDONED_TEMP_SECONDS)
+    if removed:
+        log.info("abandoned temp files removed store=%s count=%d", root, len(removed))
     return root

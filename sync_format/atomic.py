@@ -8,13 +8,17 @@ the store can recognise (and ignore, or sweep) them; the random part makes concu
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from sync_format.errors import ArchiveError
+
+log = logging.getLogger(__name__)
 
 #: Suffix of every temp file we create; the store hides and sweeps these.
 TEMP_SUFFIX = ".sync-tmp"
@@ -146,3 +150,37 @@ def atomic_write(target: Path) -> Iterator[BinaryIO]:
     except BaseException:
         discard(temp)
         raise
+
+
+def sweep_temp_files(root: Path, *, older_than: float, now: float | None = None) -> list[Path]:
+    """Remove the temp files a crash left below ``root`` (not following symlinks).
+
+    A temp file that is being written has a recent mtime (every write moves it), so only files untouched
+    for ``older_than`` seconds are removed: those of a writer that died.
+
+    Args:
+        root: The store directory.
+        older_than: Seconds since a temp file's last modification after which it is abandoned.
+        now: The current time (seconds since the epoch); the clock's when None.
+
+    Returns:
+        The files removed.
+    """
+    limit = (time.time() if now is None else now) - older_than
+    removed: list[Path] = []
+    for directory, folders, files in os.walk(root):
+        folders[:] = [name for name in folders if not os.path.islink(os.path.join(directory, name))]
+        for name in files:
+            if not is_temp_name(name):
+                continue
+            path = Path(directory, name)
+            try:
+                if os.lstat(path).st_mtime < limit:
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:
+                continue  # its writer finished (or another sweep got it) meanwhile
+            except OSError as exc:
+                # Not ours to remove after all (permissions): listings ignore it anyway; say so once here.
+                log.warning("abandoned temp file kept path=%s reason=%s", path, exc.strerror)
+    return removed

@@ -413,3 +413,34 @@ def test_sigkill_during_commits_never_tears_an_archive(tmp_path: Path) -> None:
         assert child.returncode == -signal.SIGKILL, (seed, stderr)
         _check_archives_after_crash(tmp_path, last_seen, seed)
     assert sum(last_seen.values()) > len(CRASH_ARCHIVES), (seed, last_seen)
+
+
+def test_sweep_removes_only_abandoned_temp_files(tmp_path: Path) -> None:
+    """A temp file untouched for longer than the limit is removed; a fresh one, archives and other hidden
+    files stay, and a symlinked folder is not entered."""
+    from sync_format.atomic import create_temp, sweep_temp_files
+
+    store = tmp_path / "store"
+    nested = store / "a" / "b"
+    nested.mkdir(parents=True)
+    hour_ago = time.time() - 7200
+    old, handle = create_temp(nested / "x.sync")
+    handle.close()
+    os.utime(old, (hour_ago, hour_ago))
+    fresh, handle = create_temp(store / "y.sync")
+    handle.close()
+    keep = [store / "y.sync", store / ".hidden-note"]
+    for path in keep:
+        path.write_bytes(b"kept")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    elsewhere, handle = create_temp(outside / "z.sync")
+    handle.close()
+    os.utime(elsewhere, (hour_ago, hour_ago))
+    (store / "link").symlink_to(outside, target_is_directory=True)
+
+    assert sweep_temp_files(store, older_than=3600) == [old]
+    assert not old.exists()
+    assert fresh.exists()
+    assert elsewhere.exists()
+    assert all(path.exists() for path in keep)

@@ -314,3 +314,17 @@ def test_only_owners_write_when_users_log_in(tmp_path: Path, store: Path, hook: 
         assert request(base, "GET", "/doc.txt", headers=consumer).body == b"by owner"
         assert request(base, "DELETE", "/doc.txt", headers=owner).status == 204
     assert os.listdir(store) == []
+
+
+def test_writable_root_sweeps_abandoned_temp_files(store: Path) -> None:
+    """Starting a writable server removes temp files a crashed upload left behind, not recent ones."""
+    from mountd.server import writable_root
+    from sync_format.atomic import create_temp
+
+    abandoned, handle = create_temp(store / "report.csv.sync")
+    handle.close()
+    os.utime(abandoned, (1_000_000_000, 1_000_000_000))
+    recent, handle = create_temp(store / "notes.txt.sync")
+    handle.close()
+    assert writable_root(store) == store
+    assert leftovers(store) == [recent.name]
