@@ -26,7 +26,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -190,10 +190,28 @@ def open_sink(limit: int, environ: dict[str, Any], target: Path, key: str) -> Da
         raise dav_error(exc, key) from exc
 
 
-def finish_upload(sink: DavSink | None, key: str) -> Path:
-    """The temp file of a complete body (see ``UploadSink.finish``), as a DAVError when incomplete."""
-    assert sink is not None, "end_write without begin_write"
+def end_upload(sink: DavSink | None, key: str, *, with_errors: bool, commit: Callable[[Path], None]) -> None:
+    """What a resource's ``end_write`` does: hand a complete body to ``commit``; always drop the temp file.
+
+    Args:
+        sink: What ``begin_write`` returned (None when it failed before returning).
+        key: The archive's key, for messages.
+        with_errors: wsgidav's verdict: the body could not be copied; nothing is committed.
+        commit: Makes the change from the complete body's temp file.
+
+    Raises:
+        DAVError: The body is incomplete (400), or what ``commit`` raises.
+    """
     try:
-        return sink.sink.finish()
-    except SyncError as exc:
-        raise dav_error(exc, key) from exc
+        if with_errors:
+            log.info("upload discarded archive=%s", key)
+            return
+        assert sink is not None, "end_write without begin_write"
+        try:
+            body = sink.sink.finish()
+        except SyncError as exc:
+            raise dav_error(exc, key) from exc
+        commit(body)
+    finally:
+        if sink is not None:
+            sink.sink.discard()

@@ -53,7 +53,7 @@ from mountd.resources import (
     ArchiveResource,
     IndexedArchiveResource,
 )
-from mountd.uploads import DavSink, finish_upload, open_sink
+from mountd.uploads import DavSink, end_upload, open_sink
 from mountd.write_policy import WritePolicy, carry_properties
 from sync_format import ArchiveError, SwapConflict, SyncBuilder, SyncError, open_archive
 from sync_format.atomic import atomic_write
@@ -200,17 +200,7 @@ class WritableArchiveResource(_WritableArchive, ArchiveResource):
 
     def end_write(self, *, with_errors: bool) -> None:
         sink, self._sink = self._sink, None
-        if with_errors:
-            if sink is not None:
-                sink.sink.discard()
-            log.info("upload discarded archive=%s", self.key)
-            return
-        try:
-            body = finish_upload(sink, self.key)
-            self._commit(body)
-        finally:
-            if sink is not None:
-                sink.sink.discard()
+        end_upload(sink, self.key, with_errors=with_errors, commit=self._commit)
 
     def _commit(self, body: Path) -> None:
         expected = self.facts.generation
@@ -320,17 +310,10 @@ class PendingArchive(DAVNonCollection):  # type: ignore[misc]  # wsgidav is unty
 
     def end_write(self, *, with_errors: bool) -> None:
         sink, self._sink = self._sink, None
-        if with_errors:
-            if sink is not None:
-                sink.sink.discard()
-            log.info("upload discarded archive=%s", self.key)
-            return
-        try:
-            body = finish_upload(sink, self.key)
-            self.facts = create_archive(self.policy, self.target, self.key, body)
-        finally:
-            if sink is not None:
-                sink.sink.discard()
+        end_upload(sink, self.key, with_errors=with_errors, commit=self._create)
+
+    def _create(self, body: Path) -> None:
+        self.facts = create_archive(self.policy, self.target, self.key, body)
         self.provider.index.learn(self.facts)
         self.provider.forget(self.environ)
         log.info("archive created archive=%s size=%d", self.key, self.facts.payload_size)

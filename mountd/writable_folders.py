@@ -92,7 +92,7 @@ class WritableCollection(StoreCollection):
             # Nothing is created until the body is complete; see PendingArchive.
             return PendingArchive(path, self.environ, target, self.provider, self.policy)
         # LOCK on an unmapped name (RFC 4918 §9.10.4): an empty file must exist from now on.
-        facts = create_archive(self.policy, target, self.policy.archive_for(path).name, None)
+        facts = create_archive(self.policy, target, target.relative_to(self.policy.root).as_posix(), None)
         self.provider.index.learn(facts)
         self.provider.forget(self.environ)
         return self.provider.get_resource_inst(path, self.environ)

@@ -3,13 +3,16 @@ scheduler refreshes an archive about to expire without any read."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import wasmtime
 
@@ -24,6 +27,34 @@ GUEST = ROOT / "syncctl" / "demo_guests" / "append_reading.wat"
 def _get(url: str) -> tuple[bytes, str]:
     with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310  (loopback URL of our server)
         return response.read(), response.headers["ETag"]
+
+
+@contextlib.contextmanager
+def _serving(
+    args: list[str], env: dict[str, str], stderr: IO[bytes] | int = subprocess.DEVNULL
+) -> Iterator[str]:
+    """Run ``python -m ARGS`` in its own session; yield the first line it prints; SIGTERM it at the end."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", *args],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        assert server.stdout is not None
+        yield server.stdout.readline()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(60)
+        assert server.stdout is not None
+        server.stdout.close()
+
+
+def _url(line: str) -> str:
+    """The mount URL in a ``serving … at URL (…)`` line."""
+    return line.split(" at ")[1].split(" ", maxsplit=1)[0]
 
 
 def _wait_for(predicate, timeout: float, interval: float = 0.2):  # type: ignore[no-untyped-def]
@@ -50,31 +81,10 @@ def test_stale_read_is_served_then_refreshed(tmp_path: Path) -> None:
     )
     env = {**os.environ, "SYNC_CACHE_DIR": str(tmp_path / "cache")}
     env.pop("SYNC_BROKER_URL", None)
-    log = (tmp_path / "serve.log").open("wb")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "syncctl",
-            "serve",
-            str(store),
-            "--port",
-            "0",
-            "--workers",
-            "1",
-            "--no-scheduler",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        assert server.stdout is not None
-        line = server.stdout.readline()
+    args = ["syncctl", "serve", str(store), "--port", "0", "--workers", "1", "--no-scheduler"]
+    with (tmp_path / "serve.log").open("wb") as log, _serving(args, env, log) as line:
         assert line.startswith("serving "), line + (tmp_path / "serve.log").read_text()
-        url = line.split(" at ")[1].split(" ")[0] + "/readings.csv"
+        url = _url(line) + "/readings.csv"
         first, etag = _get(url)
         assert first == b"reading\n1,roof,7.1\n"
         with open_archive(archive) as snap:
@@ -87,12 +97,6 @@ def test_stale_read_is_served_then_refreshed(tmp_path: Path) -> None:
         assert fresh_etag != etag
         with open_archive(archive) as snap:
             assert snap.generation == 1
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(60)
-        assert server.stdout is not None
-        server.stdout.close()
-        log.close()
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True, check=False)
     assert leftovers.stdout.strip() == "", "serve left processes behind"
 
@@ -111,33 +115,17 @@ def test_the_scheduler_refreshes_an_archive_nobody_reads(tmp_path: Path) -> None
     env = {**os.environ, "SYNC_CACHE_DIR": str(tmp_path / "cache")}
     env.pop("SYNC_BROKER_URL", None)
     log_path = tmp_path / "serve.log"
-    log = log_path.open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "syncctl", "serve", str(store), "--port", "0", "--workers", "1"],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
 
     def generation() -> int:
         with open_archive(archive) as snap:
             return snap.generation
 
-    try:
-        assert server.stdout is not None
-        line = server.stdout.readline()
+    args = ["syncctl", "serve", str(store), "--port", "0", "--workers", "1"]
+    with log_path.open("wb") as log, _serving(args, env, log) as line:
         assert line.startswith("serving "), line + log_path.read_text()
         _wait_for(lambda: generation() >= 1, timeout=60)
         with open_archive(archive) as snap:
             assert snap.read_payload().startswith(original + b"2,roof,7.2\n")
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(60)
-        assert server.stdout is not None
-        server.stdout.close()
-        log.close()
 
 
 def test_sync_mount_serves_one_archive(tmp_path: Path) -> None:
@@ -145,26 +133,10 @@ def test_sync_mount_serves_one_archive(tmp_path: Path) -> None:
     archive = tmp_path / "report.csv.sync"
     make_archive(archive, b"a,b\n1,2\n", manifest=make_manifest(content_type="text/csv", display_ext="csv"))
     env = {**os.environ, "SYNC_CACHE_DIR": str(tmp_path / "cache")}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "syncctl.mount", str(archive), "-p", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        assert server.stdout is not None
-        line = server.stdout.readline()
-        url = line.split(" at ")[1].split(" ")[0]
-        body, etag = _get(url + "/report.csv")
+    with _serving(["syncctl.mount", str(archive), "-p", "0"], env) as line:
+        body, etag = _get(_url(line) + "/report.csv")
         assert body == b"a,b\n1,2\n"
         assert etag.startswith('"')
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(60)
-        assert server.stdout is not None
-        server.stdout.close()
 
 
 def test_sync_mount_refuses_a_missing_archive(tmp_path: Path) -> None:
@@ -184,30 +156,15 @@ def test_sync_mount_writable_creates_the_store_and_takes_uploads(tmp_path: Path)
     """``sync-mount --writable DIR -p 0`` creates DIR, and a PUT there becomes an archive served back."""
     store = tmp_path / "new-store"
     env = {**os.environ, "SYNC_CACHE_DIR": str(tmp_path / "cache")}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "syncctl.mount", "--writable", str(store), "-p", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        assert server.stdout is not None
-        line = server.stdout.readline()
+    with _serving(["syncctl.mount", "--writable", str(store), "-p", "0"], env) as line:
         assert "(writable)" in line, line
-        url = line.split(" at ")[1].split(" ")[0]
+        url = _url(line)
         upload = urllib.request.Request(url + "/notes.md", data=b"# hello\n", method="PUT")  # noqa: S310
         with urllib.request.urlopen(upload, timeout=30) as response:  # noqa: S310  (loopback URL of our server)
             assert response.status == 201
         assert (store / "notes.md.sync").is_file()
         body, _ = _get(url + "/notes.md")
         assert body == b"# hello\n"
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(60)
-        assert server.stdout is not None
-        server.stdout.close()
 
 
 def test_sync_mount_writable_refuses_a_file(tmp_path: Path) -> None:

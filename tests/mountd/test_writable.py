@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 from dav_client import names, propfind, request
 from recording_hook import RecordingHook
-from redis_server import RedisServer
+from redis_server import RedisServer, wait_for
 from store_manifests import csv_manifest
 
 from broker import Settings
@@ -22,7 +22,7 @@ from mountd import ServerHandle, serve_background
 from mountd.locks import RedisLockStorage
 from mountd.users import Role, add_user, load_users
 from mountd.write_policy import WritePolicy
-from sync_format import EMPTY_WASM, BuildResult, OwnershipSection, open_archive
+from sync_format import EMPTY_WASM, BuildResult, OwnershipSection, commit_payload, open_archive
 from sync_format.atomic import is_temp_name
 
 AddArchive = Callable[..., BuildResult]
@@ -328,3 +328,49 @@ def test_writable_root_sweeps_abandoned_temp_files(store: Path) -> None:
     handle.close()
     assert writable_root(store) == store
     assert leftovers(store) == [recent.name]
+
+
+def put_across_a_refresh(url: str, store: Path, headers: str) -> int:
+    """PUT ``/report.csv`` whose body arrives in two halves, with a commit (a refresh) landing in between;
+    return the status."""
+    body = b"uploaded,by,a,person\n" * 10
+    parts = urlsplit(url)
+    head = (
+        f"PUT /report.csv HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Length: {len(body)}\r\n{headers}"
+        "Connection: close\r\n\r\n"
+    )
+    with socket.create_connection((parts.hostname or "", parts.port or 80), timeout=10) as sock:
+        sock.sendall(head.encode() + body[:10])
+        wait_for(lambda: leftovers(store), 10, what="the upload's temp file (the archive was opened)")
+        commit_payload(store / "report.csv.sync", 0, b"refreshed\n")
+        sock.sendall(body[10:])
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    return int(reply.split(b" ", 2)[1])
+
+
+def test_plain_put_replaces_a_refresh_committed_meanwhile(
+    wurl: str, store: Path, add_archive: AddArchive
+) -> None:
+    """A refresh committing while a PUT body arrives does not fail the PUT: the upload is committed on top."""
+    add_archive("report.csv.sync", CSV, manifest=editable_csv())
+    assert put_across_a_refresh(wurl, store, "") == 204
+    with open_archive(store / "report.csv.sync") as snapshot:
+        assert snapshot.generation == 2
+        assert snapshot.read_payload() == b"uploaded,by,a,person\n" * 10
+    assert leftovers(store) == []
+
+
+def test_conditional_put_fails_when_a_refresh_committed_meanwhile(
+    wurl: str, store: Path, add_archive: AddArchive
+) -> None:
+    """A PUT conditional on the version it saw gets 409 when a refresh committed during its body; the
+    refresh's payload stays."""
+    add_archive("report.csv.sync", CSV, manifest=editable_csv())
+    etag = request(wurl, "GET", "/report.csv").header("etag")
+    assert put_across_a_refresh(wurl, store, f"If-Match: {etag}\r\n") == 409
+    with open_archive(store / "report.csv.sync") as snapshot:
+        assert snapshot.generation == 1
+        assert snapshot.read_payload() == b"refreshed\n"
+    assert leftovers(store) == []
