@@ -7,14 +7,20 @@ STAMP := $(VENV)/.installed-stamp
 SYSTEM_DEPS := redis-server:redis-server ip:iproute2 openssl:openssl rclone:rclone cadaver:cadaver \
 	litmus:litmus docker-compose:docker-compose
 
-.PHONY: venv system-deps test lint typecheck demo bench clean
+# Guest toolchains (docs/guest-authors.md): Debian's rustc with the wasm32 standard library, npm's
+# assemblyscript in the cache directory `syncctl guest build` looks in; zig comes from the [guest] extra.
+RUST_WASM_STD := /usr/lib/rustlib/wasm32-unknown-unknown
+ASC_PREFIX := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/sync/guest-toolchains/npm
+ASSEMBLYSCRIPT := assemblyscript@0.28.20
+
+.PHONY: venv system-deps guest-toolchains test lint typecheck demo bench clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,guest]'
 	touch $(STAMP)
 
 # Installs what is missing with apt when run as root; otherwise names the packages to install.
@@ -26,6 +32,16 @@ system-deps:
 		else echo "missing system packages:$$missing (install them, e.g. apt-get install$$missing)"; exit 1; fi; \
 	fi
 
+# Installs the rustc wasm32 target and assemblyscript when missing (apt as root; npm into ASC_PREFIX).
+guest-toolchains:
+	@if [ ! -d $(RUST_WASM_STD) ] || ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rustc libstd-rust-dev-wasm32 \
+				$$(command -v node >/dev/null || echo nodejs) $$(command -v npm >/dev/null || echo npm); \
+		else echo "missing guest toolchains: apt-get install rustc libstd-rust-dev-wasm32 nodejs npm"; exit 1; fi; \
+	fi
+	@[ -x $(ASC_PREFIX)/node_modules/.bin/asc ] || npm install --silent --no-audit --no-fund --prefix $(ASC_PREFIX) $(ASSEMBLYSCRIPT)
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -34,7 +50,7 @@ typecheck: venv
 	$(VENV)/bin/mypy sync_format broker
 	$(VENV)/bin/mypy workers syncctl mountd
 
-test: system-deps lint typecheck
+test: system-deps guest-toolchains lint typecheck
 	$(PY) -m pytest
 
 # `syncctl demo`: builds ./sync-demo/store and serves it at http://127.0.0.1:4918 (SYNC_PORT) with live

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,14 @@ class SettingsError(SyncError, ValueError):
     code = "settings_error"
 
 
+#: Prefix of the variables holding guest secrets: ``SYNC_GUEST_SECRET_API_TOKEN`` supplies ``API_TOKEN``.
+GUEST_SECRET_PREFIX = "SYNC_GUEST_SECRET_"  # noqa: S105  (a variable name prefix, not a secret)
+
+
+def _is_secret_var(name: str) -> bool:
+    return name.startswith(GUEST_SECRET_PREFIX) and len(name) > len(GUEST_SECRET_PREFIX)
+
+
 def _default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "sync"
@@ -88,6 +96,9 @@ class Settings:
             are then read-only); see ``mountd.auth``.
         metrics_port: Port of a worker's ``/metrics`` and ``/health`` endpoint; 0 turns it off.
         metrics_host: Address that endpoint binds.
+        guest_secrets: Operator-supplied secrets a guest's request headers may reference as ``${NAME}`` when
+            its manifest lists NAME in ``permissions.allow_env``; from ``SYNC_GUEST_SECRET_<NAME>``
+            variables (never printed: left out of the repr).
     """
 
     store: Path | None = None
@@ -103,6 +114,8 @@ class Settings:
     allow_anonymous: bool = False
     metrics_port: int = DEFAULT_METRICS_PORT
     metrics_host: str = DEFAULT_METRICS_HOST
+    # Guest SDK / ABI v2 (issue 14): secrets for request headers.
+    guest_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.sandbox not in SANDBOX_MODES:
@@ -134,6 +147,9 @@ class Settings:
         for name, var in _ENV.items():
             if var in source and source[var] != "":
                 values[name] = source[var]
+        secrets = {k.removeprefix(GUEST_SECRET_PREFIX): v for k, v in source.items() if _is_secret_var(k)}
+        if secrets:
+            values["guest_secrets"] = secrets
         for name, value in (overrides or {}).items():
             if value is not None:
                 values[name] = value

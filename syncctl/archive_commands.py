@@ -8,6 +8,7 @@ blake3 and PyNaCl) is imported inside the command that needs it, so ``--help`` s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -85,6 +86,15 @@ def register(
         type=_text,
         help="host the update logic may reach (repeat for several; *.example.com for subdomains, "
         "host:port to pin a port); entries that can never match are warned about",
+    )
+    pack.add_argument(
+        "--allow-env",
+        metavar="NAME",
+        action="append",
+        default=[],
+        type=_text,
+        help="secret the update logic may reference in request headers as ${NAME}; the operator supplies "
+        "its value (SYNC_GUEST_SECRET_NAME), the archive never does (repeat for several)",
     )
     pack.add_argument("--content-type", metavar="T", type=_text, help="sync.content_type")
     pack.add_argument("--display-ext", metavar="E", type=_text, help="sync.display_ext")
@@ -272,6 +282,9 @@ def cmd_pack(args: argparse.Namespace) -> int:
         timeout=DEFAULT_TIMEOUT if args.timeout is None else args.timeout,
         allow_hosts=args.allow_host,
     )
+    if args.allow_env:
+        permissions = dataclasses.replace(manifest.permissions, allow_env=tuple(args.allow_env))
+        manifest = dataclasses.replace(manifest, permissions=permissions)
     never = invalid_entries(manifest.permissions.allow_hosts)
     if never:
         _warn(f"allow-host entries that can never match: {', '.join(map(repr, never))}")

@@ -1,4 +1,5 @@
-"""The guest half of ``syncctl``: ``run`` performs one refresh now, in the sandbox, committed atomically.
+"""The guest half of ``syncctl``: ``run`` performs one refresh now, in the sandbox, committed atomically;
+``guest new|build|test`` take an author from a template to a checked module tried against fixtures.
 
 The command builds ``Settings`` from its flags and the environment, a ``GuestRuntime`` from them, and calls
 ``workers.refresh.run_refresh``; a failed refresh is exit status 1 with one ``error:`` line naming the
@@ -40,6 +41,125 @@ def register(
     )
     run.add_argument("--cache-dir", metavar="DIR", help="compiled-module cache (SYNC_CACHE_DIR)")
     run.set_defaults(handler=cmd_run)
+    _register_guest(subparsers, common)
+
+
+def _register_guest(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    guest = subparsers.add_parser(
+        "guest",
+        parents=[common],
+        help="write update logic: new template, build, test against fixtures",
+        description="Write a guest (update logic) in C, Zig, Rust or AssemblyScript (docs/guest-authors.md).",
+    )
+    commands = guest.add_subparsers(dest="guest_command", metavar="SUBCOMMAND", required=True)
+    new = commands.add_parser(
+        "new",
+        parents=[common],
+        help="write a working template into DIR",
+        description="Write a guest that fetches the URL named in context.json and makes the body the "
+        "payload, with a README, context.json and fixtures.json, into DIR (new or empty).",
+    )
+    new.add_argument("dir", metavar="DIR")
+    new.add_argument("--lang", required=True, choices=("c", "zig", "rust", "assemblyscript"))
+    new.set_defaults(handler=cmd_guest_new)
+    build = commands.add_parser(
+        "build",
+        parents=[common],
+        help="compile a guest and check it against the ABI",
+        description="Compile SRC (a .c, .zig or AssemblyScript .ts file, or a Rust crate directory) into a "
+        "size-optimized, reproducible module, check its imports and exports against the guest ABI, and "
+        "only then write it.",
+    )
+    build.add_argument("src", metavar="SRC")
+    build.add_argument(
+        "-o", "--output", metavar="OUT.wasm", help="default: SRC with .wasm (guest.wasm in a crate)"
+    )
+    build.set_defaults(handler=cmd_guest_build)
+    test = commands.add_parser(
+        "test",
+        parents=[common],
+        help="run a guest in the strict sandbox against fixtures (no network)",
+        description="Run WASM (or ARCHIVE's guest) once in the real strict sandbox with every HTTP request "
+        "answered from FIXTURES; print the requests, the guest's log and the resulting payload (or its "
+        "diff against the current one). Nothing is committed.",
+    )
+    test.add_argument("target", metavar="WASM|ARCHIVE")
+    test.add_argument("--context", metavar="FILE", help="context.json to run with (default: the archive's)")
+    test.add_argument("--fixtures", metavar="FILE", help="responses by URL and method (default: none)")
+    test.add_argument("--payload", metavar="FILE", help="current payload for a bare WASM (default: empty)")
+    test.add_argument("-o", "--output", metavar="FILE", help="also write the resulting payload here")
+    test.set_defaults(handler=cmd_guest_test)
+
+
+def cmd_guest_new(args: argparse.Namespace) -> int:
+    """``syncctl guest new``: write a template.
+
+    Args:
+        args: Parsed arguments.
+
+    Returns:
+        0.
+    """
+    from pathlib import Path
+
+    from syncctl.guest_templates import write_template
+
+    written = write_template(Path(args.dir), args.lang)
+    for path in written:
+        sys.stdout.write(f"wrote {path}\n")
+    return 0
+
+
+def cmd_guest_build(args: argparse.Namespace) -> int:
+    """``syncctl guest build``: compile, check, write.
+
+    Args:
+        args: Parsed arguments.
+
+    Returns:
+        0.
+    """
+    from pathlib import Path
+
+    from broker.settings import Settings
+    from sync_format.atomic import atomic_write
+    from syncctl.guest_build import build, default_output
+
+    src = Path(args.src)
+    result = build(src, Settings.from_env().cache_dir)
+    out = Path(args.output) if args.output else default_output(src)
+    with atomic_write(out) as handle:
+        handle.write(result.wasm)
+    sys.stdout.write(
+        f"built {out} ({len(result.wasm)} bytes, {result.language}, {result.seconds:.2f} s); ABI checked\n"
+    )
+    return 0
+
+
+def cmd_guest_test(args: argparse.Namespace) -> int:
+    """``syncctl guest test``: one sandboxed run against fixtures.
+
+    Args:
+        args: Parsed arguments.
+
+    Returns:
+        0 when the guest completed, 1 when it failed.
+    """
+    from pathlib import Path
+
+    from syncctl.guest_trial import run_trial
+
+    return run_trial(
+        Path(args.target),
+        context=None if args.context is None else Path(args.context),
+        fixtures=None if args.fixtures is None else Path(args.fixtures),
+        payload=None if args.payload is None else Path(args.payload),
+        output=None if args.output is None else Path(args.output),
+        out=sys.stdout,
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -58,3 +58,29 @@ def test_wheel_installs_and_runs(tmp_path: Path) -> None:
     )
     assert demo.returncode == 0, demo.stderr
     assert (tmp_path / "demo" / "store" / "readings.csv.sync").is_file()
+    # The guest SDKs and templates are package data too: `guest new` writes every template from the wheel.
+    for lang, source in (
+        ("c", "guest.c"),
+        ("zig", "guest.zig"),
+        ("rust", "src/lib.rs"),
+        ("assemblyscript", "guest.ts"),
+    ):
+        new = subprocess.run(
+            [str(env_dir / "bin" / "syncctl"), "guest", "new", str(tmp_path / lang), "--lang", lang],
+            check=False,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
+        assert new.returncode == 0, new.stderr
+        assert (tmp_path / lang / source).is_file()
+    sdk = subprocess.run(
+        [str(python), "-c", "from syncctl.guest_build import SDK_DIR; print(SDK_DIR)"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    sdk_dir = Path(sdk.stdout.strip())
+    for name in ("c/sync_guest.h", "zig/sync_guest.zig", "rust/src/lib.rs", "assemblyscript/sync_guest.ts"):
+        assert (sdk_dir / name).is_file(), name

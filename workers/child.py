@@ -42,6 +42,7 @@ class ChildJob:
         limits: The run's budgets.
         policy: The confinement to apply.
         seccomp_program: The BPF program the parent built, or None when it could not.
+        context: The archive's ``context.json`` bytes (empty when absent), for ABI v2 ``context_read``.
     """
 
     engine: wasmtime.Engine
@@ -50,12 +51,14 @@ class ChildJob:
     limits: GuestLimits
     policy: SandboxPolicy
     seccomp_program: bytes | None
+    context: bytes = b""
 
 
 @dataclass(frozen=True)
 class _Reply:
     status: int
     body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class ChannelIO:
@@ -76,6 +79,35 @@ class ChannelIO:
             The parent's reply (a status and body, or a negative ABI code).
         """
         self._channel.send_json({"type": "http", "url": url, "method": method})
+        return self._reply()
+
+    def http_send(self, url: str, method: str, headers: bytes, body: bytes) -> _Reply:
+        """Ask the parent to perform a version-2 request (header block and body travel as DATA).
+
+        Args:
+            url: The guest's URL.
+            method: The guest's method.
+            headers: The guest's raw header block.
+            body: The request body.
+
+        Returns:
+            The parent's reply, with the response headers.
+        """
+        message = {"type": "http", "url": url, "method": method, "v": 2}
+        self._channel.send_json({**message, "headers_size": len(headers), "body_size": len(body)})
+        self._channel.send_data(headers)
+        self._channel.send_data(body)
+        return self._reply()
+
+    def log(self, line: str) -> None:
+        """Send one already escaped and cut guest log line to the parent.
+
+        Args:
+            line: The line.
+        """
+        self._channel.send_json({"type": "log", "line": line})
+
+    def _reply(self) -> _Reply:
         reply = self._channel.recv_json()
         size = reply.get("size", 0)
         status = reply.get("status")
@@ -83,7 +115,9 @@ class ChannelIO:
             return _Reply(ERR_REQUEST_FAILED, b"")
         if not isinstance(size, int) or not 0 <= size <= self._max:
             raise ProtocolViolation("response body size out of range")
-        return _Reply(status, self._channel.recv_data(size))
+        raw_headers = reply.get("headers", [])
+        headers = tuple((str(h[0]), str(h[1])) for h in raw_headers if isinstance(h, list) and len(h) == 2)
+        return _Reply(status, self._channel.recv_data(size), headers)
 
 
 def child_main(sock_fd: int, job: ChildJob) -> NoReturn:
@@ -110,6 +144,7 @@ def child_main(sock_fd: int, job: ChildJob) -> NoReturn:
             job.payload,
             job.limits,
             ChannelIO(channel, job.limits.max_response_size),
+            job.context,
         )
         channel.send_json(
             {
@@ -119,6 +154,8 @@ def child_main(sock_fd: int, job: ChildJob) -> NoReturn:
                 "requests": run.requests,
                 "duration_ms": run.duration_ms,
                 "size": None if run.new_payload is None else len(run.new_payload),
+                "unchanged": run.unchanged,
+                "log_lines": run.log_lines,
             }
         )
         if run.new_payload is not None:

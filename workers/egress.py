@@ -16,8 +16,11 @@ request with the standard library's ``http.client`` (spec §7.2, §7.4; fixes §
   the name is sent in ``Host`` and, for https, used for SNI and certificate verification (default context).
 * Redirects are followed by this module, not by the client, at most ``max_redirects`` times, each hop
   re-checked in full; 303 (and 301/302 after POST) continue as GET, 307/308 keep the method.
-* Bodies are raw bytes, never decoded, and at most ``max_response_size``; the reference ABI carries no
-  request body, so none is sent.
+* Bodies are raw bytes, never decoded, and at most ``max_response_size``. A v1 request carries no body and
+  no headers of the guest's; a v2 request (``request(..., headers=, body=)``) carries both, already checked by
+  ``workers.guest_http``. Headers that carried an operator secret are dropped on a redirect to another
+  origin, and the body is dropped when a redirect turns the method into GET. Response headers are returned
+  with lower-case names.
 * Nothing outlives ``deadline`` (a ``time.monotonic()`` value): DNS, connect and every read are clipped to
   the time left, and a watchdog shuts the socket down at the deadline, so a server dripping bytes cannot hold
   the parent past it.
@@ -55,7 +58,7 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -146,6 +149,7 @@ class HttpResult:
         final_url: The last URL requested, or the redirect target that was refused.
         hops: Redirects followed.
         reason: What went wrong, for people (not stable; may name hosts and addresses); empty on success.
+        headers: Response headers of a completed response, names lower-case (ABI v2).
     """
 
     status: int
@@ -154,6 +158,8 @@ class HttpResult:
     final_url: str = ""
     hops: int = 0
     reason: str = ""
+    # Not compared: equality is about the outcome; headers carry dates and server names.
+    headers: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     @property
     def completed(self) -> bool:
@@ -183,6 +189,24 @@ class _Response:
     status: int
     body: bytes
     location: str | None  # set only for a redirect to follow, whose body is not read
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class _Outgoing:
+    """What a v2 guest adds to a request: its checked headers and body."""
+
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    secret_headers: frozenset[str] = frozenset()
+
+    def after_redirect(self, verb: str, same_origin: bool) -> _Outgoing:
+        """What is sent after a hop: no body once the method is GET or HEAD, no secrets to another origin."""
+        headers = self.headers
+        if not same_origin:
+            headers = tuple(h for h in headers if h[0].lower() not in self.secret_headers)
+        body = b"" if verb in {"GET", "HEAD"} else self.body
+        return _Outgoing(headers, body, self.secret_headers if same_origin else frozenset())
 
 
 class Egress:
@@ -218,13 +242,25 @@ class Egress:
         """Calls to ``request`` so far, refused ones included."""
         return self._calls
 
-    def request(self, url: str, method: str, *, deadline: float) -> HttpResult:
+    def request(
+        self,
+        url: str,
+        method: str,
+        *,
+        deadline: float,
+        headers: tuple[tuple[str, str], ...] = (),
+        body: bytes = b"",
+        secret_headers: frozenset[str] = frozenset(),
+    ) -> HttpResult:
         """Perform a guest's request, following allowed redirects.
 
         Args:
             url: Absolute http(s) URL from the guest.
             method: HTTP method; case-insensitive, empty means GET.
             deadline: ``time.monotonic()`` value after which nothing may still be running.
+            headers: Request headers (v2), already checked by ``workers.guest_http.prepare_headers``.
+            body: Request body (v2).
+            secret_headers: Lower-case names of headers carrying a secret: not sent to another origin.
 
         Returns:
             The completed response, or a negative ABI code with its ``error_code``; never raises for
@@ -233,7 +269,7 @@ class Egress:
         started = time.monotonic()
         self._calls += 1
         verb = method.strip().upper() or "GET"
-        result = self._perform(url, verb, deadline)
+        result = self._perform(url, verb, deadline, _Outgoing(headers, body, secret_headers))
         level = logging.INFO if result.completed else logging.WARNING
         logger.log(
             level,
@@ -249,7 +285,7 @@ class Egress:
         )
         return result
 
-    def _perform(self, url: str, verb: str, deadline: float) -> HttpResult:
+    def _perform(self, url: str, verb: str, deadline: float, extra: _Outgoing) -> HttpResult:
         if self._calls > self._policy.max_requests:
             return _failed(_Refusal(STATUS_FAILED, "too_many_requests", "request budget spent"), url, 0)
         if verb not in self._policy.allowed_methods:
@@ -259,11 +295,13 @@ class Egress:
             return _failed(checked, url, 0)
         target, hops = checked, 0
         while True:
-            answer = self._exchange(target, verb, deadline)
+            answer = self._exchange(target, verb, deadline, extra)
             if isinstance(answer, _Refusal):
                 return _failed(answer, target.url, hops)
             if answer.location is None:
-                return HttpResult(answer.status, answer.body, final_url=target.url, hops=hops)
+                return HttpResult(
+                    answer.status, answer.body, final_url=target.url, hops=hops, headers=answer.headers
+                )
             if hops >= self._policy.max_redirects:
                 refusal = _Refusal(STATUS_FAILED, "too_many_redirects", f"more than {hops} redirects")
                 return _failed(refusal, target.url, hops)
@@ -275,6 +313,12 @@ class Egress:
                 # Otherwise DNS or the deadline failed for an allowed hop: reported as such.
                 return _failed(checked, next_url, hops)
             verb = _redirect_method(answer.status, verb)
+            same_origin = (checked.scheme, checked.host, checked.port) == (
+                target.scheme,
+                target.host,
+                target.port,
+            )
+            extra = extra.after_redirect(verb, same_origin)
             target, hops = checked, hops + 1
 
     def _vet(self, url: str, deadline: float) -> _Target | _Refusal:
@@ -322,7 +366,9 @@ class Egress:
         """Whether an exact (non-wildcard) entry names the host or the address: what unlocks a private one."""
         return any(p.matches(host, port) or p.matches(address, port) for p in self._exact)
 
-    def _exchange(self, target: _Target, verb: str, deadline: float) -> _Response | _Refusal:
+    def _exchange(
+        self, target: _Target, verb: str, deadline: float, extra: _Outgoing = _Outgoing()
+    ) -> _Response | _Refusal:
         """Send one request to the first vetted address that accepts a connection."""
         failure = _Refusal(STATUS_FAILED, "connect_failed", "no address")
         for address in target.addresses:
@@ -342,7 +388,7 @@ class Egress:
                     code = "timeout" if isinstance(exc, TimeoutError) else "connect_failed"
                     failure = _Refusal(STATUS_FAILED, code, f"{address}: {exc}")
                     continue
-                answer = self._converse(conn, target, verb, deadline)
+                answer = self._converse(conn, target, verb, deadline, extra)
             finally:
                 watchdog.stop()
                 conn.close()
@@ -359,7 +405,12 @@ class Egress:
         return _PinnedHTTPConnection(target.host, target.port, address, timeout)
 
     def _converse(
-        self, conn: http.client.HTTPConnection, target: _Target, verb: str, deadline: float
+        self,
+        conn: http.client.HTTPConnection,
+        target: _Target,
+        verb: str,
+        deadline: float,
+        extra: _Outgoing = _Outgoing(),
     ) -> _Response | _Refusal:
         """Send the request and read the response within the deadline and the size cap."""
 
@@ -370,7 +421,7 @@ class Egress:
         cap = self._policy.max_response_size
         try:
             arm()
-            conn.request(verb, target.request_target, headers={"Connection": "close"})
+            conn.request(verb, target.request_target, body=extra.body or None, headers=_send_headers(extra))
             arm()
             response = conn.getresponse()
         except TimeoutError:
@@ -402,7 +453,7 @@ class Egress:
         if response.length:
             # read1 reports a connection closed before Content-Length as end of body; the length left says so.
             return _Refusal(STATUS_BODY_FAILED, "body_read_failed", f"{response.length} bytes missing")
-        return _Response(response.status, b"".join(chunks), None)
+        return _Response(response.status, b"".join(chunks), None, _response_headers(response))
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
@@ -467,6 +518,19 @@ class _Watchdog:
         # Joined so that no thread outlives the request: the supervisor forks children between requests
         # and refuses to fork while other threads run.
         self._timer.join()
+
+
+def _send_headers(extra: _Outgoing) -> dict[str, str]:
+    """The request headers: the guest's (checked by ``guest_http``), then ours, which always win."""
+    headers = dict(extra.headers)
+    if extra.body:
+        headers.setdefault("Content-Type", "application/octet-stream")
+    headers["Connection"] = "close"
+    return headers
+
+
+def _response_headers(response: http.client.HTTPResponse) -> tuple[tuple[str, str], ...]:
+    return tuple((name.lower(), value) for name, value in response.getheaders())
 
 
 def _failed(refusal: _Refusal, url: str, hops: int) -> HttpResult:

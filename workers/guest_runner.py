@@ -1,10 +1,11 @@
 """Instantiate a compiled guest with the ``host`` imports and run its entry point under its budgets.
 
-Linking offers only the six ``host`` functions: any other import (every WASI import included) fails
-instantiation, as in the reference (spec §7.3). The entry point is ``run: () -> ()``, else ``_start: () ->
-()``; only writes made on the ``run`` path are kept (reference §7.1 step 8). wasmtime traps are translated
-here, once, into our errors: out of fuel → ``GuestOutOfFuel``, epoch interrupt → ``GuestTimeout``, anything
-else → ``GuestTrap`` with wasmtime's trap code. This runs in the sandboxed child; the parent owns the clock.
+Linking offers only the ``host`` functions of ABI versions 1 and 2: any other import (every WASI import
+included) fails instantiation, as in the reference (spec §7.3). The entry point is ``run: () -> ()``, else
+``_start: () -> ()``; only writes made on the ``run`` path are kept (reference §7.1 step 8), and none when
+the guest said ``unchanged``. wasmtime traps are translated here, once, into our errors: out of fuel →
+``GuestOutOfFuel``, epoch interrupt → ``GuestTimeout``, anything else → ``GuestTrap`` with wasmtime's trap
+code. This runs in the sandboxed child; the parent owns the clock.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class GuestRun:
         fuel_used: Fuel consumed.
         requests: HTTP requests made.
         duration_ms: Time spent instantiating and running.
+        unchanged: The guest said "nothing changed" (v2 ``unchanged``); ``new_payload`` is then None.
+        log_lines: ``log`` calls the guest made (only the first ``MAX_LOG_LINES`` reach the parent).
     """
 
     entry: str
@@ -39,6 +42,8 @@ class GuestRun:
     fuel_used: int
     requests: int
     duration_ms: float
+    unchanged: bool = False
+    log_lines: int = 0
 
 
 def run_guest(
@@ -47,6 +52,7 @@ def run_guest(
     payload: bytes,
     limits: GuestLimits,
     io: GuestIO,
+    context: bytes = b"",
 ) -> GuestRun:
     """Run one guest to completion.
 
@@ -56,6 +62,7 @@ def run_guest(
         payload: The archive's current payload.
         limits: Fuel, memory and payload budgets.
         io: Where the guest's HTTP requests go.
+        context: The archive's ``context.json`` bytes, for ``context_read``.
 
     Returns:
         The run's result.
@@ -69,7 +76,7 @@ def run_guest(
         raise GuestTrap("payload is larger than the 32-bit guest ABI can address")
     started = time.monotonic()
     store = make_store(engine, limits)
-    state = HostState(payload=payload, max_payload_size=limits.max_payload_size, io=io)
+    state = HostState(payload=payload, max_payload_size=limits.max_payload_size, io=io, context=context)
     host = HostFunctions(store, state)
     instance = _instantiate(store, module, host, limits)
     exports = instance.exports(store)
@@ -83,13 +90,16 @@ def run_guest(
     except wasmtime.WasmtimeError as exc:
         raise GuestTrap(f"guest failed: {exc}") from exc
     fuel_used = limits.fuel - store.get_fuel()
-    new_payload = bytes(state.new_payload) if entry == "run" and state.new_payload is not None else None
+    keep = entry == "run" and state.new_payload is not None and not state.unchanged
+    new_payload = bytes(state.new_payload) if keep and state.new_payload is not None else None
     return GuestRun(
         entry=entry,
         new_payload=new_payload,
         fuel_used=fuel_used,
         requests=state.requests,
         duration_ms=(time.monotonic() - started) * 1000,
+        unchanged=state.unchanged,
+        log_lines=state.log_lines,
     )
 
 

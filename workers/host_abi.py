@@ -1,4 +1,6 @@
-"""The guest ABI: the six ``host`` functions of the reference engine (spec §7.2), made safe (§7.4, §9 D5).
+"""The guest ABI: the six ``host`` functions of the reference engine (spec §7.2), made safe (§7.4, §9 D5),
+and the additive version-2 functions (context, HTTP with headers and a body, response headers, "nothing
+changed", log lines, wall-clock time).
 
 Guests see exactly the reference's imports and semantics — ``payload_read`` reads the original payload,
 ``payload_write`` composes a separate, initially absent new payload with zero fill, ``http_request`` returns
@@ -10,11 +12,15 @@ it returns -1 without allocating); response bodies are capped by the egress poli
 raise into wasmtime except for bugs.
 
 HTTP goes through a ``GuestIO`` (in the sandboxed child it is a request to the parent over the channel).
+Version 2 is opt-in by import: a module that imports none of ``V2_SIGNATURES`` sees exactly version 1. The
+child checks only what it must before allocating (sizes of the header block and request body); the header
+rules and secrets are applied by the parent (``workers.guest_http``), which trusts nothing the child sends.
 Error codes: see ``docs/guest-abi.md``.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -24,11 +30,49 @@ import wasmtime
 ERR_MEMORY = -1
 #: Returned when the URL's host is not allowed (allow-list, userinfo, private address, redirect).
 ERR_NOT_ALLOWED = -2
+#: Returned when the request's headers or body break the rules (v2 ``http_send``), or a header is absent.
+ERR_BAD_REQUEST = -3
 #: Returned when the request could not be made at all (bad URL, connect, DNS, timeout, request cap).
 ERR_REQUEST_FAILED = -5
 
+#: Largest header block a guest may pass to ``http_send``, in bytes.
+MAX_REQUEST_HEADERS_BYTES = 16 * 1024
+#: Largest request body a guest may pass to ``http_send``, in bytes.
+MAX_REQUEST_BODY = 1024 * 1024
+#: Most ``log`` lines kept per run; later ones are counted, not kept.
+MAX_LOG_LINES = 64
+#: Longest ``log`` line kept, in bytes of guest text (longer ones are cut).
+MAX_LOG_LINE = 1024
+
 I32_MAX = 2**31 - 1
 IMPORT_MODULE = "host"
+
+_I32 = "i32"
+_I64 = "i64"
+#: Version-1 functions (the reference's six): name -> (params, results).
+V1_SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "payload_size": ((), (_I32,)),
+    "payload_read": ((_I32,) * 3, (_I32,)),
+    "payload_write": ((_I32,) * 3, (_I32,)),
+    "http_request": ((_I32,) * 4, (_I32,)),
+    "last_response_size": ((), (_I32,)),
+    "last_response_read": ((_I32,) * 2, (_I32,)),
+}
+#: Version-2 functions, additive: importing any of them is how a guest opts in.
+V2_SIGNATURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "context_size": ((), (_I32,)),
+    "context_read": ((_I32,) * 3, (_I32,)),
+    "http_send": ((_I32,) * 8, (_I32,)),
+    "last_response_read_at": ((_I32,) * 3, (_I32,)),
+    "last_response_header": ((_I32,) * 4, (_I32,)),
+    "last_response_headers_size": ((), (_I32,)),
+    "last_response_headers_read": ((_I32,) * 3, (_I32,)),
+    "unchanged": ((), (_I32,)),
+    "log": ((_I32,) * 2, (_I32,)),
+    "time_unix": ((), (_I64,)),
+}
+#: Every ``host`` function a guest may import, with its signature.
+SIGNATURES = {**V1_SIGNATURES, **V2_SIGNATURES}
 
 
 class HttpReply(Protocol):
@@ -42,6 +86,11 @@ class HttpReply(Protocol):
     @property
     def body(self) -> bytes:
         """The raw response body (empty on failure)."""
+        ...
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """Response headers (names lower-case), empty on failure."""
         ...
 
 
@@ -60,6 +109,28 @@ class GuestIO(Protocol):
         """
         ...
 
+    def http_send(self, url: str, method: str, headers: bytes, body: bytes) -> HttpReply:
+        """Perform one version-2 request with a header block and a body.
+
+        Args:
+            url: The URL the guest passed.
+            method: The method the guest passed.
+            headers: The guest's raw header block (``Name: value`` lines), checked by the parent.
+            body: The request body.
+
+        Returns:
+            The reply.
+        """
+        ...
+
+    def log(self, line: str) -> None:
+        """Hand one escaped, bounded guest log line to the parent.
+
+        Args:
+            line: The line.
+        """
+        ...
+
 
 @dataclass
 class HostState:
@@ -73,6 +144,10 @@ class HostState:
         last_response: Body of the last completed request.
         requests: Number of ``http_request`` calls made.
         memory: The guest's exported ``memory``, once instantiated.
+        context: The archive's ``context.json`` bytes (empty when absent).
+        last_headers: Headers of the last completed response (v2), names lower-case.
+        unchanged: The guest called ``unchanged``: its writes are discarded and nothing is committed.
+        log_lines: ``log`` calls made, kept or not.
     """
 
     payload: bytes
@@ -82,6 +157,10 @@ class HostState:
     last_response: bytes = b""
     requests: int = 0
     memory: wasmtime.Memory | None = field(default=None, repr=False)
+    context: bytes = b""
+    last_headers: tuple[tuple[str, str], ...] = ()
+    unchanged: bool = False
+    log_lines: int = 0
 
 
 def _in_bounds(store: wasmtime.Store, memory: wasmtime.Memory | None, ptr: int, length: int) -> bool:
@@ -158,8 +237,12 @@ class HostFunctions:
             return ERR_MEMORY
         self.state.requests += 1
         reply = self.state.io.http_request(url, method)
+        return self._keep(reply)
+
+    def _keep(self, reply: HttpReply) -> int:
         if reply.status >= 0:
             self.state.last_response = reply.body
+            self.state.last_headers = reply.headers
         return reply.status
 
     def last_response_size(self) -> int:
@@ -173,23 +256,125 @@ class HostFunctions:
         chunk = self.state.last_response[:max_len]
         return len(chunk) if self._write(out_ptr, chunk) else ERR_MEMORY
 
+    # --- version 2 -------------------------------------------------------------------------------------
+
+    def context_size(self) -> int:
+        """Length of ``context.json`` (0 when absent; the format caps it far below i32)."""
+        return len(self.state.context)
+
+    def context_read(self, offset: int, length: int, out_ptr: int) -> int:
+        """Copy ``context[offset : offset+length]`` (clamped) to guest memory; bytes copied or -1."""
+        return self._read_at(self.state.context, offset, length, out_ptr)
+
+    def last_response_read_at(self, offset: int, length: int, out_ptr: int) -> int:
+        """Copy ``body[offset : offset+length]`` (clamped) of the last response; bytes copied or -1."""
+        return self._read_at(self.state.last_response, offset, length, out_ptr)
+
+    def _read_at(self, source: bytes, offset: int, length: int, out_ptr: int) -> int:
+        if offset < 0 or length < 0 or out_ptr < 0:
+            return ERR_MEMORY
+        if offset >= len(source):
+            return 0 if self._write(out_ptr, b"") else ERR_MEMORY
+        chunk = source[offset : offset + min(length, len(source) - offset)]
+        return len(chunk) if self._write(out_ptr, chunk) else ERR_MEMORY
+
+    def http_send(
+        self,
+        url_ptr: int,
+        url_len: int,
+        method_ptr: int,
+        method_len: int,
+        headers_ptr: int,
+        headers_len: int,
+        body_ptr: int,
+        body_len: int,
+    ) -> int:
+        """A request with a header block and a body; the status, or a negative ABI code (-3: bad request)."""
+        if headers_len > MAX_REQUEST_HEADERS_BYTES or body_len > MAX_REQUEST_BODY:
+            return ERR_MEMORY if headers_len < 0 or body_len < 0 else ERR_BAD_REQUEST
+        parts = [self._read(p, n) for p, n in ((url_ptr, url_len), (method_ptr, method_len))]
+        headers = self._read(headers_ptr, headers_len)
+        body = self._read(body_ptr, body_len)
+        if parts[0] is None or parts[1] is None or headers is None or body is None:
+            return ERR_MEMORY
+        try:
+            url, method = parts[0].decode("utf-8"), parts[1].decode("utf-8")
+        except UnicodeDecodeError:
+            return ERR_MEMORY
+        self.state.requests += 1
+        return self._keep(self.state.io.http_send(url, method, headers, body))
+
+    def last_response_header(self, name_ptr: int, name_len: int, out_ptr: int, max_len: int) -> int:
+        """Copy the value of one header of the last response (first match, case-insensitive).
+
+        Returns the value's full length (copying at most ``max_len`` bytes), -3 when the header is absent,
+        -1 on a bad pointer.
+        """
+        if max_len < 0 or out_ptr < 0 or name_len > 256:
+            return ERR_MEMORY
+        raw = self._read(name_ptr, name_len)
+        if raw is None:
+            return ERR_MEMORY
+        wanted = raw.decode("latin-1").lower()
+        for name, value in self.state.last_headers:
+            if name == wanted:
+                data = value.encode("latin-1", "replace")
+                return len(data) if self._write(out_ptr, data[:max_len]) else ERR_MEMORY
+        return ERR_BAD_REQUEST
+
+    def _header_block(self) -> bytes:
+        return "".join(f"{n}: {v}\n" for n, v in self.state.last_headers).encode("latin-1", "replace")
+
+    def last_response_headers_size(self) -> int:
+        """Length of the last response's header block (``name: value\\n`` lines, names lower-case)."""
+        return len(self._header_block())
+
+    def last_response_headers_read(self, offset: int, length: int, out_ptr: int) -> int:
+        """Copy part of the last response's header block; bytes copied or -1."""
+        return self._read_at(self._header_block(), offset, length, out_ptr)
+
+    def unchanged(self) -> int:
+        """Say "nothing changed": writes of this run are discarded and no generation is committed."""
+        self.state.unchanged = True
+        return 0
+
+    def log(self, ptr: int, length: int) -> int:
+        """Send one guest line to the status record and the worker log (escaped, cut, counted); 0 or -1."""
+        if length < 0 or ptr < 0:
+            return ERR_MEMORY
+        raw = self._read(ptr, min(length, MAX_LOG_LINE))
+        if raw is None or not _in_bounds(self._store, self.state.memory, ptr, length):
+            return ERR_MEMORY
+        self.state.log_lines += 1
+        if self.state.log_lines <= MAX_LOG_LINES:
+            self.state.io.log(escape_log_line(raw, cut=length > MAX_LOG_LINE))
+        return 0
+
+    def time_unix(self) -> int:
+        """Wall-clock seconds since the Unix epoch (i64)."""
+        return int(time.time())
+
     def imports(self) -> dict[str, wasmtime.Func]:
         """The ``host`` functions as wasmtime functions, by name.
 
         Returns:
             Name to function.
         """
-        i32 = wasmtime.ValType.i32()
+        funcs = {}
+        for name, (params, results) in SIGNATURES.items():
+            ty = wasmtime.FuncType([_VALTYPES[p]() for p in params], [_VALTYPES[r]() for r in results])
+            funcs[name] = wasmtime.Func(self._store, ty, getattr(self, name))
+        return funcs
 
-        def func(params: int, fn: object) -> wasmtime.Func:
-            ty = wasmtime.FuncType([i32] * params, [i32])
-            return wasmtime.Func(self._store, ty, fn)  # type: ignore[arg-type]  # wasmtime accepts any callable
 
-        return {
-            "payload_size": func(0, self.payload_size),
-            "payload_read": func(3, self.payload_read),
-            "payload_write": func(3, self.payload_write),
-            "http_request": func(4, self.http_request),
-            "last_response_size": func(0, self.last_response_size),
-            "last_response_read": func(2, self.last_response_read),
-        }
+_VALTYPES = {_I32: wasmtime.ValType.i32, _I64: wasmtime.ValType.i64}
+
+
+def escape_log_line(raw: bytes, *, cut: bool = False) -> str:
+    """A guest's log bytes as one printable ASCII line: UTF-8 decoded with replacement, then escaped.
+
+    Newlines, control characters and non-ASCII become escapes, so a guest can neither forge log lines nor
+    smuggle terminal sequences; ``cut`` marks a line shortened to ``MAX_LOG_LINE`` bytes.
+    """
+    text = ascii(raw.decode("utf-8", "replace"))[1:-1]
+    return text + (" [cut]" if cut else "")

@@ -24,7 +24,7 @@ from sync_format.reader import ArchiveSnapshot, open_archive
 from sync_format.swap import commit_payload
 from workers.child import ChildJob
 from workers.runtime import GuestRuntime
-from workers.supervisor import SandboxOutcome, run_in_sandbox
+from workers.supervisor import Grants, Requester, SandboxOutcome, run_in_sandbox
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class RefreshOutcome:
         egress_errors: Error codes of the guest's requests that got no response.
         payload_size: Size of the committed payload.
         sandbox: The child's confinement report (``SandboxReport.to_json``).
+        guest_log: The guest's ``log`` lines (ABI v2), escaped and bounded.
     """
 
     archive: Path
@@ -68,6 +69,7 @@ class RefreshOutcome:
     egress_errors: tuple[str, ...] = ()
     payload_size: int | None = None
     sandbox: dict[str, Any] | None = None
+    guest_log: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -94,6 +96,7 @@ class RefreshOutcome:
             "egress_errors": list(self.egress_errors),
             "payload_size": self.payload_size,
             "sandbox": self.sandbox,
+            "guest_log": list(self.guest_log),
         }
 
 
@@ -173,6 +176,7 @@ def execute_guest(
     *,
     allow_hosts: tuple[str, ...] | None = None,
     heartbeat: Callable[[], None] | None = None,
+    requester: Requester | None = None,
 ) -> SandboxOutcome:
     """Run an archive's guest in a fresh confined child without committing anything.
 
@@ -182,6 +186,7 @@ def execute_guest(
         runtime: The process's guest runtime.
         allow_hosts: Hosts the guest may reach; the manifest's ``allow_hosts`` when None.
         heartbeat: Called about once a second while the guest runs.
+        requester: Answers the guest's requests instead of real egress (``syncctl guest test``).
 
     Returns:
         The sandbox outcome (the staged payload, if any, must be closed by the caller).
@@ -203,11 +208,15 @@ def execute_guest(
         limits=limits,
         policy=runtime.policy_for(limits),
         seccomp_program=runtime.seccomp_program,
+        context=snap.read_context() or b"",
     )
     egress = runtime.egress_for(snap.manifest, limits)
     if allow_hosts is not None:
         egress = replace(egress, allow_hosts=allow_hosts)
-    return run_in_sandbox(job, egress, heartbeat=heartbeat, resolver=runtime.resolver)
+    grants = Grants(tuple(snap.manifest.permissions.allow_env), runtime.settings.guest_secrets)
+    return run_in_sandbox(
+        job, egress, heartbeat=heartbeat, resolver=runtime.resolver, grants=grants, requester=requester
+    )
 
 
 def _finish(archive: Path, generation: int, result: SandboxOutcome) -> RefreshOutcome:
@@ -217,6 +226,7 @@ def _finish(archive: Path, generation: int, result: SandboxOutcome) -> RefreshOu
         "requests": result.requests,
         "egress_errors": tuple(result.egress_errors),
         "sandbox": None if result.report is None else result.report.to_json(),
+        "guest_log": tuple(result.log),
     }
     if result.error is not None:
         return RefreshOutcome(

@@ -5,7 +5,10 @@ The parent forks, keeps its end of a socketpair and waits in slices: each slice 
 process group — signals never interrupt running wasm, so the deadline is the parent's, not the child's.
 While waiting it serves the child's requests: HTTP is performed here, by ``Egress``, after the allow-list,
 DNS and private-address checks; the child has no network at all. The new payload arrives as DATA frames
-and is spooled to a temp file, capped at the policy's maximum. The child is always reaped with ``wait4``
+and is spooled to a temp file, capped at the policy's maximum. ABI v2 requests carry a header block and a
+body (sizes checked before reading); their headers pass ``guest_http.prepare_headers`` here, where granted
+operator secrets are filled in. Guest ``log`` lines are counted and cut again here (the child is not trusted
+to have done it), kept in the outcome and written to the worker log. The child is always reaped with ``wait4``
 so its exit status and resource use are recorded.
 
 Fork safety: the caller must not run other threads that could hold a lock the child needs (wasmtime's,
@@ -24,9 +27,9 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from sync_format.errors import (
     GuestError,
@@ -41,7 +44,15 @@ from workers.addresses import Resolver, system_resolver
 from workers.channel import Channel, ChannelClosed, ChannelTimeout, ProtocolViolation
 from workers.child import ChildJob, child_main
 from workers.confine import SandboxReport
-from workers.egress import Egress, EgressPolicy
+from workers.egress import STATUS_FAILED, Egress, EgressPolicy, HttpResult
+from workers.guest_http import HeaderRefusal, prepare_headers
+from workers.host_abi import (
+    ERR_BAD_REQUEST,
+    MAX_LOG_LINE,
+    MAX_LOG_LINES,
+    MAX_REQUEST_BODY,
+    MAX_REQUEST_HEADERS_BYTES,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +94,8 @@ class SandboxOutcome:
         egress_errors: ``error_code`` of every request that got no response (connect, DNS, timeout...).
         duration_ms: Wall time from fork to reap.
         usage: The child's exit status and resource use.
+        unchanged: The guest said "nothing changed" (ABI v2); ``new_payload`` is then None.
+        log: The guest's ``log`` lines (escaped, at most ``MAX_LOG_LINES``, then one line counting the rest).
     """
 
     error: SyncError | None = None
@@ -95,6 +108,8 @@ class SandboxOutcome:
     egress_errors: list[str] = field(default_factory=list)
     duration_ms: float = 0.0
     usage: ChildUsage | None = None
+    unchanged: bool = False
+    log: list[str] = field(default_factory=list)
     _closed: bool = field(default=False, repr=False)
 
     def close(self) -> None:
@@ -104,12 +119,44 @@ class SandboxOutcome:
             self._closed = True
 
 
+class Requester(Protocol):
+    """What performs a guest's requests: ``Egress``, or ``syncctl guest test``'s fixtures."""
+
+    def request(
+        self,
+        url: str,
+        method: str,
+        *,
+        deadline: float,
+        headers: tuple[tuple[str, str], ...] = (),
+        body: bytes = b"",
+        secret_headers: frozenset[str] = frozenset(),
+    ) -> HttpResult:
+        """Perform one request (see ``Egress.request``)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Grants:
+    """Secrets a guest's requests may use: names the manifest grants, values the operator supplies.
+
+    Attributes:
+        allow_env: The manifest's ``permissions.allow_env``.
+        secrets: Operator-supplied values by name (``Settings.guest_secrets``).
+    """
+
+    allow_env: tuple[str, ...] = ()
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
 def run_in_sandbox(
     job: ChildJob,
     egress_policy: EgressPolicy,
     *,
     heartbeat: Callable[[], None] | None = None,
     resolver: Resolver = system_resolver,
+    grants: Grants | None = None,
+    requester: Requester | None = None,
 ) -> SandboxOutcome:
     """Run one guest job in a fresh confined child.
 
@@ -118,6 +165,8 @@ def run_in_sandbox(
         egress_policy: What the guest may fetch, performed here in the parent.
         heartbeat: Called about every ``HEARTBEAT_INTERVAL`` seconds while the job runs.
         resolver: Name resolution for egress.
+        grants: Secrets the guest's v2 request headers may reference.
+        requester: Performs the requests instead of an ``Egress`` over ``egress_policy`` (fixtures).
 
     Returns:
         The outcome; failures of the guest or the sandbox are in ``error``, never raised.
@@ -137,7 +186,8 @@ def run_in_sandbox(
         child_main(child_sock.detach(), job)
     child_sock.close()
     outcome = SandboxOutcome()
-    session = _Session(Channel(parent_sock), outcome, job, Egress(egress_policy, resolver=resolver))
+    performer = requester or Egress(egress_policy, resolver=resolver)
+    session = _Session(Channel(parent_sock), outcome, job, performer, grants or Grants())
     try:
         session.serve(deadline, heartbeat)
     finally:
@@ -155,11 +205,15 @@ def run_in_sandbox(
 class _Session:
     """Parent side of the protocol for one child."""
 
-    def __init__(self, channel: Channel, outcome: SandboxOutcome, job: ChildJob, egress: Egress) -> None:
+    def __init__(
+        self, channel: Channel, outcome: SandboxOutcome, job: ChildJob, egress: Requester, grants: Grants
+    ) -> None:
         self.channel = channel
         self.outcome = outcome
         self.job = job
         self.egress = egress
+        self.grants = grants
+        self.log_lines = 0
 
     def serve(self, deadline: float, heartbeat: Callable[[], None] | None) -> None:
         while True:
@@ -208,6 +262,9 @@ class _Session:
         if kind == "http":
             self._http(message, deadline)
             return False
+        if kind == "log":
+            self._log(message)
+            return False
         if kind == "result":
             self._result(message, deadline)
             return True
@@ -220,11 +277,54 @@ class _Session:
         url, method = message.get("url"), message.get("method")
         if not isinstance(url, str) or not isinstance(method, str):
             raise ProtocolViolation("http request without url or method")
-        result = self.egress.request(url, method, deadline=deadline)
+        if message.get("v") == 2:
+            result = self._http_v2(url, method, message, deadline)
+        else:
+            result = self.egress.request(url, method, deadline=deadline)
         if result.error_code is not None:
             self.outcome.egress_errors.append(result.error_code)
-        self.channel.send_json({"type": "http_response", "status": result.status, "size": len(result.body)})
+        reply: dict[str, Any] = {"type": "http_response", "status": result.status, "size": len(result.body)}
+        if message.get("v") == 2:
+            reply["headers"] = [list(h) for h in result.headers]
+        self.channel.send_json(reply)
         self.channel.send_data(result.body)
+
+    def _http_v2(self, url: str, method: str, message: dict[str, Any], deadline: float) -> HttpResult:
+        """A v2 request: read its header block and body, check the headers, fill in granted secrets."""
+        sizes = message.get("headers_size"), message.get("body_size")
+        limits = MAX_REQUEST_HEADERS_BYTES, MAX_REQUEST_BODY
+        if not all(isinstance(n, int) and 0 <= n <= cap for n, cap in zip(sizes, limits, strict=True)):
+            raise ProtocolViolation(f"http request sizes {sizes!r} out of range")
+        block = self.channel.recv_data(int(sizes[0] or 0), deadline)
+        body = self.channel.recv_data(int(sizes[1] or 0), deadline)
+        prepared = prepare_headers(block, allow_env=self.grants.allow_env, secrets=self.grants.secrets)
+        if isinstance(prepared, HeaderRefusal):
+            log.warning("egress request refused error=%s reason=%s", prepared.error_code, prepared.reason)
+            return HttpResult(ERR_BAD_REQUEST, error_code=prepared.error_code, reason=prepared.reason)
+        if prepared.secrets_used:
+            log.info("egress request uses secrets names=%s", ",".join(prepared.secrets_used))
+        result = self.egress.request(
+            url,
+            method,
+            deadline=deadline,
+            headers=prepared.headers,
+            body=body,
+            secret_headers=prepared.secret_names,
+        )
+        if result.status == ERR_BAD_REQUEST:  # reserved for header refusals; egress never says it
+            return HttpResult(STATUS_FAILED, error_code=result.error_code, reason=result.reason)
+        return result
+
+    def _log(self, message: dict[str, Any]) -> None:
+        """Keep one guest log line: cut, escaped again and counted here (the child is not trusted)."""
+        self.log_lines += 1
+        if self.log_lines <= MAX_LOG_LINES:
+            raw = str(message.get("line", ""))[: 8 * MAX_LOG_LINE]  # escapes grow a line up to 6x
+            line = "".join(c if " " <= c <= "~" else ascii(c)[1:-1] for c in raw)
+            self.outcome.log.append(line)
+            log.info("guest log line=%s", line)
+        elif self.log_lines == MAX_LOG_LINES + 1:
+            self.outcome.log.append(f"[more than {MAX_LOG_LINES} lines: the rest were dropped]")
 
     def _result(self, message: dict[str, Any], deadline: float) -> None:
         size = message.get("size")
@@ -232,6 +332,9 @@ class _Session:
         out.entry = str(message.get("entry"))
         out.fuel_used = int(message.get("fuel_used", 0))
         out.requests = int(message.get("requests", 0))
+        out.unchanged = message.get("unchanged") is True
+        if out.unchanged and size is not None:
+            raise ProtocolViolation("a payload sent after the guest said unchanged")
         if size is None:
             return
         if not isinstance(size, int) or not 0 <= size <= self.job.limits.max_payload_size:

@@ -1,0 +1,135 @@
+"""Fixtures for ``syncctl guest test``: every guest request answered from a file, nothing sent anywhere.
+
+A fixtures file is JSON: ``{"responses": [{"method": "GET", "url": "...", "status": 200, "headers":
+{...}, "body": "text"}]}`` (``body_base64`` for binary bodies; ``when`` maps request headers that must be
+present with these values, so one URL can answer 200 first and 304 to a conditional request). The first
+entry whose method, URL and ``when`` match answers; a request nothing matches gets -5 (``no_fixture``).
+The allow-list still applies (a refused host is refused as in production), so a guest that passes here
+fails for no policy reason later. Requests are recorded for the report.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sync_format.errors import SyncError
+from sync_format.hosts import url_allowed
+from workers.egress import STATUS_DENIED, STATUS_FAILED, HttpResult
+
+
+class FixturesError(SyncError):
+    """The fixtures file cannot be used; the message says where."""
+
+    code = "fixtures_error"
+
+
+@dataclass(frozen=True)
+class Fixture:
+    """One canned response."""
+
+    method: str
+    url: str
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    when: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """A request the guest made, and what it got."""
+
+    method: str
+    url: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    status: int
+    error_code: str | None
+
+
+def load_fixtures(path: Path) -> list[Fixture]:
+    """Read a fixtures file.
+
+    Args:
+        path: The JSON file.
+
+    Returns:
+        The fixtures in file order.
+
+    Raises:
+        FixturesError: Not valid JSON or an entry lacks a field.
+    """
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        entries = doc["responses"] if isinstance(doc, dict) else doc
+        return [_fixture(entry) for entry in entries]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise FixturesError(f"{path}: not a fixtures file ({exc!r})") from exc
+
+
+def _fixture(entry: dict[str, Any]) -> Fixture:
+    if "body_base64" in entry:
+        body = base64.b64decode(entry["body_base64"])
+    else:
+        body = str(entry.get("body", "")).encode("utf-8")
+    return Fixture(
+        method=str(entry.get("method", "GET")).upper(),
+        url=str(entry["url"]),
+        status=int(entry.get("status", 200)),
+        headers=tuple((str(k), str(v)) for k, v in dict(entry.get("headers", {})).items()),
+        body=body,
+        when=tuple((str(k).lower(), str(v)) for k, v in dict(entry.get("when", {})).items()),
+    )
+
+
+@dataclass
+class FixtureRequester:
+    """A ``Requester`` (``workers.supervisor``) that answers from fixtures and records every request.
+
+    Attributes:
+        fixtures: The canned responses.
+        allow_hosts: The manifest's allow-list, or None to allow every host named in the fixtures.
+        requests: What the guest asked for, in order.
+    """
+
+    fixtures: list[Fixture]
+    allow_hosts: tuple[str, ...] | None = None
+    requests: list[RecordedRequest] = field(default_factory=list)
+
+    def request(
+        self,
+        url: str,
+        method: str,
+        *,
+        deadline: float,
+        headers: tuple[tuple[str, str], ...] = (),
+        body: bytes = b"",
+        secret_headers: frozenset[str] = frozenset(),
+    ) -> HttpResult:
+        """Answer one request from the fixtures (``deadline`` and ``secret_headers`` do not apply).
+
+        Returns:
+            The canned response, -2 for a host the allow-list refuses, or -5 ``no_fixture``.
+        """
+        del deadline, secret_headers
+        verb = method.strip().upper() or "GET"
+        result = self._answer(url, verb, headers)
+        self.requests.append(RecordedRequest(verb, url, headers, body, result.status, result.error_code))
+        return result
+
+    def _answer(self, url: str, verb: str, headers: tuple[tuple[str, str], ...]) -> HttpResult:
+        if self.allow_hosts is not None and not url_allowed(url, self.allow_hosts):
+            return HttpResult(STATUS_DENIED, error_code="host_not_allowed", final_url=url)
+        sent = {name.lower(): value for name, value in headers}
+        for fixture in self.fixtures:
+            if fixture.method != verb or fixture.url != url:
+                continue
+            if all(sent.get(name) == value for name, value in fixture.when):
+                body = b"" if verb == "HEAD" else fixture.body
+                lowered = tuple((name.lower(), value) for name, value in fixture.headers)
+                return HttpResult(fixture.status, body, final_url=url, headers=lowered)
+        return HttpResult(STATUS_FAILED, error_code="no_fixture", final_url=url, reason="no fixture matches")

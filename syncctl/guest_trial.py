@@ -1,0 +1,132 @@
+"""``syncctl guest test``: run a guest once in the real strict sandbox against fixtures, commit nothing.
+
+The run uses a scratch archive (in a private temp directory) holding the guest, the payload it starts from
+and the context: for an ARCHIVE these are its own (``--context`` replaces the context), for a bare WASM an
+empty payload (or ``--payload``) and ``--context``. It goes through ``workers.refresh.execute_guest``, the
+production path (same runtime, module cache, confined child, budgets), with a ``FixtureRequester`` instead
+of egress, so no request leaves the machine. The report lists every request with its answer, the guest's log
+lines, the outcome, and the resulting payload (text shown in full up to a limit) or a unified diff against
+the payload it started from.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tempfile
+from pathlib import Path
+from typing import TextIO
+
+from broker.settings import Settings
+from sync_format.builder import SyncBuilder
+from sync_format.reader import open_archive
+from sync_format.template import template_manifest
+from syncctl.guest_fixtures import FixtureRequester, load_fixtures
+from workers.engine import WASM_HEADER
+
+#: Payload bytes shown as text in the report; longer ones are summarised.
+SHOW_LIMIT = 4096
+
+
+def run_trial(
+    target: Path,
+    *,
+    context: Path | None,
+    fixtures: Path | None,
+    payload: Path | None,
+    output: Path | None,
+    out: TextIO,
+) -> int:
+    """Run ``target``'s guest once against fixtures and report.
+
+    Args:
+        target: A ``.wasm`` module or a ``.sync`` archive.
+        context: context.json to use instead of the archive's.
+        fixtures: The fixtures file; without it every request gets -5.
+        payload: Starting payload for a bare module.
+        output: Where to also write the resulting payload.
+        out: Where the report goes.
+
+    Returns:
+        0 when the guest completed, 1 when it failed.
+    """
+    from workers.refresh import execute_guest
+    from workers.runtime import GuestRuntime
+
+    raw = target.read_bytes()
+    allow_hosts: tuple[str, ...] | None = None
+    allow_env: tuple[str, ...] = ()
+    if raw[:8] == WASM_HEADER:
+        wasm, current, ctx = raw, b"" if payload is None else payload.read_bytes(), None
+    else:
+        with open_archive(target) as snap:
+            wasm = snap.read_wasm() or b""
+            current, ctx = snap.read_payload(), snap.read_context()
+            allow_hosts = tuple(snap.manifest.permissions.allow_hosts)
+            allow_env = tuple(snap.manifest.permissions.allow_env)
+    if context is not None:
+        ctx = context.read_bytes()
+    requester = FixtureRequester([] if fixtures is None else load_fixtures(fixtures), allow_hosts)
+    runtime = GuestRuntime(Settings.from_env({"sandbox": "strict"}))
+    with tempfile.TemporaryDirectory(prefix="sync-guest-test-") as tmp:
+        scratch = Path(tmp) / "trial.sync"
+        manifest = template_manifest(display_ext="bin", allow_hosts=allow_hosts or ("*",))
+        if allow_env:
+            import dataclasses
+
+            permissions = dataclasses.replace(manifest.permissions, allow_env=allow_env)
+            manifest = dataclasses.replace(manifest, permissions=permissions)
+        builder = SyncBuilder().with_manifest(manifest).with_payload_bytes(current).with_wasm_bytes(wasm)
+        if ctx is not None:
+            builder.with_context_bytes(ctx)
+        builder.write_to(scratch)
+        with open_archive(scratch) as snap:
+            result = execute_guest(snap, wasm, runtime, requester=requester)
+        try:
+            new = None if result.new_payload is None else result.new_payload.read()
+        finally:
+            result.close()
+    _report(out, requester, result.log, current, new, result.unchanged)
+    if result.error is not None:
+        out.write(f"result:   failed: {result.error.code}: {' '.join(result.error.message.split())}\n")
+        return 1
+    if new is not None and output is not None:
+        output.write_bytes(new)
+    return 0
+
+
+def _report(
+    out: TextIO,
+    requester: FixtureRequester,
+    log: list[str],
+    current: bytes,
+    new: bytes | None,
+    unchanged: bool,
+) -> None:
+    out.write(f"requests: {len(requester.requests)}\n")
+    for req in requester.requests:
+        answer = f"{req.status}" if req.error_code is None else f"{req.status} ({req.error_code})"
+        out.write(f"  {req.method} {req.url} -> {answer}\n")
+        for name, value in req.headers:
+            out.write(f"      {name}: {value}\n")
+    if log:
+        out.write("log:\n" + "".join(f"  {line}\n" for line in log))
+    if new is None:
+        out.write("result:   unchanged (the guest said so)\n" if unchanged else "result:   unchanged\n")
+        return
+    out.write(f"result:   new payload, {len(new)} bytes (was {len(current)})\n")
+    if new == current:
+        out.write("payload:  identical to the current one\n")
+        return
+    try:
+        old_text, new_text = current.decode("utf-8"), new.decode("utf-8")
+    except UnicodeDecodeError:
+        out.write("payload:  binary\n")
+        return
+    if not current:
+        shown = new_text if len(new_text) <= SHOW_LIMIT else new_text[:SHOW_LIMIT] + "\n[...]\n"
+        out.write("payload:\n" + shown + ("" if shown.endswith("\n") else "\n"))
+        return
+    diff = difflib.unified_diff(
+        old_text.splitlines(keepends=True), new_text.splitlines(keepends=True), "current", "new"
+    )
+    out.write("diff:\n" + "".join(line if line.endswith("\n") else line + "\n" for line in diff))

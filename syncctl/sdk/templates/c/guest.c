@@ -1,0 +1,12 @@
+// A sync guest in C: fetch the URL named "url" in context.json and make its body the payload.
+// Build: syncctl guest build guest.c -o guest.wasm    (docs/guest-authors.md)
+#include "sync_guest.h"
+
+static char url[2048];
+
+SYNC_EXPORT void run(void) {
+    if (sg_context_string("url", url, sizeof url) <= 0) sg_fail("context.json has no \"url\"");
+    int32_t status = sg_get(url, sg_strlen(url), "Accept: */*\n");
+    if (status != 200) sg_fail("the source did not answer 200: nothing committed");
+    if (sg_write_response() < 0) sg_fail("could not write the payload");
+}

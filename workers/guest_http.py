@@ -1,0 +1,124 @@
+"""Request headers of ABI v2 ``http_send``: parse the guest's header block, apply the rules, fill in secrets.
+
+Runs in the parent, which trusts nothing the child sends. A guest passes ``Name: value`` lines (``\\n`` or
+``\\r\\n``). Invariants:
+
+* At most ``MAX_HEADERS`` headers; names are HTTP tokens, values carry no control characters.
+* Headers the client owns (``Host``, ``Content-Length``, ``Transfer-Encoding``, ``Connection``, ...) are
+  refused: the guest cannot smuggle a second request or confuse framing.
+* Secrets: a value may hold ``${NAME}`` references. NAME must be listed in the manifest's
+  ``permissions.allow_env`` *and* supplied by the operator (``SYNC_GUEST_SECRET_<NAME>``); otherwise the
+  request is refused. The value is substituted here, after the child is done with the header block, so a
+  guest never reads a secret (the archive only names it).
+* Credential headers (``Authorization``, ``Proxy-Authorization``, ``Cookie``, ``X-Api-Key``,
+  ``X-Auth-Token``) are refused unless their value references a secret: credentials come from the operator,
+  never from the archive. Headers that carried a secret are reported so egress drops them on a redirect to
+  another origin.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+#: Most request headers a guest may send.
+MAX_HEADERS = 32
+#: Headers the HTTP client sets itself; a guest may not.
+FORBIDDEN_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "upgrade",
+        "te",
+        "trailer",
+        "keep-alive",
+        "expect",
+        "proxy-connection",
+    }
+)
+#: Headers that carry credentials: only from operator secrets.
+CREDENTIAL_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "x-api-key", "x-auth-token"}
+)
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_SECRET_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class PreparedHeaders:
+    """Headers ready to send.
+
+    Attributes:
+        headers: ``(name, value)`` pairs with secrets filled in.
+        secret_names: Lower-case names of the headers that carry a secret (dropped on a cross-origin hop).
+        secrets_used: The secret names referenced (for the log; never their values).
+    """
+
+    headers: tuple[tuple[str, str], ...]
+    secret_names: frozenset[str]
+    secrets_used: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HeaderRefusal:
+    """Why a header block was refused: a stable ``error_code`` and a reason for people."""
+
+    error_code: str
+    reason: str
+
+
+def prepare_headers(
+    block: bytes, *, allow_env: tuple[str, ...], secrets: Mapping[str, str]
+) -> PreparedHeaders | HeaderRefusal:
+    """Parse and check a guest's header block and substitute granted secrets.
+
+    Args:
+        block: The guest's raw header block.
+        allow_env: The manifest's ``permissions.allow_env`` (secret names the archive may use).
+        secrets: Operator-supplied secret values by name.
+
+    Returns:
+        The headers to send, or the refusal.
+    """
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        return HeaderRefusal("bad_header", "header block is not UTF-8")
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    lines = [line for line in lines if line]
+    if len(lines) > MAX_HEADERS:
+        return HeaderRefusal("too_many_headers", f"{len(lines)} headers, at most {MAX_HEADERS}")
+    headers: list[tuple[str, str]] = []
+    secret_names: set[str] = set()
+    used: list[str] = []
+    for line in lines:
+        name, sep, value = line.partition(":")
+        name, value = name.strip(), value.strip()
+        if not sep or not _TOKEN.match(name) or _BAD_VALUE.search(value):
+            return HeaderRefusal("bad_header", f"malformed header line {line[:60]!a}")
+        lower = name.lower()
+        if lower in FORBIDDEN_HEADERS or (lower.startswith("proxy-") and lower != "proxy-authorization"):
+            return HeaderRefusal("forbidden_header", f"header {name} is set by the host")
+        refs = _SECRET_REF.findall(value)
+        if lower in CREDENTIAL_HEADERS and not refs:
+            return HeaderRefusal(
+                "credential_header", f"{name} must come from an operator secret (${{NAME}} in allow_env)"
+            )
+        for ref in refs:
+            if ref not in allow_env:
+                return HeaderRefusal("secret_not_granted", f"secret {ref} is not in permissions.allow_env")
+            if ref not in secrets:
+                return HeaderRefusal("secret_missing", f"secret {ref} is not supplied by the operator")
+            used.append(ref)
+        if refs:
+            value = _SECRET_REF.sub(lambda m: secrets[m.group(1)], value)
+            if _BAD_VALUE.search(value):
+                return HeaderRefusal("bad_header", f"secret in {name} holds control characters")
+            secret_names.add(lower)
+        headers.append((name, value))
+    return PreparedHeaders(tuple(headers), frozenset(secret_names), tuple(dict.fromkeys(used)))
