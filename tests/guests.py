@@ -45,6 +45,23 @@ HOST_IMPORTS = """
   (import "host" "payload_read" (func $payload_read (param i32 i32 i32) (result i32)))
   (import "host" "payload_write" (func $payload_write (param i32 i32 i32) (result i32)))"""
 
+#: Version-2 imports (docs/guest-abi.md), added to ``HOST_IMPORTS`` by guests that opt in.
+V2_IMPORTS = (
+    HOST_IMPORTS
+    + """
+  (import "host" "context_size" (func $context_size (result i32)))
+  (import "host" "context_read" (func $context_read (param i32 i32 i32) (result i32)))
+  (import "host" "http_send" (func $http_send (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "host" "last_response_read_at" (func $last_response_read_at (param i32 i32 i32) (result i32)))
+  (import "host" "last_response_header" (func $last_response_header (param i32 i32 i32 i32) (result i32)))
+  (import "host" "last_response_headers_size" (func $last_response_headers_size (result i32)))
+  (import "host" "last_response_headers_read"
+    (func $last_response_headers_read (param i32 i32 i32) (result i32)))
+  (import "host" "unchanged" (func $unchanged (result i32)))
+  (import "host" "log" (func $log (param i32 i32) (result i32)))
+  (import "host" "time_unix" (func $time_unix (result i64)))"""
+)
+
 #: The spec's TV-12a echo guest, verbatim.
 ECHO_WAT = """(module
   (import "host" "payload_size"  (func $size  (result i32)))
@@ -119,6 +136,8 @@ def record(
     data: Mapping[int, bytes] | None = None,
     pages: int = 1,
     entry: str = "run",
+    imports: str = HOST_IMPORTS,
+    after: str = "",
 ) -> bytes:
     """A guest that makes ``calls`` in order and writes their results, then memory ``regions``, as payload.
 
@@ -129,6 +148,8 @@ def record(
         data: Data segments.
         pages: Memory size in pages.
         entry: Name of the exported entry point.
+        imports: The import declarations (``V2_IMPORTS`` for version-2 calls).
+        after: WAT instructions run after the payload is written (e.g. a call of ``unchanged``).
 
     Returns:
         The binary module.
@@ -143,8 +164,9 @@ def record(
     run = f"""(func (export "{entry}") (local $at i32) (local $len i32)
     {_store_results(calls)}
     (drop (call $payload_write (i32.const 0) (i32.const {4 * len(calls)}) (i32.const {RESULTS})))
-    (local.set $at (i32.const {4 * len(calls)})){appends})"""
-    return module(run, memory=f'(memory (export "memory") {pages})', data=data)
+    (local.set $at (i32.const {4 * len(calls)})){appends}
+    {after})"""
+    return module(run, memory=f'(memory (export "memory") {pages})', data=data, imports=imports)
 
 
 def result(index: int) -> str:
@@ -152,12 +174,15 @@ def result(index: int) -> str:
     return f"(i32.load (i32.const {RESULTS + 4 * index}))"
 
 
-def expect(checks: Sequence[tuple[str, int]], *, data: Mapping[int, bytes] | None = None) -> bytes:
+def expect(
+    checks: Sequence[tuple[str, int]], *, data: Mapping[int, bytes] | None = None, imports: str = HOST_IMPORTS
+) -> bytes:
     """A guest that makes each call and writes all results as payload only if one is not as expected.
 
     Args:
         checks: ``(call, expected result)`` pairs, evaluated in order.
         data: Data segments.
+        imports: The import declarations (``V2_IMPORTS`` for version-2 calls).
 
     Returns:
         The binary module.
@@ -171,7 +196,7 @@ def expect(checks: Sequence[tuple[str, int]], *, data: Mapping[int, bytes] | Non
     {compare}
     (if (local.get $bad) (then
       (drop (call $payload_write (i32.const 0) (i32.const {4 * len(checks)}) (i32.const {RESULTS}))))))"""
-    return module(run, data=data)
+    return module(run, data=data, imports=imports)
 
 
 def expect_without_memory(checks: Sequence[tuple[str, int]], *, memory: str = "") -> bytes:

@@ -475,12 +475,17 @@ def _serve(argv: Sequence[str]) -> None:
                     self._fixed(spec["status"], base64.b64decode(spec["body"]), spec["headers"])
 
         def _fixed(self, status: int, body: bytes, headers: list[list[str]]) -> None:
+            etag = next((value for name, value in headers if name.lower() == "etag"), None)
+            if status == 200 and etag is not None and self.headers.get("If-None-Match") == etag:
+                # A conditional request for what the client has: 304 without a body, as real servers do.
+                status, body = 304, b""
             self.send_response(status)
             for name, value in headers:
                 self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
+            if status != 304:
+                self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            if self.command != "HEAD":
+            if self.command != "HEAD" and status != 304:
                 self.wfile.write(body)
 
         def _stream(self, spec: dict[str, Any]) -> None:

@@ -346,7 +346,7 @@ class HostFunctions:
         if raw is None or not _in_bounds(self._store, self.state.memory, ptr, length):
             return ERR_MEMORY
         self.state.log_lines += 1
-        if self.state.log_lines <= MAX_LOG_LINES:
+        if self.state.log_lines <= MAX_LOG_LINES + 1:  # one more than kept: the parent notes the drop
             self.state.io.log(escape_log_line(raw, cut=length > MAX_LOG_LINE))
         return 0
 

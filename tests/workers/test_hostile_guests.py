@@ -422,6 +422,79 @@ def test_bad_arguments_return_an_error_code(
     assert hosts["allowed"].events() == []
 
 
+# Bad arguments to every version-2 host function (the archive has a 2-byte context.json: ``{}``)
+
+HEADERS, BODY_AT, NAME = S + 0x200, S + 0x280, S + 0x300
+V2_BAD_ARGUMENTS = [
+    ("context_read-negative-offset", call("context_read", -1, 2, 0), -1),
+    ("context_read-negative-length", call("context_read", 0, -1, 0), -1),
+    ("context_read-negative-out-ptr", call("context_read", 0, 2, -1), -1),
+    ("context_read-out-ptr-beyond-memory", call("context_read", 0, 2, PAGE), -1),
+    ("context_read-out-ptr-straddles-end", call("context_read", 0, 2, PAGE - 1), -1),
+    ("context_read-length-i32-max", call("context_read", 0, 0x7FFFFFFF, 0x7FFFFFFF), -1),
+    ("context_read-offset-past-end", call("context_read", 10, 2, 0), 0),
+    ("http_send-negative-url-ptr", call("http_send", -1, len(URL), METHOD, 3, HEADERS, 0, BODY_AT, 0), -1),
+    ("http_send-url-beyond-memory", call("http_send", PAGE, 4, METHOD, 3, HEADERS, 0, BODY_AT, 0), -1),
+    ("http_send-url-not-utf8", call("http_send", BAD_URL, 9, METHOD, 3, HEADERS, 0, BODY_AT, 0), -1),
+    ("http_send-method-not-utf8", call("http_send", S, len(URL), BAD_METHOD, 2, HEADERS, 0, BODY_AT, 0), -1),
+    (
+        "http_send-negative-headers-len",
+        call("http_send", S, len(URL), METHOD, 3, HEADERS, -1, BODY_AT, 0),
+        -1,
+    ),
+    ("http_send-negative-body-len", call("http_send", S, len(URL), METHOD, 3, HEADERS, 0, BODY_AT, -1), -1),
+    (
+        "http_send-headers-beyond-memory",
+        call("http_send", S, len(URL), METHOD, 3, PAGE - 4, 8, BODY_AT, 0),
+        -1,
+    ),
+    ("http_send-body-beyond-memory", call("http_send", S, len(URL), METHOD, 3, HEADERS, 0, PAGE - 4, 8), -1),
+    # Over the caps: refused before anything is read or allocated.
+    ("http_send-headers-len-i32-max", call("http_send", S, len(URL), METHOD, 3, 0, 0x7FFFFFFF, 0, 0), -3),
+    ("http_send-body-len-i32-max", call("http_send", S, len(URL), METHOD, 3, 0, 0, 0, 0x7FFFFFFF), -3),
+    ("last_response_read_at-negative-offset", call("last_response_read_at", -1, 1, 0), -1),
+    ("last_response_read_at-negative-out-ptr", call("last_response_read_at", 0, 1, -1), -1),
+    ("last_response_read_at-beyond-memory", call("last_response_read_at", 0, 1, PAGE + 1), -1),
+    ("last_response_header-negative-max-len", call("last_response_header", NAME, 4, 0, -1), -1),
+    ("last_response_header-negative-out-ptr", call("last_response_header", NAME, 4, -1, 4), -1),
+    ("last_response_header-name-beyond-memory", call("last_response_header", PAGE - 1, 4, 0, 4), -1),
+    ("last_response_header-name-huge", call("last_response_header", NAME, 0x7FFFFFFF, 0, 4), -1),
+    ("last_response_header-absent", call("last_response_header", NAME, 4, 0, 4), -3),
+    ("last_response_headers_read-negative", call("last_response_headers_read", 0, -1, 0), -1),
+    ("last_response_headers_read-beyond-memory", call("last_response_headers_read", 0, 1, PAGE + 1), -1),
+    ("log-negative-ptr", call("log", -1, 4), -1),
+    ("log-negative-len", call("log", S, -1), -1),
+    ("log-beyond-memory", call("log", PAGE - 2, 4), -1),
+    ("log-len-i32-max", call("log", S, 0x7FFFFFFF), -1),
+    ("unchanged-twice-is-fine", call("unchanged"), 0),
+]
+
+
+@pytest.mark.parametrize(("expr", "expected"), [pytest.param(e, v, id=i) for i, e, v in V2_BAD_ARGUMENTS])
+def test_v2_bad_arguments_return_an_error_code(
+    runtime: GuestRuntime,
+    names: NameTable,
+    hosts: dict[str, ServedHost],
+    tmp_path: Path,
+    parent: Parent,
+    expr: str,
+    expected: int,
+) -> None:
+    """Negative, out-of-bounds, oversized and non-UTF-8 arguments to every v2 host function return -1 (-3 for
+    lengths over the request caps), never crash, allocate or request anything, and the guest carries on."""
+    checks = [(expr, expected), (call("payload_size"), 5), (call("context_size"), 2)]
+    data = {**BAD_ARGUMENT_DATA, NAME: b"etag"}
+    wasm = guests.expect(checks, data=data, imports=guests.V2_IMPORTS)
+    path = tmp_path / "v2.sync"
+    manifest = make_manifest(allow_hosts=("allowed.test",))
+    make_archive(path, b"hello", manifest=manifest, wasm=wasm, context=b"{}")
+    outcome = run_refresh(path, runtime)
+    assert_expected(outcome, path, parent, checks)
+    assert outcome.requests == 0
+    assert names.calls == []
+    assert hosts["allowed"].events() == []
+
+
 def test_expecting_guest_reports_what_it_saw(runtime: GuestRuntime, tmp_path: Path) -> None:
     """The checking guest used above really checks: a wrong expectation commits the values it saw."""
     checks = [(call("payload_size"), 5), (call("payload_read", -1, 1, 0), 0)]

@@ -1,0 +1,329 @@
+"""Guest ABI version 2 (docs/guest-abi.md) through ``run_refresh`` on real archives in confined children.
+
+Guests are WAT programs from ``guests`` importing ``V2_IMPORTS``; they record what each host call returned
+in their new payload. HTTP goes to two servers on 127.0.0.1 (``loop.test`` and ``other.test``, different
+ports, so different origins), whose logs show exactly what was sent. Header rules and secrets are applied in
+the parent: a refused request never reaches a server. Bad pointers and lengths of every v2 call are in
+``test_hostile_guests.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import guests
+import pytest
+from guests import NameTable, call, record, result, results
+from netns_hosts import Route, ServedHost, loopback_host
+
+from broker.settings import Settings
+from sync_format.reader import open_archive
+from sync_format.testing import make_archive, make_manifest
+from workers.host_abi import MAX_LOG_LINES
+from workers.refresh import COMMITTED, UNCHANGED, RefreshOutcome, run_refresh
+from workers.runtime import GuestRuntime
+
+#: Where strings (URL, method, headers, body, header names) are placed, and where guests copy bytes to.
+URL_AT, METHOD_AT, HEADERS_AT, BODY_AT, NAME_AT, OUT = 0x100, 0x300, 0x400, 0x1400, 0x1800, 0x2000
+SECRET = "s3cret-value-never-seen"  # noqa: S105  (a test value)
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[dict[str, ServedHost]]:
+    """Two servers on 127.0.0.1 for the module."""
+    with loopback_host("v2") as one, loopback_host("v2-other") as other:
+        yield {"loop": one, "other": other}
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory: pytest.TempPathFactory) -> GuestRuntime:
+    """A strict runtime where the operator supplies the secret ``TOKEN`` (and nothing else)."""
+    settings = Settings.from_env(
+        {
+            "cache_dir": tmp_path_factory.mktemp("v2-cache"),
+            "sandbox": "strict",
+            "guest_secrets": {"TOKEN": SECRET},
+        },
+        env={},
+    )
+    return GuestRuntime(
+        settings, resolver=NameTable({"loop.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+    )
+
+
+@pytest.fixture(autouse=True)
+def fresh(servers: dict[str, ServedHost]) -> None:
+    """Each test starts with empty logs; ``/json`` answers with an ETag, ``/hop`` redirects to the other."""
+    for host in servers.values():
+        host.reset()
+    servers["loop"].serve(
+        {
+            "/json": Route.fixed(
+                b'{"ok": true}', headers={"ETag": '"v1"', "Content-Type": "application/json"}
+            ),
+            "/hop": Route.redirect(servers["other"].url("/json", host="other.test")),
+        }
+    )
+    servers["other"].serve({"/json": Route.fixed(b"other")})
+
+
+def url(servers: dict[str, ServedHost], path: str = "/json") -> bytes:
+    return servers["loop"].url(path, host="loop.test").encode()
+
+
+def hosts(servers: dict[str, ServedHost]) -> tuple[str, ...]:
+    return tuple(f"{name}.test:{servers[name].port}" for name in ("loop", "other"))
+
+
+def run(
+    runtime: GuestRuntime,
+    tmp_path: Path,
+    wasm: bytes,
+    *,
+    context: bytes | None = None,
+    allow_hosts: tuple[str, ...] = (),
+    allow_env: tuple[str, ...] = (),
+) -> tuple[RefreshOutcome, Path]:
+    """Refresh an archive (payload ``hello``) holding this guest once."""
+    manifest = make_manifest(allow_hosts=allow_hosts)
+    manifest = dataclasses.replace(
+        manifest, permissions=dataclasses.replace(manifest.permissions, allow_env=allow_env)
+    )
+    path = tmp_path / "v2.sync"
+    make_archive(path, b"hello", manifest=manifest, wasm=wasm, context=context)
+    return run_refresh(path, runtime), path
+
+
+def payload_of(path: Path) -> bytes:
+    with open_archive(path) as snap:
+        return snap.read_payload()
+
+
+def send(
+    target: bytes, method: bytes = b"GET", headers: bytes = b"", body: bytes = b""
+) -> tuple[str, dict[int, bytes]]:
+    """An ``http_send`` call and its data segments."""
+    expr = call(
+        "http_send", URL_AT, len(target), METHOD_AT, len(method), HEADERS_AT, len(headers), BODY_AT, len(body)
+    )
+    return expr, {URL_AT: target, METHOD_AT: method, HEADERS_AT: headers, BODY_AT: body}
+
+
+def test_context_read_returns_context_json(runtime: GuestRuntime, tmp_path: Path) -> None:
+    """``context_size``/``context_read`` give the archive's context.json byte for byte, also in parts."""
+    context = b'{"url": "https://example.com/a.csv", "n": 3}'
+    wasm = record(
+        call("context_size"),
+        call("context_read", 0, 1000, OUT),
+        call("context_read", 8, 5, OUT + 100),
+        regions=[(OUT, result(1)), (OUT + 100, 5)],
+        imports=guests.V2_IMPORTS,
+    )
+    outcome, path = run(runtime, tmp_path, wasm, context=context)
+    assert outcome.status == COMMITTED, outcome.error
+    values, rest = results(payload_of(path), 3)
+    assert values == [len(context), len(context), 5]
+    assert rest == context + context[8:13]
+
+
+def test_context_is_empty_without_context_json(runtime: GuestRuntime, tmp_path: Path) -> None:
+    """Without context.json both calls say 0."""
+    wasm = record(call("context_size"), call("context_read", 0, 10, OUT), imports=guests.V2_IMPORTS)
+    outcome, path = run(runtime, tmp_path, wasm)
+    assert results(payload_of(path), 2) == ([0, 0], b"")
+    assert outcome.status == COMMITTED
+
+
+def test_post_with_headers_and_body_and_response_headers(
+    runtime: GuestRuntime, tmp_path: Path, servers: dict[str, ServedHost]
+) -> None:
+    """A POST carries the guest's headers and body; the guest reads the status, body and response headers."""
+    body = b'{"query": "temperature"}'
+    request, data = send(
+        url(servers), b"POST", b"Accept: application/json\nContent-Type: application/json\n", body
+    )
+    wasm = record(
+        request,
+        call("last_response_header", NAME_AT, 4, OUT, 64),
+        call("last_response_read_at", 1, 4, OUT + 64),
+        call("last_response_headers_size"),
+        regions=[(OUT, result(1)), (OUT + 64, 4)],
+        data={**data, NAME_AT: b"ETag"},
+        imports=guests.V2_IMPORTS,
+    )
+    outcome, path = run(runtime, tmp_path, wasm, allow_hosts=hosts(servers))
+    assert outcome.status == COMMITTED, outcome.error
+    values, rest = results(payload_of(path), 4)
+    assert values[:3] == [200, 4, 4]
+    assert values[3] > 0
+    assert rest == b'"v1"' + b'"ok"'
+    (seen,) = servers["loop"].requests()
+    assert seen["method"] == "POST"
+    assert seen["headers"]["Accept"] == "application/json"
+    assert seen["headers"]["Content-Type"] == "application/json"
+    assert base64.b64decode(seen["body"]) == body
+
+
+def test_conditional_request_gets_304_without_a_body(
+    runtime: GuestRuntime, tmp_path: Path, servers: dict[str, ServedHost]
+) -> None:
+    """``If-None-Match`` with the current ETag gets 304 and no body; the guest keeps its payload."""
+    request, data = send(url(servers), headers=b'If-None-Match: "v1"\n')
+    wasm = record(request, call("last_response_size"), data=data, imports=guests.V2_IMPORTS)
+    outcome, path = run(runtime, tmp_path, wasm, allow_hosts=hosts(servers))
+    assert results(payload_of(path), 2) == ([304, 0], b"")
+    assert outcome.status == COMMITTED
+    assert servers["loop"].requests()[0]["headers"]["If-None-Match"] == '"v1"'
+
+
+REFUSED_HEADERS = [
+    ("too-many-headers", b"".join(b"X-N%d: 1\n" % i for i in range(33))),
+    ("host", b"Host: evil.test\n"),
+    ("content-length", b"Content-Length: 0\n"),
+    ("transfer-encoding", b"Transfer-Encoding: chunked\n"),
+    ("connection", b"Connection: keep-alive\n"),
+    ("crlf-smuggled-host", b"X-A: 1\r\nHost: evil.test\r\n"),
+    ("malformed-line", b"NoColonHere\n"),
+    ("space-in-name", b"Bad Name: 1\n"),
+    ("nul-in-value", b"X-A: a\x00b\n"),
+    ("not-utf8", b"X-A: \xff\n"),
+    ("authorization-from-archive", b"Authorization: Bearer abc\n"),
+    ("cookie-from-archive", b"Cookie: session=abc\n"),
+    ("api-key-from-archive", b"X-Api-Key: abc\n"),
+    ("secret-not-granted", b"X-A: ${OTHER}\n"),
+    ("credential-secret-not-granted", b"Authorization: Bearer ${OTHER}\n"),
+]
+
+
+@pytest.mark.parametrize("block", [pytest.param(b, id=i) for i, b in REFUSED_HEADERS])
+def test_header_rules_refuse_before_anything_is_sent(
+    runtime: GuestRuntime, tmp_path: Path, servers: dict[str, ServedHost], block: bytes
+) -> None:
+    """Too many, forbidden, malformed and credential headers (unless from a granted secret) get -3; nothing
+    reaches the server."""
+    request, data = send(url(servers), headers=block)
+    wasm = record(request, data=data, imports=guests.V2_IMPORTS)
+    outcome, path = run(runtime, tmp_path, wasm, allow_hosts=hosts(servers), allow_env=("TOKEN",))
+    assert results(payload_of(path), 1) == ([-3], b"")
+    assert outcome.status == COMMITTED
+    assert servers["loop"].events() == []
+
+
+def test_granted_secret_missing_from_the_operator_is_refused(
+    runtime: GuestRuntime, tmp_path: Path, servers: dict[str, ServedHost]
+) -> None:
+    """A secret the manifest grants but the operator does not supply: -3, nothing sent."""
+    request, data = send(url(servers), headers=b"Authorization: Bearer ${ABSENT}\n")
+    wasm = record(request, data=data, imports=guests.V2_IMPORTS)
+    outcome, path = run(runtime, tmp_path, wasm, allow_hosts=hosts(servers), allow_env=("ABSENT",))
+    assert results(payload_of(path), 1) == ([-3], b"")
+    assert outcome.egress_errors == ("secret_missing",)
+    assert servers["loop"].events() == []
+
+
+def test_granted_secret_is_sent_and_never_seen(
+    runtime: GuestRuntime, tmp_path: Path, servers: dict[str, ServedHost], caplog: pytest.LogCaptureFixture
+) -> None:
+    """``${TOKEN}`` granted by allow_env and supplied by the operator reaches the server in Authorization; the
+    guest's memory, the status record and the worker log never hold the value."""
+    caplog.set_level(logging.DEBUG)
+    headers = b"Authorization: Bearer ${TOKEN}\n"
+    request, data = send(url(servers), headers=headers)
+    wasm = record(
+        request,
+        call("last_response_headers_read", 0, 4096, OUT),
+        regions=[(0, 0x4000)],  # the guest's whole low memory, where a secret would be if it leaked there
+        data=data,
+        pages=1,
+        imports=guests.V2_IMPORTS,
+    )
+    outcome, path = run(runtime, tmp_path, wasm, allow_hosts=hosts(servers), allow_env=("TOKEN",))
+    assert outcome.status == COMMITTED, outcome.error
+    assert results(payload_of(path), 2)[0][0] == 200
+    assert servers["loop"].requests()[0]["headers"]["Authorization"] == f"Bearer {SECRET}"
+    assert SECRET.encode() not in payload_of(path)
+    assert SECRET not in str(outcome.to_json())
+    assert SECRET not in caplog.text
+
+
+def test_secret_headers_do_not_follow_a_redirect_to_another_origin(
+    runtime: GuestRuntime, tmp_path: Path, servers: dict[str, ServedHost]
+) -> None:
+    """A redirect to another origin drops the headers that carried a secret; other headers still go."""
+    request, data = send(
+        url(servers, "/hop"), headers=b"Authorization: Bearer ${TOKEN}\nAccept: text/plain\n"
+    )
+    wasm = record(request, data=data, imports=guests.V2_IMPORTS)
+    outcome, path = run(runtime, tmp_path, wasm, allow_hosts=hosts(servers), allow_env=("TOKEN",))
+    assert results(payload_of(path), 1) == ([200], b"")
+    assert servers["loop"].requests()[0]["headers"]["Authorization"] == f"Bearer {SECRET}"
+    (moved,) = servers["other"].requests()
+    assert "Authorization" not in moved["headers"]
+    assert moved["headers"]["Accept"] == "text/plain"
+    assert outcome.status == COMMITTED
+
+
+def test_unchanged_discards_writes_and_commits_nothing(runtime: GuestRuntime, tmp_path: Path) -> None:
+    """A guest that writes and then says ``unchanged`` leaves generation and payload as they were."""
+    wasm = record(call("payload_size"), imports=guests.V2_IMPORTS, after="(drop (call $unchanged))")
+    outcome, path = run(runtime, tmp_path, wasm)
+    assert outcome.status == UNCHANGED
+    with open_archive(path) as snap:
+        assert (snap.generation, snap.read_payload()) == (0, b"hello")
+
+
+def test_log_lines_are_escaped_and_bounded(runtime: GuestRuntime, tmp_path: Path) -> None:
+    """Log lines land in the status record escaped (no raw newline or escape sequence) and at most
+    ``MAX_LOG_LINES`` of them, then one line saying the rest were dropped."""
+    line = b"hi\n\x1b[31mred\xff"
+    wasm = guests.module(
+        f"""(func (export "run") (local $i i32)
+    (loop $more
+      (drop (call $log (i32.const {URL_AT}) (i32.const {len(line)})))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $more (i32.lt_u (local.get $i) (i32.const 100)))))""",
+        data={URL_AT: line},
+        imports=guests.V2_IMPORTS,
+    )
+    outcome, _ = run(runtime, tmp_path, wasm)
+    assert outcome.status == UNCHANGED
+    assert len(outcome.guest_log) == MAX_LOG_LINES + 1
+    assert outcome.guest_log[0] == "hi\\n\\x1b[31mred\\ufffd"
+    assert "dropped" in outcome.guest_log[-1]
+    assert all(c.isprintable() for entry in outcome.guest_log for c in entry)
+
+
+def test_log_survives_a_trap(runtime: GuestRuntime, tmp_path: Path) -> None:
+    """Lines logged before a trap are in the failed refresh's record: that is when an author needs them."""
+    wasm = guests.module(
+        f"""(func (export "run")
+    (drop (call $log (i32.const {URL_AT}) (i32.const 8)))
+    unreachable)""",
+        data={URL_AT: b"about to"},
+        imports=guests.V2_IMPORTS,
+    )
+    outcome, _ = run(runtime, tmp_path, wasm)
+    assert (outcome.error_code, outcome.guest_log) == ("guest_trap", ("about to",))
+
+
+def test_time_unix_is_the_wall_clock(runtime: GuestRuntime, tmp_path: Path) -> None:
+    """``time_unix`` returns seconds since the epoch (i64; its low 32 bits recorded here)."""
+    before = int(time.time())
+    wasm = record("(i32.wrap_i64 (call $time_unix))", imports=guests.V2_IMPORTS)
+    outcome, path = run(runtime, tmp_path, wasm)
+    after = int(time.time())
+    (seen,), _ = results(payload_of(path), 1)
+    assert before <= seen % 2**32 <= after
+    assert outcome.status == COMMITTED
+
+
+def test_secrets_come_from_the_environment_and_are_not_printed() -> None:
+    """``SYNC_GUEST_SECRET_<NAME>`` supplies NAME; the settings' repr never shows a value."""
+    settings = Settings.from_env(env={"SYNC_GUEST_SECRET_TOKEN": SECRET, "SYNC_GUEST_SECRET_": "x"})
+    assert settings.guest_secrets == {"TOKEN": SECRET}
+    assert SECRET not in repr(settings)
