@@ -91,6 +91,13 @@ def _register_guest(
     test.add_argument("--fixtures", metavar="FILE", help="responses by URL and method (default: none)")
     test.add_argument("--payload", metavar="FILE", help="current payload for a bare WASM (default: empty)")
     test.add_argument("-o", "--output", metavar="FILE", help="also write the resulting payload here")
+    test.add_argument(
+        "--allow-env",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="secret a bare WASM may reference as ${NAME} (value: SYNC_GUEST_SECRET_NAME or a placeholder)",
+    )
     test.set_defaults(handler=cmd_guest_test)
 
 
@@ -159,6 +166,7 @@ def cmd_guest_test(args: argparse.Namespace) -> int:
         payload=None if args.payload is None else Path(args.payload),
         output=None if args.output is None else Path(args.output),
         out=sys.stdout,
+        allow_env=tuple(args.allow_env),
     )
 
 

@@ -49,6 +49,7 @@ class RecordedRequest:
     body: bytes
     status: int
     error_code: str | None
+    secret_headers: frozenset[str] = frozenset()
 
 
 def load_fixtures(path: Path) -> list[Fixture]:
@@ -110,15 +111,16 @@ class FixtureRequester:
         body: bytes = b"",
         secret_headers: frozenset[str] = frozenset(),
     ) -> HttpResult:
-        """Answer one request from the fixtures (``deadline`` and ``secret_headers`` do not apply).
+        """Answer one request from the fixtures (``deadline`` does not apply; secret headers are noted).
 
         Returns:
             The canned response, -2 for a host the allow-list refuses, or -5 ``no_fixture``.
         """
-        del deadline, secret_headers
+        del deadline
         verb = method.strip().upper() or "GET"
         result = self._answer(url, verb, headers)
-        self.requests.append(RecordedRequest(verb, url, headers, body, result.status, result.error_code))
+        record = RecordedRequest(verb, url, headers, body, result.status, result.error_code, secret_headers)
+        self.requests.append(record)
         return result
 
     def _answer(self, url: str, verb: str, headers: tuple[tuple[str, str], ...]) -> HttpResult:

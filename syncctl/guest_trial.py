@@ -11,6 +11,7 @@ the payload it started from.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import tempfile
 from pathlib import Path
@@ -35,6 +36,7 @@ def run_trial(
     payload: Path | None,
     output: Path | None,
     out: TextIO,
+    allow_env: tuple[str, ...] = (),
 ) -> int:
     """Run ``target``'s guest once against fixtures and report.
 
@@ -45,6 +47,8 @@ def run_trial(
         payload: Starting payload for a bare module.
         output: Where to also write the resulting payload.
         out: Where the report goes.
+        allow_env: Secret names a bare module may use (an archive's own ``allow_env`` is used otherwise);
+            values come from ``SYNC_GUEST_SECRET_<NAME>`` or are a placeholder, and are never printed.
 
     Returns:
         0 when the guest completed, 1 when it failed.
@@ -54,7 +58,6 @@ def run_trial(
 
     raw = target.read_bytes()
     allow_hosts: tuple[str, ...] | None = None
-    allow_env: tuple[str, ...] = ()
     if raw[:8] == WASM_HEADER:
         wasm, current, ctx = raw, b"" if payload is None else payload.read_bytes(), None
     else:
@@ -66,13 +69,13 @@ def run_trial(
     if context is not None:
         ctx = context.read_bytes()
     requester = FixtureRequester([] if fixtures is None else load_fixtures(fixtures), allow_hosts)
-    runtime = GuestRuntime(Settings.from_env({"sandbox": "strict"}))
+    settings = Settings.from_env({"sandbox": "strict"})
+    secrets = {name: f"<secret {name}>" for name in allow_env} | dict(settings.guest_secrets)
+    runtime = GuestRuntime(dataclasses.replace(settings, guest_secrets=secrets))
     with tempfile.TemporaryDirectory(prefix="sync-guest-test-") as tmp:
         scratch = Path(tmp) / "trial.sync"
         manifest = template_manifest(display_ext="bin", allow_hosts=allow_hosts or ("*",))
         if allow_env:
-            import dataclasses
-
             permissions = dataclasses.replace(manifest.permissions, allow_env=allow_env)
             manifest = dataclasses.replace(manifest, permissions=permissions)
         builder = SyncBuilder().with_manifest(manifest).with_payload_bytes(current).with_wasm_bytes(wasm)
@@ -107,7 +110,8 @@ def _report(
         answer = f"{req.status}" if req.error_code is None else f"{req.status} ({req.error_code})"
         out.write(f"  {req.method} {req.url} -> {answer}\n")
         for name, value in req.headers:
-            out.write(f"      {name}: {value}\n")
+            shown = "(from an operator secret)" if name.lower() in req.secret_headers else value
+            out.write(f"      {name}: {shown}\n")
     if log:
         out.write("log:\n" + "".join(f"  {line}\n" for line in log))
     if new is None:
