@@ -8,25 +8,27 @@ removes the demo.
 
 The archives, each refreshed at most every ``DEMO_TTL`` seconds when read:
 
-* ``readings.csv`` and ``feed.json``: the guest ``demo_guests/fetch_source.wat`` fetches the document from
-  the demo source and writes the body as the new payload; ``allow_hosts`` names the source exactly
-  (``127.0.0.1:PORT``);
-* ``appended.csv``: the guest ``demo_guests/append_reading.wat`` appends a row to its own payload; it needs
-  no network.
+* ``readings.csv`` and ``feed.json``: the guest ``demo_guests/fetch_source.wasm`` (built with the C SDK
+  from ``fetch_source.c``) fetches the URL its ``context.json`` names, the demo source's document, and
+  writes the body as the new payload; ``allow_hosts`` names the source exactly (``127.0.0.1:PORT``);
+* ``appended.csv``: the guest ``demo_guests/append_reading.wat``, kept as the hand-written reference
+  example of the ABI, appends a row to its own payload; it needs no network.
 
 Invariants:
-    * The source's port is known only at run time and is part of both the guest (its URL) and the signed
+    * The source's port is known only at run time and is part of both the context (its URL) and the signed
       manifest, so every run rebuilds the three archives (atomically, over the previous ones); other files
       in the store are left alone.
     * A directory is used only when it is missing, empty, or carries the marker: the demo never writes into
       a directory it did not make (``DemoDirectoryError``).
     * Every archive is signed (``sync-ext/1``) with the demo key: the signature binds the manifest and
       ``sync.wasm``, not the payload, which changes at every refresh (as ``syncctl pack --sign`` does).
-    * The guests are compiled from the WAT shipped in the package, so the demo works from an installed wheel.
+    * The guests ship in the package (the fetch guest as its built module, so no toolchain is needed; the
+      reference guest as WAT), so the demo works from an installed wheel.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -48,15 +50,14 @@ if TYPE_CHECKING:
 DEMO_TTL = 5
 #: Seconds one guest run may take (a fetch from loopback takes milliseconds).
 DEMO_TIMEOUT = 10
-#: Longest source URL the fetch guest holds (it reserves 1 KiB of memory for it, NUL included).
-MAX_URL_BYTES = 1023
+#: Longest source URL the fetch guest holds (its buffer is 2 KiB, NUL included).
+MAX_URL_BYTES = 2047
 
 MARKER = ".sync-demo"
 KEY_FILE = "demo-key.pem"
 STORE_DIR = "store"
 CACHE_DIR = "cache"
 WORKER_LOG = "workers.log"
-_URL_PLACEHOLDER = "@SOURCE_URL@"
 _MARKER_TEXT = "This directory was made by `syncctl demo`; it may be deleted.\n"
 _APPENDED_SEED = b"reading,sensor,celsius\n1,roof,7.1\n"
 
@@ -141,29 +142,30 @@ def _guest_wat(name: str) -> str:
     return files("syncctl").joinpath("demo_guests", name).read_text(encoding="utf-8")
 
 
-def _wat_string(data: bytes) -> str:
-    """``data`` as the inside of a WAT string literal, every byte hex-escaped."""
-    return "".join(f"\\{b:02x}" for b in data)
+def fetch_guest() -> bytes:
+    """The fetch guest: the shipped module built from ``demo_guests/fetch_source.c``.
+
+    Returns:
+        The binary module.
+    """
+    return files("syncctl").joinpath("demo_guests", "fetch_source.wasm").read_bytes()
 
 
-def fetch_guest(url: str) -> bytes:
-    """Compile the fetch guest for ``url``.
+def fetch_context(url: str) -> bytes:
+    """The ``context.json`` that points the fetch guest at ``url``.
 
     Args:
         url: What the guest fetches.
 
     Returns:
-        The binary module.
+        The JSON bytes.
 
     Raises:
-        ValueError: The URL does not fit the guest's buffer or holds a NUL byte.
+        ValueError: The URL does not fit the guest's buffer.
     """
-    raw = url.encode()
-    if len(raw) > MAX_URL_BYTES or b"\0" in raw:
-        raise ValueError(f"source URL cannot be baked into the guest: {url!r}")
-    return bytes(
-        wasmtime.wat2wasm(_guest_wat("fetch_source.wat").replace(_URL_PLACEHOLDER, _wat_string(raw)))
-    )
+    if len(url.encode()) > MAX_URL_BYTES:
+        raise ValueError(f"source URL is too long for the fetch guest: {url!r}")
+    return json.dumps({"url": url}).encode()
 
 
 def append_guest() -> bytes:
@@ -176,7 +178,13 @@ def append_guest() -> bytes:
 
 
 def _write_signed(
-    path: Path, payload: bytes, wasm: bytes, key: SigningKey, *, allow_hosts: tuple[str, ...] = ()
+    path: Path,
+    payload: bytes,
+    wasm: bytes,
+    key: SigningKey,
+    *,
+    allow_hosts: tuple[str, ...] = (),
+    context: bytes | None = None,
 ) -> None:
     now = format_timestamp(now_ns())
     manifest = template_manifest(
@@ -187,10 +195,12 @@ def _write_signed(
         allow_hosts=allow_hosts,
     )
     # The payload is left unbound: it changes at every refresh, the manifest and the guest do not.
-    signed = sign_manifest(manifest, key, timestamp=now, wasm=wasm, extension=True)
-    SyncBuilder().with_manifest_bytes(signed.to_bytes()).with_payload_bytes(payload).with_wasm_bytes(
-        wasm
-    ).write_to(path)
+    signed = sign_manifest(manifest, key, timestamp=now, wasm=wasm, context=context, extension=True)
+    builder = SyncBuilder().with_manifest_bytes(signed.to_bytes()).with_payload_bytes(payload)
+    builder.with_wasm_bytes(wasm)
+    if context is not None:
+        builder.with_context_bytes(context)
+    builder.write_to(path)
 
 
 def build_demo_store(base: Path, source: DemoSource) -> DemoStore:
@@ -223,7 +233,8 @@ def build_demo_store(base: Path, source: DemoSource) -> DemoStore:
     for path, what, body in fetched:
         name = path.lstrip("/")
         archive = DemoArchive(name, store / f"{name}.sync", f"{what} fetched from {source.url(path)}")
-        _write_signed(archive.path, body, fetch_guest(source.url(path)), key, allow_hosts=hosts)
+        context = fetch_context(source.url(path))
+        _write_signed(archive.path, body, fetch_guest(), key, allow_hosts=hosts, context=context)
         archives.append(archive)
     appended = DemoArchive(
         "appended.csv", store / "appended.csv.sync", "a row appended by its guest, offline"

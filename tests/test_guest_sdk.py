@@ -179,6 +179,13 @@ def test_modules_that_break_the_abi_are_not_written(tmp_path: Path, source: str,
     assert not (tmp_path / "bad.wasm").exists()
 
 
+def test_the_demo_guest_shipped_in_the_wheel_is_its_source_rebuilt(tmp_path: Path) -> None:
+    """``demo_guests/fetch_source.wasm`` (shipped so the demo needs no toolchain) is exactly what
+    ``syncctl guest build`` makes of ``fetch_source.c``."""
+    demo = ROOT / "syncctl" / "demo_guests"
+    assert build(demo / "fetch_source.c", tmp_path).wasm == (demo / "fetch_source.wasm").read_bytes()
+
+
 def test_check_abi_names_a_missing_memory_and_run() -> None:
     """A module without ``memory`` and ``run`` exports is no guest."""
     wasm = wasmtime.wat2wasm('(module (memory 1) (func (export "_start")))')
