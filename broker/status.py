@@ -63,6 +63,7 @@ class StatusRecord:
         attempts: Attempts recorded for the archive so far, this one included.
         last_attempt: When the attempt started.
         updated_at: When the record was written.
+        guest_log: The guest's ``log`` lines of the attempt (ABI v2; escaped and bounded by the worker).
     """
 
     archive: str
@@ -77,6 +78,8 @@ class StatusRecord:
     attempts: int
     last_attempt: datetime
     updated_at: datetime
+    # Guest SDK / ABI v2 (issue 14): optional in stored records (older ones have none).
+    guest_log: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (times as RFC 3339 UTC).
@@ -97,6 +100,7 @@ class StatusRecord:
             "attempts": self.attempts,
             "last_attempt": format_time(self.last_attempt),
             "updated_at": format_time(self.updated_at),
+            "guest_log": list(self.guest_log),
         }
 
     @classmethod
@@ -112,7 +116,7 @@ class StatusRecord:
         Raises:
             MalformedRecord: Not an object with exactly these fields and types.
         """
-        if not isinstance(data, dict) or set(data) != _FIELDS:
+        if not isinstance(data, dict) or not _REQUIRED <= set(data) <= _FIELDS:
             raise MalformedRecord("status", "must be an object with exactly the status fields")
         for name in _OPTIONAL_TEXT:
             if data[name] is not None and not isinstance(data[name], str):
@@ -132,10 +136,23 @@ class StatusRecord:
             attempts=require_int(data["attempts"], "status", "attempts"),
             last_attempt=parse_time(data["last_attempt"], "status", "last_attempt"),
             updated_at=parse_time(data["updated_at"], "status", "updated_at"),
+            guest_log=_guest_log(data.get("guest_log")),
         )
 
 
 _FIELDS = frozenset(StatusRecord.__dataclass_fields__)
+#: Fields every stored record has; the others were added later and default when absent.
+_REQUIRED = _FIELDS - {"guest_log"}
+#: Most guest log lines kept in a record (the worker already bounds them; this bounds what Redis holds).
+MAX_GUEST_LOG = 65
+
+
+def _guest_log(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(line, str) for line in value):
+        raise MalformedRecord("status", "must be a list of strings", field="guest_log")
+    return tuple(value[:MAX_GUEST_LOG])
 
 
 def status_key(archive: str) -> str:
@@ -194,7 +211,7 @@ def mark_running(
     moment = format_time(now or datetime.now(UTC))
     key = status_key(archive)
     pipe = client.pipeline(transaction=True)
-    pipe.hdel(key, "error_code", "error")
+    pipe.hdel(key, "error_code", "error", "guest_log")
     pipe.hset(
         key,
         mapping={
@@ -266,6 +283,7 @@ def write_status(
         "job_id": job_id,
         "last_attempt": format_time(started),
         "updated_at": format_time(ended),
+        "guest_log": list(_guest_log(outcome.get("guest_log"))) or None,
     }
     key, history = status_key(archive), history_key(archive)
     written: list[StatusRecord] = []
@@ -280,6 +298,8 @@ def write_status(
         if absent:
             pipe.hdel(key, *absent)
         stored = {name: value for name, value in fields.items() if value is not None}
+        if "guest_log" in stored:
+            stored["guest_log"] = json.dumps(stored["guest_log"], separators=(",", ":"))
         pipe.hset(key, items=[item for pair in {**stored, "attempts": attempts}.items() for item in pair])
         pipe.sadd(STATUS_INDEX_KEY, archive)
         pipe.lpush(history, json.dumps(record.to_json(), separators=(",", ":")))
@@ -382,6 +402,11 @@ def _from_hash(archive: str, fields: Mapping[Any, Any]) -> StatusRecord:
         data[name] = value
     for name in ("generation", "base_generation", "attempts"):
         data[name] = _int_text(data[name], name)
+    if isinstance(data["guest_log"], str):
+        try:
+            data["guest_log"] = json.loads(data["guest_log"])
+        except json.JSONDecodeError as exc:
+            raise MalformedRecord("status", "must be a JSON list", field="guest_log") from exc
     try:
         data["duration_ms"] = float(data["duration_ms"])
     except (TypeError, ValueError) as exc:

@@ -208,6 +208,7 @@ def _summary(doc: dict[str, Any]) -> str:
         lines.append(f"guest:      entry {doc['entry']}, fuel {doc['fuel_used']}, requests {doc['requests']}")
     if doc["payload_size"] is not None:
         lines.append(f"payload:    {doc['payload_size']} bytes")
+    lines.extend(f"guest log:  {line}" for line in doc.get("guest_log") or ())
     sandbox = doc.get("sandbox")
     if sandbox:
         active = [s["layer"] for s in sandbox["layers"] if s["active"]]

@@ -245,6 +245,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{doc['archive']}  {doc['status']}  generation {doc['generation']}  "
             f"{doc.get('updated_at', '')}  {doc.get('worker') or ''}{error}{os.linesep}"
         )
+        for line in doc.get("guest_log") or ():  # the guest's own lines (ABI v2 log), already escaped
+            sys.stdout.write(f"    guest: {line}{os.linesep}")
     if not docs:
         sys.stdout.write("no refreshes recorded\n")
     return 0

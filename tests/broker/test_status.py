@@ -172,3 +172,30 @@ def test_outages_raise_broker_unavailable(private_redis: RedisServer) -> None:
         list_status(client)
     with pytest.raises(BrokerUnavailable):
         mark_running(client, "a.sync", generation=0, worker="w", job_id="j")
+
+
+def test_guest_log_lines_are_recorded_and_cleared(redis_client: redis.Redis) -> None:
+    """A guest's log lines (ABI v2) are kept in the record and its history entry; the next attempt without
+    lines clears them, as does a job starting."""
+    lines = ["fetched 3 rows", "not modified: payload kept"]
+    written = write_status(redis_client, "g.sync", outcome(guest_log=lines), worker="w", job_id="j1", now=NOW)
+    assert written.guest_log == tuple(lines)
+    assert read_status(redis_client, "g.sync") == written
+    assert read_history(redis_client, "g.sync")[0].guest_log == tuple(lines)
+    mark_running(redis_client, "g.sync", generation=4, worker="w", job_id="j2", now=NOW)
+    running = read_status(redis_client, "g.sync")
+    assert running is not None
+    assert running.guest_log == ()
+    write_status(redis_client, "g.sync", outcome(), worker="w", job_id="j2", now=NOW)
+    latest = read_status(redis_client, "g.sync")
+    assert latest is not None
+    assert latest.guest_log == ()
+
+
+def test_history_entries_from_before_guest_logs_still_decode(redis_client: redis.Redis) -> None:
+    """Entries written before the ``guest_log`` field existed decode with no lines."""
+    write_status(redis_client, "old.sync", outcome(), worker="w", job_id="j", now=NOW)
+    entry = json.loads(redis_client.lindex(history_key("old.sync"), 0))
+    del entry["guest_log"]
+    redis_client.lset(history_key("old.sync"), 0, json.dumps(entry))
+    assert read_history(redis_client, "old.sync")[0].guest_log == ()
