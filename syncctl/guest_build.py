@@ -216,6 +216,9 @@ def _c_command(src: Path, out: Path) -> list[str]:
         "-ffile-prefix-map=" + str(src.parent) + "=.",
         "-I",
         str(SDK_DIR / "c"),
+        # wasm32-freestanding has no libc: a string.h and its few functions ship with the SDK.
+        "-isystem",
+        str(SDK_DIR / "c" / "libc"),
         "-Wl,--no-entry",
         "-Wl,--export=run",
         "-Wl,--strip-all",
@@ -223,6 +226,7 @@ def _c_command(src: Path, out: Path) -> list[str]:
         "-o",
         str(out),
         src.name,
+        str(SDK_DIR / "c" / "libc" / "sync_libc.c"),
     ]
 
 

@@ -118,6 +118,19 @@ void run(void) {
     (void)time_unix;
 }
 """
+PLAIN_C_LIBC = """
+#include <string.h>
+__attribute__((import_module("host"), import_name("payload_write")))
+int payload_write(int, int, const void *);
+static char buf[64];
+void run(void) {
+    const char *s = "built without the SDK";
+    size_t n = strlen(s);
+    memset(buf, 0, sizeof buf);
+    memcpy(buf, s, n);
+    if (memcmp(buf, "built", 5) == 0 && strstr(buf, "SDK")) payload_write(0, (int)n, buf);
+}
+"""
 PLAIN_AS = """
 @external("host", "payload_write")
 declare function payload_write(offset: i32, len: i32, data: usize): i32;
@@ -129,11 +142,14 @@ export function run(): void {
 """
 
 
-@pytest.mark.parametrize(("name", "source"), [("plain.c", PLAIN_C), ("plain.ts", PLAIN_AS)])
+@pytest.mark.parametrize(
+    ("name", "source"), [("plain.c", PLAIN_C), ("libc.c", PLAIN_C_LIBC), ("plain.ts", PLAIN_AS)]
+)
 def test_plain_sources_without_the_sdk_build_and_run(
     tmp_path: Path, cache_dir: Path, name: str, source: str
 ) -> None:
-    """C and AssemblyScript that import the ABI directly (no SDK) build, and run in the sandbox."""
+    """C (also using string.h) and AssemblyScript that import the ABI directly (no SDK) build, and run in
+    the sandbox."""
     (tmp_path / name).write_text(source)
     done = syncctl("guest", "build", str(tmp_path / name), "-o", str(tmp_path / "plain.wasm"))
     assert done.returncode == 0, done.stderr
