@@ -1005,3 +1005,24 @@ def test_large_archive_entry_data_damage_is_found(large_committed: Path, entry: 
     large_committed.write_bytes(data[:at] + bytes([data[at] ^ 0x20]) + data[at + 1 :])
     with pytest.raises(MalformedArchive, match="CRC-32"):
         open_archive(large_committed)
+
+
+def test_an_open_reads_each_end_of_the_file_once(
+    large_committed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening reads a small archive with one ``pread`` and a large one with two (its start and its end):
+    the directory, every local header, the manifest and the state come from those reads."""
+    small = tmp_path / "small.sync"
+    make_archive(small)
+    calls: list[tuple[int, int]] = []
+    real_pread = os.pread
+
+    def counting(fd: int, size: int, offset: int) -> bytes:
+        calls.append((size, offset))
+        return real_pread(fd, size, offset)
+
+    monkeypatch.setattr(os, "pread", counting)
+    for path, expected in ((small, 1), (large_committed, 2)):
+        calls.clear()
+        open_archive(path).close()
+        assert len(calls) == expected, calls
