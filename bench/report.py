@@ -42,6 +42,11 @@ BENCHES = (
         "format library: payload reads, snapshot opens, packing 5 GiB, commits",
         quick=("--payload-mib", "64", "--pack-gib", "0.25", "--opens", "300", "--commit-mib", "32"),
     ),
+    Bench(
+        "bench_startup",
+        "start-up of syncctl inspect and verify next to importing sync_format",
+        quick=("--runs", "5"),
+    ),
     Bench("bench_confine", "cost of each sandbox layer per job", quick=("--runs", "30")),
     Bench(
         "bench_embedded_broker",

@@ -27,6 +27,7 @@ from typing import Any
 
 from celery import Celery  # type: ignore[import-untyped]
 
+from broker.claims import RUNNING_CLAIM_TTL_MS
 from broker.contract import QUEUE_REFRESH, TASK_REFRESH
 from broker.redis_client import (
     PRODUCER_CONNECT_TIMEOUT,
@@ -45,8 +46,6 @@ SOFT_LIMIT_MARGIN = 60.0
 #: Time between the soft limit (the task still records its status and releases its claim) and the hard
 #: kill of the pool process, in seconds.
 HARD_LIMIT_MARGIN = 30.0
-#: Margin of the visibility timeout over the longest retry countdown, in seconds.
-VISIBILITY_MARGIN = 30.0
 #: How often a worker scans for unacknowledged messages past their visibility timeout, in seconds
 #: (kombu's ``unacked_restore_interval``; with throttle 1 a dead worker's messages return within about
 #: visibility timeout + this).
@@ -106,17 +105,21 @@ def job_time_limits(manifest_timeout: float, settings: Settings) -> TimeLimits:
 
 
 def visibility_timeout(settings: Settings, retry: RetryPolicy | None = None) -> float:
-    """The broker's visibility timeout: the longest retry countdown plus ``VISIBILITY_MARGIN``.
+    """The broker's visibility timeout: ``settings.visibility_margin`` past the longer of two spans.
+
+    It must outlast the longest retry countdown (a retry waiting for its ETA must not be redelivered) and
+    a dead job's running claim (a copy redelivered while the claim of the killed runner still lives finds
+    it held and drops out, so the job would be lost until the next request).
 
     Args:
-        settings: The process's settings (the timeout does not depend on guest budgets, see above).
-        retry: The retry policy in use; the default policy when None.
+        settings: The process's settings (the retry policy and the margin; guest budgets do not count).
+        retry: The retry policy in use; the one the settings configure when None.
 
     Returns:
         Seconds.
     """
-    del settings
-    return (retry or RetryPolicy()).max_delay + VISIBILITY_MARGIN
+    longest_delay = (retry or RetryPolicy.from_settings(settings)).max_delay
+    return max(longest_delay, RUNNING_CLAIM_TTL_MS / 1000) + settings.visibility_margin
 
 
 def make_celery_app(
@@ -135,7 +138,8 @@ def make_celery_app(
             ``broker.redis_client`` and one immediate reconnect instead of kombu's retries every 2 s (a
             failed send is remembered and replayed by ``broker.requests``). Workers and the CLI use the
             default, the service timeouts and kombu's reconnect loop.
-        retry: The retry policy the workers use (it bounds the visibility timeout).
+        retry: The retry policy the workers use (it bounds the visibility timeout); the one the settings
+            configure when None.
 
     Returns:
         The app; it is not set as Celery's current app.

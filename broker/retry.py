@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from broker.settings import Settings
 
 #: Retries after the first attempt before a job is given up and recorded as failed.
 DEFAULT_MAX_RETRIES = 5
@@ -40,6 +44,18 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.max_retries < 0 or self.base_delay <= 0 or self.max_delay < self.base_delay:
             raise ValueError(f"invalid retry policy {self}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        """The policy the settings configure (``SYNC_RETRY_*``).
+
+        Args:
+            settings: The process's settings.
+
+        Returns:
+            The policy.
+        """
+        return cls(settings.retry_max_retries, settings.retry_base_delay, settings.retry_max_delay)
 
     def should_retry(self, retries: int) -> bool:
         """Whether a job that has been retried ``retries`` times may be retried again.

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from broker.retry import DEFAULT_BASE_DELAY, DEFAULT_MAX_DELAY, DEFAULT_MAX_RETRIES
 from sync_format.errors import SyncError
 
 #: Default WebDAV port of the reference's ``sync-mount``.
@@ -31,6 +32,9 @@ DEFAULT_MAX_PAYLOAD = 256 * 1024 * 1024
 DEFAULT_METRICS_PORT = 0
 #: Address a worker's metrics endpoint binds: loopback only (a container passes 0.0.0.0).
 DEFAULT_METRICS_HOST = "127.0.0.1"
+#: Margin of the broker's visibility timeout over what it must outlast, in seconds (see
+#: ``broker.celery_app.visibility_timeout``).
+DEFAULT_VISIBILITY_MARGIN = 30.0
 #: Log line format when none is given.
 DEFAULT_LOG_FORMAT = "text"
 
@@ -55,6 +59,10 @@ _ENV = {
     "allow_anonymous": "SYNC_ALLOW_ANONYMOUS",
     "metrics_port": "SYNC_METRICS_PORT",
     "metrics_host": "SYNC_METRICS_HOST",
+    "retry_max_retries": "SYNC_RETRY_MAX_RETRIES",
+    "retry_base_delay": "SYNC_RETRY_BASE_DELAY",
+    "retry_max_delay": "SYNC_RETRY_MAX_DELAY",
+    "visibility_margin": "SYNC_VISIBILITY_MARGIN",
 }
 
 
@@ -99,6 +107,11 @@ class Settings:
         guest_secrets: Operator-supplied secrets a guest's request headers may reference as ``${NAME}`` when
             its manifest lists NAME in ``permissions.allow_env``; from ``SYNC_GUEST_SECRET_<NAME>``
             variables (never printed: left out of the repr).
+        retry_max_retries: Retries of a refresh after a transient failure before it is given up.
+        retry_base_delay: Ceiling of the first retry's delay in seconds; it doubles per retry.
+        retry_max_delay: Cap on any retry's delay in seconds (``broker.retry.RetryPolicy``).
+        visibility_margin: Seconds the broker's visibility timeout adds to the longest of the retry delay
+            and a dead job's claim lifetime, so a job of a killed worker runs again after about that long.
     """
 
     store: Path | None = None
@@ -116,6 +129,11 @@ class Settings:
     metrics_host: str = DEFAULT_METRICS_HOST
     # Guest SDK / ABI v2 (issue 14): secrets for request headers.
     guest_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # Issue 13 item 4 (retry timing): settings so that tests and operators can shorten them.
+    retry_max_retries: int = DEFAULT_MAX_RETRIES
+    retry_base_delay: float = DEFAULT_BASE_DELAY
+    retry_max_delay: float = DEFAULT_MAX_DELAY
+    visibility_margin: float = DEFAULT_VISIBILITY_MARGIN
 
     def __post_init__(self) -> None:
         if self.sandbox not in SANDBOX_MODES:
@@ -125,6 +143,13 @@ class Settings:
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise SettingsError(f"{name} {getattr(self, name)} is out of range")
+        if self.retry_max_retries < 0 or self.visibility_margin < 0:
+            raise SettingsError("retry_max_retries and visibility_margin must not be negative")
+        if not 0 < self.retry_base_delay <= self.retry_max_delay:
+            raise SettingsError(
+                f"retry delays need 0 < retry_base_delay ({self.retry_base_delay})"
+                f" <= retry_max_delay ({self.retry_max_delay})"
+            )
 
     @classmethod
     def from_env(
@@ -191,9 +216,15 @@ def _coerce_one(name: str, value: Any) -> Any:
     try:
         if name in ("store", "cache_dir") and value is not None:
             return Path(value)
-        if name in ("port", "max_payload_size", "metrics_port"):
+        if name in ("port", "max_payload_size", "metrics_port", "retry_max_retries"):
             return int(value)
-        if name in ("guest_timeout", "max_guest_timeout"):
+        if name in (
+            "guest_timeout",
+            "max_guest_timeout",
+            "retry_base_delay",
+            "retry_max_delay",
+            "visibility_margin",
+        ):
             return float(value)
     except (TypeError, ValueError) as exc:
         raise SettingsError(f"{name} must be a number, not {value!r}") from exc

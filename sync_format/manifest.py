@@ -9,6 +9,7 @@ the reference does. Errors name the field that broke the rule.
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -17,11 +18,40 @@ from types import MappingProxyType
 from typing import Any
 
 from sync_format.errors import ManifestError
+from sync_format.manifest_toml import Table, dump_tables
 
 #: TOML integers are signed 64-bit; ``ttl``/``timeout`` use the non-negative half (spec §2.2).
 MAX_TOML_INT = 2**63 - 1
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+#: The UTF-8 byte order mark; the reference's TOML parser skips one at the start of a document.
+UTF8_BOM = b"\xef\xbb\xbf"
+#: Parsed manifests remembered by their bytes (an LRU); a store's first listing opens each archive once,
+#: later opens of the same archive hit.
+MEMO_ENTRIES = 1024
+#: Only manifests up to this size are remembered (the reference's are under 2 KiB), which bounds the
+#: memo's keys to ``MEMO_ENTRIES * MEMO_MAX_BYTES`` bytes at worst.
+MEMO_MAX_BYTES = 16 * 1024
+
+
+def manifest_text(data: bytes) -> str:
+    """Decode manifest bytes as the reference does: strict UTF-8, one leading BOM skipped.
+
+    Args:
+        data: The raw ``manifest.toml`` entry.
+
+    Returns:
+        The TOML text, without a BOM.
+
+    Raises:
+        ManifestError: The bytes are not UTF-8.
+    """
+    start = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
+    try:
+        return data[start:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"invalid UTF-8 at byte {exc.start + start}") from exc
 
 
 class Variant(StrEnum):
@@ -166,6 +196,11 @@ class Manifest:
     def from_bytes(cls, data: bytes) -> Manifest:
         """Parse manifest bytes as the reference does (spec §2.1).
 
+        A leading UTF-8 BOM is skipped, as the reference's TOML parser does; it is not part of the
+        document (hashes and signatures cover the parsed document, never the raw bytes). Parsed manifests
+        are remembered by their bytes (a bounded LRU of small manifests): the same bytes always give the
+        same immutable ``Manifest``, so re-opening an archive does not parse its manifest again.
+
         Args:
             data: The raw ``manifest.toml`` entry.
 
@@ -173,16 +208,11 @@ class Manifest:
             The validated manifest.
 
         Raises:
-            ManifestError: Invalid UTF-8 (a BOM included), invalid TOML, or a schema violation; the error
-                names the field.
+            ManifestError: Invalid UTF-8, invalid TOML, or a schema violation; the error names the field.
         """
-        if data.startswith(b"\xef\xbb\xbf"):
-            raise ManifestError("manifest starts with a UTF-8 BOM")
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ManifestError(f"invalid UTF-8 at byte {exc.start}") from exc
-        return cls.from_toml(text)
+        if len(data) > MEMO_MAX_BYTES:
+            return cls.from_toml(manifest_text(data))
+        return _parse_memoized(bytes(data))
 
     @classmethod
     def from_toml(cls, text: str) -> Manifest:
@@ -237,12 +267,77 @@ class Manifest:
     def to_toml(self) -> str:
         """Serialise the way the reference's ``toml::to_string_pretty`` does (spec §2.7).
 
+        Tables in the fixed order ``sync, meta, policy, permissions, ownership, verification,
+        capabilities, [signature], encryption, [encryption.meta]``, keys in schema order, absent optional
+        values omitted, strings quoted by the reference's rule (``manifest_toml``).
+
         Returns:
             TOML text ending with a newline.
         """
-        from sync_format.manifest_toml import dump_manifest  # noqa: PLC0415  (the emitter imports us)
-
-        return dump_manifest(self)
+        tables: list[Table] = [
+            (
+                "sync",
+                (
+                    ("version", self.sync.version),
+                    ("content_type", self.sync.content_type),
+                    ("display_ext", self.sync.display_ext),
+                    ("variant", self.sync.variant.value),
+                ),
+                self.sync.extra,
+            ),
+            (
+                "meta",
+                (
+                    ("created_by", self.meta.created_by),
+                    ("created_at", self.meta.created_at),
+                    ("hash_algo", self.meta.hash_algo),
+                ),
+                self.meta.extra,
+            ),
+            ("policy", (("ttl", self.policy.ttl), ("timeout", self.policy.timeout)), self.policy.extra),
+            (
+                "permissions",
+                (("allow_hosts", self.permissions.allow_hosts), ("allow_env", self.permissions.allow_env)),
+                self.permissions.extra,
+            ),
+            (
+                "ownership",
+                (
+                    ("owner_capsule", self.ownership.owner_capsule),
+                    ("write_allowed", self.ownership.write_allowed),
+                ),
+                self.ownership.extra,
+            ),
+            (
+                "verification",
+                (
+                    ("enabled", self.verification.enabled),
+                    ("vm_type", self.verification.vm_type),
+                    ("proof_type", self.verification.proof_type),
+                ),
+                self.verification.extra,
+            ),
+            ("capabilities", (("values", self.capabilities.values),), self.capabilities.extra),
+        ]
+        sig = self.signature
+        if sig is not None:
+            tables.append(("signature", tuple((k, getattr(sig, k)) for k in SIGNATURE_KEYS), sig.extra))
+        enc = self.encryption
+        tables.append(("encryption", (("enabled", enc.enabled), ("algorithm", enc.algorithm)), enc.extra))
+        if enc.meta is not None:
+            tables.append(
+                (
+                    "encryption.meta",
+                    (
+                        ("keys", enc.meta.keys),
+                        ("recipients", enc.meta.recipients),
+                        ("kdf", enc.meta.kdf),
+                        ("hint", enc.meta.hint),
+                    ),
+                    enc.meta.extra,
+                )
+            )
+        return dump_tables(self.extra_tables, tables)
 
     def to_bytes(self) -> bytes:
         """Serialise to the UTF-8 bytes stored as ``manifest.toml``.
@@ -571,3 +666,15 @@ def _toml_type(value: object) -> str:
         if isinstance(value, py_type):
             return name
     return "datetime"
+
+
+def forget_parsed_manifests() -> None:
+    """Empty the memo of parsed manifests (benchmarks measure a first parse with it)."""
+    _parse_memoized.cache_clear()
+
+
+@functools.lru_cache(maxsize=MEMO_ENTRIES)
+def _parse_memoized(data: bytes) -> Manifest:
+    # Safe to share: a Manifest is immutable all the way down (frozen dataclasses, tuples, read-only
+    # mappings), and errors are raised again for every call (lru_cache keeps only results).
+    return Manifest.from_toml(manifest_text(data))

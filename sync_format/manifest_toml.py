@@ -1,116 +1,139 @@
-"""Write ``manifest.toml`` byte-for-byte the way the reference's ``toml::to_string_pretty`` does (spec §2.7).
+"""Write TOML byte-for-byte the way the reference's ``toml::to_string_pretty`` does (spec §2.7).
 
-Tables in the fixed order ``sync, meta, policy, permissions, ownership, verification, capabilities,
-[signature], encryption, [encryption.meta]``; keys in schema order; absent optional values omitted; arrays of
-0 or 1 elements inline, longer ones one element per line. Unknown keys and tables that a parsed manifest kept
-are written after the known ones, so nothing is lost; the reference ignores them when it reads.
+This module knows TOML, not manifests: ``manifest.py`` hands it the tables in the reference's order and it
+writes them (it imports nothing from the model, so the two never import each other). Layout: a blank line
+between tables; ``key = value`` with single spaces; arrays of 0 or 1 elements inline, longer ones one
+element per line indented by four spaces with a trailing comma; unknown keys and tables a parsed manifest
+kept are written after the known ones, so nothing is lost (the reference ignores them when it reads).
+
+Strings are quoted by the rule of ``toml_write`` 0.1.2, the crate behind the reference's serializer
+(``TomlStringBuilder::as_default``); "control" means any ASCII control character (U+0000..U+001F, U+007F)
+except TAB and LF:
+
+1. no control, ``\\``, ``"`` or LF: basic ``"…"`` (a TAB in it is written ``\\t``);
+2. else no control, ``'`` or LF: literal ``'…'`` (TABs raw);
+3. else no control or ``\\`` and never three ``"`` in a row: multi-line basic ``\"\"\"…\"\"\"``;
+4. else no control and never three ``'`` in a row: multi-line literal ``'''…'''``;
+5. else escaped basic ``"…"``, or escaped multi-line basic when the value has an LF.
+
+A multi-line string whose value has an LF starts with a newline right after its opening quotes (TOML drops
+that newline when reading, so a leading LF of the value survives). Escaping writes ``\\b \\t \\n \\f \\r``
+for those controls (``\\n`` only outside multi-line strings, where LF stays raw), ``\\\\`` for a backslash,
+``\\"`` for a double quote (inside a multi-line string only the third of three in a row), and ``\\u00XX``
+(upper-case hex) for every other control, DEL included. Keys use the key rule of the same crate: bare when
+made of ``A-Za-z0-9_-`` (and not empty), else basic, else literal, else escaped basic, where LF counts as a
+control.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sync_format.manifest import SIGNATURE_KEYS, Manifest
+#: A table to write: its dotted header, its known keys in order (None values are skipped) and the unknown
+#: keys and sub-tables kept from parsing.
+Table = tuple[str, Sequence[tuple[str, Any]], Mapping[str, Any]]
 
-_BASIC_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+# Controls that force escaping: every ASCII control but TAB (U+0009) and LF (U+000A), and DEL.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
+# For keys LF counts as a control too (a key is never multi-line).
+_KEY_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
+_BARE_KEY = re.compile("[A-Za-z0-9_-]+")
+# What an escaped string must escape: a control (TAB and LF included) or a backslash.
+_ESCAPE_BASIC = re.compile('[\x00-\x1f\x7f\\\\"]')
+_ESCAPE_ML = re.compile('[\x00-\x09\x0b-\x1f\x7f\\\\]|"""')
+_NAMED = {
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+    '"': '\\"',
+    "\\": "\\\\",
+}
 
 
-def dump_manifest(manifest: Manifest) -> str:
-    """Serialise a manifest.
+def dump_tables(top_extra: Mapping[str, Any], tables: Iterable[Table]) -> str:
+    """Write a document: unknown top-level keys first, then each table, then unknown top-level tables.
 
     Args:
-        manifest: The manifest to write.
+        top_extra: Top-level keys and tables outside the schema, kept from parsing.
+        tables: The known tables in the order they are written.
 
     Returns:
         TOML text ending with ``\\n``.
     """
-    m = manifest
-    tables: list[tuple[str, list[tuple[str, Any]], Mapping[str, Any]]] = [
-        (
-            "sync",
-            [
-                ("version", m.sync.version),
-                ("content_type", m.sync.content_type),
-                ("display_ext", m.sync.display_ext),
-                ("variant", m.sync.variant.value),
-            ],
-            m.sync.extra,
-        ),
-        (
-            "meta",
-            [
-                ("created_by", m.meta.created_by),
-                ("created_at", m.meta.created_at),
-                ("hash_algo", m.meta.hash_algo),
-            ],
-            m.meta.extra,
-        ),
-        ("policy", [("ttl", m.policy.ttl), ("timeout", m.policy.timeout)], m.policy.extra),
-        (
-            "permissions",
-            [
-                ("allow_hosts", m.permissions.allow_hosts),
-                ("allow_env", m.permissions.allow_env),
-            ],
-            m.permissions.extra,
-        ),
-        (
-            "ownership",
-            [
-                ("owner_capsule", m.ownership.owner_capsule),
-                ("write_allowed", m.ownership.write_allowed),
-            ],
-            m.ownership.extra,
-        ),
-        (
-            "verification",
-            [
-                ("enabled", m.verification.enabled),
-                ("vm_type", m.verification.vm_type),
-                ("proof_type", m.verification.proof_type),
-            ],
-            m.verification.extra,
-        ),
-        ("capabilities", [("values", m.capabilities.values)], m.capabilities.extra),
-    ]
-    if m.signature is not None:
-        sig = m.signature
-        tables.append(("signature", [(k, getattr(sig, k)) for k in SIGNATURE_KEYS], sig.extra))
-    tables.append(
-        (
-            "encryption",
-            [("enabled", m.encryption.enabled), ("algorithm", m.encryption.algorithm)],
-            m.encryption.extra,
-        )
-    )
-    enc_meta = m.encryption.meta
-    if enc_meta is not None:
-        tables.append(
-            (
-                "encryption.meta",
-                [
-                    ("keys", enc_meta.keys),
-                    ("recipients", enc_meta.recipients),
-                    ("kdf", enc_meta.kdf),
-                    ("hint", enc_meta.hint),
-                ],
-                enc_meta.extra,
-            )
-        )
-
-    # Unknown top-level keys must precede every table header to stay top-level; unknown tables follow
-    # the known ones. The reference ignores both when it reads.
-    top_keys, top_tables = _split_extra(m.extra_tables)
+    # Unknown top-level keys must precede every table header to stay top-level.
+    top_keys, top_tables = _split_extra(top_extra)
     head = "".join(line + "\n" for line in _key_lines(top_keys))
     blocks = [_table_block(name, known, extra) for name, known, extra in tables]
-    blocks.extend(_generic_table(_key(name), table) for name, table in top_tables)
+    blocks.extend(_generic_table(toml_key(name), table) for name, table in top_tables)
     return head + "\n".join(blocks)
 
 
-def _table_block(name: str, known: list[tuple[str, Any]], extra: Mapping[str, Any]) -> str:
+def toml_string(text: str) -> str:
+    """Quote a string value exactly as ``toml_write`` 0.1.2 does (the five steps in the module docstring).
+
+    Args:
+        text: The value.
+
+    Returns:
+        The TOML string literal, delimiters included.
+    """
+    if _CONTROL.search(text) is None:
+        has_backslash = "\\" in text
+        if not has_backslash and '"' not in text and "\n" not in text:
+            return f'"{_escape_basic(text)}"' if "\t" in text else f'"{text}"'
+        if "'" not in text and "\n" not in text:
+            return f"'{text}'"
+        newline = "\n" if "\n" in text else ""
+        if not has_backslash and '"""' not in text:
+            return f'"""{newline}{_escape_ml(text)}"""'
+        if "'''" not in text:
+            return f"'''{newline}{text}'''"
+    if "\n" in text:
+        return f'"""\n{_escape_ml(text)}"""'
+    return f'"{_escape_basic(text)}"'
+
+
+def toml_key(name: str) -> str:
+    """Write a key as ``toml_write`` 0.1.2 does: bare, else basic, else literal, else escaped basic.
+
+    Args:
+        name: The key.
+
+    Returns:
+        The key as it appears before ``=`` or in a table header.
+    """
+    if _BARE_KEY.fullmatch(name):
+        return name
+    control = _KEY_CONTROL.search(name) is not None
+    if not control and "\\" not in name and '"' not in name:
+        return f'"{_escape_basic(name)}"'
+    if not control and "'" not in name:
+        return f"'{name}'"
+    return f'"{_escape_basic(name)}"'
+
+
+def _escape_char(c: str) -> str:
+    named = _NAMED.get(c)
+    return named if named is not None else f"\\u{ord(c):04X}"
+
+
+def _escape_basic(text: str) -> str:
+    return _ESCAPE_BASIC.sub(lambda m: _escape_char(m.group()), text)
+
+
+def _escape_ml(text: str) -> str:
+    # Inside \"\"\"…\"\"\" a double quote is escaped only as the third of three in a row (two may stand raw);
+    # LF stays raw.
+    return _ESCAPE_ML.sub(lambda m: '""\\"' if m.group() == '"""' else _escape_char(m.group()), text)
+
+
+def _table_block(name: str, known: Sequence[tuple[str, Any]], extra: Mapping[str, Any]) -> str:
     """One ``[name]`` header with its keys, then any sub-tables kept in ``extra``."""
     lines = [f"[{name}]"]
     lines.extend(_key_lines((k, v) for k, v in known if v is not None))
@@ -118,7 +141,7 @@ def _table_block(name: str, known: list[tuple[str, Any]], extra: Mapping[str, An
     lines.extend(_key_lines(scalars))
     text = "\n".join(lines) + "\n"
     for sub_name, sub in subtables:
-        text += "\n" + _generic_table(f"{name}.{_key(sub_name)}", sub)
+        text += "\n" + _generic_table(f"{name}.{toml_key(sub_name)}", sub)
     return text
 
 
@@ -126,7 +149,7 @@ def _generic_table(header: str, table: Mapping[str, Any]) -> str:
     scalars, subtables = _split_extra(table)
     text = "\n".join([f"[{header}]", *_key_lines(scalars)]) + "\n"
     for sub_name, sub in subtables:
-        text += "\n" + _generic_table(f"{header}.{_key(sub_name)}", sub)
+        text += "\n" + _generic_table(f"{header}.{toml_key(sub_name)}", sub)
     return text
 
 
@@ -144,13 +167,7 @@ def _split_extra(
 
 
 def _key_lines(items: Iterable[tuple[str, Any]]) -> list[str]:
-    return [f"{_key(k)} = {_value(v, top=True)}" for k, v in items]
-
-
-def _key(name: str) -> str:
-    if name and all(c.isascii() and (c.isalnum() or c in "_-") for c in name):
-        return name
-    return _string(name)
+    return [f"{toml_key(k)} = {_value(v, top=True)}" for k, v in items]
 
 
 def _value(value: Any, *, top: bool = False) -> str:
@@ -165,11 +182,11 @@ def _value(value: Any, *, top: bool = False) -> str:
             return "inf" if value > 0 else "-inf"
         return repr(value)
     if isinstance(value, str):
-        return _string(value)
+        return toml_string(value)
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, Mapping):
-        inner = ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items())
+        inner = ", ".join(f"{toml_key(k)} = {_value(v)}" for k, v in value.items())
         return "{ " + inner + " }" if inner else "{}"
     if isinstance(value, list | tuple):
         items = [_value(v) for v in value]
@@ -177,25 +194,3 @@ def _value(value: Any, *, top: bool = False) -> str:
             return "[" + ", ".join(items) + "]"
         return "[\n" + "".join(f"    {item},\n" for item in items) + "]"
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
-
-
-def _string(text: str) -> str:
-    """Basic string when it needs no escaping, literal when it has only ``"``/``\\`` to escape."""
-    plain = not any(c in '"\\' or _is_control(c) for c in text)
-    if plain:
-        return f'"{text}"'
-    if "'" not in text and not any(_is_control(c) for c in text):
-        return f"'{text}'"
-    return '"' + "".join(_escape(c) for c in text) + '"'
-
-
-def _is_control(c: str) -> bool:
-    return ord(c) < 0x20 or ord(c) == 0x7F
-
-
-def _escape(c: str) -> str:
-    if c in _BASIC_ESCAPES:
-        return _BASIC_ESCAPES[c]
-    if _is_control(c):
-        return f"\\u{ord(c):04X}"
-    return c

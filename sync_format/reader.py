@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from types import TracebackType
 
@@ -25,7 +26,7 @@ from sync_format.zip_reader import (
     METHOD_STORED,
     EntryInfo,
     ZipDirectory,
-    read_directory,
+    read_directory_windows,
     read_entry_data,
 )
 
@@ -108,7 +109,7 @@ class ArchiveSnapshot:
     """One consistent view of an archive, answered from a single open file descriptor.
 
     Attributes:
-        path: The path the archive was opened from.
+        source: The path the archive was opened from, as the caller gave it (``path`` is it as a ``Path``).
         identity: Device, inode, mtime and size of the opened file.
         directory: The validated ZIP directory.
         manifest: The parsed manifest.
@@ -117,7 +118,7 @@ class ArchiveSnapshot:
         state: The refresh state (generation, updated_at, payload hash).
     """
 
-    path: Path
+    source: str | os.PathLike[str]
     identity: FileIdentity
     directory: ZipDirectory
     manifest: Manifest
@@ -125,6 +126,11 @@ class ArchiveSnapshot:
     payload: EntryInfo
     state: ArchiveState
     _fd: _Descriptor
+
+    @cached_property
+    def path(self) -> Path:
+        """The path the archive was opened from (built on first use: opening needs no ``Path``)."""
+        return Path(self.source)
 
     @property
     def payload_offset(self) -> int:
@@ -278,12 +284,11 @@ def open_archive(path: str | os.PathLike[str]) -> ArchiveSnapshot:
             container problems, ``MissingEntry`` for a missing manifest or payload, ``ManifestError`` for
             manifest problems. Every error carries the path.
     """
-    p = Path(path)
     try:
-        fd = os.open(p, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise ArchiveError(f"cannot open: {exc.strerror}", path=p) from exc
-    return open_archive_fd(fd, p)
+        raise ArchiveError(f"cannot open: {exc.strerror}", path=Path(path)) from exc
+    return open_archive_fd(fd, path)
 
 
 def open_archive_fd(fd: int, path: str | os.PathLike[str]) -> ArchiveSnapshot:
@@ -303,26 +308,25 @@ def open_archive_fd(fd: int, path: str | os.PathLike[str]) -> ArchiveSnapshot:
     Raises:
         ArchiveError: The file is not a valid archive (as for ``open_archive``), with the path.
     """
-    p = Path(path)
     try:
-        return _snapshot(p, fd)
+        return _snapshot(path, fd)
     except ArchiveError as exc:
         os.close(fd)
-        exc.at(p)
+        exc.at(Path(path))
         raise
     except BaseException:
         os.close(fd)
         raise
 
 
-def _snapshot(path: Path, fd: int) -> ArchiveSnapshot:
+def _snapshot(path: str | os.PathLike[str], fd: int) -> ArchiveSnapshot:
     try:
         st = os.fstat(fd)
     except OSError as exc:
         raise ArchiveError(f"cannot stat: {exc.strerror}") from exc
     if not stat.S_ISREG(st.st_mode):
         raise MalformedArchive("not a regular file")
-    directory = read_directory(fd, st.st_size)
+    directory, windows = read_directory_windows(fd, st.st_size)
     manifest_entry = directory.get(MANIFEST_ENTRY)
     if manifest_entry is None:
         raise MissingEntry(MANIFEST_ENTRY)
@@ -331,16 +335,17 @@ def _snapshot(path: Path, fd: int) -> ArchiveSnapshot:
         raise MissingEntry(PAYLOAD_ENTRY)
     if payload.method != METHOD_STORED or payload.flags & FLAG_ENCRYPTED:
         raise MalformedArchive("payload must be stored (no compression)", offset=payload.header_offset)
-    manifest_bytes = read_entry_data(fd, manifest_entry, limit=MAX_MANIFEST_SIZE)
+    manifest_bytes = read_entry_data(fd, manifest_entry, limit=MAX_MANIFEST_SIZE, windows=windows)
     manifest = Manifest.from_bytes(manifest_bytes)
     state_entry = directory.get(STATE_ENTRY)
     if state_entry is None:
         state = ArchiveState()
     else:
-        state = ArchiveState.from_json(read_entry_data(fd, state_entry, limit=MAX_STATE_SIZE))
+        state_bytes = read_entry_data(fd, state_entry, limit=MAX_STATE_SIZE, windows=windows)
+        state = ArchiveState.from_json(state_bytes)
         state = state.checked_against(payload.size, payload.crc32)
     return ArchiveSnapshot(
-        path=path,
+        source=path,
         identity=FileIdentity.from_stat(st),
         directory=directory,
         manifest=manifest,

@@ -43,6 +43,8 @@ FLAG_DATA_DESCRIPTOR = 0x0008
 FLAG_UTF8 = 0x0800
 ZIP64_EXTRA_ID = 0x0001
 
+#: Bytes read at a time while opening: the tail first, then around each local header not yet read.
+WINDOW = 8 * 1024
 #: At most this many entries: a .sync needs six; the rest is room for extra entries, not for zip bombs.
 MAX_ENTRIES = 256
 #: Central directories larger than this (bytes) are refused before they are read.
@@ -50,6 +52,12 @@ MAX_CENTRAL_DIRECTORY = 4 * 1024 * 1024
 #: Deflate never expands data by more than a few bytes per block, so compressed input above twice the
 #: uncompressed limit is refused unread.
 MAX_DEFLATE_INPUT_FACTOR = 2
+
+#: Entry names every .sync archive uses, already checked: their records skip decoding and name checks.
+_KNOWN_NAMES = {
+    raw.encode("ascii"): raw
+    for raw in ("manifest.toml", "payload", "sync.wasm", "state.json", "context.json", "sync.proof")
+}
 
 _EOCD = struct.Struct("<4s4H2LH")
 _ZIP64_LOCATOR = struct.Struct("<4sLQL")
@@ -117,6 +125,49 @@ class ZipDirectory:
         return None
 
 
+class FileWindows:
+    """Byte ranges of one file already read during an open, so that nothing is read twice.
+
+    Opening an archive touches the end records, the central directory, a local header per entry and the
+    manifest and state entries. In a small archive all of them lie in the one tail read; in a large one
+    they cluster at the start and the end. A miss reads at least ``WINDOW`` bytes, so the manifest that
+    follows its local header usually comes with it. Holds the bytes only while an open runs.
+    """
+
+    __slots__ = ("_fd", "_path", "_size", "_spans")
+
+    def __init__(self, fd: int, file_size: int, path: str | None = None) -> None:
+        self._fd = fd
+        self._size = file_size
+        self._path = path
+        self._spans: list[tuple[int, bytes]] = []
+
+    def load(self, size: int, offset: int) -> bytes:
+        """Read exactly ``size`` bytes at ``offset`` with one ``pread`` and remember them.
+
+        Raises:
+            MalformedArchive: The file ends early or the read fails.
+        """
+        data = _pread_exact(self._fd, size, offset, self._path)
+        self._spans.append((offset, data))
+        return data
+
+    def read(self, size: int, offset: int) -> bytes:
+        """Exactly ``size`` bytes at ``offset``, from a remembered range or one ``pread``.
+
+        Raises:
+            MalformedArchive: The file ends before ``offset + size`` or the read fails.
+        """
+        for start, data in self._spans:
+            rel = offset - start
+            if rel >= 0 and rel + size <= len(data):
+                return data[rel : rel + size]
+        want = max(size, min(WINDOW, self._size - offset))
+        if want == size:
+            return _pread_exact(self._fd, size, offset, self._path)
+        return self.load(want, offset)[:size]
+
+
 def read_directory(fd: int, file_size: int, *, path: str | None = None) -> ZipDirectory:
     """Read and validate the central directory and every local header.
 
@@ -131,11 +182,32 @@ def read_directory(fd: int, file_size: int, *, path: str | None = None) -> ZipDi
     Raises:
         MalformedArchive: On any violation; ``offset`` points at the record at fault.
     """
-    p = _Parser(fd, file_size, path)
-    return p.parse()
+    return _Parser(FileWindows(fd, file_size, path), file_size, path).parse()
 
 
-def read_entry_data(fd: int, entry: EntryInfo, *, limit: int, path: str | None = None) -> bytes:
+def read_directory_windows(
+    fd: int, file_size: int, *, path: str | None = None
+) -> tuple[ZipDirectory, FileWindows]:
+    """``read_directory``, also returning the ranges it read (``read_entry_data`` can reuse them).
+
+    Args:
+        fd: An open file descriptor of the archive.
+        file_size: The file's size from ``fstat`` on the same fd.
+        path: Used in error messages only.
+
+    Returns:
+        The validated directory and the file ranges read while validating it.
+
+    Raises:
+        MalformedArchive: As ``read_directory``.
+    """
+    windows = FileWindows(fd, file_size, path)
+    return _Parser(windows, file_size, path).parse(), windows
+
+
+def read_entry_data(
+    fd: int, entry: EntryInfo, *, limit: int, path: str | None = None, windows: FileWindows | None = None
+) -> bytes:
     """Read an entry's bytes completely, inflating if needed, capped, and check its CRC-32.
 
     Args:
@@ -143,6 +215,7 @@ def read_entry_data(fd: int, entry: EntryInfo, *, limit: int, path: str | None =
         entry: A validated entry of that archive.
         limit: Largest uncompressed size accepted, in bytes.
         path: Used in error messages only.
+        windows: Ranges already read during the open (they are used when they cover the entry).
 
     Returns:
         The entry's uncompressed bytes.
@@ -156,7 +229,10 @@ def read_entry_data(fd: int, entry: EntryInfo, *, limit: int, path: str | None =
             path=path,
             offset=entry.header_offset,
         )
-    raw = _pread_exact(fd, entry.compressed_size, entry.data_offset, path)
+    if windows is not None:
+        raw = windows.read(entry.compressed_size, entry.data_offset)
+    else:
+        raw = _pread_exact(fd, entry.compressed_size, entry.data_offset, path)
     if entry.method == METHOD_DEFLATED:
         # Compressed size is bounded by the caller's limit times a generous ratio; the output is capped
         # by max_length so a deflate bomb cannot allocate beyond ``limit + 1`` bytes.
@@ -217,8 +293,8 @@ def check_entry_name(name: str) -> str | None:
 
 
 class _Parser:
-    def __init__(self, fd: int, file_size: int, path: str | None) -> None:
-        self.fd = fd
+    def __init__(self, windows: FileWindows, file_size: int, path: str | None) -> None:
+        self.windows = windows
         self.size = file_size
         self.path = path
 
@@ -226,15 +302,23 @@ class _Parser:
         return MalformedArchive(message, path=self.path, offset=offset)
 
     def read(self, size: int, offset: int) -> bytes:
-        return _pread_exact(self.fd, size, offset, self.path)
+        return self.windows.read(size, offset)
 
     def parse(self) -> ZipDirectory:
         if self.size < EOCD_SIZE:
             raise self.fail(f"{self.size} bytes is too short to be a ZIP archive")
-        tail_size = min(self.size, EOCD_SIZE + MAX_COMMENT)
+        # First the last WINDOW bytes (the end record, and for our archives the whole central directory);
+        # only when the end record is not there, the full range an archive comment allows. Scanning
+        # backwards, both find the same record.
+        tail_size = min(self.size, WINDOW)
         tail_start = self.size - tail_size
-        tail = self.read(tail_size, tail_start)
+        tail = self.windows.load(tail_size, tail_start)
         eocd_pos = self._find_eocd(tail)
+        if eocd_pos < 0 and tail_size < min(self.size, EOCD_SIZE + MAX_COMMENT):
+            tail_size = min(self.size, EOCD_SIZE + MAX_COMMENT)
+            tail_start = self.size - tail_size
+            tail = self.windows.load(tail_size, tail_start)
+            eocd_pos = self._find_eocd(tail)
         if eocd_pos < 0:
             raise self.fail("no end-of-central-directory record (not a ZIP archive)")
         eocd_abs = tail_start + eocd_pos
@@ -316,9 +400,10 @@ class _Parser:
                 raise self.fail(f"entry {name!r} is encrypted", rec_offset)
             if method not in (METHOD_STORED, METHOD_DEFLATED):
                 raise self.fail(f"entry {name!r} uses unsupported compression method {method}", rec_offset)
-            usize, csize, hoff, disk_start = self._apply_zip64_extra(
-                extra, usize, csize, hoff, disk_start, rec_offset
-            )
+            if m or U32_MAX in (usize, csize, hoff):
+                usize, csize, hoff, disk_start = self._apply_zip64_extra(
+                    extra, usize, csize, hoff, disk_start, rec_offset
+                )
             if disk_start != 0:
                 raise self.fail(f"entry {name!r} starts on another disk", rec_offset)
             if method == METHOD_STORED and csize != usize:
@@ -341,6 +426,9 @@ class _Parser:
         return tuple(entries)
 
     def _decode_name(self, raw: bytes, flags: int, offset: int) -> str:
+        known = _KNOWN_NAMES.get(raw)
+        if known is not None:  # ASCII and plain: both decodings agree and every check passes
+            return known
         try:
             name = raw.decode("utf-8") if flags & FLAG_UTF8 else raw.decode("cp437")
         except UnicodeDecodeError as exc:
@@ -386,13 +474,18 @@ class _Parser:
     ) -> int:
         if hoff + LOCAL_SIZE > self.size:
             raise self.fail(f"local header of {name!r} is outside the file", hoff)
-        header = self.read(LOCAL_SIZE, hoff)
-        (sig, _, lflags, lmethod, _, _, lcrc, lcsize, lusize, n, m) = _LOCAL.unpack(header)
+        # One read for the fixed part and the name it should carry (extra fields are rare).
+        wanted = min(LOCAL_SIZE + len(raw_name), self.size - hoff)
+        header = self.read(wanted, hoff)
+        (sig, _, lflags, lmethod, _, _, lcrc, lcsize, lusize, n, m) = _LOCAL.unpack_from(header)
         if sig != LOCAL_SIG:
             raise self.fail(f"bad local header signature for {name!r}", hoff)
         if hoff + LOCAL_SIZE + n + m > self.size:
             raise self.fail(f"local header of {name!r} overruns the file", hoff)
-        tail = self.read(n + m, hoff + LOCAL_SIZE)
+        if LOCAL_SIZE + n + m <= wanted:
+            tail = header[LOCAL_SIZE : LOCAL_SIZE + n + m]
+        else:
+            tail = self.read(n + m, hoff + LOCAL_SIZE)
         if tail[:n] != raw_name:
             raise self.fail(f"local header name does not match central record {name!r}", hoff)
         if lmethod != method or (lflags & FLAG_ENCRYPTED):

@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from syncctl import (
     archive_commands,
@@ -42,6 +43,23 @@ def _version() -> str:
         return "unknown (running from a source tree)"
 
 
+class _VersionAction(argparse.Action):
+    """``--version``, looked up only when asked for: ``importlib.metadata`` costs every command ~20 ms."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        sys.stdout.write(f"{parser.prog} {_version()}\n")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the parser with every subcommand.
 
@@ -65,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="syncctl",
         description="Build, inspect, verify and unpack self-updating .sync data archives.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_VersionAction, help="show the version and exit")
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="log more (-v: info, -vv: debug) on stderr"
     )

@@ -58,3 +58,13 @@ def test_mountd_loads_neither_workers_nor_wasmtime() -> None:
     code = "import sys, mountd; print(','.join(m for m in ('workers', 'wasmtime') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == ""
+
+
+def test_broker_settings_and_package_import_no_service_libraries() -> None:
+    """``import broker`` and ``broker.settings`` load no Celery, kombu or Redis (names load on first use)."""
+    code = (
+        "import sys, broker, broker.settings;"
+        "print(','.join(m for m in ('celery', 'kombu', 'redis') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == ""

@@ -955,3 +955,74 @@ def test_snapshot_facts(big: Path) -> None:
             blake3.blake3(PAYLOAD).hexdigest(),
         )
         assert snap.read_entry("payload") == PAYLOAD
+
+
+# --- large archives: what the open reads lies in several windows of the file ----------------------------
+
+
+@pytest.fixture
+def large_committed(tmp_path: Path) -> Path:
+    """An archive whose payload (256 KiB) is far larger than the read window, after one commit.
+
+    After the commit ``state.json`` follows the payload, so the open needs the file's start (manifest),
+    its end (directory, state) and nothing between.
+    """
+    path = tmp_path / "large.sync"
+    make_archive(path, b"old")
+    commit_payload(path, 0, os.urandom(256 * 1024))
+    return path
+
+
+def test_large_archive_opens_with_manifest_and_state(large_committed: Path) -> None:
+    """Manifest, state and payload of a large archive are the ones stored, read from the right places."""
+    data = large_committed.read_bytes()
+    with open_archive(large_committed) as snap:
+        assert snap.generation == 1
+        assert snap.payload_size == 256 * 1024
+        assert snap.read_payload() == data[snap.payload_offset : snap.payload_offset + 256 * 1024]
+        assert snap.manifest_bytes == MANIFEST
+        assert snap.state.stale is False
+
+
+@pytest.mark.parametrize("entry", ["manifest.toml", "state.json"])
+def test_large_archive_local_header_damage_is_found(large_committed: Path, entry: str) -> None:
+    """A local header CRC that disagrees with the central record is refused at either end of a large file."""
+    data = large_committed.read_bytes()
+    rec = records(data)[entry]
+    (crc,) = struct.unpack_from("<L", data, rec.local + 14)
+    large_committed.write_bytes(patch(data, rec.local + 14, "<L", crc ^ 1))
+    with pytest.raises(MalformedArchive, match="local header CRC or sizes"):
+        open_archive(large_committed)
+
+
+@pytest.mark.parametrize("entry", ["manifest.toml", "state.json"])
+def test_large_archive_entry_data_damage_is_found(large_committed: Path, entry: str) -> None:
+    """A flipped byte in the manifest or state data of a large archive fails the CRC check of the open."""
+    data = large_committed.read_bytes()
+    rec = records(data)[entry]
+    (n, m) = struct.unpack_from("<2H", data, rec.local + 26)
+    at = rec.local + 30 + n + m
+    large_committed.write_bytes(data[:at] + bytes([data[at] ^ 0x20]) + data[at + 1 :])
+    with pytest.raises(MalformedArchive, match="CRC-32"):
+        open_archive(large_committed)
+
+
+def test_an_open_reads_each_end_of_the_file_once(
+    large_committed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening reads a small archive with one ``pread`` and a large one with two (its start and its end):
+    the directory, every local header, the manifest and the state come from those reads."""
+    small = tmp_path / "small.sync"
+    make_archive(small)
+    calls: list[tuple[int, int]] = []
+    real_pread = os.pread
+
+    def counting(fd: int, size: int, offset: int) -> bytes:
+        calls.append((size, offset))
+        return real_pread(fd, size, offset)
+
+    monkeypatch.setattr(os, "pread", counting)
+    for path, expected in ((small, 1), (large_committed, 2)):
+        calls.clear()
+        open_archive(path).close()
+        assert len(calls) == expected, calls

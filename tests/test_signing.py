@@ -536,6 +536,26 @@ def test_extension_signature_is_ok_and_covers_wasm(tmp_path: Path, ext_text: str
     assert result.to_json()["ok"] is True
 
 
+def test_a_bom_before_a_signed_manifest_keeps_both_signatures_valid(tmp_path: Path, ext_text: str) -> None:
+    """The reference opens a manifest with a leading BOM; signatures cover the document, so both still verify.
+
+    The archive keeps the stored bytes (BOM included) and a payload commit copies them unchanged.
+    """
+    data = b"\xef\xbb\xbf" + ext_text.encode()
+    path = _build_ext(tmp_path / "bom.sync", data.decode("utf-8"))
+    with open_archive(path) as snapshot:
+        assert snapshot.manifest_bytes == data
+        assert snapshot.manifest == Manifest.from_toml(ext_text)
+    result = _verify(path)
+    assert (result.valid, result.extension_valid, result.ok) == (True, True, True)
+    commit_payload(path, 0, b"fresh")
+    with open_archive(path) as snapshot:
+        assert snapshot.manifest_bytes == data
+    edited = data.replace(b'note = "original"', b'note = "changed"')
+    changed = _verify(_build_ext(tmp_path / "bom2.sync", edited.decode()))
+    assert "document hash" in str(changed.extension_error)
+
+
 @pytest.mark.parametrize(
     ("edit", "changes", "error"),
     [

@@ -109,9 +109,9 @@ def register_tasks(
         app: An app from ``broker.make_celery_app``.
         settings: The worker's settings (``store`` maps archive keys to paths).
         broker_url: The Redis holding claims, status and notifications (the broker's own Redis).
-        retry: Retry delays and count; ``RetryPolicy()`` when None.
+        retry: Retry delays and count; the settings' (``SYNC_RETRY_*``) when None.
     """
-    state = WorkerState(settings, broker_url, retry or RetryPolicy())
+    state = WorkerState(settings, broker_url, retry or RetryPolicy.from_settings(settings))
 
     @app.task(name=TASK_REFRESH, bind=True)  # type: ignore[untyped-decorator]
     def refresh(task: Any, payload: object) -> dict[str, Any]:

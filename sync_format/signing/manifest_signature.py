@@ -26,7 +26,7 @@ from nacl.signing import VerifyKey
 
 from sync_format.errors import SignatureError
 from sync_format.freshness import check_timestamp
-from sync_format.manifest import Manifest, MetaSection, SignatureSection
+from sync_format.manifest import Manifest, MetaSection, SignatureSection, manifest_text
 from sync_format.payload_io import PayloadDigest
 from sync_format.reader import ArchiveSnapshot
 from sync_format.signing.canonical import (
@@ -289,7 +289,7 @@ def _check_extension(
         return f"extension_value: {exc}"
     if len(signature) != SIGNATURE_SIZE or not _verify(public_key, extension_payload(sig, signer), signature):
         return "extension signature verification failed"
-    if document_hash(snapshot.manifest_bytes.decode("utf-8")) != sig.document_hash:
+    if document_hash(manifest_text(snapshot.manifest_bytes)) != sig.document_hash:
         return "document hash mismatch (manifest keys outside the v1 schema changed)"
     bound = (
         ("sync.wasm", snapshot.read_wasm(), sig.wasm_hash),

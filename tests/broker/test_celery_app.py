@@ -20,6 +20,7 @@ from broker import (
     visibility_timeout,
 )
 from broker.celery_app import HARD_LIMIT_MARGIN, SOFT_LIMIT_MARGIN, guest_budget
+from broker.claims import RUNNING_CLAIM_TTL_MS
 
 
 def test_factory_applies_the_reliability_settings() -> None:
@@ -55,6 +56,15 @@ def test_visibility_timeout_exceeds_the_longest_retry_delay() -> None:
     settings = Settings(max_guest_timeout=1200.0)
     assert visibility_timeout(settings, RetryPolicy(max_delay=900.0)) > 900.0
     assert visibility_timeout(settings) < 120.0
+    slow = Settings(retry_base_delay=100.0, retry_max_delay=900.0)
+    assert visibility_timeout(slow) == 900.0 + slow.visibility_margin
+
+
+def test_visibility_timeout_outlasts_a_dead_jobs_claim() -> None:
+    """Even with retries of a second, a dead worker's job is redelivered only after its claim has expired
+    (else the copy would find the claim held and drop out); the margin comes from the settings."""
+    fast = Settings(retry_base_delay=0.2, retry_max_delay=0.5, visibility_margin=10.0)
+    assert visibility_timeout(fast) == RUNNING_CLAIM_TTL_MS / 1000 + 10.0
 
 
 def test_time_limits_follow_the_manifest_timeout() -> None:

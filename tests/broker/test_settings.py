@@ -1,9 +1,10 @@
-"""``Settings.from_env``: SYNC_ALLOW_ANONYMOUS as a boolean, the metrics endpoint, and the log format."""
+"""``Settings.from_env``: SYNC_ALLOW_ANONYMOUS, the metrics endpoint, the log format, retry timing."""
 
 from __future__ import annotations
 
 import pytest
 
+from broker.retry import RetryPolicy
 from broker.settings import Settings, SettingsError, log_format
 
 
@@ -57,3 +58,33 @@ def test_log_format_comes_from_the_flag_then_the_environment() -> None:
     assert log_format("text", {"SYNC_LOG_FORMAT": "json"}) == "text"
     with pytest.raises(SettingsError, match="SYNC_LOG_FORMAT"):
         log_format(None, {"SYNC_LOG_FORMAT": "yaml"})
+
+
+def test_retry_timing_comes_from_the_environment() -> None:
+    """``SYNC_RETRY_*`` and ``SYNC_VISIBILITY_MARGIN`` set the retry policy and the visibility margin."""
+    env = {
+        "SYNC_RETRY_MAX_RETRIES": "2",
+        "SYNC_RETRY_BASE_DELAY": "0.2",
+        "SYNC_RETRY_MAX_DELAY": "0.5",
+        "SYNC_VISIBILITY_MARGIN": "10",
+    }
+    settings = Settings.from_env(env=env)
+    assert RetryPolicy.from_settings(settings) == RetryPolicy(2, 0.2, 0.5)
+    assert settings.visibility_margin == 10.0
+    assert RetryPolicy.from_settings(Settings()) == RetryPolicy()
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        pytest.param({"SYNC_RETRY_MAX_RETRIES": "-1"}, id="negative-retries"),
+        pytest.param({"SYNC_RETRY_BASE_DELAY": "0"}, id="zero-base"),
+        pytest.param({"SYNC_RETRY_BASE_DELAY": "9", "SYNC_RETRY_MAX_DELAY": "3"}, id="base-over-max"),
+        pytest.param({"SYNC_VISIBILITY_MARGIN": "-1"}, id="negative-margin"),
+        pytest.param({"SYNC_RETRY_MAX_DELAY": "soon"}, id="not-a-number"),
+    ],
+)
+def test_bad_retry_timing_is_a_settings_error(env: dict[str, str]) -> None:
+    """Retry timing that ``RetryPolicy`` could not use is refused when the settings are built."""
+    with pytest.raises(SettingsError):
+        Settings.from_env(env=env)

@@ -10,6 +10,7 @@ their Redis. ``CELERY_TRACE_APP`` is set before Celery is imported, as in the br
 
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("CELERY_TRACE_APP", "1")
@@ -26,7 +27,6 @@ from pipeline_harness import (
     Services,
     StartWorkers,
     child_env,
-    retry_worker_argv,
     running_gate,
     wait_ready,
     worker_argv,
@@ -108,17 +108,14 @@ def workers(
 ) -> StartWorkers:
     """Start named workers on the test's Redis and wait until every one answers ping.
 
-    Call it as ``workers("w1@pipeline", "w2@pipeline", concurrency=1, fast_retry=False)``; with
-    ``fast_retry`` the workers are ``retry_worker.py`` (a retry policy of seconds), else ``syncctl worker``.
+    Call it as ``workers("w1@pipeline", "w2@pipeline", concurrency=1, env=None)``: ``syncctl worker``
+    processes, with ``env`` (``SYNC_*`` settings such as ``FAST_RETRY_ENV``) added to their environment.
     """
 
-    def start(*names: str, concurrency: int = 1, fast_retry: bool = False) -> list[ServiceProcess]:
-        env = child_env(cache_dir)
-        argv = retry_worker_argv if fast_retry else worker_argv
-        started = [
-            services.start(name, argv(name, store, broker=redis_server.url, concurrency=concurrency), env)
-            for name in names
-        ]
+    def start(*names: str, concurrency: int = 1, env: dict[str, str] | None = None) -> list[ServiceProcess]:
+        child = child_env(cache_dir, **(env or {}))
+        argv = functools.partial(worker_argv, store=store, broker=redis_server.url, concurrency=concurrency)
+        started = [services.start(name, argv(name), child) for name in names]
         wait_ready(control_app, started)
         return started
 

@@ -1,12 +1,13 @@
 """The pieces the pipeline tests run: worker processes, guests, a gate server and archive checks.
 
-Workers are real ``syncctl worker`` processes (or ``retry_worker.py``, the same wiring with a fast retry
-policy), each in a session of its own so that a test can SIGKILL a whole worker (main process and pool)
-at once. Their output goes to a log file per worker, printed when a test fails. Guests are WAT compiled
-on demand (``tests/guests.py``); each appends one byte to the old payload, so "refreshed exactly once" is
-checked by content as well as by generation. The gate is an HTTP server on 127.0.0.1 that holds every
-request until the test opens it: a guest fetching from it is mid-job for as long as the test wants.
-Imported by the tests as ``pipeline_harness`` (``tests/integration`` is on ``sys.path``).
+Workers are real ``syncctl worker`` processes (with ``FAST_RETRY_ENV`` or ``FAST_REDELIVERY_ENV`` in their
+environment where a test needs retries or redeliveries soon), each in a session of its own so that a test can
+SIGKILL a whole worker (main process and pool) at once. Their output goes to a log file per worker, printed
+when a test fails. Guests are WAT compiled on demand (``tests/guests.py``); each appends one byte to the old
+payload, so "refreshed exactly once" is checked by content as well as by generation. The gate is an HTTP
+server on 127.0.0.1 that holds every request until the test opens it: a guest fetching from it is mid-job for
+as long as the test wants. Imported by the tests as ``pipeline_harness`` (``tests/integration`` is on
+``sys.path``).
 """
 
 from __future__ import annotations
@@ -59,8 +60,22 @@ READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 #: Seconds the gate holds a request at most (a test that forgets to open it fails instead of hanging).
 GATE_TIMEOUT = 60.0
-#: Retries after the first attempt of the workers ``retry_worker_argv`` starts.
+#: Retries after the first attempt of workers started with ``FAST_RETRY_ENV``.
 FAST_RETRIES = 2
+#: Settings of a worker that retries ``FAST_RETRIES`` times less than a second apart (default: 5 over
+#: minutes).
+FAST_RETRY_ENV = {
+    "SYNC_RETRY_MAX_RETRIES": str(FAST_RETRIES),
+    "SYNC_RETRY_BASE_DELAY": "0.2",
+    "SYNC_RETRY_MAX_DELAY": "0.5",
+}
+#: Settings of a worker whose dead jobs come back soon: a visibility timeout of 30 s (the running claim's
+#: lifetime, which it must outlast) + 5 s instead of 60 s + 30 s.
+FAST_REDELIVERY_ENV = {
+    "SYNC_RETRY_BASE_DELAY": "0.5",
+    "SYNC_RETRY_MAX_DELAY": "1",
+    "SYNC_VISIBILITY_MARGIN": "5",
+}
 #: Where a guest keeps the payload it read (the strings of ``http_request`` live below it).
 PAYLOAD_AT = PAGE
 
@@ -166,7 +181,7 @@ class Services:
         return "\n".join(f"----- {s.name} (pid {s.process.pid}) -----\n{s.log_tail()}" for s in self.started)
 
 
-#: ``workers(*names, concurrency=1, fast_retry=False)``: the conftest fixture that starts named workers.
+#: ``workers(*names, concurrency=1, env=None)``: the conftest fixture that starts named workers.
 StartWorkers = Callable[..., list[ServiceProcess]]
 
 
@@ -179,13 +194,6 @@ def worker_argv(name: str, store: Path, *, broker: str | None, concurrency: int)
     """``syncctl worker`` for one named worker (embedded broker when ``broker`` is None)."""
     argv = syncctl("worker", "--store", str(store), "--concurrency", str(concurrency), "--name", name)
     return argv + (["--broker", broker] if broker else [])
-
-
-def retry_worker_argv(name: str, store: Path, *, broker: str, concurrency: int) -> list[str]:
-    """``retry_worker.py``: the worker of ``syncctl worker`` with a retry policy of ``FAST_RETRIES`` retries
-    less than a second apart."""
-    script = str(HERE / "retry_worker.py")
-    return [sys.executable, script, broker, str(store), name, str(concurrency), str(FAST_RETRIES)]
 
 
 def answering(app: Celery, names: Sequence[str]) -> set[str]:
