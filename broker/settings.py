@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sync_format.errors import SyncError
+from sync_format.hosts import parse_private_entry
 
 #: Default WebDAV port of the reference's ``sync-mount``.
 DEFAULT_PORT = 4918
@@ -31,6 +32,10 @@ DEFAULT_MAX_PAYLOAD = 256 * 1024 * 1024
 DEFAULT_METRICS_PORT = 0
 #: Address a worker's metrics endpoint binds: loopback only (a container passes 0.0.0.0).
 DEFAULT_METRICS_HOST = "127.0.0.1"
+#: Seconds a running job's claim outlives its last heartbeat (``broker.claims.RUNNING_CLAIM_TTL_MS``).
+DEFAULT_RUNNING_CLAIM_TTL = 30.0
+#: Bytes all of one run's guest HTTP responses may add up to (each one is also capped on its own).
+DEFAULT_EGRESS_MAX_TOTAL_BYTES = 64 * 1024 * 1024
 #: Log line format when none is given.
 DEFAULT_LOG_FORMAT = "text"
 
@@ -55,6 +60,9 @@ _ENV = {
     "allow_anonymous": "SYNC_ALLOW_ANONYMOUS",
     "metrics_port": "SYNC_METRICS_PORT",
     "metrics_host": "SYNC_METRICS_HOST",
+    "egress_allow_private": "SYNC_EGRESS_ALLOW_PRIVATE",
+    "running_claim_ttl": "SYNC_RUNNING_CLAIM_TTL",
+    "egress_max_total_bytes": "SYNC_EGRESS_MAX_TOTAL_BYTES",
 }
 
 
@@ -88,6 +96,12 @@ class Settings:
             are then read-only); see ``mountd.auth``.
         metrics_port: Port of a worker's ``/metrics`` and ``/health`` endpoint; 0 turns it off.
         metrics_host: Address that endpoint binds.
+        egress_allow_private: The operator's ``SYNC_EGRESS_ALLOW_PRIVATE`` (comma-separated ``HOST:PORT`` or
+            ``CIDR:PORT``, PORT may be ``*``): the only way a guest reaches a loopback, private, link-local,
+            CGNAT or other non-public address; the manifest must still list the host. Metadata addresses
+            stay closed whatever it says.
+        running_claim_ttl: Seconds a running job's claim outlives its last heartbeat (crash recovery time).
+        egress_max_total_bytes: Bytes one run's guest HTTP responses may add up to.
     """
 
     store: Path | None = None
@@ -103,6 +117,10 @@ class Settings:
     allow_anonymous: bool = False
     metrics_port: int = DEFAULT_METRICS_PORT
     metrics_host: str = DEFAULT_METRICS_HOST
+    # Egress screening and slow-source limits (issue 11).
+    egress_allow_private: tuple[str, ...] = ()
+    running_claim_ttl: float = DEFAULT_RUNNING_CLAIM_TTL
+    egress_max_total_bytes: int = DEFAULT_EGRESS_MAX_TOTAL_BYTES
 
     def __post_init__(self) -> None:
         if self.sandbox not in SANDBOX_MODES:
@@ -112,6 +130,13 @@ class Settings:
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise SettingsError(f"{name} {getattr(self, name)} is out of range")
+        for entry in self.egress_allow_private:
+            try:
+                parse_private_entry(entry)
+            except ValueError as exc:
+                raise SettingsError(f"SYNC_EGRESS_ALLOW_PRIVATE: {exc}") from exc
+        if self.running_claim_ttl <= 0 or self.egress_max_total_bytes <= 0:
+            raise SettingsError("running_claim_ttl and egress_max_total_bytes must be positive")
 
     @classmethod
     def from_env(
@@ -175,14 +200,17 @@ def _coerce_one(name: str, value: Any) -> Any:
     try:
         if name in ("store", "cache_dir") and value is not None:
             return Path(value)
-        if name in ("port", "max_payload_size", "metrics_port"):
+        if name in ("port", "max_payload_size", "metrics_port", "egress_max_total_bytes"):
             return int(value)
-        if name in ("guest_timeout", "max_guest_timeout"):
+        if name in ("guest_timeout", "max_guest_timeout", "running_claim_ttl"):
             return float(value)
     except (TypeError, ValueError) as exc:
         raise SettingsError(f"{name} must be a number, not {value!r}") from exc
     if name == "allow_anonymous":
         return _coerce_bool(name, value)
+    if name == "egress_allow_private":
+        entries = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(e.strip() for e in entries if e.strip())
     return value
 
 

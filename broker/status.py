@@ -36,6 +36,7 @@ from broker.contract import (
     validate_archive_key,
 )
 from broker.redis_client import translated
+from sync_format.escape import escape_text
 
 #: Attempts kept per archive in its history list.
 HISTORY_LENGTH = 20
@@ -43,6 +44,12 @@ HISTORY_LENGTH = 20
 RUNNING = "running"
 
 _OPTIONAL_TEXT = ("error_code", "error", "worker", "job_id")
+#: Refused or failed guest requests kept per record, and the keys of each (all values escaped text but
+#: ``code``, the ABI status).
+MAX_EGRESS_ENTRIES = 32
+_EGRESS_KEYS = ("rule", "host", "code", "url", "reason")
+#: Longest ``error`` text stored (it may quote a guest or a server).
+MAX_ERROR_LENGTH = 1000
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,8 @@ class StatusRecord:
         attempts: Attempts recorded for the archive so far, this one included.
         last_attempt: When the attempt started.
         updated_at: When the record was written.
+        egress: Each refused or failed guest request of the attempt (``rule``: the egress error code,
+            ``host``, ``code``: the ABI status, ``url``, ``reason``), escaped; empty while running.
     """
 
     archive: str
@@ -77,6 +86,8 @@ class StatusRecord:
     attempts: int
     last_attempt: datetime
     updated_at: datetime
+    # Refused and failed guest requests (issue 11).
+    egress: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (times as RFC 3339 UTC).
@@ -97,6 +108,7 @@ class StatusRecord:
             "attempts": self.attempts,
             "last_attempt": format_time(self.last_attempt),
             "updated_at": format_time(self.updated_at),
+            "egress": [dict(e) for e in self.egress],
         }
 
     @classmethod
@@ -112,7 +124,8 @@ class StatusRecord:
         Raises:
             MalformedRecord: Not an object with exactly these fields and types.
         """
-        if not isinstance(data, dict) or set(data) != _FIELDS:
+        # Records written before the ``egress`` field existed lack it.
+        if not isinstance(data, dict) or set(data) not in (_FIELDS, _FIELDS - {"egress"}):
             raise MalformedRecord("status", "must be an object with exactly the status fields")
         for name in _OPTIONAL_TEXT:
             if data[name] is not None and not isinstance(data[name], str):
@@ -132,6 +145,7 @@ class StatusRecord:
             attempts=require_int(data["attempts"], "status", "attempts"),
             last_attempt=parse_time(data["last_attempt"], "status", "last_attempt"),
             updated_at=parse_time(data["updated_at"], "status", "updated_at"),
+            egress=_egress(data.get("egress") or []),
         )
 
 
@@ -194,7 +208,7 @@ def mark_running(
     moment = format_time(now or datetime.now(UTC))
     key = status_key(archive)
     pipe = client.pipeline(transaction=True)
-    pipe.hdel(key, "error_code", "error")
+    pipe.hdel(key, "error_code", "error", "egress")
     pipe.hset(
         key,
         mapping={
@@ -252,6 +266,8 @@ def write_status(
     generation = require_int(outcome.get("generation"), "status", "generation", minimum=-1)
     base = require_int(outcome.get("base_generation"), "status", "base_generation", minimum=-1)
     duration_ms = _duration(outcome.get("duration_ms"))
+    error = outcome.get("error")
+    egress = _egress(outcome.get("egress") or [])
     ended = now or datetime.now(UTC)
     started = ended - timedelta(milliseconds=duration_ms)
     fields: dict[str, Any] = {
@@ -260,12 +276,13 @@ def write_status(
         "generation": generation,
         "base_generation": base,
         "error_code": outcome.get("error_code"),
-        "error": outcome.get("error"),
+        "error": None if error is None else escape_text(error, MAX_ERROR_LENGTH),
         "duration_ms": round(duration_ms, 3),
         "worker": worker,
         "job_id": job_id,
         "last_attempt": format_time(started),
         "updated_at": format_time(ended),
+        "egress": json.dumps([dict(e) for e in egress], separators=(",", ":")) if egress else None,
     }
     key, history = status_key(archive), history_key(archive)
     written: list[StatusRecord] = []
@@ -274,7 +291,7 @@ def write_status(
         # WATCH on the hash (redis-py's transaction helper) makes read-increment-write of ``attempts`` and
         # the history entry that carries it one atomic step; it is retried if another write interleaves.
         attempts = _int_text(pipe.hget(key, "attempts") or "0", "attempts") + 1
-        record = StatusRecord.from_json({**fields, "attempts": attempts})
+        record = StatusRecord.from_json({**fields, "attempts": attempts, "egress": list(egress)})
         pipe.multi()
         absent = [name for name, value in fields.items() if value is None]
         if absent:
@@ -382,11 +399,28 @@ def _from_hash(archive: str, fields: Mapping[Any, Any]) -> StatusRecord:
         data[name] = value
     for name in ("generation", "base_generation", "attempts"):
         data[name] = _int_text(data[name], name)
+    if data["egress"] is not None:
+        data["egress"] = _load(data["egress"])
     try:
         data["duration_ms"] = float(data["duration_ms"])
     except (TypeError, ValueError) as exc:
         raise MalformedRecord("status", "must be a number", field="duration_ms") from exc
     return StatusRecord.from_json(data)
+
+
+def _egress(value: object) -> tuple[dict[str, Any], ...]:
+    """Refused requests as stored: a list of objects with ``_EGRESS_KEYS``, re-escaped and bounded here
+    whatever the writer did (they quote hosts, URLs and reasons a guest or a server chose)."""
+    if not isinstance(value, list | tuple):
+        raise MalformedRecord("status", "must be a list", field="egress")
+    entries = []
+    for item in value[:MAX_EGRESS_ENTRIES]:
+        if not isinstance(item, Mapping) or not isinstance(item.get("code"), int):
+            raise MalformedRecord("status", "entries must be objects with an integer code", field="egress")
+        entry: dict[str, Any] = {k: escape_text(item.get(k) or "", 300) for k in _EGRESS_KEYS if k != "code"}
+        entry["code"] = item["code"]
+        entries.append({k: entry[k] for k in _EGRESS_KEYS})
+    return tuple(entries)
 
 
 def _int_text(value: object, field: str) -> int:

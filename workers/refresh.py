@@ -51,6 +51,7 @@ class RefreshOutcome:
         fuel_used: Fuel the guest consumed.
         requests: HTTP requests the guest made.
         egress_errors: Error codes of the guest's requests that got no response.
+        egress: Each refused or failed request of the run (rule, host, code, url, reason), escaped.
         payload_size: Size of the committed payload.
         sandbox: The child's confinement report (``SandboxReport.to_json``).
     """
@@ -66,6 +67,7 @@ class RefreshOutcome:
     fuel_used: int = 0
     requests: int = 0
     egress_errors: tuple[str, ...] = ()
+    egress: tuple[dict[str, Any], ...] = ()
     payload_size: int | None = None
     sandbox: dict[str, Any] | None = None
 
@@ -92,6 +94,7 @@ class RefreshOutcome:
             "fuel_used": self.fuel_used,
             "requests": self.requests,
             "egress_errors": list(self.egress_errors),
+            "egress": [dict(e) for e in self.egress],
             "payload_size": self.payload_size,
             "sandbox": self.sandbox,
         }
@@ -216,6 +219,7 @@ def _finish(archive: Path, generation: int, result: SandboxOutcome) -> RefreshOu
         "fuel_used": result.fuel_used,
         "requests": result.requests,
         "egress_errors": tuple(result.egress_errors),
+        "egress": tuple(result.egress),
         "sandbox": None if result.report is None else result.report.to_json(),
     }
     if result.error is not None:

@@ -87,10 +87,13 @@ class GuestRuntime:
             limits: The run's limits (response size and request count caps).
 
         Returns:
-            The egress policy.
+            The egress policy, with the operator's ``egress_allow_private`` (the only way to a non-public
+            address) and the run's total byte cap from the settings.
         """
         return replace(
             EgressPolicy.from_manifest(manifest),
             max_response_size=limits.max_response_size,
             max_requests=limits.max_requests,
+            allow_private=self.settings.egress_allow_private,
+            max_total_bytes=self.settings.egress_max_total_bytes,
         )

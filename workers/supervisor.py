@@ -81,6 +81,7 @@ class SandboxOutcome:
         fuel_used: Fuel the guest consumed.
         requests: HTTP requests the guest made.
         egress_errors: ``error_code`` of every request that got no response (connect, DNS, timeout...).
+        egress: Each refused or failed request (``rule``, ``host``, ``code``, ``url``, ``reason``; escaped).
         duration_ms: Wall time from fork to reap.
         usage: The child's exit status and resource use.
     """
@@ -93,6 +94,7 @@ class SandboxOutcome:
     fuel_used: int = 0
     requests: int = 0
     egress_errors: list[str] = field(default_factory=list)
+    egress: list[dict[str, object]] = field(default_factory=list)
     duration_ms: float = 0.0
     usage: ChildUsage | None = None
     _closed: bool = field(default=False, repr=False)
@@ -137,10 +139,12 @@ def run_in_sandbox(
         child_main(child_sock.detach(), job)
     child_sock.close()
     outcome = SandboxOutcome()
-    session = _Session(Channel(parent_sock), outcome, job, Egress(egress_policy, resolver=resolver))
+    egress = Egress(egress_policy, resolver=resolver, heartbeat=heartbeat)
+    session = _Session(Channel(parent_sock), outcome, job, egress)
     try:
         session.serve(deadline, heartbeat)
     finally:
+        outcome.egress = list(egress.failures)
         parent_sock.close()
         outcome.usage = _reap(pid, kill=True)
         outcome.duration_ms = (time.monotonic() - started) * 1000

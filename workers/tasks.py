@@ -24,7 +24,7 @@ import redis
 from celery import Celery  # type: ignore[import-untyped]
 from celery.exceptions import SoftTimeLimitExceeded  # type: ignore[import-untyped]
 
-from broker.claims import RUNNING_CLAIM_TTL_MS, Claims
+from broker.claims import Claims
 from broker.contract import TASK_REFRESH, MalformedRecord, RefreshRequest, archive_path
 from broker.failed import FailedJob, record_failed
 from broker.redis_client import SERVICE_CONNECT_TIMEOUT, SERVICE_SOCKET_TIMEOUT, make_redis
@@ -151,7 +151,8 @@ def refresh_job(
     job_id = str(task.request.id)
     runner = f"{worker}/{os.getpid()}/{uuid.uuid4().hex}"
     claims = state.claims
-    if not claims.start(request.archive, request.request_id, runner, RUNNING_CLAIM_TTL_MS).ok:
+    claim_ttl_ms = int(state.settings.running_claim_ttl * 1000)
+    if not claims.start(request.archive, request.request_id, runner, claim_ttl_ms).ok:
         log.info("refresh skipped archive=%s job=%s reason=claimed", request.archive, job_id)
         if record is not None:
             record.done("skipped")
@@ -162,7 +163,7 @@ def refresh_job(
 
     def heartbeat() -> None:
         try:
-            claims.heartbeat(request.archive, request.request_id, RUNNING_CLAIM_TTL_MS)
+            claims.heartbeat(request.archive, request.request_id, claim_ttl_ms)
         except BrokerUnavailable as exc:
             log.warning("claim heartbeat failed archive=%s job=%s error=%s", request.archive, job_id, exc)
 
