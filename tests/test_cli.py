@@ -624,3 +624,25 @@ def test_run_reports_a_failing_guest(tmp_path: Path) -> None:
     # Fuel is sized to the 1 s budget, so which limit stops the loop first depends on how busy the machine is.
     assert re.match(r"error: guest_(out_of_fuel|timeout): ", errors[0]), errors[0]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--content-type", "text/html\r\nSet-Cookie: pwned=1"),
+        ("--content-type", "text/plain\x1b[8m"),
+        ("--display-ext", "/../../tmp/pwn"),
+        ("--display-ext", "csv\u202e"),
+    ],
+    ids=["crlf-content-type", "esc-content-type", "path-display-ext", "bidi-display-ext"],
+)
+def test_pack_refuses_unservable_content_type_and_display_ext(
+    payload: Path, tmp_path: Path, flag: str, value: str
+) -> None:
+    """``syncctl pack`` refuses what the strict reader would (issue 11 finding 4), with one error line that
+    shows the value escaped, and writes nothing."""
+    out = tmp_path / "report.sync"
+    line = assert_one_error(run_cli("pack", payload, "-o", out, flag, value))
+    assert flag.removeprefix("--").replace("-", "_") in line
+    assert not set(line) & {"\x1b", "\u202e", "\r"}
+    assert not out.exists()

@@ -69,7 +69,8 @@ def names(hosts: dict[str, ServedHost]) -> NameTable:
 
 def make_runtime(cache: Path, names: NameTable | None = None, **settings: object) -> GuestRuntime:
     """A runtime with its own cache directory and the given settings (strict unless told otherwise)."""
-    values = {"cache_dir": cache, "sandbox": "strict", **settings}
+    # The namespace hosts are private: the operator's setting opens their block (never loopback here).
+    values = {"cache_dir": cache, "sandbox": "strict", "egress_allow_private": "10.231.0.0/16:*", **settings}
     runtime_settings = Settings.from_env(values, env={})
     return GuestRuntime(runtime_settings) if names is None else GuestRuntime(runtime_settings, resolver=names)
 
