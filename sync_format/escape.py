@@ -5,9 +5,10 @@ raw ESC sequence can hide text from the person reading (``\\x1b[8m`` conceals an
 newline can forge a log line, and bidi controls reorder what is shown. Every such string passes through
 ``escape_text`` first. Invariants: the result holds no C0/C1 control character, no DEL, no Unicode format
 (``Cf``: bidi controls, zero-width characters), line or paragraph separator, and no lone surrogate; those
-are written as ``\\xNN`` (up to U+00FF) or ``\\uNNNN``/``\\UNNNNNNNN``, and a backslash as ``\\\\`` so an
-escape in the output always means an escaped character. Other printable text, non-ASCII letters included,
-is kept. The result is at most ``limit`` characters, cut ones marked by a trailing ``...``.
+are written as ``\\xNN`` (up to U+00FF) or ``\\uNNNN``/``\\UNNNNNNNN``. Other printable text, non-ASCII
+letters included, is kept, and so is a backslash: escaping is idempotent (a string escaped twice, once where
+it was produced and once where it is shown, reads the same). The result is at most ``limit`` characters,
+cut ones marked by a trailing ``...``.
 """
 
 from __future__ import annotations
@@ -46,8 +47,6 @@ def escape_text(text: object, limit: int = DEFAULT_LIMIT) -> str:
 
 
 def _escape_char(char: str) -> str:
-    if char == "\\":
-        return "\\\\"
     if char == " " or (char.isprintable() and unicodedata.category(char) not in _UNSAFE_CATEGORIES):
         return char
     code = ord(char)
@@ -56,3 +55,31 @@ def _escape_char(char: str) -> str:
     if code <= 0xFFFF:
         return f"\\u{code:04x}"
     return f"\\U{code:08x}"
+
+
+def escape_json_text(document: str) -> str:
+    """Escape, as JSON ``\\uNNNN``, the characters ``escape_text`` would escape that ``json.dumps(...,
+    ensure_ascii=False)`` leaves raw (bidi and other format characters, line and paragraph separators).
+
+    The result is the same JSON value: those characters only occur inside strings.
+
+    Args:
+        document: A JSON document.
+
+    Returns:
+        The document, safe to show on a terminal.
+    """
+    return "".join(_json_escape(c) for c in document)
+
+
+def _json_escape(char: str) -> str:
+    if ord(char) < 0x7F or _escape_char(char) == char:
+        return char  # json.dumps already escaped C0 controls, quotes and backslashes
+    if ord(char) > 0xFFFF:
+        return _surrogates(char)
+    return f"\\u{ord(char):04x}"
+
+
+def _surrogates(char: str) -> str:
+    code = ord(char) - 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"

@@ -646,3 +646,29 @@ def test_pack_refuses_unservable_content_type_and_display_ext(
     assert flag.removeprefix("--").replace("-", "_") in line
     assert not set(line) & {"\x1b", "\u202e", "\r"}
     assert not out.exists()
+
+
+def test_inspect_escapes_what_the_archive_author_wrote(tmp_path: Path) -> None:
+    """``syncctl inspect`` shows control and bidi characters of manifest strings as escapes, in text and in
+    JSON: ``\\x1b[8m`` used to hide an allow-list entry from the person reviewing it (finding 5)."""
+    from sync_format.testing import make_archive, make_manifest
+
+    path = tmp_path / "sneaky.sync"
+    manifest = make_manifest(
+        created_by="me\x1b[2J\u202eevil",
+        allow_hosts=("ok.example", "\x1b[8mevil.example\x1b[0m", "x\nallow_hosts:  (none)"),
+    )
+    make_archive(path, b"x", manifest=manifest)
+    text = run_cli("inspect", path)
+    assert text.returncode == 0, text.stderr
+    shown = text.stdout.decode()
+    assert not set(shown) & {"\x1b", "\u202e", "\r"}
+    assert "\\x1b[8mevil.example\\x1b[0m" in shown
+    assert "me\\x1b[2J\\u202eevil" in shown
+    assert [line for line in shown.splitlines() if line.startswith("allow_hosts:")] == [
+        "allow_hosts:  ok.example, \\x1b[8mevil.example\\x1b[0m, x\\x0aallow_hosts:  (none)"
+    ]
+    as_json = run_cli("inspect", path, "--json")
+    assert "\u202e" not in as_json.stdout.decode()
+    doc = json.loads(as_json.stdout)
+    assert doc["manifest"]["meta"]["created_by"] == "me\x1b[2J\u202eevil"

@@ -20,6 +20,7 @@ from typing import Any
 
 from sync_format.builder import EMPTY_WASM
 from sync_format.errors import PolicyDenied, SwapConflict, SyncError
+from sync_format.escape import escape_text
 from sync_format.reader import ArchiveSnapshot, open_archive
 from sync_format.swap import commit_payload
 from workers.child import ChildJob
@@ -128,7 +129,7 @@ def run_refresh(
     outcome = _with_duration(outcome, started)
     log.info(
         "refresh done archive=%s status=%s generation=%d error=%s duration_ms=%.1f",
-        archive,
+        escape_text(str(archive), 1000),
         outcome.status,
         outcome.generation,
         outcome.error_code,

@@ -37,6 +37,7 @@ from sync_format.errors import (
     SandboxUnavailable,
     SyncError,
 )
+from sync_format.escape import escape_text
 from workers.addresses import Resolver, system_resolver
 from workers.channel import Channel, ChannelClosed, ChannelTimeout, ProtocolViolation
 from workers.child import ChildJob, child_main
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds between heartbeats while a job runs.
 HEARTBEAT_INTERVAL = 1.0
+#: Longest error message taken from the child, in characters (escapes included).
+CHILD_MESSAGE_LIMIT = 500
 #: Payloads up to this size stay in memory while staged; larger ones spill to a temp file.
 SPOOL_IN_MEMORY = 8 * 1024 * 1024
 
@@ -249,7 +252,8 @@ class _Session:
 
 def _error_from_child(message: dict[str, Any], timeout: float) -> SyncError:
     code = message.get("code")
-    text = str(message.get("message", "guest failed"))
+    # Whatever the child says may quote the guest: escaped and bounded before it reaches a status or a log.
+    text = escape_text(message.get("message", "guest failed"), CHILD_MESSAGE_LIMIT)
     if code == GuestTrap.code:
         trap = message.get("trap_code")
         return GuestTrap(text, trap_code=trap if isinstance(trap, str) else None)

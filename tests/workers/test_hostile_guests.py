@@ -14,6 +14,8 @@ HTTP goes to two hosts in network namespaces, ``allowed`` (``allowed.test``, ``e
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import resource
 import socket
@@ -597,3 +599,67 @@ def test_permissive_mode_runs_without_seccomp_and_says_so(tmp_path: Path, parent
         layer.value for layer in ALL_LAYERS[:-1]
     ]
     parent.assert_unharmed()
+
+
+#: What a guest's names tried to slip into the worker log: a forged success line, and a concealing escape.
+FORGED = b"x\nINFO/ForkPoolWorker-1] refresh done status=committed\x1b[8m\xe2\x80\xae"
+
+
+@pytest.mark.parametrize(
+    ("label", "functions", "code"),
+    [
+        ("unreachable", ['(func (export "run") (call $evil))', "(func $evil unreachable)"], "UNREACHABLE"),
+        (
+            "div-zero",
+            [
+                '(func (export "run") (call $evil))',
+                "(func $evil (drop (i32.div_u (i32.const 1) (i32.const 0))))",
+            ],
+            "INTEGER_DIVISION_BY_ZERO",
+        ),
+        ("stack", ['(func (export "run") (call $evil))', "(func $evil (call $evil))"], "STACK_OVERFLOW"),
+        ("start", ['(func (export "run"))', "(func $evil unreachable)", "(start $evil)"], "UNREACHABLE"),
+    ],
+)
+def test_guest_names_never_reach_errors_or_logs(
+    runtime: GuestRuntime,
+    tmp_path: Path,
+    parent: Parent,
+    caplog: pytest.LogCaptureFixture,
+    label: str,
+    functions: list[str],
+    code: str,
+) -> None:
+    """A trapping guest whose name section carries a forged log line and escape sequences fails with
+    wasmtime's trap code; no name reaches the error, the status document or a log line (finding 5)."""
+    wasm = guests.with_name_section(guests.module(*functions), FORGED, functions=8)
+    with caplog.at_level(logging.INFO):
+        outcome, path = refresh(runtime, tmp_path, wasm)
+    assert_contained(outcome, path, parent, FAILED, "guest_trap")
+    assert outcome.error is not None
+    assert outcome.error.endswith(code)
+    assert "refresh done status=committed" not in outcome.error
+    assert "refresh done status=committed" not in json.dumps(outcome.to_json())
+    for logged in caplog.records:
+        message = logged.getMessage()
+        assert not set(message) & {"\n", "\x1b", "\u202e"}, message
+        assert "status=committed" not in message
+
+
+def test_guest_import_names_are_escaped(
+    runtime: GuestRuntime, tmp_path: Path, parent: Parent, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unknown import whose module and field names hold a newline, a forged log line and ESC fails with
+    those names escaped and bounded in the error and in every log line."""
+    field = FORGED.decode()
+    imports = f'(import "host\\1b[2J" {guests.wat_string(FORGED)} (func))'
+    wasm = guests.module('(func (export "run"))', imports=imports)
+    with caplog.at_level(logging.INFO):
+        outcome, path = refresh(runtime, tmp_path, wasm)
+    assert_contained(outcome, path, parent, FAILED, "guest_trap")
+    assert outcome.error is not None
+    assert not set(outcome.error) & {"\n", "\x1b", "\u202e"}
+    assert "unknown import host\\x1b[2J::x\\x0aINFO/ForkPoolWorker-1]" in outcome.error
+    assert field not in outcome.error
+    for logged in caplog.records:
+        assert not set(logged.getMessage()) & {"\n", "\x1b", "\u202e"}
