@@ -281,6 +281,36 @@ def test_a_trapping_guest_fails_once_and_is_not_retried(
     assert path.read_bytes() == before
 
 
+def test_a_key_through_a_symlinked_directory_out_of_the_store_is_refused(
+    redis_server: RedisServer, redis_client: redis.Redis, workers: StartWorkers, store: Path, tmp_path: Path
+) -> None:
+    """A refresh key whose path passes through a symlinked directory resolving outside the store is neither
+    run nor committed there: the status says ``outside_store``, the job is in the failed list and the
+    archive outside is untouched (finding 7: it used to be refreshed in place)."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    path = build_archive(outside, "victim.sync", append_guest())
+    before = path.read_bytes()
+    (store / "linked").symlink_to(outside, target_is_directory=True)
+    inside = build_archive(store, "inside.sync", append_guest())
+    (store / "alias").symlink_to(store / "inside.sync")
+    workers("w1@pipeline")
+    with producing(redis_server.url, threads=1) as producers:
+        producers.request(["linked/victim.sync", "alias"])
+        assert producers.answers(["linked/victim.sync", "alias"], REFRESH_BOUND) == {
+            "linked/victim.sync": RequestResult.QUEUED,
+            "alias": RequestResult.QUEUED,
+        }
+    record = wait_value(lambda: settled(redis_client, "linked/victim.sync"), REFRESH_BOUND, what="refusal")
+    assert (record.status, record.error_code) == ("failed", "outside_store")
+    assert [f.request.archive for f in list_failed(redis_client)] == ["linked/victim.sync"]
+    assert path.read_bytes() == before
+    # A symlink that stays inside the store is still a store archive.
+    alias = wait_value(lambda: settled(redis_client, "alias"), REFRESH_BOUND, what="alias refreshed")
+    assert (alias.status, alias.error_code) == ("committed", None)
+    assert generation(inside) == 1
+
+
 @pytest.mark.parametrize(
     ("guest", "status", "error_code"),
     [(fetch_then_append_guest, "failed", "guest_trap"), (fetch_or_keep_guest, "unchanged", None)],
