@@ -36,6 +36,10 @@ DEFAULT_METRICS_HOST = "127.0.0.1"
 DEFAULT_RUNNING_CLAIM_TTL = 30.0
 #: Bytes all of one run's guest HTTP responses may add up to (each one is also capped on its own).
 DEFAULT_EGRESS_MAX_TOTAL_BYTES = 64 * 1024 * 1024
+#: Largest ``sync.wasm`` a worker compiles, in bytes.
+DEFAULT_MAX_MODULE_SIZE = 16 * 1024 * 1024
+#: Seconds a worker lets a ``sync.wasm`` compile.
+DEFAULT_COMPILE_TIMEOUT = 30.0
 #: Log line format when none is given.
 DEFAULT_LOG_FORMAT = "text"
 
@@ -63,6 +67,8 @@ _ENV = {
     "egress_allow_private": "SYNC_EGRESS_ALLOW_PRIVATE",
     "running_claim_ttl": "SYNC_RUNNING_CLAIM_TTL",
     "egress_max_total_bytes": "SYNC_EGRESS_MAX_TOTAL_BYTES",
+    "max_module_size": "SYNC_MAX_MODULE_SIZE",
+    "compile_timeout": "SYNC_COMPILE_TIMEOUT",
 }
 
 
@@ -102,6 +108,8 @@ class Settings:
             stay closed whatever it says.
         running_claim_ttl: Seconds a running job's claim outlives its last heartbeat (crash recovery time).
         egress_max_total_bytes: Bytes one run's guest HTTP responses may add up to.
+        max_module_size: Largest ``sync.wasm`` compiled, in bytes.
+        compile_timeout: Seconds a ``sync.wasm`` may take to compile (in a forked child).
     """
 
     store: Path | None = None
@@ -121,6 +129,8 @@ class Settings:
     egress_allow_private: tuple[str, ...] = ()
     running_claim_ttl: float = DEFAULT_RUNNING_CLAIM_TTL
     egress_max_total_bytes: int = DEFAULT_EGRESS_MAX_TOTAL_BYTES
+    max_module_size: int = DEFAULT_MAX_MODULE_SIZE
+    compile_timeout: float = DEFAULT_COMPILE_TIMEOUT
 
     def __post_init__(self) -> None:
         if self.sandbox not in SANDBOX_MODES:
@@ -135,8 +145,9 @@ class Settings:
                 parse_private_entry(entry)
             except ValueError as exc:
                 raise SettingsError(f"SYNC_EGRESS_ALLOW_PRIVATE: {exc}") from exc
-        if self.running_claim_ttl <= 0 or self.egress_max_total_bytes <= 0:
-            raise SettingsError("running_claim_ttl and egress_max_total_bytes must be positive")
+        for name in ("running_claim_ttl", "egress_max_total_bytes", "max_module_size", "compile_timeout"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be positive, not {getattr(self, name)}")
 
     @classmethod
     def from_env(
@@ -200,9 +211,9 @@ def _coerce_one(name: str, value: Any) -> Any:
     try:
         if name in ("store", "cache_dir") and value is not None:
             return Path(value)
-        if name in ("port", "max_payload_size", "metrics_port", "egress_max_total_bytes"):
+        if name in ("port", "max_payload_size", "metrics_port", "egress_max_total_bytes", "max_module_size"):
             return int(value)
-        if name in ("guest_timeout", "max_guest_timeout", "running_claim_ttl"):
+        if name in ("guest_timeout", "max_guest_timeout", "running_claim_ttl", "compile_timeout"):
             return float(value)
     except (TypeError, ValueError) as exc:
         raise SettingsError(f"{name} must be a number, not {value!r}") from exc

@@ -41,7 +41,12 @@ class GuestRuntime:
         """
         self.settings = settings
         self.engine = make_engine()
-        self.modules = ModuleCache(settings.cache_dir / "modules", self.engine)
+        self.modules = ModuleCache(
+            settings.cache_dir / "modules",
+            self.engine,
+            max_module_size=settings.max_module_size,
+            compile_timeout=settings.compile_timeout,
+        )
         self.policy = SandboxPolicy(mode=SandboxMode(settings.sandbox))
         self.resolver = resolver
         self.seccomp_program: bytes | None

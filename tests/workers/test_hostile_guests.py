@@ -663,3 +663,46 @@ def test_guest_import_names_are_escaped(
     assert field not in outcome.error
     for logged in caplog.records:
         assert not set(logged.getMessage()) & {"\n", "\x1b", "\u202e"}
+
+
+def slow_to_compile(functions: int = 4000) -> bytes:
+    """A valid guest with ``functions`` small exported functions: about a second of compiling for 4000."""
+    body = "".join(
+        f'(func (export "f{i}") (param i32) (result i32) (i32.add (i32.mul (local.get 0) (i32.const {i})) '
+        "(i32.const 7)))"
+        for i in range(functions)
+    )
+    return guests.module('(func (export "run"))', body)
+
+
+def test_a_module_over_the_size_limit_is_refused_before_compiling(
+    tmp_path: Path, names: NameTable, parent: Parent
+) -> None:
+    """A ``sync.wasm`` over ``max_module_size`` fails with ``module_too_large`` and is never compiled
+    (finding 8: compiling happened in the parent, before any budget)."""
+    runtime = make_runtime(tmp_path / "cache", names, max_module_size=10_000)
+    wasm = slow_to_compile(600)
+    assert len(wasm) > 10_000
+    outcome, path = refresh(runtime, tmp_path, wasm)
+    assert_contained(outcome, path, parent, FAILED, "module_too_large")
+    assert "10000" in (outcome.error or "")
+    assert list((tmp_path / "cache" / "modules").glob("*.cwasm")) == []
+
+
+def test_a_module_slow_to_compile_is_stopped_at_the_compile_timeout(
+    tmp_path: Path, names: NameTable, parent: Parent
+) -> None:
+    """A module whose compilation outlasts ``compile_timeout`` is stopped (the compiler runs in a forked
+    child that is killed) and fails with ``compile_timeout``; nothing is cached and no child is left."""
+    runtime = make_runtime(tmp_path / "cache", names, compile_timeout=0.2)
+    outcome, path = refresh(runtime, tmp_path, slow_to_compile())
+    assert_contained(outcome, path, parent, FAILED, "compile_timeout")
+    assert list((tmp_path / "cache" / "modules").glob("*.cwasm")) == []
+
+
+def test_an_invalid_module_still_reports_why(tmp_path: Path, names: NameTable, parent: Parent) -> None:
+    """Compiling in a child keeps the validation error of a broken module."""
+    runtime = make_runtime(tmp_path / "cache", names)
+    outcome, path = refresh(runtime, tmp_path, b"\x00asm\x01\x00\x00\x00\x01\xff")
+    assert_contained(outcome, path, parent, FAILED, "guest_trap")
+    assert (outcome.error or "").startswith("invalid module")
