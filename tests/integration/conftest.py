@@ -110,10 +110,13 @@ def workers(
 
     Call it as ``workers("w1@pipeline", "w2@pipeline", concurrency=1, fast_retry=False)``; with
     ``fast_retry`` the workers are ``retry_worker.py`` (a retry policy of seconds), else ``syncctl worker``.
+    Keyword arguments in capitals are added to the workers' environment (``SYNC_RUNNING_CLAIM_TTL="2"``).
     """
 
-    def start(*names: str, concurrency: int = 1, fast_retry: bool = False) -> list[ServiceProcess]:
-        env = child_env(cache_dir)
+    def start(
+        *names: str, concurrency: int = 1, fast_retry: bool = False, **extra_env: str
+    ) -> list[ServiceProcess]:
+        env = child_env(cache_dir, **extra_env)
         argv = retry_worker_argv if fast_retry else worker_argv
         started = [
             services.start(name, argv(name, store, broker=redis_server.url, concurrency=concurrency), env)

@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 import redis
+from celery import Celery  # type: ignore[import-untyped]
+from netns_hosts import Route, netns_hosts
 from pipeline_harness import (
     FAST_RETRIES,
     MARK,
@@ -47,6 +49,7 @@ from pipeline_harness import (
 from redis_server import RedisServer, free_port, wait_for
 
 from broker import (
+    QUEUED_CLAIM_TTL_MS,
     Claims,
     PendingRefreshes,
     RefreshRequest,
@@ -61,6 +64,7 @@ from broker import (
     replay_pending,
     request_refresh,
 )
+from broker.contract import QUEUE_REFRESH, TASK_REFRESH
 
 #: Concurrent requests of the burst test.
 THREADS = 1000
@@ -279,6 +283,44 @@ def test_a_trapping_guest_fails_once_and_is_not_retried(
     assert (failed.request.archive, failed.error_code, failed.attempts) == ("trap.sync", "guest_trap", 1)
     assert failed.worker == "w1@pipeline"
     assert path.read_bytes() == before
+
+
+def test_a_dripping_source_cannot_let_a_second_run_start(
+    redis_client: redis.Redis, workers: StartWorkers, store: Path, control_app: Celery
+) -> None:
+    """While the parent waits on a source dripping one header byte at a time, the job's claim is kept alive,
+    so a second delivery of the same job (what the broker's redelivery did) is skipped instead of running
+    alongside (finding 3: the claim expired because heartbeats only ran between guest messages). The claim
+    TTL is shortened to 2 s; the drip lasts 6 s of a 30 s guest budget."""
+    with netns_hosts(["slow"]) as served:
+        source = served["slow"]
+        source.serve({"/data": Route.drip(count=12, interval=0.5)})
+        path = build_archive(
+            store, "slow.sync", fetch_or_keep_guest(source.url("/data")), allow_hosts=(source.address,)
+        )
+        workers("w1@pipeline", concurrency=2, SYNC_RUNNING_CLAIM_TTL="2")
+        request = RefreshRequest.new("slow.sync", 0)
+        assert Claims(redis_client).claim("slow.sync", request.request_id, QUEUED_CLAIM_TTL_MS).ok
+
+        def deliver() -> None:
+            control_app.send_task(
+                TASK_REFRESH, args=[request.to_json()], queue=QUEUE_REFRESH, task_id=request.request_id
+            )
+
+        deliver()
+        wait_for(lambda: len(source.requests()) == 1, REFRESH_BOUND, what="the guest's request at the source")
+        # Longer than the claim TTL, while the parent is blocked in the drip: without heartbeats the claim
+        # is gone by now.
+        threading.Event().wait(3.0)
+        holder = Claims(redis_client).holder("slow.sync")
+        deliver()  # the redelivery
+        record = wait_value(lambda: settled(redis_client, "slow.sync"), REFRESH_BOUND, what="refresh settled")
+        assert len(source.requests()) == 1  # the second delivery never ran the guest
+        assert holder is not None
+        assert holder.token == request.request_id
+        assert record.error_code != "swap_conflict"
+        assert record.attempts == 1
+        assert generation(path) in (0, 1)
 
 
 def test_a_key_through_a_symlinked_directory_out_of_the_store_is_refused(
