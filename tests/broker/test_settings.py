@@ -57,3 +57,21 @@ def test_log_format_comes_from_the_flag_then_the_environment() -> None:
     assert log_format("text", {"SYNC_LOG_FORMAT": "json"}) == "text"
     with pytest.raises(SettingsError, match="SYNC_LOG_FORMAT"):
         log_format(None, {"SYNC_LOG_FORMAT": "yaml"})
+
+
+def test_egress_allow_private_is_read_and_checked() -> None:
+    """``SYNC_EGRESS_ALLOW_PRIVATE`` is a comma-separated list of HOST:PORT or CIDR:PORT (PORT may be *),
+    empty by default; a malformed entry is refused naming the variable (issue 11)."""
+    assert Settings.from_env(env={}).egress_allow_private == ()
+    value = "127.0.0.1:8080, 10.231.0.0/16:*,[::1]:443,[fd00::/8]:*,mountd:8080,"
+    settings = Settings.from_env(env={"SYNC_EGRESS_ALLOW_PRIVATE": value})
+    assert settings.egress_allow_private == (
+        "127.0.0.1:8080",
+        "10.231.0.0/16:*",
+        "[::1]:443",
+        "[fd00::/8]:*",
+        "mountd:8080",
+    )
+    for bad in ("127.0.0.1", "10.0.0.0/33:*", "::1:80", "host:0", "host:http", "*.example.com:*"):
+        with pytest.raises(SettingsError, match="SYNC_EGRESS_ALLOW_PRIVATE"):
+            Settings.from_env(env={"SYNC_EGRESS_ALLOW_PRIVATE": bad})
