@@ -294,10 +294,12 @@ def test_a_broker_directory_someone_else_controls_is_refused(tmp_path: Path, cas
         sockets.append(planted_socket(directory / SOCKET_NAME, OTHER_UID))
     else:
         (directory / SOCKET_NAME).write_text("not a socket")
+    embedded = EmbeddedRedis(directory)
     try:
         with pytest.raises(UnsafeBrokerDirectory) as caught:
-            EmbeddedRedis(directory).start()
+            embedded.start()
     finally:
+        embedded.close()  # stops a server that a broken check let start
         for listener in sockets:
             listener.close()
     assert str(directory) in caught.value.message
@@ -311,11 +313,14 @@ def test_log_and_lock_are_never_opened_through_a_symlink(data_dir: Path, tmp_pat
     data_dir.mkdir(mode=0o700)
     target = tmp_path / "victim"
     target.write_text("keep")
-    (data_dir / LOCK_NAME).symlink_to(target)
-    with pytest.raises(UnsafeBrokerDirectory, match="lock"):
-        EmbeddedRedis(data_dir).start()
-    (data_dir / LOCK_NAME).unlink()
-    (data_dir / "redis.log").symlink_to(target)
-    with pytest.raises(UnsafeBrokerDirectory, match="log"):
-        EmbeddedRedis(data_dir).start()
+    for planted in (LOCK_NAME, "redis.log"):
+        for name in (LOCK_NAME, "redis.log"):
+            (data_dir / name).unlink(missing_ok=True)
+        (data_dir / planted).symlink_to(target)
+        embedded = EmbeddedRedis(data_dir)
+        try:
+            with pytest.raises(UnsafeBrokerDirectory, match="lock" if planted == LOCK_NAME else "log"):
+                embedded.start()
+        finally:
+            embedded.close()
     assert target.read_text() == "keep"
