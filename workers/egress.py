@@ -364,11 +364,12 @@ class Egress:
         (its allow-list was applied before the lookup). One refused address refuses the request.
         """
         for address in addresses:
+            what = address if host == address else f"{host} resolves to {address}, which"
             if is_metadata_address(address):
-                reason = f"{host} resolves to {address}, a cloud metadata address"
+                reason = f"{what} is a cloud metadata address"
                 return _Refusal(STATUS_DENIED, "private_address", reason)
             if is_restricted_address(address) and not self._operator_opens(host, address, port):
-                reason = f"{host} resolves to {address}, not public (not in SYNC_EGRESS_ALLOW_PRIVATE)"
+                reason = f"{what} is not public (not opened by SYNC_EGRESS_ALLOW_PRIVATE)"
                 return _Refusal(STATUS_DENIED, "private_address", reason)
         return None
 
