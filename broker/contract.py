@@ -17,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from dataclasses import dataclass
@@ -127,12 +128,18 @@ def archive_path(store: Path, key: str) -> Path:
         key: An archive key.
 
     Returns:
-        ``store`` joined with the key's parts (always inside ``store``).
+        ``store`` joined with the key's parts, with symlinks resolved: always inside the resolved store.
 
     Raises:
-        MalformedRecord: ``key`` is not a valid archive key.
+        MalformedRecord: ``key`` is not a valid archive key, or it leads outside the store through a
+            symlinked directory or file (a job must never run or commit outside the store).
     """
-    return store.joinpath(*validate_archive_key(key).split("/"))
+    joined = store.joinpath(*validate_archive_key(key).split("/"))
+    root = Path(os.path.realpath(store))
+    real = Path(os.path.realpath(joined))
+    if not real.is_relative_to(root) or real == root:
+        raise MalformedRecord("archive_key", f"{key!r} leads outside the store {store} (through a symlink)")
+    return real
 
 
 def format_time(moment: datetime) -> str:

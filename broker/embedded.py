@@ -21,6 +21,12 @@ Ownership (one server per data directory, however many processes use it):
     * A server left running by an owner that died (SIGKILL) is adopted by the next instance that gets the
       lock: it becomes the owner and stops it on close.
 
+Trust (the module cache's rule): the data directory must be a real directory owned by this user with no
+group or other permission (0700), and a socket found in it must be a socket owned by this user; otherwise
+nothing is started, adopted or attached to (``UnsafeBrokerDirectory``), because whoever controls that
+directory controls the queue, the claims and the status records. The lock and log files are opened with
+``O_NOFOLLOW``, so a planted symlink cannot make us write elsewhere.
+
 Invariants: at most one server per data directory (starting is serialized by the owner lock and the socket
 is checked first); readiness is a PING answered within a bounded wait, never a fixed sleep; a server that
 exits during start-up is reported with the tail of its log.
@@ -35,11 +41,13 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 import redis
 
@@ -57,7 +65,15 @@ STOP_TIMEOUT = 10.0
 POLL_INTERVAL = 0.02
 #: Longest Unix socket path Linux accepts (``sun_path`` is 108 bytes with the terminating NUL).
 MAX_SOCKET_PATH = 107
+
+
 #: File names inside the data directory.
+class UnsafeBrokerDirectory(BrokerUnavailable):
+    """Raised when the embedded broker's directory or socket could be controlled by someone else."""
+
+    code = "unsafe_broker_directory"
+
+
 SOCKET_NAME = "redis.sock"
 LOCK_NAME = "owner.lock"
 PID_NAME = "redis.pid"
@@ -154,7 +170,11 @@ class EmbeddedRedis:
                 f"embedded broker: socket path {self.socket_path} is longer than {MAX_SOCKET_PATH} bytes; "
                 "use a shorter SYNC_CACHE_DIR"
             )
-        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except FileExistsError as exc:
+            raise UnsafeBrokerDirectory(f"embedded broker: {self.data_dir} is not a directory") from exc
+        self._check_private()
         self._client = make_redis(self.redis_url, socket_timeout=1.0, connect_timeout=1.0)
         try:
             self._lock_fd = _try_lock(self.data_dir / LOCK_NAME)
@@ -173,6 +193,28 @@ class EmbeddedRedis:
             raise
         self._started = True
         return self
+
+    def _check_private(self) -> None:
+        """Refuse a data directory or socket that another user could control (see the module docstring)."""
+        st = self.data_dir.lstat()
+        where = f"embedded broker: {self.data_dir}"
+        if not stat.S_ISDIR(st.st_mode):
+            raise UnsafeBrokerDirectory(f"{where} is not a directory")
+        if st.st_uid != os.geteuid():
+            raise UnsafeBrokerDirectory(
+                f"{where} is owned by uid {st.st_uid}, not by us (uid {os.geteuid()})"
+            )
+        if st.st_mode & 0o077:
+            mode = stat.S_IMODE(st.st_mode)
+            raise UnsafeBrokerDirectory(f"{where} has mode {mode:04o}; it must be 0700 (chmod 700 it)")
+        try:
+            sock = self.socket_path.lstat()
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(sock.st_mode) or sock.st_uid != os.geteuid():
+            raise UnsafeBrokerDirectory(
+                f"embedded broker: {self.socket_path} is not a socket of ours (uid {sock.st_uid}); refused"
+            )
 
     def close(self) -> None:
         """Stop the server if this instance owns it; otherwise only drop this instance's connections."""
@@ -211,7 +253,7 @@ class EmbeddedRedis:
             "--pidfile", str(self.data_dir / PID_NAME),
             "--daemonize", "no",
         ]  # fmt: skip
-        with open(self.data_dir / LOG_NAME, "ab") as log_file:
+        with _open_log(self.data_dir / LOG_NAME) as log_file:
             # Own session: a Ctrl-C meant for the owner does not kill the server before it is shut down.
             self._process = subprocess.Popen(  # noqa: S603  (our argv, no shell)
                 command,
@@ -308,7 +350,9 @@ class EmbeddedRedis:
 
     def _log_tail(self, lines: int = 5) -> str:
         try:
-            text = (self.data_dir / LOG_NAME).read_text(errors="replace")
+            fd = os.open(self.data_dir / LOG_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as log_file:
+                text = log_file.read().decode(errors="replace")
         except OSError as exc:
             return f"(no log: {exc})"
         return " | ".join(text.strip().splitlines()[-lines:])
@@ -323,8 +367,20 @@ class EmbeddedRedis:
         self._process = None
 
 
+def _open_log(path: Path) -> BinaryIO:
+    """The server's log, appended to; never through a symlink."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise UnsafeBrokerDirectory(f"embedded broker: cannot open its log {path}: {exc.strerror}") from exc
+    return os.fdopen(fd, "ab")
+
+
 def _try_lock(path: Path) -> int | None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise UnsafeBrokerDirectory(f"embedded broker: cannot open its lock {path}: {exc.strerror}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

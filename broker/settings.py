@@ -14,6 +14,7 @@ from typing import Any
 
 from broker.retry import DEFAULT_BASE_DELAY, DEFAULT_MAX_DELAY, DEFAULT_MAX_RETRIES
 from sync_format.errors import SyncError
+from sync_format.hosts import parse_private_entry
 
 #: Default WebDAV port of the reference's ``sync-mount``.
 DEFAULT_PORT = 4918
@@ -35,6 +36,14 @@ DEFAULT_METRICS_HOST = "127.0.0.1"
 #: Margin of the broker's visibility timeout over what it must outlast, in seconds (see
 #: ``broker.celery_app.visibility_timeout``).
 DEFAULT_VISIBILITY_MARGIN = 30.0
+#: Seconds a running job's claim outlives its last heartbeat (``broker.claims.RUNNING_CLAIM_TTL_MS``).
+DEFAULT_RUNNING_CLAIM_TTL = 30.0
+#: Bytes all of one run's guest HTTP responses may add up to (each one is also capped on its own).
+DEFAULT_EGRESS_MAX_TOTAL_BYTES = 64 * 1024 * 1024
+#: Largest ``sync.wasm`` a worker compiles, in bytes.
+DEFAULT_MAX_MODULE_SIZE = 16 * 1024 * 1024
+#: Seconds a worker lets a ``sync.wasm`` compile.
+DEFAULT_COMPILE_TIMEOUT = 30.0
 #: Log line format when none is given.
 DEFAULT_LOG_FORMAT = "text"
 
@@ -63,6 +72,11 @@ _ENV = {
     "retry_base_delay": "SYNC_RETRY_BASE_DELAY",
     "retry_max_delay": "SYNC_RETRY_MAX_DELAY",
     "visibility_margin": "SYNC_VISIBILITY_MARGIN",
+    "egress_allow_private": "SYNC_EGRESS_ALLOW_PRIVATE",
+    "running_claim_ttl": "SYNC_RUNNING_CLAIM_TTL",
+    "egress_max_total_bytes": "SYNC_EGRESS_MAX_TOTAL_BYTES",
+    "max_module_size": "SYNC_MAX_MODULE_SIZE",
+    "compile_timeout": "SYNC_COMPILE_TIMEOUT",
 }
 
 
@@ -112,6 +126,14 @@ class Settings:
         retry_max_delay: Cap on any retry's delay in seconds (``broker.retry.RetryPolicy``).
         visibility_margin: Seconds the broker's visibility timeout adds to the longest of the retry delay
             and a dead job's claim lifetime, so a job of a killed worker runs again after about that long.
+        egress_allow_private: The operator's ``SYNC_EGRESS_ALLOW_PRIVATE`` (comma-separated ``HOST:PORT`` or
+            ``CIDR:PORT``, PORT may be ``*``): the only way a guest reaches a loopback, private, link-local,
+            CGNAT or other non-public address; the manifest must still list the host. Metadata addresses
+            stay closed whatever it says.
+        running_claim_ttl: Seconds a running job's claim outlives its last heartbeat (crash recovery time).
+        egress_max_total_bytes: Bytes one run's guest HTTP responses may add up to.
+        max_module_size: Largest ``sync.wasm`` compiled, in bytes.
+        compile_timeout: Seconds a ``sync.wasm`` may take to compile (in a forked child).
     """
 
     store: Path | None = None
@@ -127,13 +149,19 @@ class Settings:
     allow_anonymous: bool = False
     metrics_port: int = DEFAULT_METRICS_PORT
     metrics_host: str = DEFAULT_METRICS_HOST
-    # Guest SDK / ABI v2 (issue 14): secrets for request headers.
+    # Guest request secrets (ABI v2).
     guest_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
-    # Issue 13 item 4 (retry timing): settings so that tests and operators can shorten them.
+    # Retry timing: settings so that operators (and tests) can shorten or lengthen it.
     retry_max_retries: int = DEFAULT_MAX_RETRIES
     retry_base_delay: float = DEFAULT_BASE_DELAY
     retry_max_delay: float = DEFAULT_MAX_DELAY
     visibility_margin: float = DEFAULT_VISIBILITY_MARGIN
+    # Egress screening and slow-source limits.
+    egress_allow_private: tuple[str, ...] = ()
+    running_claim_ttl: float = DEFAULT_RUNNING_CLAIM_TTL
+    egress_max_total_bytes: int = DEFAULT_EGRESS_MAX_TOTAL_BYTES
+    max_module_size: int = DEFAULT_MAX_MODULE_SIZE
+    compile_timeout: float = DEFAULT_COMPILE_TIMEOUT
 
     def __post_init__(self) -> None:
         if self.sandbox not in SANDBOX_MODES:
@@ -150,6 +178,14 @@ class Settings:
                 f"retry delays need 0 < retry_base_delay ({self.retry_base_delay})"
                 f" <= retry_max_delay ({self.retry_max_delay})"
             )
+        for entry in self.egress_allow_private:
+            try:
+                parse_private_entry(entry)
+            except ValueError as exc:
+                raise SettingsError(f"SYNC_EGRESS_ALLOW_PRIVATE: {exc}") from exc
+        for name in ("running_claim_ttl", "egress_max_total_bytes", "max_module_size", "compile_timeout"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be positive, not {getattr(self, name)}")
 
     @classmethod
     def from_env(
@@ -204,6 +240,10 @@ def log_format(flag: str | None = None, env: Mapping[str, str] | None = None) ->
     return value
 
 
+#: Each field's annotation as written (``from __future__ import annotations`` keeps them as text).
+_FIELD_TYPES = {f.name: str(f.type) for f in fields(Settings)}
+
+
 def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
     known = {f.name for f in fields(Settings)}
     unknown = set(values) - known
@@ -213,23 +253,22 @@ def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _coerce_one(name: str, value: Any) -> Any:
+    """Turn a flag or environment value into the type the field declares (its annotation)."""
+    kind = _FIELD_TYPES[name]
     try:
-        if name in ("store", "cache_dir") and value is not None:
+        if kind in ("Path", "Path | None") and value is not None:
             return Path(value)
-        if name in ("port", "max_payload_size", "metrics_port", "retry_max_retries"):
+        if kind == "int":
             return int(value)
-        if name in (
-            "guest_timeout",
-            "max_guest_timeout",
-            "retry_base_delay",
-            "retry_max_delay",
-            "visibility_margin",
-        ):
+        if kind == "float":
             return float(value)
     except (TypeError, ValueError) as exc:
         raise SettingsError(f"{name} must be a number, not {value!r}") from exc
-    if name == "allow_anonymous":
+    if kind == "bool":
         return _coerce_bool(name, value)
+    if name == "egress_allow_private":
+        entries = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(e.strip() for e in entries if e.strip())
     return value
 
 

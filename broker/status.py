@@ -36,6 +36,7 @@ from broker.contract import (
     validate_archive_key,
 )
 from broker.redis_client import translated
+from sync_format.escape import escape_text
 
 #: Attempts kept per archive in its history list.
 HISTORY_LENGTH = 20
@@ -43,6 +44,12 @@ HISTORY_LENGTH = 20
 RUNNING = "running"
 
 _OPTIONAL_TEXT = ("error_code", "error", "worker", "job_id")
+#: Refused or failed guest requests kept per record, and the keys of each (all values escaped text but
+#: ``code``, the ABI status).
+MAX_EGRESS_ENTRIES = 32
+_EGRESS_KEYS = ("rule", "host", "code", "url", "reason")
+#: Longest ``error`` text stored (it may quote a guest or a server).
+MAX_ERROR_LENGTH = 1000
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,8 @@ class StatusRecord:
         last_attempt: When the attempt started.
         updated_at: When the record was written.
         guest_log: The guest's ``log`` lines of the attempt (ABI v2; escaped and bounded by the worker).
+        egress: Each refused or failed guest request of the attempt (``rule``: the egress error code,
+            ``host``, ``code``: the ABI status, ``url``, ``reason``), escaped; empty while running.
     """
 
     archive: str
@@ -78,8 +87,9 @@ class StatusRecord:
     attempts: int
     last_attempt: datetime
     updated_at: datetime
-    # Guest SDK / ABI v2 (issue 14): optional in stored records (older ones have none).
+    # Optional in stored records: older ones have neither.
     guest_log: tuple[str, ...] = ()
+    egress: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (times as RFC 3339 UTC).
@@ -101,6 +111,7 @@ class StatusRecord:
             "last_attempt": format_time(self.last_attempt),
             "updated_at": format_time(self.updated_at),
             "guest_log": list(self.guest_log),
+            "egress": [dict(e) for e in self.egress],
         }
 
     @classmethod
@@ -137,12 +148,13 @@ class StatusRecord:
             last_attempt=parse_time(data["last_attempt"], "status", "last_attempt"),
             updated_at=parse_time(data["updated_at"], "status", "updated_at"),
             guest_log=_guest_log(data.get("guest_log")),
+            egress=_egress(data.get("egress") or []),
         )
 
 
 _FIELDS = frozenset(StatusRecord.__dataclass_fields__)
 #: Fields every stored record has; the others were added later and default when absent.
-_REQUIRED = _FIELDS - {"guest_log"}
+_REQUIRED = _FIELDS - {"guest_log", "egress"}
 #: Most guest log lines kept in a record (the worker already bounds them; this bounds what Redis holds).
 MAX_GUEST_LOG = 65
 
@@ -211,7 +223,7 @@ def mark_running(
     moment = format_time(now or datetime.now(UTC))
     key = status_key(archive)
     pipe = client.pipeline(transaction=True)
-    pipe.hdel(key, "error_code", "error", "guest_log")
+    pipe.hdel(key, "error_code", "error", "guest_log", "egress")
     pipe.hset(
         key,
         mapping={
@@ -269,6 +281,8 @@ def write_status(
     generation = require_int(outcome.get("generation"), "status", "generation", minimum=-1)
     base = require_int(outcome.get("base_generation"), "status", "base_generation", minimum=-1)
     duration_ms = _duration(outcome.get("duration_ms"))
+    error = outcome.get("error")
+    egress = _egress(outcome.get("egress") or [])
     ended = now or datetime.now(UTC)
     started = ended - timedelta(milliseconds=duration_ms)
     fields: dict[str, Any] = {
@@ -277,13 +291,14 @@ def write_status(
         "generation": generation,
         "base_generation": base,
         "error_code": outcome.get("error_code"),
-        "error": outcome.get("error"),
+        "error": None if error is None else escape_text(error, MAX_ERROR_LENGTH),
         "duration_ms": round(duration_ms, 3),
         "worker": worker,
         "job_id": job_id,
         "last_attempt": format_time(started),
         "updated_at": format_time(ended),
         "guest_log": list(_guest_log(outcome.get("guest_log"))) or None,
+        "egress": json.dumps([dict(e) for e in egress], separators=(",", ":")) if egress else None,
     }
     key, history = status_key(archive), history_key(archive)
     written: list[StatusRecord] = []
@@ -292,7 +307,7 @@ def write_status(
         # WATCH on the hash (redis-py's transaction helper) makes read-increment-write of ``attempts`` and
         # the history entry that carries it one atomic step; it is retried if another write interleaves.
         attempts = _int_text(pipe.hget(key, "attempts") or "0", "attempts") + 1
-        record = StatusRecord.from_json({**fields, "attempts": attempts})
+        record = StatusRecord.from_json({**fields, "attempts": attempts, "egress": list(egress)})
         pipe.multi()
         absent = [name for name, value in fields.items() if value is None]
         if absent:
@@ -407,11 +422,28 @@ def _from_hash(archive: str, fields: Mapping[Any, Any]) -> StatusRecord:
             data["guest_log"] = json.loads(data["guest_log"])
         except json.JSONDecodeError as exc:
             raise MalformedRecord("status", "must be a JSON list", field="guest_log") from exc
+    if data["egress"] is not None:
+        data["egress"] = _load(data["egress"])
     try:
         data["duration_ms"] = float(data["duration_ms"])
     except (TypeError, ValueError) as exc:
         raise MalformedRecord("status", "must be a number", field="duration_ms") from exc
     return StatusRecord.from_json(data)
+
+
+def _egress(value: object) -> tuple[dict[str, Any], ...]:
+    """Refused requests as stored: a list of objects with ``_EGRESS_KEYS``, re-escaped and bounded here
+    whatever the writer did (they quote hosts, URLs and reasons a guest or a server chose)."""
+    if not isinstance(value, list | tuple):
+        raise MalformedRecord("status", "must be a list", field="egress")
+    entries = []
+    for item in value[:MAX_EGRESS_ENTRIES]:
+        if not isinstance(item, Mapping) or not isinstance(item.get("code"), int):
+            raise MalformedRecord("status", "entries must be objects with an integer code", field="egress")
+        entry: dict[str, Any] = {k: escape_text(item.get(k) or "", 300) for k in _EGRESS_KEYS if k != "code"}
+        entry["code"] = item["code"]
+        entries.append({k: entry[k] for k in _EGRESS_KEYS})
+    return tuple(entries)
 
 
 def _int_text(value: object, field: str) -> int:

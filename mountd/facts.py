@@ -24,6 +24,7 @@ import zlib
 from dataclasses import dataclass
 
 from sync_format import EMPTY_WASM, ArchiveSnapshot, Expiry, FileIdentity, parse_timestamp_ns
+from sync_format.media import display_ext_problem, safe_content_type
 from sync_format.reader import WASM_ENTRY
 
 NS_PER_SECOND = 1_000_000_000
@@ -79,8 +80,9 @@ class ArchiveFacts:
         manifest = snapshot.manifest
         state = snapshot.state
         return cls(
-            display_ext=manifest.sync.display_ext,
-            content_type=manifest.sync.content_type,
+            # Re-checked here, where header values and names come from (the reader refused bad ones already).
+            display_ext="" if display_ext_problem(manifest.sync.display_ext) else manifest.sync.display_ext,
+            content_type=safe_content_type(manifest.sync.content_type),
             payload_size=snapshot.payload_size,
             payload_offset=snapshot.payload_offset,
             etag=state.trusted_blake3 or derive_etag(snapshot.identity, snapshot.payload.crc32),

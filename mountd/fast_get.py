@@ -39,6 +39,7 @@ from mountd.middleware import StartResponse, WSGIEnviron, on_request_end
 from mountd.provider import SyncProvider
 from mountd.sendfile import offer_payload
 from sync_format import PayloadReader
+from sync_format.media import safe_content_type
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class FastGet(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         headers = [
             ("Content-Length", str(facts.payload_size)),
             ("Last-Modified", self._http_date(facts.last_modified)),
-            ("Content-Type", facts.content_type),
+            ("Content-Type", safe_content_type(facts.content_type)),  # re-checked before it becomes a header
             ("Date", self._http_date(None)),
             ("ETag", f'"{facts.etag}"'),
             ("Accept-Ranges", "bytes"),

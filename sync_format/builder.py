@@ -20,6 +20,7 @@ from sync_format.archive_writer import UNLIMITED, PayloadSource, write_temp_arch
 from sync_format.atomic import publish
 from sync_format.errors import ArchiveError, MissingEntry
 from sync_format.manifest import Manifest
+from sync_format.media import check_served_fields
 from sync_format.payload_io import PayloadDigest
 from sync_format.reader import (
     CONTEXT_ENTRY,
@@ -85,7 +86,8 @@ class SyncBuilder:
         Raises:
             ManifestError: The bytes are not a valid manifest.
         """
-        Manifest.from_bytes(data)
+        manifest = Manifest.from_bytes(data)
+        check_served_fields(manifest.sync.content_type, manifest.sync.display_ext)
         self._manifest = data
         return self
 

@@ -207,6 +207,18 @@ class GuestTimeout(GuestError):
         self.seconds = seconds
 
 
+class ModuleTooLarge(GuestError):
+    """Raised when ``sync.wasm`` is larger than the worker compiles (it is refused before compiling)."""
+
+    code = "module_too_large"
+
+
+class CompileTimeout(GuestError):
+    """Raised when compiling ``sync.wasm`` took longer than the worker's compile budget (it was stopped)."""
+
+    code = "compile_timeout"
+
+
 class PolicyDenied(GuestError):
     """Raised when a guest or a caller asked for something its manifest or role does not allow.
 

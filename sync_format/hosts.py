@@ -215,3 +215,86 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+@dataclass(frozen=True)
+class PrivateEntry:
+    """One entry of the operator's ``SYNC_EGRESS_ALLOW_PRIVATE``: a non-public destination it opens.
+
+    The manifest alone never reaches a loopback, private, link-local, CGNAT, multicast, unspecified or
+    reserved address; an operator entry opens one such destination, and the manifest must still list the
+    host. Metadata addresses stay closed whatever the entries say (``workers.addresses``).
+
+    Attributes:
+        text: The entry as written (for messages).
+        host: A normalised host name when the entry names one (it opens that name, whatever it resolves to).
+        network: The network an address must fall in when the entry is an address or a CIDR.
+        port: The port it opens, or None for ``*`` (every port).
+    """
+
+    text: str
+    host: str | None
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None
+    port: int | None
+
+    def opens(self, host: str, address: str, port: int) -> bool:
+        """Tell whether this entry opens a request to ``host`` at ``address``:``port``.
+
+        Args:
+            host: The request's normalised host (a name or an IP literal).
+            address: The address the connection goes to.
+            port: The destination port.
+
+        Returns:
+            True when the port matches and the host name or the address is covered.
+        """
+        if self.port is not None and port != self.port:
+            return False
+        if self.host is not None:
+            return host == self.host
+        assert self.network is not None  # one of host and network is set
+        ip = ipaddress.ip_address(address)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return ip.version == self.network.version and ip in self.network
+
+
+def parse_private_entry(entry: str) -> PrivateEntry:
+    """Parse one ``SYNC_EGRESS_ALLOW_PRIVATE`` entry: ``HOST:PORT`` or ``CIDR:PORT``, PORT a number or ``*``.
+
+    IPv6 addresses and networks go in brackets (``[::1]:8080``, ``[fd00::/8]:*``).
+
+    Args:
+        entry: The entry.
+
+    Returns:
+        The parsed entry.
+
+    Raises:
+        ValueError: The entry is malformed (the message says how).
+    """
+    text = entry.strip()
+    where, sep, port_text = text.rpartition(":")
+    if not sep or not where:
+        raise ValueError(f"egress allow-private entry {entry!r} must be HOST:PORT or CIDR:PORT (PORT or *)")
+    port: int | None = None
+    if port_text != "*":
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"egress allow-private entry {entry!r}: port must be 1-65535 or *")
+        port = int(port_text)
+    if where.startswith("[") and where.endswith("]"):
+        where = where[1:-1]
+    elif ":" in where:
+        raise ValueError(f"egress allow-private entry {entry!r}: put IPv6 addresses in brackets")
+    if "/" in where:
+        try:
+            network = ipaddress.ip_network(where, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"egress allow-private entry {entry!r}: {exc}") from exc
+        return PrivateEntry(text, None, network, port)
+    host = normalize_host(where)
+    if host is None:
+        raise ValueError(f"egress allow-private entry {entry!r}: {where!r} is not a host")
+    if _is_ip(host):
+        return PrivateEntry(text, None, ipaddress.ip_network(host), port)
+    return PrivateEntry(text, host, None, port)

@@ -19,6 +19,7 @@ from types import TracebackType
 from sync_format.errors import ArchiveError, MalformedArchive, MissingEntry
 from sync_format.freshness import Expiry, expiry
 from sync_format.manifest import Manifest
+from sync_format.media import check_served_fields
 from sync_format.payload_io import PayloadDigest, PayloadReader, digest_stream
 from sync_format.state import MAX_STATE_SIZE, STATE_ENTRY, ArchiveState
 from sync_format.zip_reader import (
@@ -337,6 +338,8 @@ def _snapshot(path: str | os.PathLike[str], fd: int) -> ArchiveSnapshot:
         raise MalformedArchive("payload must be stored (no compression)", offset=payload.header_offset)
     manifest_bytes = read_entry_data(fd, manifest_entry, limit=MAX_MANIFEST_SIZE, windows=windows)
     manifest = Manifest.from_bytes(manifest_bytes)
+    # These two become a header and a file name when served (sync_format.media).
+    check_served_fields(manifest.sync.content_type, manifest.sync.display_ext)
     state_entry = directory.get(STATE_ENTRY)
     if state_entry is None:
         state = ArchiveState()

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sync_format.escape import escape_json_text
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import BinaryIO
@@ -174,7 +176,8 @@ def _text(text: str) -> str:
 
 
 def _print_json(doc: Any) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    # Raw bidi and format characters from an archive would reorder what the terminal shows: escaped.
+    sys.stdout.write(escape_json_text(json.dumps(doc, indent=2, ensure_ascii=False)) + "\n")
     sys.stdout.flush()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -108,6 +109,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     "cache_dir": built.cache,
                     "sandbox": args.sandbox,
                 }
+            )
+            # The operator's side of the egress rule: the demo's own loopback source, nothing else.
+            opened = (*settings.egress_allow_private, source.operator_entry)
+            settings = replace(settings, egress_allow_private=opened)
+            _say(
+                f"egress: the demo opens its source {source.operator_entry} to its archives' guests "
+                "(SYNC_EGRESS_ALLOW_PRIVATE); no other loopback or private address is reachable\n"
             )
 
             def ready(handle: ServerHandle) -> None:

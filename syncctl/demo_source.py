@@ -1,8 +1,9 @@
 """The demo's data source: a small HTTP server on loopback whose documents change with time.
 
 ``syncctl demo`` starts one ``DemoSource`` before it builds its archives, because their guests fetch from
-it and their manifests must name it exactly (``127.0.0.1:PORT``: egress refuses a loopback address unless
-an exact ``allow_hosts`` entry names it). It serves two documents, both computed from the clock:
+it and their manifests must name it (``127.0.0.1:PORT``); a loopback address is reachable only when the
+operator opens it too, so the demo adds ``operator_entry`` to ``SYNC_EGRESS_ALLOW_PRIVATE`` for its workers
+and says so. It serves two documents, both computed from the clock:
 
 * ``/readings.csv``: a CSV of sensor readings, one new row every ``READING_INTERVAL`` seconds, the last
   ``CSV_ROWS`` rows (so it changes and stays small);
@@ -77,6 +78,11 @@ class DemoSource:
     @property
     def host_entry(self) -> str:
         """The ``allow_hosts`` entry that lets a guest reach this source: ``127.0.0.1:PORT``."""
+        return f"{SOURCE_HOST}:{self.port}"
+
+    @property
+    def operator_entry(self) -> str:
+        """The ``SYNC_EGRESS_ALLOW_PRIVATE`` entry that opens this source (and nothing else on loopback)."""
         return f"{SOURCE_HOST}:{self.port}"
 
     def url(self, path: str) -> str:

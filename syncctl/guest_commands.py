@@ -13,6 +13,8 @@ import json
 import sys
 from typing import Any
 
+from sync_format.escape import escape_text
+
 
 def register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -192,14 +194,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(_summary(doc))
     if not outcome.ok:
-        sys.stderr.write(f"error: {outcome.error_code}: {' '.join((outcome.error or '').split())}\n")
+        error = escape_text(" ".join((outcome.error or "").split()), 1000)
+        sys.stderr.write(f"error: {outcome.error_code}: {error}\n")
         return 1
     return 0
 
 
 def _summary(doc: dict[str, Any]) -> str:
     lines = [
-        f"archive:    {doc['archive']}",
+        f"archive:    {escape_text(doc['archive'], 1000)}",
         f"status:     {doc['status']}",
         f"generation: {doc['base_generation']} -> {doc['generation']}",
         f"duration:   {doc['duration_ms']:.1f} ms",
@@ -216,4 +219,7 @@ def _summary(doc: dict[str, Any]) -> str:
         lines.append(f"sandbox:    {', '.join(active) or 'none'} (landlock ABI {sandbox['landlock_abi']})")
         if missing:
             lines.append(f"missing:    {'; '.join(missing)}")
+    for refused in doc.get("egress") or []:
+        host, reason = escape_text(refused["host"]), escape_text(refused["reason"])
+        lines.append(f"egress:     {refused['rule']} ({refused['code']}) host {host}: {reason}")
     return "\n".join(lines) + "\n"

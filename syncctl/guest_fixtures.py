@@ -95,11 +95,13 @@ class FixtureRequester:
         fixtures: The canned responses.
         allow_hosts: The manifest's allow-list, or None to allow every host named in the fixtures.
         requests: What the guest asked for, in order.
+        failures: Refused or failed requests for the status record: none, fixtures answer everything.
     """
 
     fixtures: list[Fixture]
     allow_hosts: tuple[str, ...] | None = None
     requests: list[RecordedRequest] = field(default_factory=list)
+    failures: list[dict[str, object]] = field(default_factory=list)
 
     def request(
         self,

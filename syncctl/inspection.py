@@ -12,11 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 from sync_format.builder import EMPTY_WASM
+from sync_format.escape import escape_text
 from sync_format.hosts import invalid_entries
 from sync_format.reader import WASM_ENTRY, ArchiveSnapshot
 from sync_format.zip_reader import METHOD_DEFLATED, METHOD_STORED
 
 _METHODS = {METHOD_STORED: "stored", METHOD_DEFLATED: "deflated"}
+#: Longest shown manifest value, allow-list entry and path, in characters (escapes included).
+FIELD_LIMIT = 200
+HOST_LIMIT = 100
+PATH_LIMIT = 1000
 
 
 def _has_update_logic(snapshot: ArchiveSnapshot) -> bool:
@@ -113,21 +118,23 @@ def render_text(doc: dict[str, Any]) -> str:
     """
     m = doc["manifest"]
     payload = doc["payload"]
+    hosts = ", ".join(_s(h, HOST_LIMIT) for h in m["permissions"]["allow_hosts"])
     lines = [
-        f"archive:      {doc['path']}",
-        f"content:      {m['sync']['content_type']} (.{m['sync']['display_ext']}), "
-        f"variant {m['sync']['variant']}, format {m['sync']['version']}",
-        f"created:      {m['meta']['created_at']} by {m['meta']['created_by']}",
+        f"archive:      {_s(doc['path'], PATH_LIMIT)}",
+        f"content:      {_s(m['sync']['content_type'])} (.{_s(m['sync']['display_ext'])}), "
+        f"variant {_s(m['sync']['variant'])}, format {_s(m['sync']['version'])}",
+        f"created:      {_s(m['meta']['created_at'])} by {_s(m['meta']['created_by'])}",
         f"policy:       ttl {m['policy']['ttl']} s, timeout {m['policy']['timeout']} s",
-        f"allow_hosts:  {', '.join(m['permissions']['allow_hosts']) or '(none)'}",
+        f"allow_hosts:  {hosts or '(none)'}",
     ]
     if doc["allow_hosts_never_matching"]:
-        lines.append(f"  never match: {', '.join(doc['allow_hosts_never_matching'])}")
+        never = ", ".join(_s(h, HOST_LIMIT) for h in doc["allow_hosts_never_matching"])
+        lines.append(f"  never match: {never}")
     lines.append(f"update logic: {'yes (sync.wasm)' if doc['update_logic'] else 'none'}")
     lines.append("entries:")
     for e in doc["entries"]:
         lines.append(
-            f"  {e['name']:<16} {e['method']:<8} {e['size']:>14} bytes  "
+            f"  {_s(e['name']):<16} {e['method']:<8} {e['size']:>14} bytes  "
             f"at {e['data_offset']:>10}  crc32 {e['crc32']}"
         )
     digest = payload["blake3"] or "-"
@@ -136,9 +143,9 @@ def render_text(doc: dict[str, Any]) -> str:
         f"blake3 {digest} ({payload['blake3_status']})"
     )
     lines.append(f"generation:   {doc['generation']}")
-    lines.append(f"updated_at:   {doc['updated_at'] or 'never refreshed'}")
+    lines.append(f"updated_at:   {_s(doc['updated_at'] or 'never refreshed')}")
     if doc["expiry_error"] is not None:
-        expiry = f"unknown: {doc['expiry_error']} (counts as expired)"
+        expiry = f"unknown: {_s(doc['expiry_error'])} (counts as expired)"
     else:
         expiry = f"{doc['expires_at']} ({'expired' if doc['expired'] else 'fresh'})"
     lines.append(f"expires_at:   {expiry}")
@@ -157,4 +164,9 @@ def _signature_text(sig: dict[str, Any]) -> str:
     bound = [name for name, key in parts if sig[key]]
     scheme = sig["extension"] or "v1"
     binds = ", ".join(bound) if bound else "manifest only"
-    return f"{sig['algo']} by {sig['signer']} at {sig['timestamp']} ({scheme}; binds {binds})"
+    return f"{_s(sig['algo'])} by {_s(sig['signer'])} at {_s(sig['timestamp'])} ({_s(scheme)}; binds {binds})"
+
+
+def _s(value: object, limit: int = FIELD_LIMIT) -> str:
+    """An archive-controlled value as shown: control and bidi characters escaped, length bounded."""
+    return escape_text(value, limit)

@@ -39,6 +39,7 @@ class LocalWorkers:
         cache_dir: Path,
         concurrency: int,
         sandbox: str,
+        egress_allow_private: tuple[str, ...] = (),
         log: Path | None = None,
         log_format: str = "text",
     ) -> None:
@@ -62,6 +63,8 @@ class LocalWorkers:
             "--name",
             f"sync-local-{os.getpid()}@%h",
         ]
+        # The operator's egress setting goes by environment, as for any worker (Settings reads it there).
+        self._env = {**os.environ, "SYNC_EGRESS_ALLOW_PRIVATE": ",".join(egress_allow_private)}
         self._log = log
         self._process: subprocess.Popen[bytes] | None = None
         self._restarts = 0
@@ -81,7 +84,9 @@ class LocalWorkers:
     def _spawn(self) -> None:
         # Our own interpreter and fixed arguments: nothing here comes from a client.
         if self._log is None:
-            self._process = subprocess.Popen(self._argv, stdin=subprocess.DEVNULL, start_new_session=True)  # noqa: S603
+            self._process = subprocess.Popen(  # noqa: S603
+                self._argv, stdin=subprocess.DEVNULL, start_new_session=True, env=self._env
+            )
         else:
             with self._log.open("ab") as output:  # the child keeps its own copy of the descriptor
                 self._process = subprocess.Popen(  # noqa: S603
@@ -90,6 +95,7 @@ class LocalWorkers:
                     stdout=output,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    env=self._env,
                 )
         log.info("local worker started pid=%d", self._process.pid)
 

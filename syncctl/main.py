@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from sync_format.escape import escape_text
 from syncctl import (
     archive_commands,
     demo_commands,
@@ -27,6 +28,8 @@ from syncctl.log_format import configure_logging
 
 #: Exit status when the input is invalid or the operation failed (usage errors are argparse's 2).
 EXIT_FAILURE = 1
+#: Longest ``error:`` line message, in characters (escapes included).
+ERROR_LIMIT = 2000
 #: Exit status after Ctrl-C, as shells report a death by SIGINT.
 EXIT_INTERRUPTED = 130
 
@@ -99,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line(text: str) -> str:
-    """Collapse a message onto one line: the contract is exactly one ``error:`` line."""
-    return " ".join(text.split()) or "unknown error"
+    """Collapse a message onto one line (the contract is exactly one ``error:`` line), with the control and
+    bidi characters an archive or a guest may have put in it escaped."""
+    return escape_text(" ".join(text.split()), ERROR_LIMIT) or "unknown error"
 
 
 def _os_error_text(exc: OSError) -> str:

@@ -219,6 +219,7 @@ def serve_store(
                 cache_dir=settings.cache_dir,
                 concurrency=workers_wanted,
                 sandbox=settings.sandbox,
+                egress_allow_private=settings.egress_allow_private,
                 log=worker_log,
                 log_format=log_format,
             ).start()

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sync_format.escape import escape_text
+
 
 def register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -201,7 +203,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
             if record is not None and record.status != "running" and record.updated_at.timestamp() >= started:
                 sys.stdout.write(f"{key}: {record.status} (generation {record.generation})\n")
                 if record.error_code:
-                    sys.stderr.write(f"error: {record.error_code}: {record.error}\n")
+                    sys.stderr.write(f"error: {record.error_code}: {escape_text(record.error)}\n")
                     return 1
                 return 0
             time.sleep(0.2)
@@ -240,13 +242,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return 0
     for doc in docs:
-        error = f" {doc['error_code']}: {doc['error']}" if doc.get("error_code") else ""
+        error = f" {doc['error_code']}: {escape_text(doc['error'])}" if doc.get("error_code") else ""
         sys.stdout.write(
             f"{doc['archive']}  {doc['status']}  generation {doc['generation']}  "
-            f"{doc.get('updated_at', '')}  {doc.get('worker') or ''}{error}{os.linesep}"
+            f"{doc.get('updated_at', '')}  {escape_text(doc.get('worker') or '')}{error}{os.linesep}"
         )
         for line in doc.get("guest_log") or ():  # the guest's own lines (ABI v2 log), already escaped
             sys.stdout.write(f"    guest: {line}{os.linesep}")
+        for refused in doc.get("egress") or []:
+            # Stored escaped; escaped again here in case the record was written by something else.
+            rule, host = escape_text(refused["rule"]), escape_text(refused["host"])
+            reason = escape_text(refused["reason"])
+            sys.stdout.write(f"    egress {rule} ({refused['code']}) host {host}: {reason}{os.linesep}")
     if not docs:
         sys.stdout.write("no refreshes recorded\n")
     return 0

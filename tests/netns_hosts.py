@@ -72,17 +72,17 @@ class Route:
     """What a server answers on one path.
 
     Attributes:
-        kind: ``body``, ``large``, ``redirect``, ``hang``, ``drip`` or ``truncated``.
+        kind: ``body``, ``large``, ``redirect``, ``hang``, ``drip``, ``trickle`` or ``truncated``.
         status: HTTP status.
         body: Fixed body (``body``).
-        size: Body length in bytes (``large``), bytes actually sent (``truncated``), header bytes dripped
-            (``drip``).
+        size: Body length in bytes (``large``, ``trickle``), bytes actually sent (``truncated``), header
+            bytes dripped (``drip``).
         declare_length: Send ``Content-Length`` (``large``; without it the body ends when the connection
             closes).
         location: ``Location`` header (``redirect``).
         headers: Extra response headers.
         declared: ``Content-Length`` claimed (``truncated``).
-        interval: Seconds between dripped bytes (``drip``).
+        interval: Seconds between dripped bytes (``drip``, ``trickle``).
     """
 
     kind: str
@@ -119,6 +119,11 @@ class Route:
     def drip(cls, count: int, interval: float) -> Route:
         """Send the status line, then one header byte every ``interval`` seconds, ``count`` times."""
         return cls("drip", size=count, interval=interval)
+
+    @classmethod
+    def trickle(cls, size: int, interval: float) -> Route:
+        """Send complete headers (``Content-Length: size``), then the body one byte every ``interval`` s."""
+        return cls("trickle", size=size, interval=interval)
 
     @classmethod
     def truncated(cls, declared: int, sent: int) -> Route:
@@ -467,6 +472,8 @@ def _serve(argv: Sequence[str]) -> None:
                         pass
                 elif spec["kind"] == "drip":
                     self._drip(spec["size"], spec["interval"])
+                elif spec["kind"] == "trickle":
+                    self._trickle(spec["size"], spec["interval"])
                 elif spec["kind"] == "redirect":
                     self._fixed(spec["status"], b"", [*spec["headers"], ["Location", spec["location"]]])
                 elif spec["kind"] in {"large", "truncated"}:
@@ -510,6 +517,14 @@ def _serve(argv: Sequence[str]) -> None:
                 time.sleep(interval)
                 self.wfile.write(b"d")
             self.wfile.write(b"\r\nContent-Length: 4\r\n\r\ndone")
+
+        def _trickle(self, size: int, interval: float) -> None:
+            self.wfile.write(f"HTTP/1.0 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
+            for _ in range(size):
+                # Slowness is the behaviour under test; no test waits on this.
+                time.sleep(interval)
+                self.wfile.write(b"t")
+                self.wfile.flush()
 
         do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = respond
 

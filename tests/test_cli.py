@@ -624,3 +624,51 @@ def test_run_reports_a_failing_guest(tmp_path: Path) -> None:
     # Fuel is sized to the 1 s budget, so which limit stops the loop first depends on how busy the machine is.
     assert re.match(r"error: guest_(out_of_fuel|timeout): ", errors[0]), errors[0]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--content-type", "text/html\r\nSet-Cookie: pwned=1"),
+        ("--content-type", "text/plain\x1b[8m"),
+        ("--display-ext", "/../../tmp/pwn"),
+        ("--display-ext", "csv\u202e"),
+    ],
+    ids=["crlf-content-type", "esc-content-type", "path-display-ext", "bidi-display-ext"],
+)
+def test_pack_refuses_unservable_content_type_and_display_ext(
+    payload: Path, tmp_path: Path, flag: str, value: str
+) -> None:
+    """``syncctl pack`` refuses what the strict reader would (issue 11 finding 4), with one error line that
+    shows the value escaped, and writes nothing."""
+    out = tmp_path / "report.sync"
+    line = assert_one_error(run_cli("pack", payload, "-o", out, flag, value))
+    assert flag.removeprefix("--").replace("-", "_") in line
+    assert not set(line) & {"\x1b", "\u202e", "\r"}
+    assert not out.exists()
+
+
+def test_inspect_escapes_what_the_archive_author_wrote(tmp_path: Path) -> None:
+    """``syncctl inspect`` shows control and bidi characters of manifest strings as escapes, in text and in
+    JSON: ``\\x1b[8m`` used to hide an allow-list entry from the person reviewing it (finding 5)."""
+    from sync_format.testing import make_archive, make_manifest
+
+    path = tmp_path / "sneaky.sync"
+    manifest = make_manifest(
+        created_by="me\x1b[2J\u202eevil",
+        allow_hosts=("ok.example", "\x1b[8mevil.example\x1b[0m", "x\nallow_hosts:  (none)"),
+    )
+    make_archive(path, b"x", manifest=manifest)
+    text = run_cli("inspect", path)
+    assert text.returncode == 0, text.stderr
+    shown = text.stdout.decode()
+    assert not set(shown) & {"\x1b", "\u202e", "\r"}
+    assert "\\x1b[8mevil.example\\x1b[0m" in shown
+    assert "me\\x1b[2J\\u202eevil" in shown
+    assert [line for line in shown.splitlines() if line.startswith("allow_hosts:")] == [
+        "allow_hosts:  ok.example, \\x1b[8mevil.example\\x1b[0m, x\\x0aallow_hosts:  (none)"
+    ]
+    as_json = run_cli("inspect", path, "--json")
+    assert "\u202e" not in as_json.stdout.decode()
+    doc = json.loads(as_json.stdout)
+    assert doc["manifest"]["meta"]["created_by"] == "me\x1b[2J\u202eevil"

@@ -138,6 +138,14 @@ def test_prints_mount_instructions_with_its_url(demo: RunningDemo) -> None:
     assert f"refresh workers log to {demo.base / 'workers.log'}" in demo.output
 
 
+def test_says_which_loopback_source_it_opens_to_guests(demo: RunningDemo) -> None:
+    """The demo opens exactly its own 127.0.0.1 source through the operator setting and says so (issue 11);
+    its archives still refresh from it (``test_readings_are_refreshed_from_the_source``)."""
+    [line] = [li for li in demo.output.splitlines() if li.startswith("egress:")]
+    assert "SYNC_EGRESS_ALLOW_PRIVATE" in line
+    assert re.search(r"opens its source 127\.0\.0\.1:\d+ ", line), line
+
+
 def test_readings_are_refreshed_from_the_source(demo: RunningDemo) -> None:
     """readings.csv is served at once, and after its TTL a worker replaces it with newer source readings."""
     url = demo.url + "/readings.csv"

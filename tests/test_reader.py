@@ -28,6 +28,8 @@ from sync_format import (
     commit_payload,
     open_archive,
 )
+from sync_format.errors import ManifestError
+from sync_format.manifest import Manifest
 from sync_format.reader import MAX_CONTEXT_SIZE, MAX_MANIFEST_SIZE
 from sync_format.state import MAX_STATE_SIZE, ArchiveState
 from sync_format.testing import (
@@ -1026,3 +1028,78 @@ def test_an_open_reads_each_end_of_the_file_once(
         calls.clear()
         open_archive(path).close()
         assert len(calls) == expected, calls
+
+
+# --- served strings (issue 11 finding 4): content_type and display_ext become a header and a file name ---
+
+
+def _with_sync_fields(content_type: str, display_ext: str) -> bytes:
+    """TV-1 with these two ``[sync]`` values (TOML basic strings, so control characters are escapes)."""
+    text = MANIFEST.decode()
+    original = Manifest.from_bytes(MANIFEST).sync
+    encoded = {k: json.dumps(v) for k, v in (("content_type", content_type), ("display_ext", display_ext))}
+    text = text.replace(
+        f'content_type = "{original.content_type}"', f"content_type = {encoded['content_type']}"
+    )
+    text = text.replace(f'display_ext = "{original.display_ext}"', f"display_ext = {encoded['display_ext']}")
+    assert Manifest.from_toml(text).sync.content_type == content_type
+    return writer_bytes([("manifest.toml", text.encode()), ("payload", b"hello"), ("sync.wasm", EMPTY_WASM)])
+
+
+@pytest.mark.parametrize(
+    ("content_type", "display_ext", "field"),
+    [
+        ("text/html\r\nSet-Cookie: pwned=1", "csv", "sync.content_type"),
+        ("text/html\nX: y", "csv", "sync.content_type"),
+        ("text/\u00e9t\u00e9", "csv", "sync.content_type"),
+        ("text/plain; charset=\x1b[8m", "csv", "sync.content_type"),
+        ("texthtml", "csv", "sync.content_type"),
+        ("text/csv", "/../../tmp/pwn", "sync.display_ext"),
+        ("text/csv", "..", "sync.display_ext"),
+        ("text/csv", "a\\b", "sync.display_ext"),
+        ("text/csv", "csv\x00", "sync.display_ext"),
+        ("text/csv", "x" * 33, "sync.display_ext"),
+    ],
+    ids=[
+        "crlf-header",
+        "lf",
+        "non-latin1",
+        "esc-param",
+        "no-slash",
+        "dot-path",
+        "dotdot",
+        "backslash",
+        "nul",
+        "long",
+    ],
+)
+def test_served_strings_that_are_not_a_media_type_or_extension_are_refused(
+    write: Callable[[bytes], Path], content_type: str, display_ext: str, field: str
+) -> None:
+    """The strict reader refuses a content_type that is not an RFC 9110 media type and a display_ext that is
+    not a short run of letters, digits, ``_``, ``-`` (dot-separated labels), with one error naming the
+    field, the value escaped (finding 4: the CR LF became a Set-Cookie header in mountd)."""
+    with pytest.raises(ManifestError) as caught:
+        open_archive(write(_with_sync_fields(content_type, display_ext)))
+    assert caught.value.field == field
+    assert not set(str(caught.value)) & {"\n", "\r", "\x1b"}
+
+
+@pytest.mark.parametrize(
+    ("content_type", "display_ext"),
+    [
+        ("text/plain; charset=utf-8", "txt"),
+        ('multipart/mixed; boundary="a b"', "tar.gz"),
+        ("application/vnd.ms-excel", "xls"),
+        ("application/octet-stream", ""),
+    ],
+)
+def test_served_strings_of_real_archives_are_kept(
+    write: Callable[[bytes], Path], content_type: str, display_ext: str
+) -> None:
+    """Media types with parameters, dotted extensions and no extension at all still open."""
+    with open_archive(write(_with_sync_fields(content_type, display_ext))) as snap:
+        assert (snap.manifest.sync.content_type, snap.manifest.sync.display_ext) == (
+            content_type,
+            display_ext,
+        )

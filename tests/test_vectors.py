@@ -255,6 +255,11 @@ _NO_POLICY = _REF.replace("[policy]\nttl = 3600\ntimeout = 30\n\n", "")
 _TTL_NEGATIVE = _REF.replace("ttl = 3600", "ttl = -1")
 _VARIANT_VAULT = _REF.replace('variant = "plain"', 'variant = "Vault"')
 _UNQUOTED_DATE = _REF.replace('created_at = "2099-01-23T12:00:00Z"', "created_at = 2026-01-01T00:00:00Z")
+# Deliberately stricter than the reference (docs/format.md, "Served strings"): header and path injection.
+_CONTENT_TYPE_CRLF = _REF.replace(
+    'content_type = "text/plain"', 'content_type = "text/html\\r\\nSet-Cookie: a=1"'
+)
+_DISPLAY_EXT_PATH = _REF.replace('display_ext = "txt"', 'display_ext = "/../../tmp/pwn"')
 _EXTRA_TABLES = _REF.replace('hash_algo = "blake3"\n', 'hash_algo = "blake3"\nspec_version = "1.0"\n') + (
     '\n[x-vendor]\nnote = "kept"\n'
 )
@@ -315,6 +320,14 @@ TV3_REJECTIONS = [
     pytest.param(
         Rejection(lambda: _with_manifest(_UNQUOTED_DATE), ManifestError, "meta.created_at"),
         id="TV-3f-unquoted-created-at",
+    ),
+    pytest.param(
+        Rejection(lambda: _with_manifest(_CONTENT_TYPE_CRLF), ManifestError, "sync.content_type"),
+        id="stricter-content-type-header-injection",
+    ),
+    pytest.param(
+        Rejection(lambda: _with_manifest(_DISPLAY_EXT_PATH), ManifestError, "sync.display_ext"),
+        id="stricter-display-ext-path",
     ),
 ]
 

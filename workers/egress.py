@@ -58,12 +58,14 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urljoin, urlsplit
 
-from sync_format.hosts import HostPattern, parse_pattern, parse_url, url_allowed
-from workers.addresses import METADATA_ADDRESSES, Resolver, is_restricted_address, system_resolver
+from sync_format.escape import escape_text
+from sync_format.hosts import PrivateEntry, parse_private_entry, parse_url, url_allowed
+from workers.addresses import Resolver, is_metadata_address, is_restricted_address, system_resolver
 
 if TYPE_CHECKING:
     from sync_format.manifest import Manifest
@@ -80,6 +82,18 @@ DEFAULT_MAX_REDIRECTS = 5
 DEFAULT_CONNECT_TIMEOUT = 10.0
 #: Seconds a single read may wait for data, before clipping to the deadline (the reference's fixed 30 s).
 DEFAULT_READ_TIMEOUT = 30.0
+#: Seconds one ``Egress.request`` call may take in all (DNS, connect, redirects, body), clipped to the
+#: job's deadline.
+DEFAULT_REQUEST_TIMEOUT = 60.0
+#: Seconds from sending a request until its response headers are complete (a header drip is cut here).
+DEFAULT_HEADER_TIMEOUT = 20.0
+#: Bytes per second a body must keep arriving at, measured over ``RATE_WINDOW`` (0 turns the check off).
+DEFAULT_MIN_TRANSFER_RATE = 1024
+#: Bytes all responses of one ``Egress`` (one run) may add up to.
+DEFAULT_MAX_TOTAL_BYTES = 64 * 1024 * 1024
+#: Seconds over which the transfer rate is measured, and between heartbeats while a request is in flight.
+RATE_WINDOW = 5.0
+HEARTBEAT_TICK = 1.0
 #: Methods a guest may use; an empty method string means GET, what the reference always sent.
 ALL_METHODS: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH")
 
@@ -87,6 +101,9 @@ ALL_METHODS: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH")
 STATUS_DENIED = -2
 STATUS_BODY_FAILED = -4
 STATUS_FAILED = -5
+
+#: Refused or failed calls kept per run for the status record.
+MAX_RECORDED_FAILURES = 32
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _READ_CHUNK = 64 * 1024
@@ -107,6 +124,13 @@ class EgressPolicy:
         allowed_methods: Upper-case methods a guest may use.
         connect_timeout: Seconds for connect and TLS handshake, clipped to the deadline.
         read_timeout: Seconds a read may wait for data, clipped to the deadline.
+        allow_private: The operator's ``SYNC_EGRESS_ALLOW_PRIVATE`` entries: the only way to reach a
+            non-public address (the manifest must still allow the host); never a metadata address.
+        request_timeout: Seconds one ``request`` call may take in all, clipped to the deadline.
+        header_timeout: Seconds for a response's headers to arrive once the request is sent.
+        min_transfer_rate: Bytes per second a body must arrive at over each ``RATE_WINDOW``; 0: no check.
+        max_total_bytes: Bytes all responses of this ``Egress`` may add up to.
+        rate_window: Seconds over which ``min_transfer_rate`` is measured.
     """
 
     allow_hosts: tuple[str, ...]
@@ -117,11 +141,22 @@ class EgressPolicy:
     allowed_methods: tuple[str, ...] = ALL_METHODS
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     read_timeout: float = DEFAULT_READ_TIMEOUT
+    # Address screening and slow-source limits (issue 11).
+    allow_private: tuple[str, ...] = ()
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    min_transfer_rate: int = DEFAULT_MIN_TRANSFER_RATE
+    max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES
+    rate_window: float = RATE_WINDOW
 
     def __post_init__(self) -> None:
-        limits = (self.max_response_size, self.max_requests, self.max_redirects)
+        limits = (self.max_response_size, self.max_requests, self.max_redirects, self.min_transfer_rate)
         if min(limits) < 0 or self.connect_timeout <= 0 or self.read_timeout <= 0:
             raise ValueError(f"egress limits must be positive: {self}")
+        if min(self.request_timeout, self.header_timeout, self.max_total_bytes, self.rate_window) <= 0:
+            raise ValueError(f"egress limits must be positive: {self}")
+        for entry in self.allow_private:
+            parse_private_entry(entry)
         if any(m != m.upper() for m in self.allowed_methods):
             raise ValueError(f"allowed_methods must be upper-case: {self.allowed_methods}")
 
@@ -218,6 +253,7 @@ class Egress:
         *,
         resolver: Resolver = system_resolver,
         tls_context: ssl.SSLContext | None = None,
+        heartbeat: Callable[[], None] | None = None,
     ) -> None:
         """Prepare an egress for one job.
 
@@ -226,16 +262,18 @@ class Egress:
             resolver: Name resolution (the system resolver unless a test points names elsewhere).
             tls_context: TLS settings for https; ``ssl.create_default_context()`` when None, built on the
                 first https request only (it reads the CA bundle: ~25 ms, most of a job without requests).
+            heartbeat: Called about every ``HEARTBEAT_TICK`` seconds while a request is in flight, so that a
+                slow source cannot let the job's claim expire while the parent waits on it.
         """
         self._policy = policy
         self._resolver = resolver
         self._tls_context = tls_context
-        self._exact: tuple[HostPattern, ...] = tuple(
-            p
-            for p in (parse_pattern(entry) for entry in policy.allow_hosts)
-            if p is not None and not p.wildcard
-        )
+        self._heartbeat = heartbeat
+        self._private: tuple[PrivateEntry, ...] = tuple(parse_private_entry(e) for e in policy.allow_private)
         self._calls = 0
+        self._received = 0
+        #: Every refused or failed call of this run, for the status record (escaped, bounded).
+        self.failures: list[dict[str, object]] = []
 
     @property
     def requests_made(self) -> int:
@@ -269,16 +307,23 @@ class Egress:
         started = time.monotonic()
         self._calls += 1
         verb = method.strip().upper() or "GET"
-        result = self._perform(url, verb, deadline, _Outgoing(headers, body, secret_headers))
+        result = self._perform(
+            url,
+            verb,
+            min(deadline, started + self._policy.request_timeout),
+            _Outgoing(headers, body, secret_headers),
+        )
+        if not result.completed:
+            self._record_failure(result)
         level = logging.INFO if result.completed else logging.WARNING
         logger.log(
             level,
             "egress request url=%s method=%s status=%d error=%s reason=%s bytes=%d hops=%d duration_ms=%d",
             _loggable(result.final_url or url),
-            ascii(verb)[1:-1][:16],
+            escape_text(verb, 16),
             result.status,
             result.error_code,
-            ascii(result.reason)[1:-1][:300] or None,
+            escape_text(result.reason, 300) or None,
             len(result.body),
             result.hops,
             (time.monotonic() - started) * 1000,
@@ -333,15 +378,13 @@ class Egress:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return _Refusal(STATUS_FAILED, "timeout", "deadline passed before connecting")
-        addresses = self._resolve(target.host, target.port, remaining)
+        # DNS gets the connect timeout at most: the watchdog (and its heartbeat) is not running yet.
+        addresses = self._resolve(target.host, target.port, min(remaining, self._policy.connect_timeout))
         if isinstance(addresses, _Refusal):
             return addresses
-        for address in addresses:
-            ip = ipaddress.ip_address(address)
-            if ip in METADATA_ADDRESSES or (
-                is_restricted_address(address) and not self._listed_exactly(target.host, str(ip), target.port)
-            ):
-                return _Refusal(STATUS_DENIED, "private_address", f"{target.host} resolves to {ip}")
+        refused = self._screen(target.host, target.port, addresses)
+        if refused is not None:
+            return refused
         parts = urlsplit(url)
         request_target = quote(parts.path or "/", safe=_URL_SAFE)
         if parts.query:
@@ -362,9 +405,41 @@ class Egress:
             return _Refusal(STATUS_FAILED, "dns_failed", f"{host} has no address")
         return addresses
 
-    def _listed_exactly(self, host: str, address: str, port: int) -> bool:
-        """Whether an exact (non-wildcard) entry names the host or the address: what unlocks a private one."""
-        return any(p.matches(host, port) or p.matches(address, port) for p in self._exact)
+    def _screen(self, host: str, port: int, addresses: tuple[str, ...]) -> _Refusal | None:
+        """The address rule, applied to every address a request may connect to (the ones it will use).
+
+        A metadata address (in any embedded form) is refused always. Any other non-public address is refused
+        unless an operator entry opens it for this host or address and port; the manifest has no say here
+        (its allow-list was applied before the lookup). One refused address refuses the request.
+        """
+        for address in addresses:
+            what = address if host == address else f"{host} resolves to {address}, which"
+            if is_metadata_address(address):
+                reason = f"{what} is a cloud metadata address"
+                return _Refusal(STATUS_DENIED, "private_address", reason)
+            if is_restricted_address(address) and not self._operator_opens(host, address, port):
+                reason = f"{what} is not public (not opened by SYNC_EGRESS_ALLOW_PRIVATE)"
+                return _Refusal(STATUS_DENIED, "private_address", reason)
+        return None
+
+    def _operator_opens(self, host: str, address: str, port: int) -> bool:
+        """Whether an operator entry opens this non-public destination."""
+        return any(entry.opens(host, address, port) for entry in self._private)
+
+    def _record_failure(self, result: HttpResult) -> None:
+        """Keep one escaped, bounded line per refused or failed call for the status record."""
+        if len(self.failures) >= MAX_RECORDED_FAILURES:
+            return
+        target = parse_url(result.final_url)
+        self.failures.append(
+            {
+                "rule": result.error_code,
+                "host": escape_text(target.host if target is not None else "", 255),
+                "code": result.status,
+                "url": _loggable(result.final_url),
+                "reason": escape_text(result.reason, 300),
+            }
+        )
 
     def _exchange(
         self, target: _Target, verb: str, deadline: float, extra: _Outgoing = _Outgoing()
@@ -376,11 +451,13 @@ class Egress:
             if remaining <= 0:
                 return _Refusal(STATUS_FAILED, "timeout", "deadline passed before connecting")
             conn = self._connection(target, address, min(self._policy.connect_timeout, remaining))
-            watchdog = _Watchdog(conn, remaining)
+            watchdog = _Watchdog(conn, remaining, self._heartbeat, self._policy)
             try:
                 try:
                     conn.connect()
                 except OSError as exc:
+                    if watchdog.fired == _SLOW:
+                        return _Refusal(STATUS_FAILED, "too_slow", watchdog.why)
                     if watchdog.fired or time.monotonic() >= deadline:
                         return _Refusal(STATUS_FAILED, "timeout", "deadline passed while connecting")
                     if isinstance(exc, ssl.SSLError):
@@ -388,12 +465,16 @@ class Egress:
                     code = "timeout" if isinstance(exc, TimeoutError) else "connect_failed"
                     failure = _Refusal(STATUS_FAILED, code, f"{address}: {exc}")
                     continue
-                answer = self._converse(conn, target, verb, deadline, extra)
+                answer = self._converse(conn, target, verb, deadline, watchdog, extra)
             finally:
                 watchdog.stop()
                 conn.close()
+            if watchdog.fired == _SLOW:
+                return _Refusal(STATUS_FAILED, "too_slow", watchdog.why)
             if watchdog.fired:
                 return _Refusal(STATUS_FAILED, "timeout", "deadline passed during the exchange")
+            if isinstance(answer, _Response):
+                self._received += len(answer.body)
             return answer
         return failure
 
@@ -410,6 +491,7 @@ class Egress:
         target: _Target,
         verb: str,
         deadline: float,
+        watchdog: _Watchdog,
         extra: _Outgoing = _Outgoing(),
     ) -> _Response | _Refusal:
         """Send the request and read the response within the deadline and the size cap."""
@@ -418,12 +500,16 @@ class Egress:
             if conn.sock is not None:
                 conn.sock.settimeout(max(0.001, min(self._policy.read_timeout, deadline - time.monotonic())))
 
-        cap = self._policy.max_response_size
+        cap = min(self._policy.max_response_size, self._policy.max_total_bytes - self._received)
+        if cap < 0:
+            return _Refusal(STATUS_BODY_FAILED, "total_too_large", "the run's egress byte budget is spent")
         try:
             arm()
             conn.request(verb, target.request_target, body=extra.body or None, headers=_send_headers(extra))
+            watchdog.waiting_for_headers()
             arm()
             response = conn.getresponse()
+            watchdog.headers_done()
         except TimeoutError:
             return _Refusal(STATUS_FAILED, "timeout", "no response in time")
         except (http.client.HTTPException, OSError) as exc:
@@ -433,7 +519,7 @@ class Egress:
             return _Response(response.status, b"", location)
         declared = response.getheader("Content-Length", "")
         if declared.strip().isdigit() and int(declared) > cap:
-            return _Refusal(STATUS_BODY_FAILED, "too_large", f"declared {declared} bytes")
+            return self._over(cap, f"declared {declared} bytes")
         chunks: list[bytes] = []
         size = 0
         try:
@@ -443,8 +529,9 @@ class Egress:
                 if not chunk:
                     break
                 size += len(chunk)
+                watchdog.received(len(chunk))
                 if size > cap:
-                    return _Refusal(STATUS_BODY_FAILED, "too_large", f"more than {cap} bytes")
+                    return self._over(cap, f"more than {cap} bytes")
                 chunks.append(chunk)
         except TimeoutError:
             return _Refusal(STATUS_FAILED, "timeout", "body not read in time")
@@ -454,6 +541,13 @@ class Egress:
             # read1 reports a connection closed before Content-Length as end of body; the length left says so.
             return _Refusal(STATUS_BODY_FAILED, "body_read_failed", f"{response.length} bytes missing")
         return _Response(response.status, b"".join(chunks), None, _response_headers(response))
+
+    def _over(self, cap: int, reason: str) -> _Refusal:
+        """A body over the cap: over this response's own cap, or over what is left of the run's budget."""
+        if cap < self._policy.max_response_size:
+            left = f"{reason}; the run's egress budget has {cap} of {self._policy.max_total_bytes} bytes left"
+            return _Refusal(STATUS_BODY_FAILED, "total_too_large", left)
+        return _Refusal(STATUS_BODY_FAILED, "too_large", reason)
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
@@ -484,24 +578,102 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
             raise
 
 
+_DEADLINE = "deadline"
+_SLOW = "slow"
+
+
 class _Watchdog:
-    """Shuts a connection's socket down at the deadline, so no blocked read outlives it."""
+    """Watches one connection from a thread of its own while the parent is blocked on it.
 
-    def __init__(self, conn: http.client.HTTPConnection, delay: float) -> None:
+    It heartbeats the job's claim every ``HEARTBEAT_TICK`` seconds (a parent blocked in a read must not let
+    the claim expire, or the broker's redelivery would start a second run of the job), and shuts the socket
+    down, which ends any blocked read, when the deadline passes (``fired == "deadline"``), when the response
+    headers take longer than ``header_timeout`` (a header drip) or when the body arrives slower than
+    ``min_transfer_rate`` over a ``RATE_WINDOW`` (``fired == "slow"``, ``why`` says which).
+    """
+
+    def __init__(
+        self,
+        conn: http.client.HTTPConnection,
+        delay: float,
+        heartbeat: Callable[[], None] | None,
+        policy: EgressPolicy,
+    ) -> None:
         self._conn = conn
+        self._heartbeat = heartbeat
+        self._policy = policy
         self._lock = threading.Lock()
-        self._stopped = False
-        self.fired = False
-        self._timer = threading.Timer(delay, self._fire)
-        self._timer.daemon = True
-        self._timer.start()
+        self._stopped = threading.Event()
+        self._end = time.monotonic() + delay
+        self._headers_by: float | None = None
+        self._sock: socket.socket | None = None
+        self._window_start = 0.0
+        self._window_bytes = 0
+        self._in_body = False
+        self.fired: str | None = None
+        self.why = ""
+        self._thread = threading.Thread(target=self._run, name="egress-watchdog", daemon=True)
+        self._thread.start()
 
-    def _fire(self) -> None:
+    def waiting_for_headers(self) -> None:
+        """The request is sent: its response headers must now arrive within ``header_timeout``."""
         with self._lock:
-            if self._stopped:
+            self._headers_by = time.monotonic() + self._policy.header_timeout
+            # Kept: ``getresponse`` drops ``conn.sock`` when the response will close the connection (every
+            # response here), and the socket must still be shut down if the body stalls.
+            self._sock = self._conn.sock
+
+    def headers_done(self) -> None:
+        """The headers arrived: from now on the body's transfer rate is measured."""
+        with self._lock:
+            self._headers_by = None
+            self._in_body = True
+            self._window_start = time.monotonic()
+            self._window_bytes = 0
+
+    def received(self, size: int) -> None:
+        """``size`` more body bytes arrived."""
+        with self._lock:
+            self._window_bytes += size
+
+    def _run(self) -> None:
+        while True:
+            now = time.monotonic()
+            wait = min(self._end - now, HEARTBEAT_TICK)
+            if wait <= 0:
+                self._fire(_DEADLINE, "deadline passed")
                 return
-            self.fired = True
-            sock = self._conn.sock
+            if self._stopped.wait(wait):
+                return
+            if self._heartbeat is not None:
+                try:
+                    self._heartbeat()
+                except Exception:  # a failed heartbeat must not kill the watchdog; the caller logs its own
+                    logger.exception("egress heartbeat failed")
+            why = self._too_slow(time.monotonic())
+            if why:
+                self._fire(_SLOW, why)
+                return
+
+    def _too_slow(self, now: float) -> str:
+        with self._lock:
+            if self._headers_by is not None and now >= self._headers_by:
+                return f"response headers not complete within {self._policy.header_timeout:g} s"
+            rate = self._policy.min_transfer_rate
+            if not self._in_body or rate == 0 or now - self._window_start < self._policy.rate_window:
+                return ""
+            seconds = now - self._window_start
+            if self._window_bytes < rate * seconds:
+                return f"body arrived at {self._window_bytes / seconds:.0f} B/s, below {rate} B/s"
+            self._window_start, self._window_bytes = now, 0
+            return ""
+
+    def _fire(self, kind: str, why: str) -> None:
+        with self._lock:
+            if self._stopped.is_set():
+                return
+            self.fired, self.why = kind, why
+            sock = self._conn.sock or self._sock
             if sock is None:
                 return
             try:
@@ -513,11 +685,10 @@ class _Watchdog:
 
     def stop(self) -> None:
         with self._lock:
-            self._stopped = True
-        self._timer.cancel()
+            self._stopped.set()
         # Joined so that no thread outlives the request: the supervisor forks children between requests
         # and refuses to fork while other threads run.
-        self._timer.join()
+        self._thread.join()
 
 
 def _send_headers(extra: _Outgoing) -> dict[str, str]:
@@ -569,4 +740,4 @@ def _loggable(url: str) -> str:
         shown = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
     except ValueError:
         shown = url
-    return ascii(shown)[1:-1][:300]
+    return escape_text(shown, 300)

@@ -17,6 +17,7 @@ import wasmtime
 from wasmtime._instance import InstanceExports  # not re-exported by the package
 
 from sync_format.errors import GuestOutOfFuel, GuestTimeout, GuestTrap
+from sync_format.escape import escape_text
 from workers.engine import GuestLimits, make_store
 from workers.host_abi import I32_MAX, IMPORT_MODULE, GuestIO, HostFunctions, HostState
 
@@ -88,7 +89,7 @@ def run_guest(
     except wasmtime.Trap as exc:
         raise _translate_trap(exc, limits) from exc
     except wasmtime.WasmtimeError as exc:
-        raise GuestTrap(f"guest failed: {exc}") from exc
+        raise GuestTrap(f"guest failed: {_wasmtime_reason(exc)}") from exc
     fuel_used = limits.fuel - store.get_fuel()
     keep = entry == "run" and state.new_payload is not None and not state.unchanged
     new_payload = bytes(state.new_payload) if keep and state.new_payload is not None else None
@@ -110,7 +111,9 @@ def _instantiate(
     imports: list[wasmtime.Func] = []
     for imp in module.imports:
         if imp.module != IMPORT_MODULE or imp.name not in funcs:
-            raise GuestTrap(f"instantiation failed: unknown import {imp.module}::{imp.name}")
+            # Import names are the guest's: escaped so they cannot forge a log or terminal line.
+            name = f"{escape_text(imp.module, 64)}::{escape_text(imp.name, 64)}"
+            raise GuestTrap(f"instantiation failed: unknown import {name}")
         imports.append(funcs[imp.name])
     try:
         return wasmtime.Instance(store, module, imports)
@@ -118,7 +121,7 @@ def _instantiate(
         # A start function runs under the same budgets as the entry point: translate its trap the same way.
         raise _translate_trap(exc, limits, stage="instantiation trapped") from exc
     except wasmtime.WasmtimeError as exc:
-        raise GuestTrap(f"instantiation failed: {exc}") from exc
+        raise GuestTrap(f"instantiation failed: {_wasmtime_reason(exc)}") from exc
 
 
 def _entry_point(store: wasmtime.Store, exports: InstanceExports) -> tuple[str, wasmtime.Func]:
@@ -144,5 +147,12 @@ def _translate_trap(
         return GuestOutOfFuel(f"guest used all {limits.fuel} units of fuel")
     if code == wasmtime.TrapCode.INTERRUPT:
         return GuestTimeout("guest passed its epoch deadline", seconds=limits.timeout_seconds)
-    first_line = exc.message.splitlines()[0] if exc.message else "trap"
-    return GuestTrap(f"{stage}: {_code_name(exc) or first_line}", trap_code=_code_name(exc))
+    return GuestTrap(f"{stage}: {_code_name(exc) or _wasmtime_reason(exc)}", trap_code=_code_name(exc))
+
+
+def _wasmtime_reason(exc: wasmtime.WasmtimeError | wasmtime.Trap) -> str:
+    """wasmtime's own words for an error, without the backtrace (whose frames carry names from the guest's
+    name section) and escaped, bounded: a guest must not choose the text of an error or a log line."""
+    text = exc.message if isinstance(exc, wasmtime.Trap) else str(exc)
+    first = text.split("\n", 1)[0].split("wasm backtrace", 1)[0].strip() if text else ""
+    return escape_text(first or "trap", 200)

@@ -5,13 +5,25 @@ wasmtime or a changed setting never loads stale native code. Deserializing trust
 is native code), so we only ever deserialize from our own cache directory: created with mode 0700, owned by
 us, refused when group- or world-writable or owned by someone else. Entries are written atomically (temp
 file, fsync, rename), so a crash never leaves a half-written module under a valid name.
+
+Compiling is a guest's first chance to spend the worker's time, before its deadline starts, so it is
+bounded too: a module over ``max_module_size`` bytes is refused unread (``ModuleTooLarge``), and a cache
+miss compiles in a forked child with RLIMIT_CPU set, killed when ``compile_timeout`` seconds pass
+(``CompileTimeout``); the parent only deserializes what the child produced. Like the supervisor, the caller
+must not run other non-daemon threads while a module compiles (the child is forked).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
+import resource
+import select
+import signal
 import stat
+import threading
 import time
 from pathlib import Path
 
@@ -19,12 +31,17 @@ import blake3
 import wasmtime
 
 from sync_format.atomic import create_temp, discard, publish, sync_file
-from sync_format.errors import GuestTrap, SyncError
+from sync_format.errors import CompileTimeout, GuestTrap, ModuleTooLarge, SyncError
 from workers.engine import compile_module, engine_fingerprint
 
 log = logging.getLogger(__name__)
 
 CACHE_SUFFIX = ".cwasm"
+#: Largest ``sync.wasm`` compiled, in bytes.
+DEFAULT_MAX_MODULE_SIZE = 16 * 1024 * 1024
+#: Seconds a module may take to compile.
+DEFAULT_COMPILE_TIMEOUT = 30.0
+_COMPILED, _INVALID = b"C", b"E"
 
 
 class UnsafeCacheDirectory(SyncError):
@@ -44,18 +61,29 @@ class UnsafeCacheDirectory(SyncError):
 class ModuleCache:
     """Loads guest modules through an on-disk cache of compiled code."""
 
-    def __init__(self, directory: str | os.PathLike[str], engine: wasmtime.Engine) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        engine: wasmtime.Engine,
+        *,
+        max_module_size: int = DEFAULT_MAX_MODULE_SIZE,
+        compile_timeout: float = DEFAULT_COMPILE_TIMEOUT,
+    ) -> None:
         """Use ``directory`` (created if missing) for compiled modules of ``engine``.
 
         Args:
             directory: Cache directory; only this process's user may write it.
             engine: The engine modules are compiled for (``workers.engine.make_engine``).
+            max_module_size: Largest module compiled, in bytes.
+            compile_timeout: Seconds a compile may take.
 
         Raises:
             UnsafeCacheDirectory: The directory is not private to us.
         """
         self.directory = Path(directory)
         self.engine = engine
+        self.max_module_size = max_module_size
+        self.compile_timeout = compile_timeout
         self._fingerprint = engine_fingerprint()
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -95,8 +123,14 @@ class ModuleCache:
 
         Raises:
             GuestTrap: The bytes are not a valid binary module.
+            ModuleTooLarge: The module is over ``max_module_size``.
+            CompileTimeout: Compiling took longer than ``compile_timeout``.
             UnsafeCacheDirectory: The directory stopped being private.
         """
+        if len(wasm) > self.max_module_size:
+            raise ModuleTooLarge(
+                f"sync.wasm is {len(wasm)} bytes, over this worker's limit of {self.max_module_size} bytes"
+            )
         self._check_private()
         path = self.path_for(wasm)
         if path.exists():
@@ -106,8 +140,12 @@ class ModuleCache:
                 log.warning("module cache entry unusable, recompiling path=%s error=%s", path, exc)
                 discard(path)
         started = time.monotonic()
-        module = compile_module(self.engine, wasm)
-        self._store(path, module)
+        data = self._compile_bounded(wasm)
+        try:
+            module = wasmtime.Module.deserialize(self.engine, data)
+        except wasmtime.WasmtimeError as exc:
+            raise GuestTrap(f"compiled module does not load: {exc}") from exc
+        self._store(path, data)
         log.info(
             "module compiled path=%s size=%d duration_ms=%.1f",
             path.name,
@@ -116,11 +154,33 @@ class ModuleCache:
         )
         return module
 
-    def _store(self, path: Path, module: wasmtime.Module) -> None:
+    def _compile_bounded(self, wasm: bytes) -> bytes:
+        """Compile in a forked child within ``compile_timeout``; return the serialized module."""
+        others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+        if others:
+            raise RuntimeError(f"compiling forks: stop these threads first: {[t.name for t in others]}")
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover  (the child's work is checked by the parent)
+            os.close(read_end)
+            _compile_child(self.engine, wasm, write_end, self.compile_timeout)
+        os.close(write_end)
         try:
-            data = module.serialize()
-        except wasmtime.WasmtimeError as exc:
-            raise GuestTrap(f"cannot serialize compiled module: {exc}") from exc
+            data = _read_until(read_end, time.monotonic() + self.compile_timeout)
+        finally:
+            os.close(read_end)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+        if data is None or (not data and os.waitstatus_to_exitcode(status) == -signal.SIGXCPU):
+            raise CompileTimeout(f"sync.wasm did not compile within {self.compile_timeout:g} s")
+        if data[:1] == _INVALID:
+            raise GuestTrap(data[1:].decode(errors="replace"))
+        if data[:1] != _COMPILED:
+            raise GuestTrap(f"the compiler child ended with status {os.waitstatus_to_exitcode(status)}")
+        return data[1:]
+
+    def _store(self, path: Path, data: bytes) -> None:
         temp, handle = create_temp(path)
         try:
             with handle:
@@ -131,3 +191,37 @@ class ModuleCache:
         except BaseException:
             discard(temp)
             raise
+
+
+def _compile_child(engine: wasmtime.Engine, wasm: bytes, fd: int, timeout: float) -> None:  # pragma: no cover
+    """In the forked child: compile under RLIMIT_CPU and write the result to ``fd``, then exit."""
+    status = 0
+    try:
+        cpu = math.ceil(timeout) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+        try:
+            result = _COMPILED + compile_module(engine, wasm).serialize()
+        except GuestTrap as exc:
+            result = _INVALID + exc.message.encode()
+        view = memoryview(result)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:  # noqa: BLE001  (the parent reports an empty answer)
+        status = 1
+    os._exit(status)
+
+
+def _read_until(fd: int, deadline: float) -> bytes | None:
+    """Everything the child writes until it closes the pipe, or None when ``deadline`` passes first."""
+    chunks: list[bytes] = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            return None
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)

@@ -16,7 +16,7 @@ from workers.refresh import COMMITTED, FAILED, UNCHANGED, RefreshOutcome
 
 #: Egress error codes that mean "the source could not be reached", not "the guest is wrong".
 UNREACHABLE_SOURCE = frozenset(
-    {"dns_failed", "connect_failed", "timeout", "tls_failed", "bad_response", "body_read_failed"}
+    {"dns_failed", "connect_failed", "timeout", "too_slow", "tls_failed", "bad_response", "body_read_failed"}
 )
 #: Failure codes that are transient whatever the guest did.
 TRANSIENT_CODES = frozenset({"swap_conflict", "guest_error"})

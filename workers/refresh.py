@@ -20,6 +20,7 @@ from typing import Any
 
 from sync_format.builder import EMPTY_WASM
 from sync_format.errors import PolicyDenied, SwapConflict, SyncError
+from sync_format.escape import escape_text
 from sync_format.reader import ArchiveSnapshot, open_archive
 from sync_format.swap import commit_payload
 from workers.child import ChildJob
@@ -51,6 +52,7 @@ class RefreshOutcome:
         fuel_used: Fuel the guest consumed.
         requests: HTTP requests the guest made.
         egress_errors: Error codes of the guest's requests that got no response.
+        egress: Each refused or failed request of the run (rule, host, code, url, reason), escaped.
         payload_size: Size of the committed payload.
         sandbox: The child's confinement report (``SandboxReport.to_json``).
         guest_log: The guest's ``log`` lines (ABI v2), escaped and bounded.
@@ -67,6 +69,7 @@ class RefreshOutcome:
     fuel_used: int = 0
     requests: int = 0
     egress_errors: tuple[str, ...] = ()
+    egress: tuple[dict[str, Any], ...] = ()
     payload_size: int | None = None
     sandbox: dict[str, Any] | None = None
     guest_log: tuple[str, ...] = ()
@@ -94,6 +97,7 @@ class RefreshOutcome:
             "fuel_used": self.fuel_used,
             "requests": self.requests,
             "egress_errors": list(self.egress_errors),
+            "egress": [dict(e) for e in self.egress],
             "payload_size": self.payload_size,
             "sandbox": self.sandbox,
             "guest_log": list(self.guest_log),
@@ -128,7 +132,7 @@ def run_refresh(
     outcome = _with_duration(outcome, started)
     log.info(
         "refresh done archive=%s status=%s generation=%d error=%s duration_ms=%.1f",
-        archive,
+        escape_text(str(archive), 1000),
         outcome.status,
         outcome.generation,
         outcome.error_code,
@@ -225,6 +229,7 @@ def _finish(archive: Path, generation: int, result: SandboxOutcome) -> RefreshOu
         "fuel_used": result.fuel_used,
         "requests": result.requests,
         "egress_errors": tuple(result.egress_errors),
+        "egress": tuple(result.egress),
         "sandbox": None if result.report is None else result.report.to_json(),
         "guest_log": tuple(result.log),
     }

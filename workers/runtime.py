@@ -41,7 +41,12 @@ class GuestRuntime:
         """
         self.settings = settings
         self.engine = make_engine()
-        self.modules = ModuleCache(settings.cache_dir / "modules", self.engine)
+        self.modules = ModuleCache(
+            settings.cache_dir / "modules",
+            self.engine,
+            max_module_size=settings.max_module_size,
+            compile_timeout=settings.compile_timeout,
+        )
         self.policy = SandboxPolicy(mode=SandboxMode(settings.sandbox))
         self.resolver = resolver
         self.seccomp_program: bytes | None
@@ -87,10 +92,13 @@ class GuestRuntime:
             limits: The run's limits (response size and request count caps).
 
         Returns:
-            The egress policy.
+            The egress policy, with the operator's ``egress_allow_private`` (the only way to a non-public
+            address) and the run's total byte cap from the settings.
         """
         return replace(
             EgressPolicy.from_manifest(manifest),
             max_response_size=limits.max_response_size,
             max_requests=limits.max_requests,
+            allow_private=self.settings.egress_allow_private,
+            max_total_bytes=self.settings.egress_max_total_bytes,
         )

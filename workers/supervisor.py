@@ -40,6 +40,7 @@ from sync_format.errors import (
     SandboxUnavailable,
     SyncError,
 )
+from sync_format.escape import escape_text
 from workers.addresses import Resolver, system_resolver
 from workers.channel import Channel, ChannelClosed, ChannelTimeout, ProtocolViolation
 from workers.child import ChildJob, child_main
@@ -58,6 +59,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds between heartbeats while a job runs.
 HEARTBEAT_INTERVAL = 1.0
+#: Longest error message taken from the child, in characters (escapes included).
+CHILD_MESSAGE_LIMIT = 500
 #: Payloads up to this size stay in memory while staged; larger ones spill to a temp file.
 SPOOL_IN_MEMORY = 8 * 1024 * 1024
 
@@ -92,6 +95,7 @@ class SandboxOutcome:
         fuel_used: Fuel the guest consumed.
         requests: HTTP requests the guest made.
         egress_errors: ``error_code`` of every request that got no response (connect, DNS, timeout...).
+        egress: Each refused or failed request (``rule``, ``host``, ``code``, ``url``, ``reason``; escaped).
         duration_ms: Wall time from fork to reap.
         usage: The child's exit status and resource use.
         unchanged: The guest said "nothing changed" (ABI v2); ``new_payload`` is then None.
@@ -106,6 +110,7 @@ class SandboxOutcome:
     fuel_used: int = 0
     requests: int = 0
     egress_errors: list[str] = field(default_factory=list)
+    egress: list[dict[str, object]] = field(default_factory=list)
     duration_ms: float = 0.0
     usage: ChildUsage | None = None
     unchanged: bool = False
@@ -121,6 +126,9 @@ class SandboxOutcome:
 
 class Requester(Protocol):
     """What performs a guest's requests: ``Egress``, or ``syncctl guest test``'s fixtures."""
+
+    #: Each refused or failed request so far (escaped), for the status record.
+    failures: list[dict[str, object]]
 
     def request(
         self,
@@ -186,11 +194,12 @@ def run_in_sandbox(
         child_main(child_sock.detach(), job)
     child_sock.close()
     outcome = SandboxOutcome()
-    performer = requester or Egress(egress_policy, resolver=resolver)
+    performer = requester or Egress(egress_policy, resolver=resolver, heartbeat=heartbeat)
     session = _Session(Channel(parent_sock), outcome, job, performer, grants or Grants())
     try:
         session.serve(deadline, heartbeat)
     finally:
+        outcome.egress = list(performer.failures)
         parent_sock.close()
         outcome.usage = _reap(pid, kill=True)
         outcome.duration_ms = (time.monotonic() - started) * 1000
@@ -348,7 +357,8 @@ class _Session:
 
 def _error_from_child(message: dict[str, Any], timeout: float) -> SyncError:
     code = message.get("code")
-    text = str(message.get("message", "guest failed"))
+    # Whatever the child says may quote the guest: escaped and bounded before it reaches a status or a log.
+    text = escape_text(message.get("message", "guest failed"), CHILD_MESSAGE_LIMIT)
     if code == GuestTrap.code:
         trap = message.get("trap_code")
         return GuestTrap(text, trap_code=trap if isinstance(trap, str) else None)

@@ -24,7 +24,7 @@ import redis
 from celery import Celery  # type: ignore[import-untyped]
 from celery.exceptions import SoftTimeLimitExceeded  # type: ignore[import-untyped]
 
-from broker.claims import RUNNING_CLAIM_TTL_MS, Claims
+from broker.claims import Claims
 from broker.contract import TASK_REFRESH, MalformedRecord, RefreshRequest, archive_path
 from broker.failed import FailedJob, record_failed
 from broker.redis_client import SERVICE_CONNECT_TIMEOUT, SERVICE_SOCKET_TIMEOUT, make_redis
@@ -40,6 +40,8 @@ from workers.runtime import GuestRuntime
 
 log = logging.getLogger(__name__)
 
+#: Error code of a job whose key leads outside the store.
+OUTSIDE_STORE = "outside_store"
 #: Milliseconds a retry's claim outlives its countdown (the retry must start within this margin).
 REQUEUE_MARGIN_MS = 120_000
 
@@ -151,7 +153,12 @@ def refresh_job(
     job_id = str(task.request.id)
     runner = f"{worker}/{os.getpid()}/{uuid.uuid4().hex}"
     claims = state.claims
-    if not claims.start(request.archive, request.request_id, runner, RUNNING_CLAIM_TTL_MS).ok:
+    try:
+        path = archive_path(store, request.archive)
+    except MalformedRecord as exc:
+        return _refuse_outside_store(state, request, exc, worker=worker, job_id=job_id, record=record)
+    claim_ttl_ms = int(state.settings.running_claim_ttl * 1000)
+    if not claims.start(request.archive, request.request_id, runner, claim_ttl_ms).ok:
         log.info("refresh skipped archive=%s job=%s reason=claimed", request.archive, job_id)
         if record is not None:
             record.done("skipped")
@@ -162,20 +169,20 @@ def refresh_job(
 
     def heartbeat() -> None:
         try:
-            claims.heartbeat(request.archive, request.request_id, RUNNING_CLAIM_TTL_MS)
+            claims.heartbeat(request.archive, request.request_id, claim_ttl_ms)
         except BrokerUnavailable as exc:
             log.warning("claim heartbeat failed archive=%s job=%s error=%s", request.archive, job_id, exc)
 
     try:
         outcome = run_refresh(
-            archive_path(store, request.archive),
+            path,
             state.runtime,
             base_generation=request.base_generation,
             heartbeat=heartbeat,
         )
     except SoftTimeLimitExceeded:
         outcome = RefreshOutcome(
-            archive_path(store, request.archive),
+            path,
             FAILED,
             request.base_generation,
             request.base_generation,
@@ -221,4 +228,42 @@ def refresh_job(
         )
         record_failed(state.client, failed)
     claims.release(request.archive, request.request_id)
+    return doc
+
+
+def _refuse_outside_store(
+    state: WorkerState,
+    request: RefreshRequest,
+    exc: MalformedRecord,
+    *,
+    worker: str,
+    job_id: str,
+    record: JobRecord | None,
+) -> dict[str, Any]:
+    """A key that leads outside the store (a symlinked directory): nothing runs; the failure is recorded
+    in the archive's status and the failed list, and the producer's claim is released."""
+    log.error("refresh refused archive=%s job=%s error=%s", request.archive, job_id, exc.message)
+    doc = {
+        "archive": request.archive,
+        "status": FAILED,
+        "base_generation": request.base_generation,
+        "generation": request.base_generation,
+        "error_code": OUTSIDE_STORE,
+        "error": exc.message,
+        "duration_ms": 0.0,
+    }
+    write_status(state.client, request.archive, doc, worker=worker, job_id=job_id)
+    failed = FailedJob(
+        request=request,
+        error_code=OUTSIDE_STORE,
+        error=exc.message,
+        worker=worker,
+        job_id=job_id,
+        attempts=1,
+        failed_at=datetime.now(UTC),
+    )
+    record_failed(state.client, failed)
+    state.claims.release(request.archive, request.request_id)
+    if record is not None:
+        record.done(FAILED, OUTSIDE_STORE)
     return doc

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from broker import (
     make_celery_app,
     make_redis,
 )
-from broker.embedded import PID_NAME
+from broker.embedded import LOCK_NAME, PID_NAME, SOCKET_NAME, UnsafeBrokerDirectory
 from sync_format.errors import BrokerUnavailable
 
 HERE = Path(__file__).resolve().parent
@@ -257,3 +258,69 @@ def test_simultaneous_starts_run_one_server(executable: str, data_dir: Path) -> 
                 run.kill()
                 run.communicate()
     assert not (data_dir / "redis.sock").exists()
+
+
+#: A uid that is not ours (``nobody``), for directories and sockets "planted by another user".
+OTHER_UID = 65534
+
+
+def planted_socket(path: Path, uid: int) -> socket.socket:
+    """A listening Unix socket at ``path`` owned by ``uid`` (the attacker's fake broker)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    os.chown(path, uid, uid)
+    return listener
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+@pytest.mark.parametrize(
+    "case", ["other-owner-0777", "ours-0777", "ours-0755", "other-socket", "file-socket"]
+)
+def test_a_broker_directory_someone_else_controls_is_refused(tmp_path: Path, case: str) -> None:
+    """With ``SYNC_CACHE_DIR`` in a shared place, a ``broker/`` directory owned by another user, open to
+    others, or holding a socket that is not ours is refused before anything connects to or starts in it
+    (finding 6: root's ``syncctl status`` adopted another user's socket in a 0777 directory)."""
+    directory = tmp_path / "broker"
+    directory.mkdir(mode=0o700)
+    sockets = []
+    if case == "other-owner-0777":
+        os.chown(directory, OTHER_UID, OTHER_UID)
+        directory.chmod(0o777)
+        sockets.append(planted_socket(directory / SOCKET_NAME, OTHER_UID))
+    elif case in ("ours-0777", "ours-0755"):
+        directory.chmod(0o777 if case == "ours-0777" else 0o755)
+    elif case == "other-socket":
+        sockets.append(planted_socket(directory / SOCKET_NAME, OTHER_UID))
+    else:
+        (directory / SOCKET_NAME).write_text("not a socket")
+    embedded = EmbeddedRedis(directory)
+    try:
+        with pytest.raises(UnsafeBrokerDirectory) as caught:
+            embedded.start()
+    finally:
+        embedded.close()  # stops a server that a broken check let start
+        for listener in sockets:
+            listener.close()
+    assert str(directory) in caught.value.message
+    assert not (directory / LOCK_NAME).exists()
+    assert not (directory / "redis.log").exists()
+
+
+def test_log_and_lock_are_never_opened_through_a_symlink(data_dir: Path, tmp_path: Path) -> None:
+    """A symlink planted as the server's log or lock file is refused (O_NOFOLLOW), and its target is left
+    untouched."""
+    data_dir.mkdir(mode=0o700)
+    target = tmp_path / "victim"
+    target.write_text("keep")
+    for planted in (LOCK_NAME, "redis.log"):
+        for name in (LOCK_NAME, "redis.log"):
+            (data_dir / name).unlink(missing_ok=True)
+        (data_dir / planted).symlink_to(target)
+        embedded = EmbeddedRedis(data_dir)
+        try:
+            with pytest.raises(UnsafeBrokerDirectory, match="lock" if planted == LOCK_NAME else "log"):
+                embedded.start()
+        finally:
+            embedded.close()
+    assert target.read_text() == "keep"

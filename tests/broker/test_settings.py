@@ -88,3 +88,21 @@ def test_bad_retry_timing_is_a_settings_error(env: dict[str, str]) -> None:
     """Retry timing that ``RetryPolicy`` could not use is refused when the settings are built."""
     with pytest.raises(SettingsError):
         Settings.from_env(env=env)
+
+
+def test_egress_allow_private_is_read_and_checked() -> None:
+    """``SYNC_EGRESS_ALLOW_PRIVATE`` is a comma-separated list of HOST:PORT or CIDR:PORT (PORT may be *),
+    empty by default; a malformed entry is refused naming the variable (issue 11)."""
+    assert Settings.from_env(env={}).egress_allow_private == ()
+    value = "127.0.0.1:8080, 10.231.0.0/16:*,[::1]:443,[fd00::/8]:*,mountd:8080,"
+    settings = Settings.from_env(env={"SYNC_EGRESS_ALLOW_PRIVATE": value})
+    assert settings.egress_allow_private == (
+        "127.0.0.1:8080",
+        "10.231.0.0/16:*",
+        "[::1]:443",
+        "[fd00::/8]:*",
+        "mountd:8080",
+    )
+    for bad in ("127.0.0.1", "10.0.0.0/33:*", "::1:80", "host:0", "host:http", "*.example.com:*"):
+        with pytest.raises(SettingsError, match="SYNC_EGRESS_ALLOW_PRIVATE"):
+            Settings.from_env(env={"SYNC_EGRESS_ALLOW_PRIVATE": bad})

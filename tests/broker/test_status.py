@@ -199,3 +199,77 @@ def test_history_entries_from_before_guest_logs_still_decode(redis_client: redis
     del entry["guest_log"]
     redis_client.lset(history_key("old.sync"), 0, json.dumps(entry))
     assert read_history(redis_client, "old.sync")[0].guest_log == ()
+
+
+def test_status_record_keeps_refused_requests_escaped(redis_client: redis.Redis) -> None:
+    """The record's ``egress`` field lists each refused or failed request of the attempt (rule, host, ABI
+    code, url, reason); hostile text in it, and in ``error``, is stored escaped (issue 11)."""
+    refused = [
+        {
+            "rule": "private_address",
+            "host": "meta.test",
+            "code": -2,
+            "url": "http://meta.test/creds",
+            "reason": "meta.test resolves to ::ffff:169.254.169.254, a cloud metadata address",
+        },
+        {
+            "rule": "timeout",
+            "host": "x\x1b[8m.test",
+            "code": -5,
+            "url": "http://x/",
+            "reason": "a\nINFO forged",
+        },
+    ]
+    doc = outcome("unchanged", error="guest said \x1b[2J\u202eevil\nINFO forged", egress=refused)
+    record = write_status(redis_client, "eg.sync", doc, worker="w1", job_id="j1", now=NOW)
+    assert read_status(redis_client, "eg.sync") == record
+    assert [e["rule"] for e in record.egress] == ["private_address", "timeout"]
+    assert record.egress[0]["code"] == -2
+    assert record.egress[1]["host"] == "x\\x1b[8m.test"
+    assert record.egress[1]["reason"] == "a\\x0aINFO forged"
+    assert record.error == "guest said \\x1b[2J\\u202eevil\\x0aINFO forged"
+    assert read_history(redis_client, "eg.sync")[0].egress == record.egress
+    mark_running(redis_client, "eg.sync", generation=4, worker="w1", job_id="j2", now=NOW)
+    assert read_status(redis_client, "eg.sync").egress == ()  # type: ignore[union-attr]
+
+
+def test_history_written_before_the_egress_field_still_reads(redis_client: redis.Redis) -> None:
+    """A history entry without ``egress`` (written before issue 11) decodes with an empty list."""
+    record = write_status(redis_client, "old.sync", outcome(), worker="w1", job_id="j1", now=NOW)
+    old = record.to_json()
+    del old["egress"]
+    redis_client.lpush(history_key("old.sync"), json.dumps(old))
+    assert read_history(redis_client, "old.sync")[0].egress == ()
+
+
+def test_syncctl_status_shows_refused_requests(
+    redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Any
+) -> None:
+    """``syncctl status`` prints each refused request under its archive, escaped, so an operator sees why
+    a guest's fetch failed without reading worker logs."""
+    import os
+    import subprocess
+    import sys
+
+    refused = [{"rule": "private_address", "host": "h\x1b[8m.test", "code": -2, "url": "u", "reason": "r\n"}]
+    write_status(redis_client, "shown.sync", outcome("unchanged", egress=refused), worker="w1", job_id="j")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNC_")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "syncctl",
+            "status",
+            "--broker",
+            redis_server.url,
+            "--cache-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=60,
+    )
+    [line] = [line for line in done.stdout.splitlines() if "egress" in line]
+    assert line.strip() == "egress private_address (-2) host h\\x1b[8m.test: r\\x0a"

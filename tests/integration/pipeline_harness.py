@@ -91,9 +91,16 @@ def wait_value(
 
 
 def child_env(cache_dir: Path, **extra: str) -> dict[str, str]:
-    """The environment of a sync process: ours without any SYNC_* setting, plus a cache dir and ``extra``."""
+    """The environment of a sync process: ours without any SYNC_* setting, plus a cache dir, the operator's
+    egress setting opening the test hosts (loopback and the namespace block; ``extra`` may replace it) and
+    ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNC_")}
-    env.update(SYNC_CACHE_DIR=str(cache_dir), PYTHONUNBUFFERED="1", **extra)
+    env.update(
+        SYNC_CACHE_DIR=str(cache_dir),
+        PYTHONUNBUFFERED="1",
+        SYNC_EGRESS_ALLOW_PRIVATE="127.0.0.1:*,10.231.0.0/16:*",
+    )
+    env.update(extra)
     return env
 
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 import redis
+from celery import Celery  # type: ignore[import-untyped]
+from netns_hosts import Route, netns_hosts
 from pipeline_harness import (
     FAST_REDELIVERY_ENV,
     FAST_RETRIES,
@@ -49,6 +51,7 @@ from pipeline_harness import (
 from redis_server import RedisServer, free_port, wait_for
 
 from broker import (
+    QUEUED_CLAIM_TTL_MS,
     Claims,
     PendingRefreshes,
     RefreshRequest,
@@ -63,6 +66,7 @@ from broker import (
     replay_pending,
     request_refresh,
 )
+from broker.contract import QUEUE_REFRESH, TASK_REFRESH
 
 #: Concurrent requests of the burst test.
 THREADS = 1000
@@ -287,6 +291,74 @@ def test_a_trapping_guest_fails_once_and_is_not_retried(
     assert (failed.request.archive, failed.error_code, failed.attempts) == ("trap.sync", "guest_trap", 1)
     assert failed.worker == "w1@pipeline"
     assert path.read_bytes() == before
+
+
+def test_a_dripping_source_cannot_let_a_second_run_start(
+    redis_client: redis.Redis, workers: StartWorkers, store: Path, control_app: Celery
+) -> None:
+    """While the parent waits on a source dripping one header byte at a time, the job's claim is kept alive,
+    so a second delivery of the same job (what the broker's redelivery did) is skipped instead of running
+    alongside (finding 3: the claim expired because heartbeats only ran between guest messages). The claim
+    TTL is shortened to 2 s; the drip lasts 6 s of a 30 s guest budget."""
+    with netns_hosts(["slow"]) as served:
+        source = served["slow"]
+        source.serve({"/data": Route.drip(count=12, interval=0.5)})
+        path = build_archive(
+            store, "slow.sync", fetch_or_keep_guest(source.url("/data")), allow_hosts=(source.address,)
+        )
+        workers("w1@pipeline", concurrency=2, env={"SYNC_RUNNING_CLAIM_TTL": "2"})
+        request = RefreshRequest.new("slow.sync", 0)
+        assert Claims(redis_client).claim("slow.sync", request.request_id, QUEUED_CLAIM_TTL_MS).ok
+
+        def deliver() -> None:
+            control_app.send_task(
+                TASK_REFRESH, args=[request.to_json()], queue=QUEUE_REFRESH, task_id=request.request_id
+            )
+
+        deliver()
+        wait_for(lambda: len(source.requests()) == 1, REFRESH_BOUND, what="the guest's request at the source")
+        # Longer than the claim TTL, while the parent is blocked in the drip: without heartbeats the claim
+        # is gone by now.
+        threading.Event().wait(3.0)
+        holder = Claims(redis_client).holder("slow.sync")
+        deliver()  # the redelivery
+        record = wait_value(lambda: settled(redis_client, "slow.sync"), REFRESH_BOUND, what="refresh settled")
+        assert len(source.requests()) == 1  # the second delivery never ran the guest
+        assert holder is not None
+        assert holder.token == request.request_id
+        assert record.error_code != "swap_conflict"
+        assert record.attempts == 1
+        assert generation(path) in (0, 1)
+
+
+def test_a_key_through_a_symlinked_directory_out_of_the_store_is_refused(
+    redis_server: RedisServer, redis_client: redis.Redis, workers: StartWorkers, store: Path, tmp_path: Path
+) -> None:
+    """A refresh key whose path passes through a symlinked directory resolving outside the store is neither
+    run nor committed there: the status says ``outside_store``, the job is in the failed list and the
+    archive outside is untouched (finding 7: it used to be refreshed in place)."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    path = build_archive(outside, "victim.sync", append_guest())
+    before = path.read_bytes()
+    (store / "linked").symlink_to(outside, target_is_directory=True)
+    inside = build_archive(store, "inside.sync", append_guest())
+    (store / "alias").symlink_to(store / "inside.sync")
+    workers("w1@pipeline")
+    with producing(redis_server.url, threads=1) as producers:
+        producers.request(["linked/victim.sync", "alias"])
+        assert producers.answers(["linked/victim.sync", "alias"], REFRESH_BOUND) == {
+            "linked/victim.sync": RequestResult.QUEUED,
+            "alias": RequestResult.QUEUED,
+        }
+    record = wait_value(lambda: settled(redis_client, "linked/victim.sync"), REFRESH_BOUND, what="refusal")
+    assert (record.status, record.error_code) == ("failed", "outside_store")
+    assert [f.request.archive for f in list_failed(redis_client)] == ["linked/victim.sync"]
+    assert path.read_bytes() == before
+    # A symlink that stays inside the store is still a store archive.
+    alias = wait_value(lambda: settled(redis_client, "alias"), REFRESH_BOUND, what="alias refreshed")
+    assert (alias.status, alias.error_code) == ("committed", None)
+    assert generation(inside) == 1
 
 
 @pytest.mark.parametrize(

@@ -186,3 +186,28 @@ def test_every_malformed_case_of_the_format_tests_in_one_store(
         assert get(url, f"/broken{number:02d}.txt").status in (404, 500)
     assert get(url, "/report.csv").body == b"good"
     assert names(propfind(url, "/")) == ["report.csv"]
+
+
+def test_an_archive_smuggling_a_header_or_a_path_is_not_served(store: Path, url: str) -> None:
+    """An archive whose content_type carries CR LF and a Set-Cookie, or whose display_ext is a path, is left
+    out of listings and never answered with the smuggled header or a path-like href (issue 11 finding 4)."""
+    from test_reader import _with_sync_fields
+
+    (store / "cookie.sync").write_bytes(_with_sync_fields("text/html\r\nSet-Cookie: pwned=1", "html"))
+    (store / "escape.sync").write_bytes(_with_sync_fields("text/csv", "/../../tmp/pwn"))
+    listing = propfind(url, "/")
+    assert names(listing) == []
+    assert not any("pwn" in href for href in listing)
+    for path in ("/cookie.html", "/cookie", "/escape"):
+        answer = get(url, path)
+        assert answer.status in (404, 500)
+        assert "set-cookie" not in {name.lower() for name in answer.headers}
+
+
+def test_mountd_rechecks_the_content_type_before_sending_it() -> None:
+    """The header value comes from ``safe_content_type``, which passes media types and nothing else."""
+    from sync_format.media import safe_content_type
+
+    assert safe_content_type("text/csv; charset=utf-8") == "text/csv; charset=utf-8"
+    assert safe_content_type("text/html\r\nSet-Cookie: pwned=1") == "application/octet-stream"
+    assert safe_content_type("text/\u00e9") == "application/octet-stream"

@@ -2,8 +2,9 @@
 
 Names are mapped to the hosts by a recording resolver: ``allowed.test`` and ``example.com`` are servers the
 manifests allow, ``other.test`` and ``notexample.com`` are a third server that must never be reached, and
-``loop.test`` is a server on 127.0.0.1. The namespace addresses are private (10.231.x.x), so manifests name
-these hosts exactly; a wildcard entry must not unlock them.
+``loop.test`` is a server on 127.0.0.1. The namespace addresses are private (10.231.x.x): no manifest can
+reach them alone, so the tests run with the operator's ``SYNC_EGRESS_ALLOW_PRIVATE`` opening 10.231.0.0/16
+(``NETNS_OPEN``) unless a test is about that rule; loopback is opened only by the tests that need it.
 """
 
 from __future__ import annotations
@@ -81,9 +82,15 @@ def resolver(hosts: dict[str, ServedHost]) -> RecordingResolver:
     )
 
 
-def egress(resolver: RecordingResolver, *allow: str, **limits: Any) -> Egress:
-    """An Egress allowing ``allow`` with the given policy limits."""
-    return Egress(EgressPolicy(allow_hosts=allow, **limits), resolver=resolver)
+#: The operator's setting the tests run with: the namespace hosts' block is opened, loopback is not.
+NETNS_OPEN = ("10.231.0.0/16:*",)
+
+
+def egress(
+    resolver: RecordingResolver, *allow: str, operator: tuple[str, ...] = NETNS_OPEN, **limits: Any
+) -> Egress:
+    """An Egress allowing ``allow``, with the operator opening ``operator``, with the given policy limits."""
+    return Egress(EgressPolicy(allow_hosts=allow, allow_private=operator, **limits), resolver=resolver)
 
 
 def soon(seconds: float = 5.0) -> float:
@@ -149,12 +156,16 @@ def test_refused_destination_is_never_contacted(
     assert hosts["other"].events() == []
 
 
-def test_wildcard_does_not_unlock_private_address(
-    hosts: dict[str, ServedHost], resolver: RecordingResolver
+@pytest.mark.parametrize(
+    "allow", [("*.test",), ("allowed.test",), ("allowed.test", "*.test")], ids=["wildcard", "exact", "both"]
+)
+def test_manifest_alone_never_reaches_a_private_address(
+    hosts: dict[str, ServedHost], resolver: RecordingResolver, allow: tuple[str, ...]
 ) -> None:
-    """A host allowed only by a wildcard but resolving to a private address is refused with -2."""
+    """Without the operator's setting a private address is refused whatever the manifest lists: an exact
+    entry used to unlock it (issue 11 finding 2)."""
     hosts["allowed"].serve({"/": Route.fixed(b"internal")})
-    result = egress(resolver, "*.test").request("http://allowed.test/", "GET", deadline=soon())
+    result = egress(resolver, *allow, operator=()).request("http://allowed.test/", "GET", deadline=soon())
     assert (result.status, result.error_code) == (-2, "private_address")
     assert hosts["allowed"].events() == []
 
@@ -162,49 +173,119 @@ def test_wildcard_does_not_unlock_private_address(
 def test_exact_ip_literal_entry_allows_that_address(
     hosts: dict[str, ServedHost], resolver: RecordingResolver
 ) -> None:
-    """A manifest naming a private IP literal exactly may fetch from it, without any DNS lookup."""
+    """A manifest naming a private IP literal the operator opened may fetch from it, without any DNS
+    lookup; without the operator's entry the same manifest is refused."""
     host = hosts["allowed"]
     host.serve({"/": Route.fixed(b"by address")})
     result = egress(resolver, host.address).request(host.url("/"), "GET", deadline=soon())
     assert (result.status, result.body) == (200, b"by address")
     assert resolver.calls == []
+    refused = egress(resolver, host.address, operator=()).request(host.url("/"), "GET", deadline=soon())
+    assert (refused.status, refused.error_code) == (-2, "private_address")
 
 
 @pytest.mark.parametrize(
-    ("allow", "status"),
+    ("allow", "operator", "code"),
     [
-        (("*.test",), -2),
-        (("loop.test",), 200),
-        (("*.test", "127.0.0.1"), 200),
-        (("*.test", "allowed.test", "127.0.0.2"), -2),
+        (("loop.test",), (), "private_address"),
+        (("*.test", "127.0.0.1"), (), "private_address"),
+        (("loop.test",), ("127.0.0.1:{port}",), None),
+        (("*.test",), ("127.0.0.0/8:*",), None),
+        (("loop.test",), ("loop.test:*",), None),
+        (("loop.test",), ("127.0.0.1:1",), "private_address"),
+        (("loop.test",), ("other.test:*", "10.0.0.0/8:*"), "private_address"),
+        (("allowed.test",), ("127.0.0.1:{port}",), "host_not_allowed"),
     ],
-    ids=["wildcard-refused", "exact-name-allowed", "exact-ip-allowed", "other-exact-entries-refused"],
+    ids=[
+        "manifest-exact-name",
+        "manifest-exact-ip",
+        "operator-address-port",
+        "operator-cidr-any-port",
+        "operator-name",
+        "operator-other-port",
+        "operator-other-entries",
+        "operator-without-manifest",
+    ],
 )
-def test_name_resolving_to_loopback(
-    hosts: dict[str, ServedHost], resolver: RecordingResolver, allow: tuple[str, ...], status: int
+def test_loopback_needs_operator_and_manifest(
+    hosts: dict[str, ServedHost],
+    resolver: RecordingResolver,
+    allow: tuple[str, ...],
+    operator: tuple[str, ...],
+    code: str | None,
 ) -> None:
-    """A name resolving to 127.0.0.1 is refused unless the manifest lists that exact name or that exact IP."""
+    """A name resolving to 127.0.0.1 is fetched only when the operator's setting opens it and the manifest
+    lists the host: the manifest alone (even an exact entry, the attack of finding 2) or the operator alone
+    is refused, and the server sees nothing."""
     loop = hosts["loop"]
     loop.serve({"/": Route.fixed(b"local")})
-    ok = status == 200
-    result = egress(resolver, *allow).request(loop.url("/", host="loop.test"), "GET", deadline=soon())
-    assert result.status == status
-    assert result.error_code == (None if ok else "private_address")
-    assert len(loop.events()) == (2 if ok else 0)
+    opened = tuple(entry.format(port=loop.port) for entry in operator)
+    client = egress(resolver, *allow, operator=opened)
+    result = client.request(loop.url("/", host="loop.test"), "GET", deadline=soon())
+    assert result.error_code == code
+    assert result.status == (200 if code is None else -2)
+    assert len(loop.events()) == (2 if code is None else 0)
 
 
-@pytest.mark.parametrize(
-    "address",
-    ["169.254.169.254", "fd00:ec2::254"],
-)
-def test_metadata_address_refused_even_when_listed(resolver: RecordingResolver, address: str) -> None:
-    """Cloud metadata addresses are refused whether listed as a name or as the IP literal."""
+#: Every way an attacker wrote a metadata address in the attack pass, and the other metadata services.
+METADATA_FORMS = [
+    "169.254.169.254",
+    "::ffff:169.254.169.254",
+    "::ffff:a9fe:a9fe",
+    "::169.254.169.254",
+    "64:ff9b::169.254.169.254",
+    "64:ff9b:1:a9fe:a9:fe00::",
+    "2002:a9fe:a9fe::1",
+    "2001:0:a9fe:a9fe::1",
+    "2001:0:4136:e378:8000:63bf:5601:5601",
+    "169.254.170.2",
+    "169.254.170.23",
+    "100.100.100.200",
+    "168.63.129.16",
+    "192.0.0.192",
+    "fd00:ec2::254",
+    "fd00:ec2:0:0:0:0:0:254",
+    "fd00:0ec2::0254",
+    "::ffff:100.100.100.200",
+    "64:ff9b::168.63.129.16",
+    "fd00:ec2::23",
+]
+
+
+@pytest.mark.parametrize("address", METADATA_FORMS)
+def test_metadata_address_refused_even_when_listed_and_opened(
+    resolver: RecordingResolver, address: str
+) -> None:
+    """Cloud metadata addresses, plain or embedded in mapped, compatible, NAT64, 6to4 and Teredo IPv6, are
+    refused whether reached as a name (an AAAA record) or as the literal, listed exactly in the manifest, even
+    with the operator opening every address (finding 1: ``[::ffff:169.254.169.254]`` got the secret)."""
     resolver.table["meta.test"] = [address]
-    client = egress(resolver, "meta.test", address)
     literal = f"[{address}]" if ":" in address else address
+    client = egress(resolver, "meta.test", literal, operator=("0.0.0.0/0:*", "[::/0]:*", "meta.test:*"))
     for url in ("http://meta.test/latest/", f"http://{literal}/latest/"):
         result = client.request(url, "GET", deadline=soon())
-        assert (result.status, result.error_code) == (-2, "private_address")
+        assert (result.status, result.error_code) == (-2, "private_address"), url
+        assert "metadata" in result.reason
+
+
+def test_mapped_metadata_aaaa_is_refused_before_connecting(
+    hosts: dict[str, ServedHost], resolver: RecordingResolver
+) -> None:
+    """A name whose only record is ``::ffff:169.254.169.254``, listed exactly, is refused without any
+    connection; the same name pointed at a public-looking mapped address of a test host is judged as that
+    IPv4 (private, opened by the operator) and fetched."""
+    resolver.table["creds.test"] = ["::ffff:169.254.169.254"]
+    result = egress(resolver, "creds.test").request("http://creds.test/creds", "GET", deadline=soon())
+    assert (result.status, result.error_code) == (-2, "private_address")
+    hosts["allowed"].serve({"/creds": Route.fixed(b"not a secret")})
+    resolver.table["creds.test"] = [f"::ffff:{hosts['allowed'].address}"]
+    assert (
+        egress(resolver, "creds.test", operator=())
+        .request("http://creds.test/creds", "GET", deadline=soon())
+        .error_code
+        == "private_address"
+    )
+    assert hosts["allowed"].events() == []
 
 
 @pytest.mark.parametrize(
@@ -229,6 +310,14 @@ def test_metadata_address_refused_even_when_listed(resolver: RecordingResolver, 
         ("::ffff:127.0.0.1", True),
         ("64:ff9b::a00:1", True),
         ("2002:a00:1::", True),
+        ("::ffff:169.254.169.254", True),
+        ("64:ff9b:1::1", True),
+        ("2001:0:4136:e378:8000:63bf:5601:5601", True),
+        ("168.63.129.16", True),
+        ("100.100.100.200", True),
+        ("::ffff:8.8.8.8", False),
+        ("64:ff9b::808:808", False),
+        ("2002:808:808::1", False),
         ("8.8.8.8", False),
         ("2606:4700::1", False),
     ],
@@ -253,19 +342,26 @@ def test_redirect_to_refused_host_stops_before_contacting_it(
 
 @pytest.mark.parametrize(
     "location",
-    ["http://allowed.test:80@other.test/", "http://other.test/", "ftp://allowed.test/", "file:///etc/passwd"],
-    ids=["userinfo", "wildcard-private", "other-scheme", "file-scheme"],
+    [
+        "http://allowed.test:80@other.test/",
+        "http://loop.test/",
+        "http://[::ffff:169.254.169.254]/creds",
+        "ftp://allowed.test/",
+        "file:///etc/passwd",
+    ],
+    ids=["userinfo", "loopback", "mapped-metadata", "other-scheme", "file-scheme"],
 )
 def test_redirect_hop_rechecked_in_full(
     hosts: dict[str, ServedHost], resolver: RecordingResolver, location: str
 ) -> None:
     """Each redirect target goes through every check (userinfo, private rule, scheme) again."""
     hosts["allowed"].serve({"/go": Route.redirect(location)})
-    result = egress(resolver, "allowed.test", "*.test").request(
+    result = egress(resolver, "allowed.test", "*.test", "[::ffff:169.254.169.254]").request(
         "http://allowed.test/go", "GET", deadline=soon()
     )
     assert (result.status, result.error_code) == (-2, "redirect_not_allowed")
     assert hosts["other"].events() == []
+    assert hosts["loop"].events() == []
 
 
 def test_redirect_between_allowed_hosts_followed(
@@ -428,7 +524,7 @@ def test_https_uses_the_name_for_sni_and_verification(
     host = hosts["allowed"]
     host.serve({"/s": Route.fixed(BINARY)})
     client = Egress(
-        EgressPolicy(allow_hosts=("allowed.test",)),
+        EgressPolicy(allow_hosts=("allowed.test",), allow_private=NETNS_OPEN),
         resolver=resolver,
         tls_context=certificate.client_context(),
     )
@@ -444,7 +540,9 @@ def test_https_certificate_for_another_name_fails(
     """A certificate that does not name the requested host returns -5 tls_failed and no request is sent."""
     host = hosts["allowed"]
     client = Egress(
-        EgressPolicy(allow_hosts=("alias.test",)), resolver=resolver, tls_context=certificate.client_context()
+        EgressPolicy(allow_hosts=("alias.test",), allow_private=NETNS_OPEN),
+        resolver=resolver,
+        tls_context=certificate.client_context(),
     )
     result = client.request(host.url("/", host="alias.test", tls=True), "GET", deadline=soon())
     assert (result.status, result.error_code) == (-5, "tls_failed")
@@ -469,7 +567,7 @@ def test_system_resolver_used_by_default(hosts: dict[str, ServedHost]) -> None:
     loop = hosts["loop"]
     loop.serve({"/": Route.fixed(b"via getaddrinfo")})
     assert "127.0.0.1" in system_resolver("localhost", loop.port, 5.0)
-    client = Egress(EgressPolicy(allow_hosts=("localhost",)))
+    client = Egress(EgressPolicy(allow_hosts=("localhost",), allow_private=(f"localhost:{loop.port}",)))
     result = client.request(loop.url("/", host="localhost"), "GET", deadline=soon())
     assert (result.status, result.body) == (200, b"via getaddrinfo")
 
@@ -506,3 +604,90 @@ def test_log_event_has_keys_and_no_body(
     assert "duration_ms=" in message
     assert "BODY-SECRET" not in message
     assert "token" not in message
+
+
+def test_header_drip_is_cut_at_the_header_timeout(
+    hosts: dict[str, ServedHost], resolver: RecordingResolver
+) -> None:
+    """A server dripping one header byte at a time (each within the read timeout) is cut once the headers
+    have taken ``header_timeout``, long before a far deadline (finding 3)."""
+    hosts["allowed"].serve({"/drip": Route.drip(count=1000, interval=0.1)})
+    deadline = soon(120)
+    client = egress(resolver, "allowed.test", header_timeout=1.0)
+    result = client.request("http://allowed.test/drip", "GET", deadline=deadline)
+    assert (result.status, result.error_code) == (-5, "too_slow")
+    assert "headers" in result.reason
+    assert time.monotonic() < deadline
+
+
+def test_body_below_the_minimum_rate_is_cut(
+    hosts: dict[str, ServedHost], resolver: RecordingResolver
+) -> None:
+    """A body trickling in below ``min_transfer_rate`` over a rate window is cut (finding 3)."""
+    hosts["allowed"].serve({"/slow": Route.trickle(size=1000, interval=0.1)})
+    client = egress(resolver, "allowed.test", min_transfer_rate=100, rate_window=1.0)
+    result = client.request("http://allowed.test/slow", "GET", deadline=soon(120))
+    assert (result.status, result.error_code) == (-5, "too_slow")
+    assert "below 100 B/s" in result.reason
+
+
+def test_trickling_body_cannot_outlast_the_deadline(
+    hosts: dict[str, ServedHost], resolver: RecordingResolver
+) -> None:
+    """A body arriving a byte at a time is cut at the deadline: the watchdog keeps the socket even after
+    ``http.client`` lets go of it once the headers are read."""
+    hosts["allowed"].serve({"/slow": Route.trickle(size=1000, interval=0.05)})
+    client = egress(resolver, "allowed.test", min_transfer_rate=0)
+    result = client.request("http://allowed.test/slow", "GET", deadline=soon(1.0))
+    assert (result.status, result.error_code) == (-5, "timeout")
+
+
+def test_request_timeout_bounds_one_call(hosts: dict[str, ServedHost], resolver: RecordingResolver) -> None:
+    """``request_timeout`` bounds a call whose server answers nothing, whatever the job's deadline."""
+    hosts["allowed"].serve({"/hang": Route.hang()})
+    client = egress(resolver, "allowed.test", request_timeout=0.5)
+    result = client.request("http://allowed.test/hang", "GET", deadline=soon(120))
+    assert (result.status, result.error_code) == (-5, "timeout")
+
+
+def test_heartbeat_runs_while_a_request_is_in_flight(
+    hosts: dict[str, ServedHost], resolver: RecordingResolver
+) -> None:
+    """The job's heartbeat is called while the parent waits on a slow server, so the claim cannot expire
+    mid-request (finding 3: heartbeats only ran between guest messages)."""
+    hosts["allowed"].serve({"/hang": Route.hang()})
+    beats: list[float] = []
+    client = Egress(
+        EgressPolicy(allow_hosts=("allowed.test",), allow_private=NETNS_OPEN),
+        resolver=resolver,
+        heartbeat=lambda: beats.append(time.monotonic()),
+    )
+    result = client.request("http://allowed.test/hang", "GET", deadline=soon(2.5))
+    assert result.error_code == "timeout"
+    assert len(beats) >= 2
+
+
+def test_total_bytes_of_a_run_are_capped(hosts: dict[str, ServedHost], resolver: RecordingResolver) -> None:
+    """All responses of one Egress together stay under ``max_total_bytes``, each one under its own cap."""
+    hosts["allowed"].serve({"/big": Route.large(60_000)})
+    client = egress(resolver, "allowed.test", max_total_bytes=100_000)
+    first = client.request("http://allowed.test/big", "GET", deadline=soon())
+    second = client.request("http://allowed.test/big", "GET", deadline=soon())
+    assert (first.status, len(first.body)) == (200, 60_000)
+    assert (second.status, second.error_code) == (-4, "total_too_large")
+
+
+def test_failures_are_recorded_escaped(resolver: RecordingResolver) -> None:
+    """Every refused or failed call is kept for the status record: rule, host, ABI code, escaped reason."""
+    resolver.table["meta.test"] = ["::ffff:169.254.169.254"]
+    client = egress(resolver, "meta.test", "nowhere.test")
+    client.request("http://meta.test/creds", "GET", deadline=soon())
+    client.request("http://nowhere.test/\u202e\x1b[8m", "GET", deadline=soon())
+    client.request("http://other.test/", "GET", deadline=soon())
+    rules = [(f["rule"], f["host"], f["code"]) for f in client.failures]
+    assert rules == [
+        ("private_address", "meta.test", -2),
+        ("bad_url", "", -5),
+        ("host_not_allowed", "other.test", -2),
+    ]
+    assert all("\x1b" not in str(v) and "\u202e" not in str(v) for f in client.failures for v in f.values())

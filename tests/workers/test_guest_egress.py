@@ -8,6 +8,9 @@ body size, the bytes copied and the body into their new payload, which the test 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,7 +50,9 @@ def names(hosts: dict[str, ServedHost]) -> NameTable:
 def runtime(tmp_path_factory: pytest.TempPathFactory, names: NameTable) -> GuestRuntime:
     """A strict-mode runtime shared by the module."""
     cache = tmp_path_factory.mktemp("egress-cache")
-    return GuestRuntime(Settings.from_env({"cache_dir": cache, "sandbox": "strict"}, env={}), resolver=names)
+    # The namespace hosts are private addresses: the operator's setting opens their block, as it must.
+    values = {"cache_dir": cache, "sandbox": "strict", "egress_allow_private": "10.231.0.0/16:*"}
+    return GuestRuntime(Settings.from_env(values, env={}), resolver=names)
 
 
 @pytest.fixture(autouse=True)
@@ -154,3 +159,61 @@ def test_error_status_and_its_body_reach_the_guest(
     hosts["beta"].serve({"/teapot": Route.fixed(b"short and stout \xff", status=418)})
     payload = run_guest(runtime, tmp_path, guests.fetch("http://beta.test/teapot"), "beta.test")
     assert results(payload, 3) == ([418, 17, 17], b"short and stout \xff")
+
+
+def test_guest_needs_the_operator_for_a_private_address(
+    tmp_path: Path, hosts: dict[str, ServedHost], names: NameTable
+) -> None:
+    """Real wasmtime and a real child: a guest whose manifest lists a namespace host exactly, by name and by
+    address, gets -2 while the operator's setting is empty and the host sees nothing; the same archive with
+    the setting opening that address fetches the body (issue 11 finding 2)."""
+    host = hosts["alpha"]
+    closed = GuestRuntime(
+        Settings.from_env({"cache_dir": tmp_path / "closed", "sandbox": "strict"}, env={}), resolver=names
+    )
+    refused, refused_data = guests.http_request("http://alpha.test/data", at=guests.STRINGS)
+    literal, literal_data = guests.http_request(f"http://{host.address}/data", at=guests.STRINGS + 0x100)
+    metadata, metadata_data = guests.http_request(
+        "http://[::ffff:169.254.169.254]/latest/", at=guests.STRINGS + 0x200
+    )
+    wasm = guests.record(refused, literal, metadata, data={**refused_data, **literal_data, **metadata_data})
+    allow = ("alpha.test", host.address, "[::ffff:169.254.169.254]")
+    values, _ = results(run_guest(closed, tmp_path, wasm, *allow), 3)
+    assert values == [-2, -2, -2]
+    assert host.events() == []
+    opened = GuestRuntime(
+        Settings.from_env(
+            {"cache_dir": tmp_path / "open", "sandbox": "strict"},
+            env={"SYNC_EGRESS_ALLOW_PRIVATE": f"{host.address}:80,0.0.0.0/0:*,[::/0]:*"},
+        ),
+        resolver=names,
+    )
+    values, _ = results(run_guest(opened, tmp_path, wasm, *allow), 3)
+    assert values == [200, 200, -2]
+    assert len(host.requests()) == 2
+
+
+def test_syncctl_run_reads_the_operator_setting(tmp_path: Path, hosts: dict[str, ServedHost]) -> None:
+    """``syncctl run`` (a worker of its own) refuses a private source without ``SYNC_EGRESS_ALLOW_PRIVATE``,
+    prints the refused request, and fetches it with the setting."""
+    host = hosts["gamma"]
+    path = tmp_path / "run.txt.sync"
+    make_archive(
+        path,
+        b"hello",
+        manifest=make_manifest(allow_hosts=(host.address,)),
+        wasm=guests.fetch(host.url("/data")),
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNC_")}
+    env["SYNC_CACHE_DIR"] = str(tmp_path / "cache")
+    command = [sys.executable, "-m", "syncctl", "run", str(path)]
+    closed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert f"egress:     private_address (-2) host {host.address}" in closed.stdout, closed.stdout
+    assert host.events() == []
+    env["SYNC_EGRESS_ALLOW_PRIVATE"] = f"{host.address}:*"
+    opened = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert opened.returncode == 0, opened.stderr
+    assert "status:     committed" in opened.stdout
+    with open_archive(path) as snap:
+        values, body = results(snap.read_payload(), 3)
+    assert (values[0], body) == (200, BODIES["gamma"])

@@ -14,6 +14,8 @@ HTTP goes to two hosts in network namespaces, ``allowed`` (``allowed.test``, ``e
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import resource
 import socket
@@ -69,7 +71,8 @@ def names(hosts: dict[str, ServedHost]) -> NameTable:
 
 def make_runtime(cache: Path, names: NameTable | None = None, **settings: object) -> GuestRuntime:
     """A runtime with its own cache directory and the given settings (strict unless told otherwise)."""
-    values = {"cache_dir": cache, "sandbox": "strict", **settings}
+    # The namespace hosts are private: the operator's setting opens their block (never loopback here).
+    values = {"cache_dir": cache, "sandbox": "strict", "egress_allow_private": "10.231.0.0/16:*", **settings}
     runtime_settings = Settings.from_env(values, env={})
     return GuestRuntime(runtime_settings) if names is None else GuestRuntime(runtime_settings, resolver=names)
 
@@ -669,3 +672,110 @@ def test_permissive_mode_runs_without_seccomp_and_says_so(tmp_path: Path, parent
         layer.value for layer in ALL_LAYERS[:-1]
     ]
     parent.assert_unharmed()
+
+
+#: What a guest's names tried to slip into the worker log: a forged success line, and a concealing escape.
+FORGED = b"x\nINFO/ForkPoolWorker-1] refresh done status=committed\x1b[8m\xe2\x80\xae"
+
+
+@pytest.mark.parametrize(
+    ("label", "functions", "code"),
+    [
+        ("unreachable", ['(func (export "run") (call $evil))', "(func $evil unreachable)"], "UNREACHABLE"),
+        (
+            "div-zero",
+            [
+                '(func (export "run") (call $evil))',
+                "(func $evil (drop (i32.div_u (i32.const 1) (i32.const 0))))",
+            ],
+            "INTEGER_DIVISION_BY_ZERO",
+        ),
+        ("stack", ['(func (export "run") (call $evil))', "(func $evil (call $evil))"], "STACK_OVERFLOW"),
+        ("start", ['(func (export "run"))', "(func $evil unreachable)", "(start $evil)"], "UNREACHABLE"),
+    ],
+)
+def test_guest_names_never_reach_errors_or_logs(
+    runtime: GuestRuntime,
+    tmp_path: Path,
+    parent: Parent,
+    caplog: pytest.LogCaptureFixture,
+    label: str,
+    functions: list[str],
+    code: str,
+) -> None:
+    """A trapping guest whose name section carries a forged log line and escape sequences fails with
+    wasmtime's trap code; no name reaches the error, the status document or a log line (finding 5)."""
+    wasm = guests.with_name_section(guests.module(*functions), FORGED, functions=8)
+    with caplog.at_level(logging.INFO):
+        outcome, path = refresh(runtime, tmp_path, wasm)
+    assert_contained(outcome, path, parent, FAILED, "guest_trap")
+    assert outcome.error is not None
+    assert outcome.error.endswith(code)
+    assert "refresh done status=committed" not in outcome.error
+    assert "refresh done status=committed" not in json.dumps(outcome.to_json())
+    for logged in caplog.records:
+        message = logged.getMessage()
+        assert not set(message) & {"\n", "\x1b", "\u202e"}, message
+        assert "status=committed" not in message
+
+
+def test_guest_import_names_are_escaped(
+    runtime: GuestRuntime, tmp_path: Path, parent: Parent, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An unknown import whose module and field names hold a newline, a forged log line and ESC fails with
+    those names escaped and bounded in the error and in every log line."""
+    field = FORGED.decode()
+    imports = f'(import "host\\1b[2J" {guests.wat_string(FORGED)} (func))'
+    wasm = guests.module('(func (export "run"))', imports=imports)
+    with caplog.at_level(logging.INFO):
+        outcome, path = refresh(runtime, tmp_path, wasm)
+    assert_contained(outcome, path, parent, FAILED, "guest_trap")
+    assert outcome.error is not None
+    assert not set(outcome.error) & {"\n", "\x1b", "\u202e"}
+    assert "unknown import host\\x1b[2J::x\\x0aINFO/ForkPoolWorker-1]" in outcome.error
+    assert field not in outcome.error
+    for logged in caplog.records:
+        assert not set(logged.getMessage()) & {"\n", "\x1b", "\u202e"}
+
+
+def slow_to_compile(functions: int = 4000) -> bytes:
+    """A valid guest with ``functions`` small exported functions: about a second of compiling for 4000."""
+    body = "".join(
+        f'(func (export "f{i}") (param i32) (result i32) (i32.add (i32.mul (local.get 0) (i32.const {i})) '
+        "(i32.const 7)))"
+        for i in range(functions)
+    )
+    return guests.module('(func (export "run"))', body)
+
+
+def test_a_module_over_the_size_limit_is_refused_before_compiling(
+    tmp_path: Path, names: NameTable, parent: Parent
+) -> None:
+    """A ``sync.wasm`` over ``max_module_size`` fails with ``module_too_large`` and is never compiled
+    (finding 8: compiling happened in the parent, before any budget)."""
+    runtime = make_runtime(tmp_path / "cache", names, max_module_size=10_000)
+    wasm = slow_to_compile(600)
+    assert len(wasm) > 10_000
+    outcome, path = refresh(runtime, tmp_path, wasm)
+    assert_contained(outcome, path, parent, FAILED, "module_too_large")
+    assert "10000" in (outcome.error or "")
+    assert list((tmp_path / "cache" / "modules").glob("*.cwasm")) == []
+
+
+def test_a_module_slow_to_compile_is_stopped_at_the_compile_timeout(
+    tmp_path: Path, names: NameTable, parent: Parent
+) -> None:
+    """A module whose compilation outlasts ``compile_timeout`` is stopped (the compiler runs in a forked
+    child that is killed) and fails with ``compile_timeout``; nothing is cached and no child is left."""
+    runtime = make_runtime(tmp_path / "cache", names, compile_timeout=0.2)
+    outcome, path = refresh(runtime, tmp_path, slow_to_compile())
+    assert_contained(outcome, path, parent, FAILED, "compile_timeout")
+    assert list((tmp_path / "cache" / "modules").glob("*.cwasm")) == []
+
+
+def test_an_invalid_module_still_reports_why(tmp_path: Path, names: NameTable, parent: Parent) -> None:
+    """Compiling in a child keeps the validation error of a broken module."""
+    runtime = make_runtime(tmp_path / "cache", names)
+    outcome, path = refresh(runtime, tmp_path, b"\x00asm\x01\x00\x00\x00\x01\xff")
+    assert_contained(outcome, path, parent, FAILED, "guest_trap")
+    assert (outcome.error or "").startswith("invalid module")
