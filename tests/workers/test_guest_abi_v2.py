@@ -48,6 +48,8 @@ def runtime(tmp_path_factory: pytest.TempPathFactory) -> GuestRuntime:
             "cache_dir": tmp_path_factory.mktemp("v2-cache"),
             "sandbox": "strict",
             "guest_secrets": {"TOKEN": SECRET},
+            # The test servers listen on loopback: the operator opens it (a manifest alone cannot).
+            "egress_allow_private": "127.0.0.1:*",
         },
         env={},
     )
