@@ -31,6 +31,20 @@ DEFAULT_MAX_PAYLOAD = 256 * 1024 * 1024
 DEFAULT_METRICS_PORT = 0
 #: Address a worker's metrics endpoint binds: loopback only (a container passes 0.0.0.0).
 DEFAULT_METRICS_HOST = "127.0.0.1"
+#: mountd: largest request head in bytes (issue 12).
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+#: mountd: most header lines in one request.
+DEFAULT_MAX_HEADER_FIELDS = 100
+#: mountd: seconds a client may take to send a request head, first byte to blank line.
+DEFAULT_HEADER_TIMEOUT = 10.0
+#: mountd: largest XML request body (PROPFIND, PROPPATCH, LOCK) in bytes.
+DEFAULT_MAX_XML_BODY = 1024 * 1024
+#: mountd: most XML elements in one such body (each asked-for property is one).
+DEFAULT_MAX_XML_ELEMENTS = 1000
+#: mountd: longest WebDAV lock lifetime in seconds (one hour).
+DEFAULT_MAX_LOCK_TIMEOUT = 3600
+#: mountd: most ranges answered in one Range header (more get the whole body).
+DEFAULT_MAX_RANGES = 16
 #: Log line format when none is given.
 DEFAULT_LOG_FORMAT = "text"
 
@@ -55,6 +69,15 @@ _ENV = {
     "allow_anonymous": "SYNC_ALLOW_ANONYMOUS",
     "metrics_port": "SYNC_METRICS_PORT",
     "metrics_host": "SYNC_METRICS_HOST",
+    # mountd limits against hostile clients (issue 12)
+    "max_header_bytes": "SYNC_MAX_HEADER_BYTES",
+    "max_header_fields": "SYNC_MAX_HEADER_FIELDS",
+    "header_timeout": "SYNC_HEADER_TIMEOUT",
+    "max_xml_body": "SYNC_MAX_XML_BODY",
+    "max_xml_elements": "SYNC_MAX_XML_ELEMENTS",
+    "max_lock_timeout": "SYNC_MAX_LOCK_TIMEOUT",
+    "inline_active_content": "SYNC_INLINE_ACTIVE_CONTENT",
+    "max_ranges": "SYNC_MAX_RANGES",
 }
 
 
@@ -88,6 +111,15 @@ class Settings:
             are then read-only); see ``mountd.auth``.
         metrics_port: Port of a worker's ``/metrics`` and ``/health`` endpoint; 0 turns it off.
         metrics_host: Address that endpoint binds.
+        max_header_bytes: mountd: largest request head (request line and headers) in bytes; 431 past it.
+        max_header_fields: mountd: most header lines in one request; 431 past it.
+        header_timeout: mountd: seconds from a request head's first byte to its end; closed past it.
+        max_xml_body: mountd: largest PROPFIND/PROPPATCH/LOCK body in bytes; 413 past it.
+        max_xml_elements: mountd: most XML elements in such a body (properties asked for); 413 past it.
+        max_lock_timeout: mountd: longest lock lifetime granted, in seconds ("Infinite" gets this).
+        inline_active_content: mountd: serve active types (HTML, SVG, ...) inline instead of as attachments
+            (only for stores whose every writer is trusted).
+        max_ranges: mountd: most ranges in one Range header; past it the whole body is sent (200).
     """
 
     store: Path | None = None
@@ -103,6 +135,15 @@ class Settings:
     allow_anonymous: bool = False
     metrics_port: int = DEFAULT_METRICS_PORT
     metrics_host: str = DEFAULT_METRICS_HOST
+    # mountd limits against hostile clients (issue 12); docs/security.md, "Limits"
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_header_fields: int = DEFAULT_MAX_HEADER_FIELDS
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    max_xml_body: int = DEFAULT_MAX_XML_BODY
+    max_xml_elements: int = DEFAULT_MAX_XML_ELEMENTS
+    max_lock_timeout: int = DEFAULT_MAX_LOCK_TIMEOUT
+    inline_active_content: bool = False
+    max_ranges: int = DEFAULT_MAX_RANGES
 
     def __post_init__(self) -> None:
         if self.sandbox not in SANDBOX_MODES:
@@ -112,6 +153,9 @@ class Settings:
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise SettingsError(f"{name} {getattr(self, name)} is out of range")
+        for name in [*sorted(_INT_LIMITS), "header_timeout"]:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be positive, not {getattr(self, name)}")
 
     @classmethod
     def from_env(
@@ -163,6 +207,19 @@ def log_format(flag: str | None = None, env: Mapping[str, str] | None = None) ->
     return value
 
 
+#: Integer mountd limits (issue 12).
+_INT_LIMITS = frozenset(
+    {
+        "max_header_bytes",
+        "max_header_fields",
+        "max_xml_body",
+        "max_xml_elements",
+        "max_lock_timeout",
+        "max_ranges",
+    }
+)
+
+
 def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
     known = {f.name for f in fields(Settings)}
     unknown = set(values) - known
@@ -175,13 +232,13 @@ def _coerce_one(name: str, value: Any) -> Any:
     try:
         if name in ("store", "cache_dir") and value is not None:
             return Path(value)
-        if name in ("port", "max_payload_size", "metrics_port"):
+        if name in ("port", "max_payload_size", "metrics_port") or name in _INT_LIMITS:
             return int(value)
-        if name in ("guest_timeout", "max_guest_timeout"):
+        if name in ("guest_timeout", "max_guest_timeout", "header_timeout"):
             return float(value)
     except (TypeError, ValueError) as exc:
         raise SettingsError(f"{name} must be a number, not {value!r}") from exc
-    if name == "allow_anonymous":
+    if name in ("allow_anonymous", "inline_active_content"):
         return _coerce_bool(name, value)
     return value
 

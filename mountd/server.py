@@ -35,6 +35,7 @@ from wsgidav.wsgidav_app import WsgiDAVApp  # type: ignore[import-untyped]
 from broker import Settings
 from mountd.auth import auth_config
 from mountd.browser import middleware_stack
+from mountd.connection_guard import GuardedServer
 from mountd.freshness import NullFreshness
 from mountd.index import ArchiveIndex
 from mountd.metrics import CountingFreshness, MountdMetrics
@@ -245,7 +246,7 @@ def serve_background(
         property_store=property_store,
         users=users,
     )
-    server = wsgi.Server(
+    server = GuardedServer(
         (settings.host, settings.port),
         app,
         numthreads=SERVER_THREADS,
@@ -253,6 +254,9 @@ def serve_background(
         request_queue_size=LISTEN_BACKLOG,
         timeout=CONNECTION_TIMEOUT,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
+        max_header_bytes=settings.max_header_bytes,
+        max_header_fields=settings.max_header_fields,
+        header_timeout=settings.header_timeout,
     )
     server.expiration_interval = SELECTOR_INTERVAL
     server.gateway = gateway_class(sendfile=sendfile)
