@@ -34,13 +34,18 @@ from urllib.parse import quote
 from wsgidav import util as dav_util  # type: ignore[import-untyped]
 from wsgidav.default_conf import DEFAULT_CONFIG  # type: ignore[import-untyped]
 from wsgidav.dir_browser import WsgiDavDirBrowser  # type: ignore[import-untyped]
+from wsgidav.http_authenticator import HTTPAuthenticator  # type: ignore[import-untyped]
 from wsgidav.mw.base_mw import BaseMiddleware  # type: ignore[import-untyped]
 
+from mountd.byteranges import ByteRanges
+from mountd.digest_nonces import NonceCheckingAuthenticator
 from mountd.facts import ArchiveFacts
 from mountd.fast_get import FastGet
 from mountd.fast_propfind import FastPropfind
 from mountd.index import DirectoryListing
+from mountd.lock_policy import LockPolicy
 from mountd.middleware import StartResponse, WSGIEnviron
+from mountd.payload_headers import PayloadHeaders
 from mountd.provider import SyncProvider
 from mountd.resources import StoreCollection
 from sync_format.freshness import now_ns
@@ -92,7 +97,12 @@ def middleware_stack() -> list[Any]:
     """
     stack: list[Any] = []
     for mw in DEFAULT_CONFIG["middleware_stack"]:
-        stack.extend([FastGet, BrowserView, FastPropfind] if mw is WsgiDavDirBrowser else [mw])
+        if mw is HTTPAuthenticator:
+            stack.append(NonceCheckingAuthenticator)  # digest nonces verified (mountd.digest_nonces)
+            continue
+        # LockPolicy, PayloadHeaders and ByteRanges (issue 12) run before the fast paths.
+        ours = [LockPolicy, PayloadHeaders, ByteRanges, FastGet, BrowserView, FastPropfind]
+        stack.extend(ours if mw is WsgiDavDirBrowser else [mw])
     return stack
 
 

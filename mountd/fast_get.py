@@ -36,6 +36,7 @@ from wsgidav import util as dav_util  # type: ignore[import-untyped]
 from wsgidav.mw.base_mw import BaseMiddleware  # type: ignore[import-untyped]
 
 from mountd.middleware import StartResponse, WSGIEnviron, on_request_end
+from mountd.payload_headers import inline_active_of, payload_safety_headers
 from mountd.provider import SyncProvider
 from mountd.sendfile import offer_payload
 from sync_format import PayloadReader
@@ -96,6 +97,7 @@ class FastGet(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         self.block_size: int = config.get("block_size") or DEFAULT_BLOCK
         self.extra_headers: list[tuple[str, str]] = list(config.get("response_headers") or ())
         self._dates: dict[float, str] = {}
+        self.inline_active = inline_active_of(config)
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         provider = environ.get("wsgidav.provider")
@@ -116,6 +118,9 @@ class FastGet(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
             ("ETag", f'"{facts.etag}"'),
             ("Accept-Ranges", "bytes"),
             *self.extra_headers,
+            *payload_safety_headers(
+                facts.content_type, environ["PATH_INFO"], inline_active=self.inline_active
+            ),
         ]
         start_response("200 OK", headers)
         if environ["REQUEST_METHOD"] == "HEAD":

@@ -200,6 +200,7 @@ def serve_store(
     from broker.connection import connect
     from mountd.freshness import BrokerFreshness
     from mountd.locks import RedisLockStorage
+    from mountd.properties import RedisPropertyManager
     from mountd.scheduler import RefreshScheduler
     from mountd.server import serve
     from syncctl.local_workers import LocalWorkers
@@ -240,11 +241,14 @@ def serve_store(
         # Locks live in the broker's Redis: every mountd of this store (and a restarted one) sees them.
         locks = RedisLockStorage(connection.redis_url, prefix=f"sync:dav:{root}:") if writable else True
         # Dead properties (PROPPATCH) of a writable store survive restarts, in the cache, one file per store.
-        properties = None
+        properties: Any = None
         if writable is not None:
             properties = (
                 settings.cache_dir / "mountd" / f"properties-{hashlib.sha256(bytes(root)).hexdigest()[:16]}"
             )
+            if settings.broker_url:
+                # A configured broker may serve several mountd replicas of this store: share the properties.
+                properties = RedisPropertyManager(connection.redis_url, prefix=f"sync:dav:{root}:")
         try:
             serve(
                 settings,
