@@ -43,6 +43,7 @@ from mountd.facts import ArchiveFacts
 from mountd.fast_get import FastGet
 from mountd.fast_propfind import FastPropfind
 from mountd.index import DirectoryListing
+from mountd.integrity import CORRUPT, VERDICTS
 from mountd.lock_policy import LockPolicy
 from mountd.middleware import StartResponse, WSGIEnviron
 from mountd.payload_headers import PayloadHeaders
@@ -81,6 +82,7 @@ th,td{padding:.3em .8em;text-align:left;border-bottom:1px solid #ddd;white-space
 th{background:#f4f4f4}
 td.num{text-align:right}
 tr.expired td.expires{color:#b00;font-weight:bold}
+tr.corrupt td{color:#b00;text-decoration:line-through}
 .summary{color:#666}
 """
 
@@ -255,7 +257,11 @@ def _archive_row(name: str, base: str, facts: ArchiveFacts, now: int) -> str:
         f'<td class="num">{facts.generation}</td>',
         f'<td class="num" title="{facts.ttl} s">{ttl}</td>',
     )
-    return f'<tr class="{"expired" if expired else "fresh"}">{"".join(cells)}</tr>\n'
+    state = "expired" if expired else "fresh"
+    if VERDICTS.state(facts) == CORRUPT:  # mountd.integrity: the payload failed its CRC-32 check
+        state += ' corrupt" title="corrupt payload: not served'
+        cells = (cells[0].replace("</a></td>", "</a> (corrupt)</td>"), *cells[1:])
+    return f'<tr class="{state}">{"".join(cells)}</tr>\n'
 
 
 def format_size(size: int) -> str:

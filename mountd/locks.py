@@ -161,6 +161,16 @@ class RedisLockStorage:
         pipe.execute()
         return True
 
+    def all_locks(self) -> list[dict[str, Any]]:
+        """Every lock under this prefix (for ``syncctl locks list``), oldest expiry first."""
+        client = self._client()
+        found = []
+        for key in client.scan_iter(match=self._escape(self.prefix) + "lock:*", count=1000):
+            text = client.get(key)
+            if text is not None:
+                found.append(_decode(str(text)))
+        return sorted(found, key=lambda lock: float(lock.get("expire", 0)))
+
     def get_lock_list(
         self, path: str, *, include_root: bool, include_children: bool, token_only: bool
     ) -> list[Any]:

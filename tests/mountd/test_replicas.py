@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,18 @@ LOCK_BODY = (
 ROUNDS = 40
 
 
+@dataclass
+class Replicas:
+    """Two running replicas: their URLs, the store and the Redis they share."""
+
+    urls: list[str]
+    store: Path
+    redis_url: str
+
+
 @pytest.fixture
-def replicas(tmp_path: Path) -> Iterator[list[str]]:
-    """Two replica processes serving one writable store, sharing a private Redis; their URLs."""
+def replicas(tmp_path: Path) -> Iterator[Replicas]:
+    """Two replica processes serving one writable store, sharing a private Redis."""
     store = tmp_path / "store"
     store.mkdir()
     with RedisServer(tmp_path / "redis") as redis_server:
@@ -42,7 +52,7 @@ def replicas(tmp_path: Path) -> Iterator[list[str]]:
                 line = proc.stdout.readline()
                 assert line.startswith("ready "), line
                 urls.append(line.split()[1])
-            yield urls
+            yield Replicas(urls, store, redis_server.url)
         finally:
             for proc in procs:
                 proc.terminate()
@@ -52,7 +62,7 @@ def replicas(tmp_path: Path) -> Iterator[list[str]]:
                     proc.stdout.close()
 
 
-def test_simultaneous_locks_on_two_replicas_grant_one(replicas: list[str]) -> None:
+def test_simultaneous_locks_on_two_replicas_grant_one(replicas: Replicas) -> None:
     """40 rounds of two LOCKs of one new path at once, one per replica: exactly one is granted each round."""
     for i in range(ROUNDS):
         path = f"/race-{i}.csv"
@@ -66,7 +76,7 @@ def test_simultaneous_locks_on_two_replicas_grant_one(replicas: list[str]) -> No
             headers = {"Content-Type": "application/xml", "Timeout": "Second-60"}
             statuses.append(request(url, "LOCK", path, headers=headers, body=LOCK_BODY).status)
 
-        threads = [threading.Thread(target=take, args=(url,)) for url in replicas]
+        threads = [threading.Thread(target=take, args=(url,)) for url in replicas.urls]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -76,9 +86,9 @@ def test_simultaneous_locks_on_two_replicas_grant_one(replicas: list[str]) -> No
         assert 423 in statuses, (i, statuses)
 
 
-def test_dead_properties_are_shared(replicas: list[str]) -> None:
+def test_dead_properties_are_shared(replicas: Replicas) -> None:
     """A PROPPATCH through one replica is seen by a PROPFIND through the other; a removal too."""
-    first, second = replicas
+    first, second = replicas.urls
     assert request(first, "PUT", "/note.csv", body=b"a\n").status == 201
     patch = (
         b'<?xml version="1.0"?><propertyupdate xmlns="DAV:" xmlns:z="urn:z"><set><prop>'
@@ -95,3 +105,33 @@ def test_dead_properties_are_shared(replicas: list[str]) -> None:
     )
     assert request(second, "PROPPATCH", "/note.csv", body=remove).status == 207
     assert b"teal" not in request(first, "PROPFIND", "/note.csv", headers={"Depth": "0"}, body=find).body
+
+
+def _syncctl(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "syncctl", "locks", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_syncctl_lists_and_breaks_locks(replicas: Replicas) -> None:
+    """``syncctl locks list`` shows a folder lock taken through a replica; ``break --path`` frees it."""
+    first, second = replicas.urls
+    assert request(first, "MKCOL", "/team/").status == 201
+    headers = {"Content-Type": "application/xml", "Timeout": "Infinite", "Depth": "infinity"}
+    taken = request(first, "LOCK", "/team/", headers=headers, body=LOCK_BODY)
+    assert taken.status == 200
+    token = (taken.header("lock-token") or "").strip("<>")
+    assert request(second, "PUT", "/team/a.csv", body=b"x\n").status == 423
+    listing = _syncctl("list", str(replicas.store), "--broker", replicas.redis_url)
+    assert token in listing
+    assert "\t/team\t" in listing
+    broken = _syncctl("break", str(replicas.store), "--broker", replicas.redis_url, "--path", "/team/")
+    assert token in broken
+    assert token not in _syncctl("list", str(replicas.store), "--broker", replicas.redis_url)
+    assert request(second, "PUT", "/team/a.csv", body=b"x\n").status == 201
