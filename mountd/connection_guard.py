@@ -26,8 +26,10 @@ Invariants:
     * Memory per connection before dispatch is what the kernel buffers; after dispatch at most
       ``max_header_bytes`` of head are read.
     * TLS connections (not a plain socket: the kernel's bytes are records) are dispatched as cheroot does.
-    * Bodies are not covered here: a request whose head is complete gets a thread, and its body is read
-      with the per-``recv`` timeout (bodies are bounded by the upload and XML limits instead).
+    * A request body must keep arriving at ``MIN_BODY_RATE`` bytes per second on average once
+      ``header_timeout`` seconds have passed since the body began (``_MinimumRate``); a client dripping a
+      body is cut off (the connection closed) instead of holding its thread for as long as it likes. So a
+      worker thread waits for a slow client at most about ``header_timeout`` plus one read timeout.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ DEFAULT_HEADER_TIMEOUT = 10.0
 #: most a head that arrives in several packets waits for its thread beyond its last packet.
 PARKED_RECHECK = 0.02
 _HEAD_END = b"\r\n\r\n"
+#: Least average rate of a request body, in bytes per second, once the grace period (``header_timeout``)
+#: is over: far below any real client's upload, far above a drip.
+MIN_BODY_RATE = 1024
 
 
 class HeaderFieldsExceeded(errors.MaxSizeExceeded):
@@ -113,6 +118,63 @@ class GuardedRequest(server.HTTPRequest):
             self.rfile = sized
         if ok:
             self.ready = True
+
+    def respond(self) -> None:
+        """Answer as cheroot does, the body read through ``_MinimumRate``."""
+        limits: GuardedServer = self.server
+        plain = self.conn.rfile
+        self.conn.rfile = _MinimumRate(plain, limits.header_timeout)
+        try:
+            super().respond()
+        finally:
+            self.conn.rfile = plain
+
+
+class _MinimumRate:
+    """A file wrapper that raises ``TimeoutError`` when reads fall below ``MIN_BODY_RATE`` after a grace."""
+
+    def __init__(self, rfile: Any, grace: float) -> None:
+        self.rfile = rfile
+        self.grace = grace
+        self.started = time.monotonic()
+        self.received = 0
+
+    def _count(self, got: int) -> None:
+        self.received += got
+        elapsed = time.monotonic() - self.started
+        if elapsed > self.grace and self.received < MIN_BODY_RATE * (elapsed - self.grace):
+            log.info("connection closed reason=slow-body bytes=%d seconds=%.1f", self.received, elapsed)
+            raise TimeoutError("timed out")  # cheroot closes the connection quietly on exactly this text
+
+    # A buffered read(n) or readline() waits for all it asks for, however slowly it comes; these read one
+    # socket read at a time (``read1``, ``peek``) so that the rate is checked after each.
+    def read(self, size: Any = -1) -> bytes:
+        out = bytearray()
+        while size is None or size < 0 or len(out) < size:
+            chunk = self.rfile.read1(65536 if size is None or size < 0 else size - len(out))
+            if not chunk:
+                break
+            out += chunk
+            self._count(len(chunk))
+        return bytes(out)
+
+    def readline(self, size: Any = -1) -> bytes:
+        out = bytearray()
+        while size is None or size < 0 or len(out) < size:
+            buffered = self.rfile.peek(1)
+            if not buffered:
+                break
+            room = len(buffered) if size is None or size < 0 else min(len(buffered), size - len(out))
+            end = buffered.find(b"\n", 0, room)
+            chunk = self.rfile.read(end + 1 if end >= 0 else room)
+            out += chunk
+            self._count(len(chunk))
+            if end >= 0:
+                break
+        return bytes(out)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.rfile, name)
 
 
 class GuardedConnection(server.HTTPConnection):

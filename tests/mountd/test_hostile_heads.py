@@ -114,3 +114,30 @@ def test_head_deadline_closes_a_dripping_connection(guarded: ServerHandle) -> No
         dripper.join(5)
     assert data == b"" or b"408" in data
     wait_for(lambda: get(guarded.mount_url, "/a.csv").status == 200, 5, what="server answering")
+
+
+def test_a_dripped_body_is_cut_off_and_holds_no_thread_for_long(guarded: ServerHandle) -> None:
+    """A PROPFIND announcing 5,000 body bytes and sending one every 0.2 s is closed once its rate stays
+    under 1 KiB/s past the grace (2 s here), instead of holding a worker thread for 1,000 s."""
+    with _connect(guarded) as sock:
+        head = f"PROPFIND / HTTP/1.1\r\nHost: {guarded.host}:{guarded.port}\r\nContent-Length: 5000\r\n\r\n"
+        sock.sendall(head.encode())
+        closed = False
+        for _ in range(150):  # 30 s of dripping at most
+            try:
+                sock.send(b"<")
+            except OSError:
+                closed = True
+                break
+            sock.settimeout(0.2)
+            try:
+                if sock.recv(4096) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+    assert closed
+    assert get(guarded.mount_url, "/a.csv").status == 200
