@@ -31,9 +31,11 @@ class Replicas:
     redis_url: str
 
 
-@pytest.fixture
-def replicas(tmp_path: Path) -> Iterator[Replicas]:
-    """Two replica processes serving one writable store, sharing a private Redis."""
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replicas]:
+    """Two replica processes serving one writable store, sharing a private Redis (one pair per module: the
+    tests use distinct paths)."""
+    tmp_path = tmp_path_factory.mktemp("replicas")
     store = tmp_path / "store"
     store.mkdir()
     with RedisServer(tmp_path / "redis") as redis_server:
