@@ -64,6 +64,14 @@ BENCHES = (
         quick=("--quick",),
     ),
     Bench("bench_auth", "what a login costs: scrypt checks and GET rates with remembered Basic logins"),
+    Bench(
+        "bench_integrity", "what checking payloads against their CRC-32 costs a first GET", quick=("--quick",)
+    ),
+    Bench(
+        "soak_mountd",
+        "mountd soak: 100 clients, two committers, 32 slowloris connections, oversized bodies, 60 s",
+        quick=("--quick",),
+    ),
 )
 
 

@@ -44,6 +44,20 @@ DEFAULT_EGRESS_MAX_TOTAL_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_MODULE_SIZE = 16 * 1024 * 1024
 #: Seconds a worker lets a ``sync.wasm`` compile.
 DEFAULT_COMPILE_TIMEOUT = 30.0
+#: mountd: largest request head in bytes.
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+#: mountd: most header lines in one request.
+DEFAULT_MAX_HEADER_FIELDS = 100
+#: mountd: seconds a client may take to send a request head, first byte to blank line.
+DEFAULT_HEADER_TIMEOUT = 10.0
+#: mountd: largest XML request body (PROPFIND, PROPPATCH, LOCK) in bytes.
+DEFAULT_MAX_XML_BODY = 1024 * 1024
+#: mountd: most XML elements in one such body (each asked-for property is one).
+DEFAULT_MAX_XML_ELEMENTS = 1000
+#: mountd: longest WebDAV lock lifetime in seconds (one hour).
+DEFAULT_MAX_LOCK_TIMEOUT = 3600
+#: mountd: most ranges answered in one Range header (more get the whole body).
+DEFAULT_MAX_RANGES = 16
 #: Log line format when none is given.
 DEFAULT_LOG_FORMAT = "text"
 
@@ -77,6 +91,15 @@ _ENV = {
     "egress_max_total_bytes": "SYNC_EGRESS_MAX_TOTAL_BYTES",
     "max_module_size": "SYNC_MAX_MODULE_SIZE",
     "compile_timeout": "SYNC_COMPILE_TIMEOUT",
+    # mountd limits against hostile clients
+    "max_header_bytes": "SYNC_MAX_HEADER_BYTES",
+    "max_header_fields": "SYNC_MAX_HEADER_FIELDS",
+    "header_timeout": "SYNC_HEADER_TIMEOUT",
+    "max_xml_body": "SYNC_MAX_XML_BODY",
+    "max_xml_elements": "SYNC_MAX_XML_ELEMENTS",
+    "max_lock_timeout": "SYNC_MAX_LOCK_TIMEOUT",
+    "inline_active_content": "SYNC_INLINE_ACTIVE_CONTENT",
+    "max_ranges": "SYNC_MAX_RANGES",
 }
 
 
@@ -134,6 +157,15 @@ class Settings:
         egress_max_total_bytes: Bytes one run's guest HTTP responses may add up to.
         max_module_size: Largest ``sync.wasm`` compiled, in bytes.
         compile_timeout: Seconds a ``sync.wasm`` may take to compile (in a forked child).
+        max_header_bytes: mountd: largest request head (request line and headers) in bytes; 431 past it.
+        max_header_fields: mountd: most header lines in one request; 431 past it.
+        header_timeout: mountd: seconds from a request head's first byte to its end; closed past it.
+        max_xml_body: mountd: largest PROPFIND/PROPPATCH/LOCK body in bytes; 413 past it.
+        max_xml_elements: mountd: most XML elements in such a body (properties asked for); 413 past it.
+        max_lock_timeout: mountd: longest lock lifetime granted, in seconds ("Infinite" gets this).
+        inline_active_content: mountd: serve active types (HTML, SVG, ...) inline instead of as attachments
+            (only for stores whose every writer is trusted).
+        max_ranges: mountd: most ranges in one Range header; past it the whole body is sent (200).
     """
 
     store: Path | None = None
@@ -162,6 +194,15 @@ class Settings:
     egress_max_total_bytes: int = DEFAULT_EGRESS_MAX_TOTAL_BYTES
     max_module_size: int = DEFAULT_MAX_MODULE_SIZE
     compile_timeout: float = DEFAULT_COMPILE_TIMEOUT
+    # mountd limits against hostile clients (docs/security.md, "Limits"
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_header_fields: int = DEFAULT_MAX_HEADER_FIELDS
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    max_xml_body: int = DEFAULT_MAX_XML_BODY
+    max_xml_elements: int = DEFAULT_MAX_XML_ELEMENTS
+    max_lock_timeout: int = DEFAULT_MAX_LOCK_TIMEOUT
+    inline_active_content: bool = False
+    max_ranges: int = DEFAULT_MAX_RANGES
 
     def __post_init__(self) -> None:
         if self.sandbox not in SANDBOX_MODES:
@@ -183,7 +224,8 @@ class Settings:
                 parse_private_entry(entry)
             except ValueError as exc:
                 raise SettingsError(f"SYNC_EGRESS_ALLOW_PRIVATE: {exc}") from exc
-        for name in ("running_claim_ttl", "egress_max_total_bytes", "max_module_size", "compile_timeout"):
+        positive = ("running_claim_ttl", "egress_max_total_bytes", "max_module_size", "compile_timeout")
+        for name in [*positive, *sorted(_INT_LIMITS), "header_timeout"]:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive, not {getattr(self, name)}")
 
@@ -242,6 +284,17 @@ def log_format(flag: str | None = None, env: Mapping[str, str] | None = None) ->
 
 #: Each field's annotation as written (``from __future__ import annotations`` keeps them as text).
 _FIELD_TYPES = {f.name: str(f.type) for f in fields(Settings)}
+#: Integer mountd limits (each must be positive).
+_INT_LIMITS = frozenset(
+    {
+        "max_header_bytes",
+        "max_header_fields",
+        "max_xml_body",
+        "max_xml_elements",
+        "max_lock_timeout",
+        "max_ranges",
+    }
+)
 
 
 def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -34,13 +34,19 @@ from urllib.parse import quote
 from wsgidav import util as dav_util  # type: ignore[import-untyped]
 from wsgidav.default_conf import DEFAULT_CONFIG  # type: ignore[import-untyped]
 from wsgidav.dir_browser import WsgiDavDirBrowser  # type: ignore[import-untyped]
+from wsgidav.http_authenticator import HTTPAuthenticator  # type: ignore[import-untyped]
 from wsgidav.mw.base_mw import BaseMiddleware  # type: ignore[import-untyped]
 
+from mountd.byteranges import ByteRanges
+from mountd.digest_nonces import NonceCheckingAuthenticator
 from mountd.facts import ArchiveFacts
 from mountd.fast_get import FastGet
 from mountd.fast_propfind import FastPropfind
 from mountd.index import DirectoryListing
+from mountd.integrity import CORRUPT, VERDICTS
+from mountd.lock_policy import LockPolicy
 from mountd.middleware import StartResponse, WSGIEnviron
+from mountd.payload_headers import PayloadHeaders
 from mountd.provider import SyncProvider
 from mountd.resources import StoreCollection
 from sync_format.freshness import now_ns
@@ -76,6 +82,7 @@ th,td{padding:.3em .8em;text-align:left;border-bottom:1px solid #ddd;white-space
 th{background:#f4f4f4}
 td.num{text-align:right}
 tr.expired td.expires{color:#b00;font-weight:bold}
+tr.corrupt td{color:#b00;text-decoration:line-through}
 .summary{color:#666}
 """
 
@@ -92,7 +99,12 @@ def middleware_stack() -> list[Any]:
     """
     stack: list[Any] = []
     for mw in DEFAULT_CONFIG["middleware_stack"]:
-        stack.extend([FastGet, BrowserView, FastPropfind] if mw is WsgiDavDirBrowser else [mw])
+        if mw is HTTPAuthenticator:
+            stack.append(NonceCheckingAuthenticator)  # digest nonces verified (mountd.digest_nonces)
+            continue
+        # LockPolicy, PayloadHeaders and ByteRanges (issue 12) run before the fast paths.
+        ours = [LockPolicy, PayloadHeaders, ByteRanges, FastGet, BrowserView, FastPropfind]
+        stack.extend(ours if mw is WsgiDavDirBrowser else [mw])
     return stack
 
 
@@ -245,7 +257,11 @@ def _archive_row(name: str, base: str, facts: ArchiveFacts, now: int) -> str:
         f'<td class="num">{facts.generation}</td>',
         f'<td class="num" title="{facts.ttl} s">{ttl}</td>',
     )
-    return f'<tr class="{"expired" if expired else "fresh"}">{"".join(cells)}</tr>\n'
+    state = "expired" if expired else "fresh"
+    if VERDICTS.state(facts) == CORRUPT:  # mountd.integrity: the payload failed its CRC-32 check
+        state += ' corrupt" title="corrupt payload: not served'
+        cells = (cells[0].replace("</a></td>", "</a> (corrupt)</td>"), *cells[1:])
+    return f'<tr class="{state}">{"".join(cells)}</tr>\n'
 
 
 def format_size(size: int) -> str:

@@ -51,6 +51,8 @@ class ArchiveFacts:
         expiry: When the payload stops being fresh.
         identity: The file version these facts were read from.
         has_update_logic: True when ``sync.wasm`` is present and is not the empty module.
+        payload_crc32: The CRC-32 the ZIP entry records for the payload (``mountd.integrity`` checks the
+            bytes against it); -1 when unknown.
     """
 
     display_ext: str
@@ -66,6 +68,7 @@ class ArchiveFacts:
     expiry: Expiry
     identity: FileIdentity
     has_update_logic: bool
+    payload_crc32: int = -1  # issue 12: integrity checks
 
     @classmethod
     def from_snapshot(cls, snapshot: ArchiveSnapshot) -> ArchiveFacts:
@@ -94,6 +97,7 @@ class ArchiveFacts:
             expiry=snapshot.expiry(),
             identity=snapshot.identity,
             has_update_logic=_has_update_logic(snapshot),
+            payload_crc32=snapshot.payload.crc32,
         )
 
     def is_expired(self) -> bool:

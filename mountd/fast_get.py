@@ -35,7 +35,9 @@ from typing import Any
 from wsgidav import util as dav_util  # type: ignore[import-untyped]
 from wsgidav.mw.base_mw import BaseMiddleware  # type: ignore[import-untyped]
 
+from mountd.integrity import CORRUPT, VERDICTS, corrupt_response
 from mountd.middleware import StartResponse, WSGIEnviron, on_request_end
+from mountd.payload_headers import inline_active_of, payload_safety_headers
 from mountd.provider import SyncProvider
 from mountd.sendfile import offer_payload
 from sync_format import PayloadReader
@@ -97,6 +99,7 @@ class FastGet(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         self.block_size: int = config.get("block_size") or DEFAULT_BLOCK
         self.extra_headers: list[tuple[str, str]] = list(config.get("response_headers") or ())
         self._dates: dict[float, str] = {}
+        self.inline_active = inline_active_of(config)
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         provider = environ.get("wsgidav.provider")
@@ -109,6 +112,9 @@ class FastGet(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         if not on_request_end(environ, reader.close):
             log.debug("no request scope: payload reader closes with the response path=%s", known.archive)
         facts = known.facts
+        if _known_corrupt(environ, known.archive, facts, reader):
+            reader.close()
+            return corrupt_response(start_response, environ["PATH_INFO"])
         headers = [
             ("Content-Length", str(facts.payload_size)),
             ("Last-Modified", self._http_date(facts.last_modified)),
@@ -117,6 +123,9 @@ class FastGet(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
             ("ETag", f'"{facts.etag}"'),
             ("Accept-Ranges", "bytes"),
             *self.extra_headers,
+            *payload_safety_headers(
+                facts.content_type, environ["PATH_INFO"], inline_active=self.inline_active
+            ),
         ]
         start_response("200 OK", headers)
         if environ["REQUEST_METHOD"] == "HEAD":
@@ -134,6 +143,13 @@ class FastGet(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
                 self._dates.clear()
             text = self._dates[key] = dav_util.get_rfc1123_time(key)
         return text
+
+
+def _known_corrupt(environ: WSGIEnviron, archive: str, facts: Any, reader: PayloadReader) -> bool:
+    # A GET checks the version (mountd.integrity); a HEAD only consults the verdict already known.
+    if environ["REQUEST_METHOD"] == "GET":
+        return VERDICTS.is_corrupt(archive, facts, reader)
+    return VERDICTS.state(facts) == CORRUPT
 
 
 class _Body:

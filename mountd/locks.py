@@ -15,9 +15,12 @@ Layout under ``prefix`` (default ``sync:dav:``):
 Invariants:
     * A lock is visible to every process from the moment ``create`` returns; ``delete`` removes it at once.
     * Expiry is decided by Redis (one clock), never by comparing hosts' clocks.
-    * Conflict checks stay in wsgidav's lock manager (check, then create); two mountd processes locking the
-      same path in the same few milliseconds can both succeed. Clients that lock (Finder, Office) do so
-      seconds apart; the limit is stated in docs/operations.md.
+    * Creating a lock is atomic across processes: ``create`` takes a Redis lock (``mutex`` key, one per
+      prefix) and checks conflicts again under it, with wsgidav's own rules, against the locks in Redis;
+      two mountd processes locking the same path at the same moment: one wins, the other gets 423.
+
+Why ours rather than wsgidav's ``RedisLockStorage``: wsgidav's pickles locks (anyone who can write to the
+broker could make mountd run code) and, like its lock manager, checks conflicts per process only.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any
 
 import redis
 from wsgidav.lock_man.lock_manager import (  # type: ignore[import-untyped]
+    LockManager,
     generate_lock_token,
     normalize_lock_root,
     validate_lock,
@@ -45,6 +49,8 @@ DEFAULT_PREFIX = "sync:dav:"
 DEFAULT_TIMEOUT = 604_800
 #: Longest lock lifetime granted (seconds; wsgidav's maximum).
 MAX_TIMEOUT = 4 * 604_800
+#: Seconds the cross-process mutex of ``create`` is held at most (a crashed holder frees it after this).
+MUTEX_TIMEOUT = 10.0
 #: Seconds a lock command may wait for Redis: a lock is on the request path.
 SOCKET_TIMEOUT = 5.0
 _BYTES_TAG = "__b64__"
@@ -76,11 +82,19 @@ class RedisLockStorage:
         self.url = url
         self.prefix = prefix
         self._redis: redis.Redis | None = None
+        self._lock_rules: Any = None
 
     def __repr__(self) -> str:
         return f"RedisLockStorage(prefix={self.prefix!r})"
 
+    def _checker(self) -> Any:
+        if self._lock_rules is None:
+            self._lock_rules = LockManager(self)  # only its conflict rules are used, over this storage
+        return self._lock_rules
+
     def open(self) -> None:
+        if self._redis is not None:
+            return
         self._redis = make_redis(self.url, socket_timeout=SOCKET_TIMEOUT, connect_timeout=SOCKET_TIMEOUT)
 
     def close(self) -> None:
@@ -112,10 +126,16 @@ class RedisLockStorage:
         validate_lock(lock)
         token = generate_lock_token()
         lock["token"] = token
-        pipe = self._client().pipeline()
-        pipe.set(self._lock_key(token), _encode(lock), ex=max(1, int(timeout)))
-        pipe.sadd(self._url_key(root), token)
-        pipe.execute()
+        client = self._client()
+        # wsgidav's manager checked conflicts in this process; check again under a lock every process shares.
+        with client.lock(f"{self.prefix}mutex", timeout=MUTEX_TIMEOUT, blocking_timeout=SOCKET_TIMEOUT):
+            self._checker()._check_lock_permission(
+                root, lock["type"], lock["scope"], lock["depth"], [], lock.get("principal")
+            )
+            pipe = client.pipeline()
+            pipe.set(self._lock_key(token), _encode(lock), ex=max(1, int(timeout)))
+            pipe.sadd(self._url_key(root), token)
+            pipe.execute()
         log.debug("lock created root=%s token=%s", root, token)
         return lock
 
@@ -140,6 +160,16 @@ class RedisLockStorage:
         pipe.srem(self._url_key(lock["root"]), token)
         pipe.execute()
         return True
+
+    def all_locks(self) -> list[dict[str, Any]]:
+        """Every lock under this prefix (for ``syncctl locks list``), oldest expiry first."""
+        client = self._client()
+        found = []
+        for key in client.scan_iter(match=self._escape(self.prefix) + "lock:*", count=1000):
+            text = client.get(key)
+            if text is not None:
+                found.append(_decode(str(text)))
+        return sorted(found, key=lambda lock: float(lock.get("expire", 0)))
 
     def get_lock_list(
         self, path: str, *, include_root: bool, include_children: bool, token_only: bool

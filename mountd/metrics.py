@@ -32,6 +32,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from mountd.freshness import FreshnessCounts
+from mountd.integrity import VERDICTS
 from mountd.provider import FreshnessHook
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class MountdMetrics:
             registry=self.registry,
         )
         self.registry.register(_RefreshRequests(freshness))
+        self.registry.register(_CorruptPayloads())
 
     def record_request(self, method: str, status: str, seconds: float) -> None:
         """Count one finished request.
@@ -194,6 +196,17 @@ class _RefreshRequests(Collector):
             f"{PREFIX}_refresh_replays",
             "Buffered refresh requests sent (or merged) later, once the broker was reachable again.",
             value=counts.replayed,
+        )
+
+
+class _CorruptPayloads(Collector):
+    """``corrupt_payloads_total``: archive versions whose payload failed its CRC-32 (``mountd.integrity``)."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            f"{PREFIX}_corrupt_payloads",
+            "Archive versions found with a payload that does not match its CRC-32 (never served).",
+            value=VERDICTS.corrupt_found,
         )
 
 

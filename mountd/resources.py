@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from wsgidav import util as dav_util  # type: ignore[import-untyped]
-from wsgidav.dav_error import HTTP_NOT_FOUND, DAVError  # type: ignore[import-untyped]
+from wsgidav.dav_error import HTTP_INTERNAL_ERROR, HTTP_NOT_FOUND, DAVError  # type: ignore[import-untyped]
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection  # type: ignore[import-untyped]
 
 from mountd.errors import dav_error, read_only
 from mountd.facts import ArchiveFacts
 from mountd.index import ArchiveIndex, DirectoryListing, ListedArchive
+from mountd.integrity import VERDICTS
 from mountd.sendfile import offer_payload
 from sync_format import ArchiveError, ArchiveSnapshot, PayloadReader, open_archive
 
@@ -50,8 +51,17 @@ PROP_EXPIRED = "{urn:sync}expired"
 PROP_GENERATION = "{urn:sync}generation"
 #: When the payload was last committed (RFC 3339); absent before the first refresh.
 PROP_LAST_REFRESH = "{urn:sync}last-refresh"
+#: ``verified``, ``corrupt`` or ``unverified``: the payload against its CRC-32 (``mountd.integrity``).
+PROP_INTEGRITY = "{urn:sync}integrity"
 
-SYNC_PROPERTIES = (PROP_TTL, PROP_EXPIRES_AT, PROP_EXPIRED, PROP_GENERATION, PROP_LAST_REFRESH)
+SYNC_PROPERTIES = (
+    PROP_TTL,
+    PROP_EXPIRES_AT,
+    PROP_EXPIRED,
+    PROP_GENERATION,
+    PROP_LAST_REFRESH,
+    PROP_INTEGRITY,
+)
 
 
 def sync_properties(facts: ArchiveFacts) -> dict[str, str]:
@@ -76,6 +86,7 @@ def sync_properties(facts: ArchiveFacts) -> dict[str, str]:
             props[PROP_EXPIRES_AT] = at
     if facts.updated_at is not None:
         props[PROP_LAST_REFRESH] = facts.updated_at
+    props[PROP_INTEGRITY] = VERDICTS.state(facts)
     return props
 
 
@@ -183,7 +194,11 @@ class ArchiveResource(_ArchiveFile):
         self.facts = ArchiveFacts.from_snapshot(self.snapshot)
 
     def get_content(self) -> PayloadReader:
-        return offer_payload(self.environ, self.snapshot.open_payload())
+        reader = self.snapshot.open_payload()
+        if VERDICTS.is_corrupt(self.key, self.facts, reader):  # mountd.integrity: never served as good
+            reader.close()
+            raise DAVError(HTTP_INTERNAL_ERROR, f"the payload of {self.key} is corrupt (CRC-32 mismatch)")
+        return offer_payload(self.environ, reader)
 
     def close(self) -> None:
         """Release the snapshot's fd (readers already handed out stay valid)."""

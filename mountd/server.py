@@ -35,15 +35,18 @@ from wsgidav.wsgidav_app import WsgiDAVApp  # type: ignore[import-untyped]
 from broker import Settings
 from mountd.auth import auth_config
 from mountd.browser import middleware_stack
+from mountd.connection_guard import GuardedServer
 from mountd.freshness import NullFreshness
 from mountd.index import ArchiveIndex
 from mountd.metrics import CountingFreshness, MountdMetrics
 from mountd.middleware import ConditionalHeaders, RequestGuard, RequestScope, host_names
 from mountd.ops import OpsEndpoints, health_check
+from mountd.payload_headers import SETTINGS_CONFIG_KEY
 from mountd.provider import FreshnessHook, SyncProvider
 from mountd.sendfile import gateway_class
 from mountd.users import UserTable
 from mountd.write_policy import DEFAULT_MAX_UPLOAD, WritePolicy
+from mountd.xml_limits import XmlBodyLimit
 from sync_format import ArchiveError
 from sync_format.atomic import sweep_temp_files
 
@@ -77,7 +80,7 @@ def build_app(
     allowed_hosts: Iterable[str] = (),
     writable: WritePolicy | None = None,
     lock_storage: Any = True,
-    property_store: Path | None = None,
+    property_store: Path | Any | None = None,
     users: UserTable | None = None,
 ) -> RequestGuard:
     """The WSGI application serving ``store`` (read-only unless ``writable`` is given).
@@ -92,12 +95,13 @@ def build_app(
         writable: The writable store's policy; None serves read-only.
         lock_storage: wsgidav's lock storage: True for one in memory (one server process), or a shared
             one such as ``mountd.locks.RedisLockStorage``.
-        property_store: A file to keep dead properties in across restarts (in memory when None).
+        property_store: A file to keep dead properties in across restarts (in memory when None), or a
+            property manager shared by replicas (``mountd.properties.RedisPropertyManager``).
         users: The users file; None for anonymous access (see ``mountd.auth`` for who gets which role).
 
     Returns:
-        ``RequestGuard`` → ``OpsEndpoints`` → ``ConditionalHeaders`` → ``RequestScope`` → wsgidav's
-        ``WsgiDAVApp``.
+        ``RequestGuard`` → ``XmlBodyLimit`` → ``OpsEndpoints`` → ``ConditionalHeaders`` → ``RequestScope``
+        → wsgidav's ``WsgiDAVApp``.
 
     Raises:
         ArchiveError: ``store`` is neither a directory nor a file.
@@ -117,18 +121,22 @@ def build_app(
         **auth_config(users, host=settings.host, allow_anonymous=settings.allow_anonymous),
         "dir_browser": {"enable": False},
         "middleware_stack": middleware_stack(),
+        SETTINGS_CONFIG_KEY: settings,  # limits read by our middleware in wsgidav's stack (issue 12)
     }
     _suppress_version_info()
     # wsgidav logs "Share '/' will allow anonymous write access" here because SyncProvider.is_readonly() is
     # False (so that LOCK works); in read-only mode the resources refuse every write with 403 all the same.
     dav = WsgiDAVApp(config)
     ops = OpsEndpoints(ConditionalHeaders(RequestScope(dav)), metrics, health_check(store, freshness))
-    return RequestGuard(ops, host_names(settings.host, allowed_hosts))
+    bounded = XmlBodyLimit(ops, max_body=settings.max_xml_body, max_elements=settings.max_xml_elements)
+    return RequestGuard(bounded, host_names(settings.host, allowed_hosts))
 
 
-def _property_manager(path: Path | None) -> Any:
+def _property_manager(path: Path | Any | None) -> Any:
     if path is None:
         return True  # wsgidav's in-memory manager
+    if not isinstance(path, Path):
+        return path  # a property manager object, e.g. mountd.properties.RedisPropertyManager (replicas)
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
@@ -203,7 +211,7 @@ def serve_background(
     allowed_hosts: Iterable[str] = (),
     writable: WritePolicy | None = None,
     lock_storage: Any = True,
-    property_store: Path | None = None,
+    property_store: Path | Any | None = None,
     users: UserTable | None = None,
     sendfile: bool = True,
 ) -> ServerHandle:
@@ -245,7 +253,7 @@ def serve_background(
         property_store=property_store,
         users=users,
     )
-    server = wsgi.Server(
+    server = GuardedServer(
         (settings.host, settings.port),
         app,
         numthreads=SERVER_THREADS,
@@ -253,6 +261,9 @@ def serve_background(
         request_queue_size=LISTEN_BACKLOG,
         timeout=CONNECTION_TIMEOUT,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
+        max_header_bytes=settings.max_header_bytes,
+        max_header_fields=settings.max_header_fields,
+        header_timeout=settings.header_timeout,
     )
     server.expiration_interval = SELECTOR_INTERVAL
     server.gateway = gateway_class(sendfile=sendfile)
@@ -275,7 +286,7 @@ def serve(
     on_ready: Callable[[ServerHandle], object] | None = None,
     writable: WritePolicy | None = None,
     lock_storage: Any = True,
-    property_store: Path | None = None,
+    property_store: Path | Any | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully. Call from the main thread.
 

@@ -109,6 +109,7 @@ class _WritableArchive:
 
     def delete(self) -> None:
         self.policy.require_writer(self.environ, "DELETE")
+        self.policy.require_replaceable(self.archive, "DELETE")
         try:
             self.archive.unlink()
         except FileNotFoundError:
@@ -125,6 +126,9 @@ class _WritableArchive:
     def copy_move_single(self, dest_path: str, *, is_move: bool) -> None:
         self.policy.require_writer(self.environ, "MOVE" if is_move else "COPY")
         target = self.policy.archive_for(dest_path)
+        if is_move:
+            self.policy.require_replaceable(self.archive, "MOVE")
+        self.policy.require_replaceable(target, "MOVE" if is_move else "COPY")
         if is_move:
             self._rename(target)
         else:

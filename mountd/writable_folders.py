@@ -115,6 +115,7 @@ class WritableCollection(StoreCollection):
         self.policy.require_writer(self.environ, "DELETE")
         if self.directory == self.policy.root:
             raise DAVError(HTTP_FORBIDDEN, "the store's root cannot be deleted")
+        self.policy.require_folder_replaceable(self.directory, "DELETE")
         # wsgidav has deleted the members it lists; what is left are hidden files (OS metadata, in-flight
         # temp files of uploads that will now fail): the client asked for the whole folder to go.
         try:
@@ -149,6 +150,7 @@ class WritableCollection(StoreCollection):
         self.policy.require_writer(self.environ, "MOVE")
         if self.directory == self.policy.root:
             raise DAVError(HTTP_FORBIDDEN, "the store's root cannot be moved")
+        self.policy.require_folder_replaceable(self.directory, "MOVE")
         target = self.policy.folder_for(dest_path)
         try:
             os.rename(self.directory, target)

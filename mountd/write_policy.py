@@ -7,8 +7,15 @@ author. It maps request paths to the files a write creates (``report.csv`` → `
 Windows metadata files apart, which are accepted and discarded; ``carry_properties`` moves a resource's
 dead properties along with a copy or move.
 
+``require_replaceable`` and ``require_folder_replaceable`` enforce an archive's ``ownership.write_allowed =
+false`` (spec §6.2) against every way a WebDAV client could replace or remove it (docs/security.md, "Archives
+that refuse writes"): PUT over it, DELETE of it, MOVE of it away, COPY or MOVE onto it (``Overwrite: T``),
+and DELETE or MOVE of a folder holding it. COPY *from* it stays allowed (the source is unchanged).
+
 Invariants:
     * A write is refused (403) before anything changes when ``require_writer`` says no.
+    * A write-protected archive is never unlinked, renamed or overwritten by a request, whatever the role;
+      only the operator (on the filesystem) or its refresh (``commit_payload`` by a worker) changes it.
     * Paths are checked by ``sync_format.store.check_store_name``; no hidden segment is ever created.
 """
 
@@ -21,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from mountd import auth
 from mountd.errors import WriteRefused, dav_error
-from sync_format import ArchiveError
+from sync_format import ArchiveError, SyncError, open_archive
 from sync_format.store import check_store_name, store_path_for
 from sync_format.template import DEFAULT_CREATED_BY
 
@@ -79,6 +86,40 @@ class WritePolicy:
         if not self.may_write(environ):
             raise dav_error(WriteRefused(what, "your role may read this store but not change it"), what)
 
+    def require_replaceable(self, archive: Path, what: str) -> None:
+        """Refuse (403) when ``archive`` exists and its manifest says ``ownership.write_allowed = false``.
+
+        Args:
+            archive: An archive file (which may not exist).
+            what: The operation, for the message.
+
+        Raises:
+            DAVError: 403.
+        """
+        if is_protected(archive):
+            name = (
+                archive.relative_to(self.root).as_posix()
+                if archive.is_relative_to(self.root)
+                else archive.name
+            )
+            refusal = WriteRefused(
+                name, f"{what}: this archive does not allow writes (ownership.write_allowed)"
+            )
+            raise dav_error(refusal, name)
+
+    def require_folder_replaceable(self, directory: Path, what: str) -> None:
+        """Refuse (403) when any archive under ``directory`` is write-protected (see ``is_protected``).
+
+        Args:
+            directory: A folder about to be deleted or moved as a whole.
+            what: The operation, for the message.
+
+        Raises:
+            DAVError: 403.
+        """
+        for archive in sorted(directory.rglob("*.sync")):
+            self.require_replaceable(archive, what)
+
     def archive_for(self, path: str) -> Path:
         """The archive file a request path names when it is created (``/a/x.csv`` → ``<root>/a/x.csv.sync``).
 
@@ -118,6 +159,25 @@ class WritePolicy:
         if any(part.startswith(".") for part in relative.parts):
             raise dav_error(WriteRefused(path, "hidden names are not stored"), path)
         return relative
+
+
+def is_protected(archive: Path) -> bool:
+    """Whether ``archive`` is an archive whose manifest refuses writes (``ownership.write_allowed = false``).
+
+    Args:
+        archive: A file path.
+
+    Returns:
+        False when it does not exist or cannot be read as an archive (nothing to protect: a broken file may
+        be removed by its owner).
+    """
+    if not archive.is_file():
+        return False
+    try:
+        with open_archive(archive) as snapshot:
+            return not snapshot.manifest.ownership.write_allowed
+    except (SyncError, OSError):
+        return False
 
 
 def carry_properties(

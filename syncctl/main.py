@@ -20,6 +20,7 @@ from syncctl import (
     archive_commands,
     demo_commands,
     guest_commands,
+    lock_commands,
     serve_commands,
     service_commands,
     user_commands,
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_commands.register(subparsers, common)
     demo_commands.register(subparsers, common)
     user_commands.register(subparsers, common)
+    lock_commands.register(subparsers, common)
     return parser
 
 

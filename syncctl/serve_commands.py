@@ -16,7 +16,6 @@ anything starts, so a bad one fails the command at once.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -200,6 +199,7 @@ def serve_store(
     from broker.connection import connect
     from mountd.freshness import BrokerFreshness
     from mountd.locks import RedisLockStorage
+    from mountd.properties import RedisPropertyManager
     from mountd.scheduler import RefreshScheduler
     from mountd.server import serve
     from syncctl.local_workers import LocalWorkers
@@ -240,12 +240,12 @@ def serve_store(
 
         # Locks live in the broker's Redis: every mountd of this store (and a restarted one) sees them.
         locks = RedisLockStorage(connection.redis_url, prefix=f"sync:dav:{root}:") if writable else True
-        # Dead properties (PROPPATCH) of a writable store survive restarts, in the cache, one file per store.
-        properties = None
+        # Dead properties (PROPPATCH) of a writable store live next to its locks in the broker's Redis: they
+        # survive restarts (the embedded broker keeps an append-only file) and every mountd of the store,
+        # replicas behind a load balancer included, sees the same ones.
+        properties: Any = None
         if writable is not None:
-            properties = (
-                settings.cache_dir / "mountd" / f"properties-{hashlib.sha256(bytes(root)).hexdigest()[:16]}"
-            )
+            properties = RedisPropertyManager(connection.redis_url, prefix=f"sync:dav:{root}:")
         try:
             serve(
                 settings,

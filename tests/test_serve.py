@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,3 +181,54 @@ def test_sync_mount_writable_refuses_a_file(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("error: ")
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_two_writable_servers_on_one_store_share_locks_and_properties(tmp_path: Path) -> None:
+    """Two ``syncctl serve --writable --broker`` processes on one store (replicas): a lock taken through one
+    blocks a PUT through the other, and a dead property set through one is read through the other."""
+    from redis_server import RedisServer
+
+    store = tmp_path / "store"
+    store.mkdir()
+    env = {**os.environ, "SYNC_CACHE_DIR": str(tmp_path / "cache")}
+    with RedisServer(tmp_path / "redis") as redis_server, contextlib.ExitStack() as stack:
+        urls = []
+        for _ in range(2):
+            args = ["syncctl", "serve", str(store), "--writable", "--port", "0", "--broker", redis_server.url]
+            line = stack.enter_context(_serving([*args, "--workers", "0", "--no-scheduler"], env))
+            assert "(writable)" in line, line
+            urls.append(_url(line))
+        first, second = urls
+        assert _dav(first, "PUT", "/a.csv", b"x,y\n")[0] == 201
+        find = (
+            b'<?xml version="1.0"?><propfind xmlns="DAV:" xmlns:z="urn:z"><prop><z:colour/></prop></propfind>'
+        )
+        assert (
+            b"teal" not in _dav(second, "PROPFIND", "/a.csv", find, Depth="0")[1]
+        )  # both have read properties
+        patch = (
+            b'<?xml version="1.0"?><propertyupdate xmlns="DAV:" xmlns:z="urn:z"><set><prop>'
+            b"<z:colour>teal</z:colour></prop></set></propertyupdate>"
+        )
+        assert _dav(first, "PROPPATCH", "/a.csv", patch)[0] == 207
+        find = (
+            b'<?xml version="1.0"?><propfind xmlns="DAV:" xmlns:z="urn:z"><prop><z:colour/></prop></propfind>'
+        )
+        status, body = _dav(second, "PROPFIND", "/a.csv", find, Depth="0")
+        assert status == 207
+        assert b"teal" in body
+        lock = (
+            b'<?xml version="1.0"?><lockinfo xmlns="DAV:"><lockscope><exclusive/></lockscope>'
+            b"<locktype><write/></locktype></lockinfo>"
+        )
+        assert _dav(first, "LOCK", "/a.csv", lock, Timeout="Second-60")[0] == 200
+        assert _dav(second, "PUT", "/a.csv", b"z\n")[0] == 423
+
+
+def _dav(url: str, method: str, path: str, body: bytes, **headers: str) -> tuple[int, bytes]:
+    request = urllib.request.Request(url + path, data=body, method=method, headers=headers)  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310  (loopback URL of our server)
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()

@@ -106,3 +106,35 @@ def test_egress_allow_private_is_read_and_checked() -> None:
     for bad in ("127.0.0.1", "10.0.0.0/33:*", "::1:80", "host:0", "host:http", "*.example.com:*"):
         with pytest.raises(SettingsError, match="SYNC_EGRESS_ALLOW_PRIVATE"):
             Settings.from_env(env={"SYNC_EGRESS_ALLOW_PRIVATE": bad})
+
+
+def test_mountd_limits_have_defaults_and_come_from_the_environment() -> None:
+    """The hostile-client limits (issue 12): defaults, environment variables, non-positive values refused."""
+    defaults = Settings.from_env(env={})
+    assert (defaults.max_header_bytes, defaults.max_header_fields, defaults.header_timeout) == (
+        65536,
+        100,
+        10.0,
+    )
+    assert (defaults.max_xml_body, defaults.max_xml_elements) == (1024 * 1024, 1000)
+    assert (defaults.max_lock_timeout, defaults.max_ranges, defaults.inline_active_content) == (
+        3600,
+        16,
+        False,
+    )
+    env = {
+        "SYNC_MAX_HEADER_BYTES": "8192",
+        "SYNC_MAX_HEADER_FIELDS": "20",
+        "SYNC_HEADER_TIMEOUT": "2.5",
+        "SYNC_MAX_XML_BODY": "4096",
+        "SYNC_MAX_XML_ELEMENTS": "50",
+        "SYNC_MAX_LOCK_TIMEOUT": "60",
+        "SYNC_MAX_RANGES": "4",
+        "SYNC_INLINE_ACTIVE_CONTENT": "yes",
+    }
+    given = Settings.from_env(env=env)
+    assert (given.max_header_bytes, given.max_header_fields, given.header_timeout) == (8192, 20, 2.5)
+    assert (given.max_xml_body, given.max_xml_elements, given.max_lock_timeout) == (4096, 50, 60)
+    assert (given.max_ranges, given.inline_active_content) == (4, True)
+    with pytest.raises(SettingsError, match="max_ranges must be positive"):
+        Settings.from_env(env={"SYNC_MAX_RANGES": "0"})

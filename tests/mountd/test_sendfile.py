@@ -133,19 +133,27 @@ def _ranges_answered(resp: http.client.HTTPResponse, body: bytes) -> list[tuple[
 
 
 @pytest.mark.parametrize(
-    "spec",
-    ["bytes=0-9,2000000-2999999", "bytes=100-2000000,3000000-3000100"],
-    ids=["small-first", "big-first"],
+    ("spec", "expected"),
+    [
+        ("bytes=0-9,2000000-2999999", [(0, 9), (2000000, 2999999)]),
+        ("bytes=100-2000000,3000000-3000100", [(100, 2000000), (3000000, 3000100)]),
+        ("bytes=3000000-3000100,100-2000000,150-160", [(100, 2000000), (3000000, 3000100)]),
+    ],
+    ids=["small-first", "big-first", "unsorted-overlapping"],
 )
-def test_several_ranges_answer_exact_parts(big: bytes, payload_server: ServerHandle, spec: str) -> None:
-    """Several ranges answer 206 whose every part (one, or multipart) is exactly the slice it names."""
+def test_several_ranges_answer_exact_parts(
+    big: bytes, payload_server: ServerHandle, spec: str, expected: list[tuple[int, int]]
+) -> None:
+    """Several ranges answer 206 multipart/byteranges with every range asked for (sorted, overlaps merged),
+    each part exactly the slice it names."""
     conn = _connect(payload_server)
     conn.request("GET", "/big.txt", headers={"Range": spec})
     resp = conn.getresponse()
     body = resp.read()
     assert resp.status == 206
+    assert (resp.getheader("Content-Type") or "").startswith("multipart/byteranges")
     parts = _ranges_answered(resp, body)
-    assert parts
+    assert [(first, last) for first, last, _ in parts] == expected
     for first, last, data in parts:
         assert data == big[first : last + 1]
     conn.request("GET", "/big.txt", headers={"Range": "bytes=0-3"})  # the connection is still in step

@@ -1,0 +1,317 @@
+"""Bounded, fair request heads: a cheroot server that caps header size and count and parks slow clients.
+
+Why: cheroot (mountd's engine) hands every accepted connection to one of its ``SERVER_THREADS`` worker
+threads at once, and the worker then blocks reading the request head with only a per-``recv`` timeout and
+no size limit (cheroot's ``max_request_header_size`` defaults to unlimited). A client dripping one header
+byte every few seconds therefore holds a thread for ever, 16 of them stop the server, and one client
+sending hundreds of MiB of headers makes the process keep them all in memory.
+
+``GuardedServer`` changes two things, both before wsgidav (and so before authentication) sees a request:
+
+* **Limits on the head** (``GuardedRequest``): the request line and headers together may be at most
+  ``max_header_bytes`` bytes and carry at most ``max_header_fields`` header lines; past either the answer is
+  ``431 Request Header Fields Too Large`` and the connection is closed. Reading stops at the limit, so memory
+  per request is bounded by it.
+* **Heads are read before a thread is given** (``GuardedConnections``): the connection manager dispatches a
+  connection to a worker only once a complete head (up to the blank line) is waiting in the kernel's buffer,
+  checked with ``MSG_PEEK``, or once more than ``max_header_bytes`` are waiting (the worker then answers 431).
+  A connection with part of a head is parked in the manager's selector loop, not in a thread, and is closed
+  when its head is not complete ``header_timeout`` seconds after its first byte arrived (the total deadline).
+  Idle connections (no byte yet, or keep-alive between requests) wait in the selector as cheroot's own do
+  and are closed after the server's ``timeout``.
+
+Invariants:
+    * A worker thread never waits for a request head of a plain TCP connection: slow or idle clients cost a
+      file descriptor and a few bytes of bookkeeping, never a thread.
+    * Memory per connection before dispatch is what the kernel buffers; after dispatch at most
+      ``max_header_bytes`` of head are read.
+    * TLS connections (not a plain socket: the kernel's bytes are records) are dispatched as cheroot does.
+    * A request body must keep arriving at ``MIN_BODY_RATE`` bytes per second on average once
+      ``header_timeout`` seconds have passed since the body began (``_MinimumRate``); a client dripping a
+      body is cut off (the connection closed) instead of holding its thread for as long as it likes. So a
+      worker thread waits for a slow client at most about ``header_timeout`` plus one read timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import time
+from typing import Any
+
+from cheroot import connections, errors, server, wsgi
+
+log = logging.getLogger(__name__)
+
+#: Default largest request head (request line and headers) in bytes.
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+#: Default largest number of header lines in one request.
+DEFAULT_MAX_HEADER_FIELDS = 100
+#: Default seconds a client may take from the first byte of a request head to its blank line.
+DEFAULT_HEADER_TIMEOUT = 10.0
+#: Seconds between two looks at parked connections (also the selector's wait while some are parked): the
+#: most a head that arrives in several packets waits for its thread beyond its last packet.
+PARKED_RECHECK = 0.02
+_HEAD_END = b"\r\n\r\n"
+#: Least average rate of a request body, in bytes per second, once the grace period (``header_timeout``)
+#: is over: far below any real client's upload, far above a drip.
+MIN_BODY_RATE = 1024
+
+
+class HeaderFieldsExceeded(errors.MaxSizeExceeded):
+    """More header lines than ``max_header_fields``."""
+
+
+class _LineCounter:
+    """A file wrapper that allows ``limit`` lines to be read, then raises ``HeaderFieldsExceeded``."""
+
+    def __init__(self, rfile: Any, limit: int) -> None:
+        self.rfile = rfile
+        self.limit = limit
+        self.lines = 0
+
+    def readline(self, size: Any = None) -> bytes:
+        self.lines += 1
+        if self.lines > self.limit:
+            raise HeaderFieldsExceeded
+        line: bytes = self.rfile.readline(size)
+        return line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.rfile, name)
+
+
+class GuardedRequest(server.HTTPRequest):
+    """cheroot's request with the head limits of the module docstring (431 past them)."""
+
+    def parse_request(self) -> None:
+        """Parse the request line and headers; 414/431 past the limits, as cheroot's with a field count."""
+        limits: GuardedServer = self.server
+        self.rfile = server.SizeCheckWrapper(self.conn.rfile, limits.max_request_header_size)
+        try:
+            if not self.read_request_line():  # type: ignore[no-untyped-call]
+                return
+        except errors.MaxSizeExceeded:
+            self.simple_response("414 Request-URI Too Long", "The request line is too long.")
+            return
+        # The field count: each header line is one readline, plus the blank line that ends the head.
+        sized = self.rfile
+        self.rfile = _LineCounter(sized, limits.max_header_fields + 1)
+        try:
+            ok = self.read_request_headers()  # type: ignore[no-untyped-call]
+        except errors.MaxSizeExceeded as exc:
+            what = "fields" if isinstance(exc, HeaderFieldsExceeded) else "bytes"
+            log.info(
+                "request refused reason=header-%s remote=%s",
+                what,
+                getattr(self.conn, "remote_addr", None),
+            )
+            self.close_connection = True
+            self.simple_response(
+                "431 Request Header Fields Too Large",
+                f"The request head exceeds {limits.max_header_fields} fields or "
+                f"{limits.max_request_header_size} bytes.",
+            )
+            return
+        finally:
+            self.rfile = sized
+        if ok:
+            self.ready = True
+
+    def respond(self) -> None:
+        """Answer as cheroot does, the body read through ``_MinimumRate``."""
+        limits: GuardedServer = self.server
+        plain = self.conn.rfile
+        self.conn.rfile = _MinimumRate(plain, limits.header_timeout)
+        try:
+            super().respond()
+        finally:
+            self.conn.rfile = plain
+
+
+class _MinimumRate:
+    """A file wrapper that raises ``TimeoutError`` when reads fall below ``MIN_BODY_RATE`` after a grace."""
+
+    def __init__(self, rfile: Any, grace: float) -> None:
+        self.rfile = rfile
+        self.grace = grace
+        self.started = time.monotonic()
+        self.received = 0
+
+    def _count(self, got: int) -> None:
+        self.received += got
+        elapsed = time.monotonic() - self.started
+        if elapsed > self.grace and self.received < MIN_BODY_RATE * (elapsed - self.grace):
+            log.info("connection closed reason=slow-body bytes=%d seconds=%.1f", self.received, elapsed)
+            raise TimeoutError("timed out")  # cheroot closes the connection quietly on exactly this text
+
+    # A buffered read(n) or readline() waits for all it asks for, however slowly it comes; these read one
+    # socket read at a time (``read1``, ``peek``) so that the rate is checked after each.
+    def read(self, size: Any = -1) -> bytes:
+        out = bytearray()
+        while size is None or size < 0 or len(out) < size:
+            chunk = self.rfile.read1(65536 if size is None or size < 0 else size - len(out))
+            if not chunk:
+                break
+            out += chunk
+            self._count(len(chunk))
+        return bytes(out)
+
+    def readline(self, size: Any = -1) -> bytes:
+        out = bytearray()
+        while size is None or size < 0 or len(out) < size:
+            buffered = self.rfile.peek(1)
+            if not buffered:
+                break
+            room = len(buffered) if size is None or size < 0 else min(len(buffered), size - len(out))
+            end = buffered.find(b"\n", 0, room)
+            chunk = self.rfile.read(end + 1 if end >= 0 else room)
+            out += chunk
+            self._count(len(chunk))
+            if end >= 0:
+                break
+        return bytes(out)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.rfile, name)
+
+
+class GuardedConnection(server.HTTPConnection):
+    """cheroot's connection, parsing requests with ``GuardedRequest``."""
+
+    RequestHandlerClass = GuardedRequest
+
+
+class GuardedConnections(connections.ConnectionManager):
+    """cheroot's connection manager, giving a connection to a thread only once its head has arrived."""
+
+    def __init__(self, server_: GuardedServer) -> None:
+        super().__init__(server_)
+        #: Connections with part of a head: connection → monotonic deadline of the head.
+        self._parked: dict[Any, float] = {}
+        self._last_recheck = 0.0
+
+    def _run(self, expiration_interval: float) -> None:
+        # cheroot's loop (connections.ConnectionManager._run), with ``_admit`` in place of dispatching and the
+        # parked connections looked at on every turn. (cheroot's stubs omit the private members used here.)
+        manager: Any = self
+        last_expiration_check = time.time()
+        while not manager._stop_requested:
+            wait = PARKED_RECHECK if self._parked else expiration_interval
+            try:
+                active_list = manager._selector.select(timeout=wait)
+            except OSError:
+                manager._remove_invalid_sockets()
+                continue
+            for sock_fd, conn in active_list:
+                if conn is self.server:
+                    new_conn = manager._from_server_socket(self.server.socket)
+                    if new_conn is not None:
+                        new_conn.last_used = time.time()
+                        self._admit(new_conn)
+                else:
+                    manager._selector.unregister(sock_fd)
+                    self._admit(conn)
+            if self._parked:
+                self._recheck_parked()
+            now = time.time()
+            if (now - last_expiration_check) > expiration_interval:
+                manager._expire(threshold=now - self.server.timeout)
+                last_expiration_check = now
+
+    def _admit(self, conn: Any) -> None:
+        """Dispatch ``conn`` when its head is complete; park or wait in the selector otherwise."""
+        state = self._head_state(conn)
+        if state == "ready":
+            self._parked.pop(conn, None)
+            self.server.process_conn(conn)
+        elif state == "partial":
+            if conn not in self._parked:
+                self._parked[conn] = time.monotonic() + self.server.header_timeout
+        elif state == "idle":
+            self._parked.pop(conn, None)
+            manager: Any = self
+            manager._selector.register(conn.socket.fileno(), selectors.EVENT_READ, data=conn)
+        else:  # closed by the client
+            self._parked.pop(conn, None)
+            conn.close()
+
+    def _recheck_parked(self) -> None:
+        now = time.monotonic()
+        if now - self._last_recheck < PARKED_RECHECK:
+            return
+        self._last_recheck = now
+        for conn, deadline in list(self._parked.items()):
+            if now > deadline:
+                del self._parked[conn]
+                log.info(
+                    "connection closed reason=header-timeout remote=%s", getattr(conn, "remote_addr", None)
+                )
+                conn.close()
+                continue
+            self._admit(conn)
+
+    def _head_state(self, conn: Any) -> str:
+        """``ready`` (dispatch), ``partial`` (park), ``idle`` (selector) or ``closed``."""
+        sock = conn.socket
+        if type(sock) is not socket.socket or conn.rfile.has_data():
+            return "ready"  # TLS, or bytes already buffered by cheroot: as cheroot does
+        limit = self.server.max_request_header_size
+        # A Python socket with a timeout polls before it receives (whatever the flags say): peek with none.
+        timeout = sock.gettimeout()
+        sock.settimeout(0)
+        try:
+            data = sock.recv(limit + len(_HEAD_END), socket.MSG_PEEK)
+        except BlockingIOError:
+            return "idle" if conn not in self._parked else "partial"
+        except OSError:
+            return "closed"
+        finally:
+            sock.settimeout(timeout)
+        if not data:
+            return "closed"
+        if _HEAD_END in data or len(data) > limit:
+            return "ready"
+        # A lone request line is allowed to finish with a bare CRLF only by HTTP/0.9, which cheroot refuses.
+        return "partial"
+
+    def close(self) -> None:
+        for conn in list(self._parked):
+            conn.close()
+        self._parked.clear()
+        super().close()
+
+
+class GuardedServer(wsgi.Server):
+    """cheroot's WSGI server with ``GuardedConnection`` and ``GuardedConnections``.
+
+    Args:
+        *args: As ``cheroot.wsgi.Server``.
+        max_header_bytes: Largest request head in bytes.
+        max_header_fields: Most header lines per request.
+        header_timeout: Seconds from a head's first byte to its end.
+        **kwargs: As ``cheroot.wsgi.Server``.
+    """
+
+    ConnectionClass = GuardedConnection
+
+    def __init__(
+        self,
+        *args: Any,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        max_header_fields: int = DEFAULT_MAX_HEADER_FIELDS,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_request_header_size = max_header_bytes
+        self.max_header_fields = max_header_fields
+        self.header_timeout = header_timeout
+
+    def prepare(self) -> None:
+        """Bind and listen as cheroot does, with ``GuardedConnections`` as the connection manager."""
+        super().prepare()
+        plain = self._connections  # type: ignore[has-type]
+        self._connections = GuardedConnections(self)
+        plain._selector.close()  # cheroot's own manager, never run: only its selector holds a resource

@@ -1,0 +1,143 @@
+"""Hostile request heads against a real mountd on 127.0.0.1: oversized heads (431 before authentication),
+too many header fields, and slow or idle connections that must not starve ordinary requests."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from dav_client import get, request
+from recording_hook import RecordingHook
+from redis_server import wait_for
+from store_manifests import csv_manifest
+
+from broker import Settings
+from mountd import ServerHandle, serve_background
+from sync_format import BuildResult
+
+AddArchive = Callable[..., BuildResult]
+#: The bound in seconds for GETs answered while slow clients are connected: generous, the check is that
+#: they are answered at all (before the fix they wait for the slow clients' timeouts).
+ANSWERED_WITHIN = 5.0
+
+
+@pytest.fixture
+def guarded(store: Path, hook: RecordingHook, add_archive: AddArchive) -> Iterator[ServerHandle]:
+    """mountd with a short head deadline (2 s) and one archive."""
+    add_archive("a.csv.sync", b"payload", manifest=csv_manifest())
+    settings = Settings(host="127.0.0.1", port=0, header_timeout=2.0)
+    with serve_background(settings, store, hook) as handle:
+        yield handle
+
+
+def _connect(handle: ServerHandle) -> socket.socket:
+    return socket.create_connection((handle.host, handle.port), timeout=10)
+
+
+def _status_line(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\r\n", 1)[0]
+
+
+def test_megabytes_of_headers_get_431_and_the_server_answers_on(guarded: ServerHandle) -> None:
+    """4 MiB of distinct headers: 431 once 64 KiB were read (the rest is never buffered); next GET is 200."""
+    with _connect(guarded) as sock:
+        sock.sendall(f"GET /a.csv HTTP/1.1\r\nHost: {guarded.host}:{guarded.port}\r\n".encode())
+        line = b"X-Filler-%06d: " + b"v" * 1000 + b"\r\n"
+        status = b""
+        try:
+            for i in range(4096):
+                sock.sendall(line % i)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed while we were still sending
+        status = _status_line(sock)
+    assert status.startswith(b"HTTP/1.1 431"), status
+    assert get(guarded.mount_url, "/a.csv").status == 200
+
+
+def test_too_many_header_fields_get_431(guarded: ServerHandle) -> None:
+    """101 small header fields (under the byte cap) are refused with 431."""
+    with _connect(guarded) as sock:
+        head = f"GET /a.csv HTTP/1.1\r\nHost: {guarded.host}:{guarded.port}\r\n"
+        head += "".join(f"X-F{i}: 1\r\n" for i in range(100)) + "\r\n"
+        sock.sendall(head.encode())
+        assert _status_line(sock).startswith(b"HTTP/1.1 431")
+    headers = {f"X-F{i}": "1" for i in range(90)}
+    assert get(guarded.mount_url, "/a.csv", **headers).status == 200
+
+
+def test_64_slow_and_idle_connections_leave_gets_answered(guarded: ServerHandle) -> None:
+    """32 connections dripping a head and 32 idle ones hold no thread: GETs are answered meanwhile."""
+    slow = [_connect(guarded) for _ in range(64)]
+    try:
+        for sock in slow[:32]:
+            sock.sendall(b"GET /a.csv HTTP/1.1\r\nX-Slow: ")
+        answered = []
+        for _ in range(20):
+            answered.append(request(guarded.mount_url, "GET", "/a.csv", timeout=ANSWERED_WITHIN).status)
+        assert answered == [200] * 20
+    finally:
+        for sock in slow:
+            sock.close()
+
+
+def test_head_deadline_closes_a_dripping_connection(guarded: ServerHandle) -> None:
+    """A client sending one head byte every 0.2 s is cut off at the total deadline (2 s here)."""
+    closed = threading.Event()
+    with _connect(guarded) as sock:
+
+        def drip() -> None:
+            try:
+                for byte in b"GET /a.csv HTTP/1.1\r\nX-Slow: " + b"a" * 200:
+                    sock.send(bytes([byte]))
+                    if closed.wait(0.2):
+                        return
+            except OSError:
+                closed.set()
+
+        dripper = threading.Thread(target=drip, daemon=True)
+        dripper.start()
+        sock.settimeout(30)
+        try:
+            data = sock.recv(4096)
+        except ConnectionResetError:
+            data = b""
+        closed.set()
+        dripper.join(5)
+    assert data == b"" or b"408" in data
+    wait_for(lambda: get(guarded.mount_url, "/a.csv").status == 200, 5, what="server answering")
+
+
+def test_a_dripped_body_is_cut_off_and_holds_no_thread_for_long(guarded: ServerHandle) -> None:
+    """A PROPFIND announcing 5,000 body bytes and sending one every 0.2 s is closed once its rate stays
+    under 1 KiB/s past the grace (2 s here), instead of holding a worker thread for 1,000 s."""
+    with _connect(guarded) as sock:
+        head = f"PROPFIND / HTTP/1.1\r\nHost: {guarded.host}:{guarded.port}\r\nContent-Length: 5000\r\n\r\n"
+        sock.sendall(head.encode())
+        closed = False
+        for _ in range(150):  # 30 s of dripping at most
+            try:
+                sock.send(b"<")
+            except OSError:
+                closed = True
+                break
+            sock.settimeout(0.2)
+            try:
+                if sock.recv(4096) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+    assert closed
+    assert get(guarded.mount_url, "/a.csv").status == 200

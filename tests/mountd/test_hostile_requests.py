@@ -1,0 +1,188 @@
+"""Hostile requests against a real mountd on 127.0.0.1: XML body amplification (413 before parsing), active
+payloads on the WebDAV origin (nosniff, sandbox, attachment), several ranges (multipart/byteranges)."""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import http.client
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from dav_client import request
+from recording_hook import RecordingHook
+from store_manifests import csv_manifest
+
+from broker import Settings
+from mountd import ServerHandle, serve_background
+from sync_format import BuildResult
+from sync_format.testing import make_manifest
+
+AddArchive = Callable[..., BuildResult]
+PAYLOAD = bytes(range(256)) * 40  # 10,240 bytes, every offset recognisable
+PAGE = b"<html><script>fetch('/', {method: 'DELETE'})</script></html>"
+SVG = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+
+
+@pytest.fixture
+def hserver(store: Path, hook: RecordingHook, add_archive: AddArchive) -> Iterator[ServerHandle]:
+    """mountd with a CSV archive, an HTML archive and an SVG archive."""
+    add_archive("data.csv.sync", PAYLOAD, manifest=csv_manifest())
+    add_archive("page.html.sync", PAGE, manifest=make_manifest(content_type="text/html", display_ext="html"))
+    add_archive("pic.svg.sync", SVG, manifest=make_manifest(content_type="image/svg+xml", display_ext="svg"))
+    with serve_background(Settings(host="127.0.0.1", port=0), store, hook) as handle:
+        yield handle
+
+
+# --- XML bodies ---
+
+
+def _propfind_body(count: int) -> bytes:
+    props = "".join(f"<x:p{i}/>" for i in range(count))
+    head = '<?xml version="1.0"?><propfind xmlns="DAV:" xmlns:x="urn:x">'
+    return f"{head}<prop>{props}</prop></propfind>".encode()
+
+
+def test_oversized_propfind_body_gets_413_and_the_server_answers_on(hserver: ServerHandle) -> None:
+    """A PROPFIND/PROPPATCH/LOCK declaring a 2 MiB body is refused with 413 before the body is even sent."""
+    url = hserver.mount_url
+    for method in ("PROPFIND", "PROPPATCH", "LOCK"):
+        with socket.create_connection((hserver.host, hserver.port), timeout=30) as sock:
+            head = f"{method} /data.csv HTTP/1.1\r\nHost: {hserver.host}:{hserver.port}\r\n"
+            sock.sendall(
+                f"{head}Content-Type: application/xml\r\nContent-Length: {2 * 1024 * 1024}\r\n\r\n".encode()
+            )
+            sock.sendall(b'<?xml version="1.0"?><propfind xmlns="DAV:"><prop>')
+            answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 413"), (method, answer[:100])
+    assert request(url, "PROPFIND", "/", headers={"Depth": "1"}, body=_propfind_body(5)).status == 207
+
+
+def test_propfind_asking_for_too_many_properties_gets_413(hserver: ServerHandle) -> None:
+    """5,000 properties in a 60 KiB body: 413 (the element cap); 500 properties: 207."""
+    url = hserver.mount_url
+    assert (
+        request(url, "PROPFIND", "/data.csv", headers={"Depth": "0"}, body=_propfind_body(5000)).status == 413
+    )
+    assert (
+        request(url, "PROPFIND", "/data.csv", headers={"Depth": "0"}, body=_propfind_body(500)).status == 207
+    )
+
+
+def test_chunked_oversized_propfind_gets_413(hserver: ServerHandle) -> None:
+    """A chunked body (no Content-Length) is read only up to the limit, then refused."""
+    conn = http.client.HTTPConnection(hserver.host, hserver.port, timeout=30)
+    try:
+        chunks = (b"<getetag/>" * 10_000 for _ in range(30))  # 3 MB in 100 KB chunks
+        conn.request("PROPFIND", "/", body=chunks, headers={"Depth": "0"}, encode_chunked=True)
+        assert conn.getresponse().status == 413
+    except (BrokenPipeError, ConnectionResetError):
+        pytest.fail("the server closed the connection without an answer")
+    finally:
+        conn.close()
+
+
+# --- active content ---
+
+
+@pytest.mark.parametrize("name", ["page.html", "pic.svg"])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_active_payloads_are_attachments_in_a_sandbox(hserver: ServerHandle, name: str, method: str) -> None:
+    """HTML and SVG payloads: nosniff, CSP sandbox and Content-Disposition attachment, on the fast path."""
+    resp = request(hserver.mount_url, method, f"/{name}")
+    assert resp.status == 200
+    assert resp.header("x-content-type-options") == "nosniff"
+    assert resp.header("content-security-policy") == "sandbox"
+    assert (resp.header("content-disposition") or "").startswith("attachment")
+
+
+@pytest.mark.parametrize("headers", [{"Range": "bytes=0-9"}, {"If-None-Match": '"other"'}])
+def test_active_payloads_are_attachments_on_wsgidavs_path_too(
+    hserver: ServerHandle, headers: dict[str, str]
+) -> None:
+    """Requests FastGet passes on (a range, a condition) carry the same headers."""
+    resp = request(hserver.mount_url, "GET", "/page.html", headers=headers)
+    assert resp.status in (200, 206)
+    assert resp.header("x-content-type-options") == "nosniff"
+    assert resp.header("content-security-policy") == "sandbox"
+    assert (resp.header("content-disposition") or "").startswith("attachment")
+
+
+def test_passive_payloads_are_sandboxed_but_inline(hserver: ServerHandle) -> None:
+    """A CSV payload: nosniff and sandbox, no attachment; a folder page keeps its own headers."""
+    resp = request(hserver.mount_url, "GET", "/data.csv")
+    assert resp.header("x-content-type-options") == "nosniff"
+    assert resp.header("content-security-policy") == "sandbox"
+    assert resp.header("content-disposition") is None
+    folder = request(hserver.mount_url, "GET", "/", headers={"Accept": "text/html"})
+    assert folder.status == 200
+    assert folder.header("content-disposition") is None
+
+
+def test_inline_active_content_setting_keeps_html_inline(store: Path, add_archive: AddArchive) -> None:
+    """``inline_active_content`` (trusted stores) drops the attachment, keeps nosniff."""
+    add_archive("page.html.sync", PAGE, manifest=make_manifest(content_type="text/html", display_ext="html"))
+    settings = Settings(host="127.0.0.1", port=0, inline_active_content=True)
+    with serve_background(settings, store) as handle:
+        resp = request(handle.mount_url, "GET", "/page.html")
+    assert resp.header("content-disposition") is None
+    assert resp.header("x-content-type-options") == "nosniff"
+
+
+# --- several ranges ---
+
+
+def _parts(resp_body: bytes, content_type: str) -> list[tuple[str, bytes]]:
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + resp_body
+    )
+    return [(str(part["Content-Range"]), part.get_payload(decode=True)) for part in message.iter_parts()]
+
+
+@pytest.mark.parametrize("sendfile", [True, False])
+def test_two_ranges_get_multipart_byteranges_with_both(
+    store: Path, add_archive: AddArchive, sendfile: bool
+) -> None:
+    """bytes=0-9,100-109 → 206 multipart/byteranges with both parts, on the sendfile and the copy gateway."""
+    add_archive("data.csv.sync", PAYLOAD, manifest=csv_manifest())
+    with serve_background(Settings(host="127.0.0.1", port=0), store, sendfile=sendfile) as handle:
+        resp = request(handle.mount_url, "GET", "/data.csv", headers={"Range": "bytes=0-9,100-109"})
+    assert resp.status == 206
+    content_type = resp.header("content-type") or ""
+    assert content_type.startswith("multipart/byteranges; boundary=")
+    assert int(resp.header("content-length") or -1) == len(resp.body)
+    assert _parts(resp.body, content_type) == [
+        (f"bytes 0-9/{len(PAYLOAD)}", PAYLOAD[0:10]),
+        (f"bytes 100-109/{len(PAYLOAD)}", PAYLOAD[100:110]),
+    ]
+
+
+def test_overlapping_ranges_are_coalesced(hserver: ServerHandle) -> None:
+    """Overlapping and adjacent ranges merge: 0-9,5-19,20-29 is one range 0-29 (single-part 206)."""
+    resp = request(hserver.mount_url, "GET", "/data.csv", headers={"Range": "bytes=0-9,5-19,20-29,-10"})
+    assert resp.status == 206
+    content_type = resp.header("content-type") or ""
+    parts = _parts(resp.body, content_type)
+    size = len(PAYLOAD)
+    assert parts == [
+        (f"bytes 0-29/{size}", PAYLOAD[:30]),
+        (f"bytes {size - 10}-{size - 1}/{size}", PAYLOAD[-10:]),
+    ]
+    single = request(hserver.mount_url, "GET", "/data.csv", headers={"Range": "bytes=0-9,10-19"})
+    assert (single.status, single.header("content-range"), single.body) == (
+        206,
+        f"bytes 0-19/{size}",
+        PAYLOAD[:20],
+    )
+
+
+def test_too_many_ranges_get_the_whole_body_and_unsatisfiable_get_416(hserver: ServerHandle) -> None:
+    """17 ranges (cap 16): 200 with the whole payload; ranges all past the end: 416 with bytes */size."""
+    many = ",".join(f"{i * 100}-{i * 100 + 1}" for i in range(17))
+    resp = request(hserver.mount_url, "GET", "/data.csv", headers={"Range": f"bytes={many}"})
+    assert (resp.status, resp.body) == (200, PAYLOAD)
+    past = request(hserver.mount_url, "GET", "/data.csv", headers={"Range": "bytes=20000-20001,30000-"})
+    assert past.status == 416
+    assert past.header("content-range") == f"bytes */{len(PAYLOAD)}"
