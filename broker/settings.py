@@ -31,6 +31,13 @@ DEFAULT_MAX_PAYLOAD = 256 * 1024 * 1024
 DEFAULT_METRICS_PORT = 0
 #: Address a worker's metrics endpoint binds: loopback only (a container passes 0.0.0.0).
 DEFAULT_METRICS_HOST = "127.0.0.1"
+#: Seconds a read asking for fresh data (``Cache-Control: no-cache``) waits for a refresh at most (issue 16).
+DEFAULT_FRESH_WAIT = 5.0
+#: Proactive refresh requests a scheduler keeps in flight at most (issue 16): bounds the broker's queue in
+#: overload, so that refreshes asked for by reads wait behind this many, not behind the whole backlog.
+DEFAULT_SCHEDULER_WINDOW = 64
+#: Longest fresh wait accepted: a waiting read holds one of mountd's 16 server threads.
+MAX_FRESH_WAIT = 60.0
 #: Log line format when none is given.
 DEFAULT_LOG_FORMAT = "text"
 
@@ -55,6 +62,8 @@ _ENV = {
     "allow_anonymous": "SYNC_ALLOW_ANONYMOUS",
     "metrics_port": "SYNC_METRICS_PORT",
     "metrics_host": "SYNC_METRICS_HOST",
+    "fresh_wait": "SYNC_FRESH_WAIT",
+    "scheduler_window": "SYNC_SCHEDULER_WINDOW",
 }
 
 
@@ -88,6 +97,8 @@ class Settings:
             are then read-only); see ``mountd.auth``.
         metrics_port: Port of a worker's ``/metrics`` and ``/health`` endpoint; 0 turns it off.
         metrics_host: Address that endpoint binds.
+        fresh_wait: Seconds mountd lets a read asking for fresh data wait for a refresh (0: never waits).
+        scheduler_window: Proactive refresh requests mountd's scheduler keeps in flight at most.
     """
 
     store: Path | None = None
@@ -103,6 +114,9 @@ class Settings:
     allow_anonymous: bool = False
     metrics_port: int = DEFAULT_METRICS_PORT
     metrics_host: str = DEFAULT_METRICS_HOST
+    # Freshness (issue 16): the bounded wait of fresh-demanding reads, the scheduler's in-flight window.
+    fresh_wait: float = DEFAULT_FRESH_WAIT
+    scheduler_window: int = DEFAULT_SCHEDULER_WINDOW
 
     def __post_init__(self) -> None:
         if self.sandbox not in SANDBOX_MODES:
@@ -112,6 +126,14 @@ class Settings:
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise SettingsError(f"{name} {getattr(self, name)} is out of range")
+        if not 0 <= self.fresh_wait <= MAX_FRESH_WAIT:
+            raise SettingsError(
+                f"fresh_wait (SYNC_FRESH_WAIT) must be 0..{MAX_FRESH_WAIT:g} s, not {self.fresh_wait}"
+            )
+        if self.scheduler_window < 1:
+            raise SettingsError(
+                f"scheduler_window (SYNC_SCHEDULER_WINDOW) must be >= 1, not {self.scheduler_window}"
+            )
 
     @classmethod
     def from_env(
@@ -163,6 +185,26 @@ def log_format(flag: str | None = None, env: Mapping[str, str] | None = None) ->
     return value
 
 
+def parse_seconds(value: Any) -> float:
+    """A duration: a number of seconds, optionally with the unit ``s`` or ``ms`` (``5``, ``5s``, ``500ms``).
+
+    Args:
+        value: The text (or a number).
+
+    Returns:
+        Seconds.
+
+    Raises:
+        ValueError: Not a duration.
+    """
+    if isinstance(value, int | float):
+        return float(value)
+    text = str(value).strip().lower()
+    if text.endswith("ms"):
+        return float(text[:-2]) / 1000
+    return float(text.removesuffix("s"))
+
+
 def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
     known = {f.name for f in fields(Settings)}
     unknown = set(values) - known
@@ -175,10 +217,12 @@ def _coerce_one(name: str, value: Any) -> Any:
     try:
         if name in ("store", "cache_dir") and value is not None:
             return Path(value)
-        if name in ("port", "max_payload_size", "metrics_port"):
+        if name in ("port", "max_payload_size", "metrics_port", "scheduler_window"):
             return int(value)
         if name in ("guest_timeout", "max_guest_timeout"):
             return float(value)
+        if name == "fresh_wait":
+            return parse_seconds(value)
     except (TypeError, ValueError) as exc:
         raise SettingsError(f"{name} must be a number, not {value!r}") from exc
     if name == "allow_anonymous":

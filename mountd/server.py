@@ -36,6 +36,7 @@ from broker import Settings
 from mountd.auth import auth_config
 from mountd.browser import middleware_stack
 from mountd.freshness import NullFreshness
+from mountd.freshness_http import FreshnessHeaders, SwapWaiters
 from mountd.index import ArchiveIndex
 from mountd.metrics import CountingFreshness, MountdMetrics
 from mountd.middleware import ConditionalHeaders, RequestGuard, RequestScope, host_names
@@ -79,6 +80,7 @@ def build_app(
     lock_storage: Any = True,
     property_store: Path | None = None,
     users: UserTable | None = None,
+    swaps: SwapWaiters | None = None,
 ) -> RequestGuard:
     """The WSGI application serving ``store`` (read-only unless ``writable`` is given).
 
@@ -94,10 +96,12 @@ def build_app(
             one such as ``mountd.locks.RedisLockStorage``.
         property_store: A file to keep dead properties in across restarts (in memory when None).
         users: The users file; None for anonymous access (see ``mountd.auth`` for who gets which role).
+        swaps: Where reads asking for fresh data wait for a new generation (``mountd.freshness_http``); feed
+            it "swapped" notifications (``mountd.swap_listener``). A new one when None.
 
     Returns:
-        ``RequestGuard`` → ``OpsEndpoints`` → ``ConditionalHeaders`` → ``RequestScope`` → wsgidav's
-        ``WsgiDAVApp``.
+        ``RequestGuard`` → ``OpsEndpoints`` → ``ConditionalHeaders`` → ``FreshnessHeaders`` →
+        ``RequestScope`` → wsgidav's ``WsgiDAVApp``.
 
     Raises:
         ArchiveError: ``store`` is neither a directory nor a file.
@@ -105,7 +109,14 @@ def build_app(
         UsersFileError: ``users`` has no users.
     """
     metrics = MountdMetrics(freshness)
-    provider = SyncProvider(store, CountingFreshness(freshness, metrics), index=index, writable=writable)
+    provider = SyncProvider(
+        store,
+        CountingFreshness(freshness, metrics),
+        index=index,
+        writable=writable,
+        fresh_wait=settings.fresh_wait,
+        swaps=swaps,
+    )
     config: dict[str, Any] = {
         "provider_mapping": {"/": provider},
         "block_size": BLOCK_SIZE,
@@ -122,7 +133,9 @@ def build_app(
     # wsgidav logs "Share '/' will allow anonymous write access" here because SyncProvider.is_readonly() is
     # False (so that LOCK works); in read-only mode the resources refuse every write with 403 all the same.
     dav = WsgiDAVApp(config)
-    ops = OpsEndpoints(ConditionalHeaders(RequestScope(dav)), metrics, health_check(store, freshness))
+    ops = OpsEndpoints(
+        ConditionalHeaders(FreshnessHeaders(RequestScope(dav))), metrics, health_check(store, freshness)
+    )
     return RequestGuard(ops, host_names(settings.host, allowed_hosts))
 
 
@@ -176,6 +189,15 @@ class ServerHandle:
         provider: SyncProvider = app.provider_map["/"]
         return provider
 
+    @property
+    def metrics(self) -> MountdMetrics:
+        """The application's metrics (e.g. to attach the refresh scheduler's summary)."""
+        app: Any = self.app
+        while not isinstance(getattr(app, "metrics", None), MountdMetrics):
+            app = app.app
+        metrics: MountdMetrics = app.metrics
+        return metrics
+
     def shutdown(self) -> None:
         """Stop accepting, let running requests finish (within ``SHUTDOWN_TIMEOUT``), join the thread."""
         self._server.stop()
@@ -206,6 +228,7 @@ def serve_background(
     property_store: Path | None = None,
     users: UserTable | None = None,
     sendfile: bool = True,
+    swaps: SwapWaiters | None = None,
 ) -> ServerHandle:
     """Bind and serve on a background thread; return once the socket listens.
 
@@ -221,6 +244,7 @@ def serve_background(
         users: The users file; None for anonymous access.
         sendfile: Send payload bodies with ``os.sendfile`` (``mountd.sendfile``); False copies them in
             blocks, as over TLS.
+        swaps: Where fresh-demanding reads wait (see ``build_app``).
 
     Returns:
         The handle; call ``shutdown`` (or use it as a context manager).
@@ -244,6 +268,7 @@ def serve_background(
         lock_storage=lock_storage,
         property_store=property_store,
         users=users,
+        swaps=swaps,
     )
     server = wsgi.Server(
         (settings.host, settings.port),
@@ -276,6 +301,7 @@ def serve(
     writable: WritePolicy | None = None,
     lock_storage: Any = True,
     property_store: Path | None = None,
+    swaps: SwapWaiters | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully. Call from the main thread.
 
@@ -289,6 +315,7 @@ def serve(
         writable: The writable store's policy; None serves read-only.
         lock_storage: wsgidav's lock storage (see ``build_app``).
         property_store: Where dead properties persist (see ``build_app``).
+        swaps: Where fresh-demanding reads wait (see ``build_app``).
 
     Raises:
         ArchiveError: No store is given, or it is neither a directory nor a file.
@@ -313,6 +340,7 @@ def serve(
             lock_storage=lock_storage,
             property_store=property_store,
             users=users,
+            swaps=swaps,
         ) as handle:
             if on_ready is not None:
                 on_ready(handle)
