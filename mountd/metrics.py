@@ -251,6 +251,11 @@ class _SchedulerSummary(Collector):
             int(summary.leader),
         )
         yield CounterMetricFamily(
+            f"{PREFIX}_scheduler_requests",
+            "Proactive refreshes this mountd's scheduler asked for.",
+            value=summary.requested,
+        )
+        yield CounterMetricFamily(
             f"{PREFIX}_scheduler_walks", "Walks of the whole store by the scheduler.", value=summary.scans
         )
         yield CounterMetricFamily(

@@ -235,6 +235,7 @@ class RefreshScheduler:
             when this scheduler is the only one.
         publish: Called about once a second with the summary (e.g. to write it to Redis for
             ``syncctl status``); it may raise, which is logged.
+        probe_grace: Seconds after a request before its claim is probed.
     """
 
     def __init__(
@@ -250,6 +251,7 @@ class RefreshScheduler:
         claim_probe: Callable[[list[str]], list[bool]] | None = None,
         lease: Any = None,
         publish: Callable[[FreshnessSummary], object] | None = None,
+        probe_grace: float = PROBE_GRACE,
     ) -> None:
         store = Path(store).absolute()
         self.single: Path | None = None if store.is_dir() else store
@@ -265,6 +267,7 @@ class RefreshScheduler:
         self.claim_probe = claim_probe
         self.lease = lease
         self.publish = publish
+        self.probe_grace = probe_grace
         self._asked: dict[str, _Asked] = {}
         self._watched: dict[str, _Watched] = {}
         self._heap: list[tuple[int, str]] = []
@@ -511,7 +514,7 @@ class RefreshScheduler:
         # notification was lost): free their place in the window and look at the archive again.
         if self.claim_probe is None:
             return
-        cutoff = time.monotonic() - PROBE_GRACE
+        cutoff = time.monotonic() - self.probe_grace
         with self._lock:
             keys = [k for k, at in self._in_flight.items() if at <= cutoff]
         if not keys:
@@ -587,6 +590,10 @@ class RefreshScheduler:
         with self._lock:
             self._requested += 1
         return retry_at, 1
+
+    def next_due_ns(self) -> int | None:
+        """When the next archive becomes due or leaves its back-off (wall-clock ns), or None."""
+        return self._next_due()
 
     def _next_due(self) -> int | None:
         # The earliest live heap entry (stale entries at the top are dropped on the way).
