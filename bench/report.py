@@ -59,6 +59,12 @@ BENCHES = (
         quick=("--quick",),
     ),
     Bench("bench_auth", "what a login costs: scrypt checks and GET rates with remembered Basic logins"),
+    Bench(
+        "bench_freshness",
+        "freshness with nobody reading: `syncctl serve --workers W`, archives x TTL, expiry read from disk "
+        "every second (issue 16's method)",
+        quick=("--quick",),
+    ),
 )
 
 

@@ -9,6 +9,8 @@ An archive is due when it has update logic (``ArchiveFacts.has_update_logic``), 
 "never", and ``now >= expires_at - lead``, with ``lead = mountd.facts.lead_ns(ttl)`` (10 % of the TTL,
 clamped to 1..60 s).
 An archive whose base timestamp does not parse counts as expired, as it does for reads (fail closed).
+When refreshes take longer than that lead (a busy queue), the lead widens to twice the recent 90th
+percentile of the time from request to announced commit, at most half the TTL: the lead is kept.
 
 How it learns of commits: ``on_swapped`` (fed by ``mountd.swap_listener.SwapListener`` from the workers'
 "swapped" notifications) re-reads that one archive at once and schedules the new generation from its own
@@ -47,6 +49,7 @@ Invariants:
 from __future__ import annotations
 
 import bisect
+import collections
 import heapq
 import logging
 import os
@@ -89,6 +92,10 @@ PROBE_GRACE = 2.0
 LEASE_RENEW_INTERVAL = 1.0
 #: Seconds between two summaries handed to ``publish``.
 PUBLISH_INTERVAL = 1.0
+#: Recent refresh latencies (request to announced commit) the adaptive lead is computed from.
+LATENCY_SAMPLES = 200
+#: The lead covers this multiple of the recent 90th-percentile latency (when that exceeds the fixed lead).
+LATENCY_LEAD_FACTOR = 2.0
 #: Upper bounds (seconds past expiry at commit) of the refresh-lag histogram's buckets.
 LAG_BUCKETS = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 3600.0)
 
@@ -281,6 +288,8 @@ class RefreshScheduler:
         self._lag_count = 0
         self._lag_sum = self._lag_max = 0.0
         self._leader = lease is None
+        self._latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_SAMPLES)
+        self._latency_lead = 0  # ns; see _due
         self._walk_wanted = True
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -445,10 +454,28 @@ class RefreshScheduler:
 
     # -- records ---------------------------------------------------------------------------------------
 
+    def _due(self, facts: ArchiveFacts) -> int | None:
+        # The fixed lead (due_ns), widened to cover the refreshes' recent latency: when the queue makes a
+        # refresh take longer than the lead, asking earlier keeps the archive fresh (never more than half
+        # the TTL early).
+        due = due_ns(facts)
+        if due is None or not due or not self._latency_lead:
+            return due
+        fixed = lead_ns(facts.ttl)
+        widened = min(self._latency_lead, facts.ttl * NS_PER_SECOND // 2)
+        return due - max(0, widened - fixed)
+
+    def _note_latency(self, seconds: float) -> None:
+        # Caller holds the lock.
+        self._latencies.append(seconds)
+        ordered = sorted(self._latencies)
+        p90 = ordered[int(0.9 * (len(ordered) - 1))]
+        self._latency_lead = int(p90 * LATENCY_LEAD_FACTOR * NS_PER_SECOND)
+
     def _track(self, key: str, path: Path, facts: ArchiveFacts) -> None:
         # Records (or updates) an archive's facts; a new generation ends its request and is scheduled from
         # its own expiry; the previous generation's expiry gives the refresh lag.
-        due = due_ns(facts)
+        due = self._due(facts)
         with self._lock:
             old = self._watched.get(key)
             if due is None:
@@ -462,7 +489,9 @@ class RefreshScheduler:
                 return
             if old is not None and facts.generation > old.generation:
                 self._observe_lag(facts, old.expires_at_ns)
-                self._in_flight.pop(key, None)
+                asked_at = self._in_flight.pop(key, None)
+                if asked_at is not None:
+                    self._note_latency(time.monotonic() - asked_at)
             asked = self._asked.get(key)
             next_ns = due
             if asked is not None and asked.generation == facts.generation:

@@ -4,8 +4,11 @@ published with a TTL and read back by scope."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import redis
-from redis_server import wait_for
+from redis_server import RedisServer, wait_for
 
 from broker.claims import Claims
 from broker.scheduling import (
@@ -57,3 +60,22 @@ def test_summaries_are_read_back_by_scope(redis_client: redis.Redis) -> None:
     write_summary(redis_client, "/store", {"archives": 3, "expired": 1})
     assert read_summaries(redis_client) == {"/store": {"archives": 3, "expired": 1}}
     assert 0 < redis_client.pttl("sync:scheduler:summary:/store") <= 10_000
+
+
+def test_syncctl_status_prints_the_freshness_summary(
+    redis_client: redis.Redis, redis_server: RedisServer
+) -> None:
+    """``syncctl status`` shows a line per published scheduler summary: archives, expired, queue, lag."""
+    summary = {"archives": 150, "expired": 2, "waiting": 5, "in_flight": 64, "window": 64}
+    write_summary(redis_client, "/srv/store", {**summary, "lag_count": 4, "lag_sum": 2.0, "lag_max": 1.5})
+    done = subprocess.run(
+        [sys.executable, "-m", "syncctl", "status", "--broker", redis_server.url],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert (
+        "freshness /srv/store: 150 archives, 2 expired now, queue 5 waiting + 64 in flight (window 64), "
+        "refresh lag mean 0.5 s max 1.5 s over 4 commits"
+    ) in done.stdout
