@@ -473,12 +473,12 @@ class RefreshScheduler:
         self._latency_lead = int(p90 * LATENCY_LEAD_FACTOR * NS_PER_SECOND)
 
     def _track(self, key: str, path: Path, facts: ArchiveFacts) -> None:
-        # Records (or updates) an archive's facts; a new generation ends its request and is scheduled from
-        # its own expiry; the previous generation's expiry gives the refresh lag.
-        due = self._due(facts)
+        # Records (or updates) an archive's facts; a new generation ends its request (its latency widens
+        # the lead when refreshes are slow) and is scheduled from its own expiry; the previous generation's
+        # expiry gives the refresh lag.
         with self._lock:
             old = self._watched.get(key)
-            if due is None:
+            if due_ns(facts) is None:
                 if old is not None:
                     del self._watched[key]
                     self._in_flight.pop(key, None)
@@ -492,6 +492,8 @@ class RefreshScheduler:
                 asked_at = self._in_flight.pop(key, None)
                 if asked_at is not None:
                     self._note_latency(time.monotonic() - asked_at)
+            due = self._due(facts)
+            assert due is not None  # checked above; _due only moves it earlier
             asked = self._asked.get(key)
             next_ns = due
             if asked is not None and asked.generation == facts.generation:

@@ -313,9 +313,10 @@ class CommittingHook:
     """Plays the workers: commits each requested archive one at a time, in request order, at most one commit
     per ``pause`` seconds, and announces each commit to the scheduler, as the swap listener does."""
 
-    def __init__(self, store: Path, pause: float) -> None:
+    def __init__(self, store: Path, pause: float, latency: float = 0.0) -> None:
         self.store = store
         self.pause = pause
+        self.latency = latency
         self.commits: list[str] = []
         self.scheduler: RefreshScheduler | None = None
         self._queue: list[tuple[str, int]] = []
@@ -345,6 +346,7 @@ class CommittingHook:
                 if self._stop:
                     return
                 archive, generation = self._queue.pop(0)
+            threading.Event().wait(self.latency)
             committed = commit_payload(self.store / archive, generation, f"{generation + 1}".encode())
             self.commits.append(archive)
             assert self.scheduler is not None
@@ -370,6 +372,25 @@ def test_a_commit_announced_is_scheduled_from_its_own_expiry_at_once(store: Path
     finally:
         scheduler.close()
         hook.close()
+
+
+def test_the_lead_widens_to_cover_slow_refreshes(store: Path) -> None:
+    """Refreshes that take 2.5 s (a busy queue) against a fixed lead of 1 s (TTL 6 s) would commit 1.5 s
+    after every expiry; the lead widens to twice the observed latency (at most half the TTL: 3 s), so after
+    the first refresh the commits come before expiry (lag 0; commit times have whole seconds)."""
+    add(store, "slow.txt.sync", ttl=6, created_at=format_timestamp(now_ns()))
+    hook = CommittingHook(store, pause=0.0, latency=2.5)
+    scheduler = RefreshScheduler(store, hook, ArchiveIndex(), max_scan_interval=600)
+    hook.scheduler = scheduler
+    scheduler.start()
+    try:
+        wait_for(lambda: len(hook.commits) >= 3, 2 * WAIT, what="three generations committed")
+    finally:
+        scheduler.close()
+        hook.close()
+    summary = scheduler.summary()
+    assert summary.lag_count >= 2
+    assert summary.lag_buckets[0] >= summary.lag_count - 1  # all but the first at lag 0
 
 
 def test_in_overload_archives_are_refreshed_round_robin(store: Path) -> None:
