@@ -221,6 +221,53 @@ def test_a_missing_toolchain_is_one_line_naming_the_package(tmp_path: Path) -> N
     assert "npm install" in done.stderr
 
 
+def test_asc_build_runs_no_code_from_the_source_directory(tmp_path: Path) -> None:
+    """An ``asconfig.json`` next to the source whose ``transform`` names a script is ignored: asc would
+    import and run that script while building (code from an untrusted source directory)."""
+    (tmp_path / "guest.ts").write_text(PLAIN_AS)
+    marker = tmp_path / "transform-ran"
+    (tmp_path / "asconfig.json").write_text(json.dumps({"options": {"transform": ["./evil.mjs"]}}))
+    (tmp_path / "evil.mjs").write_text(
+        f'import fs from "fs";\nfs.writeFileSync({json.dumps(str(marker))}, "ran");\n'
+        "export default class Evil {}\n"
+    )
+    done = syncctl("guest", "build", "guest.ts", "-o", str(tmp_path / "guest.wasm"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists()
+
+
+def test_rust_build_ignores_a_rust_toolchain_file_of_the_crate(tmp_path: Path) -> None:
+    """A crate's ``rust-toolchain.toml`` naming its own "toolchain" is not obeyed: the build calls the
+    sysroot's ``rustc``, never the rustup proxy (which runs whatever the file names) in the crate."""
+    rustup = shutil.which("rustup")
+    if rustup is None:
+        pytest.skip("needs the rustup proxy this test attacks")
+    from syncctl.guest_build import find_rustc
+
+    sysroot = Path(find_rustc()).parent.parent
+    # A private rustup home whose default toolchain is the wasm-capable sysroot, so the proxy is chosen.
+    home = tmp_path / "rustup"
+    (home / "toolchains").mkdir(parents=True)
+    (home / "toolchains" / "sys").symlink_to(sysroot)
+    (home / "settings.toml").write_text('version = "12"\ndefault_toolchain = "sys"\n')
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "rustc").symlink_to(rustup)
+    crate = tmp_path / "crate"
+    shutil.copytree(TEMPLATES / "rust", crate)
+    marker = tmp_path / "toolchain-ran"
+    evil = crate / "evil"
+    (evil / "bin").mkdir(parents=True)
+    (evil / "lib").mkdir()
+    (evil / "bin" / "rustc").write_text(f'#!/bin/sh\necho ran > {marker}\nexec {sysroot}/bin/rustc "$@"\n')
+    (evil / "bin" / "rustc").chmod(0o755)
+    (crate / "rust-toolchain.toml").write_text(f'[toolchain]\npath = "{evil}"\n')
+    env = {"RUSTUP_HOME": str(home), "PATH": f"{bindir}:{os.environ['PATH']}"}
+    done = syncctl("guest", "build", ".", "-o", str(tmp_path / "guest.wasm"), env=env, cwd=crate)
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists()
+
+
 def test_build_failure_is_reported(tmp_path: Path) -> None:
     """A compile error is a ``guest_build_failed`` with the compiler's message."""
     (tmp_path / "broken.c").write_text("void run(void) { this is not C }")
