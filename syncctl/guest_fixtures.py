@@ -68,8 +68,8 @@ def load_fixtures(path: Path) -> list[Fixture]:
         doc = json.loads(path.read_text(encoding="utf-8"))
         entries = doc["responses"] if isinstance(doc, dict) else doc
         return [_fixture(entry) for entry in entries]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise FixturesError(f"{path}: not a fixtures file ({exc!r})") from exc
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
+        raise FixturesError(f"{path}: not a fixtures file ({str(exc)[:200]!r})") from exc
 
 
 def _fixture(entry: dict[str, Any]) -> Fixture:
@@ -77,10 +77,15 @@ def _fixture(entry: dict[str, Any]) -> Fixture:
         body = base64.b64decode(entry["body_base64"])
     else:
         body = str(entry.get("body", "")).encode("utf-8")
+    status = entry.get("status", 200)
+    # What a real response can have (``http.client`` reads three digits): anything else would reach the
+    # guest as an i32 it can never get in production, or as a negative ABI code no server can cause.
+    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 999:
+        raise ValueError(f"status {str(status)[:20]} is not an HTTP status (100-999)")
     return Fixture(
         method=str(entry.get("method", "GET")).upper(),
         url=str(entry["url"]),
-        status=int(entry.get("status", 200)),
+        status=status,
         headers=tuple((str(k), str(v)) for k, v in dict(entry.get("headers", {})).items()),
         body=body,
         when=tuple((str(k).lower(), str(v)) for k, v in dict(entry.get("when", {})).items()),

@@ -268,6 +268,48 @@ def test_rust_build_ignores_a_rust_toolchain_file_of_the_crate(tmp_path: Path) -
     assert not marker.exists()
 
 
+def test_guest_test_escapes_what_the_guest_chose(tmp_path: Path, cache_dir: Path) -> None:
+    """A guest's URL and header values reach the author's terminal escaped: no ESC, BEL or C1 control of
+    the guest's gets to clear the screen or retitle the window."""
+    import guests
+    from guests import call, record
+
+    target = b"http://a.test/\x1b[2J\x1b]0;pwned\x07\xc2\x9b1m"
+    headers = b"X-Note: a\xc2\x9b31mb\n"
+    calls = call("http_send", 0x100, len(target), 0x300, 3, 0x400, len(headers), 0x600, 0)
+    wasm = record(calls, data={0x100: target, 0x300: b"GET", 0x400: headers}, imports=guests.V2_IMPORTS)
+    (tmp_path / "esc.wasm").write_bytes(wasm)
+    done = syncctl("guest", "test", str(tmp_path / "esc.wasm"), env={"SYNC_CACHE_DIR": str(cache_dir)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not any(c in done.stdout for c in "\x1b\x07\x9b")
+    assert "http://a.test/\\x1b[2J\\x1b]0;pwned\\x07\\x9b1m -> -5 (no_fixture)" in done.stdout
+    assert "X-Note: a\\x9b31mb" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"responses": [{"url": "http://a.test/", "status": 1e400}]}',
+        '{"responses": [{"url": "http://a.test/", "status": 4294967496}]}',
+        '{"responses": [{"url": "http://a.test/", "status": -2}]}',
+        '{"responses": [{"url": "http://a.test/", "status": "200"}]}',
+        "[" * 100_000 + "]" * 100_000,
+    ],
+    ids=["infinite-status", "status-beyond-i32", "negative-status", "string-status", "deep-nesting"],
+)
+def test_hostile_fixtures_are_one_error_line(tmp_path: Path, text: str) -> None:
+    """A fixtures file with a status no server can send, or nested past the parser's depth, is a
+    ``fixtures_error`` on one line, not a traceback and not a status the guest could never see."""
+    (tmp_path / "fixtures.json").write_text(text)
+    wasm = tmp_path / "guest.wasm"
+    wasm.write_bytes(bytes(wasmtime.wat2wasm('(module (memory (export "memory") 1) (func (export "run")))')))
+    done = syncctl("guest", "test", str(wasm), "--fixtures", str(tmp_path / "fixtures.json"))
+    assert done.returncode == 1
+    assert done.stderr.startswith("error:")
+    assert "not a fixtures file" in done.stderr
+    assert done.stderr.count("\n") == 1
+
+
 def test_build_failure_is_reported(tmp_path: Path) -> None:
     """A compile error is a ``guest_build_failed`` with the compiler's message."""
     (tmp_path / "broken.c").write_text("void run(void) { this is not C }")
