@@ -183,6 +183,30 @@ def test_a_lower_case_content_type_is_the_only_one_sent(
     assert types == ["text/csv"]
 
 
+def test_response_headers_over_the_cap_are_a_failed_request_not_a_failed_run(
+    runtime: GuestRuntime, tmp_path: Path, servers: dict[str, ServedHost]
+) -> None:
+    """A server sending more header bytes than a guest is handed (``MAX_RESPONSE_HEADERS_BYTES``; 1.2 MB
+    here) fails that request with -4 ``headers_too_large``; the run goes on (it used to end with a channel
+    error, the guest never knowing why)."""
+    big = {f"X-H{i}": "v" * 60_000 for i in range(20)}
+    servers["loop"].serve({"/big": Route.fixed(b"ok", headers=big), "/json": Route.fixed(b"fine")})
+    first, data = send(url(servers, "/big"))
+    again = url(servers)  # a second request, from its own address
+    second = call("http_send", 0x1C00, len(again), METHOD_AT, 3, HEADERS_AT, 0, BODY_AT, 0)
+    wasm = record(
+        first,
+        call("last_response_headers_size"),
+        second,
+        data={**data, 0x1C00: again},
+        imports=guests.V2_IMPORTS,
+    )
+    outcome, path = run(runtime, tmp_path, wasm, allow_hosts=hosts(servers))
+    assert outcome.status == COMMITTED, outcome.error
+    assert results(payload_of(path), 3) == ([-4, 0, 200], b"")
+    assert outcome.egress_errors == ("headers_too_large",)
+
+
 def test_conditional_request_gets_304_without_a_body(
     runtime: GuestRuntime, tmp_path: Path, servers: dict[str, ServedHost]
 ) -> None:
