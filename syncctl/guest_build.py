@@ -95,6 +95,9 @@ def detect_language(src: Path) -> str:
             return "rust"
         raise GuestBuildFailed(f"{src} is a directory without src/lib.rs (not a Rust crate)")
     languages = {".c": "c", ".zig": "zig", ".ts": "assemblyscript"}
+    if src.name.startswith("-"):
+        # The compilers get the bare name (reproducible builds): one starting with "-" would be an option.
+        raise GuestBuildFailed(f"{src}: a source name must not start with '-'")
     if src.suffix in languages:
         return languages[src.suffix]
     raise GuestBuildFailed(f"{src}: expected a .c, .zig or .ts file or a Rust crate directory")

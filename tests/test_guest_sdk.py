@@ -310,6 +310,14 @@ def test_hostile_fixtures_are_one_error_line(tmp_path: Path, text: str) -> None:
     assert done.stderr.count("\n") == 1
 
 
+def test_a_source_named_like_an_option_is_refused(tmp_path: Path) -> None:
+    """Compilers get the source's bare name: ``-MF.c`` would be read as an option (``-MF .c``), so such a
+    name is refused before any compiler runs."""
+    (tmp_path / "-MF.c").write_text("void run(void) {}")
+    with pytest.raises(GuestBuildFailed, match="must not start with '-'"):
+        build(tmp_path / "-MF.c", tmp_path)
+
+
 def test_build_failure_is_reported(tmp_path: Path) -> None:
     """A compile error is a ``guest_build_failed`` with the compiler's message."""
     (tmp_path / "broken.c").write_text("void run(void) { this is not C }")
