@@ -4,8 +4,8 @@ A fixtures file is JSON: ``{"responses": [{"method": "GET", "url": "...", "statu
 {...}, "body": "text"}]}`` (``body_base64`` for binary bodies; ``when`` maps request headers that must be
 present with these values, so one URL can answer 200 first and 304 to a conditional request). The first
 entry whose method, URL and ``when`` match answers; a request nothing matches gets -5 (``no_fixture``).
-The allow-list still applies (a refused host is refused as in production), so a guest that passes here
-fails for no policy reason later. Requests are recorded for the report.
+The allow-list, the methods and the request budget still apply (refused as in production), so a guest that
+passes here fails for no policy reason later. Requests are recorded for the report.
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ from typing import Any
 
 from sync_format.errors import SyncError
 from sync_format.hosts import url_allowed
-from workers.egress import STATUS_DENIED, STATUS_FAILED, HttpResult
+from workers.egress import (
+    ALL_METHODS,
+    DEFAULT_MAX_REQUESTS,
+    STATUS_DENIED,
+    STATUS_FAILED,
+    HttpResult,
+)
 
 
 class FixturesError(SyncError):
@@ -105,6 +111,7 @@ class FixtureRequester:
     fixtures: list[Fixture]
     allow_hosts: tuple[str, ...] | None = None
     requests: list[RecordedRequest] = field(default_factory=list)
+    max_requests: int = DEFAULT_MAX_REQUESTS
 
     def request(
         self,
@@ -129,6 +136,11 @@ class FixtureRequester:
         return result
 
     def _answer(self, url: str, verb: str, headers: tuple[tuple[str, str], ...]) -> HttpResult:
+        # The same refusals, in the same order, as ``Egress`` (this call is not in ``requests`` yet).
+        if len(self.requests) >= self.max_requests:
+            return HttpResult(STATUS_FAILED, error_code="too_many_requests", final_url=url)
+        if verb not in ALL_METHODS:
+            return HttpResult(STATUS_FAILED, error_code="method_not_allowed", final_url=url)
         if self.allow_hosts is not None and not url_allowed(url, self.allow_hosts):
             return HttpResult(STATUS_DENIED, error_code="host_not_allowed", final_url=url)
         sent = {name.lower(): value for name, value in headers}

@@ -500,3 +500,20 @@ def test_feed_example_reads_atom(
     assert json.loads(payload) == [
         {"title": "Sensor <3> calibrated", "link": "http://lab.test/3", "date": "2026-12-01T10:00:00Z"}
     ]
+
+
+def test_fixtures_refuse_what_egress_refuses() -> None:
+    """``guest test`` answers as production would: a method egress does not allow and a request past the
+    budget get -5, so a guest does not pass here and fail for a policy reason later."""
+    from syncctl.guest_fixtures import Fixture, FixtureRequester
+    from workers.egress import DEFAULT_MAX_REQUESTS
+
+    fixture = Fixture("GET", "http://a.test/", 200, (), b"ok")
+    trace = Fixture("TRACE", "http://a.test/", 200, (), b"ok")
+    requester = FixtureRequester([fixture, trace])
+    assert requester.request("http://a.test/", "TRACE", deadline=0).error_code == "method_not_allowed"
+    statuses = [
+        requester.request("http://a.test/", "GET", deadline=0).status for _ in range(DEFAULT_MAX_REQUESTS)
+    ]
+    assert statuses == [200] * (DEFAULT_MAX_REQUESTS - 1) + [-5]
+    assert requester.requests[-1].error_code == "too_many_requests"
