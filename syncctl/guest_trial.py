@@ -6,7 +6,8 @@ empty payload (or ``--payload``) and ``--context``. It goes through ``workers.re
 production path (same runtime, module cache, confined child, budgets), with a ``FixtureRequester`` instead
 of egress, so no request leaves the machine. The report lists every request with its answer, the guest's log
 lines, the outcome, and the resulting payload (text shown in full up to a limit) or a unified diff against
-the payload it started from.
+the payload it started from. Everything a guest or an archive chose is printed with non-printable characters
+escaped (a terminal is not theirs to drive).
 """
 
 from __future__ import annotations
@@ -108,10 +109,10 @@ def _report(
     out.write(f"requests: {len(requester.requests)}\n")
     for req in requester.requests:
         answer = f"{req.status}" if req.error_code is None else f"{req.status} ({req.error_code})"
-        out.write(f"  {req.method} {req.url} -> {answer}\n")
+        out.write(f"  {_printable(req.method)} {_printable(req.url)} -> {answer}\n")
         for name, value in req.headers:
-            shown = "(from an operator secret)" if name.lower() in req.secret_headers else value
-            out.write(f"      {name}: {shown}\n")
+            shown = "(from an operator secret)" if name.lower() in req.secret_headers else _printable(value)
+            out.write(f"      {_printable(name)}: {shown}\n")
     if log:
         out.write("log:\n" + "".join(f"  {line}\n" for line in log))
     if new is None:
@@ -126,6 +127,7 @@ def _report(
     except UnicodeDecodeError:
         out.write("payload:  binary\n")
         return
+    old_text, new_text = _printable(old_text, keep="\n\t"), _printable(new_text, keep="\n\t")
     if not current:
         shown = new_text if len(new_text) <= SHOW_LIMIT else new_text[:SHOW_LIMIT] + "\n[...]\n"
         out.write("payload:\n" + shown + ("" if shown.endswith("\n") else "\n"))
@@ -134,3 +136,12 @@ def _report(
         old_text.splitlines(keepends=True), new_text.splitlines(keepends=True), "current", "new"
     )
     out.write("diff:\n" + "".join(line if line.endswith("\n") else line + "\n" for line in diff))
+
+
+def _printable(text: str, keep: str = "") -> str:
+    """``text`` with every non-printable character (ESC, C1 controls, bidi overrides...) as an escape.
+
+    What a guest or an archive chose (URLs, header values, payload text) reaches a terminal here: it must
+    not be able to clear the screen, retitle the window or hide text.
+    """
+    return "".join(c if c.isprintable() or c in keep else ascii(c)[1:-1] for c in text)

@@ -694,8 +694,9 @@ class _Watchdog:
 def _send_headers(extra: _Outgoing) -> dict[str, str]:
     """The request headers: the guest's (checked by ``guest_http``), then ours, which always win."""
     headers = dict(extra.headers)
-    if extra.body:
-        headers.setdefault("Content-Type", "application/octet-stream")
+    # Names are case-insensitive: a guest's ``content-type`` must not get a second, default one.
+    if extra.body and not any(name.lower() == "content-type" for name in headers):
+        headers["Content-Type"] = "application/octet-stream"
     headers["Connection"] = "close"
     return headers
 

@@ -3,7 +3,8 @@
 Runs in the parent, which trusts nothing the child sends. A guest passes ``Name: value`` lines (``\\n`` or
 ``\\r\\n``). Invariants:
 
-* At most ``MAX_HEADERS`` headers; names are HTTP tokens, values carry no control characters.
+* At most ``MAX_HEADERS`` headers; names are HTTP tokens, values carry no control characters and nothing
+  beyond Latin-1 (what HTTP/1.1 can carry; the client cannot encode the rest).
 * Headers the client owns (``Host``, ``Content-Length``, ``Transfer-Encoding``, ``Connection``, ...) are
   refused: the guest cannot smuggle a second request or confuse framing.
 * Secrets: a value may hold ``${NAME}`` references. NAME must be listed in the manifest's
@@ -46,7 +47,9 @@ CREDENTIAL_HEADERS = frozenset(
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _SECRET_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Control characters, and anything beyond Latin-1: HTTP/1.1 sends field values as bytes (``http.client``
+# encodes them as Latin-1 and raises on the rest, which would end the parent's session with the child).
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,9 @@ def prepare_headers(
         if refs:
             value = _SECRET_REF.sub(lambda m: secrets[m.group(1)], value)
             if _BAD_VALUE.search(value):
-                return HeaderRefusal("bad_header", f"secret in {name} holds control characters")
+                return HeaderRefusal(
+                    "bad_header", f"secret in {name} holds control or non-Latin-1 characters"
+                )
             secret_names.add(lower)
         headers.append((name, value))
     return PreparedHeaders(tuple(headers), frozenset(secret_names), tuple(dict.fromkeys(used)))

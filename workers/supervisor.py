@@ -45,7 +45,7 @@ from workers.addresses import Resolver, system_resolver
 from workers.channel import Channel, ChannelClosed, ChannelTimeout, ProtocolViolation
 from workers.child import ChildJob, child_main
 from workers.confine import SandboxReport
-from workers.egress import STATUS_FAILED, Egress, EgressPolicy, HttpResult
+from workers.egress import STATUS_BODY_FAILED, STATUS_FAILED, Egress, EgressPolicy, HttpResult
 from workers.guest_http import HeaderRefusal, prepare_headers
 from workers.host_abi import (
     ERR_BAD_REQUEST,
@@ -53,6 +53,7 @@ from workers.host_abi import (
     MAX_LOG_LINES,
     MAX_REQUEST_BODY,
     MAX_REQUEST_HEADERS_BYTES,
+    MAX_RESPONSE_HEADERS_BYTES,
 )
 
 log = logging.getLogger(__name__)
@@ -322,6 +323,11 @@ class _Session:
         )
         if result.status == ERR_BAD_REQUEST:  # reserved for header refusals; egress never says it
             return HttpResult(STATUS_FAILED, error_code=result.error_code, reason=result.reason)
+        size = sum(len(name) + len(value) + 3 for name, value in result.headers)
+        if size > MAX_RESPONSE_HEADERS_BYTES:
+            # Forwarded as is, they would overflow the reply's control message and end the whole run.
+            reason = f"response headers of {size} bytes, at most {MAX_RESPONSE_HEADERS_BYTES}"
+            return HttpResult(STATUS_BODY_FAILED, error_code="headers_too_large", reason=reason)
         return result
 
     def _log(self, message: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ from netns_hosts import Route, ServedHost, loopback_host
 from broker.settings import Settings
 from sync_format.reader import open_archive
 from sync_format.testing import make_archive, make_manifest
+from workers.guest_http import HeaderRefusal, prepare_headers
 from workers.host_abi import MAX_LOG_LINES
 from workers.refresh import COMMITTED, UNCHANGED, RefreshOutcome, run_refresh
 from workers.runtime import GuestRuntime
@@ -171,6 +172,43 @@ def test_post_with_headers_and_body_and_response_headers(
     assert base64.b64decode(seen["body"]) == body
 
 
+def test_a_lower_case_content_type_is_the_only_one_sent(
+    runtime: GuestRuntime, tmp_path: Path, servers: dict[str, ServedHost]
+) -> None:
+    """A body whose type the guest names in lower case gets no second, default ``Content-Type``."""
+    request, data = send(url(servers), b"POST", b"content-type: text/csv\n", b"a,b\n")
+    wasm = record(request, data=data, imports=guests.V2_IMPORTS)
+    outcome, path = run(runtime, tmp_path, wasm, allow_hosts=hosts(servers))
+    assert results(payload_of(path), 1) == ([200], b""), outcome.error
+    (seen,) = servers["loop"].requests()
+    types = [value for name, value in seen["headers"].items() if name.lower() == "content-type"]
+    assert types == ["text/csv"]
+
+
+def test_response_headers_over_the_cap_are_a_failed_request_not_a_failed_run(
+    runtime: GuestRuntime, tmp_path: Path, servers: dict[str, ServedHost]
+) -> None:
+    """A server sending more header bytes than a guest is handed (``MAX_RESPONSE_HEADERS_BYTES``; 1.2 MB
+    here) fails that request with -4 ``headers_too_large``; the run goes on (it used to end with a channel
+    error, the guest never knowing why)."""
+    big = {f"X-H{i}": "v" * 60_000 for i in range(20)}
+    servers["loop"].serve({"/big": Route.fixed(b"ok", headers=big), "/json": Route.fixed(b"fine")})
+    first, data = send(url(servers, "/big"))
+    again = url(servers)  # a second request, from its own address
+    second = call("http_send", 0x1C00, len(again), METHOD_AT, 3, HEADERS_AT, 0, BODY_AT, 0)
+    wasm = record(
+        first,
+        call("last_response_headers_size"),
+        second,
+        data={**data, 0x1C00: again},
+        imports=guests.V2_IMPORTS,
+    )
+    outcome, path = run(runtime, tmp_path, wasm, allow_hosts=hosts(servers))
+    assert outcome.status == COMMITTED, outcome.error
+    assert results(payload_of(path), 3) == ([-4, 0, 200], b"")
+    assert outcome.egress_errors == ("headers_too_large",)
+
+
 def test_conditional_request_gets_304_without_a_body(
     runtime: GuestRuntime, tmp_path: Path, servers: dict[str, ServedHost]
 ) -> None:
@@ -194,6 +232,7 @@ REFUSED_HEADERS = [
     ("space-in-name", b"Bad Name: 1\n"),
     ("nul-in-value", b"X-A: a\x00b\n"),
     ("not-utf8", b"X-A: \xff\n"),
+    ("beyond-latin-1", "X-A: \u6f22\n".encode()),
     ("authorization-from-archive", b"Authorization: Bearer abc\n"),
     ("cookie-from-archive", b"Cookie: session=abc\n"),
     ("api-key-from-archive", b"X-Api-Key: abc\n"),
@@ -214,6 +253,19 @@ def test_header_rules_refuse_before_anything_is_sent(
     assert results(payload_of(path), 1) == ([-3], b"")
     assert outcome.status == COMMITTED
     assert servers["loop"].events() == []
+
+
+def test_a_secret_beyond_latin_1_is_refused_not_raised() -> None:
+    """An operator secret HTTP cannot carry (non-Latin-1, or a control character) refuses the request (-3)
+    instead of raising in the parent; the refusal does not show the value."""
+    latin = prepare_headers(b"X-Key: ${K}\n", allow_env=("K",), secrets={"K": "p\u00e4ss"})
+    assert not isinstance(latin, HeaderRefusal)
+    assert latin.headers == (("X-Key", "p\u00e4ss"),)
+    for value in ("\u6f22-token", "a\rb"):
+        refused = prepare_headers(b"X-Key: ${K}\n", allow_env=("K",), secrets={"K": value})
+        assert isinstance(refused, HeaderRefusal)
+        assert refused.error_code == "bad_header"
+        assert value not in refused.reason
 
 
 def test_granted_secret_missing_from_the_operator_is_refused(
