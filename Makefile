@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 SYSTEM_DEPS := redis-server:redis-server ip:iproute2 openssl:openssl rclone:rclone cadaver:cadaver \
 	litmus:litmus docker-compose:docker-compose
 
-.PHONY: venv system-deps test lint typecheck demo bench clean
+.PHONY: venv system-deps test lint typecheck demo bench clean stack-init stack-test
 
 venv: $(STAMP)
 
@@ -45,6 +45,14 @@ demo: venv
 # Runs every benchmark in bench/ and writes their figures, and the machine's, to docs/benchmarks.md.
 bench: venv
 	$(PY) bench/report.py
+
+# The compose stack's secrets: writes .env (Redis password, Flower login) unless it exists.
+stack-init:
+	deploy/stack-init.sh .env
+
+# The compose stack under a private Docker engine, checked as a user would (root, Debian; ~10 min).
+stack-test:
+	bash deploy/test-stack.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

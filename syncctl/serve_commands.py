@@ -203,6 +203,7 @@ def serve_store(
     from mountd.scheduler import RefreshScheduler
     from mountd.server import serve
     from syncctl.local_workers import LocalWorkers
+    from syncctl.log_format import announce
 
     store = path.absolute()
     root = store if store.is_dir() else store.parent
@@ -230,10 +231,12 @@ def serve_store(
                 schedulers.append(RefreshScheduler(store, freshness, handle.provider.index).start())
             local = f", {workers_wanted} local worker processes" if workers is not None else ""
             mode = "writable" if writable is not None else "read-only"
-            sys.stdout.write(
-                f"serving {store} ({mode}) at {handle.mount_url} (broker: {connection.description}{local})\n"
-            )
-            sys.stdout.flush()
+            line = f"serving {store} ({mode}) at {handle.mount_url} (broker: {connection.description}{local})"
+            if log_format == "json":
+                announce(line, log_format)  # one JSON event like every other line of the service
+            else:
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
             if on_ready is not None:
                 on_ready(handle)
 
