@@ -320,3 +320,14 @@ def test_stale_read_is_refreshed_by_a_scaled_worker(stack: dict[str, Any]) -> No
         assert http_get(f"{mountd_url}{HEALTH_PATH}")[0] == 200
         for name in WORKER_NAMES:
             assert http_get(f"http://127.0.0.1:{stack['ports'][name]}/health")[0] == 200, name
+
+        # SYNC_LOG_FORMAT=json (compose.yaml): every line each service wrote is one JSON object, mountd's
+        # "serving" startup line and Flower's (Tornado's) lines included.
+        for name in ("mountd", "flower", *WORKER_NAMES):
+            lines = stack[name].log.read_text().splitlines()
+            assert lines, name
+            events = [json.loads(line)["event"] for line in lines]
+            if name == "mountd":
+                assert any(e.startswith("serving ") for e in events)
+            if name == "flower":
+                assert any(e.startswith("Visit me at") for e in events)
