@@ -598,7 +598,8 @@ def main() -> int:
     finally:
         if any(not ok for _, ok, _, _ in checks.results):
             for service in ("redis", "mountd", "worker", "flower"):
-                out = stack.compose("logs", "--no-color", "--tail", "40", service, check=False)
+                tail = "200" if service == "worker" else "40"
+                out = stack.compose("logs", "--no-color", "--tail", tail, service, check=False)
                 print(f"--- last log lines of {service} ---\n{out.stdout}{out.stderr}", file=sys.stderr)
         stack.compose("down", "--volumes", "--timeout", "5", check=False, timeout=300)
     width = max(len(name) for name, *_ in checks.results)
