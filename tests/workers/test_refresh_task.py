@@ -1,9 +1,9 @@
 """The refresh task when Redis is gone before the job starts: the message goes back to the broker.
 
-A Redis restart while a worker holds a delivery used to fail the task with ``BrokerUnavailable`` at the claim's
-start; Celery then acknowledged the message once it reconnected and the job was lost, while the producer's
-claim kept every new request for that archive merged into it (deploy/test-stack.sh's "restart redis" check
-found it under the real stack). The task must reject the message with requeue instead.
+A Redis restart while a worker holds a delivery used to fail the task with ``BrokerUnavailable`` at the
+claim's start; Celery then acknowledged the message once it reconnected and the job was lost, while the
+producer's claim kept every new request for that archive merged into it (deploy/test-stack.sh's "restart
+redis" check found it under the real stack). The task must reject the message with requeue instead.
 """
 
 from __future__ import annotations
