@@ -199,20 +199,25 @@ build_redis_rootfs() {
 		bookworm "$1" "$MIRROR"
 }
 
-import_base() {
-	local name=$1 builder=$2 tarball="$CACHE/base-${1%%:*}.tar"
-	shift 2
-	if [ -n "${SYNC_STACK_NO_CACHE:-}" ] || [ ! -s "$tarball" ]; then
-		log "building $name from Debian bookworm packages (mmdebstrap)"
-		"$builder" "$WORK/base.tar"
-		if mkdir -p "$CACHE" 2>/dev/null; then mv "$WORK/base.tar" "$tarball"; else tarball="$WORK/base.tar"; fi
-	else
-		log "using cached rootfs $tarball"
+# The rootfs tarball of a base image: from the cache, or built (and cached when the cache is writable).
+base_tarball() {
+	local name=$1 builder=$2 cached="$CACHE/base-${1%%:*}.tar" built="$WORK/base-${1%%:*}.tar"
+	if [ -z "${SYNC_STACK_NO_CACHE:-}" ] && [ -s "$cached" ]; then
+		log "using cached rootfs $cached"
+		ln -s "$cached" "$built"
+		return
 	fi
-	local changes=() change
+	log "building $name from Debian bookworm packages (mmdebstrap)"
+	"$builder" "$built"
+	if mkdir -p "$CACHE" 2>/dev/null && cp "$built" "$cached.tmp.$$"; then mv "$cached.tmp.$$" "$cached"; fi
+}
+
+import_base() {
+	local name=$1 tarball="$WORK/base-${1%%:*}.tar" changes=() change
+	shift
 	for change in "$@"; do changes+=(--change "$change"); done
 	"$DOCKER" import "${changes[@]}" "$tarball" "$name" >/dev/null
-	rm -f "$WORK/base.tar"
+	rm -f "$tarball"
 }
 
 provide_base_images() {
@@ -222,10 +227,15 @@ provide_base_images() {
 		return
 	fi
 	log "no registry reachable: building the base images from Debian packages"
+	# Both rootfs at once: mmdebstrap mostly waits on downloads and dpkg.
+	base_tarball "$REDIS_IMAGE" build_redis_rootfs >"$WORK/mmdebstrap-redis.log" 2>&1 &
+	local redis_job=$!
+	base_tarball "$PYTHON_IMAGE" build_python_rootfs
+	wait "$redis_job" || { cat "$WORK/mmdebstrap-redis.log" >&2; die "building the redis rootfs failed"; }
+	cat "$WORK/mmdebstrap-redis.log" >&2
 	local path="PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-	import_base "$PYTHON_IMAGE" build_python_rootfs "ENV $path" "ENV LANG=C.UTF-8" 'CMD ["python3"]'
-	import_base "$REDIS_IMAGE" build_redis_rootfs "ENV $path" "WORKDIR /data" "USER redis" "EXPOSE 6379" \
-		'CMD ["redis-server"]'
+	import_base "$PYTHON_IMAGE" "ENV $path" "ENV LANG=C.UTF-8" 'CMD ["python3"]'
+	import_base "$REDIS_IMAGE" "ENV $path" "WORKDIR /data" "USER redis" "EXPOSE 6379" 'CMD ["redis-server"]'
 }
 
 main() {
