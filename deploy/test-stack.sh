@@ -128,7 +128,7 @@ start_dockerd() {
 	echo '{}' >"$WORK/daemon.json"
 	log "starting dockerd (data root $WORK/data)"
 	dockerd --config-file "$WORK/daemon.json" --data-root "$WORK/data" --exec-root "$WORK/exec" \
-		--pidfile "$WORK/dockerd.pid" --host "$DOCKER_HOST" --storage-driver overlay2 \
+		--pidfile "$WORK/dockerd.pid" --host "$DOCKER_HOST" --storage-driver overlay2 --shutdown-timeout 5 \
 		>"$WORK/dockerd.log" 2>&1 &
 	DOCKERD_PID=$!
 	for _ in $(seq 1 60); do
