@@ -245,7 +245,7 @@ class Checks:
         unrecorded = []
         for name, records in histories.items():
             committed = sorted(r["generation"] for r in records if r["status"] == "committed")
-            if not committed and outage and generation(name) >= 1:
+            if not committed and outage and generation(name) == 1:  # one commit, so no duplicate either
                 unrecorded.append(name)
                 continue
             if not committed or committed != list(range(committed[0], committed[0] + len(committed))):
