@@ -35,6 +35,8 @@ LAYERS = {"no_new_privs", "rlimits", "netns", "landlock", "seccomp"}
 #: Redis keys every job touches (the Celery transport's queue and unacked bookkeeping).
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 TRANSPORT_KEYS = re.compile(r"^(unacked(_index|_mutex)?|sync\.refresh|celery|_kombu\..*)$")
+#: Keys mountd's refresh scheduler rewrites on every pass (its lease and its freshness summary): not a job's.
+SCHEDULER_KEYS = re.compile(r"^sync:scheduler:(lease|summary):")
 
 
 def log(message: str) -> None:
@@ -472,6 +474,7 @@ class Checks:
             for k in set(before) | set(after)
             if before.get(k) != after.get(k)
             and not TRANSPORT_KEYS.match(k)
+            and not SCHEDULER_KEYS.match(k)
             and not any(part in k for part in ("ttl.sync", "scale-", "restart-", "hostile", "status-index"))
         )
         if changed:
