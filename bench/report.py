@@ -72,6 +72,12 @@ BENCHES = (
         "mountd soak: 100 clients, two committers, 32 slowloris connections, oversized bodies, 60 s",
         quick=("--quick",),
     ),
+    Bench(
+        "bench_freshness",
+        "freshness with nobody reading: `syncctl serve --workers W`, archives x TTL, expiry read from disk "
+        "every second (issue 16's method)",
+        quick=("--quick",),
+    ),
 )
 
 

@@ -58,6 +58,13 @@ DEFAULT_MAX_XML_ELEMENTS = 1000
 DEFAULT_MAX_LOCK_TIMEOUT = 3600
 #: mountd: most ranges answered in one Range header (more get the whole body).
 DEFAULT_MAX_RANGES = 16
+#: Seconds a read asking for fresh data (``Cache-Control: no-cache``) waits for a refresh at most.
+DEFAULT_FRESH_WAIT = 5.0
+#: Proactive refresh requests a scheduler keeps in flight at most: bounds the broker's queue in
+#: overload, so that refreshes asked for by reads wait behind this many, not behind the whole backlog.
+DEFAULT_SCHEDULER_WINDOW = 64
+#: Longest fresh wait accepted: a waiting read holds one of mountd's 16 server threads.
+MAX_FRESH_WAIT = 60.0
 #: Log line format when none is given.
 DEFAULT_LOG_FORMAT = "text"
 
@@ -100,6 +107,8 @@ _ENV = {
     "max_lock_timeout": "SYNC_MAX_LOCK_TIMEOUT",
     "inline_active_content": "SYNC_INLINE_ACTIVE_CONTENT",
     "max_ranges": "SYNC_MAX_RANGES",
+    "fresh_wait": "SYNC_FRESH_WAIT",
+    "scheduler_window": "SYNC_SCHEDULER_WINDOW",
 }
 
 
@@ -166,6 +175,8 @@ class Settings:
         inline_active_content: mountd: serve active types (HTML, SVG, ...) inline instead of as attachments
             (only for stores whose every writer is trusted).
         max_ranges: mountd: most ranges in one Range header; past it the whole body is sent (200).
+        fresh_wait: Seconds mountd lets a read asking for fresh data wait for a refresh (0: never waits).
+        scheduler_window: Proactive refresh requests mountd's scheduler keeps in flight at most.
     """
 
     store: Path | None = None
@@ -194,7 +205,7 @@ class Settings:
     egress_max_total_bytes: int = DEFAULT_EGRESS_MAX_TOTAL_BYTES
     max_module_size: int = DEFAULT_MAX_MODULE_SIZE
     compile_timeout: float = DEFAULT_COMPILE_TIMEOUT
-    # mountd limits against hostile clients (docs/security.md, "Limits"
+    # mountd limits against hostile clients (docs/security.md, "Limits")
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     max_header_fields: int = DEFAULT_MAX_HEADER_FIELDS
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
@@ -203,6 +214,9 @@ class Settings:
     max_lock_timeout: int = DEFAULT_MAX_LOCK_TIMEOUT
     inline_active_content: bool = False
     max_ranges: int = DEFAULT_MAX_RANGES
+    # Freshness: the bounded wait of fresh-demanding reads, the scheduler's in-flight window.
+    fresh_wait: float = DEFAULT_FRESH_WAIT
+    scheduler_window: int = DEFAULT_SCHEDULER_WINDOW
 
     def __post_init__(self) -> None:
         if self.sandbox not in SANDBOX_MODES:
@@ -228,6 +242,14 @@ class Settings:
         for name in [*positive, *sorted(_INT_LIMITS), "header_timeout"]:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive, not {getattr(self, name)}")
+        if not 0 <= self.fresh_wait <= MAX_FRESH_WAIT:
+            raise SettingsError(
+                f"fresh_wait (SYNC_FRESH_WAIT) must be 0..{MAX_FRESH_WAIT:g} s, not {self.fresh_wait}"
+            )
+        if self.scheduler_window < 1:
+            raise SettingsError(
+                f"scheduler_window (SYNC_SCHEDULER_WINDOW) must be >= 1, not {self.scheduler_window}"
+            )
 
     @classmethod
     def from_env(
@@ -297,6 +319,26 @@ _INT_LIMITS = frozenset(
 )
 
 
+def parse_seconds(value: Any) -> float:
+    """A duration: a number of seconds, optionally with the unit ``s`` or ``ms`` (``5``, ``5s``, ``500ms``).
+
+    Args:
+        value: The text (or a number).
+
+    Returns:
+        Seconds.
+
+    Raises:
+        ValueError: Not a duration.
+    """
+    if isinstance(value, int | float):
+        return float(value)
+    text = str(value).strip().lower()
+    if text.endswith("ms"):
+        return float(text[:-2]) / 1000
+    return float(text.removesuffix("s"))
+
+
 def _coerce(values: Mapping[str, Any]) -> dict[str, Any]:
     known = {f.name for f in fields(Settings)}
     unknown = set(values) - known
@@ -311,6 +353,8 @@ def _coerce_one(name: str, value: Any) -> Any:
     try:
         if kind in ("Path", "Path | None") and value is not None:
             return Path(value)
+        if name == "fresh_wait":
+            return parse_seconds(value)
         if kind == "int":
             return int(value)
         if kind == "float":

@@ -28,6 +28,12 @@ from sync_format.media import display_ext_problem, safe_content_type
 from sync_format.reader import WASM_ENTRY
 
 NS_PER_SECOND = 1_000_000_000
+#: Share of the TTL before expiry at which an archive counts as nearly expired (a refresh is asked for).
+LEAD_FRACTION = 0.1
+#: Seconds before expiry an archive counts as nearly expired at least (short TTLs).
+MIN_LEAD = 1.0
+#: Seconds before expiry an archive counts as nearly expired at most (a refresh takes seconds, not hours).
+MAX_LEAD = 60.0
 #: CRC-32 of the 8-byte empty module, which builders write when an archive has no update logic.
 EMPTY_WASM_CRC32 = zlib.crc32(EMPTY_WASM)
 
@@ -103,6 +109,19 @@ class ArchiveFacts:
     def is_expired(self) -> bool:
         """True when the payload is stale now (an unparsable base timestamp counts as stale)."""
         return self.expiry.is_expired()
+
+
+def lead_ns(ttl: int) -> int:
+    """How long before expiry an archive with this TTL counts as nearly expired: the scheduler asks for its
+    refresh then, and a reader asking for fresh data (``Cache-Control: no-cache``) waits for that refresh.
+
+    Args:
+        ttl: ``policy.ttl`` in seconds.
+
+    Returns:
+        Nanoseconds: ``ttl * LEAD_FRACTION`` clamped to ``[MIN_LEAD, MAX_LEAD]``.
+    """
+    return int(min(max(ttl * LEAD_FRACTION, MIN_LEAD), MAX_LEAD) * NS_PER_SECOND)
 
 
 def derive_etag(identity: FileIdentity, payload_crc32: int) -> str:

@@ -23,6 +23,8 @@ Invariants:
     * The payload reader holds the descriptor that was opened and checked: a swap during the download
       never mixes old and new bytes; the reader is closed when the response ends, however it ends.
     * An expired archive tells the freshness hook once, before any byte is sent (``open_known``).
+    * Freshness directives and headers are the provider's and ``mountd.freshness_http``'s, as on wsgidav's
+      path: ``open_known`` gets the environ (it may wait for a refresh and records the version served).
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ class FastGet(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         provider = environ.get("wsgidav.provider")
         if not isinstance(provider, SyncProvider) or not is_plain_read(environ):
             return self.next_app(environ, start_response)  # type: ignore[no-any-return]
-        known = provider.open_known(environ["PATH_INFO"])
+        known = provider.open_known(environ["PATH_INFO"], environ)
         if known is None:
             return self.next_app(environ, start_response)  # type: ignore[no-any-return]
         reader = known.reader

@@ -184,6 +184,23 @@ class ArchiveIndex:
             self._learned += 1
             self._store(facts.identity, facts)
 
+    def forget(self, path: Path) -> None:
+        """Drop what is remembered of the archive at ``path``: its directory's listing and the facts of the
+        version that listing showed (called when a commit of it is announced, so nothing answers from the
+        old generation after the notice; reads look versions up by file identity, which a swap changes).
+
+        Args:
+            path: The archive file.
+        """
+        with self._lock:
+            remembered = self._listings.pop(str(path.parent), None)
+            if remembered is None:
+                return
+            self._listed -= len(remembered[1].archives)
+            for listed in remembered[1].archives.values():
+                if listed.path == path:
+                    self._entries.pop(listed.facts.identity, None)
+
     def note_unreadable(self, path: Path, identity: FileIdentity | None, exc: ArchiveError) -> None:
         """Record and log (once per identity) that an archive could not be opened.
 

@@ -8,6 +8,9 @@ What is counted, and where it is counted:
   its bytes with ``record_bytes(environ, n)``, which finds this request's metrics in the environ;
 * stale reads — by ``CountingFreshness``, which wraps the freshness hook the provider is given and counts
   each ``on_stale`` call before passing it on;
+* the refresh scheduler's freshness summary — refresh lag (seconds past expiry at commit, a histogram),
+  archives expired now, the refresh queue (waiting in the scheduler, in flight), walk CPU — read at scrape
+  time from the ``RefreshScheduler`` attached with ``attach_scheduler`` (absent until one is attached);
 * refresh requests by result — read at scrape time from the hook's own ``counts``
   (``mountd.freshness.FreshnessCounts``): the hook already counts what ``request_refresh`` returned, in its
   background thread, so nothing is counted twice or in two places. A hook without ``counts`` reports zeros.
@@ -23,17 +26,18 @@ Invariants:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from mountd.freshness import FreshnessCounts
 from mountd.integrity import VERDICTS
 from mountd.provider import FreshnessHook
+from mountd.scheduler import LAG_BUCKETS, FreshnessSummary
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +109,16 @@ class MountdMetrics:
         )
         self.registry.register(_RefreshRequests(freshness))
         self.registry.register(_CorruptPayloads())
+        self._scheduler = _SchedulerSummary()
+        self.registry.register(self._scheduler)
+
+    def attach_scheduler(self, summary: Callable[[], FreshnessSummary]) -> None:
+        """Export the freshness summary of the refresh scheduler from now on.
+
+        Args:
+            summary: Returns the current summary (``RefreshScheduler.summary``).
+        """
+        self._scheduler.source = summary
 
     def record_request(self, method: str, status: str, seconds: float) -> None:
         """Count one finished request.
@@ -207,6 +221,60 @@ class _CorruptPayloads(Collector):
             f"{PREFIX}_corrupt_payloads",
             "Archive versions found with a payload that does not match its CRC-32 (never served).",
             value=VERDICTS.corrupt_found,
+        )
+
+
+class _SchedulerSummary(Collector):
+    """The refresh scheduler's freshness metrics, read from its summary at scrape time."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], FreshnessSummary] | None = None
+
+    def collect(self) -> Iterator[Any]:
+        if self.source is None:
+            return
+        summary = self.source()
+        lag = HistogramMetricFamily(
+            f"{PREFIX}_refresh_lag_seconds",
+            "Seconds past the previous generation's expiry at which each new generation was committed "
+            "(0 when it came before expiry), as seen by this mountd's scheduler.",
+        )
+        buckets = [(str(bound), count) for bound, count in zip(LAG_BUCKETS, summary.lag_buckets, strict=True)]
+        lag.add_metric([], [*buckets, ("+Inf", summary.lag_count)], summary.lag_sum)
+        yield lag
+        yield GaugeMetricFamily(
+            f"{PREFIX}_archives_expired", "Archives with update logic that are expired now.", summary.expired
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_archives_watched",
+            "Archives with update logic and a finite TTL the scheduler looks after.",
+            summary.archives,
+        )
+        depth = GaugeMetricFamily(
+            f"{PREFIX}_refresh_queue_depth",
+            "Proactive refreshes due and waiting for room in the window, and in flight (queued or running).",
+            labels=("state",),
+        )
+        depth.add_metric(("waiting",), summary.waiting)
+        depth.add_metric(("in_flight",), summary.in_flight)
+        yield depth
+        yield GaugeMetricFamily(
+            f"{PREFIX}_scheduler_leader",
+            "1 when this mountd's scheduler holds the store's lease (asks for refreshes), else 0.",
+            int(summary.leader),
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_scheduler_requests",
+            "Proactive refreshes this mountd's scheduler asked for.",
+            value=summary.requested,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_scheduler_walks", "Walks of the whole store by the scheduler.", value=summary.scans
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_scheduler_walk_cpu_seconds",
+            "CPU seconds (thread time) the scheduler's walks took.",
+            value=summary.pass_cpu_seconds,
         )
 
 

@@ -25,6 +25,10 @@ Invariants:
       facts of the identity it ``fstat``s on that same descriptor: a swap makes a new inode and an edit a
       new mtime or size, so a cached identity means the cached payload offset and size describe the bytes
       behind that descriptor. An unknown identity is parsed from the same descriptor and learnt.
+    * A GET or HEAD whose ``Cache-Control`` asks for fresher data than an expired or nearly expired archive
+      holds (``mountd.freshness_http.needs_fresh``) asks for a refresh and waits at most ``fresh_wait``
+      seconds, once per request on either path, then serves the version on disk; the version served is
+      recorded in the environ (``SERVED_FACTS_KEY``) for ``FreshnessHeaders``.
 """
 
 from __future__ import annotations
@@ -42,6 +46,15 @@ from wsgidav.dav_provider import DAVProvider  # type: ignore[import-untyped]
 from broker.contract import archive_key
 from mountd.errors import dav_error
 from mountd.facts import ArchiveFacts
+from mountd.freshness_http import (
+    DEFAULT_FRESH_WAIT,
+    MISSED_KEY,
+    SERVED_FACTS_KEY,
+    WAITED_KEY,
+    SwapWaiters,
+    needs_fresh,
+    request_directives,
+)
 from mountd.index import ArchiveIndex
 from mountd.middleware import on_request_end
 from mountd.resources import ArchiveResource, SingleArchiveCollection, StoreCollection
@@ -57,6 +70,7 @@ from sync_format import (
     open_archive_fd,
     writable_display_name,
 )
+from sync_format.freshness import now_ns
 from sync_format.store import SYNC_SUFFIX, check_store_name, is_archive_name
 
 log = logging.getLogger(__name__)
@@ -109,6 +123,10 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         freshness: Told about expired archives being read.
         index: The listing cache; a new one when None (with the writable naming rule when writable).
         writable: The writable store's policy; None serves read-only.
+        fresh_wait: Seconds a read asking for fresh data (``Cache-Control: no-cache`` …) waits at most for
+            a refresh (``mountd.freshness_http``); 0 never waits.
+        swaps: Where such reads wait; fed with "swapped" notifications by whoever listens (a new one, fed by
+            nobody, when None: reads then see the new file on disk within ``WAIT_POLL``).
 
     Raises:
         ArchiveError: ``store`` is neither a directory nor a file, or ``writable`` is given with a file.
@@ -121,8 +139,12 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         *,
         index: ArchiveIndex | None = None,
         writable: WritePolicy | None = None,
+        fresh_wait: float = DEFAULT_FRESH_WAIT,
+        swaps: SwapWaiters | None = None,
     ) -> None:
         super().__init__()
+        self.fresh_wait = fresh_wait
+        self.swaps = swaps if swaps is not None else SwapWaiters()
         store = Path(store).absolute()
         self.writable = writable
         if writable is not None and not store.is_dir():
@@ -170,15 +192,43 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         if path in cache:
             return cache[path]
         resource = self._resolve(path, environ)
+        reading = environ.get("REQUEST_METHOD") in READ_METHODS
+        if reading and isinstance(resource, ArchiveResource) and self._wait_wanted(environ, resource.facts):
+            # The reader asked for fresher data than this: ask for it, wait (bounded), serve what is there.
+            resource.close()
+            self._wait_for_refresh(environ, resource.archive, resource.facts, asked=False)
+            resource = self._resolve(path, environ)
         cache[path] = resource
         if isinstance(resource, ArchiveResource):
             if not on_request_end(environ, resource.close):
                 log.debug("no request scope: snapshot closes when collected archive=%s", resource.key)
-            if environ.get("REQUEST_METHOD") in READ_METHODS:
+            if reading:
+                environ[SERVED_FACTS_KEY] = resource.facts
                 self._check_freshness(resource.archive, resource.facts)
         return resource
 
-    def open_known(self, path: str) -> KnownPayload | None:
+    def _wait_wanted(self, environ: dict[str, Any], facts: ArchiveFacts) -> bool:
+        # Once per request: the fast path may have waited already before handing the request on.
+        if self.fresh_wait <= 0 or environ.get(WAITED_KEY):
+            return False
+        directives = request_directives(environ)
+        if not directives.any or not needs_fresh(directives, facts, now_ns()):
+            return False
+        environ[WAITED_KEY] = True
+        return True
+
+    def _wait_for_refresh(
+        self, environ: dict[str, Any], archive: Path, facts: ArchiveFacts, *, asked: bool
+    ) -> None:
+        # Asks for a refresh (unless the read already did: it was expired) and waits for a newer generation
+        # at most fresh_wait seconds; records a missed wait for the Sync-Stale header.
+        if not asked:
+            self._request_refresh(archive, facts)
+        key = archive.relative_to(self.root).as_posix()
+        if not self.swaps.wait(key, archive, facts.identity, facts.generation, self.fresh_wait):
+            environ[MISSED_KEY] = True
+
+    def open_known(self, path: str, environ: dict[str, Any] | None = None) -> KnownPayload | None:
         """Open the archive a plain GET or HEAD of ``path`` reads, when it is the simple case.
 
         The simple case: a read-only store directory, ``path`` names an archive by its direct candidate
@@ -187,11 +237,27 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
 
         Args:
             path: The normalized request path.
+            environ: The request's environ: its freshness directives are honoured (a bounded wait for a
+                refresh) and the version served is recorded for the freshness headers.
 
         Returns:
             The archive's facts and payload reader, or None when wsgidav's path must answer (anything
             else, including missing and unreadable archives, so that their errors come from one place).
         """
+        known = self._open_known(path)
+        if known is None or environ is None:
+            return known
+        if self._wait_wanted(environ, known.facts):
+            known.reader.close()
+            # An expired archive was asked for by _open_known already.
+            self._wait_for_refresh(environ, Path(known.archive), known.facts, asked=known.facts.is_expired())
+            known = self._open_known(path)
+            if known is None:
+                return None
+        environ[SERVED_FACTS_KEY] = known.facts
+        return known
+
+    def _open_known(self, path: str) -> KnownPayload | None:
         if self.single is not None or self.writable is not None or path.endswith("/"):
             return None
         relative = path.strip("/")
@@ -370,8 +436,10 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         raise DAVError(HTTP_SERVICE_UNAVAILABLE, f"archive {key} keeps changing while it is opened; retry")
 
     def _check_freshness(self, archive: Path, facts: ArchiveFacts) -> None:
-        if not facts.is_expired():
-            return
+        if facts.is_expired():
+            self._request_refresh(archive, facts)
+
+    def _request_refresh(self, archive: Path, facts: ArchiveFacts) -> None:
         try:
             key = archive_key(self.root, archive)
         except SyncError as exc:

@@ -37,6 +37,7 @@ from mountd.auth import auth_config
 from mountd.browser import middleware_stack
 from mountd.connection_guard import GuardedServer
 from mountd.freshness import NullFreshness
+from mountd.freshness_http import FreshnessHeaders, SwapWaiters
 from mountd.index import ArchiveIndex
 from mountd.metrics import CountingFreshness, MountdMetrics
 from mountd.middleware import ConditionalHeaders, RequestGuard, RequestScope, host_names
@@ -82,6 +83,7 @@ def build_app(
     lock_storage: Any = True,
     property_store: Path | Any | None = None,
     users: UserTable | None = None,
+    swaps: SwapWaiters | None = None,
 ) -> RequestGuard:
     """The WSGI application serving ``store`` (read-only unless ``writable`` is given).
 
@@ -98,10 +100,12 @@ def build_app(
         property_store: A file to keep dead properties in across restarts (in memory when None), or a
             property manager shared by replicas (``mountd.properties.RedisPropertyManager``).
         users: The users file; None for anonymous access (see ``mountd.auth`` for who gets which role).
+        swaps: Where reads asking for fresh data wait for a new generation (``mountd.freshness_http``); feed
+            it "swapped" notifications (``mountd.swap_listener``). A new one when None.
 
     Returns:
-        ``RequestGuard`` → ``XmlBodyLimit`` → ``OpsEndpoints`` → ``ConditionalHeaders`` → ``RequestScope``
-        → wsgidav's ``WsgiDAVApp``.
+        ``RequestGuard`` → ``XmlBodyLimit`` → ``OpsEndpoints`` → ``ConditionalHeaders`` →
+        ``FreshnessHeaders`` → ``RequestScope`` → wsgidav's ``WsgiDAVApp``.
 
     Raises:
         ArchiveError: ``store`` is neither a directory nor a file.
@@ -109,7 +113,14 @@ def build_app(
         UsersFileError: ``users`` has no users.
     """
     metrics = MountdMetrics(freshness)
-    provider = SyncProvider(store, CountingFreshness(freshness, metrics), index=index, writable=writable)
+    provider = SyncProvider(
+        store,
+        CountingFreshness(freshness, metrics),
+        index=index,
+        writable=writable,
+        fresh_wait=settings.fresh_wait,
+        swaps=swaps,
+    )
     config: dict[str, Any] = {
         "provider_mapping": {"/": provider},
         "block_size": BLOCK_SIZE,
@@ -127,7 +138,9 @@ def build_app(
     # wsgidav logs "Share '/' will allow anonymous write access" here because SyncProvider.is_readonly() is
     # False (so that LOCK works); in read-only mode the resources refuse every write with 403 all the same.
     dav = WsgiDAVApp(config)
-    ops = OpsEndpoints(ConditionalHeaders(RequestScope(dav)), metrics, health_check(store, freshness))
+    ops = OpsEndpoints(
+        ConditionalHeaders(FreshnessHeaders(RequestScope(dav))), metrics, health_check(store, freshness)
+    )
     bounded = XmlBodyLimit(ops, max_body=settings.max_xml_body, max_elements=settings.max_xml_elements)
     return RequestGuard(bounded, host_names(settings.host, allowed_hosts))
 
@@ -184,6 +197,15 @@ class ServerHandle:
         provider: SyncProvider = app.provider_map["/"]
         return provider
 
+    @property
+    def metrics(self) -> MountdMetrics:
+        """The application's metrics (e.g. to attach the refresh scheduler's summary)."""
+        app: Any = self.app
+        while not isinstance(getattr(app, "metrics", None), MountdMetrics):
+            app = app.app
+        metrics: MountdMetrics = app.metrics
+        return metrics
+
     def shutdown(self) -> None:
         """Stop accepting, let running requests finish (within ``SHUTDOWN_TIMEOUT``), join the thread."""
         self._server.stop()
@@ -214,6 +236,7 @@ def serve_background(
     property_store: Path | Any | None = None,
     users: UserTable | None = None,
     sendfile: bool = True,
+    swaps: SwapWaiters | None = None,
 ) -> ServerHandle:
     """Bind and serve on a background thread; return once the socket listens.
 
@@ -229,6 +252,7 @@ def serve_background(
         users: The users file; None for anonymous access.
         sendfile: Send payload bodies with ``os.sendfile`` (``mountd.sendfile``); False copies them in
             blocks, as over TLS.
+        swaps: Where fresh-demanding reads wait (see ``build_app``).
 
     Returns:
         The handle; call ``shutdown`` (or use it as a context manager).
@@ -252,6 +276,7 @@ def serve_background(
         lock_storage=lock_storage,
         property_store=property_store,
         users=users,
+        swaps=swaps,
     )
     server = GuardedServer(
         (settings.host, settings.port),
@@ -287,6 +312,7 @@ def serve(
     writable: WritePolicy | None = None,
     lock_storage: Any = True,
     property_store: Path | Any | None = None,
+    swaps: SwapWaiters | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully. Call from the main thread.
 
@@ -300,6 +326,7 @@ def serve(
         writable: The writable store's policy; None serves read-only.
         lock_storage: wsgidav's lock storage (see ``build_app``).
         property_store: Where dead properties persist (see ``build_app``).
+        swaps: Where fresh-demanding reads wait (see ``build_app``).
 
     Raises:
         ArchiveError: No store is given, or it is neither a directory nor a file.
@@ -324,6 +351,7 @@ def serve(
             lock_storage=lock_storage,
             property_store=property_store,
             users=users,
+            swaps=swaps,
         ) as handle:
             if on_ready is not None:
                 on_ready(handle)

@@ -3,9 +3,13 @@
 It resolves the broker once (``--broker`` Redis, or the embedded one), gives mountd a broker-backed
 freshness hook (an expired archive that is read gets one refresh job, never delaying the read), starts the
 refresh scheduler on the same hook and the server's listing cache (archives with update logic are asked for
-shortly before they expire; ``--no-scheduler`` leaves refreshes to reads), and unless told otherwise starts
-local refresh workers on the same broker. Stops on SIGINT/SIGTERM: the server first, then the scheduler,
-then the workers (they finish the job in progress), then an embedded broker it started.
+shortly before they expire; ``--no-scheduler`` leaves refreshes to reads), listens to the workers' "swapped"
+notifications (the scheduler schedules each new generation at once, the listing cache drops the old one,
+reads waiting for fresh data wake; see ``mountd.swap_listener``), and unless told otherwise starts local
+refresh workers on the same broker. Replicas serving the same store path on one broker share a scheduler
+lease in Redis: one of them schedules (``broker.scheduling``). Stops on SIGINT/SIGTERM: the server first,
+then the listener and the scheduler, then the workers (they finish the job in progress), then an embedded
+broker it started.
 
 Access (``mountd.auth``): without ``--auth`` only a loopback address may be served (anonymous users are
 owners there) unless ``--allow-anonymous`` lets anonymous users read from other addresses; with ``--auth
@@ -88,6 +92,12 @@ def register(
         "clients without credentials read anonymously (SYNC_ALLOW_ANONYMOUS)",
     )
     serve.add_argument(
+        "--fresh-wait",
+        metavar="SECONDS",
+        help="longest wait of a read asking for fresh data (Cache-Control: no-cache) for a refresh, e.g. 5s "
+        "or 500ms; 0 never waits (SYNC_FRESH_WAIT, default 5s)",
+    )
+    serve.add_argument(
         "--no-scheduler",
         action="store_true",
         help="refresh archives only when an expired one is read, not shortly before they expire",
@@ -145,6 +155,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "cache_dir": args.cache_dir,
             "sandbox": args.sandbox,
             "allow_anonymous": args.allow_anonymous,
+            "fresh_wait": args.fresh_wait,
         }
     )
     users = load_users(args.auth) if args.auth is not None else None
@@ -197,11 +208,15 @@ def serve_store(
         0 after a clean shutdown.
     """
     from broker.connection import connect
+    from broker.redis_client import SERVICE_CONNECT_TIMEOUT, SERVICE_SOCKET_TIMEOUT, make_redis
+    from broker.scheduling import SchedulerLease, claims_held, write_summary
     from mountd.freshness import BrokerFreshness
+    from mountd.freshness_http import SwapWaiters
     from mountd.locks import RedisLockStorage
     from mountd.properties import RedisPropertyManager
-    from mountd.scheduler import RefreshScheduler
+    from mountd.scheduler import FreshnessSummary, RefreshScheduler
     from mountd.server import serve
+    from mountd.swap_listener import SwapListener
     from syncctl.local_workers import LocalWorkers
 
     store = path.absolute()
@@ -224,11 +239,50 @@ def serve_store(
                 log_format=log_format,
             ).start()
         schedulers: list[RefreshScheduler] = []
+        listeners: list[SwapListener] = []
+        swaps = SwapWaiters()
+        # One client for the lease, claim probes and summaries; the listener's subscription holds its own.
+        client = make_redis(
+            connection.redis_url,
+            socket_timeout=SERVICE_SOCKET_TIMEOUT,
+            connect_timeout=SERVICE_CONNECT_TIMEOUT,
+        )
+        listen_client = make_redis(
+            connection.redis_url,
+            socket_timeout=SERVICE_SOCKET_TIMEOUT,
+            connect_timeout=SERVICE_CONNECT_TIMEOUT,
+        )
+        scope = str(store)
+
+        def publish(summary: FreshnessSummary) -> None:
+            if summary.leader:
+                write_summary(client, scope, {"store": scope, **summary.to_json()})
 
         def ready(handle: ServerHandle) -> Any:
+            index = handle.provider.index
+            callbacks: list[Callable[[Any], object]] = [
+                lambda event: index.forget(root / event.archive),
+                swaps.notify,
+            ]
+            on_connect: list[Callable[[], object]] = []
             if scheduler:
                 # On the server's index, so a pass and the reads open each archive version once in all.
-                schedulers.append(RefreshScheduler(store, freshness, handle.provider.index).start())
+                # Replicas of this store share the lease: one of them asks for refreshes.
+                running = RefreshScheduler(
+                    store,
+                    freshness,
+                    index,
+                    window=settings.scheduler_window,
+                    claim_probe=lambda keys: claims_held(client, keys),
+                    lease=SchedulerLease(client, scope),
+                    publish=publish,
+                )
+                schedulers.append(running)
+                callbacks.insert(0, running.on_swapped)
+                on_connect.append(running.wake)
+                handle.metrics.attach_scheduler(running.summary)
+                running.start()
+            listeners.append(SwapListener(listen_client, callbacks, on_connect=on_connect).start())
             local = f", {workers_wanted} local worker processes" if workers is not None else ""
             mode = "writable" if writable is not None else "read-only"
             sys.stdout.write(
@@ -256,10 +310,15 @@ def serve_store(
                 lock_storage=locks,
                 property_store=properties,
                 users=users,
+                swaps=swaps,
             )
         finally:
+            for listener in listeners:
+                listener.close()
             for running in schedulers:
                 running.close()
+            client.close()
+            listen_client.close()
             freshness.close()
             if workers is not None:
                 workers.stop()

@@ -223,9 +223,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     """
     from broker.connection import connect
     from broker.redis_client import SERVICE_CONNECT_TIMEOUT, SERVICE_SOCKET_TIMEOUT, make_redis
+    from broker.scheduling import read_summaries
     from broker.status import list_status, read_history
 
     settings = _settings(args, store=args.store)
+    summaries: dict[str, dict[str, Any]] = {}
     with connect(settings) as connection:
         client = make_redis(
             connection.redis_url,
@@ -237,11 +239,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             records = read_history(client, key)
         else:
             records = list_status(client)
+            summaries = read_summaries(client)
     docs = [r.to_json() for r in records]
     if args.json:
         json.dump(docs, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
+    for scope, summary in summaries.items():
+        sys.stdout.write(freshness_line(scope, summary) + os.linesep)
     for doc in docs:
         error = f" {doc['error_code']}: {escape_text(doc['error'])}" if doc.get("error_code") else ""
         sys.stdout.write(
@@ -258,3 +263,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not docs:
         sys.stdout.write("no refreshes recorded\n")
     return 0
+
+
+def freshness_line(scope: str, summary: dict[str, Any]) -> str:
+    """One line of ``syncctl status`` for a scheduler's published summary (``broker.scheduling``).
+
+    Args:
+        scope: The store the scheduler looks after.
+        summary: Its summary (``mountd.scheduler.FreshnessSummary.to_json``).
+
+    Returns:
+        ``freshness STORE: N archives, E expired now, queue W waiting + F in flight (window K), refresh lag
+        mean/max seconds past expiry over C commits``.
+    """
+    count = int(summary.get("lag_count") or 0)
+    mean = float(summary.get("lag_sum") or 0) / count if count else 0.0
+    return (
+        f"freshness {scope}: {summary.get('archives', 0)} archives, {summary.get('expired', 0)} expired now, "
+        f"queue {summary.get('waiting', 0)} waiting + {summary.get('in_flight', 0)} in flight "
+        f"(window {summary.get('window')}), refresh lag mean {mean:.1f} s max "
+        f"{float(summary.get('lag_max') or 0):.1f} s over {count} commits"
+    )

@@ -232,3 +232,76 @@ def _dav(url: str, method: str, path: str, body: bytes, **headers: str) -> tuple
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def _get_with(url: str, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310  (loopback URL of our server)
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        return response.read(), dict(response.headers)
+
+
+def _expired_store(tmp_path: Path) -> tuple[Path, bytes]:
+    store = tmp_path / "store"
+    store.mkdir()
+    manifest = make_manifest(
+        content_type="text/csv", display_ext="csv", ttl=60, created_at="2020-01-01T00:00:00Z"
+    )
+    original = b"reading\n1,roof,7.1\n"
+    make_archive(
+        store / "readings.csv.sync", original, manifest=manifest, wasm=wasmtime.wat2wasm(GUEST.read_text())
+    )
+    return store, original
+
+
+def test_a_no_cache_read_of_an_expired_archive_returns_the_new_generation(tmp_path: Path) -> None:
+    """With the embedded broker and a real worker (the scheduler off, so only the read asks), a
+    ``Cache-Control: no-cache`` GET of an expired archive waits for the refresh and returns generation 1,
+    marked fresh; a plain GET would have returned the stale payload at once."""
+    store, original = _expired_store(tmp_path)
+    env = {**os.environ, "SYNC_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("SYNC_BROKER_URL", None)
+    args = [
+        "syncctl",
+        "serve",
+        str(store),
+        "--port",
+        "0",
+        "--workers",
+        "1",
+        "--no-scheduler",
+        "--fresh-wait",
+        "20s",
+    ]
+    with (tmp_path / "serve.log").open("wb") as log, _serving(args, env, log) as line:
+        assert line.startswith("serving "), line + (tmp_path / "serve.log").read_text()
+        body, headers = _get_with(_url(line) + "/readings.csv", {"Cache-Control": "no-cache"})
+    assert body == original + b"2,roof,7.2\n"
+    assert "Sync-Stale" not in headers
+    assert headers["Cache-Control"].startswith("max-age=")
+    with open_archive(store / "readings.csv.sync") as snap:
+        assert snap.generation == 1
+
+
+def test_without_workers_a_no_cache_read_gets_the_old_data_marked_stale(tmp_path: Path) -> None:
+    """No worker runs: after ``--fresh-wait`` the reader gets what there is, with ``Sync-Stale: true``."""
+    store, original = _expired_store(tmp_path)
+    env = {**os.environ, "SYNC_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("SYNC_BROKER_URL", None)
+    args = [
+        "syncctl",
+        "serve",
+        str(store),
+        "--port",
+        "0",
+        "--workers",
+        "0",
+        "--no-scheduler",
+        "--fresh-wait",
+        "1s",
+    ]
+    with (tmp_path / "serve.log").open("wb") as log, _serving(args, env, log) as line:
+        assert line.startswith("serving "), line + (tmp_path / "serve.log").read_text()
+        body, headers = _get_with(_url(line) + "/readings.csv", {"Cache-Control": "no-cache"})
+    assert body == original
+    assert headers["Sync-Stale"] == "true"
+    assert headers["Cache-Control"] == "max-age=0, must-revalidate"

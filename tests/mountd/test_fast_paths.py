@@ -35,7 +35,7 @@ LOCK_BODY = (
 
 
 def _without_date(resp: Response) -> tuple[int, list[tuple[str, str]], bytes]:
-    return resp.status, [(k, v) for k, v in resp.headers.items() if k != "date"], resp.body
+    return resp.status, [(k, v) for k, v in resp.headers.items() if k not in ("date", "age")], resp.body
 
 
 def _fast_and_slow_propfind(url: str, path: str, depth: str) -> tuple[Response, Response]:

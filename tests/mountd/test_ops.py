@@ -17,6 +17,7 @@ from store_manifests import EXPIRED
 
 from broker import Settings
 from broker.connection import BrokerConnection
+from broker.swapped import SwappedEvent
 from mountd import (
     HEALTH_PATH,
     METRICS_PATH,
@@ -29,7 +30,9 @@ from mountd import (
     record_bytes,
     serve_background,
 )
-from sync_format import BuildResult
+from mountd.scheduler import RefreshScheduler
+from sync_format import EMPTY_WASM, BuildResult, commit_payload
+from sync_format.testing import make_archive
 
 AddArchive = Callable[..., BuildResult]
 PAYLOAD = b"0123456789" * 1000
@@ -237,3 +240,28 @@ def test_record_bytes_counts_bytes_sent_outside_the_iterable(store: Path) -> Non
     page = metrics.exposition().decode()
     assert "sync_mountd_response_bytes_total 4096.0" in page
     assert 'sync_mountd_requests_total{method="GET",status="200"} 1.0' in page
+
+
+def test_the_scheduler_s_freshness_summary_is_exported(
+    add_archive: AddArchive, store: Path, server: ServerHandle, url: str
+) -> None:
+    """Attached to the metrics, the scheduler's summary shows: archives watched and expired, the queue
+    (waiting beyond the window, in flight), the lag histogram after a commit past expiry, walks and CPU."""
+    for name in ("a.txt.sync", "b.txt.sync", "c.txt.sync"):
+        make_archive(store / name, b"old", manifest=EXPIRED, wasm=EMPTY_WASM + b"\x00\x05\x04sync")
+    scheduler = RefreshScheduler(store, RecordingHook(), server.provider.index, window=2)
+    server.metrics.attach_scheduler(scheduler.summary)
+    scheduler.scan()
+    assert value(url, "sync_mountd_archives_watched") == 3
+    assert value(url, "sync_mountd_archives_expired") == 3
+    assert value(url, "sync_mountd_refresh_queue_depth", state="in_flight") == 2
+    assert value(url, "sync_mountd_refresh_queue_depth", state="waiting") == 1
+    commit_payload(store / "a.txt.sync", 0, b"new")
+    scheduler.on_swapped(SwappedEvent("a.txt.sync", 1))
+    scheduler.step()
+    assert value(url, "sync_mountd_archives_expired") == 2
+    assert value(url, "sync_mountd_refresh_lag_seconds_count") == 1
+    assert value(url, "sync_mountd_refresh_lag_seconds_bucket", le="3600.0") == 0  # expired since 2020
+    assert value(url, "sync_mountd_refresh_lag_seconds_bucket", le="+Inf") == 1
+    assert value(url, "sync_mountd_scheduler_walks_total") == 1
+    assert value(url, "sync_mountd_scheduler_leader") == 1

@@ -17,6 +17,7 @@ import pytest
 from recording_hook import RecordingHook
 from redis_server import wait_for
 
+from broker.swapped import SwappedEvent
 from mountd import ArchiveFacts, ArchiveIndex
 from mountd.scheduler import (
     MAX_RETRY_BACKOFF,
@@ -303,3 +304,193 @@ def test_passes_over_ten_thousand_archives_open_each_once(
     assert (second.archives, scheduler.index.stats.opens) == (MANY, MANY)
     assert scheduler.index.stats.hits >= MANY
     assert hook.calls == []
+
+
+# -- issue 16: commits announced, the window, the lag ---------------------------------------------------
+
+
+class CommittingHook:
+    """Plays the workers: commits each requested archive one at a time, in request order, at most one commit
+    per ``pause`` seconds, and announces each commit to the scheduler, as the swap listener does."""
+
+    def __init__(self, store: Path, pause: float, latency: float = 0.0) -> None:
+        self.store = store
+        self.pause = pause
+        self.latency = latency
+        self.commits: list[str] = []
+        self.scheduler: RefreshScheduler | None = None
+        self._queue: list[tuple[str, int]] = []
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def on_stale(self, archive: str, generation: int, timeout: int) -> None:
+        """Queue the refresh (one per archive, as the claims keep it)."""
+        with self._cond:
+            if all(queued != archive for queued, _ in self._queue):
+                self._queue.append((archive, generation))
+                self._cond.notify()
+
+    def close(self) -> None:
+        """Stop committing."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(WAIT)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._stop)
+                if self._stop:
+                    return
+                archive, generation = self._queue.pop(0)
+            threading.Event().wait(self.latency)
+            committed = commit_payload(self.store / archive, generation, f"{generation + 1}".encode())
+            self.commits.append(archive)
+            assert self.scheduler is not None
+            self.scheduler.on_swapped(SwappedEvent(archive, committed.generation))
+            threading.Event().wait(self.pause)
+
+
+def test_a_commit_announced_is_scheduled_from_its_own_expiry_at_once(store: Path) -> None:
+    """With a walk only every 10 minutes, an archive with a 2 s TTL is refreshed generation after generation:
+    each announced commit is scheduled from the new expiry (the scheduler did not learn of commits before
+    its next walk, so it refreshed such an archive once per walk)."""
+    add(store, "fast.txt.sync", ttl=2, created_at=format_timestamp(now_ns()))
+    hook = CommittingHook(store, pause=0.0)
+    scheduler = RefreshScheduler(store, hook, ArchiveIndex(), max_scan_interval=600)
+    hook.scheduler = scheduler
+    scheduler.start()
+    try:
+        wait_for(lambda: len(hook.commits) >= 3, WAIT, what="three generations committed")
+        # Each request came before expiry (the lead), with one walk in all.
+        assert scheduler.stats.scans == 1
+        assert scheduler.stats.swapped >= 3
+        assert scheduler.summary().lag_count >= 2
+    finally:
+        scheduler.close()
+        hook.close()
+
+
+def test_the_lead_widens_to_cover_slow_refreshes(store: Path) -> None:
+    """Refreshes that take 2.5 s (a busy queue) against a fixed lead of 1 s (TTL 6 s) would commit 1.5 s
+    after every expiry; the lead widens to twice the observed latency (at most half the TTL: 3 s), so after
+    the first refresh the commits come before expiry (lag 0; commit times have whole seconds)."""
+    add(store, "slow.txt.sync", ttl=6, created_at=format_timestamp(now_ns()))
+    hook = CommittingHook(store, pause=0.0, latency=2.5)
+    scheduler = RefreshScheduler(store, hook, ArchiveIndex(), max_scan_interval=600)
+    hook.scheduler = scheduler
+    scheduler.start()
+    try:
+        wait_for(lambda: len(hook.commits) >= 3, 2 * WAIT, what="three generations committed")
+    finally:
+        scheduler.close()
+        hook.close()
+    summary = scheduler.summary()
+    assert summary.lag_count >= 2
+    assert summary.lag_buckets[0] >= summary.lag_count - 1  # all but the first at lag 0
+
+
+def test_in_overload_archives_are_refreshed_round_robin(store: Path) -> None:
+    """k = 1 + rho on a small scale: 12 archives with a 2 s TTL (demand 6/s) and a "worker" that commits one
+    archive per 0.25 s (capacity 4/s, rho = 1.5). With a window of one request, archives are asked for
+    oldest due first, so between two refreshes of one archive every other archive is refreshed once: nobody
+    starves, each archive is refreshed at least once per TTL + N / C = (1 + rho) * TTL seconds."""
+    names = [f"a{i:02d}.txt.sync" for i in range(12)]
+    for name in names:
+        add(store, name, ttl=2, created_at=format_timestamp(now_ns()))
+    hook = CommittingHook(store, pause=0.25)
+    scheduler = RefreshScheduler(store, hook, ArchiveIndex(), max_scan_interval=600, window=1)
+    hook.scheduler = scheduler
+    scheduler.start()
+    try:
+        wait_for(lambda: len(hook.commits) >= 2 * len(names) + 2, 3 * WAIT, what="two full cycles")
+    finally:
+        scheduler.close()
+        hook.close()
+    commits = hook.commits
+    for i, archive in enumerate(commits):
+        following = commits[i + 1 :]
+        if archive in following:
+            between = following[: following.index(archive)]
+            assert sorted(between) == sorted(n for n in names if n != archive), (i, commits)
+
+
+def test_the_window_bounds_requests_in_flight_and_counts_the_backlog(
+    store: Path, hook: RecordingHook, clock: Clock
+) -> None:
+    """Five expired archives and a window of two: two are asked for, oldest expiry first; three wait. A
+    committed one leaves the window and the next oldest is asked for without a walk."""
+    for i in range(5):
+        add(store, f"w{i}.txt.sync", ttl=60, created_at=f"2020-01-01T00:0{i}:00Z")
+    scheduler = RefreshScheduler(store, hook, ArchiveIndex(), clock=clock, window=2)
+    report = scheduler.scan()
+    assert report.requested == 2
+    assert [call[0] for call in hook.calls] == ["w0.txt.sync", "w1.txt.sync"]
+    summary = scheduler.summary()
+    assert (summary.archives, summary.expired, summary.waiting, summary.in_flight) == (5, 5, 3, 2)
+    commit_payload(store / "w0.txt.sync", 0, b"new")
+    scheduler.on_swapped(SwappedEvent("w0.txt.sync", 1))
+    assert scheduler.step() == 1
+    assert hook.calls[-1][0] == "w2.txt.sync"
+    summary = scheduler.summary()
+    assert (summary.expired, summary.waiting, summary.in_flight, summary.lag_count) == (4, 2, 2, 1)
+    assert summary.lag_max > 365 * 24 * 3600  # expired since 2020
+
+
+def test_a_released_claim_frees_the_window_and_keeps_the_back_off(
+    store: Path, hook: RecordingHook, clock: Clock
+) -> None:
+    """A request whose claim is gone without a commit (failed or unchanged) leaves the window at the next
+    probe; its archive is not asked for again before its back-off ends."""
+    add(store, "x.txt.sync", ttl=60)
+    add(store, "y.txt.sync", ttl=60, created_at="2020-01-02T00:00:00Z")
+    held = {"x.txt.sync": True}
+    scheduler = RefreshScheduler(
+        store,
+        hook,
+        ArchiveIndex(),
+        clock=clock,
+        window=1,
+        probe_grace=0,
+        claim_probe=lambda keys: [held.get(k, False) for k in keys],
+    )
+    assert scheduler.scan().requested == 1
+    assert scheduler.step() == 0  # x's claim is held: the window stays full
+    held["x.txt.sync"] = False
+    assert scheduler.step() == 1
+    assert [call[0] for call in hook.calls] == ["x.txt.sync", "y.txt.sync"]
+    assert scheduler.summary().in_flight == 1
+
+
+class Lease:
+    """A lease a test hands out or takes back."""
+
+    def __init__(self) -> None:
+        self.held = False
+
+    def acquire(self) -> bool:
+        """Held or not, as the test says."""
+        return self.held
+
+    def release(self) -> bool:
+        """Give it up."""
+        self.held = False
+        return True
+
+
+def test_without_the_lease_nothing_is_asked_for(store: Path, hook: RecordingHook) -> None:
+    """A replica that does not hold the lease asks for nothing; once it takes the lease it walks and asks."""
+    add(store, "due.txt.sync", ttl=60)
+    lease = Lease()
+    scheduler = RefreshScheduler(store, hook, ArchiveIndex(), lease=lease).start()
+    try:
+        wait_for(lambda: not scheduler.leader and scheduler.stats.scans == 0, WAIT, what="not leading")
+        assert hook.calls == []
+        lease.held = True
+        wait_for(lambda: hook.calls, WAIT, what="asked once leading")
+        assert scheduler.summary().leader
+    finally:
+        scheduler.close()
