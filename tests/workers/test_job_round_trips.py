@@ -92,3 +92,35 @@ def test_one_refresh_stays_within_the_round_trip_budget(
     print(f"per refresh ({status}): {trips} round trips, {commands} commands")
     assert doc["status"] == status
     assert trips <= ROUND_TRIP_BUDGET
+
+
+class _CountingPattern:
+    """Stands in front of the archive-key check's control-character pattern to count full checks."""
+
+    def __init__(self, pattern: Any) -> None:
+        self.pattern = pattern
+        self.calls = 0
+
+    def search(self, text: str) -> Any:
+        self.calls += 1
+        return self.pattern.search(text)
+
+
+def test_the_archive_key_is_checked_once_per_job(
+    server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job checks its archive key once, when the request is decoded, and passes it on as ``ArchiveKey``
+    (ten checks before the key had a type of its own)."""
+    import broker.contract
+
+    store = tmp_path / "store"
+    store.mkdir()
+    make_archive(store / "a.sync", b"old")
+    state = _state(server, store)
+    request = RefreshRequest.new("a.sync", 0)
+    Claims(state.client).claim(request.archive, request.request_id, 60_000)
+    payload = {**request.to_json(), "archive": "a.sync"}  # as it arrives: plain JSON
+    counting = _CountingPattern(broker.contract._CONTROL)
+    monkeypatch.setattr(broker.contract, "_CONTROL", counting)
+    assert refresh_job(_task(request.request_id), payload, state)["status"] == "no_update_logic"
+    assert counting.calls == 1
