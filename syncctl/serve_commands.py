@@ -218,6 +218,7 @@ def serve_store(
     from mountd.server import serve
     from mountd.swap_listener import SwapListener
     from syncctl.local_workers import LocalWorkers
+    from syncctl.log_format import announce
 
     store = path.absolute()
     root = store if store.is_dir() else store.parent
@@ -285,10 +286,12 @@ def serve_store(
             listeners.append(SwapListener(listen_client, callbacks, on_connect=on_connect).start())
             local = f", {workers_wanted} local worker processes" if workers is not None else ""
             mode = "writable" if writable is not None else "read-only"
-            sys.stdout.write(
-                f"serving {store} ({mode}) at {handle.mount_url} (broker: {connection.description}{local})\n"
-            )
-            sys.stdout.flush()
+            line = f"serving {store} ({mode}) at {handle.mount_url} (broker: {connection.description}{local})"
+            if log_format == "json":
+                announce(line, log_format)  # one JSON event like every other line of the service
+            else:
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
             if on_ready is not None:
                 on_ready(handle)
 
