@@ -12,12 +12,19 @@ functions (``broker.claims``, ``broker.status``), so the claim, the status, the 
 the notification never disagree, and a refresh costs two round trips plus its heartbeats. The claim is
 compared by token as in ``broker.claims``: a job whose claim was taken by a newer request still writes its
 status but neither releases nor requeues the newer claim. A job that was not started ends nothing.
+
+An end records what already happened (a commit is on disk by then), so it outlives a short Redis outage: it
+is tried again with a growing pause for up to ``END_RETRY_SECONDS`` before ``BrokerUnavailable`` is
+raised. A script that ran but whose reply was lost can then be applied twice: the history may show the
+attempt twice, which is better than losing the record, the notification and the release.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,9 +47,18 @@ from broker.status import (
     status_key,
 )
 from broker.swapped import SwappedEvent
+from sync_format.errors import BrokerUnavailable
 
 # start: KEYS = claim, status, index; ARGV = token, ttl, runner, archive, running field/value pairs...
 # Returns the claim's {ok, merged}; the status says "running" only when the claim was taken.
+log = logging.getLogger(__name__)
+
+#: Seconds the end of a job keeps trying while Redis cannot be reached (a restart of Redis takes seconds).
+END_RETRY_SECONDS = 60.0
+#: First pause between two tries of an end, in seconds; it doubles up to ``END_RETRY_MAX_PAUSE``.
+END_RETRY_PAUSE = 0.2
+END_RETRY_MAX_PAUSE = 5.0
+
 _START_LUA = (
     CLAIM_LUA_FUNCTIONS
     + STATUS_LUA_FUNCTIONS
@@ -256,6 +272,23 @@ class RefreshJob:
         write = prepare_write(archive, outcome, worker=self.worker, job_id=self.job_id, now=now)
         keys = [self._claim, status_key(archive), history_key(archive), STATUS_INDEX_KEY, FAILED_KEY]
         head: list[Any] = [self.request.request_id, claim_op, ttl_ms, archive, swapped, failed, FAILED_LENGTH]
-        with translated(self.client, claim_op):
-            attempts, held, merged = self._end(keys=keys, args=[*head, *write.args])
+        deadline = time.monotonic() + END_RETRY_SECONDS
+        pause = END_RETRY_PAUSE
+        while True:
+            try:
+                with translated(self.client, claim_op):
+                    attempts, held, merged = self._end(keys=keys, args=[*head, *write.args])
+                break
+            except BrokerUnavailable as exc:
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning(
+                    "job end waits for the broker archive=%s job=%s end=%s error=%s",
+                    archive,
+                    self.job_id,
+                    claim_op,
+                    exc,
+                )
+                time.sleep(pause)
+                pause = min(pause * 2, END_RETRY_MAX_PAUSE)
         return JobEnd(write.written(int(attempts)), bool(held), int(merged))

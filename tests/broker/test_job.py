@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from redis_server import RedisServer
 
 from broker.claims import QUEUED_CLAIM_TTL_MS, Claims, claim_key
 from broker.contract import FAILED_KEY, ArchiveKey, MalformedRecord, RefreshRequest, RefreshStatus
@@ -138,3 +140,21 @@ def test_archive_key_is_checked_once_and_stays_a_plain_string() -> None:
         raise AssertionError(f"{bad!r} was accepted")
     assert json.dumps(RefreshStatus.COMMITTED) == '"committed"'
     assert f"{RefreshStatus.FAILED}" == "failed"
+
+
+def test_an_end_rides_through_a_redis_restart(private_redis: RedisServer) -> None:
+    """Redis goes away after the commit and comes back a moment later: the job's end waits for it and then
+    writes the status record (it does not raise and lose the record, the notification and the release)."""
+    client = private_redis.client()
+    request = queued(client)
+    job = job_of(client, request)
+    assert job.start(now=NOW)
+    private_redis.stop()
+    back = threading.Timer(1.0, private_redis.start)
+    back.start()
+    try:
+        end = job.complete(outcome("committed"), now=NOW)
+    finally:
+        back.join()
+    assert end.record.status == RefreshStatus.COMMITTED
+    assert read_status(private_redis.client(), request.archive) == end.record
