@@ -511,6 +511,23 @@ class Checks:
             claims = {f: self.stack.redis_cli("hgetall", f"sync:claim:{f}").split() for f in files}
             raise CheckFailed(f"{exc}; not refreshed: {stale}; their claims: {claims}") from exc
         self.wait_healthy()
+        # A job that committed while Redis was down writes its record when Redis is back (its end retries with
+        # a growing pause, at most 5 s apart): wait for the records, bounded, before judging them.
+        try:
+            wait(
+                "a committed status record of every archive",
+                lambda: all(
+                    any(r["status"] == "committed" for r in records)
+                    for records in self.history(names).values()
+                ),
+                timeout=90,
+                interval=2,
+            )
+        except CheckFailed as exc:
+            histories = self.history(names)
+            unrecorded = [n for n, rs in histories.items() if not any(r["status"] == "committed" for r in rs)]
+            seen = {n: [(r["status"], r.get("error_code")) for r in histories[n]] for n in unrecorded}
+            raise CheckFailed(f"{exc}; no committed record: {seen}") from exc
         return "Redis restarted mid-stream; " + self.refreshed_once_per_generation(names)
 
     def down_up(self) -> str:
