@@ -16,7 +16,7 @@ It must never import ``workers`` or ``wasmtime`` (a test checks it): refreshes a
 
 from __future__ import annotations
 
-from mountd.auth import (
+from mountd.auth.access import (
     AccessPolicy,
     UsersDomainController,
     access_policy,
@@ -25,19 +25,19 @@ from mountd.auth import (
     may_write,
     role_of,
 )
-from mountd.browser import BrowserView
-from mountd.errors import (
-    IncompleteUpload,
-    UploadTooLarge,
-    UsersFileError,
-    WriteError,
-    WriteRefused,
-    dav_error,
-    read_only,
+from mountd.auth.users import (
+    PasswordHash,
+    Role,
+    User,
+    UserTable,
+    add_user,
+    digest_ha1,
+    load_users,
+    parse_users,
+    remove_user,
 )
-from mountd.facts import ArchiveFacts, derive_etag
-from mountd.freshness import BrokerFreshness, FreshnessCounts, NullFreshness
-from mountd.index import (
+from mountd.dav.facts import ArchiveFacts, derive_etag
+from mountd.dav.index import (
     ArchiveIndex,
     DirectoryEntries,
     DirectoryListing,
@@ -45,12 +45,9 @@ from mountd.index import (
     ListedArchive,
     Unreadable,
 )
-from mountd.locks import RedisLockStorage
-from mountd.metrics import CountingFreshness, MountdMetrics, record_bytes
-from mountd.middleware import RequestGuard, RequestScope, host_names, on_request_end
-from mountd.ops import HEALTH_PATH, METRICS_PATH, Health, OpsEndpoints, check_health
-from mountd.provider import FreshnessHook, SyncProvider
-from mountd.resources import (
+from mountd.dav.locks import RedisLockStorage
+from mountd.dav.provider import FreshnessHook, SyncProvider
+from mountd.dav.resources import (
     PROP_EXPIRED,
     PROP_EXPIRES_AT,
     PROP_GENERATION,
@@ -62,24 +59,27 @@ from mountd.resources import (
     SingleArchiveCollection,
     StoreCollection,
 )
-from mountd.scheduler import RefreshScheduler, ScanReport, SchedulerStats
-from mountd.sendfile import PayloadGateway, direct_bytes, gateway_class, offer_payload
-from mountd.server import BLOCK_SIZE, ServerHandle, build_app, serve, serve_background, serve_writable
-from mountd.uploads import UploadSink
-from mountd.users import (
-    PasswordHash,
-    Role,
-    User,
-    UserTable,
-    add_user,
-    digest_ha1,
-    load_users,
-    parse_users,
-    remove_user,
+from mountd.errors import (
+    IncompleteUpload,
+    UploadTooLarge,
+    UsersFileError,
+    WriteError,
+    WriteRefused,
+    dav_error,
+    read_only,
 )
-from mountd.writable import WritableArchiveResource
-from mountd.writable_folders import WritableCollection
-from mountd.write_policy import DEFAULT_MAX_UPLOAD, WritePolicy
+from mountd.http.browser import BrowserView
+from mountd.http.middleware import RequestGuard, RequestScope, host_names, on_request_end
+from mountd.http.sendfile import PayloadGateway, direct_bytes, gateway_class, offer_payload
+from mountd.ops.endpoints import HEALTH_PATH, METRICS_PATH, Health, OpsEndpoints, check_health
+from mountd.ops.metrics import CountingFreshness, MountdMetrics, record_bytes
+from mountd.refresh.hooks import BrokerFreshness, FreshnessCounts, NullFreshness
+from mountd.refresh.scheduler import RefreshScheduler, ScanReport, SchedulerStats
+from mountd.server import BLOCK_SIZE, ServerHandle, build_app, serve, serve_background, serve_writable
+from mountd.writable.archives import WritableArchiveResource
+from mountd.writable.folders import WritableCollection
+from mountd.writable.policy import DEFAULT_MAX_UPLOAD, WritePolicy
+from mountd.writable.uploads import UploadSink
 
 __all__ = [
     "BLOCK_SIZE",

@@ -3,7 +3,7 @@
 ``build_app`` assembles wsgidav's ``WsgiDAVApp`` with our provider and the options the measurements in
 ``notes/webdav-facts.md`` call for (1 MiB blocks instead of wsgidav's 8 KiB, property and lock managers,
 no version banners, our freshness-aware HTML browser in place of wsgidav's (``browser``), authentication
-and roles from ``mountd.auth``), behind our middleware: ``RequestGuard`` (Host check, path check),
+and roles from ``mountd.auth.access``), behind our middleware: ``RequestGuard`` (Host check, path check),
 ``ConditionalHeaders`` (If-Modified-Since as RFC 9110 says) and ``RequestScope`` (closes each request's
 snapshots).
 ``serve_background`` runs cheroot on a thread and returns a handle; ``serve`` blocks until SIGTERM or SIGINT
@@ -33,21 +33,21 @@ from wsgidav.prop_man.property_manager import ShelvePropertyManager  # type: ign
 from wsgidav.wsgidav_app import WsgiDAVApp  # type: ignore[import-untyped]
 
 from broker import Settings
-from mountd.auth import auth_config
-from mountd.browser import middleware_stack
-from mountd.connection_guard import GuardedServer
-from mountd.freshness import NullFreshness
-from mountd.freshness_http import FreshnessHeaders, SwapWaiters
-from mountd.index import ArchiveIndex
-from mountd.metrics import CountingFreshness, MountdMetrics
-from mountd.middleware import ConditionalHeaders, RequestGuard, RequestScope, host_names
-from mountd.ops import OpsEndpoints, health_check
-from mountd.payload_headers import SETTINGS_CONFIG_KEY
-from mountd.provider import FreshnessHook, SyncProvider
-from mountd.sendfile import gateway_class
-from mountd.users import UserTable
-from mountd.write_policy import DEFAULT_MAX_UPLOAD, WritePolicy
-from mountd.xml_limits import XmlBodyLimit
+from mountd.auth.access import auth_config
+from mountd.auth.users import UserTable
+from mountd.dav.index import ArchiveIndex
+from mountd.dav.provider import FreshnessHook, SyncProvider
+from mountd.http.browser import middleware_stack
+from mountd.http.connection_guard import GuardedServer
+from mountd.http.freshness_headers import FreshnessHeaders, SwapWaiters
+from mountd.http.middleware import ConditionalHeaders, RequestGuard, RequestScope, host_names
+from mountd.http.payload_headers import SETTINGS_CONFIG_KEY
+from mountd.http.sendfile import gateway_class
+from mountd.http.xml_limits import XmlBodyLimit
+from mountd.ops.endpoints import OpsEndpoints, health_check
+from mountd.ops.metrics import CountingFreshness, MountdMetrics
+from mountd.refresh.hooks import NullFreshness
+from mountd.writable.policy import DEFAULT_MAX_UPLOAD, WritePolicy
 from sync_format import ArchiveError
 from sync_format.atomic import sweep_temp_files
 
@@ -96,12 +96,13 @@ def build_app(
             public address).
         writable: The writable store's policy; None serves read-only.
         lock_storage: wsgidav's lock storage: True for one in memory (one server process), or a shared
-            one such as ``mountd.locks.RedisLockStorage``.
+            one such as ``mountd.dav.locks.RedisLockStorage``.
         property_store: A file to keep dead properties in across restarts (in memory when None), or a
-            property manager shared by replicas (``mountd.properties.RedisPropertyManager``).
-        users: The users file; None for anonymous access (see ``mountd.auth`` for who gets which role).
-        swaps: Where reads asking for fresh data wait for a new generation (``mountd.freshness_http``); feed
-            it "swapped" notifications (``mountd.swap_listener``). A new one when None.
+            property manager shared by replicas (``mountd.dav.properties.RedisPropertyManager``).
+        users: The users file; None for anonymous access (see ``mountd.auth.access`` for who gets which role).
+        swaps: Where reads asking for fresh data wait for a new generation
+        (``mountd.http.freshness_headers``); feed
+            it "swapped" notifications (``mountd.refresh.swap_listener``). A new one when None.
 
     Returns:
         ``RequestGuard`` → ``XmlBodyLimit`` → ``OpsEndpoints`` → ``ConditionalHeaders`` →
@@ -149,7 +150,7 @@ def _property_manager(path: Path | Any | None) -> Any:
     if path is None:
         return True  # wsgidav's in-memory manager
     if not isinstance(path, Path):
-        return path  # a property manager object, e.g. mountd.properties.RedisPropertyManager (replicas)
+        return path  # a property manager object, e.g. mountd.dav.properties.RedisPropertyManager (replicas)
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
@@ -250,7 +251,7 @@ def serve_background(
         lock_storage: wsgidav's lock storage (see ``build_app``).
         property_store: Where dead properties persist (see ``build_app``).
         users: The users file; None for anonymous access.
-        sendfile: Send payload bodies with ``os.sendfile`` (``mountd.sendfile``); False copies them in
+        sendfile: Send payload bodies with ``os.sendfile`` (``mountd.http.sendfile``); False copies them in
             blocks, as over TLS.
         swaps: Where fresh-demanding reads wait (see ``build_app``).
 

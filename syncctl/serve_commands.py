@@ -5,13 +5,14 @@ freshness hook (an expired archive that is read gets one refresh job, never dela
 refresh scheduler on the same hook and the server's listing cache (archives with update logic are asked for
 shortly before they expire; ``--no-scheduler`` leaves refreshes to reads), listens to the workers' "swapped"
 notifications (the scheduler schedules each new generation at once, the listing cache drops the old one,
-reads waiting for fresh data wake; see ``mountd.swap_listener``), and unless told otherwise starts local
+reads waiting for fresh data wake; see ``mountd.refresh.swap_listener``), and unless told otherwise starts
+local
 refresh workers on the same broker. Replicas serving the same store path on one broker share a scheduler
 lease in Redis: one of them schedules (``broker.scheduling``). Stops on SIGINT/SIGTERM: the server first,
 then the listener and the scheduler, then the workers (they finish the job in progress), then an embedded
 broker it started.
 
-Access (``mountd.auth``): without ``--auth`` only a loopback address may be served (anonymous users are
+Access (``mountd.auth.access``): without ``--auth`` only a loopback address may be served (anonymous users are
 owners there) unless ``--allow-anonymous`` lets anonymous users read from other addresses; with ``--auth
 FILE`` users log in with the passwords and roles ``syncctl user`` wrote. The users file is read before
 anything starts, so a bad one fails the command at once.
@@ -27,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from broker.settings import Settings
+    from mountd.auth.users import UserTable
     from mountd.server import ServerHandle
-    from mountd.users import UserTable
-    from mountd.write_policy import WritePolicy
+    from mountd.writable.policy import WritePolicy
 
 #: Pool processes of the local workers when serving with the embedded broker.
 DEFAULT_LOCAL_CONCURRENCY = 2
@@ -140,10 +141,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         0 after a clean shutdown.
     """
     from broker.settings import Settings
-    from mountd.auth import access_policy
+    from mountd.auth.access import access_policy
+    from mountd.auth.users import load_users
     from mountd.server import writable_root
-    from mountd.users import load_users
-    from mountd.write_policy import DEFAULT_MAX_UPLOAD, WritePolicy
+    from mountd.writable.policy import DEFAULT_MAX_UPLOAD, WritePolicy
     from sync_format.errors import SyncError
 
     settings = Settings.from_env(
@@ -200,7 +201,7 @@ def serve_store(
         worker_log: Where the local workers' output goes; this process's stdout and stderr when None.
         on_ready: Called with the server once it listens, after the ``serving …`` line is printed.
         writable: Serve the store directory writable with this policy; read-only when None.
-        users: Who may log in, and their roles; None for anonymous access (see ``mountd.auth``).
+        users: Who may log in, and their roles; None for anonymous access (see ``mountd.auth.access``).
         scheduler: Ask for refreshes shortly before archives expire (``--no-scheduler`` turns it off).
         log_format: ``text`` or ``json``, for the local workers' logs (``--log-format``).
 
@@ -210,13 +211,13 @@ def serve_store(
     from broker.connection import connect
     from broker.redis_client import SERVICE_CONNECT_TIMEOUT, SERVICE_SOCKET_TIMEOUT, make_redis
     from broker.scheduling import SchedulerLease, claims_held, write_summary
-    from mountd.freshness import BrokerFreshness
-    from mountd.freshness_http import SwapWaiters
-    from mountd.locks import RedisLockStorage
-    from mountd.properties import RedisPropertyManager
-    from mountd.scheduler import FreshnessSummary, RefreshScheduler
+    from mountd.dav.locks import RedisLockStorage
+    from mountd.dav.properties import RedisPropertyManager
+    from mountd.http.freshness_headers import SwapWaiters
+    from mountd.refresh.hooks import BrokerFreshness
+    from mountd.refresh.scheduler import FreshnessSummary, RefreshScheduler
+    from mountd.refresh.swap_listener import SwapListener
     from mountd.server import serve
-    from mountd.swap_listener import SwapListener
     from syncctl.local_workers import LocalWorkers
 
     store = path.absolute()

@@ -30,7 +30,7 @@ from mountd import (
     record_bytes,
     serve_background,
 )
-from mountd.scheduler import RefreshScheduler
+from mountd.refresh.scheduler import RefreshScheduler
 from sync_format import EMPTY_WASM, BuildResult, commit_payload
 from sync_format.testing import make_archive
 

@@ -1,4 +1,5 @@
-"""The payload write path (``mountd.sendfile``): exact bodies over sendfile and the copy path, HTTP intact.
+"""The payload write path (``mountd.http.sendfile``): exact bodies over sendfile and the copy path, HTTP
+intact.
 
 Every test runs against a real server from ``serve_background`` on a free port, once with ``os.sendfile``
 and once with the copy path forced (``sendfile=False``, what TLS gets), through real sockets. Which path
@@ -30,7 +31,7 @@ BIG = os.urandom(5 * 1024 * 1024 + 12345)
 HUGE_MIB = 32
 #: Receive buffer of the slow client in the swap test, in bytes.
 SLOW_RCVBUF = 64 * 1024
-LOGGER = "mountd.sendfile"
+LOGGER = "mountd.http.sendfile"
 
 
 @pytest.fixture(params=[True, False], ids=["sendfile", "copy"])

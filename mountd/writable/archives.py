@@ -1,8 +1,9 @@
 """The writable store's archives: PUT, DELETE, COPY, MOVE and dead properties of files that are archives.
 
 wsgidav drives every write through the resource objects (its contract, STYLE rule 6); these classes are the
-writable twins of ``mountd.resources`` (folders: ``mountd.writable_folders``; what is allowed:
-``mountd.write_policy``; upload bodies: ``mountd.uploads``). A client sees files; the store holds archives:
+writable twins of ``mountd.dav.resources`` (folders: ``mountd.writable.folders``; what is allowed:
+``mountd.writable.policy``; upload bodies: ``mountd.writable.uploads``). A client sees files; the store holds
+archives:
 
 * ``PUT /a/report.csv`` of a new name wraps the body into ``a/report.csv.sync`` with the upload template
   (spec §8.3, ``sync_format.template``; ``ownership.write_allowed = true``); a PUT over an existing archive
@@ -45,23 +46,23 @@ from wsgidav.dav_provider import DAVNonCollection  # type: ignore[import-untyped
 # The base of both resource kinds; its default write methods are what the read-only mixin overrides.
 from wsgidav.dav_provider import _DAVResource as DAVResource
 
-from mountd.errors import WriteRefused, dav_error
-from mountd.facts import ArchiveFacts
-from mountd.index import ListedArchive
-from mountd.resources import (
+from mountd.dav.facts import ArchiveFacts
+from mountd.dav.index import ListedArchive
+from mountd.dav.resources import (
     SYNC_PROPERTIES,
     ArchiveResource,
     IndexedArchiveResource,
 )
-from mountd.uploads import DavSink, end_upload, open_sink
-from mountd.write_policy import WritePolicy, carry_properties
+from mountd.errors import WriteRefused, dav_error
+from mountd.writable.policy import WritePolicy, carry_properties
+from mountd.writable.uploads import DavSink, end_upload, open_sink
 from sync_format import ArchiveError, SwapConflict, SyncBuilder, SyncError, open_archive
 from sync_format.atomic import atomic_write
 from sync_format.swap import commit_payload
 from sync_format.template import extension_of, template_manifest
 
 if TYPE_CHECKING:
-    from mountd.provider import SyncProvider
+    from mountd.dav.provider import SyncProvider
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ Invariants:
     * Read-only: every write method (PUT, DELETE, MKCOL, MOVE, COPY, PROPPATCH, lock-null creation) answers
       403. LOCK/UNLOCK work on existing resources (wsgidav's lock manager), as the reference's fake locks do,
       because macOS and Windows clients lock before they read.
-    * The ETag is always strong (see ``mountd.facts.derive_etag``) and Range is supported.
+    * The ETag is always strong (see ``mountd.dav.facts.derive_etag``) and Range is supported.
     * A snapshot is closed by ``close`` (the provider registers it with the request scope); the reader
       ``get_content`` returns owns its own fd and is closed by wsgidav when the response ends.
 """
@@ -30,11 +30,11 @@ from wsgidav import util as dav_util  # type: ignore[import-untyped]
 from wsgidav.dav_error import HTTP_INTERNAL_ERROR, HTTP_NOT_FOUND, DAVError  # type: ignore[import-untyped]
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection  # type: ignore[import-untyped]
 
+from mountd.dav.facts import ArchiveFacts
+from mountd.dav.index import ArchiveIndex, DirectoryListing, ListedArchive
+from mountd.dav.integrity import VERDICTS
 from mountd.errors import dav_error, read_only
-from mountd.facts import ArchiveFacts
-from mountd.index import ArchiveIndex, DirectoryListing, ListedArchive
-from mountd.integrity import VERDICTS
-from mountd.sendfile import offer_payload
+from mountd.http.sendfile import offer_payload
 from sync_format import ArchiveError, ArchiveSnapshot, PayloadReader, open_archive
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ PROP_EXPIRED = "{urn:sync}expired"
 PROP_GENERATION = "{urn:sync}generation"
 #: When the payload was last committed (RFC 3339); absent before the first refresh.
 PROP_LAST_REFRESH = "{urn:sync}last-refresh"
-#: ``verified``, ``corrupt`` or ``unverified``: the payload against its CRC-32 (``mountd.integrity``).
+#: ``verified``, ``corrupt`` or ``unverified``: the payload against its CRC-32 (``mountd.dav.integrity``).
 PROP_INTEGRITY = "{urn:sync}integrity"
 
 SYNC_PROPERTIES = (
@@ -195,7 +195,7 @@ class ArchiveResource(_ArchiveFile):
 
     def get_content(self) -> PayloadReader:
         reader = self.snapshot.open_payload()
-        if VERDICTS.is_corrupt(self.key, self.facts, reader):  # mountd.integrity: never served as good
+        if VERDICTS.is_corrupt(self.key, self.facts, reader):  # mountd.dav.integrity: never served as good
             reader.close()
             raise DAVError(HTTP_INTERNAL_ERROR, f"the payload of {self.key} is corrupt (CRC-32 mismatch)")
         return offer_payload(self.environ, reader)

@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from broker import ping
-from mountd.freshness import BrokerFreshness
-from mountd.metrics import CONTENT_TYPE, METRICS_KEY, CountingFreshness, MountdMetrics
-from mountd.middleware import StartResponse, WSGIApp, WSGIEnviron
-from mountd.provider import FreshnessHook
-from mountd.sendfile import direct_bytes
+from mountd.dav.provider import FreshnessHook
+from mountd.http.middleware import StartResponse, WSGIApp, WSGIEnviron
+from mountd.http.sendfile import direct_bytes
+from mountd.ops.metrics import CONTENT_TYPE, METRICS_KEY, CountingFreshness, MountdMetrics
+from mountd.refresh.hooks import BrokerFreshness
 from sync_format import BrokerUnavailable
 
 log = logging.getLogger(__name__)

@@ -19,14 +19,16 @@ Invariants:
       before and after it is opened, with the inode that was opened.
     * A GET or HEAD of an expired archive calls the ``FreshnessHook`` once per request, after the archive
       is open and before any byte is sent; the hook can neither delay nor fail the read.
-    * ``open_known`` (the fast GET path, ``mountd.fast_get``) resolves a name exactly as ``_resolve`` does
+    * ``open_known`` (the fast GET path, ``mountd.http.fast_get``) resolves a name exactly as ``_resolve``
+      does
       for the common case (the direct candidate of a read-only store directory) and returns None for
       everything else, so that wsgidav's path answers it. It opens the file once and reads the cached
       facts of the identity it ``fstat``s on that same descriptor: a swap makes a new inode and an edit a
       new mtime or size, so a cached identity means the cached payload offset and size describe the bytes
       behind that descriptor. An unknown identity is parsed from the same descriptor and learnt.
     * A GET or HEAD whose ``Cache-Control`` asks for fresher data than an expired or nearly expired archive
-      holds (``mountd.freshness_http.needs_fresh``) asks for a refresh and waits at most ``fresh_wait``
+      holds (``mountd.http.freshness_headers.needs_fresh``) asks for a refresh and waits at most
+      ``fresh_wait``
       seconds, once per request on either path, then serves the version on disk; the version served is
       recorded in the environ (``SERVED_FACTS_KEY``) for ``FreshnessHeaders``.
 """
@@ -44,9 +46,11 @@ from wsgidav.dav_error import HTTP_SERVICE_UNAVAILABLE, DAVError  # type: ignore
 from wsgidav.dav_provider import DAVProvider  # type: ignore[import-untyped]
 
 from broker.contract import archive_key
+from mountd.dav.facts import ArchiveFacts
+from mountd.dav.index import ArchiveIndex
+from mountd.dav.resources import ArchiveResource, SingleArchiveCollection, StoreCollection
 from mountd.errors import dav_error
-from mountd.facts import ArchiveFacts
-from mountd.freshness_http import (
+from mountd.http.freshness_headers import (
     DEFAULT_FRESH_WAIT,
     MISSED_KEY,
     SERVED_FACTS_KEY,
@@ -55,12 +59,10 @@ from mountd.freshness_http import (
     needs_fresh,
     request_directives,
 )
-from mountd.index import ArchiveIndex
-from mountd.middleware import on_request_end
-from mountd.resources import ArchiveResource, SingleArchiveCollection, StoreCollection
-from mountd.writable import JunkResource, WritableArchiveResource
-from mountd.writable_folders import WritableCollection
-from mountd.write_policy import WritePolicy, is_junk_name
+from mountd.http.middleware import on_request_end
+from mountd.writable.archives import JunkResource, WritableArchiveResource
+from mountd.writable.folders import WritableCollection
+from mountd.writable.policy import WritePolicy, is_junk_name
 from sync_format import (
     ArchiveError,
     FileIdentity,
@@ -124,7 +126,7 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         index: The listing cache; a new one when None (with the writable naming rule when writable).
         writable: The writable store's policy; None serves read-only.
         fresh_wait: Seconds a read asking for fresh data (``Cache-Control: no-cache`` …) waits at most for
-            a refresh (``mountd.freshness_http``); 0 never waits.
+            a refresh (``mountd.http.freshness_headers``); 0 never waits.
         swaps: Where such reads wait; fed with "swapped" notifications by whoever listens (a new one, fed by
             nobody, when None: reads then see the new file on disk within ``WAIT_POLL``).
 

@@ -2,7 +2,8 @@
 
 What is counted, and where it is counted:
 
-* requests, their duration and the body bytes sent — by ``mountd.ops.OpsEndpoints`` around every request
+* requests, their duration and the body bytes sent — by ``mountd.ops.endpoints.OpsEndpoints`` around every
+  request
   that passed the Host check (the ops endpoints themselves are not counted, so scrapes do not inflate
   them). Bytes are what the WSGI iterable yielded; a response sent another way (a sendfile path) reports
   its bytes with ``record_bytes(environ, n)``, which finds this request's metrics in the environ;
@@ -12,7 +13,8 @@ What is counted, and where it is counted:
   archives expired now, the refresh queue (waiting in the scheduler, in flight), walk CPU — read at scrape
   time from the ``RefreshScheduler`` attached with ``attach_scheduler`` (absent until one is attached);
 * refresh requests by result — read at scrape time from the hook's own ``counts``
-  (``mountd.freshness.FreshnessCounts``): the hook already counts what ``request_refresh`` returned, in its
+  (``mountd.refresh.hooks.FreshnessCounts``): the hook already counts what ``request_refresh`` returned, in
+  its
   background thread, so nothing is counted twice or in two places. A hook without ``counts`` reports zeros.
 
 Invariants:
@@ -34,10 +36,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from mountd.freshness import FreshnessCounts
-from mountd.integrity import VERDICTS
-from mountd.provider import FreshnessHook
-from mountd.scheduler import LAG_BUCKETS, FreshnessSummary
+from mountd.dav.integrity import VERDICTS
+from mountd.dav.provider import FreshnessHook
+from mountd.refresh.hooks import FreshnessCounts
+from mountd.refresh.scheduler import LAG_BUCKETS, FreshnessSummary
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +216,8 @@ class _RefreshRequests(Collector):
 
 
 class _CorruptPayloads(Collector):
-    """``corrupt_payloads_total``: archive versions whose payload failed its CRC-32 (``mountd.integrity``)."""
+    """``corrupt_payloads_total``: archive versions whose payload failed its CRC-32
+    (``mountd.dav.integrity``)."""
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily(

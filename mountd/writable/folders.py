@@ -1,6 +1,7 @@
 """``WritableCollection``: a store directory that takes PUT of new files, MKCOL, DELETE, COPY and MOVE.
 
-The folder half of the writable store (``mountd.writable`` holds the archive half and explains the mapping
+The folder half of the writable store (``mountd.writable.archives`` holds the archive half and explains the
+mapping
 between files and archives). A PUT of a new name becomes a ``PendingArchive`` (nothing on disk until the
 body is complete); a LOCK of a new name creates an empty archive at once (RFC 4918 §9.10.4); macOS metadata
 names become ``JunkResource``s.
@@ -27,15 +28,15 @@ from wsgidav.dav_error import HTTP_FORBIDDEN, HTTP_METHOD_NOT_ALLOWED, DAVError 
 # The base of both resource kinds; its default write methods are what the read-only mixin overrides.
 from wsgidav.dav_provider import _DAVResource as DAVResource  # type: ignore[import-untyped]
 
+from mountd.dav.index import ListedArchive
+from mountd.dav.resources import IndexedArchiveResource, StoreCollection
 from mountd.errors import dav_error
-from mountd.index import ListedArchive
-from mountd.resources import IndexedArchiveResource, StoreCollection
-from mountd.writable import JunkResource, ListedWritableArchive, PendingArchive, create_archive
-from mountd.write_policy import WritePolicy, carry_properties, is_junk_name
+from mountd.writable.archives import JunkResource, ListedWritableArchive, PendingArchive, create_archive
+from mountd.writable.policy import WritePolicy, carry_properties, is_junk_name
 from sync_format import ArchiveError
 
 if TYPE_CHECKING:
-    from mountd.provider import SyncProvider
+    from mountd.dav.provider import SyncProvider
 
 log = logging.getLogger(__name__)
 
