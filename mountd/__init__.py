@@ -45,7 +45,6 @@ from mountd.dav.index import (
     ListedArchive,
     Unreadable,
 )
-from mountd.dav.locks import RedisLockStorage
 from mountd.dav.provider import FreshnessHook, SyncProvider
 from mountd.dav.resources import (
     PROP_EXPIRED,
@@ -78,6 +77,7 @@ from mountd.refresh.scheduler import RefreshScheduler, ScanReport, SchedulerStat
 from mountd.server import BLOCK_SIZE, ServerHandle, build_app, serve, serve_background, serve_writable
 from mountd.writable.archives import WritableArchiveResource
 from mountd.writable.folders import WritableCollection
+from mountd.writable.locks import RedisLockStorage
 from mountd.writable.policy import DEFAULT_MAX_UPLOAD, WritePolicy
 from mountd.writable.uploads import UploadSink
 

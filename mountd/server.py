@@ -47,6 +47,7 @@ from mountd.http.xml_limits import XmlBodyLimit
 from mountd.ops.endpoints import OpsEndpoints, health_check
 from mountd.ops.metrics import CountingFreshness, MountdMetrics
 from mountd.refresh.hooks import NullFreshness
+from mountd.writable.factory import WritableResources
 from mountd.writable.policy import DEFAULT_MAX_UPLOAD, WritePolicy
 from sync_format import ArchiveError
 from sync_format.atomic import sweep_temp_files
@@ -96,9 +97,9 @@ def build_app(
             public address).
         writable: The writable store's policy; None serves read-only.
         lock_storage: wsgidav's lock storage: True for one in memory (one server process), or a shared
-            one such as ``mountd.dav.locks.RedisLockStorage``.
+            one such as ``mountd.writable.locks.RedisLockStorage``.
         property_store: A file to keep dead properties in across restarts (in memory when None), or a
-            property manager shared by replicas (``mountd.dav.properties.RedisPropertyManager``).
+            property manager shared by replicas (``mountd.writable.properties.RedisPropertyManager``).
         users: The users file; None for anonymous access (see ``mountd.auth.access`` for who gets which role).
         swaps: Where reads asking for fresh data wait for a new generation
         (``mountd.http.freshness_headers``); feed
@@ -117,8 +118,8 @@ def build_app(
     provider = SyncProvider(
         store,
         CountingFreshness(freshness, metrics),
+        resources=WritableResources(writable) if writable is not None else None,
         index=index,
-        writable=writable,
         fresh_wait=settings.fresh_wait,
         swaps=swaps,
     )
@@ -150,7 +151,9 @@ def _property_manager(path: Path | Any | None) -> Any:
     if path is None:
         return True  # wsgidav's in-memory manager
     if not isinstance(path, Path):
-        return path  # a property manager object, e.g. mountd.dav.properties.RedisPropertyManager (replicas)
+        return (
+            path  # a property manager object, e.g. mountd.writable.properties.RedisPropertyManager (replicas)
+        )
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:

@@ -211,13 +211,13 @@ def serve_store(
     from broker.connection import connect
     from broker.redis_client import SERVICE_CONNECT_TIMEOUT, SERVICE_SOCKET_TIMEOUT, make_redis
     from broker.scheduling import SchedulerLease, claims_held, write_summary
-    from mountd.dav.locks import RedisLockStorage
-    from mountd.dav.properties import RedisPropertyManager
     from mountd.http.freshness_headers import SwapWaiters
     from mountd.refresh.hooks import BrokerFreshness
     from mountd.refresh.scheduler import FreshnessSummary, RefreshScheduler
     from mountd.refresh.swap_listener import SwapListener
     from mountd.server import serve
+    from mountd.writable.locks import RedisLockStorage
+    from mountd.writable.properties import RedisPropertyManager
     from syncctl.local_workers import LocalWorkers
 
     store = path.absolute()

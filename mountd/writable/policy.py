@@ -34,7 +34,7 @@ from sync_format.store import check_store_name, store_path_for
 from sync_format.template import DEFAULT_CREATED_BY
 
 if TYPE_CHECKING:
-    from mountd.dav.provider import SyncProvider
+    from mountd.dav.factory import StoreView
 
 #: Largest upload accepted by default (bytes): 16 GiB; ``--max-upload`` changes it.
 DEFAULT_MAX_UPLOAD = 16 * 1024**3
@@ -182,12 +182,12 @@ def is_protected(archive: Path) -> bool:
 
 
 def carry_properties(
-    provider: SyncProvider, source: Any, dest_path: str, *, is_move: bool, with_children: bool
+    provider: StoreView, source: Any, dest_path: str, *, is_move: bool, with_children: bool
 ) -> None:
     """Copy or move a resource's dead properties to where it now lives (after the copy or move).
 
     Args:
-        provider: The provider (its property manager; it resolves the destination).
+        provider: The store (its property manager; it resolves the destination).
         source: The resource copied or moved.
         dest_path: The destination's request path.
         is_move: Move (the source's properties go) rather than copy.

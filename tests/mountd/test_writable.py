@@ -20,7 +20,7 @@ from store_manifests import csv_manifest
 from broker import Settings
 from mountd import ServerHandle, serve_background
 from mountd.auth.users import Role, add_user, load_users
-from mountd.dav.locks import RedisLockStorage
+from mountd.writable.locks import RedisLockStorage
 from mountd.writable.policy import WritePolicy
 from sync_format import EMPTY_WASM, BuildResult, OwnershipSection, commit_payload, open_archive
 from sync_format.atomic import is_temp_name
