@@ -81,10 +81,11 @@ class MountdMetrics:
     """The instruments of one application.
 
     Args:
-        freshness: The application's freshness hook, read at scrape time for refresh-request counts.
+        counts: Returns the freshness hook's counts, read at scrape time for refresh-request counts
+            (``mountd.refresh.hooks.observe``).
     """
 
-    def __init__(self, freshness: FreshnessHook) -> None:
+    def __init__(self, counts: Callable[[], FreshnessCounts]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             f"{PREFIX}_requests",
@@ -109,7 +110,7 @@ class MountdMetrics:
             "Reads (GET, HEAD) of expired archives: calls of the freshness hook.",
             registry=self.registry,
         )
-        self.registry.register(_RefreshRequests(freshness))
+        self.registry.register(_RefreshRequests(counts))
         self.registry.register(_CorruptPayloads())
         self._scheduler = _SchedulerSummary()
         self.registry.register(self._scheduler)
@@ -194,11 +195,11 @@ class CountingFreshness:
 class _RefreshRequests(Collector):
     """``refresh_requests_total{result}`` and ``refresh_replays_total``, read from the hook's counts."""
 
-    def __init__(self, freshness: FreshnessHook) -> None:
-        self.freshness = freshness
+    def __init__(self, counts: Callable[[], FreshnessCounts]) -> None:
+        self.counts = counts
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        counts = _counts(self.freshness)
+        counts = self.counts()
         requests = CounterMetricFamily(
             f"{PREFIX}_refresh_requests",
             "Refresh requests made for stale reads, by result: enqueued, merged (a refresh was already "
@@ -279,10 +280,3 @@ class _SchedulerSummary(Collector):
             "CPU seconds (thread time) the scheduler's walks took.",
             value=summary.pass_cpu_seconds,
         )
-
-
-def _counts(freshness: FreshnessHook) -> FreshnessCounts:
-    if isinstance(freshness, CountingFreshness):
-        freshness = freshness.inner
-    counts = getattr(freshness, "counts", None)
-    return counts if isinstance(counts, FreshnessCounts) else FreshnessCounts()

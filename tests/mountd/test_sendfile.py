@@ -21,7 +21,8 @@ from recording_hook import RecordingHook
 from redis_server import wait_for
 
 from broker import Settings
-from mountd import BLOCK_SIZE, ServerHandle, direct_bytes, serve_background
+from mountd import BLOCK_SIZE, ServerHandle, serve_background
+from mountd.http.sendfile import direct_bytes
 from sync_format import BuildResult, commit_payload
 
 AddArchive = Callable[..., BuildResult]

@@ -318,7 +318,7 @@ def test_only_owners_write_when_users_log_in(tmp_path: Path, store: Path, hook: 
 
 def test_writable_root_sweeps_abandoned_temp_files(store: Path) -> None:
     """Starting a writable server removes temp files a crashed upload left behind, not recent ones."""
-    from mountd.server import writable_root
+    from mountd.app import writable_root
     from sync_format.atomic import create_temp
 
     abandoned, handle = create_temp(store / "report.csv.sync")
