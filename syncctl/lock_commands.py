@@ -5,8 +5,7 @@ Locks of a writable store served by ``syncctl serve --writable`` live in the bro
 reaches them without the server: ``list`` prints one line per lock (token, path, depth, scope, holder, seconds
 left); ``break`` removes the locks named by token, or every lock at or below ``--path``, or ``--all``.
 Over HTTP an owner does the same with UNLOCK (``mountd.auth.lock_policy``), also for a server whose locks are
-in
-memory.
+in memory.
 """
 
 from __future__ import annotations

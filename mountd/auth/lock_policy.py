@@ -6,9 +6,8 @@ and keep the owners out of their store for weeks, across restarts (locks live in
 sits in wsgidav's stack after authentication:
 
 * ``LOCK`` needs the role that may write (an owner, ``mountd.auth.access.may_write``); a consumer, including
-  an
-  anonymous one under ``--allow-anonymous``, gets 403. In a writable store an archive whose manifest refuses
-  writes (``ownership.write_allowed = false``) cannot be locked either (nobody may write it).
+  an anonymous one under ``--allow-anonymous``, gets 403. In a writable store an archive whose manifest
+  refuses writes (``ownership.write_allowed = false``) cannot be locked either (nobody may write it).
 * Every ``LOCK`` (new or refresh) gets at most ``max_lock_timeout`` seconds (``SYNC_MAX_LOCK_TIMEOUT``,
   default 3600): a missing, larger or ``Infinite`` ``Timeout`` header is rewritten to that, so the cap holds
   for whichever lock storage is configured.

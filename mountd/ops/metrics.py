@@ -3,8 +3,7 @@
 What is counted, and where it is counted:
 
 * requests, their duration and the body bytes sent — by ``mountd.ops.endpoints.OpsEndpoints`` around every
-  request
-  that passed the Host check (the ops endpoints themselves are not counted, so scrapes do not inflate
+  request that passed the Host check (the ops endpoints themselves are not counted, so scrapes do not inflate
   them). Bytes are what the WSGI iterable yielded; a response sent another way (a sendfile path) reports
   its bytes with ``record_bytes(environ, n)``, which finds this request's metrics in the environ;
 * stale reads — by ``CountingFreshness``, which wraps the freshness hook the provider is given and counts
@@ -14,8 +13,8 @@ What is counted, and where it is counted:
   time from the ``RefreshScheduler`` attached with ``attach_scheduler`` (absent until one is attached);
 * refresh requests by result — read at scrape time from the hook's own ``counts``
   (``mountd.refresh.hooks.FreshnessCounts``): the hook already counts what ``request_refresh`` returned, in
-  its
-  background thread, so nothing is counted twice or in two places. A hook without ``counts`` reports zeros.
+  its background thread, so nothing is counted twice or in two places. A hook that does not report
+  (``mountd.refresh.hooks.observe``) reports zeros.
 
 Invariants:
     * No module-level registry or metric: each application has its own ``CollectorRegistry`` (two servers in

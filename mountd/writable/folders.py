@@ -1,10 +1,9 @@
 """``WritableCollection``: a store directory that takes PUT of new files, MKCOL, DELETE, COPY and MOVE.
 
 The folder half of the writable store (``mountd.writable.archives`` holds the archive half and explains the
-mapping
-between files and archives). A PUT of a new name becomes a ``PendingArchive`` (nothing on disk until the
-body is complete); a LOCK of a new name creates an empty archive at once (RFC 4918 §9.10.4); macOS metadata
-names become ``JunkResource``s.
+mapping between files and archives). A PUT of a new name becomes a ``PendingArchive`` (nothing on disk
+until the body is complete); a LOCK of a new name creates an empty archive at once (RFC 4918 §9.10.4);
+macOS metadata names become ``JunkResource``s.
 
 Invariants:
     * The store's root is never deleted or moved (403).
