@@ -89,7 +89,7 @@ class LockPolicy(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         if role_of(environ) is not Role.OWNER:
             return "your role may not write here, so it may not lock"
         provider = environ.get("wsgidav.provider")
-        if provider is None or getattr(provider, "writable", None) is None:
+        if provider is None or not getattr(provider, "writable", False):
             return None
         resource = provider.get_resource_inst(environ["PATH_INFO"], environ)
         archive = getattr(resource, "archive", None)

@@ -55,6 +55,8 @@ class ResourceFactory(Protocol):
     fast_reads: bool
     #: Whether the store must be a directory (a single archive file cannot be served this way).
     needs_directory: bool
+    #: Whether its resources take writes (policies such as ``mountd.auth.lock_policy`` ask).
+    takes_writes: bool
 
     def folder(
         self, store: StoreView, path: str, environ: dict[str, Any], directory: Path, root: Path
@@ -77,6 +79,7 @@ class ReadOnlyResources:
         self.name_rule: NameRule = display_name
         self.fast_reads = True
         self.needs_directory = False
+        self.takes_writes = False
 
     def folder(
         self, store: StoreView, path: str, environ: dict[str, Any], directory: Path, root: Path

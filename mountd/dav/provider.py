@@ -166,6 +166,11 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
     def __repr__(self) -> str:
         return f"SyncProvider({self.single or self.root})"
 
+    @property
+    def writable(self) -> bool:
+        """Whether this store takes writes (its resource factory's ``takes_writes``)."""
+        return self.resources.takes_writes
+
     def is_readonly(self) -> bool:
         # Writes are refused by the resources (403) rather than by wsgidav (405): that way LOCK and UNLOCK
         # still work, as macOS and Windows clients expect, and the writable mode only swaps resources.

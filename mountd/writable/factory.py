@@ -30,6 +30,7 @@ class WritableResources:
         self.name_rule: NameRule = writable_display_name
         self.fast_reads = False
         self.needs_directory = True
+        self.takes_writes = True
 
     def folder(
         self, store: StoreView, path: str, environ: dict[str, Any], directory: Path, root: Path
