@@ -43,7 +43,7 @@ from mountd.dav.facts import ArchiveFacts
 from mountd.dav.index import DirectoryListing
 from mountd.dav.integrity import CORRUPT, VERDICTS
 from mountd.dav.provider import SyncProvider
-from mountd.dav.resources import StoreCollection
+from mountd.dav.resources import Folder
 from mountd.http.byteranges import ByteRanges
 from mountd.http.fast_get import FastGet
 from mountd.http.fast_propfind import FastPropfind
@@ -183,7 +183,7 @@ class BrowserView(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         )
         return [b""] if is_head else [body]
 
-    def _browsed_collection(self, environ: WSGIEnviron) -> StoreCollection | None:
+    def _browsed_collection(self, environ: WSGIEnviron) -> Folder | None:
         # The collection a browser asks for, or None when the request is not one for this view.
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             return None
@@ -197,7 +197,7 @@ class BrowserView(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         if not isinstance(provider, SyncProvider):
             return None
         resource = provider.get_resource_inst(environ["PATH_INFO"], environ)
-        return resource if isinstance(resource, StoreCollection) else None
+        return resource if isinstance(resource, Folder) else None
 
 
 def render_page(listing: DirectoryListing, base: str, *, now: int) -> bytes:

@@ -29,7 +29,7 @@ from typing import Any
 from wsgidav import util as dav_util  # type: ignore[import-untyped]
 from wsgidav.mw.base_mw import BaseMiddleware  # type: ignore[import-untyped]
 
-from mountd.dav.resources import ArchiveResource
+from mountd.dav.resources import OpenedArchive
 from mountd.http.middleware import StartResponse, WSGIEnviron
 from mountd.http.payload_headers import SETTINGS_CONFIG_KEY, inline_active_of, payload_safety_headers
 from sync_format import PayloadReader
@@ -123,7 +123,7 @@ class ByteRanges(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         if any(name in environ for name in CONDITIONS):
             return self._whole(environ, start_response)
         resource = provider.get_resource_inst(environ["PATH_INFO"], environ)
-        if not isinstance(resource, ArchiveResource):
+        if not isinstance(resource, OpenedArchive):
             return self._whole(environ, start_response)
         facts = resource.facts
         if_range = environ.get("HTTP_IF_RANGE")

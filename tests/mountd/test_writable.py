@@ -374,3 +374,23 @@ def test_conditional_put_fails_when_a_refresh_committed_meanwhile(
         assert snapshot.generation == 1
         assert snapshot.read_payload() == b"refreshed\n"
     assert leftovers(store) == []
+
+
+def test_a_browser_gets_the_folder_view_of_a_writable_store(wurl: str) -> None:
+    """The browser view (``mountd.http.browser``) answers for a writable store's folders too."""
+    assert put(wurl, "/report.csv", CSV) == 201
+    response = request(wurl, "GET", "/", headers={"Accept": "text/html"})
+    assert response.status == 200
+    assert response.header("content-type") == "text/html; charset=utf-8"
+    assert b"report.csv" in response.body
+
+
+def test_two_ranges_of_a_writable_archive_get_multipart_byteranges(wurl: str) -> None:
+    """Several ranges of a writable store's archive get one 206 multipart/byteranges, as read-only ones do."""
+    body = bytes(range(256)) * 4
+    assert put(wurl, "/blob.bin", body) == 201
+    response = request(wurl, "GET", "/blob.bin", headers={"Range": "bytes=0-9,100-109"})
+    assert response.status == 206
+    assert (response.header("content-type") or "").startswith("multipart/byteranges")
+    assert body[0:10] in response.body
+    assert body[100:110] in response.body
