@@ -23,12 +23,13 @@ RUN pip install --no-cache-dir --no-index --find-links=/wheels sync-archives && 
 # empty network namespace by creating a user namespace together with it (unshare(CLONE_NEWUSER|CLONE_NEWNET)),
 # which needs no capability, only the worker seccomp profile (deploy/seccomp/worker.json) that lets unshare
 # through. As root the same code would call unshare(CLONE_NEWNET) alone, which needs CAP_SYS_ADMIN.
+# Its name is not "sync": Debian's base-passwd already has a user sync (uid 4) in every Debian image.
 # /store is created here, owned by that user, so the named volume mounted on it starts out writable by it.
-RUN groupadd --system --gid 10001 sync \
-    && useradd --system --uid 10001 --gid sync --home-dir /nonexistent --no-create-home \
-       --shell /usr/sbin/nologin sync \
+RUN groupadd --system --gid 10001 syncd \
+    && useradd --system --uid 10001 --gid syncd --home-dir /nonexistent --no-create-home \
+       --shell /usr/sbin/nologin syncd \
     && mkdir /store /cache \
-    && chown sync:sync /store /cache
+    && chown syncd:syncd /store /cache
 USER 10001:10001
 ENV SYNC_STORE=/store \
     SYNC_CACHE_DIR=/cache \

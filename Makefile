@@ -13,7 +13,7 @@ RUST_WASM_STD := /usr/lib/rustlib/wasm32-unknown-unknown
 ASC_PREFIX := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/sync/guest-toolchains/npm
 ASSEMBLYSCRIPT := assemblyscript@0.28.20
 
-.PHONY: venv system-deps guest-toolchains test lint typecheck demo bench clean
+.PHONY: venv system-deps guest-toolchains test lint typecheck demo bench clean stack-init stack-test
 
 venv: $(STAMP)
 
@@ -61,6 +61,14 @@ demo: venv
 # Runs every benchmark in bench/ and writes their figures, and the machine's, to docs/benchmarks.md.
 bench: venv
 	$(PY) bench/report.py
+
+# The compose stack's secrets: writes .env (Redis password, Flower login) unless it exists.
+stack-init:
+	deploy/stack-init.sh .env
+
+# The compose stack under a private Docker engine, checked as a user would (root, Debian; ~10 min).
+stack-test:
+	bash deploy/test-stack.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

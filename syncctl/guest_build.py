@@ -95,6 +95,9 @@ def detect_language(src: Path) -> str:
             return "rust"
         raise GuestBuildFailed(f"{src} is a directory without src/lib.rs (not a Rust crate)")
     languages = {".c": "c", ".zig": "zig", ".ts": "assemblyscript"}
+    if src.name.startswith("-"):
+        # The compilers get the bare name (reproducible builds): one starting with "-" would be an option.
+        raise GuestBuildFailed(f"{src}: a source name must not start with '-'")
     if src.suffix in languages:
         return languages[src.suffix]
     raise GuestBuildFailed(f"{src}: expected a .c, .zig or .ts file or a Rust crate directory")
@@ -125,7 +128,7 @@ def build(src: Path, cache_dir: Path) -> BuildResult:
         elif language == "zig":
             command, cwd = _zig_command(src, out), src.parent
         elif language == "assemblyscript":
-            command, cwd = _asc_command(src, out, cache_dir), src.parent
+            command, cwd = _asc_command(src, out, cache_dir, Path(tmp)), src.parent
         else:
             command, cwd = _rust_command(src, out, Path(tmp)), src
         started = time.monotonic()
@@ -249,7 +252,7 @@ def _zig_command(src: Path, out: Path) -> list[str]:
     ]
 
 
-def _asc_command(src: Path, out: Path, cache_dir: Path) -> list[str]:
+def _asc_command(src: Path, out: Path, cache_dir: Path, tmp: Path) -> list[str]:
     if shutil.which("node") is None:
         raise ToolchainMissing(_INSTALL["asc"])
     candidates = [
@@ -260,9 +263,15 @@ def _asc_command(src: Path, out: Path, cache_dir: Path) -> list[str]:
     asc = next((str(c) for c in candidates if c is not None and Path(c).is_file()), None)
     if asc is None:
         raise ToolchainMissing(_INSTALL["asc"])
+    # asc reads asconfig.json from its working directory unless told otherwise, and a config's "transform"
+    # entries are JavaScript it imports and runs: a source directory must not get to run code here.
+    config = tmp / "asconfig.json"
+    config.write_text("{}\n", encoding="utf-8")
     return [
         asc,
         src.name,
+        "--config",
+        str(config),
         "-o",
         str(out),
         "--runtime",
@@ -277,7 +286,7 @@ def _asc_command(src: Path, out: Path, cache_dir: Path) -> list[str]:
 
 
 def find_rustc() -> str:
-    """A ``rustc`` whose sysroot has the ``wasm32-unknown-unknown`` standard library.
+    """The ``rustc`` of a sysroot with the ``wasm32-unknown-unknown`` standard library (never a rustup proxy).
 
     Returns:
         Its path.
@@ -290,12 +299,17 @@ def find_rustc() -> str:
         if candidate is None or candidate in seen or not Path(candidate).is_file():
             continue
         seen.append(candidate)
+        # Asked from a neutral directory: a rustup proxy obeys a rust-toolchain(.toml) of the directory it
+        # runs in, and a crate's could name any program as its "toolchain".
         done = subprocess.run(  # noqa: S603
-            [candidate, "--print", "sysroot"], capture_output=True, text=True, check=False
+            [candidate, "--print", "sysroot"], capture_output=True, text=True, check=False, cwd="/"
         )
-        target = Path(done.stdout.strip()) / "lib" / "rustlib" / "wasm32-unknown-unknown"
-        if done.returncode == 0 and target.is_dir():
-            return candidate
+        sysroot = Path(done.stdout.strip())
+        compiler = sysroot / "bin" / "rustc"
+        target = sysroot / "lib" / "rustlib" / "wasm32-unknown-unknown"
+        if done.returncode == 0 and target.is_dir() and compiler.is_file():
+            # The sysroot's own compiler, not the proxy: the build runs in the crate's directory.
+            return str(compiler)
     raise ToolchainMissing(_INSTALL["rustc"])
 
 

@@ -98,7 +98,8 @@ def _register_guest(
         metavar="NAME",
         action="append",
         default=[],
-        help="secret a bare WASM may reference as ${NAME} (value: SYNC_GUEST_SECRET_NAME or a placeholder)",
+        help="secret a bare WASM may reference as ${NAME} (value: SYNC_GUEST_SECRET_NAME, sent only to "
+        "hosts in SYNC_GUEST_SECRET_NAME_HOSTS; or a placeholder bound to the fixtures' hosts)",
     )
     test.set_defaults(handler=cmd_guest_test)
 

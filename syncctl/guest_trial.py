@@ -6,7 +6,8 @@ empty payload (or ``--payload``) and ``--context``. It goes through ``workers.re
 production path (same runtime, module cache, confined child, budgets), with a ``FixtureRequester`` instead
 of egress, so no request leaves the machine. The report lists every request with its answer, the guest's log
 lines, the outcome, and the resulting payload (text shown in full up to a limit) or a unified diff against
-the payload it started from.
+the payload it started from. Everything a guest or an archive chose is printed with non-printable characters
+escaped (a terminal is not theirs to drive).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from typing import TextIO
 
 from broker.settings import Settings
 from sync_format.builder import SyncBuilder
+from sync_format.hosts import parse_pattern, parse_url
 from sync_format.reader import open_archive
 from sync_format.template import template_manifest
-from syncctl.guest_fixtures import FixtureRequester, load_fixtures
+from syncctl.guest_fixtures import Fixture, FixtureRequester, load_fixtures
 from workers.engine import WASM_HEADER
 
 #: Payload bytes shown as text in the report; longer ones are summarised.
@@ -48,7 +50,8 @@ def run_trial(
         output: Where to also write the resulting payload.
         out: Where the report goes.
         allow_env: Secret names a bare module may use (an archive's own ``allow_env`` is used otherwise);
-            values come from ``SYNC_GUEST_SECRET_<NAME>`` or are a placeholder, and are never printed.
+            values come from ``SYNC_GUEST_SECRET_<NAME>`` (bound by ``SYNC_GUEST_SECRET_<NAME>_HOSTS``, as in
+            production) or are a placeholder bound to the fixtures' hosts, and are never printed.
 
     Returns:
         0 when the guest completed, 1 when it failed.
@@ -68,10 +71,21 @@ def run_trial(
             allow_env = tuple(snap.manifest.permissions.allow_env)
     if context is not None:
         ctx = context.read_bytes()
-    requester = FixtureRequester([] if fixtures is None else load_fixtures(fixtures), allow_hosts)
+    canned = [] if fixtures is None else load_fixtures(fixtures)
+    requester = FixtureRequester(canned, allow_hosts)
     settings = Settings.from_env({"sandbox": "strict"})
-    secrets = {name: f"<secret {name}>" for name in allow_env} | dict(settings.guest_secrets)
-    runtime = GuestRuntime(dataclasses.replace(settings, guest_secrets=secrets))
+    # A placeholder is no secret, so it is bound to every destination of the trial; a real secret from the
+    # environment keeps the operator's binding (unbound, it is refused here as it would be in production).
+    placeholders = [name for name in allow_env if name not in settings.guest_secrets]
+    trial_hosts = _trial_destinations(canned, allow_hosts or ())
+    runtime = GuestRuntime(
+        dataclasses.replace(
+            settings,
+            guest_secrets={name: f"<secret {name}>" for name in placeholders} | dict(settings.guest_secrets),
+            guest_secret_hosts={name: trial_hosts for name in placeholders if trial_hosts}
+            | dict(settings.guest_secret_hosts),
+        )
+    )
     with tempfile.TemporaryDirectory(prefix="sync-guest-test-") as tmp:
         scratch = Path(tmp) / "trial.sync"
         manifest = template_manifest(display_ext="bin", allow_hosts=allow_hosts or ("*",))
@@ -97,6 +111,18 @@ def run_trial(
     return 0
 
 
+def _trial_destinations(canned: list[Fixture], allow_hosts: tuple[str, ...]) -> tuple[str, ...]:
+    """Host patterns of everything a trial can reach: each fixture's host:port and the archive's allow-list
+    entries that parse (placeholder secrets are bound to these)."""
+    found: list[str] = [entry for entry in allow_hosts if parse_pattern(entry) is not None]
+    for fixture in canned:
+        target = parse_url(fixture.url)
+        if target is not None:
+            host = f"[{target.host}]" if ":" in target.host else target.host
+            found.append(f"{host}:{target.port}")
+    return tuple(dict.fromkeys(found))
+
+
 def _report(
     out: TextIO,
     requester: FixtureRequester,
@@ -108,10 +134,10 @@ def _report(
     out.write(f"requests: {len(requester.requests)}\n")
     for req in requester.requests:
         answer = f"{req.status}" if req.error_code is None else f"{req.status} ({req.error_code})"
-        out.write(f"  {req.method} {req.url} -> {answer}\n")
+        out.write(f"  {_printable(req.method)} {_printable(req.url)} -> {answer}\n")
         for name, value in req.headers:
-            shown = "(from an operator secret)" if name.lower() in req.secret_headers else value
-            out.write(f"      {name}: {shown}\n")
+            shown = "(from an operator secret)" if name.lower() in req.secret_headers else _printable(value)
+            out.write(f"      {_printable(name)}: {shown}\n")
     if log:
         out.write("log:\n" + "".join(f"  {line}\n" for line in log))
     if new is None:
@@ -126,6 +152,7 @@ def _report(
     except UnicodeDecodeError:
         out.write("payload:  binary\n")
         return
+    old_text, new_text = _printable(old_text, keep="\n\t"), _printable(new_text, keep="\n\t")
     if not current:
         shown = new_text if len(new_text) <= SHOW_LIMIT else new_text[:SHOW_LIMIT] + "\n[...]\n"
         out.write("payload:\n" + shown + ("" if shown.endswith("\n") else "\n"))
@@ -134,3 +161,12 @@ def _report(
         old_text.splitlines(keepends=True), new_text.splitlines(keepends=True), "current", "new"
     )
     out.write("diff:\n" + "".join(line if line.endswith("\n") else line + "\n" for line in diff))
+
+
+def _printable(text: str, keep: str = "") -> str:
+    """``text`` with every non-printable character (ESC, C1 controls, bidi overrides...) as an escape.
+
+    What a guest or an archive chose (URLs, header values, payload text) reaches a terminal here: it must
+    not be able to clear the screen, retitle the window or hide text.
+    """
+    return "".join(c if c.isprintable() or c in keep else ascii(c)[1:-1] for c in text)

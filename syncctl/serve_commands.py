@@ -214,6 +214,7 @@ def serve_store(
     """
     from mountd.app import MountdConfig, serve_with_broker
     from syncctl.local_workers import LocalWorkers
+    from syncctl.log_format import announce
 
     store = path.absolute()
     root = store if store.is_dir() else store.parent
@@ -238,10 +239,12 @@ def serve_store(
     def ready(handle: ServerHandle, connection: BrokerConnection) -> None:
         local = f", {workers_wanted} local worker processes" if workers_wanted > 0 else ""
         mode = "writable" if writable is not None else "read-only"
-        sys.stdout.write(
-            f"serving {store} ({mode}) at {handle.mount_url} (broker: {connection.description}{local})\n"
-        )
-        sys.stdout.flush()
+        line = f"serving {store} ({mode}) at {handle.mount_url} (broker: {connection.description}{local})"
+        if log_format == "json":
+            announce(line, log_format)  # one JSON event like every other line of the service
+        else:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
         if on_ready is not None:
             on_ready(handle)
 

@@ -221,6 +221,103 @@ def test_a_missing_toolchain_is_one_line_naming_the_package(tmp_path: Path) -> N
     assert "npm install" in done.stderr
 
 
+def test_asc_build_runs_no_code_from_the_source_directory(tmp_path: Path) -> None:
+    """An ``asconfig.json`` next to the source whose ``transform`` names a script is ignored: asc would
+    import and run that script while building (code from an untrusted source directory)."""
+    (tmp_path / "guest.ts").write_text(PLAIN_AS)
+    marker = tmp_path / "transform-ran"
+    (tmp_path / "asconfig.json").write_text(json.dumps({"options": {"transform": ["./evil.mjs"]}}))
+    (tmp_path / "evil.mjs").write_text(
+        f'import fs from "fs";\nfs.writeFileSync({json.dumps(str(marker))}, "ran");\n'
+        "export default class Evil {}\n"
+    )
+    done = syncctl("guest", "build", "guest.ts", "-o", str(tmp_path / "guest.wasm"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists()
+
+
+def test_rust_build_ignores_a_rust_toolchain_file_of_the_crate(tmp_path: Path) -> None:
+    """A crate's ``rust-toolchain.toml`` naming its own "toolchain" is not obeyed: the build calls the
+    sysroot's ``rustc``, never the rustup proxy (which runs whatever the file names) in the crate."""
+    rustup = shutil.which("rustup")
+    if rustup is None:
+        pytest.skip("needs the rustup proxy this test attacks")
+    from syncctl.guest_build import find_rustc
+
+    sysroot = Path(find_rustc()).parent.parent
+    # A private rustup home whose default toolchain is the wasm-capable sysroot, so the proxy is chosen.
+    home = tmp_path / "rustup"
+    (home / "toolchains").mkdir(parents=True)
+    (home / "toolchains" / "sys").symlink_to(sysroot)
+    (home / "settings.toml").write_text('version = "12"\ndefault_toolchain = "sys"\n')
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "rustc").symlink_to(rustup)
+    crate = tmp_path / "crate"
+    shutil.copytree(TEMPLATES / "rust", crate)
+    marker = tmp_path / "toolchain-ran"
+    evil = crate / "evil"
+    (evil / "bin").mkdir(parents=True)
+    (evil / "lib").mkdir()
+    (evil / "bin" / "rustc").write_text(f'#!/bin/sh\necho ran > {marker}\nexec {sysroot}/bin/rustc "$@"\n')
+    (evil / "bin" / "rustc").chmod(0o755)
+    (crate / "rust-toolchain.toml").write_text(f'[toolchain]\npath = "{evil}"\n')
+    env = {"RUSTUP_HOME": str(home), "PATH": f"{bindir}:{os.environ['PATH']}"}
+    done = syncctl("guest", "build", ".", "-o", str(tmp_path / "guest.wasm"), env=env, cwd=crate)
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists()
+
+
+def test_guest_test_escapes_what_the_guest_chose(tmp_path: Path, cache_dir: Path) -> None:
+    """A guest's URL and header values reach the author's terminal escaped: no ESC, BEL or C1 control of
+    the guest's gets to clear the screen or retitle the window."""
+    import guests
+    from guests import call, record
+
+    target = b"http://a.test/\x1b[2J\x1b]0;pwned\x07\xc2\x9b1m"
+    headers = b"X-Note: a\xc2\x9b31mb\n"
+    calls = call("http_send", 0x100, len(target), 0x300, 3, 0x400, len(headers), 0x600, 0)
+    wasm = record(calls, data={0x100: target, 0x300: b"GET", 0x400: headers}, imports=guests.V2_IMPORTS)
+    (tmp_path / "esc.wasm").write_bytes(wasm)
+    done = syncctl("guest", "test", str(tmp_path / "esc.wasm"), env={"SYNC_CACHE_DIR": str(cache_dir)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not any(c in done.stdout for c in "\x1b\x07\x9b")
+    assert "http://a.test/\\x1b[2J\\x1b]0;pwned\\x07\\x9b1m -> -5 (no_fixture)" in done.stdout
+    assert "X-Note: a\\x9b31mb" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"responses": [{"url": "http://a.test/", "status": 1e400}]}',
+        '{"responses": [{"url": "http://a.test/", "status": 4294967496}]}',
+        '{"responses": [{"url": "http://a.test/", "status": -2}]}',
+        '{"responses": [{"url": "http://a.test/", "status": "200"}]}',
+        "[" * 100_000 + "]" * 100_000,
+    ],
+    ids=["infinite-status", "status-beyond-i32", "negative-status", "string-status", "deep-nesting"],
+)
+def test_hostile_fixtures_are_one_error_line(tmp_path: Path, text: str) -> None:
+    """A fixtures file with a status no server can send, or nested past the parser's depth, is a
+    ``fixtures_error`` on one line, not a traceback and not a status the guest could never see."""
+    (tmp_path / "fixtures.json").write_text(text)
+    wasm = tmp_path / "guest.wasm"
+    wasm.write_bytes(bytes(wasmtime.wat2wasm('(module (memory (export "memory") 1) (func (export "run")))')))
+    done = syncctl("guest", "test", str(wasm), "--fixtures", str(tmp_path / "fixtures.json"))
+    assert done.returncode == 1
+    assert done.stderr.startswith("error:")
+    assert "not a fixtures file" in done.stderr
+    assert done.stderr.count("\n") == 1
+
+
+def test_a_source_named_like_an_option_is_refused(tmp_path: Path) -> None:
+    """Compilers get the source's bare name: ``-MF.c`` would be read as an option (``-MF .c``), so such a
+    name is refused before any compiler runs."""
+    (tmp_path / "-MF.c").write_text("void run(void) {}")
+    with pytest.raises(GuestBuildFailed, match="must not start with '-'"):
+        build(tmp_path / "-MF.c", tmp_path)
+
+
 def test_build_failure_is_reported(tmp_path: Path) -> None:
     """A compile error is a ``guest_build_failed`` with the compiler's message."""
     (tmp_path / "broken.c").write_text("void run(void) { this is not C }")
@@ -272,6 +369,27 @@ def test_examples_against_their_fixtures(
         assert "unchanged (the guest said so)" in again.stdout
 
 
+def test_guest_test_keeps_the_operator_binding_of_a_real_secret(
+    examples: dict[str, bytes], tmp_path: Path, cache_dir: Path
+) -> None:
+    """``guest test --allow-env`` binds a placeholder to the fixtures' hosts, but a real secret from the
+    environment keeps the operator's binding, as in production: unbound, the request is refused."""
+    wasm = tmp_path / "guest.wasm"
+    wasm.write_bytes(examples["json-to-csv"])
+    folder = EXAMPLES / "json-to-csv"
+    args = ["guest", "test", str(wasm), "--context", str(folder / "context.json")]
+    args += ["--fixtures", str(folder / "fixtures.json"), "--allow-env", "API_TOKEN"]
+    env = {"SYNC_CACHE_DIR": str(cache_dir), "SYNC_GUEST_SECRET_API_TOKEN": "real-t0k"}
+    refused = syncctl(*args, env=env)
+    assert refused.returncode == 1
+    assert "error=secret_not_bound" in refused.stderr
+    assert "requests: 0" in refused.stdout
+    bound = syncctl(*args, env={**env, "SYNC_GUEST_SECRET_API_TOKEN_HOSTS": "api.example.org:443"})
+    assert bound.returncode == 0, bound.stdout + bound.stderr
+    assert "Authorization: (from an operator secret)" in bound.stdout
+    assert "real-t0k" not in bound.stdout + bound.stderr
+
+
 # Real refreshes with `syncctl run` against servers in network namespaces
 
 FEED_ATOM = b"""<?xml version="1.0" encoding="utf-8"?>
@@ -301,10 +419,16 @@ def source() -> Iterator[ServedHost]:
 
 
 def refresh(
-    tmp_path: Path, cache_dir: Path, wasm: bytes, context: dict[str, str], host: ServedHost, *extra: str
+    tmp_path: Path,
+    cache_dir: Path,
+    wasm: bytes,
+    context: dict[str, str],
+    host: ServedHost,
+    *extra: str,
+    bind: str | None = None,
 ) -> tuple[dict[str, object], bytes, int]:
     """Pack an archive with this guest and context, refresh it once with ``syncctl run``; outcome, payload,
-    generation."""
+    generation. The operator supplies ``API_TOKEN`` (``t0k``) bound to ``bind`` (default: ``host``)."""
     (tmp_path / "guest.wasm").write_bytes(wasm)
     (tmp_path / "context.json").write_text(json.dumps(context))
     (tmp_path / "seed").write_bytes(b"")
@@ -325,8 +449,10 @@ def refresh(
         )
         assert packed.returncode == 0, packed.stderr
     env = {"SYNC_CACHE_DIR": str(cache_dir), "SYNC_EGRESS_ALLOW_PRIVATE": ALLOW_PRIVATE}
-    done = syncctl("run", str(archive), "--json", env={**env, "SYNC_GUEST_SECRET_API_TOKEN": "t0k"})
-    assert done.returncode == 0, done.stdout + done.stderr
+    env |= {"SYNC_GUEST_SECRET_API_TOKEN": "t0k", "SYNC_GUEST_SECRET_API_TOKEN_HOSTS": bind or host.address}
+    done = syncctl("run", str(archive), "--json", env=env)
+    if bind is None:
+        assert done.returncode == 0, done.stdout + done.stderr
     with open_archive(archive) as snap:
         return json.loads(done.stdout), snap.read_payload(), snap.generation
 
@@ -394,6 +520,29 @@ def test_json_to_csv_example_sends_the_operator_secret(
     assert sent["headers"]["Authorization"] == "Bearer t0k"
 
 
+def test_json_to_csv_example_gets_no_secret_where_the_operator_did_not_bind_it(
+    examples: dict[str, bytes], source: ServedHost, tmp_path: Path, cache_dir: Path
+) -> None:
+    """The archive lists ``API_TOKEN`` and its own host, but the operator bound the token to another host:
+    the request is refused in the parent (``secret_not_bound``), the source never sees a request, and the
+    refresh commits nothing."""
+    context = {"url": source.url("/cities"), "columns": "city,t", "auth": "bearer"}
+    before = len(source.requests())
+    outcome, _, generation = refresh(
+        tmp_path,
+        cache_dir,
+        examples["json-to-csv"],
+        context,
+        source,
+        "--allow-env",
+        "API_TOKEN",
+        bind="api.example.com:443",
+    )
+    assert outcome["egress_errors"] == ["secret_not_bound"]
+    assert generation == 0
+    assert len(source.requests()) == before
+
+
 def test_feed_example_reads_atom(
     examples: dict[str, bytes], source: ServedHost, tmp_path: Path, cache_dir: Path
 ) -> None:
@@ -403,3 +552,20 @@ def test_feed_example_reads_atom(
     assert json.loads(payload) == [
         {"title": "Sensor <3> calibrated", "link": "http://lab.test/3", "date": "2026-12-01T10:00:00Z"}
     ]
+
+
+def test_fixtures_refuse_what_egress_refuses() -> None:
+    """``guest test`` answers as production would: a method egress does not allow and a request past the
+    budget get -5, so a guest does not pass here and fail for a policy reason later."""
+    from syncctl.guest_fixtures import Fixture, FixtureRequester
+    from workers.egress import DEFAULT_MAX_REQUESTS
+
+    fixture = Fixture("GET", "http://a.test/", 200, (), b"ok")
+    trace = Fixture("TRACE", "http://a.test/", 200, (), b"ok")
+    requester = FixtureRequester([fixture, trace])
+    assert requester.request("http://a.test/", "TRACE", deadline=0).error_code == "method_not_allowed"
+    statuses = [
+        requester.request("http://a.test/", "GET", deadline=0).status for _ in range(DEFAULT_MAX_REQUESTS)
+    ]
+    assert statuses == [200] * (DEFAULT_MAX_REQUESTS - 1) + [-5]
+    assert requester.requests[-1].error_code == "too_many_requests"

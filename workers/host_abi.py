@@ -43,6 +43,9 @@ MAX_REQUEST_BODY = 1024 * 1024
 MAX_LOG_LINES = 64
 #: Longest ``log`` line kept, in bytes of guest text (longer ones are cut).
 MAX_LOG_LINE = 1024
+#: Largest response header block handed to a guest (``name: value\n`` lines), in bytes; a response with more
+#: is refused (-4): the block must fit one channel control message, whatever a server sends.
+MAX_RESPONSE_HEADERS_BYTES = 64 * 1024
 
 I32_MAX = 2**31 - 1
 IMPORT_MODULE = "host"

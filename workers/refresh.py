@@ -217,7 +217,11 @@ def execute_guest(
     egress = runtime.egress_for(snap.manifest, limits)
     if allow_hosts is not None:
         egress = replace(egress, allow_hosts=allow_hosts)
-    grants = Grants(tuple(snap.manifest.permissions.allow_env), runtime.settings.guest_secrets)
+    grants = Grants(
+        tuple(snap.manifest.permissions.allow_env),
+        runtime.settings.guest_secrets,
+        runtime.settings.guest_secret_hosts,
+    )
     return run_in_sandbox(
         job, egress, heartbeat=heartbeat, resolver=runtime.resolver, grants=grants, requester=requester
     )

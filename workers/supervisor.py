@@ -45,7 +45,7 @@ from workers.addresses import Resolver, system_resolver
 from workers.channel import Channel, ChannelClosed, ChannelTimeout, ProtocolViolation
 from workers.child import ChildJob, child_main
 from workers.confine import SandboxReport
-from workers.egress import STATUS_FAILED, Egress, EgressPolicy, HttpResult
+from workers.egress import STATUS_BODY_FAILED, STATUS_FAILED, Egress, EgressPolicy, HttpResult
 from workers.guest_http import HeaderRefusal, prepare_headers
 from workers.host_abi import (
     ERR_BAD_REQUEST,
@@ -53,6 +53,7 @@ from workers.host_abi import (
     MAX_LOG_LINES,
     MAX_REQUEST_BODY,
     MAX_REQUEST_HEADERS_BYTES,
+    MAX_RESPONSE_HEADERS_BYTES,
 )
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ class Requester(Protocol):
         headers: tuple[tuple[str, str], ...] = (),
         body: bytes = b"",
         secret_headers: frozenset[str] = frozenset(),
+        secret_hosts: tuple[tuple[str, ...], ...] = (),
     ) -> HttpResult:
         """Perform one request (see ``Egress.request``)."""
         ...
@@ -146,15 +148,18 @@ class Requester(Protocol):
 
 @dataclass(frozen=True)
 class Grants:
-    """Secrets a guest's requests may use: names the manifest grants, values the operator supplies.
+    """Secrets a guest's requests may use: names the manifest asks for, values and destinations the operator
+    supplies (a secret goes only where the operator bound it, whatever the manifest lists).
 
     Attributes:
         allow_env: The manifest's ``permissions.allow_env``.
         secrets: Operator-supplied values by name (``Settings.guest_secrets``).
+        bindings: Operator-supplied host patterns by name (``Settings.guest_secret_hosts``).
     """
 
     allow_env: tuple[str, ...] = ()
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    bindings: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def run_in_sandbox(
@@ -306,7 +311,13 @@ class _Session:
             raise ProtocolViolation(f"http request sizes {sizes!r} out of range")
         block = self.channel.recv_data(int(sizes[0] or 0), deadline)
         body = self.channel.recv_data(int(sizes[1] or 0), deadline)
-        prepared = prepare_headers(block, allow_env=self.grants.allow_env, secrets=self.grants.secrets)
+        prepared = prepare_headers(
+            block,
+            allow_env=self.grants.allow_env,
+            secrets=self.grants.secrets,
+            url=url,
+            bindings=self.grants.bindings,
+        )
         if isinstance(prepared, HeaderRefusal):
             log.warning("egress request refused error=%s reason=%s", prepared.error_code, prepared.reason)
             return HttpResult(ERR_BAD_REQUEST, error_code=prepared.error_code, reason=prepared.reason)
@@ -319,9 +330,15 @@ class _Session:
             headers=prepared.headers,
             body=body,
             secret_headers=prepared.secret_names,
+            secret_hosts=prepared.secret_hosts,
         )
         if result.status == ERR_BAD_REQUEST:  # reserved for header refusals; egress never says it
             return HttpResult(STATUS_FAILED, error_code=result.error_code, reason=result.reason)
+        size = sum(len(name) + len(value) + 3 for name, value in result.headers)
+        if size > MAX_RESPONSE_HEADERS_BYTES:
+            # Forwarded as is, they would overflow the reply's control message and end the whole run.
+            reason = f"response headers of {size} bytes, at most {MAX_RESPONSE_HEADERS_BYTES}"
+            return HttpResult(STATUS_BODY_FAILED, error_code="headers_too_large", reason=reason)
         return result
 
     def _log(self, message: dict[str, Any]) -> None:

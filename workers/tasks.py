@@ -22,7 +22,7 @@ from typing import Any
 
 import redis
 from celery import Celery  # type: ignore[import-untyped]
-from celery.exceptions import SoftTimeLimitExceeded  # type: ignore[import-untyped]
+from celery.exceptions import Reject, SoftTimeLimitExceeded  # type: ignore[import-untyped]
 
 from broker.claims import Claims
 from broker.contract import TASK_REFRESH, MalformedRecord, RefreshRequest, archive_path
@@ -121,6 +121,25 @@ def register_tasks(
             return refresh_job(task, payload, state, record)
 
 
+def _requeue(
+    request: RefreshRequest, job_id: str, exc: BrokerUnavailable, record: JobRecord | None
+) -> Reject:
+    """The exception that hands a job that could not start back to the broker.
+
+    Redis went away before the job began (a Redis restart, say). Failing the task would let Celery
+    acknowledge the message once it reconnects, and the job would be lost while the archive's claim (taken
+    by the producer) keeps every new request merged into it for the claim's lifetime. Rejecting with
+    requeue puts the message back in the queue, or, while Redis is still down, leaves it unacknowledged so
+    the broker redelivers it after the visibility timeout; the new delivery starts on the same claim.
+    """
+    log.warning(
+        "refresh requeued archive=%s job=%s reason=broker_unavailable error=%s", request.archive, job_id, exc
+    )
+    if record is not None:
+        record.done("error", exc.code)
+    return Reject(exc, requeue=True)
+
+
 def refresh_job(
     task: Any, payload: object, state: WorkerState, record: JobRecord | None = None
 ) -> dict[str, Any]:
@@ -137,6 +156,7 @@ def refresh_job(
 
     Raises:
         celery.exceptions.Retry: A transient failure is retried later.
+        celery.exceptions.Reject: Redis was unavailable before the job started (requeued, see ``_requeue``).
     """
     try:
         request = RefreshRequest.from_json(payload)
@@ -158,14 +178,23 @@ def refresh_job(
     except MalformedRecord as exc:
         return _refuse_outside_store(state, request, exc, worker=worker, job_id=job_id, record=record)
     claim_ttl_ms = int(state.settings.running_claim_ttl * 1000)
-    if not claims.start(request.archive, request.request_id, runner, claim_ttl_ms).ok:
+    try:
+        started = claims.start(request.archive, request.request_id, runner, claim_ttl_ms).ok
+        if started:
+            mark_running(
+                state.client,
+                request.archive,
+                generation=request.base_generation,
+                worker=worker,
+                job_id=job_id,
+            )
+    except BrokerUnavailable as exc:
+        raise _requeue(request, job_id, exc, record) from exc
+    if not started:
         log.info("refresh skipped archive=%s job=%s reason=claimed", request.archive, job_id)
         if record is not None:
             record.done("skipped")
         return {"status": "skipped", "archive": request.archive}
-    mark_running(
-        state.client, request.archive, generation=request.base_generation, worker=worker, job_id=job_id
-    )
 
     def heartbeat() -> None:
         try:

@@ -21,7 +21,9 @@ generation (``SwapWaiters``); then the new generation is served, or, past the bo
 ``Sync-Stale: true``. ``max-stale`` (``max-stale=N``: up to N s past expiry) accepts stale data: no wait.
 
 Invariants: parsing never raises (unknown or malformed directives are ignored, as RFC 9111 §5.2 says); a
-wait never exceeds its bound; a generation announced as swapped is never waited for again.
+wait never exceeds its bound; a generation announced as swapped is never waited for again; at most
+``MAX_WAITING_READS`` reads wait at once (each holds one of the server's threads), so readers asking for fresh
+data cannot take every thread: past that a read is answered at once with what is there (``Sync-Stale``).
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ STALE_HEADER = "Sync-Stale"
 DEFAULT_FRESH_WAIT = 5.0
 #: Seconds between two looks at the archive on disk while waiting (a notification wakes the wait earlier).
 WAIT_POLL = 0.05
+#: Reads that may wait for a refresh at the same time: a quarter of mountd's 16 server threads, so that
+#: readers sending ``no-cache`` for expired archives cannot hold every thread for ``fresh_wait`` seconds.
+MAX_WAITING_READS = 4
 #: Archives whose last announced generation is remembered; beyond it all are forgotten (the wait then
 #: relies on the file's identity, which a swap changes).
 MAX_REMEMBERED = 100_000
@@ -220,9 +225,17 @@ class SwapWaiters:
     and looking at the archive's file every ``WAIT_POLL`` seconds so that a lost notification only costs
     that long."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_waiting: int = MAX_WAITING_READS) -> None:
         self._cond = threading.Condition()
         self._generations: dict[str, int] = {}
+        self._slots = threading.BoundedSemaphore(max_waiting)
+        self._waiting = 0
+
+    @property
+    def waiting(self) -> int:
+        """Reads waiting right now."""
+        with self._cond:
+            return self._waiting
 
     def notify(self, event: SwappedEvent) -> None:
         """A commit was announced: wake the reads waiting for that archive.
@@ -248,14 +261,29 @@ class SwapWaiters:
             timeout: Seconds to wait at most.
 
         Returns:
-            True when a newer generation is there (announced, or on disk); False after ``timeout``.
+            True when a newer generation is there (announced, or on disk); False after ``timeout``, or at
+            once when ``max_waiting`` reads already wait.
         """
-        deadline = time.monotonic() + timeout
-        while True:
+        if not self._slots.acquire(blocking=False):
+            return self._newer(key, path, identity, generation)
+        with self._cond:
+            self._waiting += 1
+        try:
+            return self._wait(key, path, identity, generation, time.monotonic() + timeout)
+        finally:
             with self._cond:
-                if self._generations.get(key, -1) > generation:
-                    return True
-            if _replaced(path, identity):
+                self._waiting -= 1
+            self._slots.release()
+
+    def _newer(self, key: str, path: Path, identity: FileIdentity, generation: int) -> bool:
+        with self._cond:
+            if self._generations.get(key, -1) > generation:
+                return True
+        return _replaced(path, identity)
+
+    def _wait(self, key: str, path: Path, identity: FileIdentity, generation: int, deadline: float) -> bool:
+        while True:
+            if self._newer(key, path, identity, generation):
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -16,6 +16,7 @@ both workers.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import math
@@ -58,10 +59,12 @@ COMPOSE_PORTS = {"mountd": "4918", "flower": "5555", "worker": "9808"}
 HEALTH_PATH = "/.well-known/sync/health"
 
 
-def compose_services() -> dict[str, Any]:
-    """The services of compose.yaml as ``docker-compose config`` resolves them."""
+def compose_services(env_file: Path) -> dict[str, Any]:
+    """The services of compose.yaml as ``docker-compose config`` resolves them with the secrets of
+    ``env_file`` (written by ``deploy/stack-init.sh``, as ``make stack-init`` does)."""
+    subprocess.run([str(ROOT / "deploy" / "stack-init.sh"), str(env_file)], check=True, timeout=30)
     result = subprocess.run(
-        ["docker-compose", "-f", str(ROOT / "compose.yaml"), "config"],
+        ["docker-compose", "--env-file", str(env_file), "-f", str(ROOT / "compose.yaml"), "config"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -115,10 +118,14 @@ def local_env(compose_env: dict[str, str], *, redis_url: str, store: Path, cache
     return env
 
 
-def http_get(url: str) -> tuple[int, bytes, str]:
-    """GET ``url`` with urllib: (status, body, ETag); status 0 while nothing answers."""
+def http_get(url: str, auth: str | None = None) -> tuple[int, bytes, str]:
+    """GET ``url`` with urllib (basic ``auth`` "user:password" if given): (status, body, ETag); status 0
+    while nothing answers."""
+    request = urllib.request.Request(url)  # noqa: S310  (our own http URL)
+    if auth is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310  (our own http URL)
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310  (our own http URL)
             return response.status, response.read(), response.headers.get("ETag", "")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read(), ""
@@ -126,9 +133,9 @@ def http_get(url: str) -> tuple[int, bytes, str]:
         return 0, b"", ""
 
 
-def get_json(url: str) -> Any:
+def get_json(url: str, auth: str | None = None) -> Any:
     """GET ``url`` and decode its JSON; None while it does not answer 200."""
-    status, body, _ = http_get(url)
+    status, body, _ = http_get(url, auth)
     return json.loads(body) if status == 200 else None
 
 
@@ -167,7 +174,7 @@ def served_name(archive: Path) -> str:
 @pytest.fixture
 def stack(services: Services, tmp_path: Path) -> dict[str, Any]:
     """Every compose service's command started locally: redis, two workers, mountd and flower."""
-    compose = compose_services()
+    compose = compose_services(tmp_path / "stack.env")
     store, cache = tmp_path / "store", tmp_path / "cache"
     store.mkdir()
     redis_port = free_port()
@@ -178,8 +185,12 @@ def stack(services: Services, tmp_path: Path) -> dict[str, Any]:
         *("--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(redis_dir), "--daemonize", "no"),
     ]
     redis_process = services.start("redis", redis_argv, child_env(cache))
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    # compose.yaml's Redis requires the generated password: the clients' URL carries it, as in the stack.
+    password = compose["redis"]["command"][compose["redis"]["command"].index("--requirepass") + 1]
+    redis_url = f"redis://:{password}@127.0.0.1:{redis_port}/0"
     client = redis.Redis.from_url(redis_url, socket_timeout=5, decode_responses=True)
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=redis_port, socket_timeout=5).set("sync:intruder", "1")
 
     def redis_answers() -> bool:
         assert redis_process.alive, redis_process.log_tail()
@@ -190,7 +201,8 @@ def stack(services: Services, tmp_path: Path) -> dict[str, Any]:
 
     wait_for(redis_answers, STEP_TIMEOUT, interval=0.05, what="redis answers PING")
 
-    started: dict[str, Any] = {"client": client, "store": store, "ports": {}}
+    flower_auth = compose["flower"]["environment"]["FLOWER_BASIC_AUTH"]
+    started: dict[str, Any] = {"client": client, "store": store, "ports": {}, "flower_auth": flower_auth}
     for service, names in (("worker", WORKER_NAMES), ("mountd", ("mountd",)), ("flower", ("flower",))):
         spec = compose[service]
         help_text = known_flags(spec["command"][1]) if spec["command"][0] == "syncctl" else ""
@@ -215,10 +227,14 @@ def wait_until_serving(stack: dict[str, Any]) -> tuple[str, str]:
     def up() -> bool:
         for name in ("mountd", "flower", *WORKER_NAMES):
             assert stack[name].alive, f"{name} exited:\n{stack[name].log_tail()}"
-        listed = get_json(f"{flower_api}/workers?refresh=1") or {}
+        listed = get_json(f"{flower_api}/workers?refresh=1", stack["flower_auth"]) or {}
         return http_get(f"{mountd_url}/")[0] != 0 and set(WORKER_NAMES) <= set(listed)
 
     wait_for(up, STEP_TIMEOUT, interval=0.5, what="mountd answers and flower lists both workers")
+    # Flower's API and pages refuse a request without the login (the healthcheck's endpoint answers).
+    assert http_get(f"{flower_api}/workers")[0] == 401
+    assert http_get(f"{flower_api}/workers", "admin:wrong")[0] == 401
+    assert http_get(f"http://127.0.0.1:{stack['ports']['flower']}/healthcheck")[0] == 200
     return mountd_url, flower_api
 
 
@@ -281,7 +297,8 @@ def test_stale_read_is_refreshed_by_a_scaled_worker(stack: dict[str, Any]) -> No
         assert record.worker in WORKER_NAMES
 
         def task_listed() -> dict[str, Any] | None:
-            task: dict[str, Any] = (get_json(f"{flower_api}/tasks") or {}).get(str(record.job_id), {})
+            tasks = get_json(f"{flower_api}/tasks", stack["flower_auth"]) or {}
+            task: dict[str, Any] = tasks.get(str(record.job_id), {})
             return task if task.get("state") == "SUCCESS" else None
 
         task = wait_value(task_listed, STEP_TIMEOUT, interval=0.5, what="flower lists the refresh task")
@@ -303,3 +320,14 @@ def test_stale_read_is_refreshed_by_a_scaled_worker(stack: dict[str, Any]) -> No
         assert http_get(f"{mountd_url}{HEALTH_PATH}")[0] == 200
         for name in WORKER_NAMES:
             assert http_get(f"http://127.0.0.1:{stack['ports'][name]}/health")[0] == 200, name
+
+        # SYNC_LOG_FORMAT=json (compose.yaml): every line each service wrote is one JSON object, mountd's
+        # "serving" startup line and Flower's (Tornado's) lines included.
+        for name in ("mountd", "flower", *WORKER_NAMES):
+            lines = stack[name].log.read_text().splitlines()
+            assert lines, name
+            events = [json.loads(line)["event"] for line in lines]
+            if name == "mountd":
+                assert any(e.startswith("serving ") for e in events)
+            if name == "flower":
+                assert any(e.startswith("Visit me at") for e in events)
