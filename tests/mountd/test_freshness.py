@@ -20,12 +20,12 @@ from broker import (
     QUEUE_REFRESH,
     SERVICE_CONNECT_TIMEOUT,
     SERVICE_SOCKET_TIMEOUT,
-    Claims,
     RefreshRequest,
     Settings,
     make_celery_app,
     make_redis,
 )
+from broker.claims import Claims
 from broker.connection import BrokerConnection
 from mountd import BrokerFreshness, ServerHandle, serve_background
 from sync_format import BuildResult, commit_payload
