@@ -165,7 +165,7 @@ class Settings:
         max_guest_timeout: Cap on any guest's budget in seconds.
         max_payload_size: Largest payload a guest may produce, in bytes.
         allow_anonymous: Let mountd serve a non-loopback address without a users file (anonymous requests
-            are then read-only); see ``mountd.auth``.
+            are then read-only); see ``mountd.auth.access``.
         metrics_port: Port of a worker's ``/metrics`` and ``/health`` endpoint; 0 turns it off.
         metrics_host: Address that endpoint binds.
         guest_secrets: Operator-supplied secrets a guest's request headers may reference as ``${NAME}`` when

@@ -270,7 +270,7 @@ def freshness_line(scope: str, summary: dict[str, Any]) -> str:
 
     Args:
         scope: The store the scheduler looks after.
-        summary: Its summary (``mountd.scheduler.FreshnessSummary.to_json``).
+        summary: Its summary (``mountd.refresh.scheduler.FreshnessSummary.to_json``).
 
     Returns:
         ``freshness STORE: N archives, E expired now, queue W waiting + F in flight (window K), refresh lag

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-#: Packages checked here (mountd's engineer adds mountd once its layout settles).
-PACKAGES = ("sync_format", "broker", "workers", "syncctl")
+#: Packages checked here.
+PACKAGES = ("sync_format", "broker", "workers", "mountd", "syncctl")
 
 
 def _module_name(path: Path) -> str:
@@ -91,3 +91,35 @@ def test_the_check_sees_a_circle() -> None:
     """The detector reports a circle when there is one (so a pass above means something)."""
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def every_import(package: str) -> dict[str, set[str]]:
+    """Edges module -> modules of ``package`` it imports anywhere (at load, in functions, for types)."""
+    modules = {_module_name(p): p for p in (ROOT / package).rglob("*.py")}
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                    for a in node.names
+                ]
+            graph[name] |= {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def test_mountd_has_no_circle_even_behind_type_checking() -> None:
+    """mountd's layout (issue 13): the read path, the writable store and the rest never import each other
+    back, not even for types or inside a function (the provider and the writable store once did, under
+    ``TYPE_CHECKING``)."""
+    assert find_cycle(every_import("mountd")) is None
+
+
+def test_every_import_sees_type_checking_imports(tmp_path: Path) -> None:
+    """The strict graph counts an import under ``TYPE_CHECKING`` that the load-time graph leaves out."""
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import os\n")
+    assert not any(isinstance(n, ast.Import) for n in _top_level(tree))
+    assert any(isinstance(n, ast.Import) for n in ast.walk(tree))

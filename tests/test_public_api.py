@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -29,16 +31,31 @@ def test_all_names_exist(name: str) -> None:
     assert missing == []
 
 
-@pytest.mark.parametrize("name", ["sync_format", "sync_format.signing"])
+@pytest.mark.parametrize("name", ["sync_format", "sync_format.signing", "mountd"])
 def test_all_lists_every_public_name(name: str) -> None:
     """Every public class and function a package imports into its namespace is declared in ``__all__``."""
     module = importlib.import_module(name)
+    package = name.split(".", maxsplit=1)[0]
     public = {
         n
         for n, v in vars(module).items()
-        if not n.startswith("_") and getattr(v, "__module__", "").startswith("sync_format")
+        if not n.startswith("_") and getattr(v, "__module__", "").startswith(package)
     }
     assert public - set(module.__all__) == set()
+
+
+def test_mountd_exports_only_what_is_used() -> None:
+    """``mountd.__all__`` lists what other packages, tests, benchmarks and the docs use (not 78 names)."""
+    import mountd
+
+    root = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve()
+    sources = [root / "README.md"]
+    for base in ("syncctl", "tests", "bench", "docs"):
+        sources.extend(p for p in (root / base).rglob("*") if p.suffix in (".py", ".md") and p != here)
+    text = "\n".join(p.read_text(encoding="utf-8") for p in sources)
+    unused = [n for n in mountd.__all__ if not re.search(rf"\b{n}\b", text)]
+    assert unused == []
 
 
 def test_sync_format_imports_no_service_libraries() -> None:

@@ -1,4 +1,5 @@
-"""HTTP freshness (``mountd.freshness_http``): every GET and HEAD of an archive says how fresh it is (Age,
+"""HTTP freshness (``mountd.http.freshness_headers``): every GET and HEAD of an archive says how fresh it is
+(Age,
 Cache-Control, Expires, Sync-Stale) on both GET paths; a reader asking for fresh data (no-cache, max-age=0,
 min-fresh) of an expired or nearly expired archive waits, bounded, for the refresh and gets the new
 generation, or past the bound the old one marked stale; max-stale accepts stale data without waiting."""
@@ -16,7 +17,7 @@ from recording_hook import RecordingHook
 
 from broker import Settings
 from mountd import ArchiveFacts, ServerHandle, serve_background
-from mountd.freshness_http import (
+from mountd.http.freshness_headers import (
     MAX_WAITING_READS,
     CacheDirectives,
     SwapWaiters,

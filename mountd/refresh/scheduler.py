@@ -6,13 +6,14 @@ time in a priority queue and hands each archive that is *due* to the same hook, 
 proactive request and a stale read into one job per archive.
 
 An archive is due when it has update logic (``ArchiveFacts.has_update_logic``), a TTL that is neither 0 nor
-"never", and ``now >= expires_at - lead``, with ``lead = mountd.facts.lead_ns(ttl)`` (10 % of the TTL,
+"never", and ``now >= expires_at - lead``, with ``lead = mountd.dav.facts.lead_ns(ttl)`` (10 % of the TTL,
 clamped to 1..60 s).
 An archive whose base timestamp does not parse counts as expired, as it does for reads (fail closed).
 When refreshes take longer than that lead (a busy queue), the lead widens to twice the recent 90th
 percentile of the time from request to announced commit, at most half the TTL: the lead is kept.
 
-How it learns of commits: ``on_swapped`` (fed by ``mountd.swap_listener.SwapListener`` from the workers'
+How it learns of commits: ``on_swapped`` (fed by ``mountd.refresh.swap_listener.SwapListener`` from the
+workers'
 "swapped" notifications) re-reads that one archive at once and schedules the new generation from its own
 expiry; when a request's claim is released without a notification (a failed or unchanged refresh, or a
 notification lost while Redis was away), ``claim_probe`` finds that and the archive is re-read too. A walk
@@ -62,9 +63,9 @@ from typing import Any
 
 from broker.contract import archive_key
 from broker.swapped import SwappedEvent
-from mountd.facts import ArchiveFacts, lead_ns
-from mountd.index import ArchiveIndex
-from mountd.provider import FreshnessHook
+from mountd.dav.facts import ArchiveFacts, lead_ns
+from mountd.dav.index import ArchiveIndex
+from mountd.dav.provider import FreshnessHook
 from sync_format import FileIdentity, SyncError
 from sync_format.freshness import now_ns, parse_timestamp_ns
 

@@ -11,7 +11,7 @@ whose ``Range`` header asks for more than one range it:
   ETag, so wsgidav evaluates conditions as for a plain GET;
 * drops ranges that start past the payload's end; none left: 416 with ``Content-Range: bytes */size``;
 * sorts and coalesces overlapping or adjacent ranges; one left: the header is rewritten to that one range and
-  wsgidav answers a single-part 206 (sent with ``os.sendfile`` by ``mountd.sendfile``);
+  wsgidav answers a single-part 206 (sent with ``os.sendfile`` by ``mountd.http.sendfile``);
 * otherwise answers 206 ``multipart/byteranges`` with one part per remaining range, each with its
   ``Content-Type`` and ``Content-Range``, read from the snapshot's payload reader (one file version for the
   whole response), with ``payload_safety_headers``.
@@ -29,9 +29,9 @@ from typing import Any
 from wsgidav import util as dav_util  # type: ignore[import-untyped]
 from wsgidav.mw.base_mw import BaseMiddleware  # type: ignore[import-untyped]
 
-from mountd.middleware import StartResponse, WSGIEnviron
-from mountd.payload_headers import SETTINGS_CONFIG_KEY, inline_active_of, payload_safety_headers
-from mountd.resources import ArchiveResource
+from mountd.dav.resources import OpenedArchive
+from mountd.http.middleware import StartResponse, WSGIEnviron
+from mountd.http.payload_headers import SETTINGS_CONFIG_KEY, inline_active_of, payload_safety_headers
 from sync_format import PayloadReader
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class ByteRanges(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         if any(name in environ for name in CONDITIONS):
             return self._whole(environ, start_response)
         resource = provider.get_resource_inst(environ["PATH_INFO"], environ)
-        if not isinstance(resource, ArchiveResource):
+        if not isinstance(resource, OpenedArchive):
             return self._whole(environ, start_response)
         facts = resource.facts
         if_range = environ.get("HTTP_IF_RANGE")

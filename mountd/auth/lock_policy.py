@@ -5,9 +5,9 @@ consumer (or an anonymous client) could LOCK a folder with ``Depth: infinity`` a
 and keep the owners out of their store for weeks, across restarts (locks live in Redis). ``LockPolicy``
 sits in wsgidav's stack after authentication:
 
-* ``LOCK`` needs the role that may write (an owner, ``mountd.auth.may_write``); a consumer, including an
-  anonymous one under ``--allow-anonymous``, gets 403. In a writable store an archive whose manifest refuses
-  writes (``ownership.write_allowed = false``) cannot be locked either (nobody may write it).
+* ``LOCK`` needs the role that may write (an owner, ``mountd.auth.access.may_write``); a consumer, including
+  an anonymous one under ``--allow-anonymous``, gets 403. In a writable store an archive whose manifest
+  refuses writes (``ownership.write_allowed = false``) cannot be locked either (nobody may write it).
 * Every ``LOCK`` (new or refresh) gets at most ``max_lock_timeout`` seconds (``SYNC_MAX_LOCK_TIMEOUT``,
   default 3600): a missing, larger or ``Infinite`` ``Timeout`` header is rewritten to that, so the cap holds
   for whichever lock storage is configured.
@@ -25,11 +25,11 @@ from typing import Any
 from wsgidav import util as dav_util  # type: ignore[import-untyped]
 from wsgidav.mw.base_mw import BaseMiddleware  # type: ignore[import-untyped]
 
-from mountd.auth import USER_KEY, role_of
-from mountd.middleware import StartResponse, WSGIEnviron
-from mountd.payload_headers import SETTINGS_CONFIG_KEY
-from mountd.users import Role
-from mountd.write_policy import is_protected
+from mountd.auth.access import USER_KEY, role_of
+from mountd.auth.users import Role
+from mountd.http.middleware import StartResponse, WSGIEnviron
+from mountd.http.payload_headers import SETTINGS_CONFIG_KEY
+from mountd.writable.policy import is_protected
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class LockPolicy(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         if role_of(environ) is not Role.OWNER:
             return "your role may not write here, so it may not lock"
         provider = environ.get("wsgidav.provider")
-        if provider is None or getattr(provider, "writable", None) is None:
+        if provider is None or not getattr(provider, "writable", False):
             return None
         resource = provider.get_resource_inst(environ["PATH_INFO"], environ)
         archive = getattr(resource, "archive", None)

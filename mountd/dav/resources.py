@@ -10,11 +10,15 @@ the inode that was opened, so a swap during a download never mixes old and new b
 (rule 11). Nested folders are collections of the same kind; ``SingleArchiveCollection`` is the root of
 single-archive mode, listing just that archive.
 
+The read answers live in bases that say nothing about writes (``OpenedArchive``, ``ListedArchiveFile``,
+``Folder``); the read-only resources add ``RefuseWrites`` to them, and the writable store
+(``mountd.writable``) adds its own write methods to the same bases, so neither undoes the other.
+
 Invariants:
     * Read-only: every write method (PUT, DELETE, MKCOL, MOVE, COPY, PROPPATCH, lock-null creation) answers
       403. LOCK/UNLOCK work on existing resources (wsgidav's lock manager), as the reference's fake locks do,
       because macOS and Windows clients lock before they read.
-    * The ETag is always strong (see ``mountd.facts.derive_etag``) and Range is supported.
+    * The ETag is always strong (see ``mountd.dav.facts.derive_etag``) and Range is supported.
     * A snapshot is closed by ``close`` (the provider registers it with the request scope); the reader
       ``get_content`` returns owns its own fd and is closed by wsgidav when the response ends.
 """
@@ -30,11 +34,11 @@ from wsgidav import util as dav_util  # type: ignore[import-untyped]
 from wsgidav.dav_error import HTTP_INTERNAL_ERROR, HTTP_NOT_FOUND, DAVError  # type: ignore[import-untyped]
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection  # type: ignore[import-untyped]
 
+from mountd.dav.facts import ArchiveFacts
+from mountd.dav.index import ArchiveIndex, DirectoryListing, ListedArchive
+from mountd.dav.integrity import VERDICTS
 from mountd.errors import dav_error, read_only
-from mountd.facts import ArchiveFacts
-from mountd.index import ArchiveIndex, DirectoryListing, ListedArchive
-from mountd.integrity import VERDICTS
-from mountd.sendfile import offer_payload
+from mountd.http.sendfile import offer_payload
 from sync_format import ArchiveError, ArchiveSnapshot, PayloadReader, open_archive
 
 log = logging.getLogger(__name__)
@@ -51,7 +55,7 @@ PROP_EXPIRED = "{urn:sync}expired"
 PROP_GENERATION = "{urn:sync}generation"
 #: When the payload was last committed (RFC 3339); absent before the first refresh.
 PROP_LAST_REFRESH = "{urn:sync}last-refresh"
-#: ``verified``, ``corrupt`` or ``unverified``: the payload against its CRC-32 (``mountd.integrity``).
+#: ``verified``, ``corrupt`` or ``unverified``: the payload against its CRC-32 (``mountd.dav.integrity``).
 PROP_INTEGRITY = "{urn:sync}integrity"
 
 SYNC_PROPERTIES = (
@@ -90,7 +94,7 @@ def sync_properties(facts: ArchiveFacts) -> dict[str, str]:
     return props
 
 
-class _ReadOnly:
+class RefuseWrites:
     """Every write method of a wsgidav resource refuses with 403 (read-only serving).
 
     The provider does not declare itself read-only (wsgidav would then answer 405 and refuse LOCK too,
@@ -122,9 +126,21 @@ class _ReadOnly:
     def remove_all_properties(self, *, recursive: bool) -> None:
         raise read_only("PROPPATCH")
 
+    def begin_write(self, *, content_type: str | None = None) -> Any:
+        raise read_only("PUT")
 
-class _ArchiveFile(_ReadOnly, DAVNonCollection):  # type: ignore[misc]  # wsgidav is untyped
-    """An archive shown as its payload: every answer comes from ``self.facts``; every write is refused."""
+    def set_last_modified(self, dest_path: str, time_stamp: float, *, dry_run: bool) -> bool:
+        raise read_only("PROPPATCH")
+
+    def create_empty_resource(self, name: str) -> Any:
+        raise read_only("PUT")
+
+    def create_collection(self, name: str) -> None:
+        raise read_only("MKCOL")
+
+
+class ArchiveFile(DAVNonCollection):  # type: ignore[misc]  # wsgidav is untyped
+    """An archive shown as its payload: every answer comes from ``self.facts`` (writes: see subclasses)."""
 
     facts: ArchiveFacts
 
@@ -166,14 +182,8 @@ class _ArchiveFile(_ReadOnly, DAVNonCollection):  # type: ignore[misc]  # wsgida
             return f'"{self.facts.etag}"'
         return super().get_property_value(name)
 
-    def begin_write(self, *, content_type: str | None = None) -> Any:
-        raise read_only("PUT")
 
-    def set_last_modified(self, dest_path: str, time_stamp: float, *, dry_run: bool) -> bool:
-        raise read_only("PROPPATCH")
-
-
-class ArchiveResource(_ArchiveFile):
+class OpenedArchive(ArchiveFile):
     """One archive, opened once for one request.
 
     Args:
@@ -195,7 +205,7 @@ class ArchiveResource(_ArchiveFile):
 
     def get_content(self) -> PayloadReader:
         reader = self.snapshot.open_payload()
-        if VERDICTS.is_corrupt(self.key, self.facts, reader):  # mountd.integrity: never served as good
+        if VERDICTS.is_corrupt(self.key, self.facts, reader):  # mountd.dav.integrity: never served as good
             reader.close()
             raise DAVError(HTTP_INTERNAL_ERROR, f"the payload of {self.key} is corrupt (CRC-32 mismatch)")
         return offer_payload(self.environ, reader)
@@ -205,7 +215,7 @@ class ArchiveResource(_ArchiveFile):
         self.snapshot.close()
 
 
-class IndexedArchiveResource(_ArchiveFile):
+class ListedArchiveFile(ArchiveFile):
     """An archive as a listing shows it: answers from the index's facts without opening the file.
 
     Args:
@@ -231,8 +241,10 @@ class IndexedArchiveResource(_ArchiveFile):
             raise dav_error(exc, self.key) from exc
 
 
-class StoreCollection(_ReadOnly, DAVCollection):  # type: ignore[misc]  # wsgidav is untyped
+class Folder(DAVCollection):  # type: ignore[misc]  # wsgidav is untyped
     """A store directory: its visible subdirectories and its readable archives by display name.
+
+    Subclasses say what its members are (``member_folder``, ``member_archive``) and what writes do.
 
     Args:
         path: The request path.
@@ -267,17 +279,13 @@ class StoreCollection(_ReadOnly, DAVCollection):  # type: ignore[misc]  # wsgida
         members.extend(self.member_archive(name, listed) for name, listed in listing.archives.items())
         return members
 
-    def member_folder(self, name: str) -> StoreCollection:
-        """The resource of a subdirectory this collection lists (the writable store makes writable ones)."""
-        return StoreCollection(
-            dav_util.join_uri(self.path, name), self.environ, self.index, self.directory / name, self.store
-        )
+    def member_folder(self, name: str) -> Folder:
+        """The resource of a subdirectory this collection lists."""
+        raise NotImplementedError
 
-    def member_archive(self, name: str, listed: ListedArchive) -> IndexedArchiveResource:
+    def member_archive(self, name: str, listed: ListedArchive) -> ListedArchiveFile:
         """The resource of an archive this collection lists."""
-        return IndexedArchiveResource(
-            dav_util.join_uri(self.path, name), self.environ, listed, self._key(listed.path)
-        )
+        raise NotImplementedError
 
     def get_last_modified(self) -> float | None:
         try:
@@ -285,14 +293,30 @@ class StoreCollection(_ReadOnly, DAVCollection):  # type: ignore[misc]  # wsgida
         except OSError:
             return None
 
-    def create_empty_resource(self, name: str) -> Any:
-        raise read_only("PUT")
-
-    def create_collection(self, name: str) -> None:
-        raise read_only("MKCOL")
-
     def _key(self, archive: Path) -> str:
         return archive.relative_to(self.store).as_posix()
+
+
+class ArchiveResource(RefuseWrites, OpenedArchive):
+    """An opened archive of a read-only store (``OpenedArchive``; every write answers 403)."""
+
+
+class IndexedArchiveResource(RefuseWrites, ListedArchiveFile):
+    """A listed archive of a read-only store (``ListedArchiveFile``; every write answers 403)."""
+
+
+class StoreCollection(RefuseWrites, Folder):
+    """A folder of a read-only store (``Folder``; every write answers 403)."""
+
+    def member_folder(self, name: str) -> StoreCollection:
+        return StoreCollection(
+            dav_util.join_uri(self.path, name), self.environ, self.index, self.directory / name, self.store
+        )
+
+    def member_archive(self, name: str, listed: ListedArchive) -> IndexedArchiveResource:
+        return IndexedArchiveResource(
+            dav_util.join_uri(self.path, name), self.environ, listed, self._key(listed.path)
+        )
 
 
 class SingleArchiveCollection(StoreCollection):

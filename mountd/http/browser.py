@@ -37,18 +37,18 @@ from wsgidav.dir_browser import WsgiDavDirBrowser  # type: ignore[import-untyped
 from wsgidav.http_authenticator import HTTPAuthenticator  # type: ignore[import-untyped]
 from wsgidav.mw.base_mw import BaseMiddleware  # type: ignore[import-untyped]
 
-from mountd.byteranges import ByteRanges
-from mountd.digest_nonces import NonceCheckingAuthenticator
-from mountd.facts import ArchiveFacts
-from mountd.fast_get import FastGet
-from mountd.fast_propfind import FastPropfind
-from mountd.index import DirectoryListing
-from mountd.integrity import CORRUPT, VERDICTS
-from mountd.lock_policy import LockPolicy
-from mountd.middleware import StartResponse, WSGIEnviron
-from mountd.payload_headers import PayloadHeaders
-from mountd.provider import SyncProvider
-from mountd.resources import StoreCollection
+from mountd.auth.digest_nonces import NonceCheckingAuthenticator
+from mountd.auth.lock_policy import LockPolicy
+from mountd.dav.facts import ArchiveFacts
+from mountd.dav.index import DirectoryListing
+from mountd.dav.integrity import CORRUPT, VERDICTS
+from mountd.dav.provider import SyncProvider
+from mountd.dav.resources import Folder
+from mountd.http.byteranges import ByteRanges
+from mountd.http.fast_get import FastGet
+from mountd.http.fast_propfind import FastPropfind
+from mountd.http.middleware import StartResponse, WSGIEnviron
+from mountd.http.payload_headers import PayloadHeaders
 from sync_format.freshness import now_ns
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def middleware_stack() -> list[Any]:
     stack: list[Any] = []
     for mw in DEFAULT_CONFIG["middleware_stack"]:
         if mw is HTTPAuthenticator:
-            stack.append(NonceCheckingAuthenticator)  # digest nonces verified (mountd.digest_nonces)
+            stack.append(NonceCheckingAuthenticator)  # digest nonces verified (mountd.auth.digest_nonces)
             continue
         # LockPolicy, PayloadHeaders and ByteRanges (issue 12) run before the fast paths.
         ours = [LockPolicy, PayloadHeaders, ByteRanges, FastGet, BrowserView, FastPropfind]
@@ -183,7 +183,7 @@ class BrowserView(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         )
         return [b""] if is_head else [body]
 
-    def _browsed_collection(self, environ: WSGIEnviron) -> StoreCollection | None:
+    def _browsed_collection(self, environ: WSGIEnviron) -> Folder | None:
         # The collection a browser asks for, or None when the request is not one for this view.
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
             return None
@@ -197,7 +197,7 @@ class BrowserView(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         if not isinstance(provider, SyncProvider):
             return None
         resource = provider.get_resource_inst(environ["PATH_INFO"], environ)
-        return resource if isinstance(resource, StoreCollection) else None
+        return resource if isinstance(resource, Folder) else None
 
 
 def render_page(listing: DirectoryListing, base: str, *, now: int) -> bytes:
@@ -258,7 +258,7 @@ def _archive_row(name: str, base: str, facts: ArchiveFacts, now: int) -> str:
         f'<td class="num" title="{facts.ttl} s">{ttl}</td>',
     )
     state = "expired" if expired else "fresh"
-    if VERDICTS.state(facts) == CORRUPT:  # mountd.integrity: the payload failed its CRC-32 check
+    if VERDICTS.state(facts) == CORRUPT:  # mountd.dav.integrity: the payload failed its CRC-32 check
         state += ' corrupt" title="corrupt payload: not served'
         cells = (cells[0].replace("</a></td>", "</a> (corrupt)</td>"), *cells[1:])
     return f'<tr class="{state}">{"".join(cells)}</tr>\n'

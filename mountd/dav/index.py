@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from mountd.facts import ArchiveFacts
+from mountd.dav.facts import ArchiveFacts
 from sync_format import ArchiveError, FileIdentity, display_name, open_archive
 from sync_format.store import SYNC_SUFFIX, is_archive_name
 

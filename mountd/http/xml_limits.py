@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 from xml.parsers import expat
 
-from mountd.middleware import StartResponse, WSGIApp, WSGIEnviron
+from mountd.http.middleware import StartResponse, WSGIApp, WSGIEnviron
 
 log = logging.getLogger(__name__)
 

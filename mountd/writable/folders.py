@@ -1,9 +1,9 @@
 """``WritableCollection``: a store directory that takes PUT of new files, MKCOL, DELETE, COPY and MOVE.
 
-The folder half of the writable store (``mountd.writable`` holds the archive half and explains the mapping
-between files and archives). A PUT of a new name becomes a ``PendingArchive`` (nothing on disk until the
-body is complete); a LOCK of a new name creates an empty archive at once (RFC 4918 §9.10.4); macOS metadata
-names become ``JunkResource``s.
+The folder half of the writable store (``mountd.writable.archives`` holds the archive half and explains the
+mapping between files and archives). A PUT of a new name becomes a ``PendingArchive`` (nothing on disk
+until the body is complete); a LOCK of a new name creates an empty archive at once (RFC 4918 §9.10.4);
+macOS metadata names become ``JunkResource``s.
 
 Invariants:
     * The store's root is never deleted or moved (403).
@@ -19,46 +19,41 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from wsgidav import util as dav_util  # type: ignore[import-untyped]
 from wsgidav.dav_error import HTTP_FORBIDDEN, HTTP_METHOD_NOT_ALLOWED, DAVError  # type: ignore[import-untyped]
 
-# The base of both resource kinds; its default write methods are what the read-only mixin overrides.
-from wsgidav.dav_provider import _DAVResource as DAVResource  # type: ignore[import-untyped]
-
+from mountd.dav.factory import StoreView
+from mountd.dav.index import ListedArchive
+from mountd.dav.resources import Folder
 from mountd.errors import dav_error
-from mountd.index import ListedArchive
-from mountd.resources import IndexedArchiveResource, StoreCollection
-from mountd.writable import JunkResource, ListedWritableArchive, PendingArchive, create_archive
-from mountd.write_policy import WritePolicy, carry_properties, is_junk_name
+from mountd.writable.archives import JunkResource, ListedWritableArchive, PendingArchive, create_archive
+from mountd.writable.policy import WritePolicy, carry_properties, is_junk_name
 from sync_format import ArchiveError
-
-if TYPE_CHECKING:
-    from mountd.provider import SyncProvider
 
 log = logging.getLogger(__name__)
 
 
-class WritableCollection(StoreCollection):
+class WritableCollection(Folder):
     """A store directory that also takes PUT of new files, MKCOL, DELETE, COPY, MOVE and PROPPATCH.
 
     Args:
         path: The request path.
         environ: The WSGI environ.
-        provider: The provider.
+        provider: The store.
         directory: The directory.
         policy: What writes are allowed.
     """
 
     def __init__(
-        self, path: str, environ: dict[str, Any], provider: SyncProvider, directory: Path, policy: WritePolicy
+        self, path: str, environ: dict[str, Any], provider: StoreView, directory: Path, policy: WritePolicy
     ) -> None:
         super().__init__(path, environ, provider.index, directory, policy.root)
         self.provider = provider
         self.policy = policy
 
-    def member_folder(self, name: str) -> StoreCollection:
+    def member_folder(self, name: str) -> WritableCollection:
         return WritableCollection(
             dav_util.join_uri(self.path, name),
             self.environ,
@@ -67,7 +62,7 @@ class WritableCollection(StoreCollection):
             self.policy,
         )
 
-    def member_archive(self, name: str, listed: ListedArchive) -> IndexedArchiveResource:
+    def member_archive(self, name: str, listed: ListedArchive) -> ListedWritableArchive:
         path = dav_util.join_uri(self.path, name)
         return ListedWritableArchive(
             path, self.environ, listed, self._key(listed.path), self.provider, self.policy
@@ -126,8 +121,8 @@ class WritableCollection(StoreCollection):
             raise dav_error(
                 ArchiveError(f"cannot delete folder: {exc.strerror}", path=self.directory), self.path
             ) from exc
-        DAVResource.remove_all_properties(self, recursive=True)
-        DAVResource.remove_all_locks(self, recursive=True)
+        self.remove_all_properties(recursive=True)
+        self.remove_all_locks(recursive=True)
         self.provider.forget(self.environ)
         log.info("folder deleted folder=%s", self.path)
 
@@ -164,7 +159,4 @@ class WritableCollection(StoreCollection):
 
     def set_property_value(self, name: str, value: Any, *, dry_run: bool = False) -> None:
         self.policy.require_writer(self.environ, "PROPPATCH")
-        DAVResource.set_property_value(self, name, value, dry_run=dry_run)
-
-    def remove_all_properties(self, *, recursive: bool) -> None:
-        DAVResource.remove_all_properties(self, recursive=recursive)
+        super().set_property_value(name, value, dry_run=dry_run)

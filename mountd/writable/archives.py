@@ -1,8 +1,9 @@
 """The writable store's archives: PUT, DELETE, COPY, MOVE and dead properties of files that are archives.
 
 wsgidav drives every write through the resource objects (its contract, STYLE rule 6); these classes are the
-writable twins of ``mountd.resources`` (folders: ``mountd.writable_folders``; what is allowed:
-``mountd.write_policy``; upload bodies: ``mountd.uploads``). A client sees files; the store holds archives:
+writable twins of ``mountd.dav.resources`` (folders: ``mountd.writable.folders``; what is allowed:
+``mountd.writable.policy``; upload bodies: ``mountd.writable.uploads``). A client sees files; the store holds
+archives:
 
 * ``PUT /a/report.csv`` of a new name wraps the body into ``a/report.csv.sync`` with the upload template
   (spec §8.3, ``sync_format.template``; ``ownership.write_allowed = true``); a PUT over an existing archive
@@ -33,7 +34,7 @@ import os
 import shutil
 from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from wsgidav.dav_error import (  # type: ignore[import-untyped]
     HTTP_FORBIDDEN,
@@ -42,26 +43,17 @@ from wsgidav.dav_error import (  # type: ignore[import-untyped]
 )
 from wsgidav.dav_provider import DAVNonCollection  # type: ignore[import-untyped]
 
-# The base of both resource kinds; its default write methods are what the read-only mixin overrides.
-from wsgidav.dav_provider import _DAVResource as DAVResource
-
+from mountd.dav.factory import StoreView
+from mountd.dav.facts import ArchiveFacts
+from mountd.dav.index import ListedArchive
+from mountd.dav.resources import SYNC_PROPERTIES, ListedArchiveFile, OpenedArchive
 from mountd.errors import WriteRefused, dav_error
-from mountd.facts import ArchiveFacts
-from mountd.index import ListedArchive
-from mountd.resources import (
-    SYNC_PROPERTIES,
-    ArchiveResource,
-    IndexedArchiveResource,
-)
-from mountd.uploads import DavSink, end_upload, open_sink
-from mountd.write_policy import WritePolicy, carry_properties
+from mountd.writable.policy import WritePolicy, carry_properties
+from mountd.writable.uploads import DavSink, end_upload, open_sink
 from sync_format import ArchiveError, SwapConflict, SyncBuilder, SyncError, open_archive
 from sync_format.atomic import atomic_write
 from sync_format.swap import commit_payload
 from sync_format.template import extension_of, template_manifest
-
-if TYPE_CHECKING:
-    from mountd.provider import SyncProvider
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +75,20 @@ def _copy_file(source: Path, target: Path, key: str) -> None:
         raise dav_error(exc, key) from exc
 
 
-class _WritableArchive:
+class ArchiveWrites(DAVNonCollection):  # type: ignore[misc]  # wsgidav is untyped
     """Write methods shared by an opened archive and one a listing shows (wsgidav deletes and copies those).
 
-    Needs ``archive`` (its file), ``key``, ``facts``, ``policy`` and ``provider`` from the class it is mixed
-    into; placed first in the MRO so that it overrides the read-only refusals.
+    Combined with a read base of ``mountd.dav.resources`` (``OpenedArchive``, ``ListedArchiveFile``), which
+    says nothing about writes; needs ``archive`` (its file), ``key``, ``facts``, ``policy`` and ``provider``
+    (the store, as a ``StoreView``) from the class it is combined into. Where it keeps wsgidav's default
+    (removing properties and locks, storing dead properties) it calls it through ``super()``.
     """
 
     archive: Path
     key: str
     facts: ArchiveFacts
     policy: WritePolicy
-    provider: SyncProvider
+    provider: StoreView
     environ: dict[str, Any]
     path: str
 
@@ -118,8 +112,8 @@ class _WritableArchive:
             raise dav_error(
                 ArchiveError(f"cannot delete: {exc.strerror}", path=self.archive), self.key
             ) from exc
-        DAVResource.remove_all_properties(self, recursive=True)
-        DAVResource.remove_all_locks(self, recursive=True)
+        self.remove_all_properties(recursive=True)
+        self.remove_all_locks(recursive=True)
         self.provider.forget(self.environ)
         log.info("archive deleted archive=%s", self.key)
 
@@ -147,10 +141,7 @@ class _WritableArchive:
         if name in SYNC_PROPERTIES:
             raise DAVError(HTTP_FORBIDDEN, err_condition=PRECONDITION_CODE_ProtectedProperty)
         self.policy.require_writer(self.environ, "PROPPATCH")
-        DAVResource.set_property_value(self, name, value, dry_run=dry_run)
-
-    def remove_all_properties(self, *, recursive: bool) -> None:
-        DAVResource.remove_all_properties(self, recursive=recursive)
+        super().set_property_value(name, value, dry_run=dry_run)
 
     def set_last_modified(self, dest_path: str, time_stamp: float, *, dry_run: bool) -> bool:
         return False  # the payload's time is its commit time, not something a client sets
@@ -168,7 +159,7 @@ class _WritableArchive:
         carry_properties(self.provider, self, dest_path, is_move=is_move, with_children=False)
 
 
-class WritableArchiveResource(_WritableArchive, ArchiveResource):
+class WritableArchiveResource(ArchiveWrites, OpenedArchive):
     """An opened archive that also takes PUT (payload overwrite), DELETE, COPY, MOVE and PROPPATCH.
 
     Args:
@@ -176,7 +167,7 @@ class WritableArchiveResource(_WritableArchive, ArchiveResource):
         environ: The WSGI environ.
         archive: The archive file.
         key: Its key in the store.
-        provider: The provider (for forgetting resolved resources and the property manager).
+        provider: The store (for forgetting resolved resources and the property manager).
         policy: What writes are allowed.
     """
 
@@ -186,7 +177,7 @@ class WritableArchiveResource(_WritableArchive, ArchiveResource):
         environ: dict[str, Any],
         archive: Path,
         key: str,
-        provider: SyncProvider,
+        provider: StoreView,
         policy: WritePolicy,
     ) -> None:
         super().__init__(path, environ, archive, key)
@@ -241,7 +232,7 @@ class WritableArchiveResource(_WritableArchive, ArchiveResource):
         )
 
 
-class ListedWritableArchive(_WritableArchive, IndexedArchiveResource):
+class ListedWritableArchive(ArchiveWrites, ListedArchiveFile):
     """An archive as a writable listing shows it (wsgidav deletes, copies and moves members through these).
 
     Args:
@@ -249,7 +240,7 @@ class ListedWritableArchive(_WritableArchive, IndexedArchiveResource):
         environ: The WSGI environ.
         listed: The index's record.
         key: Its key in the store.
-        provider: The provider.
+        provider: The store.
         policy: What writes are allowed.
     """
 
@@ -259,7 +250,7 @@ class ListedWritableArchive(_WritableArchive, IndexedArchiveResource):
         environ: dict[str, Any],
         listed: ListedArchive,
         key: str,
-        provider: SyncProvider,
+        provider: StoreView,
         policy: WritePolicy,
     ) -> None:
         super().__init__(path, environ, listed, key)
@@ -274,12 +265,12 @@ class PendingArchive(DAVNonCollection):  # type: ignore[misc]  # wsgidav is unty
         path: The request path.
         environ: The WSGI environ.
         target: The archive file it will become.
-        provider: The provider.
+        provider: The store.
         policy: What writes are allowed.
     """
 
     def __init__(
-        self, path: str, environ: dict[str, Any], target: Path, provider: SyncProvider, policy: WritePolicy
+        self, path: str, environ: dict[str, Any], target: Path, provider: StoreView, policy: WritePolicy
     ) -> None:
         super().__init__(path, environ)
         self.target = target

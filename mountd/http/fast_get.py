@@ -23,7 +23,8 @@ Invariants:
     * The payload reader holds the descriptor that was opened and checked: a swap during the download
       never mixes old and new bytes; the reader is closed when the response ends, however it ends.
     * An expired archive tells the freshness hook once, before any byte is sent (``open_known``).
-    * Freshness directives and headers are the provider's and ``mountd.freshness_http``'s, as on wsgidav's
+    * Freshness directives and headers are the provider's and ``mountd.http.freshness_headers``'s, as on
+      wsgidav's
       path: ``open_known`` gets the environ (it may wait for a refresh and records the version served).
 """
 
@@ -37,11 +38,11 @@ from typing import Any
 from wsgidav import util as dav_util  # type: ignore[import-untyped]
 from wsgidav.mw.base_mw import BaseMiddleware  # type: ignore[import-untyped]
 
-from mountd.integrity import CORRUPT, VERDICTS, corrupt_response
-from mountd.middleware import StartResponse, WSGIEnviron, on_request_end
-from mountd.payload_headers import inline_active_of, payload_safety_headers
-from mountd.provider import SyncProvider
-from mountd.sendfile import offer_payload
+from mountd.dav.integrity import CORRUPT, VERDICTS, corrupt_response
+from mountd.dav.provider import SyncProvider
+from mountd.http.middleware import StartResponse, WSGIEnviron, on_request_end
+from mountd.http.payload_headers import inline_active_of, payload_safety_headers
+from mountd.http.sendfile import offer_payload
 from sync_format import PayloadReader
 from sync_format.media import safe_content_type
 
@@ -148,7 +149,7 @@ class FastGet(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
 
 
 def _known_corrupt(environ: WSGIEnviron, archive: str, facts: Any, reader: PayloadReader) -> bool:
-    # A GET checks the version (mountd.integrity); a HEAD only consults the verdict already known.
+    # A GET checks the version (mountd.dav.integrity); a HEAD only consults the verdict already known.
     if environ["REQUEST_METHOD"] == "GET":
         return VERDICTS.is_corrupt(archive, facts, reader)
     return VERDICTS.state(facts) == CORRUPT

@@ -1,5 +1,5 @@
 """HTTP freshness: the response headers that say how fresh a payload is, and the request directives that ask
-for a fresh one. One place for both GET paths (``mountd.fast_get`` and wsgidav's) and HEAD.
+for a fresh one. One place for both GET paths (``mountd.http.fast_get`` and wsgidav's) and HEAD.
 
 Response headers (``freshness_headers``), for every GET and HEAD of an archive answered 200, 206 or 304:
 
@@ -15,7 +15,7 @@ Response headers (``freshness_headers``), for every GET and HEAD of an archive a
 
 Request directives (``CacheDirectives``, from ``Cache-Control``, or ``Pragma: no-cache`` without one):
 ``no-cache``, ``max-age=0`` (or ``max-age=N`` with the payload older than N s) and ``min-fresh=N`` on an
-archive that is expired or nearly expired (within ``mountd.facts.lead_ns`` of expiry; for ``min-fresh``,
+archive that is expired or nearly expired (within ``mountd.dav.facts.lead_ns`` of expiry; for ``min-fresh``,
 within N s) make the read ask for a refresh and wait, at most ``Settings.fresh_wait`` seconds, for a new
 generation (``SwapWaiters``); then the new generation is served, or, past the bound, what is there with
 ``Sync-Stale: true``. ``max-stale`` (``max-stale=N``: up to N s past expiry) accepts stale data: no wait.
@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from broker.swapped import SwappedEvent
-from mountd.facts import NS_PER_SECOND, ArchiveFacts, lead_ns
-from mountd.middleware import StartResponse, WSGIApp, WSGIEnviron
+from mountd.dav.facts import NS_PER_SECOND, ArchiveFacts, lead_ns
+from mountd.http.middleware import StartResponse, WSGIApp, WSGIEnviron
 from sync_format import FileIdentity
 from sync_format.freshness import now_ns
 

@@ -3,7 +3,7 @@
 Why: wsgidav's authenticator makes a fresh random nonce for each challenge but never checks the nonce a
 client sends back, nor its ``nc`` counter: a nonce the server never issued authenticated, and a captured
 ``Authorization`` header could be replayed at will. ``NonceCheckingAuthenticator`` replaces it in the
-middleware stack (``mountd.browser.middleware_stack``) and, before wsgidav checks the digest itself:
+middleware stack (``mountd.http.browser.middleware_stack``) and, before wsgidav checks the digest itself:
 
 * issues nonces ``base64("<time>:<random>:<hmac>")`` where the HMAC-SHA256 is keyed by a per-process secret
   over time and random part, so a nonce is verified without storing it;
@@ -37,7 +37,7 @@ from typing import Any
 from wsgidav import util as dav_util  # type: ignore[import-untyped]
 from wsgidav.http_authenticator import HTTPAuthenticator  # type: ignore[import-untyped]
 
-from mountd.middleware import StartResponse, WSGIEnviron
+from mountd.http.middleware import StartResponse, WSGIEnviron
 
 log = logging.getLogger(__name__)
 

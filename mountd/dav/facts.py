@@ -57,7 +57,7 @@ class ArchiveFacts:
         expiry: When the payload stops being fresh.
         identity: The file version these facts were read from.
         has_update_logic: True when ``sync.wasm`` is present and is not the empty module.
-        payload_crc32: The CRC-32 the ZIP entry records for the payload (``mountd.integrity`` checks the
+        payload_crc32: The CRC-32 the ZIP entry records for the payload (``mountd.dav.integrity`` checks the
             bytes against it); -1 when unknown.
     """
 

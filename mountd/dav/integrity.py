@@ -33,7 +33,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mountd.facts import ArchiveFacts
+    from mountd.dav.facts import ArchiveFacts
     from sync_format import PayloadReader
 
 log = logging.getLogger(__name__)

@@ -19,14 +19,16 @@ Invariants:
       before and after it is opened, with the inode that was opened.
     * A GET or HEAD of an expired archive calls the ``FreshnessHook`` once per request, after the archive
       is open and before any byte is sent; the hook can neither delay nor fail the read.
-    * ``open_known`` (the fast GET path, ``mountd.fast_get``) resolves a name exactly as ``_resolve`` does
+    * ``open_known`` (the fast GET path, ``mountd.http.fast_get``) resolves a name exactly as ``_resolve``
+      does
       for the common case (the direct candidate of a read-only store directory) and returns None for
       everything else, so that wsgidav's path answers it. It opens the file once and reads the cached
       facts of the identity it ``fstat``s on that same descriptor: a swap makes a new inode and an edit a
       new mtime or size, so a cached identity means the cached payload offset and size describe the bytes
       behind that descriptor. An unknown identity is parsed from the same descriptor and learnt.
     * A GET or HEAD whose ``Cache-Control`` asks for fresher data than an expired or nearly expired archive
-      holds (``mountd.freshness_http.needs_fresh``) asks for a refresh and waits at most ``fresh_wait``
+      holds (``mountd.http.freshness_headers.needs_fresh``) asks for a refresh and waits at most
+      ``fresh_wait``
       seconds, once per request on either path, then serves the version on disk; the version served is
       recorded in the environ (``SERVED_FACTS_KEY``) for ``FreshnessHeaders``.
 """
@@ -44,9 +46,12 @@ from wsgidav.dav_error import HTTP_SERVICE_UNAVAILABLE, DAVError  # type: ignore
 from wsgidav.dav_provider import DAVProvider  # type: ignore[import-untyped]
 
 from broker.contract import archive_key
+from mountd.dav.factory import ReadOnlyResources, ResourceFactory
+from mountd.dav.facts import ArchiveFacts
+from mountd.dav.index import ArchiveIndex
+from mountd.dav.resources import Folder, OpenedArchive, SingleArchiveCollection
 from mountd.errors import dav_error
-from mountd.facts import ArchiveFacts
-from mountd.freshness_http import (
+from mountd.http.freshness_headers import (
     DEFAULT_FRESH_WAIT,
     MISSED_KEY,
     SERVED_FACTS_KEY,
@@ -55,20 +60,13 @@ from mountd.freshness_http import (
     needs_fresh,
     request_directives,
 )
-from mountd.index import ArchiveIndex
-from mountd.middleware import on_request_end
-from mountd.resources import ArchiveResource, SingleArchiveCollection, StoreCollection
-from mountd.writable import JunkResource, WritableArchiveResource
-from mountd.writable_folders import WritableCollection
-from mountd.write_policy import WritePolicy, is_junk_name
+from mountd.http.middleware import on_request_end
 from sync_format import (
     ArchiveError,
     FileIdentity,
     PayloadReader,
     SyncError,
-    display_name,
     open_archive_fd,
-    writable_display_name,
 )
 from sync_format.freshness import now_ns
 from sync_format.store import SYNC_SUFFIX, check_store_name, is_archive_name
@@ -116,20 +114,21 @@ class FreshnessHook(Protocol):
 
 
 class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
-    """Serve a store directory, or one archive, read-only — or a store directory writable.
+    """Serve a store directory, or one archive, with the resources a ``ResourceFactory`` makes.
 
     Args:
         store: A store directory or a single archive file.
         freshness: Told about expired archives being read.
-        index: The listing cache; a new one when None (with the writable naming rule when writable).
-        writable: The writable store's policy; None serves read-only.
+        resources: Makes the resources paths resolve to (``mountd.dav.factory``); read-only ones when None.
+        index: The listing cache; a new one with the factory's naming rule when None.
         fresh_wait: Seconds a read asking for fresh data (``Cache-Control: no-cache`` …) waits at most for
-            a refresh (``mountd.freshness_http``); 0 never waits.
+            a refresh (``mountd.http.freshness_headers``); 0 never waits.
         swaps: Where such reads wait; fed with "swapped" notifications by whoever listens (a new one, fed by
             nobody, when None: reads then see the new file on disk within ``WAIT_POLL``).
 
     Raises:
-        ArchiveError: ``store`` is neither a directory nor a file, or ``writable`` is given with a file.
+        ArchiveError: ``store`` is neither a directory nor a file, or is a file and the factory needs a
+            directory.
     """
 
     def __init__(
@@ -137,8 +136,8 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         store: Path,
         freshness: FreshnessHook,
         *,
+        resources: ResourceFactory | None = None,
         index: ArchiveIndex | None = None,
-        writable: WritePolicy | None = None,
         fresh_wait: float = DEFAULT_FRESH_WAIT,
         swaps: SwapWaiters | None = None,
     ) -> None:
@@ -146,8 +145,8 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         self.fresh_wait = fresh_wait
         self.swaps = swaps if swaps is not None else SwapWaiters()
         store = Path(store).absolute()
-        self.writable = writable
-        if writable is not None and not store.is_dir():
+        self.resources: ResourceFactory = resources if resources is not None else ReadOnlyResources()
+        if self.resources.needs_directory and not store.is_dir():
             raise ArchiveError("a writable store must be a directory", path=store)
         if store.is_dir():
             self.single: Path | None = None
@@ -161,11 +160,16 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         self._root_text = str(self.root).rstrip("/")  # "" for "/", so that f"{root}/{name}" is right
         self._names: dict[tuple[str, str], str] = {}
         if index is None:
-            index = ArchiveIndex(name_rule=writable_display_name if writable is not None else display_name)
+            index = ArchiveIndex(name_rule=self.resources.name_rule)
         self.index = index
 
     def __repr__(self) -> str:
         return f"SyncProvider({self.single or self.root})"
+
+    @property
+    def writable(self) -> bool:
+        """Whether this store takes writes (its resource factory's ``takes_writes``)."""
+        return self.resources.takes_writes
 
     def is_readonly(self) -> bool:
         # Writes are refused by the resources (403) rather than by wsgidav (405): that way LOCK and UNLOCK
@@ -180,7 +184,7 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
             environ: The WSGI environ.
 
         Returns:
-            A ``StoreCollection``, an ``ArchiveResource`` or None.
+            A ``Folder``, an ``OpenedArchive``, another resource of the factory, or None.
 
         Raises:
             DAVError: The archive exists but cannot be served (500 with the reason, or 404/403).
@@ -193,13 +197,13 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
             return cache[path]
         resource = self._resolve(path, environ)
         reading = environ.get("REQUEST_METHOD") in READ_METHODS
-        if reading and isinstance(resource, ArchiveResource) and self._wait_wanted(environ, resource.facts):
+        if reading and isinstance(resource, OpenedArchive) and self._wait_wanted(environ, resource.facts):
             # The reader asked for fresher data than this: ask for it, wait (bounded), serve what is there.
             resource.close()
             self._wait_for_refresh(environ, resource.archive, resource.facts, asked=False)
             resource = self._resolve(path, environ)
         cache[path] = resource
-        if isinstance(resource, ArchiveResource):
+        if isinstance(resource, OpenedArchive):
             if not on_request_end(environ, resource.close):
                 log.debug("no request scope: snapshot closes when collected archive=%s", resource.key)
             if reading:
@@ -258,7 +262,7 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         return known
 
     def _open_known(self, path: str) -> KnownPayload | None:
-        if self.single is not None or self.writable is not None or path.endswith("/"):
+        if self.single is not None or not self.resources.fast_reads or path.endswith("/"):
             return None
         relative = path.strip("/")
         if not relative:
@@ -364,14 +368,13 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         name = parts[-1]
         if _is_folder(directory / name):
             return self._folder(path, environ, directory / name)
-        if self.writable is not None and is_junk_name(name):
-            return JunkResource(path, environ)
+        special = self.resources.special(path, environ, name)
+        if special is not None:
+            return special
         return self._archive(path, environ, directory, name)
 
-    def _folder(self, path: str, environ: dict[str, Any], directory: Path) -> StoreCollection:
-        if self.writable is not None:
-            return WritableCollection(path, environ, self, directory, self.writable)
-        return StoreCollection(path, environ, self.index, directory, self.root)
+    def _folder(self, path: str, environ: dict[str, Any], directory: Path) -> Folder:
+        return self.resources.folder(self, path, environ, directory, self.root)
 
     def _archive(self, path: str, environ: dict[str, Any], directory: Path, name: str) -> Any:
         candidate = directory / (name + SYNC_SUFFIX)
@@ -414,14 +417,11 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
 
     def _open(
         self, path: str, environ: dict[str, Any], archive: Path, *, verify: bool = True
-    ) -> ArchiveResource:
+    ) -> OpenedArchive:
         key = archive.relative_to(self.root).as_posix()
         for _ in range(OPEN_ATTEMPTS):
             try:
-                if self.writable is not None:
-                    resource = WritableArchiveResource(path, environ, archive, key, self, self.writable)
-                else:
-                    resource = ArchiveResource(path, environ, archive, key)
+                resource = self.resources.archive(self, path, environ, archive, key)
             except ArchiveError as exc:
                 self.index.note_unreadable(archive, _regular_identity(archive), exc)
                 raise dav_error(exc, key) from exc

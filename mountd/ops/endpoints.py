@@ -32,13 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from broker import ping
-from mountd.freshness import BrokerFreshness
-from mountd.metrics import CONTENT_TYPE, METRICS_KEY, CountingFreshness, MountdMetrics
-from mountd.middleware import StartResponse, WSGIApp, WSGIEnviron
-from mountd.provider import FreshnessHook
-from mountd.sendfile import direct_bytes
-from sync_format import BrokerUnavailable
+from mountd.http.middleware import StartResponse, WSGIApp, WSGIEnviron
+from mountd.http.sendfile import direct_bytes
+from mountd.ops.metrics import CONTENT_TYPE, METRICS_KEY, MountdMetrics
+from mountd.refresh.hooks import BrokerHealth
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +45,6 @@ HEALTH_PATH = "/.well-known/sync/health"
 METRICS_PATH = "/.well-known/sync/metrics"
 #: Methods the ops endpoints answer.
 OPS_METHODS = ("GET", "HEAD")
-
-BROKER_OK = "ok"
-BROKER_UNAVAILABLE = "unavailable"
-BROKER_NONE = "none"
 
 
 @dataclass(frozen=True)
@@ -87,41 +80,31 @@ class Health:
         }
 
 
-def health_check(store: Path, freshness: FreshnessHook) -> Callable[[], Health]:
-    """A health check of ``store`` and of the broker behind ``freshness``, for ``OpsEndpoints``.
+def health_check(store: Path, broker: Callable[[], BrokerHealth]) -> Callable[[], Health]:
+    """The health check of one application.
 
     Args:
         store: The store directory or single archive served.
-        freshness: The application's hook.
+        broker: Asks the broker behind the freshness hook (``mountd.refresh.hooks.observe``).
 
     Returns:
         A function running ``check_health`` on them.
     """
-    return lambda: check_health(store, freshness)
+    return lambda: check_health(store, broker)
 
 
-def check_health(store: Path, freshness: FreshnessHook) -> Health:
+def check_health(store: Path, broker: Callable[[], BrokerHealth]) -> Health:
     """Check that the store can be read and whether the broker answers.
 
     Args:
         store: The store directory or single archive served.
-        freshness: The application's hook; only ``BrokerFreshness`` has a broker to ask.
+        broker: Asks the broker behind the freshness hook (``BrokerHealth()``: there is none).
 
     Returns:
         The findings.
     """
-    if isinstance(freshness, CountingFreshness):
-        freshness = freshness.inner
-    broker, buffered = BROKER_NONE, 0
-    if isinstance(freshness, BrokerFreshness):
-        buffered = len(freshness.pending)
-        try:
-            ping(freshness.client)
-            broker = BROKER_OK
-        except BrokerUnavailable as exc:
-            log.info("health broker unavailable reason=%s", exc.message)
-            broker = BROKER_UNAVAILABLE
-    return Health(store=_readable(store), broker=broker, buffered_refreshes=buffered)
+    found = broker()
+    return Health(store=_readable(store), broker=found.state, buffered_refreshes=found.buffered)
 
 
 def _readable(store: Path) -> bool:

@@ -1,7 +1,7 @@
 """Who may use mountd and with which role: the access policy, a wsgidav domain controller, role checks.
 
 ``auth_config`` decides the policy once, at startup, and gives ``build_app`` wsgidav's authenticator
-settings with ``UsersDomainController`` over the users file (``mountd.users``). Per request, wsgidav's
+settings with ``UsersDomainController`` over the users file (``mountd.auth.users``). Per request, wsgidav's
 ``HTTPAuthenticator`` asks the controller and leaves the user's role in ``environ["wsgidav.auth.roles"]``;
 ``role_of`` and ``may_write`` read it for the resources that write.
 
@@ -48,8 +48,8 @@ from typing import TYPE_CHECKING, Any
 from wsgidav.dc.base_dc import BaseDomainController  # type: ignore[import-untyped]
 
 from broker.settings import SettingsError
+from mountd.auth.users import DEFAULT_REALM, PasswordHash, Role, UserTable
 from mountd.errors import UsersFileError
-from mountd.users import DEFAULT_REALM, PasswordHash, Role, UserTable
 
 if TYPE_CHECKING:
     from sync_format import Manifest

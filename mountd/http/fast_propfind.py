@@ -36,11 +36,17 @@ from wsgidav import util as dav_util  # type: ignore[import-untyped]
 from wsgidav import xml_tools
 from wsgidav.mw.base_mw import BaseMiddleware  # type: ignore[import-untyped]
 
-from mountd.facts import ArchiveFacts
-from mountd.index import DirectoryListing
-from mountd.middleware import StartResponse, WSGIEnviron
-from mountd.provider import SyncProvider
-from mountd.resources import PROP_EXPIRED, SYNC_NAMESPACE, SYNC_PROPERTIES, StoreCollection, sync_properties
+from mountd.dav.facts import ArchiveFacts
+from mountd.dav.index import DirectoryListing
+from mountd.dav.provider import SyncProvider
+from mountd.dav.resources import (
+    PROP_EXPIRED,
+    SYNC_NAMESPACE,
+    SYNC_PROPERTIES,
+    StoreCollection,
+    sync_properties,
+)
+from mountd.http.middleware import StartResponse, WSGIEnviron
 
 #: Depths answered here (wsgidav refuses infinity, and answers it itself).
 FAST_DEPTHS = ("0", "1")

@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Protocol, runtime_checkable
 
 import redis
 from celery import Celery  # type: ignore[import-untyped]
@@ -41,10 +42,12 @@ from broker import (
     job_time_limits,
     make_celery_app,
     make_redis,
+    ping,
     replay_pending,
     request_refresh,
 )
 from broker.connection import BrokerConnection
+from sync_format import BrokerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +80,66 @@ class FreshnessCounts:
     failed: int = 0
 
 
+#: ``BrokerHealth.state`` values.
+BROKER_OK = "ok"
+BROKER_UNAVAILABLE = "unavailable"
+BROKER_NONE = "none"
+
+
+@dataclass(frozen=True)
+class BrokerHealth:
+    """Whether the broker behind a hook answers (the health endpoint's ``broker`` fields).
+
+    Attributes:
+        state: ``ok``, ``unavailable`` or ``none`` (the hook has no broker).
+        buffered: Refreshes kept for replay while the broker was unreachable.
+    """
+
+    state: str = BROKER_NONE
+    buffered: int = 0
+
+
+@runtime_checkable
+class ObservableHook(Protocol):
+    """A freshness hook that reports what it did and whether its broker answers (``mountd.ops``)."""
+
+    def on_stale(self, archive: str, generation: int, timeout: int) -> None:
+        """See ``mountd.dav.provider.FreshnessHook``."""
+
+    @property
+    def counts(self) -> FreshnessCounts:
+        """What the hook did so far."""
+
+    def broker_health(self) -> BrokerHealth:
+        """Ask the broker, if there is one (bounded by the client's timeouts)."""
+
+
+class _Unobserved:
+    """Stands for a hook that reports nothing: no counts, no broker."""
+
+    def on_stale(self, archive: str, generation: int, timeout: int) -> None:
+        return None
+
+    @property
+    def counts(self) -> FreshnessCounts:
+        return FreshnessCounts()
+
+    def broker_health(self) -> BrokerHealth:
+        return BrokerHealth()
+
+
+def observe(hook: object) -> ObservableHook:
+    """What the ops endpoints read of ``hook``: the hook itself when it reports, else zeros and no broker.
+
+    Args:
+        hook: The freshness hook the server was given (any object with ``on_stale``).
+
+    Returns:
+        Something to read counts and broker health from.
+    """
+    return hook if isinstance(hook, ObservableHook) else _Unobserved()
+
+
 class NullFreshness:
     """Serve only: expired archives are counted and served as they are."""
 
@@ -101,6 +164,10 @@ class NullFreshness:
         """What the hook did so far."""
         with self._lock:
             return FreshnessCounts(stale_reads=self._stale_reads)
+
+    def broker_health(self) -> BrokerHealth:
+        """No broker."""
+        return BrokerHealth()
 
     def close(self) -> None:
         """Nothing to release."""
@@ -187,6 +254,16 @@ class BrokerFreshness:
         """What the hook did so far."""
         with self._cond:
             return FreshnessCounts(**self._counts)
+
+    def broker_health(self) -> BrokerHealth:
+        """Ping the broker's Redis; refreshes buffered for replay are counted either way."""
+        buffered = len(self.pending)
+        try:
+            ping(self.client)
+        except BrokerUnavailable as exc:
+            log.info("health broker unavailable reason=%s", exc.message)
+            return BrokerHealth(BROKER_UNAVAILABLE, buffered)
+        return BrokerHealth(BROKER_OK, buffered)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every stale read so far was turned into a request (queued, merged or deferred).

@@ -2,8 +2,8 @@
 
 What is counted, and where it is counted:
 
-* requests, their duration and the body bytes sent — by ``mountd.ops.OpsEndpoints`` around every request
-  that passed the Host check (the ops endpoints themselves are not counted, so scrapes do not inflate
+* requests, their duration and the body bytes sent — by ``mountd.ops.endpoints.OpsEndpoints`` around every
+  request that passed the Host check (the ops endpoints themselves are not counted, so scrapes do not inflate
   them). Bytes are what the WSGI iterable yielded; a response sent another way (a sendfile path) reports
   its bytes with ``record_bytes(environ, n)``, which finds this request's metrics in the environ;
 * stale reads — by ``CountingFreshness``, which wraps the freshness hook the provider is given and counts
@@ -12,8 +12,9 @@ What is counted, and where it is counted:
   archives expired now, the refresh queue (waiting in the scheduler, in flight), walk CPU — read at scrape
   time from the ``RefreshScheduler`` attached with ``attach_scheduler`` (absent until one is attached);
 * refresh requests by result — read at scrape time from the hook's own ``counts``
-  (``mountd.freshness.FreshnessCounts``): the hook already counts what ``request_refresh`` returned, in its
-  background thread, so nothing is counted twice or in two places. A hook without ``counts`` reports zeros.
+  (``mountd.refresh.hooks.FreshnessCounts``): the hook already counts what ``request_refresh`` returned, in
+  its background thread, so nothing is counted twice or in two places. A hook that does not report
+  (``mountd.refresh.hooks.observe``) reports zeros.
 
 Invariants:
     * No module-level registry or metric: each application has its own ``CollectorRegistry`` (two servers in
@@ -34,10 +35,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from mountd.freshness import FreshnessCounts
-from mountd.integrity import VERDICTS
-from mountd.provider import FreshnessHook
-from mountd.scheduler import LAG_BUCKETS, FreshnessSummary
+from mountd.dav.integrity import VERDICTS
+from mountd.dav.provider import FreshnessHook
+from mountd.refresh.hooks import FreshnessCounts
+from mountd.refresh.scheduler import LAG_BUCKETS, FreshnessSummary
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,11 @@ class MountdMetrics:
     """The instruments of one application.
 
     Args:
-        freshness: The application's freshness hook, read at scrape time for refresh-request counts.
+        counts: Returns the freshness hook's counts, read at scrape time for refresh-request counts
+            (``mountd.refresh.hooks.observe``).
     """
 
-    def __init__(self, freshness: FreshnessHook) -> None:
+    def __init__(self, counts: Callable[[], FreshnessCounts]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             f"{PREFIX}_requests",
@@ -107,7 +109,7 @@ class MountdMetrics:
             "Reads (GET, HEAD) of expired archives: calls of the freshness hook.",
             registry=self.registry,
         )
-        self.registry.register(_RefreshRequests(freshness))
+        self.registry.register(_RefreshRequests(counts))
         self.registry.register(_CorruptPayloads())
         self._scheduler = _SchedulerSummary()
         self.registry.register(self._scheduler)
@@ -192,11 +194,11 @@ class CountingFreshness:
 class _RefreshRequests(Collector):
     """``refresh_requests_total{result}`` and ``refresh_replays_total``, read from the hook's counts."""
 
-    def __init__(self, freshness: FreshnessHook) -> None:
-        self.freshness = freshness
+    def __init__(self, counts: Callable[[], FreshnessCounts]) -> None:
+        self.counts = counts
 
     def collect(self) -> Iterator[CounterMetricFamily]:
-        counts = _counts(self.freshness)
+        counts = self.counts()
         requests = CounterMetricFamily(
             f"{PREFIX}_refresh_requests",
             "Refresh requests made for stale reads, by result: enqueued, merged (a refresh was already "
@@ -214,7 +216,8 @@ class _RefreshRequests(Collector):
 
 
 class _CorruptPayloads(Collector):
-    """``corrupt_payloads_total``: archive versions whose payload failed its CRC-32 (``mountd.integrity``)."""
+    """``corrupt_payloads_total``: archive versions whose payload failed its CRC-32
+    (``mountd.dav.integrity``)."""
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily(
@@ -276,10 +279,3 @@ class _SchedulerSummary(Collector):
             "CPU seconds (thread time) the scheduler's walks took.",
             value=summary.pass_cpu_seconds,
         )
-
-
-def _counts(freshness: FreshnessHook) -> FreshnessCounts:
-    if isinstance(freshness, CountingFreshness):
-        freshness = freshness.inner
-    counts = getattr(freshness, "counts", None)
-    return counts if isinstance(counts, FreshnessCounts) else FreshnessCounts()

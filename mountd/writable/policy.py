@@ -1,7 +1,8 @@
 """What a writable store allows, and the rules every write follows wherever it happens.
 
 ``WritePolicy`` is the writable server's configuration as the resources see it: the store's root, the
-upload limit, who may write (by default the caller's role, ``mountd.auth.may_write``) and the template's
+upload limit, who may write (by default the caller's role, ``mountd.auth.access.may_write``) and the
+template's
 author. It maps request paths to the files a write creates (``report.csv`` → ``report.csv.sync``, spec
 §8.3), refusing names the store cannot hold (hidden, invalid) with 403. ``is_junk_name`` tells macOS and
 Windows metadata files apart, which are accepted and discarded; ``carry_properties`` moves a resource's
@@ -26,14 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from mountd import auth
+from mountd.auth import access as auth
 from mountd.errors import WriteRefused, dav_error
 from sync_format import ArchiveError, SyncError, open_archive
 from sync_format.store import check_store_name, store_path_for
 from sync_format.template import DEFAULT_CREATED_BY
 
 if TYPE_CHECKING:
-    from mountd.provider import SyncProvider
+    from mountd.dav.factory import StoreView
 
 #: Largest upload accepted by default (bytes): 16 GiB; ``--max-upload`` changes it.
 DEFAULT_MAX_UPLOAD = 16 * 1024**3
@@ -64,7 +65,7 @@ class WritePolicy:
         root: The store directory.
         max_upload: Largest PUT body in bytes.
         may_write: Whether the request's caller may change the store: by default their role
-            (``mountd.auth.may_write``: owners may, consumers may not).
+            (``mountd.auth.access.may_write``: owners may, consumers may not).
         created_by: ``meta.created_by`` of archives made from uploads.
     """
 
@@ -181,12 +182,12 @@ def is_protected(archive: Path) -> bool:
 
 
 def carry_properties(
-    provider: SyncProvider, source: Any, dest_path: str, *, is_move: bool, with_children: bool
+    provider: StoreView, source: Any, dest_path: str, *, is_move: bool, with_children: bool
 ) -> None:
     """Copy or move a resource's dead properties to where it now lives (after the copy or move).
 
     Args:
-        provider: The provider (its property manager; it resolves the destination).
+        provider: The store (its property manager; it resolves the destination).
         source: The resource copied or moved.
         dest_path: The destination's request path.
         is_move: Move (the source's properties go) rather than copy.

@@ -2,8 +2,8 @@
 
 Why: a payload served as ``text/html`` or ``image/svg+xml`` would run script with the rights of whoever
 views it (an owner, on loopback), and that script could ``fetch`` DELETE on the same origin. Every payload
-response (GET and HEAD, 200 and 206, the fast path in ``mountd.fast_get``, wsgidav's path and several
-ranges in ``mountd.byteranges``) therefore gets, from ``payload_safety_headers``:
+response (GET and HEAD, 200 and 206, the fast path in ``mountd.http.fast_get``, wsgidav's path and several
+ranges in ``mountd.http.byteranges``) therefore gets, from ``payload_safety_headers``:
 
 * ``X-Content-Type-Options: nosniff`` — browsers take the declared type, never a guessed active one;
 * ``Content-Security-Policy: sandbox`` — a payload opened as a document gets a unique origin, no script,
@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 from wsgidav.mw.base_mw import BaseMiddleware  # type: ignore[import-untyped]
 
-from mountd.middleware import StartResponse, WSGIEnviron
+from mountd.http.middleware import StartResponse, WSGIEnviron
 
 #: Media types a browser executes or renders with script (HTML, SVG, XML with XSLT, scripts, PDF viewers,
 #: legacy plug-in types); any ``+xml`` type counts too (it may carry XHTML or SVG).
