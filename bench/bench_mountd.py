@@ -16,7 +16,7 @@ has a folder of archives).
 (a) GET of one big payload (512 MiB; ``--quick`` 64 MiB), the client ``curl -o /dev/null``; runs are
     interleaved across servers and the median is reported in MB/s (10^6 bytes), with the CPU seconds the
     server's processes spent per GB sent (steadier than the rate on a busy machine). Goal: mountd ≥ 1.0x
-    rclone. curl itself tops out near 2.5-3.5 GB/s on this kind of machine (``notes/webdav-facts.md``),
+    rclone. curl itself tops out near 2.5-3.5 GB/s on this kind of machine (measured against nginx),
     which caps what the fastest servers can show.
 (b) 4 KiB GETs: ``wrk -t2 -c16 -d5s --latency`` (``--quick`` 2 s) on one small file; requests/s, p50 and
     p99. Goal: mountd ≥ 0.5x rclone.

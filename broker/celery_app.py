@@ -1,6 +1,6 @@
 """``make_celery_app``: the one way to build sync's Celery app, for producers and workers alike.
 
-There is no module-level app (STYLE rule 10). A producer (mountd, ``syncctl refresh``) builds an app and
+There is no module-level app (CONTRIBUTING.md). A producer (mountd, ``syncctl refresh``) builds an app and
 sends ``TASK_REFRESH`` by name; it registers no tasks and imports nothing from ``workers``. A worker builds
 the same app and registers its task bodies under the names in ``broker.contract``.
 

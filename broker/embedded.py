@@ -6,7 +6,7 @@ with no TCP port, a socket only its user can open, and an append-only file in th
 (``<cache_dir>/broker``), so queued refreshes survive a restart.
 
 Why not kombu's filesystem transport: it loses messages under load (a worker can read a message file before
-it is fully written, crash and drop it; see notes/celery-facts.md and ``bench/bench_embedded_broker.py``),
+it is fully written, crash and drop it; see docs/operations.md and ``bench/bench_embedded_broker.py``),
 and sync needs Redis anyway for the claim script, status records and the swapped channel. With an embedded
 Redis the embedded default runs exactly the production code path, only the URL differs.
 

@@ -1,6 +1,6 @@
 """Redis clients for sync: the one factory, the two URL spellings, redaction, and outage translation.
 
-There is no module-level client (STYLE rule 10): callers build one with ``make_redis`` and pass it down.
+There is no module-level client (CONTRIBUTING.md): callers build one with ``make_redis`` and pass it down.
 
 Invariants:
     * Clients decode responses to ``str`` and do not retry with backoff on their own: redis-py's default
@@ -196,7 +196,8 @@ def unavailable(exc: BaseException, location: str, action: str) -> BrokerUnavail
 
 @contextmanager
 def translated(client: redis.Redis, action: str) -> Iterator[None]:
-    """Translate Redis outages inside the block into ``BrokerUnavailable`` (the edge of STYLE rule 4).
+    """Translate Redis outages inside the block into ``BrokerUnavailable`` (the edge where foreign errors are
+    translated, CONTRIBUTING.md).
 
     Args:
         client: The client used in the block (for the error's location).

@@ -2,7 +2,7 @@
 
 Which failures are transient (source unreachable, swap conflict) and which are deterministic (a guest trap,
 a policy refusal: never retried) is decided where outcomes become retries, in ``workers/outcomes.py``
-(STYLE rule 4). This module only holds the numbers, because the broker depends on them: a retried task is
+(CONTRIBUTING.md). This module only holds the numbers, because the broker depends on them: a retried task is
 republished with a countdown and held unacknowledged by a worker until it is due, so the broker's
 visibility timeout must exceed the longest delay (``broker.celery_app.visibility_timeout``).
 

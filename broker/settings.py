@@ -1,6 +1,6 @@
 """``Settings``: every knob of sync, built once from flags and the environment and passed down.
 
-Only this module reads the environment (STYLE rule 10). Defaults are named constants with their unit.
+Only this module reads the environment (CONTRIBUTING.md). Defaults are named constants with their unit.
 Components receive a ``Settings`` (or the few fields they need); nothing reads configuration from globals.
 """
 

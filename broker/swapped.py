@@ -1,7 +1,7 @@
 """The "swapped" notification: a worker announces each committed refresh on ``SWAPPED_CHANNEL``.
 
-Readers do not need it to see new bytes (a new snapshot opens the new inode, see ARCHITECTURE.md); it is for
-those who wait for a refresh (``syncctl refresh --wait``, tests, dashboards). Redis pub/sub is fire and
+Readers do not need it to see new bytes (a new snapshot opens the new inode, see docs/architecture.md); it is
+for those who wait for a refresh (``syncctl refresh --wait``, tests, dashboards). Redis pub/sub is fire and
 forget: a subscriber that is not connected at the moment of the publish misses it, so waiters subscribe
 *before* they request, and fall back to the status records (``broker.status``) for what they missed.
 

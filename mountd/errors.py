@@ -1,4 +1,4 @@
-"""The one place where sync's errors become wsgidav's ``DAVError`` (STYLE rule 4).
+"""The one place where sync's errors become wsgidav's ``DAVError`` (CONTRIBUTING.md).
 
 Everything below the provider raises ``SyncError`` subclasses; the provider and the resources hand them to
 ``dav_error`` and raise what it returns, chained. The status says what the client can do about it:

@@ -1,4 +1,5 @@
-"""Freshness: when an archive's payload stops being fresh (spec §2.4, ARCHITECTURE "Archives").
+"""Freshness: when an archive's payload stops being fresh (spec §2.4, docs/architecture.md, "The archive
+contract").
 
 ``expires_at = (state.updated_at or meta.created_at) + policy.ttl``. The arithmetic is exact (integer
 nanoseconds) and saturating: a TTL that reaches past year 9999 means "never expires" instead of the

@@ -59,7 +59,7 @@ MAX_OTHER_ENTRY_SIZE = 16 * 1024 * 1024
 
 @dataclass(frozen=True)
 class FileIdentity:
-    """What identifies one version of a file: caches key on it (ARCHITECTURE, STYLE rule 11).
+    """What identifies one version of a file: caches key on it (docs/architecture.md).
 
     Attributes:
         device: ``st_dev``.

@@ -1,4 +1,5 @@
-"""``state.json``: what a refresh changes, kept beside the never-changing manifest (ARCHITECTURE "Archives").
+"""``state.json``: what a refresh changes, kept beside the never-changing manifest (docs/architecture.md, "The
+archive contract").
 
 Fields: ``generation`` (0 when built, +1 per committed swap), ``updated_at`` (RFC 3339 UTC of the last
 commit, null before the first), ``payload_size``, ``payload_crc32`` and ``payload_blake3`` (hex) of the

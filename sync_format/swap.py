@@ -1,4 +1,4 @@
-"""``commit_payload``: the atomic payload swap (ARCHITECTURE "The life of a stale read", STYLE rule 9).
+"""``commit_payload``: the atomic payload swap (docs/architecture.md, "The archive contract").
 
 The new archive is written in full to a temp file beside the old one — every non-payload entry copied in
 its previous order (manifest bytes unchanged, so a publisher's signature stays valid), the payload last,

@@ -1,4 +1,5 @@
-"""``syncctl``: the command line of sync, a thin shell over the library (ARCHITECTURE "CLI").
+"""``syncctl``: the command line of sync, a thin shell over the library (docs/architecture.md, "Errors and
+exit codes").
 
 Its interface is the command line itself (the ``syncctl`` script is ``syncctl.main:main``; ``python -m
 syncctl`` runs the same). Each command parses its arguments, calls into ``sync_format`` (and later the other

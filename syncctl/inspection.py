@@ -1,6 +1,6 @@
 """What ``syncctl inspect`` reports about an archive: one JSON-ready document, and its text rendering.
 
-Everything comes from the opened snapshot (STYLE rule 11): the payload's BLAKE3 is the one ``state.json``
+Everything comes from the opened snapshot (CONTRIBUTING.md): the payload's BLAKE3 is the one ``state.json``
 recorded at commit time, shown only when the state describes the current payload (``trusted``); a
 ``stale`` state (the payload was changed by a tool that does not keep ``state.json``) or a missing one
 (``unknown``) is said so, and nothing is re-hashed — ``syncctl verify`` does that. The signature is

@@ -1,7 +1,7 @@
 """Log line formats of ``syncctl``: the plain text lines, or one JSON object per line (``--log-format json``).
 
-Our messages are events with keys (STYLE rule 12): ``"mountd listening url=http://127.0.0.1:4918 store=/x"``.
-``JsonFormatter`` writes such a record as::
+Our messages are events with keys (CONTRIBUTING.md): ``"mountd listening url=http://127.0.0.1:4918
+store=/x"``. ``JsonFormatter`` writes such a record as::
 
     {"ts": "2026-01-01T12:00:00.123Z", "level": "INFO", "logger": "mountd.server",
      "event": "mountd listening url=http://127.0.0.1:4918 store=/x",

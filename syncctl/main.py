@@ -1,11 +1,11 @@
 """The ``syncctl`` entry point: the argument parser, logging, dispatch and the one place errors are mapped.
 
-Exit status (ARCHITECTURE "CLI"): 0 on success; 1 when the input is invalid or the operation failed, with
-exactly one ``error: …`` line on stderr and never a traceback (every ``SyncError`` and ``OSError`` is
-caught here, in ``run_reported``, and nowhere else: handlers raise typed errors, ``syncctl.errors`` for
-failures that exist only at the command line); 2 for usage errors, which argparse reports itself; 130 after
-Ctrl-C. Command groups register their subcommands through a ``register(subparsers, common)`` function;
-each subcommand stores its handler (``args -> exit status``) as ``args.handler``.
+Exit status (docs/architecture.md, "Errors and exit codes"): 0 on success; 1 when the input is invalid or the
+operation failed, with exactly one ``error: …`` line on stderr and never a traceback (every ``SyncError`` and
+``OSError`` is caught here, in ``run_reported``, and nowhere else: handlers raise typed errors,
+``syncctl.errors`` for failures that exist only at the command line); 2 for usage errors, which argparse
+reports itself; 130 after Ctrl-C. Command groups register their subcommands through a ``register(subparsers,
+common)`` function; each subcommand stores its handler (``args -> exit status``) as ``args.handler``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Each package declares its public API with ``__all__``, and the dependency rules of ARCHITECTURE.md hold."""
+"""Each package declares its public API with ``__all__``, and the dependency rules of docs/architecture.md
+hold."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """For people who know Celery: ``celery -A workers.celery_entry worker`` (or ``… flower``) uses our app.
 
-Celery's ``-A`` needs a module attribute, and our code has no module-level app (STYLE rule 10). This module
+Celery's ``-A`` needs a module attribute, and our code has no module-level app (CONTRIBUTING.md). This module
 builds one on first access through PEP 562's module ``__getattr__``, from ``Settings.from_env()`` (so
 ``SYNC_BROKER_URL`` and ``SYNC_STORE`` apply), with the refresh task registered. Nothing in sync imports it;
 ``syncctl worker`` builds its own app. With ``SYNC_LOG_FORMAT=json`` the root logger gets our JSON formatter

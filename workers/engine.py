@@ -1,10 +1,10 @@
 """The wasmtime engine every guest runs in, and the per-run store with its budgets.
 
 One engine configuration for the whole product, chosen for running untrusted guests in a forked, confined
-child (notes/sandbox-facts.md): fuel metering on; no parallel compilation (its worker threads do not exist
-in a forked child, and compiling there hangs); small memory reservations so the child fits under RLIMIT_AS;
-copy-on-write memory images off (they need ``memfd_create``, which a confined child may not call); a wasm
-stack well below the 2 MiB that aborts the process. Modules must be binary WebAssembly (the reference's
+child (measured with wasmtime 50 here): fuel metering on; no parallel compilation (its worker threads do not
+exist in a forked child, and compiling there hangs); small memory reservations so the child fits under
+RLIMIT_AS; copy-on-write memory images off (they need ``memfd_create``, which a confined child may not call);
+a wasm stack well below the 2 MiB that aborts the process. Modules must be binary WebAssembly (the reference's
 engine also accepts the text format).
 """
 

@@ -1,4 +1,4 @@
-"""Turn a refresh outcome into a decision: done, retry later, or give up (STYLE rule 4: the one place).
+"""Turn a refresh outcome into a decision: done, retry later, or give up (the one place; CONTRIBUTING.md).
 
 Transient failures are retried, with the delays of ``broker.retry.RetryPolicy``: a swap conflict (another
 writer moved the generation; the next attempt starts from the new payload), a sandbox child that died for

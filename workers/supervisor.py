@@ -1,4 +1,4 @@
-"""The supervisor: fork a fresh confined child per guest job and own its clock (STYLE rule 7).
+"""The supervisor: fork a fresh confined child per guest job and own its clock (CONTRIBUTING.md).
 
 The parent forks, keeps its end of a socketpair and waits in slices: each slice it may call a heartbeat
 (claims in Redis stay alive while a job runs), and at the job's deadline it SIGKILLs the child's whole

@@ -3,8 +3,8 @@
 ``ArchiveFacts`` is the small, immutable summary that both a GET (from the snapshot it opened) and a listing
 (from the index's cache) answer from: content type, payload size, ETag, Last-Modified, generation, TTL,
 expiry, and whether the archive has update logic (what the refresh scheduler needs). Nothing here re-hashes
-a payload or re-reads an archive (STYLE rule 11): every field comes from the manifest, ``state.json`` and the
-central directory that ``open_archive`` already validated.
+a payload or re-reads an archive (CONTRIBUTING.md): every field comes from the manifest, ``state.json`` and
+the central directory that ``open_archive`` already validated.
 
 Invariants:
     * The ETag is strong and changes whenever the payload bytes can have changed: it is the payload's

@@ -3,8 +3,8 @@
 A directory listing (PROPFIND Depth 1, the HTML browser, name resolution) stats every entry of one
 directory — cheap — and opens an archive only when its identity ``(device, inode, mtime_ns, size)`` was not
 seen before. A swap makes a new inode, an edit changes mtime or size, so a changed archive is always opened
-again and an unchanged one never is: no invalidation message is needed (ARCHITECTURE, "The life of a stale
-read"). Facts do not depend on the file name, so a renamed archive is still a cache hit.
+again and an unchanged one never is: no invalidation message is needed (docs/architecture.md, "The life of a
+stale read"). Facts do not depend on the file name, so a renamed archive is still a cache hit.
 
 Invariants:
     * A listing never raises because of one archive: unreadable archives are left out and logged once per

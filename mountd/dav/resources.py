@@ -1,9 +1,9 @@
 """wsgidav resources over a store: archives as files (their payloads), store directories as collections.
 
 ``ArchiveResource`` is what a request for one archive gets: it opens the archive once, in ``__init__``, and
-answers length, type, ETag, dates, our live properties and the content from that one snapshot (STYLE rule
-6). Its content is the snapshot's ``PayloadReader``: seekable (Range), bounded to the payload, and reading
-the inode that was opened, so a swap during a download never mixes old and new bytes.
+answers length, type, ETag, dates, our live properties and the content from that one snapshot
+(CONTRIBUTING.md). Its content is the snapshot's ``PayloadReader``: seekable (Range), bounded to the payload,
+and reading the inode that was opened, so a swap during a download never mixes old and new bytes.
 
 ``StoreCollection`` lists a directory through the ``ArchiveIndex``; its archive members are
 ``IndexedArchiveResource`` objects answering from cached facts, so a PROPFIND never opens every archive

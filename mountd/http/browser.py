@@ -6,7 +6,7 @@ content type, last refresh, expiry ("expired", a time, or "never"), generation a
 folder answers the RFC 4709 mount document, as wsgidav's own browser did. Everything else goes on to wsgidav
 unchanged, including a GET of a collection that does not accept HTML or comes from a WebDAV client.
 
-It is a wsgidav middleware (STYLE rule 6) in the slot of wsgidav's own browser, which it replaces
+It is a wsgidav middleware (CONTRIBUTING.md) in the slot of wsgidav's own browser, which it replaces
 (``middleware_stack``): after the HTTP authenticator, so a folder is shown only to whom may list it, and
 after wsgidav normalized the path, so the path it resolves is the one wsgidav resolves.
 
@@ -15,7 +15,7 @@ Invariants:
       names and display-name collisions live there only. The resource is cached in the request, so a request
       passed on to wsgidav (a file) is not opened a second time.
     * The page is built from the folder's listing (``ArchiveIndex``): no archive is opened for it beyond
-      what a PROPFIND opens (STYLE rule 11).
+      what a PROPFIND opens (CONTRIBUTING.md).
     * Every name and value is HTML-escaped and every link percent-encoded; a Content-Security-Policy allows
       no script, so a hostile file name can only ever show as text.
     * No product or version banner.

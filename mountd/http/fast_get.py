@@ -8,7 +8,7 @@ archive with no conditions, ranges or body — from the facts the ``ArchiveIndex
 opened file's identity (``SyncProvider.open_known``: one ``open``, one ``fstat``, no parse) and offers
 the payload reader to the sendfile gateway, as ``ArchiveResource.get_content`` does.
 
-It is a wsgidav middleware (STYLE rule 6) placed after the HTTP authenticator, so credentials and roles
+It is a wsgidav middleware (CONTRIBUTING.md) placed after the HTTP authenticator, so credentials and roles
 apply exactly as for wsgidav's own path, and before ``BrowserView``, which would otherwise resolve (and
 open) every file it is asked for to find out that it is not a folder.
 

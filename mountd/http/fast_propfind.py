@@ -3,10 +3,10 @@
 Why: wsgidav answers a PROPFIND by building resource objects, asking each for every property through
 several layers, and an ElementTree of ~30 elements per member: ~190 µs per archive, 2.6 s warm for a
 folder of 10,000 archives where rclone takes 0.5 s. The facts it reports all come from the
-``ArchiveIndex`` already (STYLE rule 11), so this middleware writes the same multistatus document directly
+``ArchiveIndex`` already (CONTRIBUTING.md), so this middleware writes the same multistatus document directly
 from the folder's ``DirectoryListing``.
 
-It is a wsgidav middleware (STYLE rule 6) placed after the HTTP authenticator, so credentials apply as for
+It is a wsgidav middleware (CONTRIBUTING.md) placed after the HTTP authenticator, so credentials apply as for
 wsgidav's own path.
 
 Invariants:

@@ -1,4 +1,4 @@
-"""WSGI middleware around wsgidav: HTTP behaviour we add without forking wsgidav (STYLE rule 6).
+"""WSGI middleware around wsgidav: HTTP behaviour we add without forking wsgidav (CONTRIBUTING.md).
 
 ``RequestGuard`` refuses requests that must never reach wsgidav:
 

@@ -1,6 +1,6 @@
 """The writable store's archives: PUT, DELETE, COPY, MOVE and dead properties of files that are archives.
 
-wsgidav drives every write through the resource objects (its contract, STYLE rule 6); these classes are the
+wsgidav drives every write through the resource objects (its contract, CONTRIBUTING.md); these classes are the
 writable twins of ``mountd.dav.resources`` (folders: ``mountd.writable.folders``; what is allowed:
 ``mountd.writable.policy``; upload bodies: ``mountd.writable.uploads``). A client sees files; the store holds
 archives:

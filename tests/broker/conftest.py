@@ -1,7 +1,7 @@
 """Fixtures of the broker tests: a private Redis per session (flushed per test), one per test for outages.
 
 ``CELERY_TRACE_APP`` is set before Celery is imported so that any use of an implicit default app would
-show up (STYLE.md, "Do not": no implicit ``current_app``).
+show up (CONTRIBUTING.md: no module-level Celery app, no implicit ``current_app``).
 """
 
 from __future__ import annotations

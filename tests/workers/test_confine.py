@@ -52,7 +52,7 @@ from workers.engine import GuestLimits, compile_module, make_engine, make_store
 
 #: Generous bound for a child to answer; only reached when something is broken.
 CHILD_TIMEOUT_S = 60.0
-#: The Landlock ABI of the kernel these tests are written for (notes/sandbox-facts.md).
+#: The Landlock ABI of the kernel these tests are written for (measured on the kernels this project runs on).
 EXPECTED_LANDLOCK_ABI = 7
 
 NONE: tuple[Layer, ...] = ()

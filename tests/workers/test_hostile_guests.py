@@ -43,7 +43,7 @@ STOPPED_WITHIN_S = 30.0
 PARENT_RSS_GROWTH_KIB = 64 * 1024
 #: Largest peak RSS of any child: a guest's memory (256 MiB) plus the forked interpreter, far below gigabytes.
 CHILD_RSS_KIB = 1024 * 1024
-#: The Landlock ABI of the kernel these tests are written for (notes/sandbox-facts.md).
+#: The Landlock ABI of the kernel these tests are written for (measured on the kernels this project runs on).
 EXPECTED_LANDLOCK_ABI = 7
 LIMITS = GuestLimits()
 

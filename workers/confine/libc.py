@@ -3,7 +3,7 @@
 Every binding in ``workers.confine`` calls libc through a function object made by ``bind``: a fresh ctypes
 function (never the handle's cached attribute, so two bindings of the same symbol can name different layers)
 whose ``errcheck`` turns the C convention "-1 and errno" into ``SandboxUnavailable`` carrying the layer and
-the errno (STYLE rule 4). Bindings are made at import time in the parent, so a confined child never has to
+the errno (CONTRIBUTING.md). Bindings are made at import time in the parent, so a confined child never has to
 resolve a symbol or import a module after fork.
 """
 

@@ -3,7 +3,7 @@
 A ``SandboxPolicy`` lists the layers and limits; ``confine.apply.apply_policy`` applies them in a fixed order
 inside the child and returns a ``SandboxReport`` saying which layers are active, the Landlock ABI, and why a
 layer is missing. ``strict`` mode refuses to run a guest when any listed layer is missing; ``permissive``
-runs it and the report says loudly what is missing (STYLE rule 8).
+runs it and the report says loudly what is missing (CONTRIBUTING.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``set_no_new_privs`` is the first layer: once set it cannot be cleared, is inherited by every descendant, and
 lets an unprivileged process install a seccomp filter or a Landlock domain. ``set_pdeathsig`` and
-``set_dumpable`` belong to the spawner (STYLE rule 7: the child dies with its parent; no core dumps, no
+``set_dumpable`` belong to the spawner (CONTRIBUTING.md; the child dies with its parent; no core dumps, no
 ptrace attach by same-uid processes). Each call raises ``SandboxUnavailable`` carrying the errno on failure.
 """
 
