@@ -21,7 +21,7 @@ from sync_format import open_archive
 from sync_format.freshness import format_timestamp, now_ns
 from sync_format.testing import make_archive, make_manifest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GUEST = ROOT / "syncctl" / "demo_guests" / "append_reading.wat"
 
 
