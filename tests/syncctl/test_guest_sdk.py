@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import wasmtime
-from netns_hosts import Route, ServedHost, netns_hosts
+from support import Route, ServedHost, netns_hosts
 
 from sync_format.reader import open_archive
 from syncctl.guest_build import SDK_DIR, GuestBuildFailed, build, check_abi
