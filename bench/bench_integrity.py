@@ -1,4 +1,4 @@
-"""What checking payloads against their CRC-32 costs mountd (``mountd/integrity.py``).
+"""What checking payloads against their CRC-32 costs mountd (``mountd/dav/integrity.py``).
 
 mountd checks each version of each archive once, before its first GET is answered (payloads up to 256 MiB;
 larger ones in the background). This measures, on a fresh mountd (``serve_background`` on 127.0.0.1, a
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from broker import Settings
 from mountd import serve_background
-from mountd.integrity import payload_crc32
+from mountd.dav.integrity import payload_crc32
 from sync_format import open_archive
 from sync_format.testing import make_archive, make_manifest
 

@@ -49,8 +49,8 @@ from pathlib import Path
 
 from broker import Settings
 from mountd import serve
-from mountd.users import Role, add_user, load_users
-from mountd.write_policy import WritePolicy
+from mountd.auth.users import Role, add_user, load_users
+from mountd.writable.policy import WritePolicy
 from sync_format import OwnershipSection, SwapConflict, SyncError, commit_payload, open_archive
 from sync_format.testing import make_archive, make_manifest
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import redis
 
-from broker.contract import CLAIM_PREFIX, validate_archive_key
+from broker.contract import CLAIM_PREFIX, ArchiveKey
 from broker.redis_client import translated
 
 #: How long a claim taken at request time lives before its job starts heartbeating, in milliseconds.
@@ -42,7 +42,8 @@ QUEUED_CLAIM_TTL_MS = 10 * 60 * 1000
 #: How long a running job's claim lives after its last heartbeat, in milliseconds.
 RUNNING_CLAIM_TTL_MS = 30 * 1000
 
-# The claim script. One script for every operation, so the rules live in one place.
+# The claim script. One Lua function for every operation, so the rules live in one place: ``Claims`` calls
+# it alone, ``broker.job`` within the scripts that also write the job's status (one script per state change).
 #
 # KEYS[1]  the archive's claim key (CLAIM_PREFIX + archive key): a hash {token, merged, runner}
 # ARGV[1]  operation: "claim", "start", "heartbeat", "requeue" or "release"
@@ -62,66 +63,67 @@ RUNNING_CLAIM_TTL_MS = 30 * 1000
 #   release    held by this token: delete the claim                            -> {1, merged}
 #   (heartbeat, requeue, release when not held by this token: nothing changes  -> {0, 0})
 # An unknown operation or a bad TTL is an error reply; nothing changes.
-_CLAIM_LUA = """
-local key, op, token = KEYS[1], ARGV[1], ARGV[2]
-local holder = redis.call('HGET', key, 'token')
-local ttl = tonumber(ARGV[3])
-if op ~= 'release' then
-  if not ttl or ttl <= 0 then
-    return redis.error_reply('claim script: TTL must be a positive number of milliseconds')
+CLAIM_LUA_FUNCTIONS = """
+local function claim_op(key, op, token, ttl_text, runner)
+  local holder = redis.call('HGET', key, 'token')
+  local ttl = tonumber(ttl_text)
+  if op ~= 'release' then
+    if not ttl or ttl <= 0 then
+      return redis.error_reply('claim script: TTL must be a positive number of milliseconds')
+    end
   end
-end
-if op == 'claim' then
-  if holder == false then
-    redis.call('HSET', key, 'token', token, 'merged', 0)
-    redis.call('PEXPIRE', key, ttl)
-    return {1, 0}
-  end
-  if holder == token then
-    redis.call('PEXPIRE', key, ttl)
-    return {1, tonumber(redis.call('HGET', key, 'merged'))}
-  end
-  return {0, redis.call('HINCRBY', key, 'merged', 1)}
-end
-if op == 'start' then
-  local runner = ARGV[4]
-  if not runner or runner == '' then
-    return redis.error_reply('claim script: start needs a runner id')
-  end
-  if holder == false then
-    redis.call('HSET', key, 'token', token, 'merged', 0, 'runner', runner)
-    redis.call('PEXPIRE', key, ttl)
-    return {1, 0}
-  end
-  if holder ~= token then
+  if op == 'claim' then
+    if holder == false then
+      redis.call('HSET', key, 'token', token, 'merged', 0)
+      redis.call('PEXPIRE', key, ttl)
+      return {1, 0}
+    end
+    if holder == token then
+      redis.call('PEXPIRE', key, ttl)
+      return {1, tonumber(redis.call('HGET', key, 'merged'))}
+    end
     return {0, redis.call('HINCRBY', key, 'merged', 1)}
   end
-  local current = redis.call('HGET', key, 'runner')
-  local merged = tonumber(redis.call('HGET', key, 'merged'))
-  if current ~= false and current ~= runner then
-    return {0, merged}
+  if op == 'start' then
+    if not runner or runner == '' then
+      return redis.error_reply('claim script: start needs a runner id')
+    end
+    if holder == false then
+      redis.call('HSET', key, 'token', token, 'merged', 0, 'runner', runner)
+      redis.call('PEXPIRE', key, ttl)
+      return {1, 0}
+    end
+    if holder ~= token then
+      return {0, redis.call('HINCRBY', key, 'merged', 1)}
+    end
+    local current = redis.call('HGET', key, 'runner')
+    local merged = tonumber(redis.call('HGET', key, 'merged'))
+    if current ~= false and current ~= runner then
+      return {0, merged}
+    end
+    redis.call('HSET', key, 'runner', runner)
+    redis.call('PEXPIRE', key, ttl)
+    return {1, merged}
   end
-  redis.call('HSET', key, 'runner', runner)
-  redis.call('PEXPIRE', key, ttl)
+  if op ~= 'heartbeat' and op ~= 'requeue' and op ~= 'release' then
+    return redis.error_reply('claim script: unknown operation ' .. tostring(op))
+  end
+  if holder ~= token then
+    return {0, 0}
+  end
+  local merged = tonumber(redis.call('HGET', key, 'merged'))
+  if op == 'heartbeat' then
+    redis.call('PEXPIRE', key, ttl)
+  elseif op == 'requeue' then
+    redis.call('HDEL', key, 'runner')
+    redis.call('PEXPIRE', key, ttl)
+  else
+    redis.call('DEL', key)
+  end
   return {1, merged}
 end
-if op ~= 'heartbeat' and op ~= 'requeue' and op ~= 'release' then
-  return redis.error_reply('claim script: unknown operation ' .. tostring(op))
-end
-if holder ~= token then
-  return {0, 0}
-end
-local merged = tonumber(redis.call('HGET', key, 'merged'))
-if op == 'heartbeat' then
-  redis.call('PEXPIRE', key, ttl)
-elseif op == 'requeue' then
-  redis.call('HDEL', key, 'runner')
-  redis.call('PEXPIRE', key, ttl)
-else
-  redis.call('DEL', key)
-end
-return {1, merged}
 """
+_CLAIM_LUA = CLAIM_LUA_FUNCTIONS + "return claim_op(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])\n"
 
 
 @dataclass(frozen=True)
@@ -164,7 +166,7 @@ def claim_key(archive: str) -> str:
     Raises:
         MalformedRecord: ``archive`` is not a valid archive key.
     """
-    return CLAIM_PREFIX + validate_archive_key(archive)
+    return CLAIM_PREFIX + ArchiveKey(archive)
 
 
 class Claims:

@@ -22,6 +22,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -73,34 +74,78 @@ class MalformedRecord(SyncError):
         self.field = field
 
 
-def validate_archive_key(key: object) -> str:
-    """Check that ``key`` is a normalized, relative POSIX path of an archive inside a store.
+class ArchiveKey(str):
+    """An archive key that has been checked: a normalized, relative POSIX path of an archive inside a store.
+
+    Keys are checked once, where they enter (the request codec, ``archive_key`` from a path, the CLI), and
+    travel as this type afterwards; ``ArchiveKey(key)`` returns an ``ArchiveKey`` argument unchanged, so the
+    functions that build Redis keys from it cost nothing. A ``str`` subclass: records, messages and Redis keys
+    hold exactly the same bytes as a plain string.
+
+    Raises:
+        MalformedRecord: The value is not a string, is empty, too long, absolute, not normalized, or has a
+            control character or a ``.``/``..`` part.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, key: object) -> ArchiveKey:
+        if isinstance(key, ArchiveKey):
+            return key
+        if not isinstance(key, str):
+            raise MalformedRecord("archive_key", f"must be a string, not {type(key).__name__}")
+        if not key or len(key) > MAX_ARCHIVE_KEY_LENGTH:
+            raise MalformedRecord("archive_key", f"length must be 1..{MAX_ARCHIVE_KEY_LENGTH}")
+        if _CONTROL.search(key):
+            raise MalformedRecord("archive_key", f"{key!r} has a control character")
+        if key.startswith("/"):
+            raise MalformedRecord("archive_key", f"{key!r} is absolute")
+        parts = key.split("/")
+        if any(part in ("", ".", "..") for part in parts):
+            raise MalformedRecord("archive_key", f"{key!r} is not a normalized relative path")
+        return super().__new__(cls, key)
+
+
+def validate_archive_key(key: object) -> ArchiveKey:
+    """Check that ``key`` is a valid archive key (see ``ArchiveKey``).
 
     Args:
         key: The candidate key.
 
     Returns:
-        The key, unchanged.
+        The key as an ``ArchiveKey``.
 
     Raises:
-        MalformedRecord: It is not a string, is empty, too long, absolute, not normalized, or has a control
-            character or a ``.``/``..`` part.
+        MalformedRecord: It is not a valid archive key.
     """
-    if not isinstance(key, str):
-        raise MalformedRecord("archive_key", f"must be a string, not {type(key).__name__}")
-    if not key or len(key) > MAX_ARCHIVE_KEY_LENGTH:
-        raise MalformedRecord("archive_key", f"length must be 1..{MAX_ARCHIVE_KEY_LENGTH}")
-    if _CONTROL.search(key):
-        raise MalformedRecord("archive_key", f"{key!r} has a control character")
-    if key.startswith("/"):
-        raise MalformedRecord("archive_key", f"{key!r} is absolute")
-    parts = key.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        raise MalformedRecord("archive_key", f"{key!r} is not a normalized relative path")
-    return key
+    return ArchiveKey(key)
 
 
-def archive_key(store: Path, path: Path) -> str:
+class RefreshStatus(StrEnum):
+    """The status of a refresh attempt, as stored in status records and reported by jobs.
+
+    String-valued: a member is written (to Redis, to JSON, in log lines) exactly as its value.
+    """
+
+    #: A job started and has not written its outcome yet.
+    RUNNING = "running"
+    #: The guest produced a new payload and it was swapped in.
+    COMMITTED = "committed"
+    #: The guest ran and kept the payload.
+    UNCHANGED = "unchanged"
+    #: The archive has no update logic (no or an empty ``sync.wasm``).
+    NO_UPDATE_LOGIC = "no_update_logic"
+    #: The archive is already newer than the generation the request was made for.
+    ALREADY_FRESH = "already_fresh"
+    #: The refresh failed (``error_code`` says why).
+    FAILED = "failed"
+    #: A delivery that did not run: another request or execution holds the archive (not stored).
+    SKIPPED = "skipped"
+    #: A delivery whose request did not decode (not stored).
+    REJECTED = "rejected"
+
+
+def archive_key(store: Path, path: Path) -> ArchiveKey:
     """The archive key of ``path`` in the store rooted at ``store``.
 
     Args:
@@ -117,15 +162,15 @@ def archive_key(store: Path, path: Path) -> str:
         relative = path.absolute().relative_to(store.absolute())
     except ValueError as exc:
         raise MalformedRecord("archive_key", f"{path} is not inside the store {store}") from exc
-    return validate_archive_key(PurePosixPath(*relative.parts).as_posix())
+    return ArchiveKey(PurePosixPath(*relative.parts).as_posix())
 
 
-def archive_path(store: Path, key: str) -> Path:
+def archive_path(store: Path, key: ArchiveKey) -> Path:
     """The path of the archive named by ``key`` in the store rooted at ``store``.
 
     Args:
         store: The store directory.
-        key: An archive key.
+        key: An archive key (a plain string is checked here).
 
     Returns:
         ``store`` joined with the key's parts, with symlinks resolved: always inside the resolved store.
@@ -134,7 +179,7 @@ def archive_path(store: Path, key: str) -> Path:
         MalformedRecord: ``key`` is not a valid archive key, or it leads outside the store through a
             symlinked directory or file (a job must never run or commit outside the store).
     """
-    joined = store.joinpath(*validate_archive_key(key).split("/"))
+    joined = store.joinpath(*ArchiveKey(key).split("/"))
     root = Path(os.path.realpath(store))
     real = Path(os.path.realpath(joined))
     if not real.is_relative_to(root) or real == root:
@@ -214,20 +259,23 @@ class RefreshRequest:
         request_id: 32 lowercase hex digits; also the claim token of this request.
     """
 
-    archive: str
+    archive: ArchiveKey
     base_generation: int
     requested_at: datetime
     request_id: str
 
     def __post_init__(self) -> None:
-        validate_archive_key(self.archive)
+        # The one check of a key that enters through a request; a checked key passes through unchanged.
+        object.__setattr__(self, "archive", ArchiveKey(self.archive))
         require_int(self.base_generation, "refresh_request", "base_generation")
         if self.requested_at.tzinfo is None:
             raise MalformedRecord("refresh_request", "must be timezone-aware", field="requested_at")
         _request_id(self.request_id)
 
     @classmethod
-    def new(cls, archive: str, base_generation: int, *, now: datetime | None = None) -> RefreshRequest:
+    def new(
+        cls, archive: str | ArchiveKey, base_generation: int, *, now: datetime | None = None
+    ) -> RefreshRequest:
         """A request with a fresh random id, made now.
 
         Args:
@@ -241,7 +289,7 @@ class RefreshRequest:
         Raises:
             MalformedRecord: The key or generation is not valid.
         """
-        return cls(archive, base_generation, now or datetime.now(UTC), uuid.uuid4().hex)
+        return cls(ArchiveKey(archive), base_generation, now or datetime.now(UTC), uuid.uuid4().hex)
 
     def to_json(self) -> dict[str, Any]:
         """The message argument: a JSON-ready dict.
@@ -279,7 +327,7 @@ class RefreshRequest:
         if data["v"] != REQUEST_VERSION or isinstance(data["v"], bool):
             raise MalformedRecord("refresh_request", f"unsupported version {data['v']!r}", field="v")
         try:
-            archive = validate_archive_key(data["archive"])
+            archive = ArchiveKey(data["archive"])
         except MalformedRecord as exc:
             raise MalformedRecord("refresh_request", exc.message, field="archive") from exc
         return cls(

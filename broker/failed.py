@@ -18,13 +18,34 @@ from typing import Any
 
 import redis
 
-from broker.contract import FAILED_KEY, MalformedRecord, RefreshRequest, format_time, parse_time, require_int
+from broker.contract import (
+    FAILED_KEY,
+    ArchiveKey,
+    MalformedRecord,
+    RefreshRequest,
+    format_time,
+    parse_time,
+    require_int,
+)
 from broker.redis_client import translated
 
 #: Failed jobs kept (the oldest are dropped beyond it).
 FAILED_LENGTH = 1000
 
 _FIELDS = frozenset({"request", "error_code", "error", "worker", "job_id", "attempts", "failed_at"})
+
+# KEYS[1] the failed list; ARGV[1] an archive key. Removes every entry whose request names the archive (an
+# entry that does not decode is left alone) and returns how many went: one step, whatever others push.
+_FORGET_LUA = """
+local removed = 0
+for _, entry in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+  local ok, job = pcall(cjson.decode, entry)
+  if ok and type(job) == 'table' and type(job.request) == 'table' and job.request.archive == ARGV[1] then
+    removed = removed + redis.call('LREM', KEYS[1], 0, entry)
+  end
+end
+return removed
+"""
 
 
 @dataclass(frozen=True)
@@ -142,3 +163,20 @@ def _load(entry: object) -> object:
         return json.loads(entry)
     except json.JSONDecodeError as exc:
         raise MalformedRecord("failed_job", f"entry is not JSON: {exc}") from exc
+
+
+def forget_failed(client: redis.Redis, archive: ArchiveKey) -> int:
+    """Drop every failed job of one archive (it was retried by hand, or left the store).
+
+    Args:
+        client: Redis client.
+        archive: Archive key.
+
+    Returns:
+        How many entries were dropped.
+
+    Raises:
+        BrokerUnavailable: Redis cannot be reached.
+    """
+    with translated(client, "forget failed jobs"):
+        return int(client.register_script(_FORGET_LUA)(keys=[FAILED_KEY], args=[ArchiveKey(archive)]))

@@ -1,6 +1,7 @@
 """Redis records of the refresh scheduler: the lease one mountd holds to schedule, and its published summary.
 
-Several mountd replicas may serve one store. Each runs a ``mountd.scheduler.RefreshScheduler``, but only the
+Several mountd replicas may serve one store. Each runs a ``mountd.refresh.scheduler.RefreshScheduler``, but
+only the
 holder of the store's lease asks for proactive refreshes, so two replicas do not double the refresh traffic
 (claims would merge the duplicate requests, but each duplicate still costs a claim round trip and a walk).
 The lease is a Redis string ``SCHEDULER_LEASE_PREFIX + scope`` holding the holder's token, with a TTL: the

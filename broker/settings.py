@@ -7,14 +7,14 @@ Components receive a ``Settings`` (or the few fields they need); nothing reads c
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from broker.retry import DEFAULT_BASE_DELAY, DEFAULT_MAX_DELAY, DEFAULT_MAX_RETRIES
 from sync_format.errors import SyncError
-from sync_format.hosts import parse_private_entry
+from sync_format.hosts import parse_pattern, parse_private_entry
 
 #: Default WebDAV port of the reference's ``sync-mount``.
 DEFAULT_PORT = 4918
@@ -122,8 +122,26 @@ class SettingsError(SyncError, ValueError):
 GUEST_SECRET_PREFIX = "SYNC_GUEST_SECRET_"  # noqa: S105  (a variable name prefix, not a secret)
 
 
+#: Suffix of the variable binding a secret to destinations: ``SYNC_GUEST_SECRET_API_TOKEN_HOSTS`` lists the
+#: host patterns ``API_TOKEN`` may be sent to. A secret's name therefore never ends in ``_HOSTS``.
+GUEST_SECRET_HOSTS_SUFFIX = "_HOSTS"  # noqa: S105  (a variable name suffix, not a secret)
+
+
 def _is_secret_var(name: str) -> bool:
     return name.startswith(GUEST_SECRET_PREFIX) and len(name) > len(GUEST_SECRET_PREFIX)
+
+
+def _binding_of(var: str) -> str | None:
+    """The secret a ``SYNC_GUEST_SECRET_<NAME>_HOSTS`` variable binds, or None for any other variable."""
+    if not _is_secret_var(var) or not var.endswith(GUEST_SECRET_HOSTS_SUFFIX):
+        return None
+    name = var[len(GUEST_SECRET_PREFIX) : -len(GUEST_SECRET_HOSTS_SUFFIX)]
+    return name or None
+
+
+def secret_hosts_var(name: str) -> str:
+    """The variable that binds secret ``name`` to destinations (for messages and docs)."""
+    return f"{GUEST_SECRET_PREFIX}{name}{GUEST_SECRET_HOSTS_SUFFIX}"
 
 
 def _default_cache_dir() -> Path:
@@ -147,7 +165,7 @@ class Settings:
         max_guest_timeout: Cap on any guest's budget in seconds.
         max_payload_size: Largest payload a guest may produce, in bytes.
         allow_anonymous: Let mountd serve a non-loopback address without a users file (anonymous requests
-            are then read-only); see ``mountd.auth``.
+            are then read-only); see ``mountd.auth.access``.
         metrics_port: Port of a worker's ``/metrics`` and ``/health`` endpoint; 0 turns it off.
         metrics_host: Address that endpoint binds.
         guest_secrets: Operator-supplied secrets a guest's request headers may reference as ``${NAME}`` when
@@ -177,6 +195,10 @@ class Settings:
         max_ranges: mountd: most ranges in one Range header; past it the whole body is sent (200).
         fresh_wait: Seconds mountd lets a read asking for fresh data wait for a refresh (0: never waits).
         scheduler_window: Proactive refresh requests mountd's scheduler keeps in flight at most.
+        guest_secret_hosts: Where each secret may be sent: host patterns (``sync_format.hosts`` syntax,
+            as in ``allow_hosts``) by secret name, from ``SYNC_GUEST_SECRET_<NAME>_HOSTS`` (comma-separated).
+            The operator's grant: a secret goes only to a request whose host (and port) a pattern of its
+            binding matches; a secret without a binding is never sent, whatever an archive lists.
     """
 
     store: Path | None = None
@@ -194,6 +216,8 @@ class Settings:
     metrics_host: str = DEFAULT_METRICS_HOST
     # Guest request secrets (ABI v2).
     guest_secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # Where each secret may be sent: the operator's binding, never the archive's.
+    guest_secret_hosts: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
     # Retry timing: settings so that operators (and tests) can shorten or lengthen it.
     retry_max_retries: int = DEFAULT_MAX_RETRIES
     retry_base_delay: float = DEFAULT_BASE_DELAY
@@ -250,6 +274,11 @@ class Settings:
             raise SettingsError(
                 f"scheduler_window (SYNC_SCHEDULER_WINDOW) must be >= 1, not {self.scheduler_window}"
             )
+        _check_secret_hosts(self.guest_secrets, self.guest_secret_hosts)
+
+    def unbound_secrets(self) -> tuple[str, ...]:
+        """Secrets the operator supplied but bound to no destination: unusable (never sent) until bound."""
+        return tuple(sorted(n for n in self.guest_secrets if n not in self.guest_secret_hosts))
 
     @classmethod
     def from_env(
@@ -272,9 +301,16 @@ class Settings:
         for name, var in _ENV.items():
             if var in source and source[var] != "":
                 values[name] = source[var]
-        secrets = {k.removeprefix(GUEST_SECRET_PREFIX): v for k, v in source.items() if _is_secret_var(k)}
+        secrets = {
+            k.removeprefix(GUEST_SECRET_PREFIX): v
+            for k, v in source.items()
+            if _is_secret_var(k) and _binding_of(k) is None
+        }
         if secrets:
             values["guest_secrets"] = secrets
+        bindings = {bound: v for k, v in source.items() if (bound := _binding_of(k)) is not None}
+        if bindings:
+            values["guest_secret_hosts"] = bindings
         for name, value in (overrides or {}).items():
             if value is not None:
                 values[name] = value
@@ -366,7 +402,31 @@ def _coerce_one(name: str, value: Any) -> Any:
     if name == "egress_allow_private":
         entries = value.split(",") if isinstance(value, str) else list(value)
         return tuple(e.strip() for e in entries if e.strip())
+    if name == "guest_secret_hosts":
+        return {secret: _split_patterns(patterns) for secret, patterns in dict(value).items()}
     return value
+
+
+def _split_patterns(patterns: str | Sequence[str]) -> tuple[str, ...]:
+    """A binding's entries: a comma-separated string (the environment) or a sequence (flags, tests)."""
+    items = patterns.split(",") if isinstance(patterns, str) else list(patterns)
+    return tuple(str(item).strip() for item in items)
+
+
+def _check_secret_hosts(secrets: Mapping[str, str], bindings: Mapping[str, tuple[str, ...]]) -> None:
+    """Refuse a binding that is not what the operator meant: it would silently leave a secret unusable or,
+    worse, admit hosts nobody intended. Every entry must parse as a host pattern; none may be empty."""
+    for name, patterns in bindings.items():
+        var = secret_hosts_var(name)
+        if name not in secrets:
+            raise SettingsError(f"{var} binds secret {name}, but {GUEST_SECRET_PREFIX}{name} is not set")
+        if isinstance(patterns, str) or not any(patterns):
+            raise SettingsError(f"{var} must list at least one host pattern (host, *.suffix, [:port])")
+        for entry in patterns:
+            if not entry or parse_pattern(entry) is None:
+                raise SettingsError(
+                    f"{var} entry {entry!r} is not a host pattern (host, *.suffix, IP, optionally :port)"
+                )
 
 
 def _coerce_bool(name: str, value: Any) -> bool:

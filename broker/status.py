@@ -9,8 +9,9 @@ Layout (keys in ``broker.contract``):
     * ``sync:history:<archive>``: a list of JSON records, newest first, trimmed to ``HISTORY_LENGTH``.
     * ``sync:status-index``: the set of archive keys that have a record, for ``list_status``.
 
-Invariants: each write is one MULTI/EXEC transaction, so a reader never sees a record from one attempt with
-the counters of another, and the history never grows past ``HISTORY_LENGTH``. Decoding is strict
+Invariants: each write is one Lua script call (``STATUS_LUA_FUNCTIONS``; ``broker.job`` runs the same
+functions inside its own state-change scripts), so a reader never sees a record from one attempt with the
+counters of another, and the history never grows past ``HISTORY_LENGTH``. Decoding is strict
 (``MalformedRecord``).
 """
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,11 +30,12 @@ from broker.contract import (
     HISTORY_PREFIX,
     STATUS_INDEX_KEY,
     STATUS_PREFIX,
+    ArchiveKey,
     MalformedRecord,
+    RefreshStatus,
     format_time,
     parse_time,
     require_int,
-    validate_archive_key,
 )
 from broker.redis_client import translated
 from sync_format.escape import escape_text
@@ -41,7 +43,72 @@ from sync_format.escape import escape_text
 #: Attempts kept per archive in its history list.
 HISTORY_LENGTH = 20
 #: Status of a job that started and has not written its outcome yet.
-RUNNING = "running"
+RUNNING = RefreshStatus.RUNNING
+
+# The status writes, as Lua functions that ``broker.job`` composes with the claim's (one script per change).
+#
+# status_running(status key, index key, archive, {field, value, ...}): the record says "running"; the fields
+#   of the previous outcome that a running record lacks are deleted; ``attempts`` is kept (0 if new).
+# status_write(status key, history key, index key, archive, {absent field, ...}, {field, value, ...},
+#   history head, history tail, history length) -> attempts: the end of an attempt. ``attempts`` goes up by
+#   one; the history entry is head .. attempts .. tail (the record's JSON, cut where ``attempts`` goes).
+STATUS_LUA_FUNCTIONS = """
+local function status_running(skey, index, archive, fields)
+  redis.call('HDEL', skey, 'error_code', 'error', 'guest_log', 'egress')
+  redis.call('HSET', skey, unpack(fields))
+  redis.call('HSETNX', skey, 'attempts', 0)
+  redis.call('SADD', index, archive)
+end
+local function status_write(skey, hkey, index, archive, absent, fields, head, tail, hlen)
+  local attempts = tonumber(redis.call('HGET', skey, 'attempts') or '0')
+  if not attempts then
+    return nil
+  end
+  attempts = attempts + 1
+  if #absent > 0 then
+    redis.call('HDEL', skey, unpack(absent))
+  end
+  fields[#fields + 1] = 'attempts'
+  fields[#fields + 1] = attempts
+  redis.call('HSET', skey, unpack(fields))
+  redis.call('SADD', index, archive)
+  redis.call('LPUSH', hkey, head .. attempts .. tail)
+  redis.call('LTRIM', hkey, 0, tonumber(hlen) - 1)
+  return attempts
+end
+local function slice(from, count)
+  local out = {}
+  for i = from, from + count - 1 do
+    out[#out + 1] = ARGV[i]
+  end
+  return out
+end
+"""
+# ARGV layout shared by the scripts that call status_write, from a script's own offset: n absent, the absent
+# fields, m, the field/value pairs (2m), head, tail, history length.
+STATUS_WRITE_ARGS_LUA = """
+local function status_write_args(at)
+  local n = tonumber(ARGV[at])
+  local absent = slice(at + 1, n)
+  local m = tonumber(ARGV[at + 1 + n])
+  local fields = slice(at + 2 + n, 2 * m)
+  local rest = at + 2 + n + 2 * m
+  return absent, fields, ARGV[rest], ARGV[rest + 1], ARGV[rest + 2]
+end
+"""
+_RUNNING_LUA = STATUS_LUA_FUNCTIONS + "status_running(KEYS[1], KEYS[2], ARGV[1], slice(2, #ARGV - 1))\n"
+_WRITE_LUA = (
+    STATUS_LUA_FUNCTIONS
+    + STATUS_WRITE_ARGS_LUA
+    + """
+local absent, fields, head, tail, hlen = status_write_args(2)
+local attempts = status_write(KEYS[1], KEYS[2], KEYS[3], ARGV[1], absent, fields, head, tail, hlen)
+if not attempts then
+  return redis.error_reply('status script: attempts is not an integer')
+end
+return attempts
+"""
+)
 
 _OPTIONAL_TEXT = ("error_code", "error", "worker", "job_id")
 #: Refused or failed guest requests kept per record, and the keys of each (all values escaped text but
@@ -75,8 +142,8 @@ class StatusRecord:
             ``host``, ``code``: the ABI status, ``url``, ``reason``), escaped; empty while running.
     """
 
-    archive: str
-    status: str
+    archive: ArchiveKey
+    status: RefreshStatus
     generation: int
     base_generation: int
     error_code: str | None
@@ -132,11 +199,9 @@ class StatusRecord:
         for name in _OPTIONAL_TEXT:
             if data[name] is not None and not isinstance(data[name], str):
                 raise MalformedRecord("status", "must be a string or null", field=name)
-        if not isinstance(data["status"], str):
-            raise MalformedRecord("status", "must be a string", field="status")
         return cls(
             archive=_archive(data["archive"]),
-            status=data["status"],
+            status=_status(data["status"]),
             generation=require_int(data["generation"], "status", "generation", minimum=-1),
             base_generation=require_int(data["base_generation"], "status", "base_generation", minimum=-1),
             error_code=data["error_code"],
@@ -179,7 +244,7 @@ def status_key(archive: str) -> str:
     Raises:
         MalformedRecord: Not a valid archive key.
     """
-    return STATUS_PREFIX + validate_archive_key(archive)
+    return STATUS_PREFIX + ArchiveKey(archive)
 
 
 def history_key(archive: str) -> str:
@@ -194,7 +259,37 @@ def history_key(archive: str) -> str:
     Raises:
         MalformedRecord: Not a valid archive key.
     """
-    return HISTORY_PREFIX + validate_archive_key(archive)
+    return HISTORY_PREFIX + ArchiveKey(archive)
+
+
+def running_fields(
+    archive: ArchiveKey, *, generation: int, worker: str, job_id: str, now: datetime | None = None
+) -> list[Any]:
+    """The field/value pairs of a "running" record (the arguments of ``status_running``).
+
+    Args:
+        archive: Archive key.
+        generation: Generation the job starts from.
+        worker: The worker's name.
+        job_id: The job's id.
+        now: Start time; the current time when None.
+
+    Returns:
+        ``[field, value, field, value, ...]``.
+    """
+    moment = format_time(now or datetime.now(UTC))
+    fields = {
+        "archive": archive,
+        "status": RUNNING,
+        "generation": generation,
+        "base_generation": generation,
+        "duration_ms": 0,
+        "worker": worker,
+        "job_id": job_id,
+        "last_attempt": moment,
+        "updated_at": moment,
+    }
+    return [item for pair in fields.items() for item in pair]
 
 
 def mark_running(
@@ -220,28 +315,98 @@ def mark_running(
         MalformedRecord: Not a valid archive key.
         BrokerUnavailable: Redis cannot be reached.
     """
-    moment = format_time(now or datetime.now(UTC))
-    key = status_key(archive)
-    pipe = client.pipeline(transaction=True)
-    pipe.hdel(key, "error_code", "error", "guest_log", "egress")
-    pipe.hset(
-        key,
-        mapping={
-            "archive": archive,
-            "status": RUNNING,
-            "generation": generation,
-            "base_generation": generation,
-            "duration_ms": 0,
-            "worker": worker,
-            "job_id": job_id,
-            "last_attempt": moment,
-            "updated_at": moment,
-        },
-    )
-    pipe.hsetnx(key, "attempts", 0)
-    pipe.sadd(STATUS_INDEX_KEY, archive)
+    key = ArchiveKey(archive)
+    args = [key, *running_fields(key, generation=generation, worker=worker, job_id=job_id, now=now)]
     with translated(client, "mark running"):
-        pipe.execute()
+        client.register_script(_RUNNING_LUA)(keys=[status_key(key), STATUS_INDEX_KEY], args=args)
+
+
+@dataclass(frozen=True)
+class StatusWrite:
+    """The end of an attempt, checked and encoded for ``status_write`` (see ``prepare_write``).
+
+    Attributes:
+        archive: Archive key.
+        record: The record as it will be stored, with ``attempts`` 0 (the script counts).
+        args: The script arguments: absent fields, field/value pairs, history head, tail and length.
+    """
+
+    archive: ArchiveKey
+    record: StatusRecord
+    args: list[Any]
+
+    def written(self, attempts: int) -> StatusRecord:
+        """The record as written, once the script said how many attempts it counts."""
+        return replace(self.record, attempts=attempts)
+
+
+def prepare_write(
+    archive: str,
+    outcome: Mapping[str, Any],
+    *,
+    worker: str,
+    job_id: str,
+    now: datetime | None = None,
+) -> StatusWrite:
+    """Check and encode the end of an attempt (the Python half of ``write_status``).
+
+    Args:
+        archive: Archive key.
+        outcome: ``RefreshOutcome.to_json()`` (uses ``status``, ``generation``, ``base_generation``,
+            ``error_code``, ``error``, ``duration_ms``, ``guest_log``, ``egress``; others are ignored).
+        worker: The worker's name.
+        job_id: The job's id.
+        now: End time; the current time when None.
+
+    Returns:
+        The write.
+
+    Raises:
+        MalformedRecord: Bad archive key, or an outcome field is missing or of the wrong type.
+    """
+    key = ArchiveKey(archive)
+    status = outcome.get("status")
+    if not isinstance(status, str) or not status:
+        raise MalformedRecord("status", "outcome needs a non-empty status", field="status")
+    for name in ("error_code", "error"):
+        if outcome.get(name) is not None and not isinstance(outcome.get(name), str):
+            raise MalformedRecord("status", "must be a string or None", field=name)
+    generation = require_int(outcome.get("generation"), "status", "generation", minimum=-1)
+    base = require_int(outcome.get("base_generation"), "status", "base_generation", minimum=-1)
+    duration_ms = _duration(outcome.get("duration_ms"))
+    error = outcome.get("error")
+    egress = _egress(outcome.get("egress") or [])
+    ended = now or datetime.now(UTC)
+    started = ended - timedelta(milliseconds=duration_ms)
+    fields: dict[str, Any] = {
+        "archive": key,
+        "status": _status(status),
+        "generation": generation,
+        "base_generation": base,
+        "error_code": outcome.get("error_code"),
+        "error": None if error is None else escape_text(error, MAX_ERROR_LENGTH),
+        "duration_ms": round(duration_ms, 3),
+        "worker": worker,
+        "job_id": job_id,
+        "last_attempt": format_time(started),
+        "updated_at": format_time(ended),
+        "guest_log": list(_guest_log(outcome.get("guest_log"))) or None,
+        "egress": json.dumps([dict(e) for e in egress], separators=(",", ":")) if egress else None,
+    }
+    record = StatusRecord.from_json({**fields, "attempts": 0, "egress": list(egress)})
+    absent = [name for name, value in fields.items() if value is None]
+    stored = {name: value for name, value in fields.items() if value is not None}
+    if "guest_log" in stored:
+        stored["guest_log"] = json.dumps(stored["guest_log"], separators=(",", ":"))
+    # The history entry is the record's JSON; the script puts the counted attempts where the cut is.
+    doc = record.to_json()
+    names = list(doc)
+    cut = names.index("attempts")
+    head = json.dumps({n: doc[n] for n in names[:cut]}, separators=(",", ":"))[:-1] + ',"attempts":'
+    tail = "," + json.dumps({n: doc[n] for n in names[cut + 1 :]}, separators=(",", ":"))[1:]
+    pairs = [item for pair in stored.items() for item in pair]
+    args = [len(absent), *absent, len(stored), *pairs, head, tail, HISTORY_LENGTH]
+    return StatusWrite(key, record, args)
 
 
 def write_status(
@@ -258,8 +423,7 @@ def write_status(
     Args:
         client: Redis client.
         archive: Archive key.
-        outcome: ``RefreshOutcome.to_json()`` (uses ``status``, ``generation``, ``base_generation``,
-            ``error_code``, ``error``, ``duration_ms``; other fields are ignored).
+        outcome: ``RefreshOutcome.to_json()`` (see ``prepare_write``).
         worker: The worker's name.
         job_id: The job's id.
         now: End time; the current time when None.
@@ -271,59 +435,11 @@ def write_status(
         MalformedRecord: Bad archive key, or an outcome field is missing or of the wrong type.
         BrokerUnavailable: Redis cannot be reached.
     """
-    validate_archive_key(archive)
-    status = outcome.get("status")
-    if not isinstance(status, str) or not status:
-        raise MalformedRecord("status", "outcome needs a non-empty status", field="status")
-    for name in ("error_code", "error"):
-        if outcome.get(name) is not None and not isinstance(outcome.get(name), str):
-            raise MalformedRecord("status", "must be a string or None", field=name)
-    generation = require_int(outcome.get("generation"), "status", "generation", minimum=-1)
-    base = require_int(outcome.get("base_generation"), "status", "base_generation", minimum=-1)
-    duration_ms = _duration(outcome.get("duration_ms"))
-    error = outcome.get("error")
-    egress = _egress(outcome.get("egress") or [])
-    ended = now or datetime.now(UTC)
-    started = ended - timedelta(milliseconds=duration_ms)
-    fields: dict[str, Any] = {
-        "archive": archive,
-        "status": status,
-        "generation": generation,
-        "base_generation": base,
-        "error_code": outcome.get("error_code"),
-        "error": None if error is None else escape_text(error, MAX_ERROR_LENGTH),
-        "duration_ms": round(duration_ms, 3),
-        "worker": worker,
-        "job_id": job_id,
-        "last_attempt": format_time(started),
-        "updated_at": format_time(ended),
-        "guest_log": list(_guest_log(outcome.get("guest_log"))) or None,
-        "egress": json.dumps([dict(e) for e in egress], separators=(",", ":")) if egress else None,
-    }
-    key, history = status_key(archive), history_key(archive)
-    written: list[StatusRecord] = []
-
-    def write(pipe: redis.client.Pipeline) -> None:
-        # WATCH on the hash (redis-py's transaction helper) makes read-increment-write of ``attempts`` and
-        # the history entry that carries it one atomic step; it is retried if another write interleaves.
-        attempts = _int_text(pipe.hget(key, "attempts") or "0", "attempts") + 1
-        record = StatusRecord.from_json({**fields, "attempts": attempts, "egress": list(egress)})
-        pipe.multi()
-        absent = [name for name, value in fields.items() if value is None]
-        if absent:
-            pipe.hdel(key, *absent)
-        stored = {name: value for name, value in fields.items() if value is not None}
-        if "guest_log" in stored:
-            stored["guest_log"] = json.dumps(stored["guest_log"], separators=(",", ":"))
-        pipe.hset(key, items=[item for pair in {**stored, "attempts": attempts}.items() for item in pair])
-        pipe.sadd(STATUS_INDEX_KEY, archive)
-        pipe.lpush(history, json.dumps(record.to_json(), separators=(",", ":")))
-        pipe.ltrim(history, 0, HISTORY_LENGTH - 1)
-        written[:] = [record]
-
+    write = prepare_write(archive, outcome, worker=worker, job_id=job_id, now=now)
+    keys = [status_key(write.archive), history_key(write.archive), STATUS_INDEX_KEY]
     with translated(client, "write status"):
-        client.transaction(write, key)
-    return written[0]
+        attempts = client.register_script(_WRITE_LUA)(keys=keys, args=[write.archive, *write.args])
+    return write.written(int(attempts))
 
 
 def read_status(client: redis.Redis, archive: str) -> StatusRecord | None:
@@ -461,9 +577,18 @@ def _duration(value: object) -> float:
     return duration
 
 
-def _archive(value: object) -> str:
+def _status(value: object) -> RefreshStatus:
+    if not isinstance(value, str):
+        raise MalformedRecord("status", "must be a string", field="status")
     try:
-        return validate_archive_key(value)
+        return RefreshStatus(value)
+    except ValueError as exc:
+        raise MalformedRecord("status", f"unknown status {value!r}", field="status") from exc
+
+
+def _archive(value: object) -> ArchiveKey:
+    try:
+        return ArchiveKey(value)
     except MalformedRecord as exc:
         raise MalformedRecord("status", exc.message, field="archive") from exc
 

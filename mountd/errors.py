@@ -13,7 +13,7 @@ never an absolute server path, so an error page is useful to a client without de
 are errors of this module (``UploadTooLarge``, ``IncompleteUpload``, ``WriteRefused``) and become 413, 400 and
 403 here; a full disk under any write becomes 507 (Insufficient Storage, RFC 4918 §11.5).
 
-``UsersFileError`` is mountd's own ``SyncError``: a users file (``mountd.users``) that cannot be read or
+``UsersFileError`` is mountd's own ``SyncError``: a users file (``mountd.auth.users``) that cannot be read or
 breaks its format. It is raised before the server binds, so it never becomes a DAVError.
 """
 
@@ -80,7 +80,8 @@ class WriteRefused(WriteError):
 
 
 class UsersFileError(SyncError):
-    """Raised when a users file cannot be read, parsed or written, or breaks the format of ``mountd.users``.
+    """Raised when a users file cannot be read, parsed or written, or breaks the format of
+    ``mountd.auth.users``.
 
     Attributes:
         path: The users file, when known.

@@ -1,12 +1,13 @@
 """The ``.sync`` format: strict reading, byte-compatible writing, the atomic swap, signatures, freshness.
 
 This package mirrors the reference crate ``sync-format`` (spec ``sync-format.md``) and imports no Celery,
-Redis, wsgidav, cheroot or wasmtime: everything else in sync builds on it.
+Redis, wsgidav, cheroot or wasmtime: everything else in sync builds on it. ``__all__`` lists what other
+packages and library users use (reading, building, swapping, the manifest's types and the ``SyncError``
+tree); store helpers and writer internals are reached through their modules.
 """
 
 from __future__ import annotations
 
-from sync_format.archive_writer import PayloadSource
 from sync_format.builder import EMPTY_WASM, BuildResult, SyncBuilder
 from sync_format.errors import (
     ArchiveError,
@@ -52,12 +53,9 @@ from sync_format.reader import (
     open_archive,
     open_archive_fd,
 )
-from sync_format.state import STATE_ENTRY, ArchiveState
+from sync_format.state import STATE_ENTRY
 from sync_format.store import (
-    archive_file_stem,
-    build_display_name,
     display_name,
-    iter_archives,
     store_path_for,
     writable_display_name,
 )
@@ -73,7 +71,6 @@ __all__ = [
     "WASM_ENTRY",
     "ArchiveError",
     "ArchiveSnapshot",
-    "ArchiveState",
     "BrokerUnavailable",
     "BuildResult",
     "CapabilitiesSection",
@@ -94,7 +91,6 @@ __all__ = [
     "OwnershipSection",
     "PayloadDigest",
     "PayloadReader",
-    "PayloadSource",
     "PermissionsSection",
     "PolicyDenied",
     "PolicySection",
@@ -107,15 +103,12 @@ __all__ = [
     "SyncSection",
     "Variant",
     "VerificationSection",
-    "archive_file_stem",
-    "build_display_name",
     "commit_payload",
     "display_name",
     "expiry",
     "format_timestamp",
     "host_allowed",
     "invalid_entries",
-    "iter_archives",
     "open_archive",
     "open_archive_fd",
     "parse_timestamp_ns",

@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from sync_format.archive_writer import UNLIMITED, PayloadSource, write_temp_archive
 from sync_format.atomic import publish
@@ -116,19 +116,6 @@ class SyncBuilder:
             ArchiveError: The file cannot be read.
         """
         self._payload = PayloadSource.from_path(path)
-        return self
-
-    def with_payload_stream(self, stream: BinaryIO, size: int) -> SyncBuilder:
-        """Stream the payload from an open stream that yields exactly ``size`` bytes.
-
-        Args:
-            stream: Readable binary stream (not closed by the builder).
-            size: Its length in bytes.
-
-        Returns:
-            The builder.
-        """
-        self._payload = PayloadSource.from_stream(stream, size)
         return self
 
     def with_wasm_bytes(self, data: bytes) -> SyncBuilder:

@@ -192,7 +192,7 @@ class GuestOutOfFuel(GuestError):
 
 
 class GuestTimeout(GuestError):
-    """Raised when the guest ran past its wall-clock deadline (epoch deadline or the parent's kill).
+    """Raised when the guest ran past its wall-clock deadline (the parent killed its sandboxed child).
 
     Attributes:
         seconds: The deadline that was exceeded.

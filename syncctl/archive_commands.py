@@ -96,7 +96,8 @@ def register(
         default=[],
         type=_text,
         help="secret the update logic may reference in request headers as ${NAME}; the operator supplies "
-        "its value (SYNC_GUEST_SECRET_NAME), the archive never does (repeat for several)",
+        "its value (SYNC_GUEST_SECRET_NAME) and the hosts it may go to (SYNC_GUEST_SECRET_NAME_HOSTS), the "
+        "archive never does (repeat for several)",
     )
     pack.add_argument("--content-type", metavar="T", type=_text, help="sync.content_type")
     pack.add_argument("--display-ext", metavar="E", type=_text, help="sync.display_ext")

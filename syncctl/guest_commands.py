@@ -2,8 +2,9 @@
 ``guest new|build|test`` take an author from a template to a checked module tried against fixtures.
 
 The command builds ``Settings`` from its flags and the environment, a ``GuestRuntime`` from them, and calls
-``workers.refresh.run_refresh``; a failed refresh is exit status 1 with one ``error:`` line naming the
-stable error code. wasmtime and the sandbox are imported only when the command runs.
+``workers.refresh.run_refresh``; a failed refresh raises ``RefreshFailed`` (exit status 1, and ``main``
+writes one ``error:`` line naming the stable error code). wasmtime and the sandbox are imported only when
+the command runs.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def _register_guest(
         metavar="NAME",
         action="append",
         default=[],
-        help="secret a bare WASM may reference as ${NAME} (value: SYNC_GUEST_SECRET_NAME or a placeholder)",
+        help="secret a bare WASM may reference as ${NAME} (value: SYNC_GUEST_SECRET_NAME, sent only to "
+        "hosts in SYNC_GUEST_SECRET_NAME_HOSTS; or a placeholder bound to the fixtures' hosts)",
     )
     test.set_defaults(handler=cmd_guest_test)
 
@@ -182,6 +184,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         0 when the refresh succeeded (committed, unchanged or no update logic), 1 when it failed.
     """
     from broker.settings import Settings
+    from syncctl.errors import RefreshFailed
     from workers.refresh import run_refresh
     from workers.runtime import GuestRuntime
 
@@ -194,9 +197,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(_summary(doc))
     if not outcome.ok:
-        error = escape_text(" ".join((outcome.error or "").split()), 1000)
-        sys.stderr.write(f"error: {outcome.error_code}: {error}\n")
-        return 1
+        raise RefreshFailed(outcome.error_code, outcome.error)
     return 0
 
 

@@ -124,13 +124,15 @@ class FixtureRequester:
         headers: tuple[tuple[str, str], ...] = (),
         body: bytes = b"",
         secret_headers: frozenset[str] = frozenset(),
+        secret_hosts: tuple[tuple[str, ...], ...] = (),
     ) -> HttpResult:
-        """Answer one request from the fixtures (``deadline`` does not apply; secret headers are noted).
+        """Answer one request from the fixtures (``deadline`` does not apply; secret headers are noted; their
+        bindings were checked against this URL by ``workers.guest_http`` and no redirect is followed).
 
         Returns:
             The canned response, -2 for a host the allow-list refuses, or -5 ``no_fixture``.
         """
-        del deadline
+        del deadline, secret_hosts
         verb = method.strip().upper() or "GET"
         result = self._answer(url, verb, headers)
         record = RecordedRequest(verb, url, headers, body, result.status, result.error_code, secret_headers)

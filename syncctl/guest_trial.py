@@ -20,9 +20,10 @@ from typing import TextIO
 
 from broker.settings import Settings
 from sync_format.builder import SyncBuilder
+from sync_format.hosts import parse_pattern, parse_url
 from sync_format.reader import open_archive
 from sync_format.template import template_manifest
-from syncctl.guest_fixtures import FixtureRequester, load_fixtures
+from syncctl.guest_fixtures import Fixture, FixtureRequester, load_fixtures
 from workers.engine import WASM_HEADER
 
 #: Payload bytes shown as text in the report; longer ones are summarised.
@@ -49,7 +50,8 @@ def run_trial(
         output: Where to also write the resulting payload.
         out: Where the report goes.
         allow_env: Secret names a bare module may use (an archive's own ``allow_env`` is used otherwise);
-            values come from ``SYNC_GUEST_SECRET_<NAME>`` or are a placeholder, and are never printed.
+            values come from ``SYNC_GUEST_SECRET_<NAME>`` (bound by ``SYNC_GUEST_SECRET_<NAME>_HOSTS``, as in
+            production) or are a placeholder bound to the fixtures' hosts, and are never printed.
 
     Returns:
         0 when the guest completed, 1 when it failed.
@@ -69,10 +71,21 @@ def run_trial(
             allow_env = tuple(snap.manifest.permissions.allow_env)
     if context is not None:
         ctx = context.read_bytes()
-    requester = FixtureRequester([] if fixtures is None else load_fixtures(fixtures), allow_hosts)
+    canned = [] if fixtures is None else load_fixtures(fixtures)
+    requester = FixtureRequester(canned, allow_hosts)
     settings = Settings.from_env({"sandbox": "strict"})
-    secrets = {name: f"<secret {name}>" for name in allow_env} | dict(settings.guest_secrets)
-    runtime = GuestRuntime(dataclasses.replace(settings, guest_secrets=secrets))
+    # A placeholder is no secret, so it is bound to every destination of the trial; a real secret from the
+    # environment keeps the operator's binding (unbound, it is refused here as it would be in production).
+    placeholders = [name for name in allow_env if name not in settings.guest_secrets]
+    trial_hosts = _trial_destinations(canned, allow_hosts or ())
+    runtime = GuestRuntime(
+        dataclasses.replace(
+            settings,
+            guest_secrets={name: f"<secret {name}>" for name in placeholders} | dict(settings.guest_secrets),
+            guest_secret_hosts={name: trial_hosts for name in placeholders if trial_hosts}
+            | dict(settings.guest_secret_hosts),
+        )
+    )
     with tempfile.TemporaryDirectory(prefix="sync-guest-test-") as tmp:
         scratch = Path(tmp) / "trial.sync"
         manifest = template_manifest(display_ext="bin", allow_hosts=allow_hosts or ("*",))
@@ -96,6 +109,18 @@ def run_trial(
     if new is not None and output is not None:
         output.write_bytes(new)
     return 0
+
+
+def _trial_destinations(canned: list[Fixture], allow_hosts: tuple[str, ...]) -> tuple[str, ...]:
+    """Host patterns of everything a trial can reach: each fixture's host:port and the archive's allow-list
+    entries that parse (placeholder secrets are bound to these)."""
+    found: list[str] = [entry for entry in allow_hosts if parse_pattern(entry) is not None]
+    for fixture in canned:
+        target = parse_url(fixture.url)
+        if target is not None:
+            host = f"[{target.host}]" if ":" in target.host else target.host
+            found.append(f"{host}:{target.port}")
+    return tuple(dict.fromkeys(found))
 
 
 def _report(

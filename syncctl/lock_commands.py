@@ -1,11 +1,11 @@
 """``syncctl locks list|break``: an owner's view of the WebDAV locks of a served store, and a way out of them.
 
 Locks of a writable store served by ``syncctl serve --writable`` live in the broker's Redis
-(``mountd.locks.RedisLockStorage``, prefix ``sync:dav:<absolute store path>:``), so this command reaches
-them without the server: ``list`` prints one line per lock (token, path, depth, scope, holder, seconds
+(``mountd.writable.locks.RedisLockStorage``, prefix ``sync:dav:<absolute store path>:``), so this command
+reaches them without the server: ``list`` prints one line per lock (token, path, depth, scope, holder, seconds
 left); ``break`` removes the locks named by token, or every lock at or below ``--path``, or ``--all``.
-Over HTTP an owner does the same with UNLOCK (``mountd.lock_policy``), also for a server whose locks are in
-memory.
+Over HTTP an owner does the same with UNLOCK (``mountd.auth.lock_policy``), also for a server whose locks are
+in memory.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import argparse
 import sys
 import time
 from pathlib import Path
+
+from syncctl.errors import InvalidArguments
 
 
 def register(
@@ -60,7 +62,7 @@ def cmd_locks(args: argparse.Namespace) -> int:
     """
     from broker.connection import connect
     from broker.settings import Settings
-    from mountd.locks import RedisLockStorage
+    from mountd.writable.locks import RedisLockStorage
 
     settings = Settings.from_env({"broker_url": args.broker, "cache_dir": args.cache_dir})
     root = Path(args.store).absolute()
@@ -78,8 +80,7 @@ def cmd_locks(args: argparse.Namespace) -> int:
                     )
                 return 0
             if not (args.tokens or args.path or args.all):
-                sys.stderr.write("error: locks break needs TOKEN..., --path PATH or --all\n")
-                return 1
+                raise InvalidArguments("locks break needs TOKEN..., --path PATH or --all")
             prefix = (args.path or "").rstrip("/")
             chosen = [
                 lock

@@ -2,9 +2,10 @@
 
 Exit status (ARCHITECTURE "CLI"): 0 on success; 1 when the input is invalid or the operation failed, with
 exactly one ``error: …`` line on stderr and never a traceback (every ``SyncError`` and ``OSError`` is
-caught here, and nowhere else); 2 for usage errors, which argparse reports itself. Command groups register
-their subcommands through a ``register(subparsers, common)`` function; each subcommand stores its handler
-(``args -> exit status``) as ``args.handler``.
+caught here, in ``run_reported``, and nowhere else: handlers raise typed errors, ``syncctl.errors`` for
+failures that exist only at the command line); 2 for usage errors, which argparse reports itself; 130 after
+Ctrl-C. Command groups register their subcommands through a ``register(subparsers, common)`` function;
+each subcommand stores its handler (``args -> exit status``) as ``args.handler``.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sync_format.escape import escape_text
 from syncctl import (
     archive_commands,
     demo_commands,
+    failed_commands,
     guest_commands,
     lock_commands,
     serve_commands,
@@ -96,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     archive_commands.register(subparsers, common)
     guest_commands.register(subparsers, common)
     service_commands.register(subparsers, common)
+    failed_commands.register(subparsers, common)
     serve_commands.register(subparsers, common)
     demo_commands.register(subparsers, common)
     user_commands.register(subparsers, common)
@@ -147,8 +150,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SyncError as exc:
         return _fail(str(exc))
     configure_logging(args.verbose, args.log_format)
+    return run_reported(lambda: args.handler(args))
+
+
+def run_reported(action: Callable[[], int]) -> int:
+    """Run a command's handler and map what it raises: the one place ``error:`` lines are written.
+
+    Args:
+        action: The handler, called without arguments; it returns an exit status.
+
+    Returns:
+        Its exit status; 1 after a ``SyncError`` or ``OSError`` (one ``error:`` line on stderr); 130 after
+        Ctrl-C.
+    """
+    from sync_format.errors import SyncError
+
     try:
-        status: int = args.handler(args)
+        status: int = action()
     except SyncError as exc:
         return _fail(str(exc))
     except BrokenPipeError:

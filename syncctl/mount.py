@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from syncctl import main as syncctl_main
+from syncctl.errors import InvalidArguments
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,15 +38,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more")
     parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {syncctl_main._version()}")
     args = parser.parse_args(argv)
+    return syncctl_main.run_reported(lambda: _serve(args))
+
+
+def _serve(args: argparse.Namespace) -> int:
     verbose = ["-" + "v" * args.verbose] if args.verbose else []
     if args.writable:
         if Path(args.archive).is_file():
-            sys.stderr.write(f"error: {args.archive}: --writable serves a store directory, not a file\n")
-            return 1
+            raise InvalidArguments(f"{args.archive}: --writable serves a store directory, not a file")
         return syncctl_main.main([*verbose, "serve", args.archive, "--port", str(args.port), "--writable"])
     if not Path(args.archive).is_file():
-        sys.stderr.write(f"error: {args.archive}: not an archive file\n")
-        return 1
+        raise InvalidArguments(f"{args.archive}: not an archive file")
     return syncctl_main.main([*verbose, "serve", args.archive, "--port", str(args.port)])
 
 

@@ -1,18 +1,19 @@
 """``syncctl serve``: serve a store (or one archive) over WebDAV with live refreshes, on one machine.
 
-It resolves the broker once (``--broker`` Redis, or the embedded one), gives mountd a broker-backed
-freshness hook (an expired archive that is read gets one refresh job, never delaying the read), starts the
-refresh scheduler on the same hook and the server's listing cache (archives with update logic are asked for
-shortly before they expire; ``--no-scheduler`` leaves refreshes to reads), listens to the workers' "swapped"
-notifications (the scheduler schedules each new generation at once, the listing cache drops the old one,
-reads waiting for fresh data wake; see ``mountd.swap_listener``), and unless told otherwise starts local
-refresh workers on the same broker. Replicas serving the same store path on one broker share a scheduler
-lease in Redis: one of them schedules (``broker.scheduling``). Stops on SIGINT/SIGTERM: the server first,
-then the listener and the scheduler, then the workers (they finish the job in progress), then an embedded
-broker it started.
+This module parses the arguments, builds the settings and mountd's config, and starts the local refresh
+workers; mountd assembles the rest (``mountd.app.serve_with_broker``): the broker resolved once
+(``--broker`` Redis, or the embedded one), a broker-backed freshness hook (an expired archive that is read
+gets one refresh job, never delaying the read), the refresh scheduler on the same hook and the server's
+listing cache (archives with update logic are asked for shortly before they expire; ``--no-scheduler``
+leaves refreshes to reads), and the listener of the workers' "swapped" notifications (the scheduler
+schedules each new generation at once, the listing cache drops the old one, reads waiting for fresh data
+wake; see ``mountd.refresh.swap_listener``). Replicas serving the same store path on one broker share a
+scheduler lease in Redis: one of them schedules (``broker.scheduling``). Stops on SIGINT/SIGTERM: the server
+first, then the listener and the scheduler, then the workers (they finish the job in progress), then an
+embedded broker it started.
 
-Access (``mountd.auth``): without ``--auth`` only a loopback address may be served (anonymous users are
-owners there) unless ``--allow-anonymous`` lets anonymous users read from other addresses; with ``--auth
+Access (``mountd.auth.access``): without ``--auth`` only a loopback address may be served (anonymous users
+are owners there) unless ``--allow-anonymous`` lets anonymous users read from other addresses; with ``--auth
 FILE`` users log in with the passwords and roles ``syncctl user`` wrote. The users file is read before
 anything starts, so a bad one fails the command at once.
 """
@@ -23,13 +24,14 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from broker.connection import BrokerConnection
     from broker.settings import Settings
+    from mountd.auth.users import UserTable
     from mountd.server import ServerHandle
-    from mountd.users import UserTable
-    from mountd.write_policy import WritePolicy
+    from mountd.writable.policy import WritePolicy
 
 #: Pool processes of the local workers when serving with the embedded broker.
 DEFAULT_LOCAL_CONCURRENCY = 2
@@ -140,10 +142,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         0 after a clean shutdown.
     """
     from broker.settings import Settings
-    from mountd.auth import access_policy
-    from mountd.server import writable_root
-    from mountd.users import load_users
-    from mountd.write_policy import DEFAULT_MAX_UPLOAD, WritePolicy
+    from mountd.app import writable_root
+    from mountd.auth.access import access_policy
+    from mountd.auth.users import load_users
+    from mountd.writable.policy import DEFAULT_MAX_UPLOAD, WritePolicy
     from sync_format.errors import SyncError
 
     settings = Settings.from_env(
@@ -193,6 +195,9 @@ def serve_store(
 ) -> int:
     """Serve ``path`` as ``syncctl serve`` does, until SIGTERM or SIGINT; ``syncctl demo`` uses it too.
 
+    mountd assembles the server (``mountd.app.serve_with_broker``); this adds the local refresh workers and
+    the ``serving …`` line.
+
     Args:
         settings: Built from flags and the environment.
         path: A store directory or one archive.
@@ -200,23 +205,14 @@ def serve_store(
         worker_log: Where the local workers' output goes; this process's stdout and stderr when None.
         on_ready: Called with the server once it listens, after the ``serving …`` line is printed.
         writable: Serve the store directory writable with this policy; read-only when None.
-        users: Who may log in, and their roles; None for anonymous access (see ``mountd.auth``).
+        users: Who may log in, and their roles; None for anonymous access (see ``mountd.auth.access``).
         scheduler: Ask for refreshes shortly before archives expire (``--no-scheduler`` turns it off).
         log_format: ``text`` or ``json``, for the local workers' logs (``--log-format``).
 
     Returns:
         0 after a clean shutdown.
     """
-    from broker.connection import connect
-    from broker.redis_client import SERVICE_CONNECT_TIMEOUT, SERVICE_SOCKET_TIMEOUT, make_redis
-    from broker.scheduling import SchedulerLease, claims_held, write_summary
-    from mountd.freshness import BrokerFreshness
-    from mountd.freshness_http import SwapWaiters
-    from mountd.locks import RedisLockStorage
-    from mountd.properties import RedisPropertyManager
-    from mountd.scheduler import FreshnessSummary, RefreshScheduler
-    from mountd.server import serve
-    from mountd.swap_listener import SwapListener
+    from mountd.app import MountdConfig, serve_with_broker
     from syncctl.local_workers import LocalWorkers
     from syncctl.log_format import announce
 
@@ -225,104 +221,33 @@ def serve_store(
     workers_wanted = worker_count
     if workers_wanted is None:
         workers_wanted = 0 if settings.broker_url else DEFAULT_LOCAL_CONCURRENCY
-    with connect(settings) as connection:
-        freshness = BrokerFreshness.connect(settings, connection)
-        workers = None
-        if workers_wanted > 0:
-            workers = LocalWorkers(
-                store=root,
-                broker_url=connection.redis_url,
-                cache_dir=settings.cache_dir,
-                concurrency=workers_wanted,
-                sandbox=settings.sandbox,
-                egress_allow_private=settings.egress_allow_private,
-                log=worker_log,
-                log_format=log_format,
-            ).start()
-        schedulers: list[RefreshScheduler] = []
-        listeners: list[SwapListener] = []
-        swaps = SwapWaiters()
-        # One client for the lease, claim probes and summaries; the listener's subscription holds its own.
-        client = make_redis(
-            connection.redis_url,
-            socket_timeout=SERVICE_SOCKET_TIMEOUT,
-            connect_timeout=SERVICE_CONNECT_TIMEOUT,
-        )
-        listen_client = make_redis(
-            connection.redis_url,
-            socket_timeout=SERVICE_SOCKET_TIMEOUT,
-            connect_timeout=SERVICE_CONNECT_TIMEOUT,
-        )
-        scope = str(store)
 
-        def publish(summary: FreshnessSummary) -> None:
-            if summary.leader:
-                write_summary(client, scope, {"store": scope, **summary.to_json()})
+    def start_workers(connection: BrokerConnection) -> LocalWorkers | None:
+        if workers_wanted <= 0:
+            return None
+        return LocalWorkers(
+            store=root,
+            broker_url=connection.redis_url,
+            cache_dir=settings.cache_dir,
+            concurrency=workers_wanted,
+            sandbox=settings.sandbox,
+            egress_allow_private=settings.egress_allow_private,
+            log=worker_log,
+            log_format=log_format,
+        ).start()
 
-        def ready(handle: ServerHandle) -> Any:
-            index = handle.provider.index
-            callbacks: list[Callable[[Any], object]] = [
-                lambda event: index.forget(root / event.archive),
-                swaps.notify,
-            ]
-            on_connect: list[Callable[[], object]] = []
-            if scheduler:
-                # On the server's index, so a pass and the reads open each archive version once in all.
-                # Replicas of this store share the lease: one of them asks for refreshes.
-                running = RefreshScheduler(
-                    store,
-                    freshness,
-                    index,
-                    window=settings.scheduler_window,
-                    claim_probe=lambda keys: claims_held(client, keys),
-                    lease=SchedulerLease(client, scope),
-                    publish=publish,
-                )
-                schedulers.append(running)
-                callbacks.insert(0, running.on_swapped)
-                on_connect.append(running.wake)
-                handle.metrics.attach_scheduler(running.summary)
-                running.start()
-            listeners.append(SwapListener(listen_client, callbacks, on_connect=on_connect).start())
-            local = f", {workers_wanted} local worker processes" if workers is not None else ""
-            mode = "writable" if writable is not None else "read-only"
-            line = f"serving {store} ({mode}) at {handle.mount_url} (broker: {connection.description}{local})"
-            if log_format == "json":
-                announce(line, log_format)  # one JSON event like every other line of the service
-            else:
-                sys.stdout.write(line + "\n")
-                sys.stdout.flush()
-            if on_ready is not None:
-                on_ready(handle)
+    def ready(handle: ServerHandle, connection: BrokerConnection) -> None:
+        local = f", {workers_wanted} local worker processes" if workers_wanted > 0 else ""
+        mode = "writable" if writable is not None else "read-only"
+        line = f"serving {store} ({mode}) at {handle.mount_url} (broker: {connection.description}{local})"
+        if log_format == "json":
+            announce(line, log_format)  # one JSON event like every other line of the service
+        else:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        if on_ready is not None:
+            on_ready(handle)
 
-        # Locks live in the broker's Redis: every mountd of this store (and a restarted one) sees them.
-        locks = RedisLockStorage(connection.redis_url, prefix=f"sync:dav:{root}:") if writable else True
-        # Dead properties (PROPPATCH) of a writable store live next to its locks in the broker's Redis: they
-        # survive restarts (the embedded broker keeps an append-only file) and every mountd of the store,
-        # replicas behind a load balancer included, sees the same ones.
-        properties: Any = None
-        if writable is not None:
-            properties = RedisPropertyManager(connection.redis_url, prefix=f"sync:dav:{root}:")
-        try:
-            serve(
-                settings,
-                store,
-                freshness,
-                on_ready=ready,
-                writable=writable,
-                lock_storage=locks,
-                property_store=properties,
-                users=users,
-                swaps=swaps,
-            )
-        finally:
-            for listener in listeners:
-                listener.close()
-            for running in schedulers:
-                running.close()
-            client.close()
-            listen_client.close()
-            freshness.close()
-            if workers is not None:
-                workers.stop()
+    config = MountdConfig(settings, store, writable=writable, users=users)
+    serve_with_broker(config, scheduler=scheduler, start_workers=start_workers, on_ready=ready)
     return 0

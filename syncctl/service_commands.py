@@ -175,6 +175,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     from broker.status import read_status
     from sync_format import open_archive
     from sync_format.errors import BrokerUnavailable
+    from syncctl.errors import CommandFailed, RefreshFailed
 
     settings = _settings(args)
     _, key = _store_and_key(args, settings)
@@ -203,12 +204,12 @@ def cmd_refresh(args: argparse.Namespace) -> int:
             if record is not None and record.status != "running" and record.updated_at.timestamp() >= started:
                 sys.stdout.write(f"{key}: {record.status} (generation {record.generation})\n")
                 if record.error_code:
-                    sys.stderr.write(f"error: {record.error_code}: {escape_text(record.error)}\n")
-                    return 1
+                    raise RefreshFailed(record.error_code, record.error)
                 return 0
             time.sleep(0.2)
-        sys.stderr.write(f"error: no worker finished the refresh of {key} within {args.timeout:g} s\n")
-        return 1
+        raise CommandFailed(
+            f"no worker finished the refresh of {key} within {args.timeout:g} s", code="timeout"
+        )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -269,7 +270,7 @@ def freshness_line(scope: str, summary: dict[str, Any]) -> str:
 
     Args:
         scope: The store the scheduler looks after.
-        summary: Its summary (``mountd.scheduler.FreshnessSummary.to_json``).
+        summary: Its summary (``mountd.refresh.scheduler.FreshnessSummary.to_json``).
 
     Returns:
         ``freshness STORE: N archives, E expired now, queue W waiting + F in flight (window K), refresh lag

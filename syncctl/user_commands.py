@@ -2,7 +2,7 @@
 
 ``add`` creates the file when missing (mode 0600) or replaces the user's role and password; the password is
 read from the terminal (asked twice, not echoed) or, when stdin is not a terminal, from stdin's first line,
-and only its hashes are stored (``mountd.users``). ``--digest`` also stores the HTTP digest HA1, which is
+and only its hashes are stored (``mountd.auth.users``). ``--digest`` also stores the HTTP digest HA1, which is
 password-equivalent (``docs/security.md``). ``remove`` deletes a user; ``list`` prints name, role and whether
 digest is enabled, never a hash.
 """
@@ -89,7 +89,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     Returns:
         0 once the file is written.
     """
-    from mountd.users import Role, add_user
+    from mountd.auth.users import Role, add_user
 
     password = _read_password(args.name)
     replaced = add_user(args.file, args.name, Role(args.role), password, digest=args.digest)
@@ -108,7 +108,7 @@ def cmd_user_remove(args: argparse.Namespace) -> int:
     Returns:
         0 once the file is written.
     """
-    from mountd.users import remove_user
+    from mountd.auth.users import remove_user
 
     remove_user(args.file, args.name)
     sys.stdout.write(f"removed user {args.name} from {args.file}\n")
@@ -124,7 +124,7 @@ def cmd_user_list(args: argparse.Namespace) -> int:
     Returns:
         0.
     """
-    from mountd.users import load_users
+    from mountd.auth.users import load_users
 
     table = load_users(args.file)
     rows = [

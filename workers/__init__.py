@@ -1,14 +1,14 @@
 """Everything that executes guests: the wasmtime engine and host ABI, the sandbox, and the refresh pipeline.
 
-``run_refresh`` is the one refresh path (``syncctl run`` now, the Celery task next); ``GuestSession`` is the
-reference's runtime API over the same engine and sandbox. Confinement lives in ``workers.confine``.
+``run_refresh`` is the one refresh path (``syncctl run`` and the Celery task in ``workers.tasks`` both call
+it); ``GuestSession`` is the reference's runtime API over the same engine and sandbox. Confinement lives in
+``workers.confine``. ``__all__`` lists what other packages and users use; the rest is reached through its
+module (``workers.engine``, ``workers.supervisor``, ``workers.module_cache``...).
 """
 
 from __future__ import annotations
 
-from workers.egress import Egress, EgressPolicy, HttpResult
-from workers.engine import GuestLimits, make_engine
-from workers.module_cache import ModuleCache, UnsafeCacheDirectory
+from workers.egress import Egress, HttpResult
 from workers.refresh import RefreshOutcome, execute_guest, run_refresh
 from workers.runtime import GuestRuntime
 from workers.session import (
@@ -22,13 +22,10 @@ from workers.session import (
     UpdatePayload,
     WidgetBounds,
 )
-from workers.supervisor import SandboxOutcome, run_in_sandbox
 
 __all__ = [
     "Egress",
-    "EgressPolicy",
     "GuestAction",
-    "GuestLimits",
     "GuestMode",
     "GuestPermissions",
     "GuestResponse",
@@ -36,15 +33,10 @@ __all__ = [
     "GuestRuntime",
     "GuestSession",
     "HttpResult",
-    "ModuleCache",
     "NoChange",
     "RefreshOutcome",
-    "SandboxOutcome",
-    "UnsafeCacheDirectory",
     "UpdatePayload",
     "WidgetBounds",
     "execute_guest",
-    "make_engine",
-    "run_in_sandbox",
     "run_refresh",
 ]

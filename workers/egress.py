@@ -19,8 +19,9 @@ request with the standard library's ``http.client`` (spec §7.2, §7.4; fixes §
 * Bodies are raw bytes, never decoded, and at most ``max_response_size``. A v1 request carries no body and
   no headers of the guest's; a v2 request (``request(..., headers=, body=)``) carries both, already checked by
   ``workers.guest_http``. Headers that carried an operator secret are dropped on a redirect to another
-  origin, and the body is dropped when a redirect turns the method into GET. Response headers are returned
-  with lower-case names.
+  origin, and on any hop (the first included) whose host and port the operator's binding of every secret
+  used does not match (``secret_hosts``; no binding matches nothing). The body is dropped when a redirect
+  turns the method into GET. Response headers are returned with lower-case names.
 * Nothing outlives ``deadline`` (a ``time.monotonic()`` value): DNS, connect and every read are clipped to
   the time left, and a watchdog shuts the socket down at the deadline, so a server dripping bytes cannot hold
   the parent past it.
@@ -66,6 +67,7 @@ from urllib.parse import quote, urljoin, urlsplit
 from sync_format.escape import escape_text
 from sync_format.hosts import PrivateEntry, parse_private_entry, parse_url, url_allowed
 from workers.addresses import Resolver, is_metadata_address, is_restricted_address, system_resolver
+from workers.guest_http import bound_everywhere
 
 if TYPE_CHECKING:
     from sync_format.manifest import Manifest
@@ -234,14 +236,27 @@ class _Outgoing:
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
     secret_headers: frozenset[str] = frozenset()
+    secret_hosts: tuple[tuple[str, ...], ...] = ()
 
-    def after_redirect(self, verb: str, same_origin: bool) -> _Outgoing:
-        """What is sent after a hop: no body once the method is GET or HEAD, no secrets to another origin."""
-        headers = self.headers
-        if not same_origin:
-            headers = tuple(h for h in headers if h[0].lower() not in self.secret_headers)
+    def after_redirect(
+        self, verb: str, same_origin: bool, host: str = "", port: int | None = None
+    ) -> _Outgoing:
+        """What is sent after a hop: no body once the method is GET or HEAD, no secrets to another origin
+        nor to a destination (``host``, ``port``) outside the secrets' bindings."""
         body = b"" if verb in {"GET", "HEAD"} else self.body
-        return _Outgoing(headers, body, self.secret_headers if same_origin else frozenset())
+        kept = _Outgoing(self.headers, body, self.secret_headers, self.secret_hosts)
+        return kept.bound_to(host, port) if same_origin else kept.without_secrets()
+
+    def bound_to(self, host: str, port: int | None) -> _Outgoing:
+        """These headers for a hop to ``host:port``: the secret ones only if every binding matches it."""
+        if not self.secret_headers or bound_everywhere(self.secret_hosts, host, port):
+            return self
+        return self.without_secrets()
+
+    def without_secrets(self) -> _Outgoing:
+        """The same request with every header that carried a secret left out."""
+        headers = tuple(h for h in self.headers if h[0].lower() not in self.secret_headers)
+        return _Outgoing(headers, self.body)
 
 
 class Egress:
@@ -289,6 +304,7 @@ class Egress:
         headers: tuple[tuple[str, str], ...] = (),
         body: bytes = b"",
         secret_headers: frozenset[str] = frozenset(),
+        secret_hosts: tuple[tuple[str, ...], ...] = (),
     ) -> HttpResult:
         """Perform a guest's request, following allowed redirects.
 
@@ -299,6 +315,8 @@ class Egress:
             headers: Request headers (v2), already checked by ``workers.guest_http.prepare_headers``.
             body: Request body (v2).
             secret_headers: Lower-case names of headers carrying a secret: not sent to another origin.
+            secret_hosts: The operator's binding (host patterns) of each secret used: the secret headers go
+                only to hops every binding matches; with none they go nowhere.
 
         Returns:
             The completed response, or a negative ABI code with its ``error_code``; never raises for
@@ -311,7 +329,7 @@ class Egress:
             url,
             verb,
             min(deadline, started + self._policy.request_timeout),
-            _Outgoing(headers, body, secret_headers),
+            _Outgoing(headers, body, secret_headers, secret_hosts),
         )
         if not result.completed:
             self._record_failure(result)
@@ -339,6 +357,7 @@ class Egress:
         if isinstance(checked, _Refusal):
             return _failed(checked, url, 0)
         target, hops = checked, 0
+        extra = extra.bound_to(target.host, target.port)
         while True:
             answer = self._exchange(target, verb, deadline, extra)
             if isinstance(answer, _Refusal):
@@ -363,7 +382,7 @@ class Egress:
                 target.host,
                 target.port,
             )
-            extra = extra.after_redirect(verb, same_origin)
+            extra = extra.after_redirect(verb, same_origin, checked.host, checked.port)
             target, hops = checked, hops + 1
 
     def _vet(self, url: str, deadline: float) -> _Target | _Refusal:

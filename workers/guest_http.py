@@ -8,13 +8,17 @@ Runs in the parent, which trusts nothing the child sends. A guest passes ``Name:
 * Headers the client owns (``Host``, ``Content-Length``, ``Transfer-Encoding``, ``Connection``, ...) are
   refused: the guest cannot smuggle a second request or confuse framing.
 * Secrets: a value may hold ``${NAME}`` references. NAME must be listed in the manifest's
-  ``permissions.allow_env`` *and* supplied by the operator (``SYNC_GUEST_SECRET_<NAME>``); otherwise the
-  request is refused. The value is substituted here, after the child is done with the header block, so a
-  guest never reads a secret (the archive only names it).
+  ``permissions.allow_env`` *and* supplied by the operator (``SYNC_GUEST_SECRET_<NAME>``) *and* bound by the
+  operator to the request's destination (``SYNC_GUEST_SECRET_<NAME>_HOSTS``: the URL's host and port match
+  one of its patterns); otherwise the request is refused. The archive only asks; the operator decides where
+  a secret may go, so an archive listing its own host cannot collect the secret. A secret without a binding
+  is never sent. The value is substituted here, after the child is done with the header block, so a guest
+  never reads a secret.
 * Credential headers (``Authorization``, ``Proxy-Authorization``, ``Cookie``, ``X-Api-Key``,
   ``X-Auth-Token``) are refused unless their value references a secret: credentials come from the operator,
-  never from the archive. Headers that carried a secret are reported so egress drops them on a redirect to
-  another origin.
+  never from the archive. Headers that carried a secret are reported, with the bindings of the secrets
+  used, so egress sends them only where every one of those bindings allows (and never to another origin on
+  a redirect).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from sync_format.hosts import host_allowed, parse_url
 
 #: Most request headers a guest may send.
 MAX_HEADERS = 32
@@ -60,11 +66,14 @@ class PreparedHeaders:
         headers: ``(name, value)`` pairs with secrets filled in.
         secret_names: Lower-case names of the headers that carry a secret (dropped on a cross-origin hop).
         secrets_used: The secret names referenced (for the log; never their values).
+        secret_hosts: The operator's binding of each secret used (host patterns): egress re-checks every
+            hop against all of them.
     """
 
     headers: tuple[tuple[str, str], ...]
     secret_names: frozenset[str]
     secrets_used: tuple[str, ...]
+    secret_hosts: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,7 +85,12 @@ class HeaderRefusal:
 
 
 def prepare_headers(
-    block: bytes, *, allow_env: tuple[str, ...], secrets: Mapping[str, str]
+    block: bytes,
+    *,
+    allow_env: tuple[str, ...],
+    secrets: Mapping[str, str],
+    url: str = "",
+    bindings: Mapping[str, tuple[str, ...]] | None = None,
 ) -> PreparedHeaders | HeaderRefusal:
     """Parse and check a guest's header block and substitute granted secrets.
 
@@ -84,6 +98,8 @@ def prepare_headers(
         block: The guest's raw header block.
         allow_env: The manifest's ``permissions.allow_env`` (secret names the archive may use).
         secrets: Operator-supplied secret values by name.
+        url: The request's URL: a secret is used only when its binding matches this host and port.
+        bindings: The operator's host patterns by secret name; a secret absent here is never sent.
 
     Returns:
         The headers to send, or the refusal.
@@ -96,6 +112,7 @@ def prepare_headers(
     lines = [line for line in lines if line]
     if len(lines) > MAX_HEADERS:
         return HeaderRefusal("too_many_headers", f"{len(lines)} headers, at most {MAX_HEADERS}")
+    bound = bindings or {}
     headers: list[tuple[str, str]] = []
     secret_names: set[str] = set()
     used: list[str] = []
@@ -117,6 +134,9 @@ def prepare_headers(
                 return HeaderRefusal("secret_not_granted", f"secret {ref} is not in permissions.allow_env")
             if ref not in secrets:
                 return HeaderRefusal("secret_missing", f"secret {ref} is not supplied by the operator")
+            refusal = _check_binding(ref, url, bound)
+            if refusal is not None:
+                return refusal
             used.append(ref)
         if refs:
             value = _SECRET_REF.sub(lambda m: secrets[m.group(1)], value)
@@ -126,4 +146,36 @@ def prepare_headers(
                 )
             secret_names.add(lower)
         headers.append((name, value))
-    return PreparedHeaders(tuple(headers), frozenset(secret_names), tuple(dict.fromkeys(used)))
+    names = tuple(dict.fromkeys(used))
+    return PreparedHeaders(
+        tuple(headers), frozenset(secret_names), names, tuple(tuple(bound[n]) for n in names)
+    )
+
+
+def _check_binding(name: str, url: str, bindings: Mapping[str, tuple[str, ...]]) -> HeaderRefusal | None:
+    """Refuse a secret the operator did not bind to this request's destination (fail-closed: no binding,
+    or a URL without a host a binding could match, refuses)."""
+    patterns = bindings.get(name)
+    if not patterns:
+        return HeaderRefusal(
+            "secret_not_bound", f"secret {name} is bound to no host (SYNC_GUEST_SECRET_{name}_HOSTS)"
+        )
+    target = parse_url(url)
+    if target is None or not host_allowed(target.host, patterns, target.port):
+        where = "this URL" if target is None else f"{target.host}:{target.port}"
+        return HeaderRefusal("secret_not_bound", f"secret {name} is not bound to {where}")
+    return None
+
+
+def bound_everywhere(secret_hosts: tuple[tuple[str, ...], ...], host: str, port: int | None) -> bool:
+    """Whether ``host:port`` is matched by every binding in ``secret_hosts`` (none at all matches nothing).
+
+    Args:
+        secret_hosts: The bindings (host patterns) of the secrets a request carries.
+        host: The hop's host.
+        port: The hop's port.
+
+    Returns:
+        True when the secret headers may go there.
+    """
+    return bool(secret_hosts) and all(host_allowed(host, patterns, port) for patterns in secret_hosts)

@@ -4,8 +4,9 @@ Linking offers only the ``host`` functions of ABI versions 1 and 2: any other im
 included) fails instantiation, as in the reference (spec §7.3). The entry point is ``run: () -> ()``, else
 ``_start: () -> ()``; only writes made on the ``run`` path are kept (reference §7.1 step 8), and none when
 the guest said ``unchanged``. wasmtime traps are translated here, once, into our errors: out of fuel →
-``GuestOutOfFuel``, epoch interrupt → ``GuestTimeout``, anything else → ``GuestTrap`` with wasmtime's trap
-code. This runs in the sandboxed child; the parent owns the clock.
+``GuestOutOfFuel``, anything else → ``GuestTrap`` with wasmtime's trap code. This runs in the sandboxed
+child, which has no clock of its own: no epoch deadline is configured, and the wall-clock deadline is the
+parent's, which kills the child and reports ``GuestTimeout`` (``workers.supervisor``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import wasmtime
 from wasmtime._instance import InstanceExports  # not re-exported by the package
 
-from sync_format.errors import GuestOutOfFuel, GuestTimeout, GuestTrap
+from sync_format.errors import GuestOutOfFuel, GuestTrap
 from sync_format.escape import escape_text
 from workers.engine import GuestLimits, make_store
 from workers.host_abi import I32_MAX, IMPORT_MODULE, GuestIO, HostFunctions, HostState
@@ -71,7 +72,6 @@ def run_guest(
     Raises:
         GuestTrap: Instantiation failed, no entry point, or the guest trapped.
         GuestOutOfFuel: The fuel budget ran out.
-        GuestTimeout: The epoch deadline passed.
     """
     if len(payload) > I32_MAX:
         raise GuestTrap("payload is larger than the 32-bit guest ABI can address")
@@ -141,12 +141,9 @@ def _code_name(exc: wasmtime.Trap) -> str | None:
 
 def _translate_trap(
     exc: wasmtime.Trap, limits: GuestLimits, stage: str = "guest trapped"
-) -> GuestTrap | GuestOutOfFuel | GuestTimeout:
-    code = exc.trap_code
-    if code == wasmtime.TrapCode.OUT_OF_FUEL:
+) -> GuestTrap | GuestOutOfFuel:
+    if exc.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
         return GuestOutOfFuel(f"guest used all {limits.fuel} units of fuel")
-    if code == wasmtime.TrapCode.INTERRUPT:
-        return GuestTimeout("guest passed its epoch deadline", seconds=limits.timeout_seconds)
     return GuestTrap(f"{stage}: {_code_name(exc) or _wasmtime_reason(exc)}", trap_code=_code_name(exc))
 
 

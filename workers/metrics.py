@@ -49,6 +49,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, valu
 from prometheus_client.exposition import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from broker.contract import RefreshStatus
 from sync_format.errors import SyncError
 
 log = logging.getLogger(__name__)
@@ -64,9 +65,7 @@ METRICS_SUBDIR = "worker-metrics"
 JOB_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0)
 #: Outcomes of a delivery: a ``RefreshOutcome`` status, ``skipped`` (another job holds the archive),
 #: ``rejected`` (the request could not be decoded) or ``error`` (the task raised; the code names what).
-OUTCOMES = frozenset(
-    {"committed", "unchanged", "no_update_logic", "already_fresh", "failed", "skipped", "rejected", "error"}
-)
+OUTCOMES = frozenset({*(s.value for s in RefreshStatus if s is not RefreshStatus.RUNNING), "error"})
 #: Code of a job that raised something other than a ``SyncError``.
 INTERNAL_ERROR = "internal"
 #: Gauge files of live-only modes carry the writer's pid in their name: ``gauge_livesum_<pid>.db``.

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from broker.contract import RefreshStatus
 from sync_format.builder import EMPTY_WASM
 from sync_format.errors import PolicyDenied, SwapConflict, SyncError
 from sync_format.escape import escape_text
@@ -29,11 +30,12 @@ from workers.supervisor import Grants, Requester, SandboxOutcome, run_in_sandbox
 
 log = logging.getLogger(__name__)
 
-COMMITTED = "committed"
-UNCHANGED = "unchanged"
-NO_UPDATE_LOGIC = "no_update_logic"
-ALREADY_FRESH = "already_fresh"
-FAILED = "failed"
+# The statuses a refresh ends with (``broker.contract.RefreshStatus``), named here for this module's callers.
+COMMITTED = RefreshStatus.COMMITTED
+UNCHANGED = RefreshStatus.UNCHANGED
+NO_UPDATE_LOGIC = RefreshStatus.NO_UPDATE_LOGIC
+ALREADY_FRESH = RefreshStatus.ALREADY_FRESH
+FAILED = RefreshStatus.FAILED
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class RefreshOutcome:
     """
 
     archive: Path
-    status: str
+    status: RefreshStatus
     base_generation: int
     generation: int
     error_code: str | None = None
@@ -217,7 +219,11 @@ def execute_guest(
     egress = runtime.egress_for(snap.manifest, limits)
     if allow_hosts is not None:
         egress = replace(egress, allow_hosts=allow_hosts)
-    grants = Grants(tuple(snap.manifest.permissions.allow_env), runtime.settings.guest_secrets)
+    grants = Grants(
+        tuple(snap.manifest.permissions.allow_env),
+        runtime.settings.guest_secrets,
+        runtime.settings.guest_secret_hosts,
+    )
     return run_in_sandbox(
         job, egress, heartbeat=heartbeat, resolver=runtime.resolver, grants=grants, requester=requester
     )

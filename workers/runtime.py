@@ -49,6 +49,13 @@ class GuestRuntime:
         )
         self.policy = SandboxPolicy(mode=SandboxMode(settings.sandbox))
         self.resolver = resolver
+        unbound = settings.unbound_secrets()
+        if unbound:
+            # Fail-closed, but say so once: otherwise an operator sees only -3 in some guest's status record.
+            log.warning(
+                "guest secrets unusable until bound names=%s (set SYNC_GUEST_SECRET_<NAME>_HOSTS)",
+                ",".join(unbound),
+            )
         self.seccomp_program: bytes | None
         try:
             self.seccomp_program = build_program()

@@ -140,6 +140,7 @@ class Requester(Protocol):
         headers: tuple[tuple[str, str], ...] = (),
         body: bytes = b"",
         secret_headers: frozenset[str] = frozenset(),
+        secret_hosts: tuple[tuple[str, ...], ...] = (),
     ) -> HttpResult:
         """Perform one request (see ``Egress.request``)."""
         ...
@@ -147,15 +148,18 @@ class Requester(Protocol):
 
 @dataclass(frozen=True)
 class Grants:
-    """Secrets a guest's requests may use: names the manifest grants, values the operator supplies.
+    """Secrets a guest's requests may use: names the manifest asks for, values and destinations the operator
+    supplies (a secret goes only where the operator bound it, whatever the manifest lists).
 
     Attributes:
         allow_env: The manifest's ``permissions.allow_env``.
         secrets: Operator-supplied values by name (``Settings.guest_secrets``).
+        bindings: Operator-supplied host patterns by name (``Settings.guest_secret_hosts``).
     """
 
     allow_env: tuple[str, ...] = ()
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    bindings: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def run_in_sandbox(
@@ -307,7 +311,13 @@ class _Session:
             raise ProtocolViolation(f"http request sizes {sizes!r} out of range")
         block = self.channel.recv_data(int(sizes[0] or 0), deadline)
         body = self.channel.recv_data(int(sizes[1] or 0), deadline)
-        prepared = prepare_headers(block, allow_env=self.grants.allow_env, secrets=self.grants.secrets)
+        prepared = prepare_headers(
+            block,
+            allow_env=self.grants.allow_env,
+            secrets=self.grants.secrets,
+            url=url,
+            bindings=self.grants.bindings,
+        )
         if isinstance(prepared, HeaderRefusal):
             log.warning("egress request refused error=%s reason=%s", prepared.error_code, prepared.reason)
             return HttpResult(ERR_BAD_REQUEST, error_code=prepared.error_code, reason=prepared.reason)
@@ -320,6 +330,7 @@ class _Session:
             headers=prepared.headers,
             body=body,
             secret_headers=prepared.secret_names,
+            secret_hosts=prepared.secret_hosts,
         )
         if result.status == ERR_BAD_REQUEST:  # reserved for header refusals; egress never says it
             return HttpResult(STATUS_FAILED, error_code=result.error_code, reason=result.reason)

@@ -1,14 +1,13 @@
-"""The Celery task bodies of a worker: thin shells around ``run_refresh`` and the claim protocol.
+"""The Celery task body of a worker: a thin shell over ``broker.job.RefreshJob`` and ``run_refresh``.
 
 ``register_tasks(app, settings)`` binds ``broker.contract.TASK_REFRESH`` on an app from
-``broker.make_celery_app``. One job: decode the request; *start* on the archive's claim with the request's
-token and a runner id of this execution (a claim held by another request means superseded, by another
-runner of this request a duplicate delivery: both drop out); mark the status running; run the refresh with
-a heartbeat that keeps the claim alive; write the status record; publish "swapped" on commit; then either
-schedule a retry (transient failures, ``workers.outcomes``; the claim is kept for it) or release the claim,
-recording jobs that gave up in the failed list. Each delivery is recorded once in the worker's metrics
-(``workers.metrics``) as soon as its outcome is known. The guest runtime (engine, module cache, seccomp
-program) and the metrics are built lazily once per pool process, after Celery forked it.
+``broker.make_celery_app``. One delivery: decode the request (the archive key is checked there, once);
+``RefreshJob.start`` (claim as this execution and mark running; a superseded or duplicate delivery drops
+out); run the refresh with the job's heartbeat; then one end of the job: ``retry`` (transient failures,
+``workers.outcomes``; the claim is kept for it and Celery republishes the message), ``give_up`` (recorded in
+the failed list) or ``complete`` (publishing "swapped" on commit). Each delivery is recorded once in the
+worker's metrics (``workers.metrics``) as soon as its outcome is known. The guest runtime (engine, module
+cache, seccomp program) and the metrics are built lazily once per pool process, after Celery forked it.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,18 +22,15 @@ import redis
 from celery import Celery  # type: ignore[import-untyped]
 from celery.exceptions import Reject, SoftTimeLimitExceeded  # type: ignore[import-untyped]
 
-from broker.claims import Claims
-from broker.contract import TASK_REFRESH, MalformedRecord, RefreshRequest, archive_path
-from broker.failed import FailedJob, record_failed
+from broker.contract import TASK_REFRESH, MalformedRecord, RefreshRequest, RefreshStatus, archive_path
+from broker.job import RefreshJob
 from broker.redis_client import SERVICE_CONNECT_TIMEOUT, SERVICE_SOCKET_TIMEOUT, make_redis
 from broker.retry import RetryPolicy
 from broker.settings import Settings
-from broker.status import mark_running, write_status
-from broker.swapped import publish_swapped
 from sync_format.errors import BrokerUnavailable
 from workers.metrics import JobMetrics, JobRecord
 from workers.outcomes import decide
-from workers.refresh import COMMITTED, FAILED, RefreshOutcome, run_refresh
+from workers.refresh import RefreshOutcome, run_refresh
 from workers.runtime import GuestRuntime
 
 log = logging.getLogger(__name__)
@@ -47,7 +42,7 @@ REQUEUE_MARGIN_MS = 120_000
 
 
 class WorkerState:
-    """Per-process resources of a worker: Redis client, claims, guest runtime, metrics; built on first use."""
+    """Per-process resources of a worker: Redis client, guest runtime, metrics; built on first use."""
 
     def __init__(self, settings: Settings, broker_url: str, retry: RetryPolicy) -> None:
         self.settings = settings
@@ -55,7 +50,6 @@ class WorkerState:
         self.retry = retry
         self._pid = -1
         self._client: redis.Redis | None = None
-        self._claims: Claims | None = None
         self._runtime: GuestRuntime | None = None
         self._metrics: JobMetrics | None = None
 
@@ -63,7 +57,7 @@ class WorkerState:
         # Celery forks its pool after registering tasks: never share a client or engine across processes.
         if self._pid != os.getpid():
             self._pid = os.getpid()
-            self._client = self._claims = self._runtime = self._metrics = None
+            self._client = self._runtime = self._metrics = None
 
     @property
     def client(self) -> redis.Redis:
@@ -76,14 +70,6 @@ class WorkerState:
                 connect_timeout=SERVICE_CONNECT_TIMEOUT,
             )
         return self._client
-
-    @property
-    def claims(self) -> Claims:
-        """This process's claim operations."""
-        self._check_fork()
-        if self._claims is None:
-            self._claims = Claims(self.client)
-        return self._claims
 
     @property
     def runtime(self) -> GuestRuntime:
@@ -143,7 +129,7 @@ def _requeue(
 def refresh_job(
     task: Any, payload: object, state: WorkerState, record: JobRecord | None = None
 ) -> dict[str, Any]:
-    """One delivery of a refresh job.
+    """One delivery of a refresh job: decode, then drive a ``broker.job.RefreshJob`` around ``run_refresh``.
 
     Args:
         task: The bound Celery task (``request.id``, ``request.retries``, ``request.hostname``, ``retry``).
@@ -164,55 +150,47 @@ def refresh_job(
         # Not retryable: acknowledge and drop; the error is handled (and logged) here, once.
         log.error("refresh request rejected error=%s", exc.message)  # noqa: TRY400
         if record is not None:
-            record.done("rejected", exc.code)
-        return {"status": "rejected", "error_code": exc.code, "error": exc.message}
+            record.done(RefreshStatus.REJECTED, exc.code)
+        return {"status": RefreshStatus.REJECTED, "error_code": exc.code, "error": exc.message}
     store = state.settings.store
     if store is None:
         raise BrokerUnavailable("the worker has no store (set SYNC_STORE or --store)")
-    worker = str(task.request.hostname or socket.gethostname())
-    job_id = str(task.request.id)
-    runner = f"{worker}/{os.getpid()}/{uuid.uuid4().hex}"
-    claims = state.claims
+    job = RefreshJob(
+        state.client,
+        request,
+        worker=str(task.request.hostname or socket.gethostname()),
+        job_id=str(task.request.id),
+        claim_ttl_ms=int(state.settings.running_claim_ttl * 1000),
+    )
+    retries = int(task.request.retries or 0)
     try:
         path = archive_path(store, request.archive)
     except MalformedRecord as exc:
-        return _refuse_outside_store(state, request, exc, worker=worker, job_id=job_id, record=record)
-    claim_ttl_ms = int(state.settings.running_claim_ttl * 1000)
+        return _refuse_outside_store(job, exc, record=record)
     try:
-        started = claims.start(request.archive, request.request_id, runner, claim_ttl_ms).ok
-        if started:
-            mark_running(
-                state.client,
-                request.archive,
-                generation=request.base_generation,
-                worker=worker,
-                job_id=job_id,
-            )
+        started = job.start()
     except BrokerUnavailable as exc:
-        raise _requeue(request, job_id, exc, record) from exc
+        raise _requeue(request, job.job_id, exc, record) from exc
     if not started:
-        log.info("refresh skipped archive=%s job=%s reason=claimed", request.archive, job_id)
+        log.info("refresh skipped archive=%s job=%s reason=claimed", request.archive, job.job_id)
         if record is not None:
-            record.done("skipped")
-        return {"status": "skipped", "archive": request.archive}
+            record.done(RefreshStatus.SKIPPED)
+        return {"status": RefreshStatus.SKIPPED, "archive": request.archive}
 
     def heartbeat() -> None:
         try:
-            claims.heartbeat(request.archive, request.request_id, claim_ttl_ms)
+            job.heartbeat()
         except BrokerUnavailable as exc:
-            log.warning("claim heartbeat failed archive=%s job=%s error=%s", request.archive, job_id, exc)
+            log.warning("claim heartbeat failed archive=%s job=%s error=%s", request.archive, job.job_id, exc)
 
     try:
         outcome = run_refresh(
-            path,
-            state.runtime,
-            base_generation=request.base_generation,
-            heartbeat=heartbeat,
+            path, state.runtime, base_generation=request.base_generation, heartbeat=heartbeat
         )
     except SoftTimeLimitExceeded:
         outcome = RefreshOutcome(
             path,
-            FAILED,
+            RefreshStatus.FAILED,
             request.base_generation,
             request.base_generation,
             "job_time_limit",
@@ -228,17 +206,13 @@ def refresh_job(
         # an operator sees why the payload did not move.
         doc["error_code"] = decision.reason
         doc["error"] = "the guest's source could not be reached: " + ", ".join(outcome.egress_errors)
-    write_status(state.client, request.archive, doc, worker=worker, job_id=job_id)
-    if outcome.status == COMMITTED:
-        publish_swapped(state.client, request.archive, outcome.generation)
-    retries = int(task.request.retries or 0)
     if decision.retry and state.retry.should_retry(retries):
         countdown = state.retry.delay(retries)
-        claims.requeue(request.archive, request.request_id, int(countdown * 1000) + REQUEUE_MARGIN_MS)
+        job.retry(doc, hold_ms=int(countdown * 1000) + REQUEUE_MARGIN_MS)
         log.info(
             "refresh retry archive=%s job=%s reason=%s countdown_s=%.1f",
             request.archive,
-            job_id,
+            job.job_id,
             decision.reason,
             countdown,
         )
@@ -246,53 +220,29 @@ def refresh_job(
     if not outcome.ok or decision.retry:
         # A job gives up on a failure, and on a retryable outcome whose retries are used up even when it is
         # not a failure by status (an unreachable source and no new payload ends "unchanged").
-        failed = FailedJob(
-            request=request,
-            error_code=doc["error_code"],
-            error=doc["error"],
-            worker=worker,
-            job_id=job_id,
-            attempts=retries + 1,
-            failed_at=datetime.now(UTC),
-        )
-        record_failed(state.client, failed)
-    claims.release(request.archive, request.request_id)
+        job.give_up(doc, job.failed_entry(doc, attempts=retries + 1, at=datetime.now(UTC)))
+    else:
+        job.complete(doc)
     return doc
 
 
 def _refuse_outside_store(
-    state: WorkerState,
-    request: RefreshRequest,
-    exc: MalformedRecord,
-    *,
-    worker: str,
-    job_id: str,
-    record: JobRecord | None,
+    job: RefreshJob, exc: MalformedRecord, *, record: JobRecord | None
 ) -> dict[str, Any]:
     """A key that leads outside the store (a symlinked directory): nothing runs; the failure is recorded
     in the archive's status and the failed list, and the producer's claim is released."""
-    log.error("refresh refused archive=%s job=%s error=%s", request.archive, job_id, exc.message)
-    doc = {
+    request = job.request
+    log.error("refresh refused archive=%s job=%s error=%s", request.archive, job.job_id, exc.message)
+    doc: dict[str, Any] = {
         "archive": request.archive,
-        "status": FAILED,
+        "status": RefreshStatus.FAILED,
         "base_generation": request.base_generation,
         "generation": request.base_generation,
         "error_code": OUTSIDE_STORE,
         "error": exc.message,
         "duration_ms": 0.0,
     }
-    write_status(state.client, request.archive, doc, worker=worker, job_id=job_id)
-    failed = FailedJob(
-        request=request,
-        error_code=OUTSIDE_STORE,
-        error=exc.message,
-        worker=worker,
-        job_id=job_id,
-        attempts=1,
-        failed_at=datetime.now(UTC),
-    )
-    record_failed(state.client, failed)
-    state.claims.release(request.archive, request.request_id)
+    job.give_up(doc, job.failed_entry(doc, attempts=1, at=datetime.now(UTC)))
     if record is not None:
-        record.done(FAILED, OUTSIDE_STORE)
+        record.done(RefreshStatus.FAILED, OUTSIDE_STORE)
     return doc

@@ -14,19 +14,17 @@ import sys
 from typing import Any
 
 from broker import (
-    RUNNING_CLAIM_TTL_MS,
     SERVICE_CONNECT_TIMEOUT,
     SERVICE_SOCKET_TIMEOUT,
     TASK_REFRESH,
-    Claims,
     RefreshRequest,
     Settings,
     make_celery_app,
     make_redis,
-    mark_running,
-    publish_swapped,
-    write_status,
 )
+from broker.claims import RUNNING_CLAIM_TTL_MS, Claims
+from broker.status import mark_running, write_status
+from broker.swapped import publish_swapped
 
 
 def main(argv: list[str]) -> None:

@@ -17,9 +17,8 @@ from broker import (
     SettingsError,
     job_time_limits,
     make_celery_app,
-    visibility_timeout,
 )
-from broker.celery_app import HARD_LIMIT_MARGIN, SOFT_LIMIT_MARGIN, guest_budget
+from broker.celery_app import HARD_LIMIT_MARGIN, SOFT_LIMIT_MARGIN, guest_budget, visibility_timeout
 from broker.claims import RUNNING_CLAIM_TTL_MS
 
 

@@ -6,8 +6,8 @@ import pytest
 import redis
 from redis_server import wait_for
 
-from broker import MalformedRecord, claim_key
-from broker.claims import Claims
+from broker import MalformedRecord
+from broker.claims import Claims, claim_key
 
 ARCHIVE = "reports/a.csv.sync"
 

@@ -9,16 +9,8 @@ from typing import Any
 
 import pytest
 
-from broker import (
-    QUEUE_REFRESH,
-    TASK_REFRESH,
-    MalformedRecord,
-    RefreshRequest,
-    archive_key,
-    archive_path,
-    validate_archive_key,
-)
-from broker.contract import KEY_PREFIX, format_time, parse_time
+from broker import QUEUE_REFRESH, TASK_REFRESH, MalformedRecord, RefreshRequest, archive_key, archive_path
+from broker.contract import KEY_PREFIX, format_time, parse_time, validate_archive_key
 
 MOMENT = datetime(2025, 3, 1, 12, 30, 45, 123456, tzinfo=UTC)
 

@@ -28,13 +28,13 @@ from broker import (
     EmbeddedRedis,
     RefreshRequest,
     Settings,
-    SwappedEvent,
     SwappedSubscription,
     find_redis_server,
     make_celery_app,
     make_redis,
 )
 from broker.embedded import LOCK_NAME, PID_NAME, SOCKET_NAME, UnsafeBrokerDirectory
+from broker.swapped import SwappedEvent
 from sync_format.errors import BrokerUnavailable
 
 HERE = Path(__file__).resolve().parent

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
-from broker import FailedJob, MalformedRecord, RefreshRequest, list_failed, record_failed
+from broker import FailedJob, MalformedRecord, RefreshRequest, list_failed
 from broker.contract import FAILED_KEY
-from broker.failed import FAILED_LENGTH
+from broker.failed import FAILED_LENGTH, record_failed
 
 NOW = datetime(2025, 5, 1, tzinfo=UTC)
 

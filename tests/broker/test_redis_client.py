@@ -8,17 +8,8 @@ from pathlib import Path
 import pytest
 from redis_server import RedisServer
 
-from broker import (
-    PRODUCER_CONNECT_TIMEOUT,
-    PRODUCER_SOCKET_TIMEOUT,
-    SettingsError,
-    make_redis,
-    ping,
-    redact_url,
-    to_celery_url,
-    to_redis_url,
-)
-from broker.redis_client import client_location
+from broker import PRODUCER_CONNECT_TIMEOUT, PRODUCER_SOCKET_TIMEOUT, SettingsError, make_redis, ping
+from broker.redis_client import client_location, redact_url, to_celery_url, to_redis_url
 from sync_format.errors import BrokerUnavailable
 
 

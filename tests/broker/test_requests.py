@@ -20,15 +20,11 @@ from redis_server import RedisServer, free_port, wait_for
 from broker import (
     PRODUCER_CONNECT_TIMEOUT,
     PRODUCER_SOCKET_TIMEOUT,
-    Claims,
     PendingRefreshes,
     RefreshRequest,
     RequestResult,
     Settings,
-    SwappedEvent,
     SwappedSubscription,
-    TimeLimits,
-    WantedRefresh,
     list_status,
     make_celery_app,
     make_redis,
@@ -36,6 +32,10 @@ from broker import (
     replay_pending,
     request_refresh,
 )
+from broker.celery_app import TimeLimits
+from broker.claims import Claims
+from broker.requests import WantedRefresh
+from broker.swapped import SwappedEvent
 
 HERE = Path(__file__).resolve().parent
 Worker = subprocess.Popen[bytes]

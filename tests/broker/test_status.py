@@ -10,17 +10,8 @@ import pytest
 import redis
 from redis_server import RedisServer
 
-from broker import (
-    MalformedRecord,
-    forget_status,
-    list_status,
-    make_redis,
-    mark_running,
-    read_history,
-    read_status,
-    write_status,
-)
-from broker.status import HISTORY_LENGTH, RUNNING, history_key, status_key
+from broker import MalformedRecord, forget_status, list_status, make_redis, read_history, read_status
+from broker.status import HISTORY_LENGTH, RUNNING, history_key, mark_running, status_key, write_status
 from sync_format.errors import BrokerUnavailable
 
 NOW = datetime(2025, 5, 1, 10, 0, 0, tzinfo=UTC)

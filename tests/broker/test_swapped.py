@@ -8,14 +8,9 @@ import pytest
 import redis
 from redis_server import RedisServer
 
-from broker import (
-    SWAPPED_CHANNEL,
-    MalformedRecord,
-    SwappedEvent,
-    SwappedSubscription,
-    make_redis,
-    publish_swapped,
-)
+from broker import MalformedRecord, SwappedSubscription, make_redis
+from broker.contract import SWAPPED_CHANNEL
+from broker.swapped import SwappedEvent, publish_swapped
 from sync_format.errors import BrokerUnavailable
 
 

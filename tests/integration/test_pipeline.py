@@ -51,8 +51,6 @@ from pipeline_harness import (
 from redis_server import RedisServer, free_port, wait_for
 
 from broker import (
-    QUEUED_CLAIM_TTL_MS,
-    Claims,
     PendingRefreshes,
     RefreshRequest,
     RequestResult,
@@ -66,6 +64,7 @@ from broker import (
     replay_pending,
     request_refresh,
 )
+from broker.claims import QUEUED_CLAIM_TTL_MS, Claims
 from broker.contract import QUEUE_REFRESH, TASK_REFRESH
 
 #: Concurrent requests of the burst test.

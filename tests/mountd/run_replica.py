@@ -13,8 +13,8 @@ from pathlib import Path
 
 from broker import Settings
 from mountd import ServerHandle, serve
-from mountd.locks import RedisLockStorage
-from mountd.write_policy import WritePolicy
+from mountd.writable.locks import RedisLockStorage
+from mountd.writable.policy import WritePolicy
 
 
 def main() -> int:
@@ -23,7 +23,7 @@ def main() -> int:
     store, url = Path(sys.argv[1]), sys.argv[2]
     prefix = f"sync:dav:{store}:"
     try:
-        from mountd.properties import RedisPropertyManager
+        from mountd.writable.properties import RedisPropertyManager
 
         properties: object = RedisPropertyManager(url, prefix=prefix)
     except ImportError:  # before shared properties existed: each replica keeps its own, in memory

@@ -31,14 +31,12 @@ from mountd import (
     UsersFileError,
     UserTable,
     add_user,
-    auth_config,
     load_users,
-    may_write,
-    parse_users,
     remove_user,
-    role_of,
     serve_background,
 )
+from mountd.auth.access import auth_config, may_write, role_of
+from mountd.auth.users import parse_users
 from mountd.server import SELECTOR_INTERVAL
 from sync_format import BuildResult
 from sync_format.testing import make_manifest

@@ -14,7 +14,7 @@ from store_manifests import EXPIRED, NEVER_EXPIRES, csv_manifest
 
 from broker import Settings
 from mountd import ServerHandle, serve_background
-from mountd.browser import accepts_html, format_duration, format_size
+from mountd.http.browser import accepts_html, format_duration, format_size
 from sync_format import BuildResult, commit_payload
 from sync_format.testing import make_archive, make_manifest
 

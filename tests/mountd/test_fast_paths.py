@@ -19,7 +19,7 @@ import pytest
 from dav_client import PROPFIND_ALL, Response, request
 from store_manifests import EXPIRED, csv_manifest
 
-import mountd.fast_propfind
+import mountd.http.fast_propfind
 from broker import Settings
 from mountd import Role, ServerHandle, add_user, load_users, serve_background
 from sync_format import BuildResult, commit_payload
@@ -149,13 +149,13 @@ def test_fast_propfind_answers_as_wsgidav(
 ) -> None:
     """PROPFIND without a body answers byte for byte what wsgidav answers for an explicit allprop."""
     documents: list[str] = []
-    original = mountd.fast_propfind._folder_response
+    original = mountd.http.fast_propfind._folder_response
 
     def spy(*args: Any) -> str:
         documents.append(args[0])
         return original(*args)
 
-    monkeypatch.setattr(mountd.fast_propfind, "_folder_response", spy)
+    monkeypatch.setattr(mountd.http.fast_propfind, "_folder_response", spy)
     fast, slow = _fast_and_slow_propfind(url, path, depth)
     assert documents, "the request without a body should be answered by FastPropfind"
     assert len(documents) == len(set(documents))

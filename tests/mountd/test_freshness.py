@@ -20,12 +20,12 @@ from broker import (
     QUEUE_REFRESH,
     SERVICE_CONNECT_TIMEOUT,
     SERVICE_SOCKET_TIMEOUT,
-    Claims,
     RefreshRequest,
     Settings,
     make_celery_app,
     make_redis,
 )
+from broker.claims import Claims
 from broker.connection import BrokerConnection
 from mountd import BrokerFreshness, ServerHandle, serve_background
 from sync_format import BuildResult, commit_payload
@@ -70,7 +70,7 @@ def test_a_failing_hook_never_fails_the_read(
     """When the hook raises, the GET still answers the bytes and the failure is logged with its traceback."""
     add_archive("reports/daily.txt.sync", b"stale bytes", manifest=EXPIRED)
     with (
-        caplog.at_level("ERROR", logger="mountd.provider"),
+        caplog.at_level("ERROR", logger="mountd.dav.provider"),
         serve_background(Settings(port=0), store, FailingHook()) as handle,
     ):
         resp = get(handle.mount_url, "/reports/daily.txt")

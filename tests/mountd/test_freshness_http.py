@@ -1,4 +1,5 @@
-"""HTTP freshness (``mountd.freshness_http``): every GET and HEAD of an archive says how fresh it is (Age,
+"""HTTP freshness (``mountd.http.freshness_headers``): every GET and HEAD of an archive says how fresh it is
+(Age,
 Cache-Control, Expires, Sync-Stale) on both GET paths; a reader asking for fresh data (no-cache, max-age=0,
 min-fresh) of an expired or nearly expired archive waits, bounded, for the refresh and gets the new
 generation, or past the bound the old one marked stale; max-stale accepts stale data without waiting."""
@@ -16,8 +17,10 @@ from recording_hook import RecordingHook
 
 from broker import Settings
 from mountd import ArchiveFacts, ServerHandle, serve_background
-from mountd.freshness_http import (
+from mountd.http.freshness_headers import (
+    MAX_WAITING_READS,
     CacheDirectives,
+    SwapWaiters,
     freshness_headers,
     needs_fresh,
     parse_directives,
@@ -221,3 +224,37 @@ def test_past_the_bound_the_old_generation_is_served_marked_stale(
     assert (resp.status, resp.body, resp.header("sync-stale")) == (200, b"old", "true")
     assert hook.calls
     assert hook.calls[0][:2] == ("a.txt.sync", 0)
+
+
+def test_readers_asking_for_fresh_data_cannot_hold_every_thread(store: Path, hook: RecordingHook) -> None:
+    """Nobody refreshes and the bound is long: once ``MAX_WAITING_READS`` readers wait, the next
+    ``no-cache`` reader is answered at once with the old data marked stale, while the others still wait
+    (each waiting read holds one of the server's threads)."""
+    from redis_server import wait_for
+
+    for n in range(MAX_WAITING_READS + 1):
+        build(store, ttl=60, age=120, name=f"a{n}.txt.sync")
+    swaps = SwapWaiters()
+    settings = Settings(host="127.0.0.1", port=0, fresh_wait=60)
+    with serve_background(settings, store, hook, swaps=swaps) as server:
+        answers: list[Response] = []
+
+        def read(n: int) -> None:
+            answers.append(
+                request(server.mount_url, "GET", f"/a{n}.txt", headers={"Cache-Control": "no-cache"})
+            )
+
+        waiting = [threading.Thread(target=read, args=(n,)) for n in range(MAX_WAITING_READS)]
+        for thread in waiting:
+            thread.start()
+        wait_for(lambda: swaps.waiting == MAX_WAITING_READS, 10, what="every slot taken")
+        last = request(
+            server.mount_url, "GET", f"/a{MAX_WAITING_READS}.txt", headers={"Cache-Control": "no-cache"}
+        )
+        assert (last.status, last.body, last.header("sync-stale")) == (200, b"old", "true")
+        assert swaps.waiting == MAX_WAITING_READS  # the others were still waiting when it was answered
+        for n in range(MAX_WAITING_READS):  # a commit wakes them
+            commit_payload(store / f"a{n}.txt.sync", expected_generation=0, staged=b"new")
+        for thread in waiting:
+            thread.join(timeout=30)
+    assert sorted(a.body for a in answers) == [b"new"] * MAX_WAITING_READS

@@ -17,8 +17,8 @@ from store_manifests import csv_manifest
 
 from broker import Settings
 from mountd import ServerHandle, serve_background
-from mountd.users import Role, UserTable, add_user, load_users
-from mountd.write_policy import WritePolicy
+from mountd.auth.users import Role, UserTable, add_user, load_users
+from mountd.writable.policy import WritePolicy
 from sync_format import BuildResult, OwnershipSection
 
 AddArchive = Callable[..., BuildResult]

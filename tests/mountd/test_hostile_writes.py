@@ -13,7 +13,7 @@ from store_manifests import csv_manifest
 
 from broker import Settings
 from mountd import serve_background
-from mountd.write_policy import WritePolicy
+from mountd.writable.policy import WritePolicy
 from sync_format import BuildResult, open_archive
 
 AddArchive = Callable[..., BuildResult]

@@ -66,7 +66,7 @@ def test_unreadable_archive_is_opened_and_logged_once_per_version(
     """A malformed archive is opened and logged once; when it is replaced by a valid one it shows up."""
     (store / "bad.txt.sync").write_bytes(b"PK\x03\x04 but not really")
     index = ArchiveIndex()
-    with caplog.at_level("WARNING", logger="mountd.index"):
+    with caplog.at_level("WARNING", logger="mountd.dav.index"):
         for _ in range(3):
             assert dict(index.list_directory(store).archives) == {}
     assert len([r for r in caplog.records if "unreadable" in r.getMessage()]) == 1
@@ -78,7 +78,7 @@ def test_unreadable_archive_is_opened_and_logged_once_per_version(
 def test_an_unreadable_directory_lists_as_empty(store: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A directory that cannot be scanned (here: gone) lists as empty instead of failing the request."""
     index = ArchiveIndex()
-    with caplog.at_level("WARNING", logger="mountd.index"):
+    with caplog.at_level("WARNING", logger="mountd.dav.index"):
         listing = index.list_directory(store / "missing")
     assert (listing.folders, dict(listing.archives)) == ((), {})
     assert any("directory unreadable" in r.getMessage() for r in caplog.records)

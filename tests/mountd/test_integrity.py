@@ -60,7 +60,7 @@ def test_a_corrupt_payload_is_logged_counted_and_marked(
     _corrupt(store / "bad.csv.sync")
     url = server.mount_url
     before = _metric(url)
-    with caplog.at_level(logging.ERROR, logger="mountd.integrity"):
+    with caplog.at_level(logging.ERROR, logger="mountd.dav.integrity"):
         assert get(url, "/bad.csv").status == 500
         assert get(url, "/bad.csv").status == 500
         assert get(url, "/good.csv").status == 200

@@ -9,7 +9,7 @@ import pytest
 from dav_client import get, names, propfind, request
 from store_manifests import EXPIRED, csv_manifest
 
-import mountd.resources
+import mountd.dav.resources
 from mountd import PROP_EXPIRED, PROP_EXPIRES_AT, PROP_GENERATION, PROP_TTL, ServerHandle
 from sync_format import BuildResult, commit_payload
 from sync_format.testing import make_manifest
@@ -70,7 +70,7 @@ def test_colliding_display_names_show_one_archive_deterministically(
     add_archive("x.tar.sync", b"second", manifest=make_manifest(display_ext="gz", ttl=2**62))  # x.tar.gz
     add_archive("dir.txt/inside.txt.sync")
     add_archive("dir.sync", b"hidden by the folder")  # dir.txt, same as the folder
-    with caplog.at_level("WARNING", logger="mountd.index"):
+    with caplog.at_level("WARNING", logger="mountd.dav.index"):
         first = names(propfind(url, "/"))
         second = names(propfind(url, "/"))
     assert first == second == ["data.txt", "dir.txt/", "x.tar.gz"]
@@ -89,13 +89,13 @@ def test_propfind_twice_over_200_archives_opens_each_once(
     for i in range(200):
         add_archive(f"a{i:03d}.txt.sync", f"payload {i}".encode())
     resource_opens: list[Path] = []
-    original = mountd.resources.open_archive
+    original = mountd.dav.resources.open_archive
 
     def counting(path: Path) -> object:
         resource_opens.append(path)
         return original(path)
 
-    monkeypatch.setattr(mountd.resources, "open_archive", counting)
+    monkeypatch.setattr(mountd.dav.resources, "open_archive", counting)
     assert len(names(propfind(url, "/"))) == 200
     assert server.provider.index.stats.opens == 200
     assert len(names(propfind(url, "/"))) == 200

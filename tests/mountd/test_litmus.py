@@ -14,7 +14,7 @@ from recording_hook import RecordingHook
 
 from broker import Settings
 from mountd import serve_background
-from mountd.write_policy import WritePolicy
+from mountd.writable.policy import WritePolicy
 
 #: The suites litmus runs by default, and how many tests each has (0.13).
 SUITES = {"basic": 16, "copymove": 13, "props": 30, "locks": 41, "http": 4}

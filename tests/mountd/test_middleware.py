@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from mountd import RequestGuard, RequestScope, host_names, on_request_end
-from mountd.middleware import path_problem
+from mountd.http.middleware import RequestGuard, RequestScope, host_names, on_request_end, path_problem
 
 
 def ok_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:

@@ -22,15 +22,14 @@ from mountd import (
     HEALTH_PATH,
     METRICS_PATH,
     BrokerFreshness,
-    MountdMetrics,
     NullFreshness,
-    OpsEndpoints,
     ServerHandle,
-    check_health,
-    record_bytes,
     serve_background,
 )
-from mountd.scheduler import RefreshScheduler
+from mountd.ops.endpoints import OpsEndpoints, check_health
+from mountd.ops.metrics import MountdMetrics, record_bytes
+from mountd.refresh.hooks import observe
+from mountd.refresh.scheduler import RefreshScheduler
 from sync_format import EMPTY_WASM, BuildResult, commit_payload
 from sync_format.testing import make_archive
 
@@ -218,7 +217,7 @@ def test_refresh_requests_are_counted_by_result(
 
 def test_check_health_names_no_broker_for_hooks_without_one(store: Path) -> None:
     """A hook that is not broker-backed makes the broker field none."""
-    assert check_health(store, RecordingHook()).broker == "none"
+    assert check_health(store, observe(RecordingHook()).broker_health).broker == "none"
 
 
 def test_record_bytes_counts_bytes_sent_outside_the_iterable(store: Path) -> None:
@@ -229,8 +228,9 @@ def test_record_bytes_counts_bytes_sent_outside_the_iterable(store: Path) -> Non
         record_bytes(environ, 4096)
         return []
 
-    metrics = MountdMetrics(NullFreshness())
-    app = OpsEndpoints(sendfile_app, metrics, lambda: check_health(store, NullFreshness()))
+    hook = NullFreshness()
+    metrics = MountdMetrics(lambda: hook.counts)
+    app = OpsEndpoints(sendfile_app, metrics, lambda: check_health(store, hook.broker_health))
     statuses: list[str] = []
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/big.txt"}
     body = app(environ, lambda status, headers, exc_info=None: statuses.append(status))

@@ -144,7 +144,7 @@ def test_malformed_archives_are_left_out_and_do_not_stop_the_server(
     (store / "x.sync").write_bytes(bytes(range(256)) * 8)
     whole = add_archive("trunc.txt.sync", b"z" * 5000).path.read_bytes()
     (store / "trunc.txt.sync").write_bytes(whole[: len(whole) // 2])
-    with caplog.at_level("WARNING", logger="mountd.index"):
+    with caplog.at_level("WARNING", logger="mountd.dav.index"):
         assert names(propfind(url, "/")) == ["report.csv"]
         assert names(propfind(url, "/")) == ["report.csv"]
         broken = get(url, "/x")

@@ -19,7 +19,7 @@ from redis_server import wait_for
 
 from broker.swapped import SwappedEvent
 from mountd import ArchiveFacts, ArchiveIndex
-from mountd.scheduler import (
+from mountd.refresh.scheduler import (
     MAX_RETRY_BACKOFF,
     NS_PER_SECOND,
     RETRY_BACKOFF,
@@ -205,7 +205,7 @@ def test_the_walk_follows_folders_and_skips_what_listings_skip(
     os.symlink(store / "a", store / "linked-folder")
     (store / "broken.txt.sync").write_bytes(b"not a zip")
     scheduler = make_scheduler()
-    with caplog.at_level(logging.WARNING, logger="mountd.index"):
+    with caplog.at_level(logging.WARNING, logger="mountd.dav.index"):
         scheduler.scan()
         scheduler.scan()
     assert hook.calls == [("a/b/deep.txt.sync", 0, 5)]
@@ -238,7 +238,7 @@ def test_a_failing_hook_is_logged_and_not_called_in_a_loop(
     add(store, "x.txt.sync", ttl=60)
     add(store, "y.txt.sync", ttl=60)
     scheduler = RefreshScheduler(store, FailingHook(), ArchiveIndex(), clock=clock)
-    with caplog.at_level(logging.ERROR, logger="mountd.scheduler"):
+    with caplog.at_level(logging.ERROR, logger="mountd.refresh.scheduler"):
         first = scheduler.scan()
         second = scheduler.scan()
     assert (first.archives, first.requested, second.requested) == (2, 0, 0)

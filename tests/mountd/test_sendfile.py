@@ -1,4 +1,5 @@
-"""The payload write path (``mountd.sendfile``): exact bodies over sendfile and the copy path, HTTP intact.
+"""The payload write path (``mountd.http.sendfile``): exact bodies over sendfile and the copy path, HTTP
+intact.
 
 Every test runs against a real server from ``serve_background`` on a free port, once with ``os.sendfile``
 and once with the copy path forced (``sendfile=False``, what TLS gets), through real sockets. Which path
@@ -20,7 +21,8 @@ from recording_hook import RecordingHook
 from redis_server import wait_for
 
 from broker import Settings
-from mountd import BLOCK_SIZE, ServerHandle, direct_bytes, serve_background
+from mountd import BLOCK_SIZE, ServerHandle, serve_background
+from mountd.http.sendfile import direct_bytes
 from sync_format import BuildResult, commit_payload
 
 AddArchive = Callable[..., BuildResult]
@@ -30,7 +32,7 @@ BIG = os.urandom(5 * 1024 * 1024 + 12345)
 HUGE_MIB = 32
 #: Receive buffer of the slow client in the swap test, in bytes.
 SLOW_RCVBUF = 64 * 1024
-LOGGER = "mountd.sendfile"
+LOGGER = "mountd.http.sendfile"
 
 
 @pytest.fixture(params=[True, False], ids=["sendfile", "copy"])

@@ -14,7 +14,7 @@ from redis_server import RedisServer, wait_for
 from broker import SERVICE_CONNECT_TIMEOUT, SERVICE_SOCKET_TIMEOUT, make_redis
 from broker.swapped import SwappedEvent, publish_swapped
 from mountd import ArchiveFacts, ArchiveIndex
-from mountd.swap_listener import SwapListener
+from mountd.refresh.swap_listener import SwapListener
 from sync_format import commit_payload
 from sync_format.testing import make_archive
 

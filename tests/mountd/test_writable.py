@@ -19,9 +19,9 @@ from store_manifests import csv_manifest
 
 from broker import Settings
 from mountd import ServerHandle, serve_background
-from mountd.locks import RedisLockStorage
-from mountd.users import Role, add_user, load_users
-from mountd.write_policy import WritePolicy
+from mountd.auth.users import Role, add_user, load_users
+from mountd.writable.locks import RedisLockStorage
+from mountd.writable.policy import WritePolicy
 from sync_format import EMPTY_WASM, BuildResult, OwnershipSection, commit_payload, open_archive
 from sync_format.atomic import is_temp_name
 
@@ -318,7 +318,7 @@ def test_only_owners_write_when_users_log_in(tmp_path: Path, store: Path, hook: 
 
 def test_writable_root_sweeps_abandoned_temp_files(store: Path) -> None:
     """Starting a writable server removes temp files a crashed upload left behind, not recent ones."""
-    from mountd.server import writable_root
+    from mountd.app import writable_root
     from sync_format.atomic import create_temp
 
     abandoned, handle = create_temp(store / "report.csv.sync")
@@ -374,3 +374,23 @@ def test_conditional_put_fails_when_a_refresh_committed_meanwhile(
         assert snapshot.generation == 1
         assert snapshot.read_payload() == b"refreshed\n"
     assert leftovers(store) == []
+
+
+def test_a_browser_gets_the_folder_view_of_a_writable_store(wurl: str) -> None:
+    """The browser view (``mountd.http.browser``) answers for a writable store's folders too."""
+    assert put(wurl, "/report.csv", CSV) == 201
+    response = request(wurl, "GET", "/", headers={"Accept": "text/html"})
+    assert response.status == 200
+    assert response.header("content-type") == "text/html; charset=utf-8"
+    assert b"report.csv" in response.body
+
+
+def test_two_ranges_of_a_writable_archive_get_multipart_byteranges(wurl: str) -> None:
+    """Several ranges of a writable store's archive get one 206 multipart/byteranges, as read-only ones do."""
+    body = bytes(range(256)) * 4
+    assert put(wurl, "/blob.bin", body) == 201
+    response = request(wurl, "GET", "/blob.bin", headers={"Range": "bytes=0-9,100-109"})
+    assert response.status == 206
+    assert (response.header("content-type") or "").startswith("multipart/byteranges")
+    assert body[0:10] in response.body
+    assert body[100:110] in response.body

@@ -369,6 +369,27 @@ def test_examples_against_their_fixtures(
         assert "unchanged (the guest said so)" in again.stdout
 
 
+def test_guest_test_keeps_the_operator_binding_of_a_real_secret(
+    examples: dict[str, bytes], tmp_path: Path, cache_dir: Path
+) -> None:
+    """``guest test --allow-env`` binds a placeholder to the fixtures' hosts, but a real secret from the
+    environment keeps the operator's binding, as in production: unbound, the request is refused."""
+    wasm = tmp_path / "guest.wasm"
+    wasm.write_bytes(examples["json-to-csv"])
+    folder = EXAMPLES / "json-to-csv"
+    args = ["guest", "test", str(wasm), "--context", str(folder / "context.json")]
+    args += ["--fixtures", str(folder / "fixtures.json"), "--allow-env", "API_TOKEN"]
+    env = {"SYNC_CACHE_DIR": str(cache_dir), "SYNC_GUEST_SECRET_API_TOKEN": "real-t0k"}
+    refused = syncctl(*args, env=env)
+    assert refused.returncode == 1
+    assert "error=secret_not_bound" in refused.stderr
+    assert "requests: 0" in refused.stdout
+    bound = syncctl(*args, env={**env, "SYNC_GUEST_SECRET_API_TOKEN_HOSTS": "api.example.org:443"})
+    assert bound.returncode == 0, bound.stdout + bound.stderr
+    assert "Authorization: (from an operator secret)" in bound.stdout
+    assert "real-t0k" not in bound.stdout + bound.stderr
+
+
 # Real refreshes with `syncctl run` against servers in network namespaces
 
 FEED_ATOM = b"""<?xml version="1.0" encoding="utf-8"?>
@@ -398,10 +419,16 @@ def source() -> Iterator[ServedHost]:
 
 
 def refresh(
-    tmp_path: Path, cache_dir: Path, wasm: bytes, context: dict[str, str], host: ServedHost, *extra: str
+    tmp_path: Path,
+    cache_dir: Path,
+    wasm: bytes,
+    context: dict[str, str],
+    host: ServedHost,
+    *extra: str,
+    bind: str | None = None,
 ) -> tuple[dict[str, object], bytes, int]:
     """Pack an archive with this guest and context, refresh it once with ``syncctl run``; outcome, payload,
-    generation."""
+    generation. The operator supplies ``API_TOKEN`` (``t0k``) bound to ``bind`` (default: ``host``)."""
     (tmp_path / "guest.wasm").write_bytes(wasm)
     (tmp_path / "context.json").write_text(json.dumps(context))
     (tmp_path / "seed").write_bytes(b"")
@@ -422,8 +449,10 @@ def refresh(
         )
         assert packed.returncode == 0, packed.stderr
     env = {"SYNC_CACHE_DIR": str(cache_dir), "SYNC_EGRESS_ALLOW_PRIVATE": ALLOW_PRIVATE}
-    done = syncctl("run", str(archive), "--json", env={**env, "SYNC_GUEST_SECRET_API_TOKEN": "t0k"})
-    assert done.returncode == 0, done.stdout + done.stderr
+    env |= {"SYNC_GUEST_SECRET_API_TOKEN": "t0k", "SYNC_GUEST_SECRET_API_TOKEN_HOSTS": bind or host.address}
+    done = syncctl("run", str(archive), "--json", env=env)
+    if bind is None:
+        assert done.returncode == 0, done.stdout + done.stderr
     with open_archive(archive) as snap:
         return json.loads(done.stdout), snap.read_payload(), snap.generation
 
@@ -489,6 +518,29 @@ def test_json_to_csv_example_sends_the_operator_secret(
     assert outcome["guest_log"] == ["2 rows"]
     sent = [r for r in source.requests() if r["path"] == "/cities"][-1]
     assert sent["headers"]["Authorization"] == "Bearer t0k"
+
+
+def test_json_to_csv_example_gets_no_secret_where_the_operator_did_not_bind_it(
+    examples: dict[str, bytes], source: ServedHost, tmp_path: Path, cache_dir: Path
+) -> None:
+    """The archive lists ``API_TOKEN`` and its own host, but the operator bound the token to another host:
+    the request is refused in the parent (``secret_not_bound``), the source never sees a request, and the
+    refresh commits nothing."""
+    context = {"url": source.url("/cities"), "columns": "city,t", "auth": "bearer"}
+    before = len(source.requests())
+    outcome, _, generation = refresh(
+        tmp_path,
+        cache_dir,
+        examples["json-to-csv"],
+        context,
+        source,
+        "--allow-env",
+        "API_TOKEN",
+        bind="api.example.com:443",
+    )
+    assert outcome["egress_errors"] == ["secret_not_bound"]
+    assert generation == 0
+    assert len(source.requests()) == before
 
 
 def test_feed_example_reads_atom(

@@ -71,12 +71,6 @@ def program() -> bytes:
     return build_program()
 
 
-@pytest.fixture(scope="module")
-def thread_program() -> bytes:
-    """The seccomp program that lets the child start threads, built once in the parent."""
-    return build_program(allow_threads=True)
-
-
 def in_child(
     body: Callable[[Any], Any],
     *,
@@ -501,12 +495,6 @@ def test_threads_are_refused_by_default(program: bytes) -> None:
     answer = in_child(lambda _: _start_thread_then_fork(), layers=FULL, program=program)
     assert answer["result"]["thread"].startswith("refused")
     assert answer["result"]["fork"] == errno.EPERM
-
-
-def test_threads_allowed_but_not_processes(thread_program: bytes) -> None:
-    """With ``allow_threads`` a fully confined child can run a thread, but fork still fails with EPERM."""
-    answer = in_child(lambda _: _start_thread_then_fork(), layers=FULL, program=thread_program)
-    assert answer["result"] == {"thread": "ran", "fork": errno.EPERM}
 
 
 def test_unavailable_layers_are_reported_not_raised(program: bytes) -> None:

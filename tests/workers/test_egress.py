@@ -379,6 +379,69 @@ def test_redirect_between_allowed_hosts_followed(
     assert [r["path"] for r in hosts["example"].requests()] == ["/next", "/final?x=1"]
 
 
+SECRET_HEADERS = (("Authorization", "Bearer t0k"), ("Accept", "a/b"))
+
+
+@pytest.mark.parametrize(
+    ("binding", "sent"),
+    [
+        ((("allowed.test",),), "Bearer t0k"),
+        ((("allowed.test:80",), ("*.test",)), "Bearer t0k"),
+        ((("example.com",),), None),
+        ((("allowed.test:8080",),), None),
+        ((("allowed.test",), ("example.com",)), None),
+        ((), None),
+    ],
+)
+def test_secret_headers_go_only_where_every_binding_matches(
+    hosts: dict[str, ServedHost],
+    resolver: RecordingResolver,
+    binding: tuple[tuple[str, ...], ...],
+    sent: str | None,
+) -> None:
+    """Egress checks the operator's bindings itself, on the first hop too: a secret header goes only to a
+    host and port that the binding of every secret used matches (none at all matches nothing); the other
+    headers go regardless."""
+    hosts["allowed"].serve({"/": Route.fixed(b"ok")})
+    result = egress(resolver, "allowed.test").request(
+        "http://allowed.test/",
+        "GET",
+        deadline=soon(),
+        headers=SECRET_HEADERS,
+        secret_headers=frozenset({"authorization"}),
+        secret_hosts=binding,
+    )
+    assert result.status == 200
+    (seen,) = hosts["allowed"].requests()
+    assert seen["headers"].get("Authorization") == sent
+    assert seen["headers"]["Accept"] == "a/b"
+
+
+@pytest.mark.parametrize(
+    ("location", "kept"),
+    [("/b", True), ("http://alias.test/b", False), ("http://example.com/b", False)],
+)
+def test_secret_headers_rechecked_on_every_redirect(
+    hosts: dict[str, ServedHost], resolver: RecordingResolver, location: str, kept: bool
+) -> None:
+    """A hop within the origin keeps the secret header (still bound); a hop to another origin drops it, even
+    to the same address under another name, and even when that name is bound too."""
+    hosts["allowed"].serve({"/a": Route.redirect(location), "/b": Route.fixed(b"b")})
+    hosts["example"].serve({"/b": Route.fixed(b"b")})
+    result = egress(resolver, "allowed.test", "alias.test", "example.com").request(
+        "http://allowed.test/a",
+        "GET",
+        deadline=soon(),
+        headers=SECRET_HEADERS,
+        secret_headers=frozenset({"authorization"}),
+        secret_hosts=(("allowed.test", "alias.test", "example.com"),),
+    )
+    assert (result.status, result.hops) == (200, 1)
+    final = [*hosts["allowed"].requests(), *hosts["example"].requests()][-1]
+    assert final["headers"].get("Authorization") == ("Bearer t0k" if kept else None)
+    assert final["headers"]["Accept"] == "a/b"
+
+
 @pytest.mark.parametrize(
     ("status", "method", "followed_with"),
     [(303, "PUT", "GET"), (302, "POST", "GET"), (307, "POST", "POST"), (308, "DELETE", "DELETE")],

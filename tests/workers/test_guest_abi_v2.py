@@ -21,7 +21,7 @@ import pytest
 from guests import NameTable, call, record, result, results
 from netns_hosts import Route, ServedHost, loopback_host
 
-from broker.settings import Settings
+from broker.settings import Settings, SettingsError
 from sync_format.reader import open_archive
 from sync_format.testing import make_archive, make_manifest
 from workers.guest_http import HeaderRefusal, prepare_headers
@@ -42,17 +42,18 @@ def servers() -> Iterator[dict[str, ServedHost]]:
 
 
 @pytest.fixture(scope="module")
-def runtime(tmp_path_factory: pytest.TempPathFactory) -> GuestRuntime:
-    """A strict runtime where the operator supplies the secret ``TOKEN`` (and nothing else)."""
+def runtime(tmp_path_factory: pytest.TempPathFactory, servers: dict[str, ServedHost]) -> GuestRuntime:
+    """A strict runtime where the operator supplies the secret ``TOKEN``, bound to ``loop.test`` on the loop
+    server's port only, and ``LOOSE``, bound to nothing (and no other secret). Loopback is opened by the
+    operator (``SYNC_EGRESS_ALLOW_PRIVATE``), as a manifest alone cannot."""
     settings = Settings.from_env(
         {
             "cache_dir": tmp_path_factory.mktemp("v2-cache"),
             "sandbox": "strict",
-            "guest_secrets": {"TOKEN": SECRET},
-            # The test servers listen on loopback: the operator opens it (a manifest alone cannot).
-            "egress_allow_private": "127.0.0.1:*",
+            "guest_secrets": {"TOKEN": SECRET, "LOOSE": SECRET},
+            "guest_secret_hosts": {"TOKEN": f"loop.test:{servers['loop'].port}"},
         },
-        env={},
+        env={"SYNC_EGRESS_ALLOW_PRIVATE": "127.0.0.1:*"},
     )
     return GuestRuntime(
         settings, resolver=NameTable({"loop.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
@@ -70,6 +71,9 @@ def fresh(servers: dict[str, ServedHost]) -> None:
                 b'{"ok": true}', headers={"ETag": '"v1"', "Content-Type": "application/json"}
             ),
             "/hop": Route.redirect(servers["other"].url("/json", host="other.test")),
+            # The other server under the bound name: same host, another port (another origin, unbound).
+            "/hop-port": Route.redirect(servers["other"].url("/json", host="loop.test")),
+            "/hop-self": Route.redirect("/json"),
         }
     )
     servers["other"].serve({"/json": Route.fixed(b"other")})
@@ -258,11 +262,12 @@ def test_header_rules_refuse_before_anything_is_sent(
 def test_a_secret_beyond_latin_1_is_refused_not_raised() -> None:
     """An operator secret HTTP cannot carry (non-Latin-1, or a control character) refuses the request (-3)
     instead of raising in the parent; the refusal does not show the value."""
-    latin = prepare_headers(b"X-Key: ${K}\n", allow_env=("K",), secrets={"K": "p\u00e4ss"})
+    bound = {"url": "http://a.test/", "bindings": {"K": ("a.test",)}}
+    latin = prepare_headers(b"X-Key: ${K}\n", allow_env=("K",), secrets={"K": "p\u00e4ss"}, **bound)
     assert not isinstance(latin, HeaderRefusal)
     assert latin.headers == (("X-Key", "p\u00e4ss"),)
     for value in ("\u6f22-token", "a\rb"):
-        refused = prepare_headers(b"X-Key: ${K}\n", allow_env=("K",), secrets={"K": value})
+        refused = prepare_headers(b"X-Key: ${K}\n", allow_env=("K",), secrets={"K": value}, **bound)
         assert isinstance(refused, HeaderRefusal)
         assert refused.error_code == "bad_header"
         assert value not in refused.reason
@@ -277,6 +282,37 @@ def test_granted_secret_missing_from_the_operator_is_refused(
     outcome, path = run(runtime, tmp_path, wasm, allow_hosts=hosts(servers), allow_env=("ABSENT",))
     assert results(payload_of(path), 1) == ([-3], b"")
     assert outcome.egress_errors == ("secret_missing",)
+    assert servers["loop"].events() == []
+
+
+@pytest.mark.parametrize("other_host", ["other.test", "loop.test"])
+def test_secret_goes_only_where_the_operator_bound_it(
+    runtime: GuestRuntime, tmp_path: Path, servers: dict[str, ServedHost], other_host: str
+) -> None:
+    """The attack: an archive lists ``TOKEN`` in allow_env and its own host in allow_hosts. The operator bound
+    ``TOKEN`` to ``loop.test`` on the loop server's port, so a request elsewhere (another name, or the bound
+    name on another port) is refused with -3 ``secret_not_bound`` and that server never sees anything."""
+    target = servers["other"].url("/json", host=other_host).encode()
+    request, data = send(target, headers=b"Authorization: Bearer ${TOKEN}\n")
+    wasm = record(request, data=data, imports=guests.V2_IMPORTS)
+    own = f"{other_host}:{servers['other'].port}"
+    outcome, path = run(runtime, tmp_path, wasm, allow_hosts=(*hosts(servers), own), allow_env=("TOKEN",))
+    assert results(payload_of(path), 1) == ([-3], b"")
+    assert outcome.egress_errors == ("secret_not_bound",)
+    assert servers["other"].events() == []
+    assert SECRET not in str(outcome.to_json())
+
+
+def test_secret_without_a_binding_is_never_sent(
+    runtime: GuestRuntime, tmp_path: Path, servers: dict[str, ServedHost]
+) -> None:
+    """``LOOSE`` is supplied by the operator and granted by the manifest but bound to no host: refused
+    (-3 ``secret_not_bound``) even to a host the manifest allows; nothing reaches the server."""
+    request, data = send(url(servers), headers=b"X-Api-Key: ${LOOSE}\n")
+    wasm = record(request, data=data, imports=guests.V2_IMPORTS)
+    outcome, path = run(runtime, tmp_path, wasm, allow_hosts=hosts(servers), allow_env=("LOOSE",))
+    assert results(payload_of(path), 1) == ([-3], b"")
+    assert outcome.egress_errors == ("secret_not_bound",)
     assert servers["loop"].events() == []
 
 
@@ -320,6 +356,35 @@ def test_secret_headers_do_not_follow_a_redirect_to_another_origin(
     assert "Authorization" not in moved["headers"]
     assert moved["headers"]["Accept"] == "text/plain"
     assert outcome.status == COMMITTED
+
+
+@pytest.mark.parametrize("path", ["/hop", "/hop-port"])
+def test_secret_never_follows_a_redirect_off_its_binding(
+    runtime: GuestRuntime, tmp_path: Path, servers: dict[str, ServedHost], path: str
+) -> None:
+    """From the bound host, a redirect to an unbound destination (another name, or the bound name on another
+    port) is followed without the secret header, though the manifest allows that destination."""
+    request, data = send(url(servers, path), headers=b"Authorization: Bearer ${TOKEN}\nAccept: a/b\n")
+    wasm = record(request, data=data, imports=guests.V2_IMPORTS)
+    allow = (*hosts(servers), f"loop.test:{servers['other'].port}")
+    outcome, _ = run(runtime, tmp_path, wasm, allow_hosts=allow, allow_env=("TOKEN",))
+    assert outcome.status == COMMITTED, outcome.error
+    assert servers["loop"].requests()[0]["headers"]["Authorization"] == f"Bearer {SECRET}"
+    (moved,) = servers["other"].requests()
+    assert "Authorization" not in moved["headers"]
+    assert moved["headers"]["Accept"] == "a/b"
+
+
+def test_secret_follows_a_same_origin_redirect_on_its_binding(
+    runtime: GuestRuntime, tmp_path: Path, servers: dict[str, ServedHost]
+) -> None:
+    """A redirect within the bound origin keeps the secret (the binding is checked again and still holds)."""
+    request, data = send(url(servers, "/hop-self"), headers=b"Authorization: Bearer ${TOKEN}\n")
+    wasm = record(request, data=data, imports=guests.V2_IMPORTS)
+    _, path = run(runtime, tmp_path, wasm, allow_hosts=hosts(servers), allow_env=("TOKEN",))
+    assert results(payload_of(path), 1) == ([200], b"")
+    sent = [r["headers"].get("Authorization") for r in servers["loop"].requests()]
+    assert sent == [f"Bearer {SECRET}", f"Bearer {SECRET}"]
 
 
 def test_unchanged_discards_writes_and_commits_nothing(runtime: GuestRuntime, tmp_path: Path) -> None:
@@ -381,3 +446,58 @@ def test_secrets_come_from_the_environment_and_are_not_printed() -> None:
     settings = Settings.from_env(env={"SYNC_GUEST_SECRET_TOKEN": SECRET, "SYNC_GUEST_SECRET_": "x"})
     assert settings.guest_secrets == {"TOKEN": SECRET}
     assert SECRET not in repr(settings)
+
+
+def test_secret_bindings_come_from_the_environment() -> None:
+    """``SYNC_GUEST_SECRET_<NAME>_HOSTS`` binds NAME (comma-separated host patterns); it is no secret itself,
+    and a secret left unbound is reported as unusable."""
+    settings = Settings.from_env(
+        env={
+            "SYNC_GUEST_SECRET_TOKEN": SECRET,
+            "SYNC_GUEST_SECRET_TOKEN_HOSTS": " api.example.com:443, *.example.org ",
+            "SYNC_GUEST_SECRET_SPARE": SECRET,
+        }
+    )
+    assert settings.guest_secrets == {"TOKEN": SECRET, "SPARE": SECRET}
+    assert settings.guest_secret_hosts == {"TOKEN": ("api.example.com:443", "*.example.org")}
+    assert settings.unbound_secrets() == ("SPARE",)
+    assert SECRET not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("binding", "problem"),
+    [
+        ("", "at least one host pattern"),
+        (" , ", "at least one host pattern"),
+        ("*", "'*' is not a host pattern"),
+        ("api.example.com,", "'' is not a host pattern"),
+        ("https://api.example.com/", "is not a host pattern"),
+        ("api.example.com:99999", "is not a host pattern"),
+        ("*.10.0.0.1", "is not a host pattern"),
+    ],
+)
+def test_malformed_binding_is_a_settings_error(binding: str, problem: str) -> None:
+    """A binding that is empty or holds an entry that is not a host pattern stops startup with a message
+    naming the variable, instead of leaving the secret silently unusable or bound to something unmeant."""
+    env = {"SYNC_GUEST_SECRET_TOKEN": SECRET, "SYNC_GUEST_SECRET_TOKEN_HOSTS": binding}
+    with pytest.raises(SettingsError, match="SYNC_GUEST_SECRET_TOKEN_HOSTS") as caught:
+        Settings.from_env(env=env)
+    assert problem in str(caught.value)
+    assert SECRET not in str(caught.value)
+
+
+def test_binding_of_an_absent_secret_is_a_settings_error() -> None:
+    """A binding whose secret is not set is a misspelling (``TOKN``): refused, naming both variables."""
+    env = {"SYNC_GUEST_SECRET_TOKEN": SECRET, "SYNC_GUEST_SECRET_TOKN_HOSTS": "api.example.com"}
+    with pytest.raises(SettingsError, match="SYNC_GUEST_SECRET_TOKN is not set"):
+        Settings.from_env(env=env)
+
+
+def test_unbound_secret_is_one_warning_at_startup(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A worker's runtime says once which secrets are unusable until bound (names only)."""
+    caplog.set_level(logging.WARNING, logger="workers.runtime")
+    env = {"SYNC_GUEST_SECRET_SPARE": SECRET, "SYNC_CACHE_DIR": str(tmp_path)}
+    GuestRuntime(Settings.from_env(env=env))
+    (line,) = [r.getMessage() for r in caplog.records if "unusable until bound" in r.getMessage()]
+    assert "names=SPARE" in line
+    assert SECRET not in caplog.text

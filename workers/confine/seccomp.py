@@ -32,10 +32,6 @@ BPF_MAX_INSTRUCTIONS = 4096
 #: Size of one ``struct sock_filter`` instruction.
 BPF_INSTRUCTION_SIZE = 8
 
-# <linux/sched.h>: clone flags that must not accompany CLONE_THREAD (new namespaces).
-CLONE_THREAD = 0x00010000
-_CLONE_NAMESPACES = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
-
 #: Syscalls every confined child may make, grouped by the reason they are needed.
 ALLOWED_SYSCALLS: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
     {
@@ -72,9 +68,6 @@ ALLOWED_SYSCALLS: MappingProxyType[str, tuple[str, ...]] = MappingProxyType(
     }
 )
 
-#: Extra syscalls when the child may start threads (e.g. an epoch ticker); clone is argument-filtered.
-THREAD_SYSCALLS: tuple[str, ...] = ("set_robust_list", "rseq")
-
 _prctl_seccomp = bind(
     "prctl",
     (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong),
@@ -90,25 +83,17 @@ class SockFprog(ctypes.Structure):
     _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
 
 
-def allowed_syscalls(allow_threads: bool = False) -> tuple[str, ...]:
-    """Every syscall name the filter allows (clone only with CLONE_THREAD, when threads are allowed).
-
-    Args:
-        allow_threads: Include the thread syscalls.
+def allowed_syscalls() -> tuple[str, ...]:
+    """Every syscall name the filter allows (no ``clone``: the child starts neither threads nor processes).
 
     Returns:
         The names, in group order.
     """
-    names = tuple(name for group in ALLOWED_SYSCALLS.values() for name in group)
-    return (*names, *THREAD_SYSCALLS, "clone") if allow_threads else names
+    return tuple(name for group in ALLOWED_SYSCALLS.values() for name in group)
 
 
-def build_program(allow_threads: bool = False) -> bytes:
+def build_program() -> bytes:
     """Compile the child's filter to classic BPF for the native architecture (call once, in the parent).
-
-    Args:
-        allow_threads: Also allow ``clone`` with CLONE_THREAD and no namespace flag, ``set_robust_list`` and
-            ``rseq``, and make ``clone3`` fail with ENOSYS so that glibc falls back to the filtered ``clone``.
 
     Returns:
         The BPF program (``struct sock_filter`` array) for ``load_program``.
@@ -123,15 +108,9 @@ def build_program(allow_threads: bool = False) -> bytes:
     try:
         flt = pyseccomp.SyscallFilter(pyseccomp.ERRNO(errno.EPERM))
         flt.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.KILL_PROCESS)
-        for name in allowed_syscalls(allow_threads=False):
+        for name in allowed_syscalls():
             if pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name) >= 0:
                 flt.add_rule(pyseccomp.ALLOW, name)
-        if allow_threads:
-            for name in THREAD_SYSCALLS:
-                flt.add_rule(pyseccomp.ALLOW, name)
-            mask = CLONE_THREAD | _CLONE_NAMESPACES
-            flt.add_rule(pyseccomp.ALLOW, "clone", pyseccomp.Arg(0, pyseccomp.MASKED_EQ, mask, CLONE_THREAD))
-            flt.add_rule(pyseccomp.ERRNO(errno.ENOSYS), "clone3")
         fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
         with os.fdopen(fd, "w+b") as out:
             flt.export_bpf(out)

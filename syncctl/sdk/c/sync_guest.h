@@ -38,7 +38,8 @@ SYNC_IMPORT(last_response_read) int32_t sg_response_read(void *out, int32_t max_
 /* ---- ABI version 2 (importing any of these opts in) ---- */
 SYNC_IMPORT(context_size) int32_t sg_context_size(void);
 SYNC_IMPORT(context_read) int32_t sg_context_read(int32_t offset, int32_t len, void *out);
-/* headers: "Name: value\n" lines; "${NAME}" in a value is an operator secret granted by allow_env. */
+/* headers: "Name: value\n" lines; "${NAME}" in a value is an operator secret named by allow_env, sent
+ * only to hosts the operator bound it to (SYNC_GUEST_SECRET_NAME_HOSTS). */
 SYNC_IMPORT(http_send) int32_t sg_http_send(const char *url, int32_t url_len, const char *method, int32_t method_len,
                                              const char *headers, int32_t headers_len, const void *body, int32_t body_len);
 SYNC_IMPORT(last_response_read_at) int32_t sg_response_read_at(int32_t offset, int32_t len, void *out);

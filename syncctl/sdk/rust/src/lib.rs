@@ -62,7 +62,8 @@ pub enum Error {
     Memory,
     /// -2: the destination is refused (allow-list, private address, redirect).
     Refused,
-    /// -3: request headers break the rules (forbidden header, secret not granted, too many).
+    /// -3: request headers break the rules (forbidden header, secret not granted or not bound to the
+    /// host by the operator, too many).
     BadRequest,
     /// -4: the response body is over the cap or broken.
     TooLarge,
@@ -198,7 +199,8 @@ impl<'a> Request<'a> {
         Request { body, ..Self::new("POST", url) }
     }
 
-    /// Add a header; `${NAME}` in the value is an operator secret the manifest grants in `allow_env`.
+    /// Add a header; `${NAME}` in the value is an operator secret the manifest asks for in `allow_env`
+    /// (sent only to hosts the operator bound it to).
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.push_str(name);
         self.headers.push_str(": ");

@@ -1,0 +1,1 @@
+"""The read path: provider, resource factory, read-only resources, archive facts, listing cache, CRCs."""

@@ -1,0 +1,165 @@
+"""What mountd tells clients about one archive, computed once from one snapshot.
+
+``ArchiveFacts`` is the small, immutable summary that both a GET (from the snapshot it opened) and a listing
+(from the index's cache) answer from: content type, payload size, ETag, Last-Modified, generation, TTL,
+expiry, and whether the archive has update logic (what the refresh scheduler needs). Nothing here re-hashes
+a payload or re-reads an archive (STYLE rule 11): every field comes from the manifest, ``state.json`` and the
+central directory that ``open_archive`` already validated.
+
+Invariants:
+    * The ETag is strong and changes whenever the payload bytes can have changed: it is the payload's
+      BLAKE3 recorded at commit time, or, when no trusted hash exists, a tag derived from the file's
+      identity and the payload's CRC-32 (see ``derive_etag``).
+    * Last-Modified is stable for one file version (never "now"), so If-Modified-Since can match.
+    * "Has update logic" is read from the central directory, never from the module's bytes: an archive
+      without ``sync.wasm``, or whose ``sync.wasm`` is the 8-byte empty module (same size and CRC-32), has
+      none — exactly the archives a worker answers ``no_update_logic`` for.
+    * Facts never depend on the archive's file name: a rename keeps them valid (the display name is computed
+      from the current path by whoever lists the archive).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from sync_format import EMPTY_WASM, ArchiveSnapshot, Expiry, FileIdentity, parse_timestamp_ns
+from sync_format.media import display_ext_problem, safe_content_type
+from sync_format.reader import WASM_ENTRY
+
+NS_PER_SECOND = 1_000_000_000
+#: Share of the TTL before expiry at which an archive counts as nearly expired (a refresh is asked for).
+LEAD_FRACTION = 0.1
+#: Seconds before expiry an archive counts as nearly expired at least (short TTLs).
+MIN_LEAD = 1.0
+#: Seconds before expiry an archive counts as nearly expired at most (a refresh takes seconds, not hours).
+MAX_LEAD = 60.0
+#: CRC-32 of the 8-byte empty module, which builders write when an archive has no update logic.
+EMPTY_WASM_CRC32 = zlib.crc32(EMPTY_WASM)
+
+
+@dataclass(frozen=True)
+class ArchiveFacts:
+    """The answers mountd gives about one version of one archive.
+
+    Attributes:
+        display_ext: The manifest's ``sync.display_ext`` (the display name is built from it and the path).
+        content_type: The manifest's ``sync.content_type``.
+        payload_size: Payload length in bytes.
+        payload_offset: Absolute offset of the first payload byte in this file version, so that a GET of
+            a known version reads the payload without parsing the archive again (``SyncProvider.open_known``).
+        etag: Strong entity tag, without quotes.
+        last_modified: Seconds since the epoch for Last-Modified.
+        generation: Number of committed swaps.
+        updated_at: When the payload was last committed (RFC 3339), None before the first commit.
+        ttl: ``policy.ttl`` in seconds.
+        timeout: ``policy.timeout`` in seconds (the refresh job's budget).
+        expiry: When the payload stops being fresh.
+        identity: The file version these facts were read from.
+        has_update_logic: True when ``sync.wasm`` is present and is not the empty module.
+        payload_crc32: The CRC-32 the ZIP entry records for the payload (``mountd.dav.integrity`` checks the
+            bytes against it); -1 when unknown.
+    """
+
+    display_ext: str
+    content_type: str
+    payload_size: int
+    payload_offset: int
+    etag: str
+    last_modified: float
+    generation: int
+    updated_at: str | None
+    ttl: int
+    timeout: int
+    expiry: Expiry
+    identity: FileIdentity
+    has_update_logic: bool
+    payload_crc32: int = -1  # issue 12: integrity checks
+
+    @classmethod
+    def from_snapshot(cls, snapshot: ArchiveSnapshot) -> ArchiveFacts:
+        """Summarise an open snapshot.
+
+        Args:
+            snapshot: The archive as opened.
+
+        Returns:
+            The facts.
+        """
+        manifest = snapshot.manifest
+        state = snapshot.state
+        return cls(
+            # Re-checked here, where header values and names come from (the reader refused bad ones already).
+            display_ext="" if display_ext_problem(manifest.sync.display_ext) else manifest.sync.display_ext,
+            content_type=safe_content_type(manifest.sync.content_type),
+            payload_size=snapshot.payload_size,
+            payload_offset=snapshot.payload_offset,
+            etag=state.trusted_blake3 or derive_etag(snapshot.identity, snapshot.payload.crc32),
+            last_modified=_last_modified(state.updated_at or manifest.meta.created_at, snapshot.identity),
+            generation=state.generation,
+            updated_at=state.updated_at,
+            ttl=manifest.policy.ttl,
+            timeout=manifest.policy.timeout,
+            expiry=snapshot.expiry(),
+            identity=snapshot.identity,
+            has_update_logic=_has_update_logic(snapshot),
+            payload_crc32=snapshot.payload.crc32,
+        )
+
+    def is_expired(self) -> bool:
+        """True when the payload is stale now (an unparsable base timestamp counts as stale)."""
+        return self.expiry.is_expired()
+
+
+def lead_ns(ttl: int) -> int:
+    """How long before expiry an archive with this TTL counts as nearly expired: the scheduler asks for its
+    refresh then, and a reader asking for fresh data (``Cache-Control: no-cache``) waits for that refresh.
+
+    Args:
+        ttl: ``policy.ttl`` in seconds.
+
+    Returns:
+        Nanoseconds: ``ttl * LEAD_FRACTION`` clamped to ``[MIN_LEAD, MAX_LEAD]``.
+    """
+    return int(min(max(ttl * LEAD_FRACTION, MIN_LEAD), MAX_LEAD) * NS_PER_SECOND)
+
+
+def derive_etag(identity: FileIdentity, payload_crc32: int) -> str:
+    """A strong ETag for an archive without a trusted payload hash.
+
+    Archives written by the reference (no ``state.json``), or whose payload another tool replaced (a stale
+    state), carry no BLAKE3 we can trust, and hashing the payload on the request path is exactly what rule
+    11 forbids. The file identity changes with every rewrite (a swap makes a new inode; an in-place edit
+    changes mtime or size), and the CRC-32 ties the tag to the payload bytes as well, so two responses
+    with the same tag carry the same bytes: a strong validator in the sense of RFC 9110 §8.8.1. The tag is
+    not comparable across machines or copies, unlike a BLAKE3 tag, and it has a different shape (it never
+    looks like 64 hex digits), so a client can tell the two apart.
+
+    Args:
+        identity: The file version.
+        payload_crc32: The payload's CRC-32 from the central directory.
+
+    Returns:
+        ``<inode>-<mtime_ns>-<size>-<crc32>`` in hex.
+    """
+    return f"{identity.inode:x}-{identity.mtime_ns:x}-{identity.size:x}-{payload_crc32:08x}"
+
+
+def _has_update_logic(snapshot: ArchiveSnapshot) -> bool:
+    wasm = snapshot.directory.get(WASM_ENTRY)
+    if wasm is None:
+        return False
+    return not (wasm.size == len(EMPTY_WASM) and wasm.crc32 == EMPTY_WASM_CRC32)
+
+
+def _last_modified(timestamp: str, identity: FileIdentity) -> float:
+    # The commit time (or the manifest's creation time) is what changed the payload; the file's mtime also
+    # moves on copies and restores. A timestamp later than the file itself (a manifest dated in the future,
+    # as the spec's reference manifest is) would break RFC 9110's "never later than Date", so the earlier
+    # of the two is used; an unparsable timestamp falls back to the mtime.
+    mtime = identity.mtime_ns / NS_PER_SECOND
+    try:
+        stamped = parse_timestamp_ns(timestamp) / NS_PER_SECOND
+    except ValueError:
+        return mtime
+    return min(stamped, mtime)

@@ -1,0 +1,413 @@
+"""The listing cache: what each archive version looks like to a client, keyed by file identity.
+
+A directory listing (PROPFIND Depth 1, the HTML browser, name resolution) stats every entry of one
+directory — cheap — and opens an archive only when its identity ``(device, inode, mtime_ns, size)`` was not
+seen before. A swap makes a new inode, an edit changes mtime or size, so a changed archive is always opened
+again and an unchanged one never is: no invalidation message is needed (ARCHITECTURE, "The life of a stale
+read"). Facts do not depend on the file name, so a renamed archive is still a cache hit.
+
+Invariants:
+    * A listing never raises because of one archive: unreadable archives are left out and logged once per
+      identity (a content error is remembered for that identity; an I/O error is retried next time).
+    * Display names follow spec §8.1: the read-only rule (``sync_format.display_name``) by default, the
+      writable store's rule (``sync_format.writable_display_name``) for a writable server. When several
+      archives of one directory show under the same name, the one whose file name is that name plus
+      ``.sync`` wins, else the first by file name; a subdirectory beats any archive of its name. The
+      losers are left out and logged once.
+      ``SyncProvider`` resolves names by the same rule, so a listed name always opens the listed archive.
+    * Listings skip hidden names, our temp files and symlinks, exactly like ``sync_format.iter_archives``.
+    * The cache is bounded (least recently used entries go) and safe to use from many threads; archives are
+      opened outside the lock.
+    * A directory's last complete listing is kept with the names and identities it was built from, and
+      returned again only when a fresh scan finds exactly those (so a swap, edit, rename, new or removed
+      entry always rebuilds it); a listing that met an I/O error is not kept. Remembered listings hold at
+      most ``max_entries`` archives together.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+from mountd.dav.facts import ArchiveFacts
+from sync_format import ArchiveError, FileIdentity, display_name, open_archive
+from sync_format.store import SYNC_SUFFIX, is_archive_name
+
+log = logging.getLogger(__name__)
+
+#: How an archive's display name follows from its path and ``display_ext`` (spec §8.1 has two rules).
+NameRule = Callable[[Path, str], str]
+
+#: Most archive versions remembered (facts or failures); about 1 KiB each.
+DEFAULT_MAX_ENTRIES = 100_000
+#: Most distinct name collisions remembered so that each is logged once.
+MAX_LOGGED_COLLISIONS = 10_000
+#: Directories whose last listing is remembered whole, reused while none of its entries changed.
+MAX_REMEMBERED_LISTINGS = 256
+
+
+@dataclass(frozen=True)
+class ListedArchive:
+    """One archive as a listing shows it.
+
+    Attributes:
+        path: The archive file.
+        name: Its display name.
+        facts: What it answers (from the cache or a fresh open).
+    """
+
+    path: Path
+    name: str
+    facts: ArchiveFacts
+
+
+@dataclass(frozen=True)
+class DirectoryListing:
+    """One directory of the store as clients see it.
+
+    Attributes:
+        directory: The directory.
+        folders: Visible subdirectory names, sorted.
+        archives: Display name → archive, in file-name order; collisions already resolved.
+    """
+
+    directory: Path
+    folders: tuple[str, ...]
+    archives: Mapping[str, ListedArchive]
+
+
+@dataclass(frozen=True)
+class DirectoryEntries:
+    """One store directory as ``lstat`` sees it, before any archive is opened.
+
+    Attributes:
+        directory: The directory.
+        folders: Visible subdirectory names, sorted.
+        archives: Visible regular files with an archive name, with their identity, in file-name order.
+    """
+
+    directory: Path
+    folders: tuple[str, ...]
+    archives: tuple[tuple[Path, FileIdentity], ...]
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """Why an archive version cannot be listed.
+
+    Attributes:
+        code: The error's ``code``.
+        reason: The error's message without the path.
+    """
+
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    """Counters of one index since it was made.
+
+    Attributes:
+        opens: Archives opened by the index (cache misses).
+        hits: Archive versions answered from the cache.
+        learned: Facts recorded from snapshots opened by someone else.
+        unreadable: Archive versions found unreadable.
+    """
+
+    opens: int
+    hits: int
+    learned: int
+    unreadable: int
+
+
+_Cached = ArchiveFacts | Unreadable
+
+
+class ArchiveIndex:
+    """Facts of archive versions, by identity, and the directory listings built from them.
+
+    Args:
+        max_entries: Most archive versions kept.
+        name_rule: The display-name rule of listings (the read-only one by default).
+    """
+
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, *, name_rule: NameRule = display_name) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, not {max_entries}")
+        self.name_rule = name_rule
+        self._max = max_entries
+        self._entries: OrderedDict[FileIdentity, _Cached] = OrderedDict()
+        self._logged_io: OrderedDict[FileIdentity, None] = OrderedDict()
+        self._collisions: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        self._listings: OrderedDict[str, tuple[object, DirectoryListing]] = OrderedDict()
+        self._listed = 0  # archives in the remembered listings
+        self._lock = threading.Lock()
+        self._opens = self._hits = self._learned = self._unreadable = 0
+
+    @property
+    def stats(self) -> IndexStats:
+        """The counters so far."""
+        with self._lock:
+            return IndexStats(self._opens, self._hits, self._learned, self._unreadable)
+
+    def cached(self, identity: FileIdentity) -> ArchiveFacts | Unreadable | None:
+        """What is known about an archive version, without opening anything.
+
+        Args:
+            identity: The version.
+
+        Returns:
+            Its facts, why it is unreadable, or None when it was never seen.
+        """
+        with self._lock:
+            found = self._entries.get(identity)
+            if found is not None:
+                self._entries.move_to_end(identity)
+                self._hits += 1
+            return found
+
+    def learn(self, facts: ArchiveFacts) -> None:
+        """Record the facts of an archive opened elsewhere (a GET), so a listing need not open it again.
+
+        Args:
+            facts: Facts of an open snapshot (they carry its identity).
+        """
+        with self._lock:
+            self._learned += 1
+            self._store(facts.identity, facts)
+
+    def forget(self, path: Path) -> None:
+        """Drop what is remembered of the archive at ``path``: its directory's listing and the facts of the
+        version that listing showed (called when a commit of it is announced, so nothing answers from the
+        old generation after the notice; reads look versions up by file identity, which a swap changes).
+
+        Args:
+            path: The archive file.
+        """
+        with self._lock:
+            remembered = self._listings.pop(str(path.parent), None)
+            if remembered is None:
+                return
+            self._listed -= len(remembered[1].archives)
+            for listed in remembered[1].archives.values():
+                if listed.path == path:
+                    self._entries.pop(listed.facts.identity, None)
+
+    def note_unreadable(self, path: Path, identity: FileIdentity | None, exc: ArchiveError) -> None:
+        """Record and log (once per identity) that an archive could not be opened.
+
+        Args:
+            path: The archive.
+            identity: Its version as stat saw it, when known.
+            exc: What ``open_archive`` raised.
+        """
+        # A plain ArchiveError comes from open/stat (the file vanished, EMFILE, EACCES): it says nothing
+        # about this version's bytes, so it is not remembered and the next listing tries again.
+        transient = type(exc) is ArchiveError
+        with self._lock:
+            if identity is None:
+                first = True
+            elif transient:
+                first = identity not in self._logged_io
+                self._logged_io[identity] = None
+                while len(self._logged_io) > self._max:
+                    self._logged_io.popitem(last=False)
+            else:
+                first = not isinstance(self._entries.get(identity), Unreadable)
+                self._store(identity, Unreadable(exc.code, exc.reason))
+            if first:
+                self._unreadable += 1
+        if first:
+            log.warning("archive unreadable archive=%s code=%s reason=%s", path, exc.code, exc.reason)
+
+    def facts_of(self, path: Path, identity: FileIdentity) -> ArchiveFacts | None:
+        """The facts of one archive version, opening it only when its identity is new.
+
+        Args:
+            path: The archive.
+            identity: Its version as ``lstat`` saw it a moment ago.
+
+        Returns:
+            The facts, or None when the archive is unreadable (logged once).
+        """
+        found = self.cached(identity)
+        if isinstance(found, ArchiveFacts):
+            return found
+        if isinstance(found, Unreadable):
+            return None
+        try:
+            with open_archive(path) as snapshot:
+                facts = ArchiveFacts.from_snapshot(snapshot)
+        except ArchiveError as exc:
+            self.note_unreadable(path, identity, exc)
+            return None
+        with self._lock:
+            self._opens += 1
+            # Stored under the identity of what was opened: if the file was swapped since the stat, the
+            # newer version is what this listing shows and what the next stat will find.
+            self._store(facts.identity, facts)
+        return facts
+
+    def describe(self, path: Path) -> ListedArchive | None:
+        """One archive file as a listing shows it (single-archive mode).
+
+        Args:
+            path: The archive.
+
+        Returns:
+            The listed archive, or None when it is missing or unreadable.
+        """
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            log.warning("archive missing archive=%s reason=%s", path, exc.strerror)
+            return None
+        facts = self.facts_of(path, FileIdentity.from_stat(st))
+        if facts is None:
+            return None
+        return ListedArchive(path, self.name_rule(path, facts.display_ext), facts)
+
+    def directory_entries(self, directory: Path) -> DirectoryEntries:
+        """What a listing of one store directory considers, by ``lstat`` alone: nothing is opened.
+
+        Args:
+            directory: The directory (already known to be inside the store and not a symlink).
+
+        Returns:
+            Its visible subdirectories and archive files; an unreadable directory has none (logged).
+        """
+        folders, files = _scan(directory)
+        return DirectoryEntries(
+            directory,
+            folders,
+            tuple((directory / name, FileIdentity.from_stat(st)) for name, st in files),
+        )
+
+    def list_directory(self, directory: Path) -> DirectoryListing:
+        """List one store directory: its visible subdirectories and its readable archives by display name.
+
+        The directory is scanned (``lstat`` of every entry) each time; when no entry was added, removed or
+        changed identity since the last listing of it, that listing is returned as it was, without
+        looking up, naming or sorting its archives again.
+
+        Args:
+            directory: The directory (already known to be inside the store and not a symlink).
+
+        Returns:
+            The listing; an unreadable directory lists as empty (logged).
+        """
+        folders, files = _scan(directory)
+        key = (folders, tuple((name, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size) for name, st in files))
+        memo_key = str(directory)
+        with self._lock:
+            remembered = self._listings.get(memo_key)
+            if remembered is not None and remembered[0] == key:
+                self._listings.move_to_end(memo_key)
+                self._hits += len(remembered[1].archives)
+                return remembered[1]
+        found: list[ListedArchive] = []
+        complete = True
+        for name, st in files:
+            path = directory / name
+            identity = FileIdentity.from_stat(st)
+            facts = self.facts_of(path, identity)
+            if facts is not None:
+                found.append(ListedArchive(path, self.name_rule(path, facts.display_ext), facts))
+            elif not isinstance(self.cached(identity), Unreadable):
+                complete = False  # an I/O error, not remembered: the next listing tries again
+        archives = self._resolve_collisions(directory, found, set(folders))
+        listing = DirectoryListing(directory, folders, MappingProxyType(archives))
+        if complete and len(files) <= self._max:
+            with self._lock:
+                old = self._listings.pop(memo_key, None)
+                if old is not None:
+                    self._listed -= len(old[1].archives)
+                self._listings[memo_key] = (key, listing)
+                self._listed += len(archives)
+                # Bounded like the facts: no more listed archives than ``max_entries``, in few directories.
+                while len(self._listings) > MAX_REMEMBERED_LISTINGS or self._listed > self._max:
+                    self._listed -= len(self._listings.popitem(last=False)[1][1].archives)
+        return listing
+
+    def _resolve_collisions(
+        self, directory: Path, found: Iterable[ListedArchive], folders: set[str]
+    ) -> dict[str, ListedArchive]:
+        groups: dict[str, list[ListedArchive]] = {}
+        for listed in found:  # in file-name order
+            groups.setdefault(listed.name, []).append(listed)
+        archives: dict[str, ListedArchive] = {}
+        for name, group in groups.items():
+            if name in folders:
+                self._log_collision(directory, name, (), group)
+                continue
+            winner = next((a for a in group if a.path.name == name + SYNC_SUFFIX), group[0])
+            if len(group) > 1:
+                self._log_collision(directory, name, (winner,), [a for a in group if a is not winner])
+            archives[name] = winner
+        return archives
+
+    def _log_collision(
+        self,
+        directory: Path,
+        name: str,
+        winners: tuple[ListedArchive, ...],
+        losers: list[ListedArchive],
+    ) -> None:
+        key = (str(directory), name, *(a.path.name for a in winners), *(a.path.name for a in losers))
+        with self._lock:
+            if key in self._collisions:
+                return
+            self._collisions[key] = None
+            while len(self._collisions) > MAX_LOGGED_COLLISIONS:
+                self._collisions.popitem(last=False)
+        shown = winners[0].path.name if winners else "the folder"
+        log.warning(
+            "display name collision directory=%s name=%s shown=%s hidden=%s",
+            directory,
+            name,
+            shown,
+            ",".join(a.path.name for a in losers),
+        )
+
+    def _store(self, identity: FileIdentity, value: _Cached) -> None:
+        # Caller holds the lock.
+        self._entries[identity] = value
+        self._entries.move_to_end(identity)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+
+def _scan(directory: Path) -> tuple[tuple[str, ...], tuple[tuple[str, os.stat_result], ...]]:
+    """Visible subdirectory names and archive files with their ``lstat``, sorted by name.
+
+    An unreadable directory has none (logged).
+    """
+    try:
+        with os.scandir(directory) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        log.warning("directory unreadable directory=%s reason=%s", directory, exc.strerror)
+        return (), ()
+    folders: list[str] = []
+    files: list[tuple[str, os.stat_result]] = []
+    for entry in entries:
+        name = entry.name
+        if name.startswith("."):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue  # vanished since scandir
+        if stat.S_ISDIR(st.st_mode):
+            folders.append(name)
+        elif stat.S_ISREG(st.st_mode) and is_archive_name(name):
+            files.append((name, st))
+    return tuple(folders), tuple(files)

@@ -1,0 +1,1 @@
+"""HTTP around wsgidav: guards, limits, fast GET/PROPFIND, ranges, payload and freshness headers, browser."""

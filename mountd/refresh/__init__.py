@@ -1,0 +1,1 @@
+"""Refreshes: freshness hooks (reads of expired archives), the refresh scheduler, the "swapped" listener."""

@@ -1,0 +1,162 @@
+"""``WritableCollection``: a store directory that takes PUT of new files, MKCOL, DELETE, COPY and MOVE.
+
+The folder half of the writable store (``mountd.writable.archives`` holds the archive half and explains the
+mapping between files and archives). A PUT of a new name becomes a ``PendingArchive`` (nothing on disk
+until the body is complete); a LOCK of a new name creates an empty archive at once (RFC 4918 §9.10.4);
+macOS metadata names become ``JunkResource``s.
+
+Invariants:
+    * The store's root is never deleted or moved (403).
+    * Deleting a folder removes what wsgidav did not list in it too (hidden OS files, temp files of uploads
+      that then fail): the client asked for the whole folder to go.
+    * After each change the provider forgets the request's resolved resources; dead properties follow.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from wsgidav import util as dav_util  # type: ignore[import-untyped]
+from wsgidav.dav_error import HTTP_FORBIDDEN, HTTP_METHOD_NOT_ALLOWED, DAVError  # type: ignore[import-untyped]
+
+from mountd.dav.factory import StoreView
+from mountd.dav.index import ListedArchive
+from mountd.dav.resources import Folder
+from mountd.errors import dav_error
+from mountd.writable.archives import JunkResource, ListedWritableArchive, PendingArchive, create_archive
+from mountd.writable.policy import WritePolicy, carry_properties, is_junk_name
+from sync_format import ArchiveError
+
+log = logging.getLogger(__name__)
+
+
+class WritableCollection(Folder):
+    """A store directory that also takes PUT of new files, MKCOL, DELETE, COPY, MOVE and PROPPATCH.
+
+    Args:
+        path: The request path.
+        environ: The WSGI environ.
+        provider: The store.
+        directory: The directory.
+        policy: What writes are allowed.
+    """
+
+    def __init__(
+        self, path: str, environ: dict[str, Any], provider: StoreView, directory: Path, policy: WritePolicy
+    ) -> None:
+        super().__init__(path, environ, provider.index, directory, policy.root)
+        self.provider = provider
+        self.policy = policy
+
+    def member_folder(self, name: str) -> WritableCollection:
+        return WritableCollection(
+            dav_util.join_uri(self.path, name),
+            self.environ,
+            self.provider,
+            self.directory / name,
+            self.policy,
+        )
+
+    def member_archive(self, name: str, listed: ListedArchive) -> ListedWritableArchive:
+        path = dav_util.join_uri(self.path, name)
+        return ListedWritableArchive(
+            path, self.environ, listed, self._key(listed.path), self.provider, self.policy
+        )
+
+    def handle_delete(self) -> bool:
+        return False
+
+    def handle_copy(self, dest_path: str, *, depth_infinity: bool) -> bool:
+        return False
+
+    def handle_move(self, dest_path: str) -> bool:
+        return False
+
+    def create_empty_resource(self, name: str) -> Any:
+        path = dav_util.join_uri(self.path, name)
+        if is_junk_name(name):
+            return JunkResource(path, self.environ)
+        self.policy.require_writer(self.environ, "PUT")
+        target = self.policy.archive_for(path)
+        if self.environ.get("REQUEST_METHOD") == "PUT":
+            # Nothing is created until the body is complete; see PendingArchive.
+            return PendingArchive(path, self.environ, target, self.provider, self.policy)
+        # LOCK on an unmapped name (RFC 4918 §9.10.4): an empty file must exist from now on.
+        facts = create_archive(self.policy, target, target.relative_to(self.policy.root).as_posix(), None)
+        self.provider.index.learn(facts)
+        self.provider.forget(self.environ)
+        return self.provider.get_resource_inst(path, self.environ)
+
+    def create_collection(self, name: str) -> None:
+        self.policy.require_writer(self.environ, "MKCOL")
+        directory = self.policy.folder_for(dav_util.join_uri(self.path, name))
+        try:
+            directory.mkdir()
+        except FileExistsError as exc:
+            raise DAVError(HTTP_METHOD_NOT_ALLOWED, "a resource of that name exists") from exc
+        except OSError as exc:
+            raise dav_error(
+                ArchiveError(f"cannot create folder: {exc.strerror}", path=directory), name
+            ) from exc
+        self.provider.forget(self.environ)
+        log.info("folder created folder=%s", directory.relative_to(self.policy.root).as_posix())
+
+    def delete(self) -> None:
+        self.policy.require_writer(self.environ, "DELETE")
+        if self.directory == self.policy.root:
+            raise DAVError(HTTP_FORBIDDEN, "the store's root cannot be deleted")
+        self.policy.require_folder_replaceable(self.directory, "DELETE")
+        # wsgidav has deleted the members it lists; what is left are hidden files (OS metadata, in-flight
+        # temp files of uploads that will now fail): the client asked for the whole folder to go.
+        try:
+            shutil.rmtree(self.directory)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise dav_error(
+                ArchiveError(f"cannot delete folder: {exc.strerror}", path=self.directory), self.path
+            ) from exc
+        self.remove_all_properties(recursive=True)
+        self.remove_all_locks(recursive=True)
+        self.provider.forget(self.environ)
+        log.info("folder deleted folder=%s", self.path)
+
+    def copy_move_single(self, dest_path: str, *, is_move: bool) -> None:
+        self.policy.require_writer(self.environ, "MOVE" if is_move else "COPY")
+        directory = self.policy.folder_for(dest_path)
+        try:
+            directory.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise dav_error(
+                ArchiveError(f"cannot create folder: {exc.strerror}", path=directory), dest_path
+            ) from exc
+        self.provider.forget(self.environ)
+        carry_properties(self.provider, self, dest_path, is_move=False, with_children=False)
+
+    def support_recursive_move(self, dest_path: str) -> bool:
+        return True
+
+    def move_recursive(self, dest_path: str) -> None:
+        self.policy.require_writer(self.environ, "MOVE")
+        if self.directory == self.policy.root:
+            raise DAVError(HTTP_FORBIDDEN, "the store's root cannot be moved")
+        self.policy.require_folder_replaceable(self.directory, "MOVE")
+        target = self.policy.folder_for(dest_path)
+        try:
+            os.rename(self.directory, target)
+        except OSError as exc:
+            status = errno.errorcode.get(exc.errno or 0, "error")
+            raise dav_error(
+                ArchiveError(f"cannot move folder: {exc.strerror} ({status})", path=self.directory), self.path
+            ) from exc
+        self.provider.forget(self.environ)
+        carry_properties(self.provider, self, dest_path, is_move=True, with_children=True)
+
+    def set_property_value(self, name: str, value: Any, *, dry_run: bool = False) -> None:
+        self.policy.require_writer(self.environ, "PROPPATCH")
+        super().set_property_value(name, value, dry_run=dry_run)

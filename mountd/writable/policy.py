@@ -1,0 +1,210 @@
+"""What a writable store allows, and the rules every write follows wherever it happens.
+
+``WritePolicy`` is the writable server's configuration as the resources see it: the store's root, the
+upload limit, who may write (by default the caller's role, ``mountd.auth.access.may_write``) and the
+template's
+author. It maps request paths to the files a write creates (``report.csv`` → ``report.csv.sync``, spec
+§8.3), refusing names the store cannot hold (hidden, invalid) with 403. ``is_junk_name`` tells macOS and
+Windows metadata files apart, which are accepted and discarded; ``carry_properties`` moves a resource's
+dead properties along with a copy or move.
+
+``require_replaceable`` and ``require_folder_replaceable`` enforce an archive's ``ownership.write_allowed =
+false`` (spec §6.2) against every way a WebDAV client could replace or remove it (docs/security.md, "Archives
+that refuse writes"): PUT over it, DELETE of it, MOVE of it away, COPY or MOVE onto it (``Overwrite: T``),
+and DELETE or MOVE of a folder holding it. COPY *from* it stays allowed (the source is unchanged).
+
+Invariants:
+    * A write is refused (403) before anything changes when ``require_writer`` says no.
+    * A write-protected archive is never unlinked, renamed or overwritten by a request, whatever the role;
+      only the operator (on the filesystem) or its refresh (``commit_payload`` by a worker) changes it.
+    * Paths are checked by ``sync_format.store.check_store_name``; no hidden segment is ever created.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from mountd.auth import access as auth
+from mountd.errors import WriteRefused, dav_error
+from sync_format import ArchiveError, SyncError, open_archive
+from sync_format.store import check_store_name, store_path_for
+from sync_format.template import DEFAULT_CREATED_BY
+
+if TYPE_CHECKING:
+    from mountd.dav.factory import StoreView
+
+#: Largest upload accepted by default (bytes): 16 GiB; ``--max-upload`` changes it.
+DEFAULT_MAX_UPLOAD = 16 * 1024**3
+#: Times a PUT retries its commit when a refresh committed in between (the upload replaces whatever is there).
+JUNK_NAMES = frozenset({".DS_Store"})
+#: Prefix of macOS AppleDouble companions (``._report.csv``).
+JUNK_PREFIX = "._"
+#: Request headers that make a PUT conditional on the version it saw: then a concurrent commit is a 412.
+
+
+def is_junk_name(name: str) -> bool:
+    """Tell whether a file name is OS metadata that a writable store accepts and discards.
+
+    Args:
+        name: The last segment of a request path.
+
+    Returns:
+        True for ``.DS_Store`` and ``._*``.
+    """
+    return name in JUNK_NAMES or name.startswith(JUNK_PREFIX)
+
+
+@dataclass(frozen=True)
+class WritePolicy:
+    """What a writable server allows.
+
+    Attributes:
+        root: The store directory.
+        max_upload: Largest PUT body in bytes.
+        may_write: Whether the request's caller may change the store: by default their role
+            (``mountd.auth.access.may_write``: owners may, consumers may not).
+        created_by: ``meta.created_by`` of archives made from uploads.
+    """
+
+    root: Path
+    max_upload: int = DEFAULT_MAX_UPLOAD
+    may_write: Callable[[dict[str, Any]], bool] = auth.may_write
+    created_by: str = DEFAULT_CREATED_BY
+
+    def require_writer(self, environ: dict[str, Any], what: str) -> None:
+        """Refuse the request unless its caller may write.
+
+        Args:
+            environ: The WSGI environ.
+            what: The operation, for the message.
+
+        Raises:
+            DAVError: 403.
+        """
+        if not self.may_write(environ):
+            raise dav_error(WriteRefused(what, "your role may read this store but not change it"), what)
+
+    def require_replaceable(self, archive: Path, what: str) -> None:
+        """Refuse (403) when ``archive`` exists and its manifest says ``ownership.write_allowed = false``.
+
+        Args:
+            archive: An archive file (which may not exist).
+            what: The operation, for the message.
+
+        Raises:
+            DAVError: 403.
+        """
+        if is_protected(archive):
+            name = (
+                archive.relative_to(self.root).as_posix()
+                if archive.is_relative_to(self.root)
+                else archive.name
+            )
+            refusal = WriteRefused(
+                name, f"{what}: this archive does not allow writes (ownership.write_allowed)"
+            )
+            raise dav_error(refusal, name)
+
+    def require_folder_replaceable(self, directory: Path, what: str) -> None:
+        """Refuse (403) when any archive under ``directory`` is write-protected (see ``is_protected``).
+
+        Args:
+            directory: A folder about to be deleted or moved as a whole.
+            what: The operation, for the message.
+
+        Raises:
+            DAVError: 403.
+        """
+        for archive in sorted(directory.rglob("*.sync")):
+            self.require_replaceable(archive, what)
+
+    def archive_for(self, path: str) -> Path:
+        """The archive file a request path names when it is created (``/a/x.csv`` → ``<root>/a/x.csv.sync``).
+
+        Args:
+            path: A request path of a file.
+
+        Returns:
+            The archive path.
+
+        Raises:
+            DAVError: 403 for names the store cannot hold (hidden, invalid).
+        """
+        relative = self._relative(path)
+        return store_path_for(self.root, relative.as_posix())
+
+    def folder_for(self, path: str) -> Path:
+        """The directory a collection's request path names.
+
+        Args:
+            path: A request path of a collection.
+
+        Returns:
+            The directory.
+
+        Raises:
+            DAVError: 403 for names the store cannot hold.
+        """
+        relative = self._relative(path)
+        return self.root.joinpath(*relative.parts)
+
+    def _relative(self, path: str) -> PurePosixPath:
+        text = path.strip("/")
+        try:
+            relative = check_store_name(text)
+        except ArchiveError as exc:
+            raise dav_error(WriteRefused(path, exc.reason), path) from exc
+        if any(part.startswith(".") for part in relative.parts):
+            raise dav_error(WriteRefused(path, "hidden names are not stored"), path)
+        return relative
+
+
+def is_protected(archive: Path) -> bool:
+    """Whether ``archive`` is an archive whose manifest refuses writes (``ownership.write_allowed = false``).
+
+    Args:
+        archive: A file path.
+
+    Returns:
+        False when it does not exist or cannot be read as an archive (nothing to protect: a broken file may
+        be removed by its owner).
+    """
+    if not archive.is_file():
+        return False
+    try:
+        with open_archive(archive) as snapshot:
+            return not snapshot.manifest.ownership.write_allowed
+    except (SyncError, OSError):
+        return False
+
+
+def carry_properties(
+    provider: StoreView, source: Any, dest_path: str, *, is_move: bool, with_children: bool
+) -> None:
+    """Copy or move a resource's dead properties to where it now lives (after the copy or move).
+
+    Args:
+        provider: The store (its property manager; it resolves the destination).
+        source: The resource copied or moved.
+        dest_path: The destination's request path.
+        is_move: Move (the source's properties go) rather than copy.
+        with_children: Also the properties of everything below (a folder moved as a whole).
+    """
+    manager = provider.prop_manager
+    if manager is None:
+        return
+    destination = provider.get_resource_inst(dest_path, source.environ)
+    if destination is None:
+        return
+    if is_move:
+        manager.move_properties(
+            source.get_ref_url(),
+            destination.get_ref_url(),
+            with_children=with_children,
+            environ=source.environ,
+        )
+    else:
+        manager.copy_properties(source.get_ref_url(), destination.get_ref_url(), source.environ)
