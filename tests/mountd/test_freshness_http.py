@@ -183,7 +183,8 @@ def test_a_reader_asking_for_fresh_data_gets_the_new_generation(
     resp = request(server.mount_url, "GET", path, headers={"Cache-Control": directive})
     assert (resp.status, resp.body) == (200, b"new")
     assert resp.header("sync-stale") is None
-    assert resp.header("age") == "0"
+    # Age counts whole seconds from a commit time stored to the second: a fresh answer may cross one boundary.
+    assert resp.header("age") in {"0", "1"}
     assert hook.calls[0][:2] == ("a.txt.sync", 0)
 
 

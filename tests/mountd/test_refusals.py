@@ -174,8 +174,8 @@ def test_every_malformed_case_of_the_format_tests_in_one_store(
 ) -> None:
     """Every broken archive of the format tests (TV-3 rejections, each ZIP rule) sits in one served store:
     listings show only the good archive, each broken one answers 500 or 404, and the server keeps serving."""
-    from test_reader import MALFORMED
-    from test_vectors import TV3_REJECTIONS
+    from format.test_reader import MALFORMED
+    from format.test_vectors import TV3_REJECTIONS
 
     builds = [param.values[0] for param in MALFORMED] + [param.values[0].data for param in TV3_REJECTIONS]
     for number, build in enumerate(builds):
@@ -191,7 +191,7 @@ def test_every_malformed_case_of_the_format_tests_in_one_store(
 def test_an_archive_smuggling_a_header_or_a_path_is_not_served(store: Path, url: str) -> None:
     """An archive whose content_type carries CR LF and a Set-Cookie, or whose display_ext is a path, is left
     out of listings and never answered with the smuggled header or a path-like href (issue 11 finding 4)."""
-    from test_reader import _with_sync_fields
+    from format.test_reader import _with_sync_fields
 
     (store / "cookie.sync").write_bytes(_with_sync_fields("text/html\r\nSet-Cookie: pwned=1", "html"))
     (store / "escape.sync").write_bytes(_with_sync_fields("text/csv", "/../../tmp/pwn"))

@@ -20,7 +20,6 @@ import wasmtime
 from guests import PAGE, NameTable, call, i32s, record, result, results
 from netns_hosts import Route, ServedHost, loopback_host
 
-from broker.settings import Settings
 from sync_format.builder import EMPTY_WASM
 from sync_format.reader import open_archive
 from sync_format.testing import make_archive, make_manifest
@@ -49,12 +48,12 @@ def names() -> NameTable:
 
 
 @pytest.fixture(scope="module")
-def runtime(tmp_path_factory: pytest.TempPathFactory, names: NameTable) -> GuestRuntime:
+def runtime(
+    tmp_path_factory: pytest.TempPathFactory, names: NameTable, make_runtime: Callable[..., GuestRuntime]
+) -> GuestRuntime:
     """A strict-mode runtime shared by the module, resolving through ``names``."""
-    cache = tmp_path_factory.mktemp("abi-cache")
     # The server is on loopback: the operator's setting opens it, as it must since issue 11.
-    values = {"cache_dir": cache, "sandbox": "strict", "egress_allow_private": "127.0.0.1:*"}
-    return GuestRuntime(Settings.from_env(values, env={}), resolver=names)
+    return make_runtime(tmp_path_factory.mktemp("abi-cache"), names, egress_allow_private="127.0.0.1:*")
 
 
 @pytest.fixture(autouse=True)

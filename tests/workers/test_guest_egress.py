@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import guests
@@ -47,12 +47,14 @@ def names(hosts: dict[str, ServedHost]) -> NameTable:
 
 
 @pytest.fixture(scope="module")
-def runtime(tmp_path_factory: pytest.TempPathFactory, names: NameTable) -> GuestRuntime:
+def runtime(
+    tmp_path_factory: pytest.TempPathFactory, names: NameTable, make_runtime: Callable[..., GuestRuntime]
+) -> GuestRuntime:
     """A strict-mode runtime shared by the module."""
-    cache = tmp_path_factory.mktemp("egress-cache")
     # The namespace hosts are private addresses: the operator's setting opens their block, as it must.
-    values = {"cache_dir": cache, "sandbox": "strict", "egress_allow_private": "10.231.0.0/16:*"}
-    return GuestRuntime(Settings.from_env(values, env={}), resolver=names)
+    return make_runtime(
+        tmp_path_factory.mktemp("egress-cache"), names, egress_allow_private="10.231.0.0/16:*"
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import wasmtime
 
-from broker.settings import Settings
 from sync_format import open_archive
 from sync_format.errors import GuestTrap, PolicyDenied, SwapConflict
 from sync_format.manifest import OwnershipSection, PermissionsSection
@@ -42,10 +42,11 @@ SILENT = '(module (memory (export "memory") 1) (func (export "run")))'
 
 
 @pytest.fixture(scope="module")
-def runtime(tmp_path_factory: pytest.TempPathFactory) -> GuestRuntime:
+def runtime(
+    tmp_path_factory: pytest.TempPathFactory, make_runtime: Callable[..., GuestRuntime]
+) -> GuestRuntime:
     """One strict guest runtime with a private module cache."""
-    cache = tmp_path_factory.mktemp("cache")
-    return GuestRuntime(Settings.from_env({"cache_dir": cache, "sandbox": "strict"}))
+    return make_runtime(tmp_path_factory.mktemp("cache"))
 
 
 def _archive(path: Path, wat: str = ECHO_UPPER, *, write_allowed: bool = True) -> Path:

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -16,12 +15,13 @@ from pathlib import Path
 from typing import IO
 
 import wasmtime
+from support import wait_for
 
 from sync_format import open_archive
 from sync_format.freshness import format_timestamp, now_ns
 from sync_format.testing import make_archive, make_manifest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GUEST = ROOT / "syncctl" / "demo_guests" / "append_reading.wat"
 
 
@@ -58,16 +58,6 @@ def _url(line: str) -> str:
     return line.split(" at ")[1].split(" ", maxsplit=1)[0]
 
 
-def _wait_for(predicate, timeout: float, interval: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
-
-
 def test_stale_read_is_served_then_refreshed(tmp_path: Path) -> None:
     """An expired archive is served as it is; one refresh runs on the embedded broker; later reads are new
     (the scheduler is off: this is the read path alone)."""
@@ -90,10 +80,10 @@ def test_stale_read_is_served_then_refreshed(tmp_path: Path) -> None:
         assert first == b"reading\n1,roof,7.1\n"
         with open_archive(archive) as snap:
             expiry = snap.expiry()
-        _wait_for(expiry.is_expired, timeout=10)
+        wait_for(expiry.is_expired, timeout=10)
         stale, stale_etag = _get(url)
         assert (stale, stale_etag) == (first, etag)
-        fresh, fresh_etag = _wait_for(lambda: (r := _get(url))[0] != first and r, timeout=60)
+        fresh, fresh_etag = wait_for(lambda: (r := _get(url))[0] != first and r, timeout=60)
         assert fresh == b"reading\n1,roof,7.1\n2,roof,7.2\n"
         assert fresh_etag != etag
         with open_archive(archive) as snap:
@@ -124,7 +114,7 @@ def test_the_scheduler_refreshes_an_archive_nobody_reads(tmp_path: Path) -> None
     args = ["syncctl", "serve", str(store), "--port", "0", "--workers", "1"]
     with log_path.open("wb") as log, _serving(args, env, log) as line:
         assert line.startswith("serving "), line + log_path.read_text()
-        _wait_for(lambda: generation() >= 1, timeout=60)
+        wait_for(lambda: generation() >= 1, timeout=60)
         with open_archive(archive) as snap:
             assert snap.read_payload().startswith(original + b"2,roof,7.2\n")
 

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 from defusedxml import ElementTree
-from redis_server import wait_for
+from support import wait_for
 
 from syncctl.demo_source import CSV_HEADER, CSV_ROWS, READING_INTERVAL, DemoSource
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from redis_server import RedisServer
+from support import RedisServer
 
 from broker.claims import claim_key
 from broker.contract import QUEUE_REFRESH, RefreshRequest

@@ -15,7 +15,7 @@ import pytest
 
 from syncctl.log_format import JsonFormatter, parse_pairs
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args: str | Path, **env: str) -> subprocess.CompletedProcess[str]:

@@ -23,13 +23,13 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
 SERVICES = {"redis", "mountd", "worker", "flower"}
 #: Services built from our image (redis runs the official image).
 OURS = ("mountd", "worker", "flower")
-#: The uid the image runs as; tests/test_worker_profile.py runs the sandbox as this uid.
+#: The uid the image runs as; tests/project/test_worker_profile.py runs the sandbox as this uid.
 IMAGE_UID = 10001
 STACK_INIT = ROOT / "deploy" / "stack-init.sh"
 #: Variables compose.yaml takes from the env file (never from this process's environment).
@@ -195,7 +195,7 @@ def test_our_services_are_locked_down(config: dict[str, Any], secrets: dict[str,
 
 def test_worker_runs_under_the_shipped_seccomp_profile(config: dict[str, Any]) -> None:
     """The worker's seccomp option names a file in the repository that parses and lets unshare through
-    without CAP_SYS_ADMIN (the rule tests/test_worker_profile.py proves enough for the sandbox)."""
+    without CAP_SYS_ADMIN (the rule tests/project/test_worker_profile.py proves enough for the sandbox)."""
     worker = config["services"]["worker"]
     [option] = [o for o in worker["security_opt"] if o.startswith("seccomp")]
     profile_path = (ROOT / re.split("[:=]", option, maxsplit=1)[1]).resolve()

@@ -49,7 +49,7 @@ def test_mountd_exports_only_what_is_used() -> None:
     """``mountd.__all__`` lists what other packages, tests, benchmarks and the docs use (not 78 names)."""
     import mountd
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     here = Path(__file__).resolve()
     sources = [root / "README.md"]
     for base in ("syncctl", "tests", "bench", "docs"):
@@ -118,7 +118,7 @@ def _used_by_others(package: str) -> set[str]:
     import ast
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     used: set[str] = set()
     for top in PRODUCT:
         if top == package or not (root / top).is_dir():

@@ -12,7 +12,7 @@ import pytest
 
 from mountd import load_users
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PUBLIC = "0.0.0.0"  # noqa: S104 (the refusal to serve it without auth is what is tested)
 
 

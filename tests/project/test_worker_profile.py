@@ -27,7 +27,7 @@ from workers.confine.prctl import set_dumpable
 from workers.refresh import run_refresh
 from workers.runtime import GuestRuntime
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROFILE = ROOT / "deploy" / "seccomp" / "worker.json"
 #: The uid and gid the image runs its services as (``USER`` in the Dockerfile).
 IMAGE_UID = 10001

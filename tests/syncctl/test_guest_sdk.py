@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 import wasmtime
-from netns_hosts import Route, ServedHost, netns_hosts
+from support import Route, ServedHost, netns_hosts
 
 from sync_format.reader import open_archive
 from syncctl.guest_build import SDK_DIR, GuestBuildFailed, build, check_abi
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = SDK_DIR / "examples"
 TEMPLATES = SDK_DIR / "templates"
 #: The source ``guest build`` takes, per template language and per example.

@@ -21,7 +21,7 @@ from sync_format.signing import SIDECAR_SUFFIX, SigningKey, read_key_file, sign_
 from sync_format.template import content_type_for, extension_of
 from sync_format.testing import make_archive, make_manifest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: A WebAssembly module that is not the empty one: the empty module plus a custom section named "test".
 LOGIC_WASM = EMPTY_WASM + bytes([0, 5, 4]) + b"test"
 MIB = 1024 * 1024

@@ -11,7 +11,7 @@ from syncctl import mount
 from syncctl.errors import CommandFailed, InvalidArguments, RefreshFailed
 from syncctl.main import EXIT_FAILURE, EXIT_INTERRUPTED, run_reported
 
-SYNCCTL = Path(__file__).resolve().parent.parent / "syncctl"
+SYNCCTL = Path(__file__).resolve().parents[2] / "syncctl"
 
 
 def _error_literals(path: Path) -> list[int]:
