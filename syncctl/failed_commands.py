@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from sync_format.escape import escape_text
+from syncctl.broker_options import broker_options
 
 
 def register(
@@ -28,9 +29,7 @@ def register(
         subparsers: The parser's subcommand set.
         common: Options every subcommand accepts (``-v``).
     """
-    broker = argparse.ArgumentParser(add_help=False)
-    broker.add_argument("--broker", metavar="URL", help="Redis URL (SYNC_BROKER_URL); embedded when absent")
-    broker.add_argument("--cache-dir", metavar="DIR", help="cache and embedded-broker data (SYNC_CACHE_DIR)")
+    broker = broker_options()
     failed = subparsers.add_parser(
         "failed",
         parents=[common, broker],

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from syncctl.broker_options import broker_options
 from syncctl.errors import InvalidArguments
 
 
@@ -36,14 +37,8 @@ def register(
     )
     actions = locks.add_subparsers(dest="locks_action", metavar="ACTION", required=True)
     for name, text in (("list", "print the locks"), ("break", "remove locks")):
-        action = actions.add_parser(name, parents=[common], help=text)
+        action = actions.add_parser(name, parents=[common, broker_options()], help=text)
         action.add_argument("store", metavar="STORE", help="the store directory as served")
-        action.add_argument(
-            "--broker", metavar="URL", help="Redis URL (SYNC_BROKER_URL); embedded when absent"
-        )
-        action.add_argument(
-            "--cache-dir", metavar="DIR", help="cache and embedded-broker data (SYNC_CACHE_DIR)"
-        )
         if name == "break":
             action.add_argument("tokens", nargs="*", metavar="TOKEN", help="lock tokens to remove")
             action.add_argument("--path", help="remove every lock at or below this request path")
