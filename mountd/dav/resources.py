@@ -280,11 +280,11 @@ class Folder(DAVCollection):  # type: ignore[misc]  # wsgidav is untyped
         return members
 
     def member_folder(self, name: str) -> Folder:
-        """The resource of a subdirectory this collection lists."""
+        """The resource of a subdirectory this collection lists (each folder kind gives its own)."""
         raise NotImplementedError
 
     def member_archive(self, name: str, listed: ListedArchive) -> ListedArchiveFile:
-        """The resource of an archive this collection lists."""
+        """The resource of an archive this collection lists (each folder kind gives its own)."""
         raise NotImplementedError
 
     def get_last_modified(self) -> float | None:

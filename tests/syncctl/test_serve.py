@@ -243,55 +243,38 @@ def _expired_store(tmp_path: Path) -> tuple[Path, bytes]:
     return store, original
 
 
+def _no_cache_read(tmp_path: Path, *, workers: int, fresh_wait: str) -> tuple[bytes, bytes, dict[str, str]]:
+    """Serve an expired store with the embedded broker, ``workers`` local workers and no scheduler (so only
+    the read asks for a refresh); GET it with ``Cache-Control: no-cache``. Returns the original payload,
+    the body read and its headers."""
+    store, original = _expired_store(tmp_path)
+    env = {**os.environ, "SYNC_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("SYNC_BROKER_URL", None)
+    args = ["syncctl", "serve", str(store), "--port", "0", "--workers", str(workers), "--no-scheduler"]
+    with (
+        (tmp_path / "serve.log").open("wb") as log,
+        _serving([*args, "--fresh-wait", fresh_wait], env, log) as line,
+    ):
+        assert line.startswith("serving "), line + (tmp_path / "serve.log").read_text()
+        body, headers = _get_with(_url(line) + "/readings.csv", {"Cache-Control": "no-cache"})
+    return original, body, headers
+
+
 def test_a_no_cache_read_of_an_expired_archive_returns_the_new_generation(tmp_path: Path) -> None:
     """With the embedded broker and a real worker (the scheduler off, so only the read asks), a
     ``Cache-Control: no-cache`` GET of an expired archive waits for the refresh and returns generation 1,
     marked fresh; a plain GET would have returned the stale payload at once."""
-    store, original = _expired_store(tmp_path)
-    env = {**os.environ, "SYNC_CACHE_DIR": str(tmp_path / "cache")}
-    env.pop("SYNC_BROKER_URL", None)
-    args = [
-        "syncctl",
-        "serve",
-        str(store),
-        "--port",
-        "0",
-        "--workers",
-        "1",
-        "--no-scheduler",
-        "--fresh-wait",
-        "20s",
-    ]
-    with (tmp_path / "serve.log").open("wb") as log, _serving(args, env, log) as line:
-        assert line.startswith("serving "), line + (tmp_path / "serve.log").read_text()
-        body, headers = _get_with(_url(line) + "/readings.csv", {"Cache-Control": "no-cache"})
+    original, body, headers = _no_cache_read(tmp_path, workers=1, fresh_wait="20s")
     assert body == original + b"2,roof,7.2\n"
     assert "Sync-Stale" not in headers
     assert headers["Cache-Control"].startswith("max-age=")
-    with open_archive(store / "readings.csv.sync") as snap:
+    with open_archive(tmp_path / "store" / "readings.csv.sync") as snap:
         assert snap.generation == 1
 
 
 def test_without_workers_a_no_cache_read_gets_the_old_data_marked_stale(tmp_path: Path) -> None:
     """No worker runs: after ``--fresh-wait`` the reader gets what there is, with ``Sync-Stale: true``."""
-    store, original = _expired_store(tmp_path)
-    env = {**os.environ, "SYNC_CACHE_DIR": str(tmp_path / "cache")}
-    env.pop("SYNC_BROKER_URL", None)
-    args = [
-        "syncctl",
-        "serve",
-        str(store),
-        "--port",
-        "0",
-        "--workers",
-        "0",
-        "--no-scheduler",
-        "--fresh-wait",
-        "1s",
-    ]
-    with (tmp_path / "serve.log").open("wb") as log, _serving(args, env, log) as line:
-        assert line.startswith("serving "), line + (tmp_path / "serve.log").read_text()
-        body, headers = _get_with(_url(line) + "/readings.csv", {"Cache-Control": "no-cache"})
+    original, body, headers = _no_cache_read(tmp_path, workers=0, fresh_wait="1s")
     assert body == original
     assert headers["Sync-Stale"] == "true"
     assert headers["Cache-Control"] == "max-age=0, must-revalidate"
