@@ -32,6 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import goals
+
 from sync_format import SyncBuilder, open_archive
 from sync_format.manifest import forget_parsed_manifests
 from sync_format.signing import SigningKey, sign_manifest
@@ -260,9 +262,12 @@ def bench_open(work: Path, count: int) -> list[Row]:
         ("open_archive+close, state + signed manifest", _open_close(signed), count, True),
         ("open_archive+close, first open of each manifest (parse)", first, first_count, False),
     ]
+    worst: tuple[float, float] | None = None
     for name, func, runs, has_goal in cases:
         median, p95 = _latencies(func, runs)
         ratio = median / baseline
+        if has_goal and (worst is None or median > worst[0]):
+            worst = (median, ratio)
         rows.append(
             Row(
                 "b",
@@ -271,6 +276,14 @@ def bench_open(work: Path, count: int) -> list[Row]:
                 f"median <= {OPEN_GOAL_US:.0f} us and <= {OPEN_GOAL_RATIO:.0f}x baseline" if has_goal else "",
                 (median <= OPEN_GOAL_US and ratio <= OPEN_GOAL_RATIO) if has_goal else None,
             )
+        )
+    if worst is not None:
+        goals.record(
+            "15.05-open-archive",
+            "open_archive + close, median (slowest of the three archive kinds)",
+            f"{worst[0]:,.1f} us = {worst[1]:.1f}x os.open+fstat+close ({baseline:,.1f} us)",
+            f"<= {OPEN_GOAL_US:.0f} us and <= {OPEN_GOAL_RATIO:.0f}x",
+            worst[0] <= OPEN_GOAL_US and worst[1] <= OPEN_GOAL_RATIO,
         )
     return rows
 

@@ -17,9 +17,12 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import goals
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Lines of a failed benchmark's output kept in the report.
@@ -108,15 +111,16 @@ def machine() -> list[str]:
     ]
 
 
-def run(bench: Bench, *, quick: bool) -> list[str]:
-    """Run one benchmark and return its section of the report."""
+def run(bench: Bench, *, quick: bool, goals_file: Path) -> list[str]:
+    """Run one benchmark and return its section of the report; its goal verdicts go to ``goals_file``."""
     script = ROOT / "bench" / f"{bench.name}.py"
     args = bench.quick if quick else bench.full
     command = [sys.executable, str(script.relative_to(ROOT)), *args]
     shown = " ".join(["python", *command[1:]])
     print(f"== {shown}", flush=True)
     started = time.monotonic()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    env = {**os.environ, goals.GOALS_ENV: str(goals_file)}
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False, env=env)
     elapsed = time.monotonic() - started
     sys.stdout.write(done.stdout)
     sys.stderr.write(done.stderr[-4000:])
@@ -164,10 +168,27 @@ def main(argv: list[str] | None = None) -> int:
     ]
     sections: list[str] = []
     failed = 0
-    for bench in chosen:
-        section = run(bench, quick=args.quick)
-        failed += any(line.startswith("**Failed**") for line in section)
-        sections += section
+    with tempfile.TemporaryDirectory(prefix="sync-bench-goals-") as scratch:
+        goals_file = Path(scratch) / "goals.jsonl"
+        for bench in chosen:
+            section = run(bench, quick=args.quick, goals_file=goals_file)
+            failed += any(line.startswith("**Failed**") for line in section)
+            sections += section
+        verdicts = goals.read(goals_file)
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    header += [f"Load average at the end of the run: {load}.", ""]
+    if verdicts:
+        missed = sum(1 for row in verdicts if row.get("met") is not True)
+        header += [
+            "## Goals",
+            "",
+            "Each benchmark's own verdict against the goal it is held to (issue 15's table), from this run;"
+            f" {len(verdicts) - missed} of {len(verdicts)} met. The sections below show how each was"
+            " measured.",
+            "",
+            *goals.table(verdicts),
+            "",
+        ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join([*header, *sections]).rstrip() + "\n")
     print(f"wrote {args.out}")
