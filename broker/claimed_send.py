@@ -12,6 +12,8 @@ with the stock transport: its bytes are the ones kombu would have pushed.
 Invariants:
     * Atomic: a refused claim (merged) sends nothing; a taken claim and its message are written together by
       one script, so a Redis failure leaves either both or neither (no orphan claim, no unclaimed message).
+      The one write that could fail inside the script (a push onto a key that is not a list) is checked
+      before anything is written.
     * Nothing reaches Redis during the capture: the session refuses to flush, and kombu's own batch flush
       is a no-op here; the script is the only write. A capture that yields no queue push, or a command this
       module does not know, is a programming error (kombu changed): nothing is claimed or sent then.
@@ -36,15 +38,29 @@ from broker.redis_client import translated
 # ARGV[1]  the request id (claim token); ARGV[2]  the claim's TTL in milliseconds
 # ARGV[3..] the collected commands as triples: op ("lpush", "pexpire", "publish"), argument, value;
 #           lpush/pexpire act on the next KEYS entry (argument repeats it), publish on channel "argument"
-# Returns the claim's {ok, merged}; the commands run only when ok is 1.
+# Returns the claim's {ok, merged}; the commands run only when ok is 1. A script has no rollback, so what
+# could fail after the claim is checked before it: a queue key that holds something else than a list is an
+# error reply, and nothing changes.
 _CLAIM_AND_SEND_LUA = (
     CLAIM_LUA_FUNCTIONS
     + """
+local k = 2
+for i = 3, #ARGV, 3 do
+  if ARGV[i] == 'lpush' then
+    local kind = redis.call('TYPE', KEYS[k]).ok
+    if kind ~= 'none' and kind ~= 'list' then
+      return redis.error_reply('claim and send: queue key ' .. KEYS[k] .. ' holds a ' .. kind)
+    end
+  end
+  if ARGV[i] == 'lpush' or ARGV[i] == 'pexpire' then
+    k = k + 1
+  end
+end
 local r = claim_op(KEYS[1], 'claim', ARGV[1], ARGV[2], '')
 if r.err or r[1] ~= 1 then
   return r
 end
-local k = 2
+k = 2
 for i = 3, #ARGV, 3 do
   local op = ARGV[i]
   if op == 'lpush' then
