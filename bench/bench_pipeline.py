@@ -113,7 +113,7 @@ ROUND_TRIP_GOAL = 8
 DISTURBED_SHARE = 0.2
 #: What issues each Redis command during a refresh (read from the code of broker, workers and kombu).
 COMMAND_ROLES = {
-    "evalsha": "claim + enqueue + task-sent (producer, one script); the job's start and end scripts; heartbeat",
+    "evalsha": "claim + enqueue + task-sent (producer, one script); the job's start, end; heartbeat",
     "hget": "inside the claim and job scripts (claim fields, attempts)",
     "hset": "job scripts (claim, status record); kombu unacked message",
     "pexpire": "inside the claim and job scripts",
@@ -122,7 +122,7 @@ COMMAND_ROLES = {
     "lpush": "inside the producer's script (enqueue); inside the job's end script (status history)",
     "type": "inside the producer's script (the queue key is a list)",
     "brpop": "worker waits for a message (1 s timeout when idle)",
-    "publish": 'task-sent (producer script); worker task events, one task.multi per 0.25 s; heartbeats; "swapped"',
+    "publish": 'task-sent (producer script); task events (one task.multi per 0.25 s); heartbeats; "swapped"',
     "multi": "transactions: kombu unacked bookkeeping",
     "exec": "one round trip per MULTI block",
     "zadd": "kombu unacked index (delivery)",

@@ -159,14 +159,15 @@ def claim_and_send(
                 send(producer)
         finally:
             del channel.create_publish_batch
-    keys, args = [key], [token, ttl_ms]
+    keys: list[str] = [key]
+    args: list[str | int] = [token, ttl_ms]
     for name, command in capture.commands:
         if name not in KNOWN_COMMANDS or len(command) != 2:
             raise CaptureError(f"kombu batched an unexpected Redis command {name!r} ({len(command)} args)")
         target, value = command
         if name in KEY_COMMANDS:
             keys.append(str(target))
-        args += [name, str(target), value]
+        args += [name, str(target), value if isinstance(value, int) else str(value)]
     if not any(name == "lpush" for name, _ in capture.commands):
         raise CaptureError("kombu batched no queue push for the task message")
     script = client.register_script(_CLAIM_AND_SEND_LUA)

@@ -3,9 +3,9 @@
 mountd calls this on the request path when it sees an expired archive. The archive is claimed in Redis
 (``broker.claims``); only the request that takes the claim sends ``TASK_REFRESH`` by name, every other is
 merged into it. Claim and send are one script, one round trip (``broker.claimed_send``); a producer whose
-channel cannot do that claims, then sends. When Redis or the broker cannot be reached, the wanted refresh is remembered in a bounded,
-per-process ``PendingRefreshes`` and the read carries on; the caller runs ``replay_pending`` periodically,
-which sends them once Redis is back.
+channel cannot do that claims, then sends. When Redis or the broker cannot be reached, the wanted refresh is
+remembered in a bounded, per-process ``PendingRefreshes`` and the read carries on; the caller runs
+``replay_pending`` periodically, which sends them once Redis is back.
 
 Invariants:
     * ``request_refresh`` never raises because Redis is down and waits at most about one client timeout per
