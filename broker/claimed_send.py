@@ -79,8 +79,9 @@ return r
 #: The commands kombu's Redis transport adds to a publish batch that the script knows how to run.
 KEY_COMMANDS = frozenset({"lpush", "pexpire"})
 KNOWN_COMMANDS = KEY_COMMANDS | {"publish"}
-#: Connection parameters that must agree for the claims client and the broker channel to be one database.
-_SAME_DATABASE = ("host", "port", "path", "db")
+#: Connection parameters that must agree for the claims client and the broker channel to be one database,
+#: with redis-py's default where a URL leaves one out (a ``unix://`` URL names no database: 0).
+_SAME_DATABASE = {"host": None, "port": None, "path": None, "db": 0}
 
 
 class CaptureError(RuntimeError):
@@ -183,7 +184,10 @@ def _batchable(producer: Any, channel: Any, client: redis.Redis) -> bool:
         return False
     theirs = channel.client.connection_pool.connection_kwargs
     ours = client.connection_pool.connection_kwargs
-    return all(_normal(theirs.get(name)) == _normal(ours.get(name)) for name in _SAME_DATABASE)
+    return all(
+        _normal(theirs.get(name, default)) == _normal(ours.get(name, default))
+        for name, default in _SAME_DATABASE.items()
+    )
 
 
 def _normal(value: object) -> object:

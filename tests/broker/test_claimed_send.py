@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from broker import (
     PRODUCER_SOCKET_TIMEOUT,
     QUEUE_REFRESH,
     TASK_REFRESH,
+    EmbeddedRedis,
     PendingRefreshes,
     RefreshRequest,
     RequestResult,
@@ -218,3 +220,27 @@ def test_a_broker_on_another_database_claims_then_sends(
         queue_db.close()
         client.close()
         app.close()
+
+
+def test_the_embedded_broker_on_a_unix_socket_also_takes_one_round_trip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default deployment: the broker URL is ``redis+socket://``, the claims client ``unix://`` (no
+    database in either URL); both are the same database, so the one-script path is used."""
+    (tmp_path / "broker").mkdir(mode=0o700)
+    embedded = EmbeddedRedis(tmp_path / "broker").start()
+    app = make_celery_app(Settings(), broker_url=embedded.celery_url, producer=True)
+    client = make_redis(
+        embedded.redis_url, socket_timeout=PRODUCER_SOCKET_TIMEOUT, connect_timeout=PRODUCER_CONNECT_TIMEOUT
+    )
+    try:
+        pending = PendingRefreshes()
+        assert request_refresh(app, client, RefreshRequest.new("warm.sync", 0), pending) is RequestResult.QUEUED
+        counter = WireCounter(monkeypatch)
+        assert request_refresh(app, client, RefreshRequest.new("a.sync", 0), pending) is RequestResult.QUEUED
+        assert counter.sent == PRODUCER_ROUND_TRIPS
+        assert [r.archive for r in queued_requests(client)] == ["warm.sync", "a.sync"]
+    finally:
+        client.close()
+        app.close()
+        embedded.close()
