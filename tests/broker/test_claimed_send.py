@@ -235,7 +235,8 @@ def test_the_embedded_broker_on_a_unix_socket_also_takes_one_round_trip(
     )
     try:
         pending = PendingRefreshes()
-        assert request_refresh(app, client, RefreshRequest.new("warm.sync", 0), pending) is RequestResult.QUEUED
+        warm = RefreshRequest.new("warm.sync", 0)
+        assert request_refresh(app, client, warm, pending) is RequestResult.QUEUED
         counter = WireCounter(monkeypatch)
         assert request_refresh(app, client, RefreshRequest.new("a.sync", 0), pending) is RequestResult.QUEUED
         assert counter.sent == PRODUCER_ROUND_TRIPS
