@@ -102,22 +102,27 @@ SWAP_TIMEOUT = 60.0
 WORKER_START_TIMEOUT = 60.0
 #: Longest wait for a worker or redis-server to exit after SIGTERM, in seconds.
 STOP_TIMEOUT = 30.0
-#: Throughput ratio (two workers / one worker) the pipeline is held to on two cores.
-RATIO_GOAL = 1.7
+#: Throughput ratio (two workers / one worker) the pipeline is held to on two cores (issue 15).
+RATIO_GOAL = 1.8
+#: Latency ratio (request -> "swapped" p50 on the TCP Redis / in-process run_refresh p50), issue 15.
+LATENCY_GOAL = 1.2
+#: Redis round trips per refresh, producer and worker together (issue 15).
+ROUND_TRIP_GOAL = 8
 #: Share of the machine's CPU used by other processes and kernel threads above which a throughput run is
 #: reported as disturbed (on a quiet machine it stays at a few per cent: kernel threads working for us).
 DISTURBED_SHARE = 0.2
 #: What issues each Redis command during a refresh (read from the code of broker, workers and kombu).
 COMMAND_ROLES = {
-    "evalsha": "claim (producer); the job's start and end scripts (broker.job); heartbeat if > 1 s",
+    "evalsha": "claim + enqueue + task-sent (producer, one script); the job's start, end; heartbeat",
     "hget": "inside the claim and job scripts (claim fields, attempts)",
     "hset": "job scripts (claim, status record); kombu unacked message",
     "pexpire": "inside the claim and job scripts",
     "del": "inside the job's end script (release)",
     "hincrby": "inside the claim script (merges)",
-    "lpush": "enqueue (producer); inside the job's end script (status history)",
+    "lpush": "inside the producer's script (enqueue); inside the job's end script (status history)",
+    "type": "inside the producer's script (the queue key is a list)",
     "brpop": "worker waits for a message (1 s timeout when idle)",
-    "publish": 'Celery events (task-sent/received/started/succeeded, heartbeats); "swapped"',
+    "publish": 'task-sent (producer script); task events (one task.multi per 0.25 s); heartbeats; "swapped"',
     "multi": "transactions: kombu unacked bookkeeping",
     "exec": "one round trip per MULTI block",
     "zadd": "kombu unacked index (delivery)",
@@ -736,6 +741,9 @@ def print_latency(rows: list[Latency], baseline: Latency) -> None:
         "run_refresh p50: its wall time inside the worker (status record); rest = p50 - that: claim, enqueue,"
         " Celery delivery, status writes, publish, notification."
     )
+    ratio = statistics.median(rows[0].seconds) / base
+    verdict = "met" if ratio <= LATENCY_GOAL else "NO"
+    print(f"{rows[0].label} / in process: {ratio:.2f}x (goal <= {LATENCY_GOAL}x: {verdict})")
 
 
 def print_throughput(baselines: list[Throughput], rows: list[Throughput]) -> None:
@@ -815,7 +823,8 @@ def print_redis(loaded: RedisStats, idle: RedisStats, refreshes: int, producer_t
     print(
         f"round trips per refresh (total_reads_processed): {trips:.1f} = producer {producer:.1f} "
         f"(request_refresh, counted in this process) + worker {trips - producer:.1f}; "
-        f"raw {loaded.reads / refreshes:.1f}, idle {idle.reads} in all"
+        f"raw {loaded.reads / refreshes:.1f}, idle {idle.reads} in all "
+        f"(goal <= {ROUND_TRIP_GOAL}: {'met' if trips <= ROUND_TRIP_GOAL else 'NO'})"
     )
     commands = (loaded_total - idle_total) / refreshes
     print(

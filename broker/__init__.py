@@ -1,11 +1,12 @@
 """The contract shared by producers (mountd) and consumers (workers) of refresh jobs.
 
 Task and queue names and the refresh request codec (``contract``), the Celery app factory (``celery_app``),
-the one-refresh-per-archive claim (``claims``), one delivery's life from start to release (``job``),
-``request_refresh`` that never fails a read (``requests``), status records and failed jobs (``status``,
-``failed``), the swapped notification (``swapped``), Redis clients (``redis_client``), the embedded broker
-(``embedded``), the retry backoff (``retry``), and the ``Settings`` both sides are configured by. Nothing
-here holds a module-level app or client.
+the one-refresh-per-archive claim (``claims``; taken with its message in one script, ``claimed_send``), one
+delivery's life from start to release (``job``), the worker's consumer with batched task events
+(``task_events``), ``request_refresh`` that never fails a read (``requests``), status records and failed
+jobs (``status``, ``failed``), the swapped notification (``swapped``), Redis clients (``redis_client``), the
+embedded broker (``embedded``), the retry backoff (``retry``), and the ``Settings`` both sides are
+configured by. Nothing here holds a module-level app or client.
 
 Names are loaded on first use (PEP 562): ``import broker`` or ``from broker.settings import Settings``
 imports neither Celery nor Redis, so commands that only read archives start fast; ``from broker import

@@ -16,6 +16,9 @@ Invariants:
       longest retry countdown, so a retry waiting for its ETA is not redelivered. A job that runs longer
       than it is redelivered while it runs; that copy finds the claim held by a live runner of the same
       request (``Claims.start``) and drops out, so a slow job still runs once at a time.
+    * Task events (Flower's task list) are sent for every job, batched a short while apart
+      (``broker.task_events``); the producer's ``task-sent`` goes out with the claim
+      (``broker.claimed_send``).
     * Results are not stored unless ``Settings.result_backend`` names a backend: the state of refreshes
       lives in our status records (``broker.status``).
 """
@@ -50,6 +53,9 @@ HARD_LIMIT_MARGIN = 30.0
 #: (kombu's ``unacked_restore_interval``; with throttle 1 a dead worker's messages return within about
 #: visibility timeout + this).
 UNACKED_RESTORE_INTERVAL = 10
+#: The worker's consumer: Celery's, with task events sent in batches (``broker.task_events``; named, not
+#: imported, so producers never load Celery's worker modules).
+WORKER_CONSUMER = "broker.task_events:DeferredEventsConsumer"
 #: How a producer's connection is (re)established: one immediate retry (a pooled connection that went stale
 #: while Redis restarted), then fail. Kombu's default retries every 2 s would hold a read that long.
 PRODUCER_RECONNECT = {"max_retries": 1, "interval_start": 0, "interval_step": 0, "interval_max": 0}
@@ -180,6 +186,7 @@ def make_celery_app(
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_send_task_events=True,
+        worker_consumer=WORKER_CONSUMER,
         task_send_sent_event=True,
         task_serializer="json",
         accept_content=["json"],

@@ -2,15 +2,17 @@
 
 mountd calls this on the request path when it sees an expired archive. The archive is claimed in Redis
 (``broker.claims``); only the request that takes the claim sends ``TASK_REFRESH`` by name, every other is
-merged into it. When Redis or the broker cannot be reached, the wanted refresh is remembered in a bounded,
-per-process ``PendingRefreshes`` and the read carries on; the caller runs ``replay_pending`` periodically,
-which sends them once Redis is back.
+merged into it. Claim and send are one script, one round trip (``broker.claimed_send``); a producer whose
+channel cannot do that claims, then sends. When Redis or the broker cannot be reached, the wanted refresh is
+remembered in a bounded, per-process ``PendingRefreshes`` and the read carries on; the caller runs
+``replay_pending`` periodically, which sends them once Redis is back.
 
 Invariants:
     * ``request_refresh`` never raises because Redis is down and waits at most about one client timeout per
       Redis round trip (producers use ``PRODUCER_SOCKET_TIMEOUT``); Celery's own publish retries are off:
       the pending set is the retry.
-    * A claim is released when the send fails, so a failed send never blocks the archive; if the release
+    * A claim is taken together with its message or not at all (``broker.claimed_send``). On the two-step
+      path, a claim is released when the send fails, so a failed send never blocks the archive; if the release
       fails too, the pending entry keeps the same token, and claiming is re-entrant for its holder, so the
       replay re-takes its own claim instead of merging into it.
     * One pending entry per archive: a later request for a pending archive raises its base generation
@@ -30,6 +32,7 @@ import redis
 from celery import Celery  # type: ignore[import-untyped]
 
 from broker.celery_app import TimeLimits
+from broker.claimed_send import CaptureError, claim_and_send
 from broker.claims import QUEUED_CLAIM_TTL_MS, Claims
 from broker.contract import QUEUE_REFRESH, TASK_REFRESH, RefreshRequest
 from broker.redis_client import UNAVAILABLE_ERRORS, redact_url
@@ -254,6 +257,47 @@ def _enqueue(
     app: Celery, client: redis.Redis, wanted: WantedRefresh, claim_ttl_ms: int
 ) -> tuple[RequestResult, str | None]:
     request = wanted.request
+    options: dict[str, Any] = {}
+    if wanted.limits is not None:
+        options = {"soft_time_limit": wanted.limits.soft, "time_limit": wanted.limits.hard}
+
+    def send(producer: Any = None) -> None:
+        app.send_task(
+            TASK_REFRESH,
+            args=[request.to_json()],
+            queue=QUEUE_REFRESH,
+            task_id=request.request_id,
+            retry=False,
+            producer=producer,
+            **options,
+        )
+
+    try:
+        claim = claim_and_send(app, client, request.archive, request.request_id, claim_ttl_ms, send)
+    except BrokerUnavailable as exc:
+        return RequestResult.DEFERRED, exc.message
+    except UNAVAILABLE_ERRORS as exc:
+        # The broker channel failed while the message was built (a stale pooled connection, say): nothing
+        # was claimed or sent.
+        return RequestResult.DEFERRED, _broker_down(app, exc)
+    except CaptureError as exc:
+        log.warning("claim and send in one script unavailable archive=%s reason=%s", request.archive, exc)
+        claim = None
+    if claim is None:
+        return _claim_then_send(app, client, wanted, claim_ttl_ms, send)
+    if not claim.ok:
+        log.debug("refresh merged archive=%s merged=%d", request.archive, claim.merged)
+        return RequestResult.MERGED, None
+    _log_queued(request)
+    return RequestResult.QUEUED, None
+
+
+def _claim_then_send(
+    app: Celery, client: redis.Redis, wanted: WantedRefresh, claim_ttl_ms: int, send: Any
+) -> tuple[RequestResult, str | None]:
+    # Two steps, for a producer whose channel cannot hand its message to the claim script
+    # (``broker.claimed_send``): claim, then send, releasing the claim if the send fails.
+    request = wanted.request
     claims = Claims(client)
     try:
         claim = claims.claim(request.archive, request.request_id, claim_ttl_ms)
@@ -262,32 +306,30 @@ def _enqueue(
     if not claim.ok:
         log.debug("refresh merged archive=%s merged=%d", request.archive, claim.merged)
         return RequestResult.MERGED, None
-    options: dict[str, Any] = {}
-    if wanted.limits is not None:
-        options = {"soft_time_limit": wanted.limits.soft, "time_limit": wanted.limits.hard}
     try:
-        app.send_task(
-            TASK_REFRESH,
-            args=[request.to_json()],
-            queue=QUEUE_REFRESH,
-            task_id=request.request_id,
-            retry=False,
-            **options,
-        )
+        send()
     except UNAVAILABLE_ERRORS as exc:
         _release_quietly(claims, request)
-        broker = redact_url(str(app.conf.broker_url))
-        return RequestResult.DEFERRED, f"send: broker at {broker} unavailable: {exc}"
+        return RequestResult.DEFERRED, _broker_down(app, exc)
     except Exception:
         _release_quietly(claims, request)
         raise
+    _log_queued(request)
+    return RequestResult.QUEUED, None
+
+
+def _broker_down(app: Celery, exc: Exception) -> str:
+    broker = redact_url(str(app.conf.broker_url))
+    return f"send: broker at {broker} unavailable: {exc}"
+
+
+def _log_queued(request: RefreshRequest) -> None:
     log.info(
         "refresh queued archive=%s generation=%d job=%s",
         request.archive,
         request.base_generation,
         request.request_id,
     )
-    return RequestResult.QUEUED, None
 
 
 def _release_quietly(claims: Claims, request: RefreshRequest) -> None:
