@@ -9,7 +9,8 @@ and is spooled to a temp file, capped at the policy's maximum. ABI v2 requests c
 body (sizes checked before reading); their headers pass ``guest_http.prepare_headers`` here, where granted
 operator secrets are filled in. Guest ``log`` lines are counted and cut again here (the child is not trusted
 to have done it), kept in the outcome and written to the worker log. The child is always reaped with ``wait4``
-so its exit status and resource use are recorded.
+so its exit status and resource use are recorded. With a ``SpareChild`` the child may have been forked
+ahead of its job (``workers.spare``); it is then sent the job, and everything above holds the same.
 
 Fork safety: the caller must not run other threads that could hold a lock the child needs (wasmtime's,
 the allocator's, Python's). Only daemon threads are tolerated: egress starts them itself (a DNS lookup
@@ -55,6 +56,7 @@ from workers.host_abi import (
     MAX_REQUEST_HEADERS_BYTES,
     MAX_RESPONSE_HEADERS_BYTES,
 )
+from workers.spare import SpareChild
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +172,7 @@ def run_in_sandbox(
     resolver: Resolver = system_resolver,
     grants: Grants | None = None,
     requester: Requester | None = None,
+    spare: SpareChild | None = None,
 ) -> SandboxOutcome:
     """Run one guest job in a fresh confined child.
 
@@ -180,6 +183,8 @@ def run_in_sandbox(
         resolver: Name resolution for egress.
         grants: Secrets the guest's v2 request headers may reference.
         requester: Performs the requests instead of an ``Egress`` over ``egress_policy`` (fixtures).
+        spare: Where a child forked ahead waits (``workers.spare``): the job goes to it when it fits, and
+            the next spare is forked while this job runs.
 
     Returns:
         The outcome; failures of the guest or the sandbox are in ``error``, never raised.
@@ -190,14 +195,18 @@ def run_in_sandbox(
     others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
     if others:
         raise RuntimeError(f"run_in_sandbox forks: stop these threads first: {[t.name for t in others]}")
-    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     started = time.monotonic()
     deadline = started + job.limits.timeout_seconds
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover  (the child's coverage is the parent's assertions)
-        parent_sock.close()
-        child_main(child_sock.detach(), job)
-    child_sock.close()
+    taken = spare.take(job) if spare is not None else None
+    if taken is not None:
+        pid, parent_sock = taken
+    else:
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover  (the child's coverage is the parent's assertions)
+            parent_sock.close()
+            child_main(child_sock.detach(), job)
+        child_sock.close()
     outcome = SandboxOutcome()
     performer = requester or Egress(egress_policy, resolver=resolver, heartbeat=heartbeat)
     session = _Session(Channel(parent_sock), outcome, job, performer, grants or Grants())
@@ -208,6 +217,8 @@ def run_in_sandbox(
         parent_sock.close()
         outcome.usage = _reap(pid, kill=True)
         outcome.duration_ms = (time.monotonic() - started) * 1000
+    if spare is not None:
+        spare.refill()  # the next job's child prepares while this outcome is committed and reported
     if outcome.error is None and outcome.entry is None:
         outcome.error = _death_cause(outcome.usage, job.limits.timeout_seconds)
     if outcome.error is not None:
