@@ -218,7 +218,10 @@ def run_in_sandbox(
         outcome.usage = _reap(pid, kill=True)
         outcome.duration_ms = (time.monotonic() - started) * 1000
     if spare is not None:
-        spare.refill()  # the next job's child prepares while this outcome is committed and reported
+        try:
+            spare.refill()  # the next job's child prepares while this outcome is committed and reported
+        except (RuntimeError, OSError) as exc:  # the next job forks its own child; this outcome stands
+            log.warning("sandbox spare child not forked error=%s", exc)
     if outcome.error is None and outcome.entry is None:
         outcome.error = _death_cause(outcome.usage, job.limits.timeout_seconds)
     if outcome.error is not None:
