@@ -146,7 +146,12 @@ def child_main(sock_fd: int, job: ChildJob) -> NoReturn:
 
 
 def spare_main(
-    sock_fd: int, engine: wasmtime.Engine, policy: SandboxPolicy, seccomp_program: bytes | None
+    sock_fd: int,
+    engine: wasmtime.Engine,
+    policy: SandboxPolicy,
+    seccomp_program: bytes | None,
+    *,
+    handed: bool = False,
 ) -> NoReturn:
     """Be a spare child: prepare, wait for one job on the channel, confine fully, run it and exit.
 
@@ -158,16 +163,21 @@ def spare_main(
     The channel closing before a job arrives (the spare was discarded) ends the child quietly.
 
     Args:
-        sock_fd: The child's end of the socketpair.
+        sock_fd: The child's end of the socketpair; with ``handed``, the control socket of the zygote that
+            forked it instead (``workers.zygote``), over which the channel's descriptor arrives; the control
+            socket is closed as soon as it did.
         engine: The engine the parent's modules were compiled with.
         policy: The runtime's policy; the job sets its RLIMIT_CPU.
         seccomp_program: The BPF program the parent built, or None when it could not.
+        handed: The channel is handed over by a zygote (see ``sock_fd``).
     """
     status = EXIT_INTERNAL
     channel: Channel | None = None
     try:
-        channel = _enter(sock_fd)
+        first = _enter(sock_fd)
+        channel = None if handed else first  # errors never go to a zygote's control socket
         early = apply_policy(policy, seccomp_program, only=EARLY_LAYERS)
+        channel = _handed_channel(first) if handed else first
         job = _receive_job(channel, engine, policy, seccomp_program)
         late = apply_policy(job.policy, seccomp_program, only=LATE_LAYERS)
         report = SandboxReport(statuses=early.statuses + late.statuses, landlock_abi=late.landlock_abi)
@@ -179,6 +189,18 @@ def spare_main(
     except BaseException as exc:  # noqa: BLE001  (last resort: report our own bug to the parent, then exit)
         status = _send_error(channel, GuestError(f"internal error in the sandbox child: {exc!r}"))
     os._exit(status)
+
+
+def _handed_channel(control: Channel) -> Channel:
+    """Receive the job's channel descriptor from the zygote and close the control socket (the child must
+    not keep a line to the zygote)."""
+    _, fds, _, _ = socket.recv_fds(control.sock, 16, 1)
+    control.sock.close()
+    if len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise ChannelClosed("the zygote handed no channel")
+    return Channel(socket.socket(fileno=fds[0]))
 
 
 def _enter(sock_fd: int) -> Channel:

@@ -232,6 +232,7 @@ def execute_guest(
         grants=grants,
         requester=requester,
         spare=runtime.spare,
+        zygote=runtime.zygote,
     )
 
 

@@ -33,6 +33,7 @@ from workers.guest_runner import run_guest
 from workers.host_abi import HttpReply
 from workers.module_cache import ModuleCache
 from workers.spare import SpareChild
+from workers.zygote import Zygote
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +88,18 @@ class GuestRuntime:
         self.spare: SpareChild | None = None
         if settings.sandbox_spare_child:
             self.spare = SpareChild(self.engine, self.policy, self.seccomp_program)
+        #: The sandbox zygote (``Settings.sandbox_zygote``), started on the first job, else None.
+        self.zygote: Zygote | None = None
+        if settings.sandbox_zygote:
+            self.zygote = Zygote(self.policy, self.seccomp_program)
 
     def close(self) -> None:
-        """Discard the spare child, if one is held (a runtime that is dropped without it leaves the spare to
-        die with this process)."""
+        """Discard the spare child and stop the zygote, if any (a runtime dropped without ``close`` leaves
+        them to die with this process)."""
         if self.spare is not None:
             self.spare.close()
+        if self.zygote is not None:
+            self.zygote.close()
 
     def limits_for(self, manifest: Manifest) -> GuestLimits:
         """The budgets of a guest run for this manifest.

@@ -18,12 +18,16 @@ from workers.runtime import GuestRuntime
 
 #: ``SYNC_TEST_SPARE_CHILD=1`` runs every worker test's guests through spare children (``workers.spare``).
 SPARE_CHILD = os.environ.get("SYNC_TEST_SPARE_CHILD", "") == "1"
+#: ``SYNC_TEST_ZYGOTE=1`` runs them through the sandbox zygote (``workers.zygote``).
+ZYGOTE = os.environ.get("SYNC_TEST_ZYGOTE", "") == "1"
 
 
 def _make_runtime(cache: Path, names: NameTable | None = None, **settings: object) -> GuestRuntime:
     """A runtime caching modules in ``cache``, strict unless ``settings`` say otherwise, resolving host names
-    through ``names`` when given (else the system resolver); with spare children when ``SPARE_CHILD``."""
-    values = {"cache_dir": cache, "sandbox": "strict", "sandbox_spare_child": SPARE_CHILD, **settings}
+    through ``names`` when given (else the system resolver); with spare children or the zygote when
+    ``SPARE_CHILD`` or ``ZYGOTE``."""
+    values = {"cache_dir": cache, "sandbox": "strict", "sandbox_spare_child": SPARE_CHILD}
+    values |= {"sandbox_zygote": ZYGOTE, **settings}
     runtime_settings = Settings.from_env(values, env={})
     return GuestRuntime(runtime_settings) if names is None else GuestRuntime(runtime_settings, resolver=names)
 
