@@ -5,15 +5,17 @@ the time its ``apply_policy`` took to a pipe and leaves with ``os._exit``; the p
 Variants run interleaved (round-robin) so that drift on a shared machine spreads evenly over them. The
 seccomp program is built once in the parent, as the workers do; its build cost is shown separately.
 
-The first table forks this small process (only ``workers.confine`` imported). The second is measured after the
-process has grown to a worker's size (Celery, kombu, redis-py and billiard imported, a Celery app and a
-``GuestRuntime`` built: wasmtime engine, warm-up guest, seccomp program): a plain fork of it, fork-per-job
-with all layers, and the spare child of ``workers.spare`` (``Settings.sandbox_spare_child``), forked and
-through its early layers (no_new_privs, network namespace) before the clock starts; its row times what a job
-waits for: the go message, the late layers (rlimits, Landlock, seccomp), the answer and the reap. The spare's
-own fork..ready time is shown as a row too: it is still spent, but while the previous job's outcome is
-handled. Ratios are given against both plain forks (the worker-sized one, and the small one of the first
-table).
+The first table forks this small process (only ``workers.confine`` imported). Then the process grows twice and
+the same four rows are measured at each size: first to the sandbox zygote's size (``workers.zygote``: the
+child's modules and an engine that ran the warm-up guest), then to a worker's size (Celery, kombu, redis-py
+and billiard imported, a Celery app and a ``GuestRuntime`` built). The rows: a plain fork, fork-per-job with
+all layers, and a spare child (``workers.spare``, and the zygote's own spare), forked and through its early
+layers (no_new_privs, network namespace) before the clock starts; its row times what a job waits for: the go
+message, the late layers (rlimits, Landlock, seccomp), the answer and the reap. The spare's fork..ready time
+is a row too: it is still spent, but off the job's path (in the zygote: in another process). Every row is
+given against its own process's plain fork, the worker-sized plain fork (what a job costs without a zygote)
+and the small one of the first table. The zygote path's IPC (the spawn and reap messages) is not in these
+rows; ``bench_pipeline.py``'s stage table has ``execute_guest`` end to end in each mode.
 
 Run: ``.venv/bin/python bench/bench_confine.py [--runs 200]``.
 """
@@ -26,6 +28,7 @@ import statistics
 import struct
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from workers.confine import ALL_LAYERS, Layer, SandboxPolicy, apply_policy, build_program
@@ -42,9 +45,9 @@ VARIANTS: dict[str, tuple[Layer, ...]] = {
 }
 
 
-#: Rows of the worker-sized table, in order.
-WORKER_ROWS = (
-    "plain fork (worker-sized)",
+#: Rows of the zygote-sized and worker-sized tables, in order.
+SIZED_ROWS = (
+    "plain fork",
     "fork per job, all layers",
     "spare child, all layers (go..reap)",
     "  spare prepared ahead (fork..ready)",
@@ -122,6 +125,18 @@ def spare_sample(program: bytes) -> tuple[float, float, float]:
     return total, struct.unpack("d", data)[0], prepared
 
 
+def grow_to_zygote_size() -> None:
+    """Import and build what the sandbox zygote holds (``workers.zygote.main``): the child's modules, an
+    engine that ran the warm-up guest."""
+    from workers.child import spare_main  # noqa: PLC0415  (the point: grow only now)
+    from workers.engine import make_engine  # noqa: PLC0415
+    from workers.runtime import warm_up  # noqa: PLC0415
+
+    engine = make_engine()
+    warm_up(engine)
+    _KEEP.extend([engine, spare_main])
+
+
 def grow_to_worker_size(directory: str) -> int:
     """Import and build what a worker's pool process holds; return the resident set size in KiB."""
     from broker.celery_app import make_celery_app  # noqa: PLC0415  (the point: grow only now)
@@ -192,53 +207,69 @@ def main() -> None:
             f"{a50 * ms:>9.3f} ms{a95 * ms:>7.3f} ms"
         )
     small_rss = rss_kib()
+    grow_to_zygote_size()
+    zygote = Sized("zygote-sized", rss_kib(), measure_sized(args.runs, program))
     with tempfile.TemporaryDirectory() as directory:
-        big_rss = grow_to_worker_size(directory)
-        worker_table(args.runs, program, base50, small_rss, big_rss)
+        worker = Sized("worker-sized", grow_to_worker_size(directory), measure_sized(args.runs, program))
+    print_sized([zygote, worker], base50, small_rss)
 
 
-def worker_table(runs: int, program: bytes, small50: float, small_rss: int, big_rss: int) -> None:
-    """The second table: the worker-sized process, fork-per-job against the spare child."""
-    rows: dict[str, list[float]] = {name: [] for name in WORKER_ROWS}
-    applies: dict[str, list[float]] = {name: [] for name in WORKER_ROWS}
+@dataclass
+class Sized:
+    """Samples of ``SIZED_ROWS`` taken in a process of one size."""
+
+    label: str
+    rss_kib: int
+    rows: dict[str, tuple[list[float], list[float]]]
+
+
+def measure_sized(runs: int, program: bytes) -> dict[str, tuple[list[float], list[float]]]:
+    """Interleaved samples of every ``SIZED_ROWS`` variant in this process: (fork..reap, apply) seconds."""
+    rows: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in SIZED_ROWS}
+    plain, per_job, spare, prepared = SIZED_ROWS
     for _ in range(runs):
-        total, applied = sample((), program)
-        rows[WORKER_ROWS[0]].append(total)
-        applies[WORKER_ROWS[0]].append(applied)
-        total, applied = sample(ALL_LAYERS, program)
-        rows[WORKER_ROWS[1]].append(total)
-        applies[WORKER_ROWS[1]].append(applied)
-        total, applied, prepared = spare_sample(program)
-        rows[WORKER_ROWS[2]].append(total)
-        applies[WORKER_ROWS[2]].append(applied)
-        rows[WORKER_ROWS[3]].append(prepared)
-        applies[WORKER_ROWS[3]].append(0.0)
+        for name, layers in ((plain, ()), (per_job, ALL_LAYERS)):
+            total, applied = sample(layers, program)
+            rows[name][0].append(total)
+            rows[name][1].append(applied)
+        total, applied, ready = spare_sample(program)
+        rows[spare][0].append(total)
+        rows[spare][1].append(applied)
+        rows[prepared][0].append(ready)
+        rows[prepared][1].append(0.0)
+    return rows
+
+
+def print_sized(tables: list[Sized], small50: float, small_rss: int) -> None:
+    """The zygote-sized and worker-sized tables, each row against the three plain forks."""
     ms = 1000.0
-    base50 = percentile(rows[WORKER_ROWS[0]], 0.50)
-    print()
-    print(
-        f"worker-sized process (RSS {big_rss // 1024} MiB; the table above: {small_rss // 1024} MiB): "
-        f"fork-per-job against a spare child"
-    )
-    header = (
-        f"{'variant':<34}{'p50':>9}{'p95':>10}{'x worker fork':>15}{'x small fork':>14}"
-        f"{'apply p50':>12}{'goal':>7}"
-    )
-    print(header)
-    print("-" * len(header))
-    for name in WORKER_ROWS:
-        t50, t95 = percentile(rows[name], 0.50), percentile(rows[name], 0.95)
-        a50 = percentile(applies[name], 0.50)
-        goal = ""
-        if name in (WORKER_ROWS[1], WORKER_ROWS[2]):
-            goal = "met" if t50 / base50 <= CONFINE_GOAL else "NO"
+    plain = SIZED_ROWS[0]
+    worker50 = percentile(tables[-1].rows[plain][0], 0.50)
+    for table in tables:
+        own50 = percentile(table.rows[plain][0], 0.50)
+        print()
         print(
-            f"{name:<34}{t50 * ms:>6.2f} ms{t95 * ms:>7.2f} ms{t50 / base50:>14.2f}x{t50 / small50:>13.2f}x"
-            f"{a50 * ms:>9.3f} ms{goal:>7}"
+            f"{table.label} process (RSS {table.rss_kib // 1024} MiB; the first table: "
+            f"{small_rss // 1024} MiB): fork-per-job against a spare child"
         )
+        header = (
+            f"{'variant':<37}{'p50':>9}{'p95':>10}{'x own fork':>12}{'x worker fork':>15}{'x small fork':>14}"
+            f"{'apply p50':>12}{'goal':>6}"
+        )
+        print(header)
+        print("-" * len(header))
+        for name, (totals, applies) in table.rows.items():
+            t50, t95, a50 = percentile(totals, 0.50), percentile(totals, 0.95), percentile(applies, 0.50)
+            goal = ""
+            if name in SIZED_ROWS[1:3]:
+                goal = "met" if t50 / worker50 <= CONFINE_GOAL else "NO"
+            print(
+                f"{name:<37}{t50 * ms:>6.2f} ms{t95 * ms:>7.2f} ms{t50 / own50:>11.2f}x"
+                f"{t50 / worker50:>14.2f}x{t50 / small50:>13.2f}x{a50 * ms:>9.3f} ms{goal:>6}"
+            )
     print(
-        f"goal: confinement <= {CONFINE_GOAL}x the worker-sized plain fork (fork..reap for fork-per-job; "
-        "go..reap for the spare)"
+        f"goal: confinement <= {CONFINE_GOAL}x a plain fork of the worker-sized process, the fork a job costs"
+        " without a zygote (fork..reap for fork-per-job; go..reap for a spare)"
     )
 
 

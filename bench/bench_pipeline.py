@@ -140,10 +140,14 @@ STAGES = (
     "commit_payload",
     "total",
 )
-#: Extra rows of the stage table: ``execute_guest`` with the spare child off and on, in the same loop.
-MODE_ROWS = {
-    "execute_guest, fork per job (spare child off)": False,
-    "execute_guest, spare child ahead (spare child on)": True,
+#: Extra rows of the stage table: ``execute_guest`` in each sandbox mode (the settings it sets), same loop.
+MODE_ROWS: dict[str, dict[str, bool]] = {
+    "execute_guest, fork per job": {"sandbox_spare_child": False, "sandbox_zygote": False},
+    "execute_guest, spare child (sandbox_spare_child)": {
+        "sandbox_spare_child": True,
+        "sandbox_zygote": False,
+    },
+    "execute_guest, zygote (sandbox_zygote)": {"sandbox_spare_child": False, "sandbox_zygote": True},
 }
 #: ``execute_guest`` p50 goal for the trivial guest, in ms (issue 15).
 EXECUTE_GOAL_MS = 8.0
@@ -282,6 +286,8 @@ class Worker:
     process: subprocess.Popen[bytes] | None = None
     #: Run the worker with ``SYNC_SANDBOX_SPARE_CHILD=1`` (``--spare-child``).
     spare_child: bool = False
+    #: Run the worker with ``SYNC_SANDBOX_ZYGOTE=1`` (``--zygote``).
+    zygote: bool = False
 
     def start(self) -> Worker:
         """Start it (the embedded broker of ``cache_dir`` when ``broker_url`` is None)."""
@@ -293,6 +299,8 @@ class Worker:
         env.update(SYNC_CACHE_DIR=str(self.cache_dir), SYNC_SANDBOX="strict")
         if self.spare_child:
             env["SYNC_SANDBOX_SPARE_CHILD"] = "1"
+        if self.zygote:
+            env["SYNC_SANDBOX_ZYGOTE"] = "1"
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command,
@@ -595,7 +603,8 @@ def stages(
             e0 = time.perf_counter()
             Egress(runtime.egress_for(snap.manifest, limits))
             egress = time.perf_counter() - e0
-            for name, other in sorted(modes.items(), reverse=n % 2 == 1):
+            order = list(modes.items())
+            for name, other in order[n % len(order) :] + order[: n % len(order)]:  # rotated: fair to each
                 m0 = time.perf_counter()
                 extra = execute_guest(snap, wasm, other)
                 times[name].append(time.perf_counter() - m0)
@@ -878,7 +887,8 @@ def run(options: argparse.Namespace, tmp: Path, stack: ExitStack) -> None:
     print(
         f"guest: writes a {len(PAYLOAD)}-byte payload; strict sandbox; module cache warmed; "
         f"workers: syncctl worker --concurrency 1 (prefork, events on, INFO logs to a file"
-        f"{', spare sandbox child' if options.spare_child else ''})"
+        f"{', spare sandbox child' if options.spare_child else ''}"
+        f"{', sandbox zygote' if options.zygote else ''})"
     )
     print()
 
@@ -888,7 +898,10 @@ def run(options: argparse.Namespace, tmp: Path, stack: ExitStack) -> None:
     run_refresh(next(warm_paths), runtime, base_generation=0)
     base_latency, base_one = in_process(groups["inproc"], runtime, 1)
     _, base_two = in_process(groups["inproc2"], runtime, 2)
-    modes = {name: GuestRuntime(replace(settings, sandbox_spare_child=on)) for name, on in MODE_ROWS.items()}
+    modes = {
+        name: GuestRuntime(replace(settings, sandbox_spare_child=spare, sandbox_zygote=zygote))
+        for name, (spare, zygote) in MODE_ROWS.items()
+    }
     try:
         stage_times = stages(groups["stages"], runtime, modes)
     finally:
@@ -901,9 +914,9 @@ def run(options: argparse.Namespace, tmp: Path, stack: ExitStack) -> None:
     stack.callback(embedded.close)
     logs = tmp / "logs"
     logs.mkdir()
-    spare = options.spare_child
-    w1 = Worker("bench-one@pipeline", store, cache, logs / "one.log", tcp.url, spare_child=spare)
-    emb = Worker("bench-embedded@pipeline", store, cache, logs / "embedded.log", None, spare_child=spare)
+    sandbox = {"spare_child": options.spare_child, "zygote": options.zygote}
+    w1 = Worker("bench-one@pipeline", store, cache, logs / "one.log", tcp.url, **sandbox)
+    emb = Worker("bench-embedded@pipeline", store, cache, logs / "embedded.log", None, **sandbox)
     for worker in (w1, emb):
         worker.start()
         stack.callback(worker.stop)
@@ -938,7 +951,7 @@ def run(options: argparse.Namespace, tmp: Path, stack: ExitStack) -> None:
     # (b) one worker, then two, on the TCP Redis.
     assert tcp.process is not None
     one = burst(producer, archives, groups["one"], [w1], tcp.process.pid, "1 worker x concurrency 1")
-    w2 = Worker("bench-two@pipeline", store, cache, logs / "two.log", tcp.url, spare_child=spare).start()
+    w2 = Worker("bench-two@pipeline", store, cache, logs / "two.log", tcp.url, **sandbox).start()
     stack.callback(w2.stop)
     wait_for_workers(producer.app, [w1, w2])
     warm(producer, archives, warm_paths, {w1.name, w2.name})
@@ -968,6 +981,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--spare-child", action="store_true", help="workers keep a spare sandbox child (sandbox_spare_child)"
+    )
+    parser.add_argument(
+        "--zygote", action="store_true", help="workers use the sandbox zygote (sandbox_zygote)"
     )
     parser.add_argument("--dir", type=Path, help="parent of the temp directory (default: the system's)")
     options = parser.parse_args(argv)
