@@ -203,6 +203,37 @@ def _handed_channel(control: Channel) -> Channel:
     return Channel(socket.socket(fileno=fds[0]))
 
 
+def rehearse(
+    engine: wasmtime.Engine, policy: SandboxPolicy, seccomp_program: bytes | None, job: ChildJob
+) -> None:
+    """Take ``job`` through a spare's job path once in this process, over a local socketpair, unconfined.
+
+    For every process that forks children (``workers.runtime.warm_up_paths``), which never runs a job itself:
+    children forked afterwards inherit the interpreter's specialised code and the allocator's state for the
+    whole path (channel, job decoding, module deserialisation, guest run, result) instead of each paying for
+    it on its own copy-on-write pages. ``job`` must be the built-in warm-up guest; nothing here applies a
+    layer.
+
+    Args:
+        engine: The engine.
+        policy: The policy children will get.
+        seccomp_program: The program children will load.
+        job: The warm-up job (``workers.runtime.warm_up_paths`` builds it).
+    """
+    from workers.spare import send_job  # noqa: PLC0415  (the parent's half, only for the rehearsal)
+
+    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with parent_end, child_end:
+        parent, child = Channel(parent_end), Channel(child_end)
+        send_job(parent, job)
+        received = _receive_job(child, engine, policy, seccomp_program)
+        _run(child, received, SandboxReport(statuses=()))
+        parent.recv_json()  # the report
+        result = parent.recv_json()
+        if result.get("size") is not None:
+            parent.recv_data(int(result["size"]))
+
+
 def _enter(sock_fd: int) -> Channel:
     """The first steps of every child: own session, die with the parent, only the channel, no environment."""
     os.setsid()

