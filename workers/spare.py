@@ -3,8 +3,11 @@
 Forking the worker (a big process: Celery, wasmtime, the interpreter) and the child's first steps (its own
 session, closing inherited descriptors, the empty network namespace) are most of what a trivial guest costs.
 With ``Settings.sandbox_spare_child`` the runtime keeps one child forked ahead (``workers.child.spare_main``):
-the supervisor sends the next job to it and forks the following spare while that job runs, so the fork
-overlaps the guest instead of preceding it.
+the supervisor sends the next job to it and forks the following spare once that job's child is reaped, so
+the spare's own start (fork, session, descriptors, namespace) overlaps the caller's commit and whatever comes
+before the next job instead of preceding the guest. The fork call itself still costs this process its time
+(forking it while the guest ran was measured slower on two busy cores); ``workers.zygote`` moves it to
+another process.
 
 Invariants:
 - Each child runs exactly one job and exits; a spare is never reused, and one that was sent a job is the
