@@ -314,7 +314,8 @@ class Worker:
         return self
 
     def cpu(self) -> dict[str, float]:
-        """CPU seconds so far: the main process, its pool processes, and the sandbox children they reaped."""
+        """CPU seconds so far: the main process, its pool processes, and the sandbox children they reaped,
+        with the pool processes' live children (a sandbox zygote and what it reaped, a spare child)."""
         assert self.process is not None
         main, _ = proc_cpu(self.process.pid)
         pool = sandbox = 0.0
@@ -322,6 +323,8 @@ class Worker:
             own, reaped = proc_cpu(pid)
             pool += own
             sandbox += reaped
+            for helper in child_pids(pid):
+                sandbox += sum(proc_cpu(helper))
         return {"worker main": main, "pool": pool, "sandbox children": sandbox}
 
     def stop(self) -> None:
