@@ -30,6 +30,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import weakref
 from dataclasses import asdict, dataclass, replace
 
@@ -85,11 +86,12 @@ class SpareChild:
         self._spare: _Spare | None = None
         _HOLDERS.add(self)
 
-    def take(self, job: ChildJob) -> tuple[int, socket.socket] | None:
+    def take(self, job: ChildJob, deadline: float | None = None) -> tuple[int, socket.socket] | None:
         """Send ``job`` to the spare and hand it over, or None when the caller must fork a child itself.
 
         Args:
             job: The prepared job.
+            deadline: The job's deadline (``time.monotonic()``), for sending it (``send_job``).
 
         Returns:
             The child's pid and the parent's end of its channel; the caller now owns both (reaps, closes).
@@ -104,7 +106,7 @@ class SpareChild:
             self._spare = spare  # kept for the next job; this one forks (its pages are shared, not sent)
             return None
         try:
-            send_job(Channel(spare.sock), job)
+            send_job(Channel(spare.sock), job, deadline)
         except ChannelClosed as exc:
             log.warning("sandbox spare child died before its job status=%s error=%s", _discard(spare), exc)
             return None
@@ -150,16 +152,29 @@ class SpareChild:
         return job.engine is self.engine and job.seccomp_program == self.seccomp_program and wanted == base
 
 
-def send_job(channel: Channel, job: ChildJob) -> None:
+def send_job(channel: Channel, job: ChildJob, deadline: float | None = None) -> None:
     """Send a job to a spare: limits and RLIMIT_CPU, then the serialized module, the payload, the context.
 
     Args:
         channel: The parent's end of the spare's channel.
         job: The job.
+        deadline: ``time.monotonic()`` value by which the child must have taken it all (the job's deadline):
+            a child that stops reading cannot hold the parent past it.
 
     Raises:
-        ChannelClosed: The spare is gone.
+        ChannelClosed: The spare is gone, or did not read the job in time.
     """
+    if deadline is None:
+        _send_job(channel, job)
+        return
+    channel.sock.settimeout(max(0.001, deadline - time.monotonic()))
+    try:
+        _send_job(channel, job)
+    finally:
+        channel.sock.settimeout(None)
+
+
+def _send_job(channel: Channel, job: ChildJob) -> None:
     module = job.module.serialize()
     channel.send_json(
         {

@@ -208,13 +208,13 @@ def run_in_sandbox(
     by_zygote = zygote is not None and zygote.serves(job.policy, job.seccomp_program)
     if zygote is not None and by_zygote:
         try:
-            pid, parent_sock = _from_zygote(zygote, job)
+            pid, parent_sock = _from_zygote(zygote, job, deadline)
         except SandboxUnavailable as exc:
             outcome.error = exc
             outcome.duration_ms = (time.monotonic() - started) * 1000
             return outcome
     else:
-        taken = spare.take(job) if spare is not None else None
+        taken = spare.take(job, deadline) if spare is not None else None
         if taken is not None:
             pid, parent_sock = taken
         else:
@@ -441,7 +441,7 @@ def _death_cause(usage: ChildUsage | None, timeout: float) -> SyncError:
     return GuestError(f"sandbox child exited with status {status} without a result")
 
 
-def _from_zygote(zygote: Zygote, job: ChildJob) -> tuple[int, socket.socket]:
+def _from_zygote(zygote: Zygote, job: ChildJob, deadline: float) -> tuple[int, socket.socket]:
     """A child from the zygote, already sent ``job``: its pid and the parent's end of its channel."""
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -453,7 +453,7 @@ def _from_zygote(zygote: Zygote, job: ChildJob) -> tuple[int, socket.socket]:
         child_sock.close()
     # A child that died at once: the session sees the channel closed, its exit status says why.
     with contextlib.suppress(ChannelClosed):
-        send_job(Channel(parent_sock), job)
+        send_job(Channel(parent_sock), job, deadline)
     return pid, parent_sock
 
 
