@@ -5,6 +5,18 @@ the time its ``apply_policy`` took to a pipe and leaves with ``os._exit``; the p
 Variants run interleaved (round-robin) so that drift on a shared machine spreads evenly over them. The
 seccomp program is built once in the parent, as the workers do; its build cost is shown separately.
 
+The first table forks this small process (only ``workers.confine`` imported). Then the process grows twice and
+the same four rows are measured at each size: first to the sandbox zygote's size (``workers.zygote``: the
+child's modules and an engine that ran the warm-up guest), then to a worker's size (Celery, kombu, redis-py
+and billiard imported, a Celery app and a ``GuestRuntime`` built). The rows: a plain fork, fork-per-job with
+all layers, and a spare child (``workers.spare``, and the zygote's own spare), forked and through its early
+layers (no_new_privs, network namespace) before the clock starts; its row times what a job waits for: the go
+message, the late layers (rlimits, Landlock, seccomp), the answer and the reap. The spare's fork..ready time
+is a row too: it is still spent, but off the job's path (in the zygote: in another process). Every row is
+given against its own process's plain fork, the worker-sized plain fork (what a job costs without a zygote)
+and the small one of the first table. The zygote path's IPC (the spawn and reap messages) is not in these
+rows; ``bench_pipeline.py``'s stage table has ``execute_guest`` end to end in each mode.
+
 Run: ``.venv/bin/python bench/bench_confine.py [--runs 200]``.
 """
 
@@ -14,9 +26,13 @@ import argparse
 import os
 import statistics
 import struct
+import tempfile
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 from workers.confine import ALL_LAYERS, Layer, SandboxPolicy, apply_policy, build_program
+from workers.confine.apply import EARLY_LAYERS, LATE_LAYERS
 
 VARIANTS: dict[str, tuple[Layer, ...]] = {
     "plain fork (baseline)": (),
@@ -27,6 +43,17 @@ VARIANTS: dict[str, tuple[Layer, ...]] = {
     "seccomp (+nnp)": (Layer.NO_NEW_PRIVS, Layer.SECCOMP),
     "all layers": ALL_LAYERS,
 }
+
+
+#: Rows of the zygote-sized and worker-sized tables, in order.
+SIZED_ROWS = (
+    "plain fork",
+    "fork per job, all layers",
+    "spare child, all layers (go..reap)",
+    "  spare prepared ahead (fork..ready)",
+)
+#: Confinement's goal: at most this times a plain fork of the same process.
+CONFINE_GOAL = 1.25
 
 
 def sample(layers: tuple[Layer, ...], program: bytes) -> tuple[float, float]:
@@ -54,6 +81,87 @@ def sample(layers: tuple[Layer, ...], program: bytes) -> tuple[float, float]:
     if status != 0 or len(data) != 8:
         raise SystemExit(f"child for {layers} failed (wait status {status})")
     return total, struct.unpack("d", data)[0]
+
+
+def spare_sample(program: bytes) -> tuple[float, float, float]:
+    """Fork a spare that applies the early layers and waits; then time go..reap as a job sees it.
+
+    Returns:
+        (go-to-reap seconds, in-child late-layer seconds, fork-to-ready seconds).
+    """
+    policy = SandboxPolicy()
+    read_fd, write_fd = os.pipe()
+    go_read, go_write = os.pipe()
+    begin_fork = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            os.close(read_fd)
+            os.close(go_write)
+            early = apply_policy(policy, program, only=EARLY_LAYERS)
+            os.write(write_fd, b"R")
+            os.read(go_read, 1)
+            begin = time.perf_counter()
+            late = apply_policy(policy, program, only=LATE_LAYERS)
+            elapsed = time.perf_counter() - begin
+            code = 0 if early.complete and late.complete else 71
+            os.write(write_fd, struct.pack("d", elapsed))
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    os.close(go_read)
+    ready = os.read(read_fd, 1)
+    prepared = time.perf_counter() - begin_fork
+    start = time.perf_counter()
+    os.write(go_write, b"G")
+    data = os.read(read_fd, 8)
+    os.close(read_fd)
+    os.close(go_write)
+    _, status = os.waitpid(pid, 0)
+    total = time.perf_counter() - start
+    if status != 0 or ready != b"R" or len(data) != 8:
+        raise SystemExit(f"spare child failed (wait status {status})")
+    return total, struct.unpack("d", data)[0], prepared
+
+
+def grow_to_zygote_size() -> None:
+    """Import and build what the sandbox zygote holds (``workers.zygote.main``): the child's modules, an
+    engine that ran the warm-up guest."""
+    from workers.child import spare_main  # noqa: PLC0415  (the point: grow only now)
+    from workers.engine import make_engine  # noqa: PLC0415
+    from workers.runtime import warm_up  # noqa: PLC0415
+
+    engine = make_engine()
+    warm_up(engine)
+    _KEEP.extend([engine, spare_main])
+
+
+def grow_to_worker_size(directory: str) -> int:
+    """Import and build what a worker's pool process holds; return the resident set size in KiB."""
+    from broker.celery_app import make_celery_app  # noqa: PLC0415  (the point: grow only now)
+    from broker.settings import Settings  # noqa: PLC0415
+    from workers.runtime import GuestRuntime  # noqa: PLC0415
+    from workers.tasks import register_tasks  # noqa: PLC0415
+
+    settings = Settings(cache_dir=Path(directory), sandbox="strict")
+    app = make_celery_app(settings, broker_url="redis://127.0.0.1:9/0")
+    register_tasks(app, settings, broker_url="redis://127.0.0.1:9/0")
+    import billiard.pool  # noqa: PLC0415, F401
+    import celery.worker.consumer  # noqa: PLC0415, F401
+
+    _KEEP.extend([app, GuestRuntime(settings)])
+    return rss_kib()
+
+
+def rss_kib() -> int:
+    """This process's resident set size in KiB."""
+    with open("/proc/self/statm", "rb") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+#: What ``grow_to_worker_size`` built, kept alive while the second table is measured.
+_KEEP: list[object] = []
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -98,6 +206,71 @@ def main() -> None:
             f"{name:<24}{t50 * ms:>13.2f} ms{t95 * ms:>7.2f} ms{t50 / base50:>11.2f}x"
             f"{a50 * ms:>9.3f} ms{a95 * ms:>7.3f} ms"
         )
+    small_rss = rss_kib()
+    grow_to_zygote_size()
+    zygote = Sized("zygote-sized", rss_kib(), measure_sized(args.runs, program))
+    with tempfile.TemporaryDirectory() as directory:
+        worker = Sized("worker-sized", grow_to_worker_size(directory), measure_sized(args.runs, program))
+    print_sized([zygote, worker], base50, small_rss)
+
+
+@dataclass
+class Sized:
+    """Samples of ``SIZED_ROWS`` taken in a process of one size."""
+
+    label: str
+    rss_kib: int
+    rows: dict[str, tuple[list[float], list[float]]]
+
+
+def measure_sized(runs: int, program: bytes) -> dict[str, tuple[list[float], list[float]]]:
+    """Interleaved samples of every ``SIZED_ROWS`` variant in this process: (fork..reap, apply) seconds."""
+    rows: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in SIZED_ROWS}
+    plain, per_job, spare, prepared = SIZED_ROWS
+    for _ in range(runs):
+        for name, layers in ((plain, ()), (per_job, ALL_LAYERS)):
+            total, applied = sample(layers, program)
+            rows[name][0].append(total)
+            rows[name][1].append(applied)
+        total, applied, ready = spare_sample(program)
+        rows[spare][0].append(total)
+        rows[spare][1].append(applied)
+        rows[prepared][0].append(ready)
+        rows[prepared][1].append(0.0)
+    return rows
+
+
+def print_sized(tables: list[Sized], small50: float, small_rss: int) -> None:
+    """The zygote-sized and worker-sized tables, each row against the three plain forks."""
+    ms = 1000.0
+    plain = SIZED_ROWS[0]
+    worker50 = percentile(tables[-1].rows[plain][0], 0.50)
+    for table in tables:
+        own50 = percentile(table.rows[plain][0], 0.50)
+        print()
+        print(
+            f"{table.label} process (RSS {table.rss_kib // 1024} MiB; the first table: "
+            f"{small_rss // 1024} MiB): fork-per-job against a spare child"
+        )
+        header = (
+            f"{'variant':<37}{'p50':>9}{'p95':>10}{'x own fork':>12}{'x worker fork':>15}{'x small fork':>14}"
+            f"{'apply p50':>12}{'goal':>6}"
+        )
+        print(header)
+        print("-" * len(header))
+        for name, (totals, applies) in table.rows.items():
+            t50, t95, a50 = percentile(totals, 0.50), percentile(totals, 0.95), percentile(applies, 0.50)
+            goal = ""
+            if name in SIZED_ROWS[1:3]:
+                goal = "met" if t50 / worker50 <= CONFINE_GOAL else "NO"
+            print(
+                f"{name:<37}{t50 * ms:>6.2f} ms{t95 * ms:>7.2f} ms{t50 / own50:>11.2f}x"
+                f"{t50 / worker50:>14.2f}x{t50 / small50:>13.2f}x{a50 * ms:>9.3f} ms{goal:>6}"
+            )
+    print(
+        f"goal: confinement <= {CONFINE_GOAL}x a plain fork of the worker-sized process, the fork a job costs"
+        " without a zygote (fork..reap for fork-per-job; go..reap for a spare)"
+    )
 
 
 if __name__ == "__main__":

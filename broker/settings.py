@@ -109,6 +109,8 @@ _ENV = {
     "max_ranges": "SYNC_MAX_RANGES",
     "fresh_wait": "SYNC_FRESH_WAIT",
     "scheduler_window": "SYNC_SCHEDULER_WINDOW",
+    "sandbox_spare_child": "SYNC_SANDBOX_SPARE_CHILD",
+    "sandbox_zygote": "SYNC_SANDBOX_ZYGOTE",
 }
 
 
@@ -195,6 +197,14 @@ class Settings:
         max_ranges: mountd: most ranges in one Range header; past it the whole body is sent (200).
         fresh_wait: Seconds mountd lets a read asking for fresh data wait for a refresh (0: never waits).
         scheduler_window: Proactive refresh requests mountd's scheduler keeps in flight at most.
+        sandbox_spare_child: Workers keep one child forked ahead, already out of the parent's session,
+            descriptors and network (no_new_privs and the empty network namespace applied); the next
+            guest job is sent to it and it applies the job's rlimits, Landlock and seccomp before running
+            it (``workers.spare``). Each child still runs one job. Off: one fork per job.
+        sandbox_zygote: Workers start a small separate process (``python -m workers.zygote_main``, no secrets,
+            no inherited descriptors) that forks the guest children, keeping one spare ahead; the worker
+            still owns the deadline and gets each child's exit status and rusage (``workers.zygote``).
+            Takes precedence over ``sandbox_spare_child``.
         guest_secret_hosts: Where each secret may be sent: host patterns (``sync_format.hosts`` syntax,
             as in ``allow_hosts``) by secret name, from ``SYNC_GUEST_SECRET_<NAME>_HOSTS`` (comma-separated).
             The operator's grant: a secret goes only to a request whose host (and port) a pattern of its
@@ -241,6 +251,10 @@ class Settings:
     # Freshness: the bounded wait of fresh-demanding reads, the scheduler's in-flight window.
     fresh_wait: float = DEFAULT_FRESH_WAIT
     scheduler_window: int = DEFAULT_SCHEDULER_WINDOW
+    # Sandbox: keep one pre-forked child ready for the next guest job (workers.spare).
+    sandbox_spare_child: bool = False
+    # Sandbox: a small separate process forks the guest children (workers.zygote).
+    sandbox_zygote: bool = False
 
     def __post_init__(self) -> None:
         if self.sandbox not in SANDBOX_MODES:

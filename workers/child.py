@@ -4,8 +4,11 @@ Order matters and never changes: leave the parent's session and process group, d
 stdio at /dev/null, close every inherited socket, pipe and writable file except the channel, clear the
 environment, apply the sandbox policy, report it, refuse in strict mode when a layer is missing, and only
 then touch the guest. Everything needed afterwards was imported and prepared by the parent before fork: the
-child opens no file, imports no module and creates no socket once confined. Every outcome, including our
-own bugs, is sent to the parent as a message; the child never returns into the caller's code.
+child opens no file, imports no module and creates no socket once confined. A spare child (``spare_main``,
+``workers.spare``) takes the same steps in the same order, forked before its job exists: it waits for the
+job after the layers no job sets (no_new_privs, network namespace) and applies the rest once it has it.
+Every outcome, including our own bugs, is sent to the parent as a message; the child never returns into the
+caller's code.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import wasmtime
 
 from sync_format.errors import GuestError, GuestTrap, SandboxUnavailable, SyncError
 from workers.channel import Channel, ChannelClosed, ProtocolViolation
-from workers.confine import SandboxPolicy, apply_policy, enforce, set_pdeathsig
+from workers.confine import SandboxPolicy, SandboxReport, apply_policy, enforce, set_pdeathsig
+from workers.confine.apply import EARLY_LAYERS, LATE_LAYERS
 from workers.engine import GuestLimits
 from workers.guest_runner import run_guest
 from workers.host_abi import ERR_REQUEST_FAILED
@@ -130,37 +134,8 @@ def child_main(sock_fd: int, job: ChildJob) -> NoReturn:
     status = EXIT_INTERNAL
     channel: Channel | None = None
     try:
-        os.setsid()
-        set_pdeathsig(signal.SIGKILL)
-        _isolate_descriptors(sock_fd)
-        os.environ.clear()
-        channel = Channel(socket.socket(fileno=sock_fd))
-        report = apply_policy(job.policy, job.seccomp_program)
-        channel.send_json({"type": "report", "report": report.to_json()})
-        enforce(report, job.policy.mode)
-        run = run_guest(
-            job.engine,
-            job.module,
-            job.payload,
-            job.limits,
-            ChannelIO(channel, job.limits.max_response_size),
-            job.context,
-        )
-        channel.send_json(
-            {
-                "type": "result",
-                "entry": run.entry,
-                "fuel_used": run.fuel_used,
-                "requests": run.requests,
-                "duration_ms": run.duration_ms,
-                "size": None if run.new_payload is None else len(run.new_payload),
-                "unchanged": run.unchanged,
-                "log_lines": run.log_lines,
-            }
-        )
-        if run.new_payload is not None:
-            channel.send_data(run.new_payload)
-        status = 0
+        channel = _enter(sock_fd)
+        status = _run(channel, job, apply_policy(job.policy, job.seccomp_program))
     except SyncError as exc:
         status = _send_error(channel, exc)
     except (ChannelClosed, ProtocolViolation):
@@ -168,6 +143,154 @@ def child_main(sock_fd: int, job: ChildJob) -> NoReturn:
     except BaseException as exc:  # noqa: BLE001  (last resort: report our own bug to the parent, then exit)
         status = _send_error(channel, GuestError(f"internal error in the sandbox child: {exc!r}"))
     os._exit(status)
+
+
+def spare_main(
+    sock_fd: int,
+    engine: wasmtime.Engine,
+    policy: SandboxPolicy,
+    seccomp_program: bytes | None,
+    *,
+    handed: bool = False,
+) -> NoReturn:
+    """Be a spare child: prepare, wait for one job on the channel, confine fully, run it and exit.
+
+    The same steps as ``child_main`` in the same order, split at the job's arrival: leaving the session,
+    the descriptors, the environment and the ``EARLY_LAYERS`` (no_new_privs, the empty network namespace)
+    come first; the job (``workers.spare.send_job``: limits, RLIMIT_CPU, the serialized module, payload and
+    context) is then read and its module deserialized from the parent's bytes, and only then the remaining
+    layers (rlimits, Landlock, seccomp) are applied, reported and enforced before the guest is touched.
+    The channel closing before a job arrives (the spare was discarded) ends the child quietly.
+
+    Args:
+        sock_fd: The child's end of the socketpair; with ``handed``, the control socket of the zygote that
+            forked it instead (``workers.zygote``), over which the channel's descriptor arrives; the control
+            socket is closed as soon as it did.
+        engine: The engine the parent's modules were compiled with.
+        policy: The runtime's policy; the job sets its RLIMIT_CPU.
+        seccomp_program: The BPF program the parent built, or None when it could not.
+        handed: The channel is handed over by a zygote (see ``sock_fd``).
+    """
+    status = EXIT_INTERNAL
+    channel: Channel | None = None
+    try:
+        first = _enter(sock_fd)
+        channel = None if handed else first  # errors never go to a zygote's control socket
+        early = apply_policy(policy, seccomp_program, only=EARLY_LAYERS)
+        channel = _handed_channel(first) if handed else first
+        job = _receive_job(channel, engine, policy, seccomp_program)
+        late = apply_policy(job.policy, seccomp_program, only=LATE_LAYERS)
+        report = SandboxReport(statuses=early.statuses + late.statuses, landlock_abi=late.landlock_abi)
+        status = _run(channel, job, report)
+    except SyncError as exc:
+        status = _send_error(channel, exc)
+    except (ChannelClosed, ProtocolViolation):
+        status = EXIT_INTERNAL
+    except BaseException as exc:  # noqa: BLE001  (last resort: report our own bug to the parent, then exit)
+        status = _send_error(channel, GuestError(f"internal error in the sandbox child: {exc!r}"))
+    os._exit(status)
+
+
+def _handed_channel(control: Channel) -> Channel:
+    """Receive the job's channel descriptor from the zygote and close the control socket (the child must
+    not keep a line to the zygote)."""
+    _, fds, _, _ = socket.recv_fds(control.sock, 16, 1)
+    control.sock.close()
+    if len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise ChannelClosed("the zygote handed no channel")
+    return Channel(socket.socket(fileno=fds[0]))
+
+
+def rehearse(
+    engine: wasmtime.Engine, policy: SandboxPolicy, seccomp_program: bytes | None, job: ChildJob
+) -> None:
+    """Take ``job`` through a spare's job path once in this process, over a local socketpair, unconfined.
+
+    For every process that forks children (``workers.runtime.warm_up_paths``), which never runs a job itself:
+    children forked afterwards inherit the interpreter's specialised code and the allocator's state for the
+    whole path (channel, job decoding, module deserialisation, guest run, result) instead of each paying for
+    it on its own copy-on-write pages. ``job`` must be the built-in warm-up guest; nothing here applies a
+    layer.
+
+    Args:
+        engine: The engine.
+        policy: The policy children will get.
+        seccomp_program: The program children will load.
+        job: The warm-up job (``workers.runtime.warm_up_paths`` builds it).
+    """
+    from workers.spare import send_job  # noqa: PLC0415  (the parent's half, only for the rehearsal)
+
+    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with parent_end, child_end:
+        parent, child = Channel(parent_end), Channel(child_end)
+        send_job(parent, job)
+        received = _receive_job(child, engine, policy, seccomp_program)
+        _run(child, received, SandboxReport(statuses=()))
+        parent.recv_json()  # the report
+        result = parent.recv_json()
+        if result.get("size") is not None:
+            parent.recv_data(int(result["size"]))
+
+
+def _enter(sock_fd: int) -> Channel:
+    """The first steps of every child: own session, die with the parent, only the channel, no environment."""
+    os.setsid()
+    set_pdeathsig(signal.SIGKILL)
+    _isolate_descriptors(sock_fd)
+    os.environ.clear()
+    return Channel(socket.socket(fileno=sock_fd))
+
+
+def _receive_job(
+    channel: Channel, engine: wasmtime.Engine, policy: SandboxPolicy, seccomp_program: bytes | None
+) -> ChildJob:
+    """Read the job a spare was sent (the parent is trusted; sizes were set by it)."""
+    message = channel.recv_json()
+    if message["type"] != "job":
+        raise ProtocolViolation(f"expected a job, got {message['type']!r}")
+    module = wasmtime.Module.deserialize(engine, channel.recv_data(int(message["module_size"])))
+    payload = channel.recv_data(int(message["payload_size"]))
+    context = channel.recv_data(int(message["context_size"]))
+    return ChildJob(
+        engine=engine,
+        module=module,
+        payload=payload,
+        limits=GuestLimits(**message["limits"]),
+        policy=policy.with_cpu_seconds(int(message["cpu_seconds"])),
+        seccomp_program=seccomp_program,
+        context=context,
+    )
+
+
+def _run(channel: Channel, job: ChildJob, report: SandboxReport) -> int:
+    """Report the confinement, refuse in strict mode when incomplete, run the guest, send its result."""
+    channel.send_json({"type": "report", "report": report.to_json()})
+    enforce(report, job.policy.mode)
+    run = run_guest(
+        job.engine,
+        job.module,
+        job.payload,
+        job.limits,
+        ChannelIO(channel, job.limits.max_response_size),
+        job.context,
+    )
+    channel.send_json(
+        {
+            "type": "result",
+            "entry": run.entry,
+            "fuel_used": run.fuel_used,
+            "requests": run.requests,
+            "duration_ms": run.duration_ms,
+            "size": None if run.new_payload is None else len(run.new_payload),
+            "unchanged": run.unchanged,
+            "log_lines": run.log_lines,
+        }
+    )
+    if run.new_payload is not None:
+        channel.send_data(run.new_payload)
+    return 0
 
 
 def _send_error(channel: Channel | None, exc: SyncError) -> int:

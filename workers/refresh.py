@@ -225,7 +225,14 @@ def execute_guest(
         runtime.settings.guest_secret_hosts,
     )
     return run_in_sandbox(
-        job, egress, heartbeat=heartbeat, resolver=runtime.resolver, grants=grants, requester=requester
+        job,
+        egress,
+        heartbeat=heartbeat,
+        resolver=runtime.resolver,
+        grants=grants,
+        requester=requester,
+        spare=runtime.spare,
+        zygote=runtime.zygote,
     )
 
 

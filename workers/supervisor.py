@@ -9,7 +9,10 @@ and is spooled to a temp file, capped at the policy's maximum. ABI v2 requests c
 body (sizes checked before reading); their headers pass ``guest_http.prepare_headers`` here, where granted
 operator secrets are filled in. Guest ``log`` lines are counted and cut again here (the child is not trusted
 to have done it), kept in the outcome and written to the worker log. The child is always reaped with ``wait4``
-so its exit status and resource use are recorded.
+so its exit status and resource use are recorded. With a ``SpareChild`` the child may have been forked
+ahead of its job (``workers.spare``); with a ``Zygote`` a small separate process forks it
+(``workers.zygote``): the job is then sent to it, this process still kills its group at the deadline, and
+the zygote reaps it on request and returns its exit status and rusage. Everything above holds the same.
 
 Fork safety: the caller must not run other threads that could hold a lock the child needs (wasmtime's,
 the allocator's, Python's). Only daemon threads are tolerated: egress starts them itself (a DNS lookup
@@ -55,6 +58,8 @@ from workers.host_abi import (
     MAX_REQUEST_HEADERS_BYTES,
     MAX_RESPONSE_HEADERS_BYTES,
 )
+from workers.spare import SpareChild, send_job
+from workers.zygote import Zygote
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +175,8 @@ def run_in_sandbox(
     resolver: Resolver = system_resolver,
     grants: Grants | None = None,
     requester: Requester | None = None,
+    spare: SpareChild | None = None,
+    zygote: Zygote | None = None,
 ) -> SandboxOutcome:
     """Run one guest job in a fresh confined child.
 
@@ -180,6 +187,11 @@ def run_in_sandbox(
         resolver: Name resolution for egress.
         grants: Secrets the guest's v2 request headers may reference.
         requester: Performs the requests instead of an ``Egress`` over ``egress_policy`` (fixtures).
+        spare: Where a child forked ahead waits (``workers.spare``): the job goes to it when it fits, and
+            the next spare is forked once this job's child is reaped.
+        zygote: The sandbox zygote (``workers.zygote``): when given and the job fits its policy, it forks
+            the child instead of this process; a zygote that cannot serve fails the job as
+            ``sandbox_unavailable`` (never unconfined).
 
     Returns:
         The outcome; failures of the guest or the sandbox are in ``error``, never raised.
@@ -190,15 +202,28 @@ def run_in_sandbox(
     others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
     if others:
         raise RuntimeError(f"run_in_sandbox forks: stop these threads first: {[t.name for t in others]}")
-    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     started = time.monotonic()
     deadline = started + job.limits.timeout_seconds
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover  (the child's coverage is the parent's assertions)
-        parent_sock.close()
-        child_main(child_sock.detach(), job)
-    child_sock.close()
     outcome = SandboxOutcome()
+    by_zygote = zygote is not None and zygote.serves(job.policy, job.seccomp_program)
+    if zygote is not None and by_zygote:
+        try:
+            pid, parent_sock = _from_zygote(zygote, job, deadline)
+        except SandboxUnavailable as exc:
+            outcome.error = exc
+            outcome.duration_ms = (time.monotonic() - started) * 1000
+            return outcome
+    else:
+        taken = spare.take(job, deadline) if spare is not None else None
+        if taken is not None:
+            pid, parent_sock = taken
+        else:
+            parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover  (the child's coverage is the parent's assertions)
+                parent_sock.close()
+                child_main(child_sock.detach(), job)
+            child_sock.close()
     performer = requester or Egress(egress_policy, resolver=resolver, heartbeat=heartbeat)
     session = _Session(Channel(parent_sock), outcome, job, performer, grants or Grants())
     try:
@@ -206,8 +231,18 @@ def run_in_sandbox(
     finally:
         outcome.egress = list(performer.failures)
         parent_sock.close()
-        outcome.usage = _reap(pid, kill=True)
+        if zygote is not None and by_zygote:
+            outcome.usage = _reap_by_zygote(zygote, pid)
+            if outcome.usage is None and outcome.error is None and outcome.entry is None:
+                outcome.error = GuestError("the sandbox zygote died while the guest ran; it is restarted")
+        else:
+            outcome.usage = _reap(pid, kill=True)
         outcome.duration_ms = (time.monotonic() - started) * 1000
+    if spare is not None and not by_zygote:
+        try:
+            spare.refill()  # the next job's child prepares while this outcome is committed and reported
+        except (RuntimeError, OSError) as exc:  # the next job forks its own child; this outcome stands
+            log.warning("sandbox spare child not forked error=%s", exc)
     if outcome.error is None and outcome.entry is None:
         outcome.error = _death_cause(outcome.usage, job.limits.timeout_seconds)
     if outcome.error is not None:
@@ -404,6 +439,31 @@ def _death_cause(usage: ChildUsage | None, timeout: float) -> SyncError:
         name = signal.Signals(-status).name
         return GuestTrap(f"sandbox child died from {name}", trap_code=f"signal:{name}")
     return GuestError(f"sandbox child exited with status {status} without a result")
+
+
+def _from_zygote(zygote: Zygote, job: ChildJob, deadline: float) -> tuple[int, socket.socket]:
+    """A child from the zygote, already sent ``job``: its pid and the parent's end of its channel."""
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        pid = zygote.spawn(child_sock)
+    except BaseException:
+        parent_sock.close()
+        raise
+    finally:
+        child_sock.close()
+    # A child that died at once: the session sees the channel closed, its exit status says why.
+    with contextlib.suppress(ChannelClosed):
+        send_job(Channel(parent_sock), job, deadline)
+    return pid, parent_sock
+
+
+def _reap_by_zygote(zygote: Zygote, pid: int) -> ChildUsage | None:
+    """Kill the zygote's child (the group first) and have the zygote reap it; None when the zygote is gone."""
+    reaped = zygote.reap(pid, kill=True)
+    if reaped is None:
+        return None
+    status, user, system, max_rss = reaped
+    return ChildUsage(exit_status=status, user_seconds=user, system_seconds=system, max_rss_kib=max_rss)
 
 
 def _reap(pid: int, *, kill: bool) -> ChildUsage:

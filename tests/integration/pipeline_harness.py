@@ -95,6 +95,10 @@ def child_env(cache_dir: Path, **extra: str) -> dict[str, str]:
     egress setting opening the test hosts (loopback and the namespace block; ``extra`` may replace it) and
     ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNC_")}
+    if os.environ.get("SYNC_TEST_SPARE_CHILD") == "1":  # run the workers' guests through spare children
+        env["SYNC_SANDBOX_SPARE_CHILD"] = "1"
+    if os.environ.get("SYNC_TEST_ZYGOTE") == "1":  # through the sandbox zygote
+        env["SYNC_SANDBOX_ZYGOTE"] = "1"
     env.update(
         SYNC_CACHE_DIR=str(cache_dir),
         PYTHONUNBUFFERED="1",

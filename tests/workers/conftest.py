@@ -6,6 +6,7 @@ Each test module keeps its own module-scoped ``runtime`` (its settings and resol
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,11 +16,18 @@ from guests import NameTable
 from broker.settings import Settings
 from workers.runtime import GuestRuntime
 
+#: ``SYNC_TEST_SPARE_CHILD=1`` runs every worker test's guests through spare children (``workers.spare``).
+SPARE_CHILD = os.environ.get("SYNC_TEST_SPARE_CHILD", "") == "1"
+#: ``SYNC_TEST_ZYGOTE=1`` runs them through the sandbox zygote (``workers.zygote``).
+ZYGOTE = os.environ.get("SYNC_TEST_ZYGOTE", "") == "1"
+
 
 def _make_runtime(cache: Path, names: NameTable | None = None, **settings: object) -> GuestRuntime:
     """A runtime caching modules in ``cache``, strict unless ``settings`` say otherwise, resolving host names
-    through ``names`` when given (else the system resolver)."""
-    values = {"cache_dir": cache, "sandbox": "strict", **settings}
+    through ``names`` when given (else the system resolver); with spare children or the zygote when
+    ``SPARE_CHILD`` or ``ZYGOTE``."""
+    values = {"cache_dir": cache, "sandbox": "strict", "sandbox_spare_child": SPARE_CHILD}
+    values |= {"sandbox_zygote": ZYGOTE, **settings}
     runtime_settings = Settings.from_env(values, env={})
     return GuestRuntime(runtime_settings) if names is None else GuestRuntime(runtime_settings, resolver=names)
 

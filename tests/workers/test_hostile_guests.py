@@ -36,6 +36,8 @@ from workers.confine import ALL_LAYERS
 from workers.engine import GuestLimits
 from workers.refresh import COMMITTED, FAILED, UNCHANGED, RefreshOutcome, run_refresh
 from workers.runtime import GuestRuntime
+from workers.spare import spare_pids
+from workers.zygote import zygote_pids
 
 #: Generous bound for any hostile run to come back; only reached when it was not stopped.
 STOPPED_WITHIN_S = 30.0
@@ -69,10 +71,17 @@ def names(hosts: dict[str, ServedHost]) -> NameTable:
     )
 
 
+#: ``SYNC_TEST_SPARE_CHILD=1`` runs these guests through spare children (``workers.spare``; see conftest.py).
+SPARE_CHILD = os.environ.get("SYNC_TEST_SPARE_CHILD", "") == "1"
+#: ``SYNC_TEST_ZYGOTE=1``: through the sandbox zygote (``workers.zygote``).
+ZYGOTE = os.environ.get("SYNC_TEST_ZYGOTE", "") == "1"
+
+
 def make_runtime(cache: Path, names: NameTable | None = None, **settings: object) -> GuestRuntime:
     """A runtime with its own cache directory and the given settings (strict unless told otherwise)."""
     # The namespace hosts are private: the operator's setting opens their block (never loopback here).
-    values = {"cache_dir": cache, "sandbox": "strict", "egress_allow_private": "10.231.0.0/16:*", **settings}
+    values = {"cache_dir": cache, "sandbox": "strict", "egress_allow_private": "10.231.0.0/16:*"}
+    values |= {"sandbox_spare_child": SPARE_CHILD, "sandbox_zygote": ZYGOTE, **settings}
     runtime_settings = Settings.from_env(values, env={})
     return GuestRuntime(runtime_settings) if names is None else GuestRuntime(runtime_settings, resolver=names)
 
@@ -92,7 +101,8 @@ def fresh_hosts(hosts: dict[str, ServedHost], names: NameTable) -> None:
 
 
 def child_pids() -> set[int]:
-    """Processes (running or zombie) whose parent is this process, from /proc."""
+    """Processes (running or zombie) whose parent is this process, from /proc, except the spare children
+    runtimes hold for their next job (``workers.spare``) and their zygotes (``workers.zygote``)."""
     me, found = os.getpid(), set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -103,7 +113,7 @@ def child_pids() -> set[int]:
             continue  # it ended while we looked
         if int(stat.rpartition(")")[2].split()[1]) == me:
             found.add(int(entry.name))
-    return found
+    return found - spare_pids() - zygote_pids()
 
 
 def proc_status(field: str) -> str:

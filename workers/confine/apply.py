@@ -19,13 +19,17 @@ from workers.confine import landlock, netns, prctl, rlimits, seccomp
 from workers.confine.policy import ALL_LAYERS, Layer, LayerStatus, SandboxMode, SandboxPolicy, SandboxReport
 
 
-def apply_policy(policy: SandboxPolicy, seccomp_program: bytes | None) -> SandboxReport:
+def apply_policy(
+    policy: SandboxPolicy, seccomp_program: bytes | None, *, only: tuple[Layer, ...] = ALL_LAYERS
+) -> SandboxReport:
     """Apply every layer the policy lists, in order, to the calling process.
 
     Args:
         policy: The layers and limits.
         seccomp_program: BPF from ``seccomp.build_program``, or None when the parent could not build one
             (the seccomp layer is then reported missing).
+        only: Apply only these of the policy's layers (a spare child applies the layers in two steps,
+            ``EARLY_LAYERS`` then the rest, which keeps the ``ALL_LAYERS`` order).
 
     Returns:
         One status per listed layer, and the kernel's Landlock ABI (None when Landlock is unavailable).
@@ -38,7 +42,7 @@ def apply_policy(policy: SandboxPolicy, seccomp_program: bytes | None) -> Sandbo
         abi_error = exc
     statuses = []
     for layer in ALL_LAYERS:
-        if layer not in policy.layers:
+        if layer not in policy.layers or layer not in only:
             continue
         try:
             detail = _apply_layer(layer, policy, seccomp_program, abi, abi_error)
@@ -47,6 +51,12 @@ def apply_policy(policy: SandboxPolicy, seccomp_program: bytes | None) -> Sandbo
         else:
             statuses.append(LayerStatus(layer=layer, active=True, detail=detail))
     return SandboxReport(statuses=tuple(statuses), landlock_abi=abi)
+
+
+#: Layers that depend on nothing a job sets: a spare child applies them before it receives its job.
+EARLY_LAYERS: tuple[Layer, ...] = (Layer.NO_NEW_PRIVS, Layer.NETNS)
+#: The rest, applied once the job (and its rlimits) arrived, in ``ALL_LAYERS`` order.
+LATE_LAYERS: tuple[Layer, ...] = tuple(layer for layer in ALL_LAYERS if layer not in EARLY_LAYERS)
 
 
 def enforce(report: SandboxReport, mode: SandboxMode) -> tuple[LayerStatus, ...]:
