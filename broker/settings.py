@@ -109,6 +109,7 @@ _ENV = {
     "max_ranges": "SYNC_MAX_RANGES",
     "fresh_wait": "SYNC_FRESH_WAIT",
     "scheduler_window": "SYNC_SCHEDULER_WINDOW",
+    "facts_index": "SYNC_FACTS_INDEX",
 }
 
 
@@ -195,6 +196,8 @@ class Settings:
         max_ranges: mountd: most ranges in one Range header; past it the whole body is sent (200).
         fresh_wait: Seconds mountd lets a read asking for fresh data wait for a refresh (0: never waits).
         scheduler_window: Proactive refresh requests mountd's scheduler keeps in flight at most.
+        facts_index: mountd: keep what each archive version looks like in ``<cache_dir>/mountd-facts`` so a
+            first listing after a restart opens only archives that changed; False keeps it in memory only.
         guest_secret_hosts: Where each secret may be sent: host patterns (``sync_format.hosts`` syntax,
             as in ``allow_hosts``) by secret name, from ``SYNC_GUEST_SECRET_<NAME>_HOSTS`` (comma-separated).
             The operator's grant: a secret goes only to a request whose host (and port) a pattern of its
@@ -241,6 +244,8 @@ class Settings:
     # Freshness: the bounded wait of fresh-demanding reads, the scheduler's in-flight window.
     fresh_wait: float = DEFAULT_FRESH_WAIT
     scheduler_window: int = DEFAULT_SCHEDULER_WINDOW
+    # mountd: keep archive facts on disk across restarts (mountd.dav.facts_store).
+    facts_index: bool = True
 
     def __post_init__(self) -> None:
         if self.sandbox not in SANDBOX_MODES:

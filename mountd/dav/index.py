@@ -22,6 +22,10 @@ Invariants:
       returned again only when a fresh scan finds exactly those (so a swap, edit, rename, new or removed
       entry always rebuilds it); a listing that met an I/O error is not kept. Remembered listings hold at
       most ``max_entries`` archives together.
+    * With a ``FactsStore`` (``mountd.dav.facts_store``), versions missing from memory are looked up on disk
+      before any archive is opened, and facts a listing opened are recorded there (under the exact
+      ``lstat`` key, ctime included, and only once the version is old enough not to be mid-write); so a
+      first listing after a restart opens nothing that did not change.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -37,6 +42,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from mountd.dav.facts import ArchiveFacts
+from mountd.dav.facts_store import FactsStore, StatKey, stat_key
 from sync_format import ArchiveError, FileIdentity, display_name, open_archive
 from sync_format.store import SYNC_SUFFIX, is_archive_name
 
@@ -51,6 +57,8 @@ DEFAULT_MAX_ENTRIES = 100_000
 MAX_LOGGED_COLLISIONS = 10_000
 #: Directories whose last listing is remembered whole, reused while none of its entries changed.
 MAX_REMEMBERED_LISTINGS = 256
+#: Versions remembered for recording in the facts store once they are old enough (``RACY_NS``).
+MAX_DEFERRED = 10_000
 
 
 @dataclass(frozen=True)
@@ -120,12 +128,14 @@ class IndexStats:
         hits: Archive versions answered from the cache.
         learned: Facts recorded from snapshots opened by someone else.
         unreadable: Archive versions found unreadable.
+        restored: Archive versions answered from the facts store on disk.
     """
 
     opens: int
     hits: int
     learned: int
     unreadable: int
+    restored: int = 0
 
 
 _Cached = ArchiveFacts | Unreadable
@@ -137,9 +147,16 @@ class ArchiveIndex:
     Args:
         max_entries: Most archive versions kept.
         name_rule: The display-name rule of listings (the read-only one by default).
+        store: Facts kept on disk across restarts; memory only when None. The index closes it.
     """
 
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, *, name_rule: NameRule = display_name) -> None:
+    def __init__(
+        self,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        *,
+        name_rule: NameRule = display_name,
+        store: FactsStore | None = None,
+    ) -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, not {max_entries}")
         self.name_rule = name_rule
@@ -150,13 +167,21 @@ class ArchiveIndex:
         self._listings: OrderedDict[str, tuple[object, DirectoryListing]] = OrderedDict()
         self._listed = 0  # archives in the remembered listings
         self._lock = threading.Lock()
-        self._opens = self._hits = self._learned = self._unreadable = 0
+        self._opens = self._hits = self._learned = self._unreadable = self._restored = 0
+        self.store = store
+        # Versions opened while too young to record: identity → the key they were read under.
+        self._deferred: OrderedDict[FileIdentity, StatKey] = OrderedDict()
 
     @property
     def stats(self) -> IndexStats:
         """The counters so far."""
         with self._lock:
-            return IndexStats(self._opens, self._hits, self._learned, self._unreadable)
+            return IndexStats(self._opens, self._hits, self._learned, self._unreadable, self._restored)
+
+    def close(self) -> None:
+        """Write what the facts store has queued and close it (idempotent; memory stays usable)."""
+        if self.store is not None:
+            self.store.close()
 
     def cached(self, identity: FileIdentity) -> ArchiveFacts | Unreadable | None:
         """What is known about an archive version, without opening anything.
@@ -243,6 +268,10 @@ class ArchiveIndex:
             return found
         if isinstance(found, Unreadable):
             return None
+        return self._open(path, identity)
+
+    def _open(self, path: Path, identity: FileIdentity) -> ArchiveFacts | None:
+        # Open an archive whose version is not in memory; None when unreadable (noted).
         try:
             with open_archive(path) as snapshot:
                 facts = ArchiveFacts.from_snapshot(snapshot)
@@ -304,25 +333,63 @@ class ArchiveIndex:
         Returns:
             The listing; an unreadable directory lists as empty (logged).
         """
+        started = time.time_ns()  # before any lstat: see FactsStore.record
         folders, files = _scan(directory)
-        key = (folders, tuple((name, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size) for name, st in files))
+        key = (
+            folders,
+            tuple((name, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns) for name, st in files),
+        )
         memo_key = str(directory)
         with self._lock:
             remembered = self._listings.get(memo_key)
             if remembered is not None and remembered[0] == key:
                 self._listings.move_to_end(memo_key)
                 self._hits += len(remembered[1].archives)
-                return remembered[1]
+                deferred = bool(self._deferred)
+            else:
+                remembered = None
+        if remembered is not None:
+            if deferred:
+                self._record_deferred(files, started)
+            return remembered[1]
+        identities = [FileIdentity(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size) for _, st in files]
+        known: list[_Cached | None] = []
+        with self._lock:
+            entries = self._entries
+            for identity in identities:
+                cached = entries.get(identity)
+                if cached is not None:
+                    entries.move_to_end(identity)
+                known.append(cached)
+            self._hits += len(known) - known.count(None)
+        misses = [i for i, cached in enumerate(known) if cached is None]
+        if misses and self.store is not None:
+            restored = self.store.lookup([files[i][1] for i in misses])
+            if restored:
+                with self._lock:
+                    for j, facts in restored.items():
+                        known[misses[j]] = facts
+                        self._store(facts.identity, facts)
+                    self._restored += len(restored)
+        if self._deferred:
+            self._record_deferred(files, started)
         found: list[ListedArchive] = []
         complete = True
-        for name, st in files:
+        for (name, st), identity, cached in zip(files, identities, known, strict=True):
             path = directory / name
-            identity = FileIdentity.from_stat(st)
-            facts = self.facts_of(path, identity)
-            if facts is not None:
-                found.append(ListedArchive(path, self.name_rule(path, facts.display_ext), facts))
-            elif not isinstance(self.cached(identity), Unreadable):
-                complete = False  # an I/O error, not remembered: the next listing tries again
+            if cached is None:
+                facts = self._open(path, identity)
+                if facts is None:
+                    if not isinstance(self.cached(identity), Unreadable):
+                        complete = False  # an I/O error, not remembered: the next listing tries again
+                    continue
+                if self.store is not None and not self.store.record(stat_key(st), facts, started):
+                    self._defer(identity, stat_key(st))
+            elif isinstance(cached, Unreadable):
+                continue
+            else:
+                facts = cached
+            found.append(ListedArchive(path, self.name_rule(path, facts.display_ext), facts))
         archives = self._resolve_collisions(directory, found, set(folders))
         listing = DirectoryListing(directory, folders, MappingProxyType(archives))
         if complete and len(files) <= self._max:
@@ -336,6 +403,32 @@ class ArchiveIndex:
                 while len(self._listings) > MAX_REMEMBERED_LISTINGS or self._listed > self._max:
                     self._listed -= len(self._listings.popitem(last=False)[1][1].archives)
         return listing
+
+    def _defer(self, identity: FileIdentity, key: StatKey) -> None:
+        with self._lock:
+            self._deferred[identity] = key
+            while len(self._deferred) > MAX_DEFERRED:
+                self._deferred.popitem(last=False)
+
+    def _record_deferred(self, files: Iterable[tuple[str, os.stat_result]], started: int) -> None:
+        # Versions that were too young when opened: record them now if lstat still sees exactly the version
+        # that was opened (same ctime: not written since) and it has grown old enough.
+        store = self.store
+        if store is None:
+            return
+        for _, st in files:
+            identity = FileIdentity(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+            with self._lock:
+                key = self._deferred.get(identity)
+                facts = self._entries.get(identity) if key is not None else None
+            if key is None:
+                continue
+            if key != stat_key(st) or not isinstance(facts, ArchiveFacts):
+                with self._lock:
+                    self._deferred.pop(identity, None)
+            elif store.record(key, facts, started):
+                with self._lock:
+                    self._deferred.pop(identity, None)
 
     def _resolve_collisions(
         self, directory: Path, found: Iterable[ListedArchive], folders: set[str]
