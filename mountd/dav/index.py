@@ -148,6 +148,7 @@ class ArchiveIndex:
         max_entries: Most archive versions kept.
         name_rule: The display-name rule of listings (the read-only one by default).
         store: Facts kept on disk across restarts; memory only when None. The index closes it.
+        clock: Wall-clock nanoseconds, the clock file ctimes are set by (tests move it).
     """
 
     def __init__(
@@ -156,6 +157,7 @@ class ArchiveIndex:
         *,
         name_rule: NameRule = display_name,
         store: FactsStore | None = None,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, not {max_entries}")
@@ -169,6 +171,7 @@ class ArchiveIndex:
         self._lock = threading.Lock()
         self._opens = self._hits = self._learned = self._unreadable = self._restored = 0
         self.store = store
+        self._clock = clock
         # Versions opened while too young to record: identity → the key they were read under.
         self._deferred: OrderedDict[FileIdentity, StatKey] = OrderedDict()
 
@@ -333,7 +336,7 @@ class ArchiveIndex:
         Returns:
             The listing; an unreadable directory lists as empty (logged).
         """
-        started = time.time_ns()  # before any lstat: see FactsStore.record
+        started = self._clock()  # before any lstat: see FactsStore.record
         folders, files = _scan(directory)
         key = (
             folders,
