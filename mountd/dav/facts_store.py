@@ -31,6 +31,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -73,6 +74,7 @@ TOUCH_AFTER_NS = 3600 * 1_000_000_000
 #: Largest value SQLite stores as an integer.
 INT64_MAX = 2**63 - 1
 
+_SELECT = "SELECT dev, ino, size, mtime_ns, ctime_ns, used_ns, facts FROM facts"
 _ETAG = re.compile(r"[0-9A-Za-z-]{1,128}")
 
 #: What a row is keyed and checked by: (dev, ino, size, mtime_ns, ctime_ns).
@@ -130,10 +132,8 @@ class FactsStore:
         directory = cache_dir / DIR_NAME
         try:
             cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            try:
+            with contextlib.suppress(FileExistsError):
                 directory.mkdir(mode=0o700)
-            except FileExistsError:
-                pass
             problem = _foreign(directory, is_dir=True) or _foreign_file(directory / DB_NAME)
         except OSError as exc:
             problem = f"cannot create it: {exc.strerror}"
@@ -184,20 +184,15 @@ class FactsStore:
         rows: list[tuple[Any, ...]] = []
         try:
             with self._read_lock:
-                for dev, inodes in by_dev.items():
+                for dev, candidates in by_dev.items():
                     if not 0 <= dev <= INT64_MAX:
                         continue
-                    inodes = [ino for ino in inodes if 0 <= ino <= INT64_MAX]
+                    inodes = [ino for ino in candidates if 0 <= ino <= INT64_MAX]
                     for start in range(0, len(inodes), LOOKUP_CHUNK):
                         chunk = inodes[start : start + LOOKUP_CHUNK]
-                        marks = ",".join("?" * len(chunk))
-                        rows.extend(
-                            self._reader.execute(
-                                "SELECT dev, ino, size, mtime_ns, ctime_ns, used_ns, facts FROM facts"
-                                f" WHERE dev = ? AND ino IN ({marks})",
-                                (dev, *chunk),
-                            )
-                        )
+                        marks = ",".join("?" * len(chunk))  # placeholders only: values are bound
+                        query = f"{_SELECT} WHERE dev = ? AND ino IN ({marks})"
+                        rows.extend(self._reader.execute(query, (dev, *chunk)))
         except sqlite3.Error as exc:
             self._disable(exc)
             return {}
@@ -250,7 +245,7 @@ class FactsStore:
         return True
 
     def flush(self) -> None:
-        """Write everything queued now (the writer thread does this by itself; tests and ``close`` call it)."""
+        """Write everything queued now (the writer thread does this by itself)."""
         self._write_batch()
 
     def close(self) -> None:
@@ -332,13 +327,13 @@ def _connect(path: Path) -> sqlite3.Connection:
                 if version != SCHEMA_VERSION:
                     db.execute("DROP TABLE IF EXISTS facts")
                     db.execute(
-                        "CREATE TABLE facts (dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL,"
-                        " mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, used_ns INTEGER NOT NULL,"
-                        " facts TEXT NOT NULL, PRIMARY KEY (dev, ino))"
+                        "CREATE TABLE facts (dev INTEGER NOT NULL, ino INTEGER NOT NULL,"
+                        " size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,"
+                        " used_ns INTEGER NOT NULL, facts TEXT NOT NULL, PRIMARY KEY (dev, ino))"
                     )
                     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         else:
-            db.execute("SELECT dev, ino, size, mtime_ns, ctime_ns, used_ns, facts FROM facts LIMIT 1").fetchall()
+            db.execute(f"{_SELECT} LIMIT 1").fetchall()
     except BaseException:
         db.close()
         raise
@@ -361,10 +356,8 @@ def _foreign(path: Path, *, is_dir: bool) -> str | None:
 
 def _foreign_file(path: Path) -> str | None:
     # The database file, created private when missing (SQLite gives -wal and -shm the same mode).
-    try:
+    with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
-    except FileExistsError:
-        pass
     problem = _foreign(path, is_dir=False)
     for suffix in ("-wal", "-shm"):
         if problem is None and os.path.lexists(f"{path}{suffix}"):

@@ -338,10 +338,7 @@ class ArchiveIndex:
         """
         started = self._clock()  # before any lstat: see FactsStore.record
         folders, files = _scan(directory)
-        key = (
-            folders,
-            tuple((name, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns) for name, st in files),
-        )
+        key = (folders, tuple((name, *stat_key(st)) for name, st in files))
         memo_key = str(directory)
         with self._lock:
             remembered = self._listings.get(memo_key)
@@ -381,13 +378,14 @@ class ArchiveIndex:
         for (name, st), identity, cached in zip(files, identities, known, strict=True):
             path = directory / name
             if cached is None:
-                facts = self._open(path, identity)
-                if facts is None:
+                opened = self._open(path, identity)
+                if opened is None:
                     if not isinstance(self.cached(identity), Unreadable):
                         complete = False  # an I/O error, not remembered: the next listing tries again
                     continue
-                if self.store is not None and not self.store.record(stat_key(st), facts, started):
+                if self.store is not None and not self.store.record(stat_key(st), opened, started):
                     self._defer(identity, stat_key(st))
+                facts = opened
             elif isinstance(cached, Unreadable):
                 continue
             else:
@@ -426,10 +424,12 @@ class ArchiveIndex:
                 facts = self._entries.get(identity) if key is not None else None
             if key is None:
                 continue
-            if key != stat_key(st) or not isinstance(facts, ArchiveFacts):
-                with self._lock:
-                    self._deferred.pop(identity, None)
-            elif store.record(key, facts, started):
+            done = (  # the file changed since it was opened, or it is recorded now
+                key != stat_key(st)
+                or not isinstance(facts, ArchiveFacts)
+                or store.record(key, facts, started)
+            )
+            if done:
                 with self._lock:
                     self._deferred.pop(identity, None)
 

@@ -32,8 +32,10 @@ def later() -> int:
     return time.time_ns() + LATER_NS
 
 
-def listed(cache: Path, directory: Path, clock: Callable[[], int] = later) -> tuple[DirectoryListing, ArchiveIndex]:
-    """List ``directory`` with a fresh index over the store in ``cache`` (a restarted mountd), then close it."""
+def listed(
+    cache: Path, directory: Path, clock: Callable[[], int] = later
+) -> tuple[DirectoryListing, ArchiveIndex]:
+    """List ``directory`` with a new index over the store in ``cache`` (a restarted mountd), then close it."""
     index = ArchiveIndex(store=FactsStore.open(cache), clock=clock)
     try:
         return index.list_directory(directory), index
@@ -145,7 +147,7 @@ def test_garbage_in_place_of_the_database_is_rebuilt(
     (directory / DB_NAME).write_bytes(os.urandom(8192))
     (directory / DB_NAME).chmod(0o600)
     with caplog.at_level(logging.WARNING, logger="mountd.dav.facts_store"):
-        listing, index = listed(tmp_path / "cache", store)
+        listing, _ = listed(tmp_path / "cache", store)
     assert "facts index corrupt" in caplog.text
     assert types(listing) == {"r.csv": "text/csv"}
     assert rows(tmp_path / "cache") == 1
@@ -165,7 +167,7 @@ def test_garbage_in_place_of_the_database_is_rebuilt(
     ids=["not-json", "short", "negative", "header-injection", "quote-in-etag", "int-as-bool", "past-eof"],
 )
 def test_a_bad_row_under_the_right_key_is_a_miss(store: Path, tmp_path: Path, row: str) -> None:
-    """A row that matches the file's key but is not what the writer writes is ignored: the archive is opened."""
+    """A row under the file's key that is not what the writer writes is ignored: the archive is opened."""
     path = store / "r.sync"
     make_archive(path, manifest=CSV)
     listed(tmp_path / "cache", store)
