@@ -35,6 +35,7 @@ from xml.sax.saxutils import escape
 from wsgidav import util as dav_util  # type: ignore[import-untyped]
 from wsgidav import xml_tools
 from wsgidav.mw.base_mw import BaseMiddleware  # type: ignore[import-untyped]
+from wsgidav.prop_man.property_manager import PropertyManager  # type: ignore[import-untyped]
 
 from mountd.dav.facts import ArchiveFacts
 from mountd.dav.index import DirectoryListing
@@ -47,6 +48,7 @@ from mountd.dav.resources import (
     sync_properties,
 )
 from mountd.http.middleware import StartResponse, WSGIEnviron
+from sync_format.freshness import now_ns
 
 #: Depths answered here (wsgidav refuses infinity, and answers it itself).
 FAST_DEPTHS = ("0", "1")
@@ -146,6 +148,8 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         # The multistatus document, or None when a lock or a dead property means wsgidav must answer.
         lock_manager = provider.lock_manager
         prop_manager = provider.prop_manager
+        if _holds_nothing(prop_manager):
+            prop_manager = None  # no member can have a dead property: skip 10,000 locked look-ups
         share = provider.share_path or ""
         href_base = provider.mount_path + share
         path = collection.get_preferred_path()
@@ -178,6 +182,7 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
                 href = quote(href_base + preferred, safe=HREF_SAFE)
                 parts.append(_folder_response(href, name, collection.directory / name, lock_props))
             fragments = self._fragments
+            now = now_ns()  # one moment for the whole document
             if len(fragments) > MAX_FRAGMENTS:
                 fragments.clear()
             for name, listed in listing.archives.items():
@@ -196,11 +201,23 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
                 if prop_manager is not None and prop_manager.get_properties(cached[2], environ):
                     return None
                 parts.append(cached[3])
-                parts.append("true" if facts.is_expired() else "false")
+                parts.append("true" if facts.expiry.is_expired(now) else "false")
                 parts.append(cached[4])
                 has_archives = True
         head = _HEAD + (_SYNC_NS if has_archives else "") + ">"
         return (head + "".join(parts) + "</ns0:multistatus>").encode("utf-8")
+
+
+def _holds_nothing(prop_manager: Any) -> bool:
+    # wsgidav's in-memory manager (exactly that class: subclasses keep their data elsewhere) holding no
+    # property at all. Each look-up takes its lock and formats a debug line; a read-only store refuses
+    # PROPPATCH, so this is its usual state. Read without the lock, like the look-ups' answer it is a
+    # moment's view: a property written after it is shown by the next request.
+    return (
+        type(prop_manager) is PropertyManager
+        and getattr(prop_manager, "_loaded", False)
+        and not getattr(prop_manager, "_dict", None)
+    )
 
 
 def _folder_response(href: str, name: str, directory: os.PathLike[str], lock_props: str) -> str:
