@@ -38,7 +38,7 @@ MAX_LEAD = 60.0
 EMPTY_WASM_CRC32 = zlib.crc32(EMPTY_WASM)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ArchiveFacts:
     """The answers mountd gives about one version of one archive.
 

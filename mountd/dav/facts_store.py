@@ -38,6 +38,7 @@ import os
 import re
 import sqlite3
 import stat
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -71,6 +72,8 @@ BUSY_TIMEOUT = 2.0
 LOOKUP_CHUNK = 500
 #: Nanoseconds after which a row that answered a lookup has its use time refreshed (so pruning keeps it).
 TOUCH_AFTER_NS = 3600 * 1_000_000_000
+#: SQLite's page cache per connection, in KiB (its default is 2 MiB; the OS caches the file anyway).
+CACHE_KIB = 256
 #: Largest value SQLite stores as an integer.
 INT64_MAX = 2**63 - 1
 
@@ -319,6 +322,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         (version,) = db.execute("PRAGMA user_version").fetchone()
         if version != SCHEMA_VERSION:
             with db:
@@ -432,8 +436,9 @@ def decode_facts(blob: object, identity: FileIdentity) -> ArchiveFacts | None:
     ):
         return None
     return ArchiveFacts(
-        display_ext=ext,
-        content_type=ctype,
+        # Shared by most archives of a store: one copy each instead of one per row.
+        display_ext=sys.intern(ext),
+        content_type=sys.intern(ctype),
         payload_size=size,
         payload_offset=offset,
         etag=etag,
@@ -442,7 +447,7 @@ def decode_facts(blob: object, identity: FileIdentity) -> ArchiveFacts | None:
         updated_at=updated,
         ttl=ttl,
         timeout=timeout,
-        expiry=Expiry(base=base, at_ns=at_ns, error=error),
+        expiry=Expiry(base=sys.intern(base), at_ns=at_ns, error=error),
         identity=identity,
         has_update_logic=logic,
         payload_crc32=crc,
