@@ -172,8 +172,8 @@ class ArchiveIndex:
         self._opens = self._hits = self._learned = self._unreadable = self._restored = 0
         self.store = store
         self._clock = clock
-        # Versions opened while too young to record: identity → the key they were read under.
-        self._deferred: OrderedDict[FileIdentity, StatKey] = OrderedDict()
+        # Versions opened while too young to record: identity → (the key they were read under, directory).
+        self._deferred: OrderedDict[FileIdentity, tuple[StatKey, str]] = OrderedDict()
 
     @property
     def stats(self) -> IndexStats:
@@ -353,7 +353,7 @@ class ArchiveIndex:
                 remembered = None
         if remembered is not None:
             if deferred:
-                self._record_deferred(files, started)
+                self._record_deferred(memo_key, files, started)
             return remembered[1]
         identities = [FileIdentity(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size) for _, st in files]
         known: list[_Cached | None] = []
@@ -375,7 +375,7 @@ class ArchiveIndex:
                         self._store(facts.identity, facts)
                     self._restored += len(restored)
         if self._deferred:
-            self._record_deferred(files, started)
+            self._record_deferred(memo_key, files, started)
         found: list[ListedArchive] = []
         complete = True
         for (name, st), identity, cached in zip(files, identities, known, strict=True):
@@ -387,7 +387,7 @@ class ArchiveIndex:
                         complete = False  # an I/O error, not remembered: the next listing tries again
                     continue
                 if self.store is not None and not self.store.record(stat_key(st), opened, started):
-                    self._defer(identity, stat_key(st))
+                    self._defer(identity, stat_key(st), memo_key)
                 facts = opened
             elif isinstance(cached, Unreadable):
                 continue
@@ -408,29 +408,31 @@ class ArchiveIndex:
                     self._listed -= len(self._listings.popitem(last=False)[1][1].archives)
         return listing
 
-    def _defer(self, identity: FileIdentity, key: StatKey) -> None:
+    def _defer(self, identity: FileIdentity, key: StatKey, directory: str) -> None:
         with self._lock:
-            self._deferred[identity] = key
+            self._deferred[identity] = (key, directory)
             while len(self._deferred) > MAX_DEFERRED:
                 self._deferred.popitem(last=False)
 
-    def _record_deferred(self, files: Iterable[tuple[str, os.stat_result]], started: int) -> None:
-        # Versions that were too young when opened: record them now if lstat still sees exactly the version
-        # that was opened (same ctime: not written since) and it has grown old enough.
+    def _record_deferred(
+        self, directory: str, files: Iterable[tuple[str, os.stat_result]], started: int
+    ) -> None:
+        # Versions of this directory that were too young when opened: record them now if lstat still sees
+        # exactly the version that was opened (same ctime: not written since) and it has grown old enough;
+        # forget those that changed or went.
         store = self.store
         if store is None:
             return
-        for _, st in files:
-            identity = FileIdentity(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        with self._lock:
+            mine = [(ident, key) for ident, (key, where) in self._deferred.items() if where == directory]
+        if not mine:
+            return
+        present = {stat_key(st) for _, st in files}
+        for identity, key in mine:
             with self._lock:
-                key = self._deferred.get(identity)
-                facts = self._entries.get(identity) if key is not None else None
-            if key is None:
-                continue
-            done = (  # the file changed since it was opened, or it is recorded now
-                key != stat_key(st)
-                or not isinstance(facts, ArchiveFacts)
-                or store.record(key, facts, started)
+                facts = self._entries.get(identity)
+            done = (  # the file changed or went since it was opened, or it is recorded now
+                key not in present or not isinstance(facts, ArchiveFacts) or store.record(key, facts, started)
             )
             if done:
                 with self._lock:
