@@ -22,9 +22,10 @@ Invariants:
       disables the store for this process (logged once). Nothing here ever fails a request.
     * Several mountd processes may share the file: WAL mode, one transaction per batch, ``INSERT OR
       REPLACE`` (the last writer of a key wins; every writer writes correct facts for that exact key).
-    * Writes never run on a request thread: recorded facts are queued and written in batches by one
-      background thread. Bounded: at most ``max_rows`` rows (the least recently written or used go), and
-      at most ``MAX_QUEUED`` queued rows (more are dropped: a later listing records them).
+    * Writes never run on a request thread: recorded facts are queued, then encoded and written in one
+      transaction by a background thread once the queue stops growing (after the listing, not during it).
+      Bounded: at most ``max_rows`` rows (the least recently written or used go), and at most
+      ``MAX_QUEUED`` queued rows (more are dropped: a later listing records them).
     * ``SCHEMA_VERSION`` names the row format and how facts are computed: bump it when ``ArchiveFacts`` or
       its derivation changes, and older files are emptied on open.
 """

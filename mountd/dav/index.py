@@ -18,10 +18,10 @@ Invariants:
     * Listings skip hidden names, our temp files and symlinks, exactly like ``sync_format.iter_archives``.
     * The cache is bounded (least recently used entries go) and safe to use from many threads; archives are
       opened outside the lock.
-    * A directory's last complete listing is kept with the names and identities it was built from, and
-      returned again only when a fresh scan finds exactly those (so a swap, edit, rename, new or removed
-      entry always rebuilds it); a listing that met an I/O error is not kept. Remembered listings hold at
-      most ``max_entries`` archives together.
+    * A directory's last complete listing is kept with the names and stat keys (identity and ctime) it was
+      built from, and returned again only when a fresh scan finds exactly those (so a swap, edit, rename,
+      new or removed entry always rebuilds it); a listing that met an I/O error is not kept. Remembered
+      listings hold at most ``max_entries`` archives together.
     * With a ``FactsStore`` (``mountd.dav.facts_store``), versions missing from memory are looked up on disk
       before any archive is opened, and facts a listing opened are recorded there (under the exact
       ``lstat`` key, ctime included, and only once the version is old enough not to be mid-write); so a
