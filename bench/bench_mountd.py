@@ -21,9 +21,15 @@ has a folder of archives).
 (b) 4 KiB GETs: ``wrk -t2 -c16 -d5s --latency`` (``--quick`` 2 s) on one small file; requests/s, p50 and
     p99. Goal: mountd ≥ 0.5x rclone.
 (c) PROPFIND Depth 1 (no body, i.e. allprop) of a folder of 10,000 archives (``--quick`` 1,000) or plain
-    files: the first request after the server started, and the median of the following ones; for mountd
-    the first is cold (every archive opened once to learn its facts) and the rest answer from its listing
-    cache. Goal: mountd's warm median no slower than rclone's.
+    files: the first request after the server started, and the median of the following ones. For mountd
+    the first is on a store it never saw (empty cache dir: every archive opened once to learn its facts),
+    the rest answer from its listing cache; then mountd is restarted with the same cache dir (page cache
+    warm) and its first request is timed again ("after restart": facts come from the index on disk,
+    ``mountd.dav.facts_store``). The archives are at least ``RACY_WAIT`` seconds old when listed, as a
+    store is between restarts (younger versions are not recorded on disk yet). Then mountd's ``VmRSS``
+    and ``VmHWM`` with the 10,000 archives listed and indexed (the never-seen process, after its warm
+    requests). Goals: first ≤ 1.5x rclone's first, also after a restart; warm speed ≥ 2.5x rclone's;
+    RSS ≤ 100 MB.
 (d) mountd's peak RSS (``VmHWM`` of the server process) while one GET streams a 5 GiB payload
     (``--quick`` 1 GiB): a real ZIP64 archive packed with ``SyncBuilder.with_payload_file`` from a sparse
     source file, served by a fresh mountd process. Goal: under 150 MB.
@@ -74,6 +80,13 @@ SMALL_SIZE = 4096
 LISTED_SIZE = 100
 #: Peak RSS goal of (d), in bytes.
 RSS_GOAL = 150 * 10**6
+#: RSS goal of (c) with every listed archive indexed, in bytes.
+LISTING_RSS_GOAL = 100 * 10**6
+#: Goals of (c): mountd's first PROPFIND time ÷ rclone's at most; warm speed ÷ rclone's at least.
+FIRST_GOAL = 1.5
+WARM_GOAL = 2.5
+#: Seconds the listed archives must be old before (c): younger versions are not recorded on disk (RACY_NS).
+RACY_WAIT = 2.5
 #: Disk the 5 GiB archive of (d) needs besides the rest, with headroom, as a multiple of its size.
 DISK_FACTOR = 1.2
 #: The nginx module that answers PROPFIND.
@@ -120,6 +133,7 @@ class Results:
     big_get: dict[str, dict[str, Any]] = field(default_factory=dict)
     small_gets: dict[str, dict[str, Any]] = field(default_factory=dict)
     propfind: dict[str, dict[str, Any]] = field(default_factory=dict)
+    listing_rss: dict[str, Any] = field(default_factory=dict)
     rss: dict[str, Any] = field(default_factory=dict)
     goals: dict[str, dict[str, Any]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -128,7 +142,7 @@ class Results:
 # --- the mountd process --------------------------------------------------------------------------------
 
 
-def serve_mountd(store: Path, *, sendfile: bool) -> int:
+def serve_mountd(store: Path, *, sendfile: bool, cache_dir: Path) -> int:
     """``--serve-mountd``: serve ``store`` on a free port, print ``ready URL``, stop on SIGTERM."""
     import logging  # noqa: PLC0415  (only the server process needs it)
 
@@ -139,7 +153,7 @@ def serve_mountd(store: Path, *, sendfile: bool) -> int:
     # Blocked before the server's threads exist, so that only sigwait below receives them.
     signals = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    settings = Settings(host="127.0.0.1", port=0)
+    settings = Settings(host="127.0.0.1", port=0, cache_dir=cache_dir)
     with serve_background(settings, store, NullFreshness(), sendfile=sendfile) as handle:
         print(f"ready {handle.mount_url}", flush=True)
         signal.sigwait(signals)
@@ -180,10 +194,18 @@ def _spawn(argv: list[str], log: Path, **kwargs: Any) -> subprocess.Popen[bytes]
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
 
 
-def start_mountd(name: str, store: Path, tmp: Path, *, sendfile: bool = True) -> Server:
-    """mountd over ``store`` in a subprocess of this script."""
+def start_mountd(name: str, store: Path, tmp: Path, *, sendfile: bool = True, cache: str = "") -> Server:
+    """mountd over ``store`` in a subprocess of this script, its cache dir ``tmp/cache-<cache or name>``."""
     log = tmp / f"{name}.log"
-    argv = [sys.executable, str(Path(__file__).resolve()), "--serve-mountd", str(store)]
+    cache_dir = tmp / f"cache-{cache or name}"
+    argv = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--serve-mountd",
+        str(store),
+        "--cache-dir",
+        str(cache_dir),
+    ]
     process = _spawn([*argv, *([] if sendfile else ["--no-sendfile"])], log)
     found: list[str] = []
 
@@ -387,10 +409,15 @@ def tree_cpu_seconds(pid: int) -> float:
 
 def vm_hwm(pid: int) -> int:
     """Peak resident set size of a process, in bytes (``VmHWM``)."""
+    return proc_status_bytes(pid, "VmHWM")
+
+
+def proc_status_bytes(pid: int, field: str) -> int:
+    """A ``kB`` field of ``/proc/PID/status`` (``VmRSS``, ``VmHWM``), in bytes."""
     status = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    match = re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE)
     if match is None:
-        raise RuntimeError(f"no VmHWM for pid {pid}")
+        raise RuntimeError(f"no {field} for pid {pid}")
     return int(match.group(1)) * 1024
 
 
@@ -426,9 +453,12 @@ def bench_small_gets(servers: dict[str, Server], sizes: Sizes, results: Results)
         results.small_gets[name] = wrk(f"{server.url}/small.bin", sizes.wrk_seconds)
 
 
-def bench_propfind(servers: dict[str, Server], sizes: Sizes, results: Results) -> None:
-    """(c): the first PROPFIND after start, then the median of the following ones."""
-    for name, server in servers.items():
+def bench_propfind(
+    servers: dict[str, Server], sizes: Sizes, results: Results, restart: Callable[[], Server]
+) -> None:
+    """(c): the first PROPFIND after start, then the median of the following ones; mountd's RSS; mountd's
+    first PROPFIND again after ``restart`` (which replaces ``servers["mountd"]``)."""
+    for name, server in list(servers.items()):
         first, status, size = propfind(server.url, "/list/")
         if status != 207:
             raise RuntimeError(f"{name} answered PROPFIND with {status}")
@@ -439,6 +469,19 @@ def bench_propfind(servers: dict[str, Server], sizes: Sizes, results: Results) -
             "warm_ms": warm,
             "bytes": size,
         }
+        if name != "mountd":
+            continue
+        results.listing_rss = {
+            "archives": sizes.listed,
+            "vmrss_bytes": proc_status_bytes(server.process.pid, "VmRSS"),
+            "vmhwm_bytes": proc_status_bytes(server.process.pid, "VmHWM"),
+        }
+        stop(server)
+        servers[name] = restarted = restart()
+        again, status, size_again = propfind(restarted.url, "/list/")
+        if status != 207 or size_again != size:
+            raise RuntimeError(f"restarted mountd answered PROPFIND with {status}, {size_again} bytes")
+        results.propfind[name]["restart_first_ms"] = again
 
 
 def bench_rss(tmp: Path, sizes: Sizes, results: Results) -> None:
@@ -502,11 +545,16 @@ def judge(results: Results) -> None:
     small_ratio = _ratio(
         figure(results.small_gets, "mountd", "req_per_s"), figure(results.small_gets, BASELINE, "req_per_s")
     )
-    # Time: a ratio above 1 means mountd is faster (rclone's time / mountd's time).
+    # Speed: a ratio above 1 means mountd is faster (rclone's time / mountd's time).
     list_ratio = _ratio(
         figure(results.propfind, BASELINE, "warm_median_ms"),
         figure(results.propfind, "mountd", "warm_median_ms"),
     )
+    # Time: a ratio below 1 means mountd is faster (mountd's time / rclone's time).
+    base_first = figure(results.propfind, BASELINE, "first_ms")
+    first_ratio = _ratio(figure(results.propfind, "mountd", "first_ms"), base_first)
+    restart_ratio = _ratio(figure(results.propfind, "mountd", "restart_first_ms"), base_first)
+    listing_rss = results.listing_rss.get("vmrss_bytes")
     peak = results.rss.get("vmhwm_after_bytes")
     results.goals = {
         "big_get_vs_rclone": {
@@ -519,10 +567,28 @@ def judge(results: Results) -> None:
             "goal": 0.5,
             "met": small_ratio is not None and small_ratio >= 0.5,
         },
+        "propfind_first_time_vs_rclone": {
+            "ratio": first_ratio,
+            "goal": FIRST_GOAL,
+            "at_most": True,
+            "met": first_ratio is not None and first_ratio <= FIRST_GOAL,
+        },
+        "propfind_restart_time_vs_rclone": {
+            "ratio": restart_ratio,
+            "goal": FIRST_GOAL,
+            "at_most": True,
+            "met": restart_ratio is not None and restart_ratio <= FIRST_GOAL,
+        },
         "propfind_warm_speed_vs_rclone": {
             "ratio": list_ratio,
-            "goal": 1.0,
-            "met": list_ratio is not None and list_ratio >= 1.0,
+            "goal": WARM_GOAL,
+            "met": list_ratio is not None and list_ratio >= WARM_GOAL,
+        },
+        "listing_rss": {
+            "bytes": listing_rss,
+            "goal": LISTING_RSS_GOAL,
+            "at_most": True,
+            "met": listing_rss is not None and listing_rss <= LISTING_RSS_GOAL,
         },
         "peak_rss": {"bytes": peak, "goal": RSS_GOAL, "met": peak is not None and peak < RSS_GOAL},
     }
@@ -563,12 +629,25 @@ def print_report(results: Results, sizes: Sizes) -> None:
     print(
         f"\n(c) PROPFIND Depth 1, {sizes.listed} entries: first request, then median of {sizes.propfind_runs}"
     )
-    print(f"  {'server':<12} {'first ms':>9} {'warm ms':>9} {'speed vs ' + BASELINE:>16} {'bytes':>10}")
+    base_first = results.propfind.get(BASELINE, {}).get("first_ms")
+    print(
+        f"  {'server':<12} {'first ms':>9} {'vs ' + BASELINE:>10} {'restart ms':>11} {'vs ' + BASELINE:>10} "
+        f"{'warm ms':>9} {'speed vs ' + BASELINE:>16} {'bytes':>10}"
+    )
     for name, row in results.propfind.items():
         ratio = _ratio(base_list, row["warm_median_ms"])
+        restart = row.get("restart_first_ms")
+        first_ratio = _fmt(_ratio(row["first_ms"], base_first), ".2f") + "x"
         print(
-            f"  {name:<12} {row['first_ms']:>9.0f} {row['warm_median_ms']:>9.0f} "
-            f"{_fmt(ratio, '.2f') + 'x':>16} {row['bytes']:>10}"
+            f"  {name:<12} {row['first_ms']:>9.0f} {first_ratio:>10} "
+            f"{_fmt(restart):>11} {_fmt(_ratio(restart, base_first), '.2f') + 'x' if restart else '':>10} "
+            f"{row['warm_median_ms']:>9.0f} {_fmt(ratio, '.2f') + 'x':>16} {row['bytes']:>10}"
+        )
+    if results.listing_rss:
+        lrss = results.listing_rss
+        print(
+            f"  mountd with {lrss['archives']} archives listed and indexed: "
+            f"VmRSS {lrss['vmrss_bytes'] / 1e6:.0f} MB, VmHWM {lrss['vmhwm_bytes'] / 1e6:.0f} MB"
         )
     if results.rss:
         rss = results.rss
@@ -580,8 +659,11 @@ def print_report(results: Results, sizes: Sizes) -> None:
         )
     print("\nGoals")
     for name, goal in results.goals.items():
+        bound = "<=" if goal.get("at_most") else ">="
         if "ratio" in goal:
-            shown, target = _fmt(goal["ratio"], ".2f") + "x", f">= {goal['goal']}x"
+            shown, target = _fmt(goal["ratio"], ".2f") + "x", f"{bound} {goal['goal']}x"
+        elif goal.get("at_most"):
+            shown, target = _fmt((goal["bytes"] or 0) / 1e6) + " MB", f"<= {goal['goal'] / 1e6:.0f} MB"
         else:
             shown, target = _fmt((goal["bytes"] or 0) / 1e6) + " MB", f"< {goal['goal'] / 1e6:.0f} MB"
         print(f"  {name:<32} {shown:>10}  goal {target:<10} {'met' if goal['met'] else 'NO'}")
@@ -596,6 +678,7 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
     started = time.perf_counter()
     print(f"building data in {tmp} ...", file=sys.stderr)
     store, plain = build_data(tmp, sizes)
+    built = time.monotonic()
     starters: dict[str, Callable[[], Server]] = {
         "mountd": lambda: start_mountd("mountd", store, tmp),
         "mountd-copy": lambda: start_mountd("mountd-copy", store, tmp, sendfile=False),
@@ -606,7 +689,13 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
     with running(starters, results) as servers:
         others = {name: server for name, server in servers.items() if name != "mountd-copy"}
         print("(c) PROPFIND ...", file=sys.stderr)
-        bench_propfind(others, sizes, results)  # first: mountd's listing cache is still cold
+        time.sleep(max(0.0, built + RACY_WAIT - time.monotonic()))
+        # First: mountd's listing cache is still cold. The restarted mountd serves (a) and (b).
+        bench_propfind(
+            others, sizes, results, lambda: start_mountd("mountd-restarted", store, tmp, cache="mountd")
+        )
+        if "mountd" in others:
+            servers["mountd"] = others["mountd"]
         print("(a) big GETs ...", file=sys.stderr)
         bench_big_get(servers, sizes, results)
         print("(b) small GETs ...", file=sys.stderr)
@@ -635,9 +724,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, help="parent of the temp directory (default: the system's)")
     parser.add_argument("--serve-mountd", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--no-sendfile", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--cache-dir", type=Path, default=Path(), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_mountd is not None:
-        return serve_mountd(args.serve_mountd, sendfile=not args.no_sendfile)
+        return serve_mountd(args.serve_mountd, sendfile=not args.no_sendfile, cache_dir=args.cache_dir)
     with ExitStack() as stack:
         tmp = Path(tempfile.mkdtemp(prefix="sync-bench-mountd-", dir=args.dir))
         stack.callback(shutil.rmtree, tmp, ignore_errors=True)

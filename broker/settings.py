@@ -111,6 +111,7 @@ _ENV = {
     "scheduler_window": "SYNC_SCHEDULER_WINDOW",
     "sandbox_spare_child": "SYNC_SANDBOX_SPARE_CHILD",
     "sandbox_zygote": "SYNC_SANDBOX_ZYGOTE",
+    "facts_index": "SYNC_FACTS_INDEX",
 }
 
 
@@ -205,6 +206,8 @@ class Settings:
             no inherited descriptors) that forks the guest children, keeping one spare ahead; the worker
             still owns the deadline and gets each child's exit status and rusage (``workers.zygote``).
             Takes precedence over ``sandbox_spare_child``.
+        facts_index: mountd: keep what each archive version looks like in ``<cache_dir>/mountd-facts`` so a
+            first listing after a restart opens only archives that changed; False keeps it in memory only.
         guest_secret_hosts: Where each secret may be sent: host patterns (``sync_format.hosts`` syntax,
             as in ``allow_hosts``) by secret name, from ``SYNC_GUEST_SECRET_<NAME>_HOSTS`` (comma-separated).
             The operator's grant: a secret goes only to a request whose host (and port) a pattern of its
@@ -255,6 +258,8 @@ class Settings:
     sandbox_spare_child: bool = False
     # Sandbox: a small separate process forks the guest children (workers.zygote).
     sandbox_zygote: bool = False
+    # mountd: keep archive facts on disk across restarts (mountd.dav.facts_store).
+    facts_index: bool = True
 
     def __post_init__(self) -> None:
         if self.sandbox not in SANDBOX_MODES:

@@ -39,6 +39,8 @@ from broker.redis_client import SERVICE_CONNECT_TIMEOUT, SERVICE_SOCKET_TIMEOUT,
 from broker.scheduling import SchedulerLease, claims_held, write_summary
 from mountd.auth.access import auth_config
 from mountd.auth.users import UserTable
+from mountd.dav.factory import ReadOnlyResources, ResourceFactory
+from mountd.dav.facts_store import FactsStore
 from mountd.dav.index import ArchiveIndex
 from mountd.dav.provider import FreshnessHook, SyncProvider
 from mountd.http.browser import middleware_stack
@@ -83,7 +85,8 @@ class MountdConfig:
             such as ``mountd.writable.locks.RedisLockStorage``.
         property_store: A file to keep dead properties in across restarts (in memory when None), or a
             property manager shared by replicas (``mountd.writable.properties.RedisPropertyManager``).
-        index: The listing cache; a new one when None.
+        index: The listing cache; when None, a new one with the facts store of ``settings``
+            (``open_facts_store``), which the server's shutdown closes.
         swaps: Where reads asking for fresh data wait for a new generation
             (``mountd.http.freshness_headers``); feed it "swapped" notifications
             (``mountd.refresh.swap_listener``). A new one when None.
@@ -151,6 +154,24 @@ class MountdApp:
     metrics: MountdMetrics
 
 
+def open_facts_store(settings: Settings) -> FactsStore | None:
+    """The facts index on disk of ``settings`` (``mountd.dav.facts_store``), or None to keep facts in memory.
+
+    None when ``settings.facts_index`` is off, when the settings name no cache directory (``Settings()``
+    built in code has ``Path()``; settings read from the environment always name one), or when the
+    directory may not be used (logged).
+
+    Args:
+        settings: Supplies ``cache_dir`` and ``facts_index``.
+
+    Returns:
+        The store or None.
+    """
+    if not settings.facts_index or settings.cache_dir == Path():
+        return None
+    return FactsStore.open(settings.cache_dir)
+
+
 def build_app(config: MountdConfig) -> MountdApp:
     """The WSGI application serving ``config.store`` (read-only unless ``config.writable`` is given).
 
@@ -166,14 +187,28 @@ def build_app(config: MountdConfig) -> MountdApp:
         SettingsError: A non-loopback host without users and without ``settings.allow_anonymous``.
         UsersFileError: ``users`` has no users.
     """
+    resources: ResourceFactory = (
+        WritableResources(config.writable) if config.writable is not None else ReadOnlyResources()
+    )
+    index = config.index
+    if index is None:
+        index = ArchiveIndex(name_rule=resources.name_rule, store=open_facts_store(config.settings))
+    try:
+        return _assemble(config, resources, index)
+    except BaseException:
+        index.close()
+        raise
+
+
+def _assemble(config: MountdConfig, resources: ResourceFactory, index: ArchiveIndex) -> MountdApp:
     settings = config.settings
     observed = observe(config.freshness)
     metrics = MountdMetrics(lambda: observed.counts)
     provider = SyncProvider(
         config.store,
         CountingFreshness(config.freshness, metrics),
-        resources=WritableResources(config.writable) if config.writable is not None else None,
-        index=config.index,
+        resources=resources,
+        index=index,
         fresh_wait=settings.fresh_wait,
         swaps=config.swaps,
     )
@@ -243,7 +278,11 @@ def start(config: MountdConfig) -> ServerHandle:
         OSError: The address cannot be bound.
     """
     app = build_app(config)
-    return listen(config.settings, app.wsgi, app.provider, app.metrics, sendfile=config.sendfile)
+    try:
+        return listen(config.settings, app.wsgi, app.provider, app.metrics, sendfile=config.sendfile)
+    except BaseException:
+        app.provider.index.close()
+        raise
 
 
 def serve_background(

@@ -77,6 +77,7 @@ class ServerHandle:
         """Stop accepting, let running requests finish (within ``SHUTDOWN_TIMEOUT``), join the thread."""
         self._server.stop()
         self._thread.join(SHUTDOWN_TIMEOUT)
+        self.provider.index.close()  # writes the facts it queued for the next start (mountd.dav.facts_store)
         log.info("mountd stopped url=%s", self.mount_url)
 
     def __enter__(self) -> ServerHandle:

@@ -92,7 +92,7 @@ def now_ns() -> int:
     return time.time_ns()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Expiry:
     """When a payload stops being fresh.
 

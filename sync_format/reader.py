@@ -57,7 +57,7 @@ _ENTRY_LIMITS = {
 MAX_OTHER_ENTRY_SIZE = 16 * 1024 * 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileIdentity:
     """What identifies one version of a file: caches key on it (docs/architecture.md).
 

@@ -28,7 +28,8 @@ def archive_file_stem(path: str | os.PathLike[str]) -> str:
     Returns:
         The stem; ``.sync`` stays ``.sync``, ``foo.`` becomes ``foo``, no file name gives ``payload``.
     """
-    name = PurePosixPath(os.fspath(path)).name
+    # A path object already knows its name (listings name thousands: no re-parsing).
+    name = path.name if isinstance(path, PurePosixPath) else PurePosixPath(os.fspath(path)).name
     if not name or name == "..":
         return "payload"
     dot = name.rfind(".")

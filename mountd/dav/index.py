@@ -18,10 +18,14 @@ Invariants:
     * Listings skip hidden names, our temp files and symlinks, exactly like ``sync_format.iter_archives``.
     * The cache is bounded (least recently used entries go) and safe to use from many threads; archives are
       opened outside the lock.
-    * A directory's last complete listing is kept with the names and identities it was built from, and
-      returned again only when a fresh scan finds exactly those (so a swap, edit, rename, new or removed
-      entry always rebuilds it); a listing that met an I/O error is not kept. Remembered listings hold at
-      most ``max_entries`` archives together.
+    * A directory's last complete listing is kept with the names and stat keys (identity and ctime) it was
+      built from, and returned again only when a fresh scan finds exactly those (so a swap, edit, rename,
+      new or removed entry always rebuilds it); a listing that met an I/O error is not kept. Remembered
+      listings hold at most ``max_entries`` archives together.
+    * With a ``FactsStore`` (``mountd.dav.facts_store``), versions missing from memory are looked up on disk
+      before any archive is opened, and facts a listing opened are recorded there (under the exact
+      ``lstat`` key, ctime included, and only once the version is old enough not to be mid-write); so a
+      first listing after a restart opens nothing that did not change.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -37,6 +42,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from mountd.dav.facts import ArchiveFacts
+from mountd.dav.facts_store import FactsStore, StatKey, stat_key
 from sync_format import ArchiveError, FileIdentity, display_name, open_archive
 from sync_format.store import SYNC_SUFFIX, is_archive_name
 
@@ -51,9 +57,11 @@ DEFAULT_MAX_ENTRIES = 100_000
 MAX_LOGGED_COLLISIONS = 10_000
 #: Directories whose last listing is remembered whole, reused while none of its entries changed.
 MAX_REMEMBERED_LISTINGS = 256
+#: Versions remembered for recording in the facts store once they are old enough (``RACY_NS``).
+MAX_DEFERRED = 10_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ListedArchive:
     """One archive as a listing shows it.
 
@@ -120,12 +128,14 @@ class IndexStats:
         hits: Archive versions answered from the cache.
         learned: Facts recorded from snapshots opened by someone else.
         unreadable: Archive versions found unreadable.
+        restored: Archive versions answered from the facts store on disk.
     """
 
     opens: int
     hits: int
     learned: int
     unreadable: int
+    restored: int = 0
 
 
 _Cached = ArchiveFacts | Unreadable
@@ -137,9 +147,18 @@ class ArchiveIndex:
     Args:
         max_entries: Most archive versions kept.
         name_rule: The display-name rule of listings (the read-only one by default).
+        store: Facts kept on disk across restarts; memory only when None. The index closes it.
+        clock: Wall-clock nanoseconds, the clock file ctimes are set by (tests move it).
     """
 
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, *, name_rule: NameRule = display_name) -> None:
+    def __init__(
+        self,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        *,
+        name_rule: NameRule = display_name,
+        store: FactsStore | None = None,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, not {max_entries}")
         self.name_rule = name_rule
@@ -147,16 +166,25 @@ class ArchiveIndex:
         self._entries: OrderedDict[FileIdentity, _Cached] = OrderedDict()
         self._logged_io: OrderedDict[FileIdentity, None] = OrderedDict()
         self._collisions: OrderedDict[tuple[str, ...], None] = OrderedDict()
-        self._listings: OrderedDict[str, tuple[object, DirectoryListing]] = OrderedDict()
+        self._listings: OrderedDict[str, tuple[tuple[object, ...], DirectoryListing]] = OrderedDict()
         self._listed = 0  # archives in the remembered listings
         self._lock = threading.Lock()
-        self._opens = self._hits = self._learned = self._unreadable = 0
+        self._opens = self._hits = self._learned = self._unreadable = self._restored = 0
+        self.store = store
+        self._clock = clock
+        # Versions opened while too young to record: identity → (the key they were read under, directory).
+        self._deferred: OrderedDict[FileIdentity, tuple[StatKey, str]] = OrderedDict()
 
     @property
     def stats(self) -> IndexStats:
         """The counters so far."""
         with self._lock:
-            return IndexStats(self._opens, self._hits, self._learned, self._unreadable)
+            return IndexStats(self._opens, self._hits, self._learned, self._unreadable, self._restored)
+
+    def close(self) -> None:
+        """Write what the facts store has queued and close it (idempotent; memory stays usable)."""
+        if self.store is not None:
+            self.store.close()
 
     def cached(self, identity: FileIdentity) -> ArchiveFacts | Unreadable | None:
         """What is known about an archive version, without opening anything.
@@ -243,6 +271,10 @@ class ArchiveIndex:
             return found
         if isinstance(found, Unreadable):
             return None
+        return self._open(path, identity)
+
+    def _open(self, path: Path, identity: FileIdentity) -> ArchiveFacts | None:
+        # Open an archive whose version is not in memory; None when unreadable (noted).
         try:
             with open_archive(path) as snapshot:
                 facts = ArchiveFacts.from_snapshot(snapshot)
@@ -304,25 +336,64 @@ class ArchiveIndex:
         Returns:
             The listing; an unreadable directory lists as empty (logged).
         """
+        started = self._clock()  # before any lstat: see FactsStore.record
         folders, files = _scan(directory)
-        key = (folders, tuple((name, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size) for name, st in files))
         memo_key = str(directory)
         with self._lock:
             remembered = self._listings.get(memo_key)
-            if remembered is not None and remembered[0] == key:
+        # Compared in place: building the key of 10,000 files for nothing cost half a MB per request.
+        if remembered is not None and not _same_entries(remembered[0], folders, files):
+            remembered = None
+        with self._lock:
+            if remembered is not None and self._listings.get(memo_key) is remembered:
                 self._listings.move_to_end(memo_key)
                 self._hits += len(remembered[1].archives)
-                return remembered[1]
+                deferred = bool(self._deferred)
+            else:
+                remembered = None
+        if remembered is not None:
+            if deferred:
+                self._record_deferred(memo_key, files, started)
+            return remembered[1]
+        identities = [FileIdentity(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size) for _, st in files]
+        known: list[_Cached | None] = []
+        with self._lock:
+            entries = self._entries
+            for identity in identities:
+                cached = entries.get(identity)
+                if cached is not None:
+                    entries.move_to_end(identity)
+                known.append(cached)
+            self._hits += len(known) - known.count(None)
+        misses = [i for i, cached in enumerate(known) if cached is None]
+        if misses and self.store is not None:
+            restored = self.store.lookup([files[i][1] for i in misses])
+            if restored:
+                with self._lock:
+                    for j, facts in restored.items():
+                        known[misses[j]] = facts
+                        self._store(facts.identity, facts)
+                    self._restored += len(restored)
+        if self._deferred:
+            self._record_deferred(memo_key, files, started)
         found: list[ListedArchive] = []
         complete = True
-        for name, st in files:
+        for (name, st), identity, cached in zip(files, identities, known, strict=True):
             path = directory / name
-            identity = FileIdentity.from_stat(st)
-            facts = self.facts_of(path, identity)
-            if facts is not None:
-                found.append(ListedArchive(path, self.name_rule(path, facts.display_ext), facts))
-            elif not isinstance(self.cached(identity), Unreadable):
-                complete = False  # an I/O error, not remembered: the next listing tries again
+            if cached is None:
+                opened = self._open(path, identity)
+                if opened is None:
+                    if not isinstance(self.cached(identity), Unreadable):
+                        complete = False  # an I/O error, not remembered: the next listing tries again
+                    continue
+                if self.store is not None and not self.store.record(stat_key(st), opened, started):
+                    self._defer(identity, stat_key(st), memo_key)
+                facts = opened
+            elif isinstance(cached, Unreadable):
+                continue
+            else:
+                facts = cached
+            found.append(ListedArchive(path, self.name_rule(path, facts.display_ext), facts))
         archives = self._resolve_collisions(directory, found, set(folders))
         listing = DirectoryListing(directory, folders, MappingProxyType(archives))
         if complete and len(files) <= self._max:
@@ -330,12 +401,42 @@ class ArchiveIndex:
                 old = self._listings.pop(memo_key, None)
                 if old is not None:
                     self._listed -= len(old[1].archives)
-                self._listings[memo_key] = (key, listing)
+                self._listings[memo_key] = (_listing_key(folders, files), listing)
                 self._listed += len(archives)
                 # Bounded like the facts: no more listed archives than ``max_entries``, in few directories.
                 while len(self._listings) > MAX_REMEMBERED_LISTINGS or self._listed > self._max:
                     self._listed -= len(self._listings.popitem(last=False)[1][1].archives)
         return listing
+
+    def _defer(self, identity: FileIdentity, key: StatKey, directory: str) -> None:
+        with self._lock:
+            self._deferred[identity] = (key, directory)
+            while len(self._deferred) > MAX_DEFERRED:
+                self._deferred.popitem(last=False)
+
+    def _record_deferred(
+        self, directory: str, files: Iterable[tuple[str, os.stat_result]], started: int
+    ) -> None:
+        # Versions of this directory that were too young when opened: record them now if lstat still sees
+        # exactly the version that was opened (same ctime: not written since) and it has grown old enough;
+        # forget those that changed or went.
+        store = self.store
+        if store is None:
+            return
+        with self._lock:
+            mine = [(ident, key) for ident, (key, where) in self._deferred.items() if where == directory]
+        if not mine:
+            return
+        present = {stat_key(st) for _, st in files}
+        for identity, key in mine:
+            with self._lock:
+                facts = self._entries.get(identity)
+            done = (  # the file changed or went since it was opened, or it is recorded now
+                key not in present or not isinstance(facts, ArchiveFacts) or store.record(key, facts, started)
+            )
+            if done:
+                with self._lock:
+                    self._deferred.pop(identity, None)
 
     def _resolve_collisions(
         self, directory: Path, found: Iterable[ListedArchive], folders: set[str]
@@ -383,6 +484,45 @@ class ArchiveIndex:
         self._entries.move_to_end(identity)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
+
+
+def _listing_key(
+    folders: tuple[str, ...], files: tuple[tuple[str, os.stat_result], ...]
+) -> tuple[object, ...]:
+    # What a remembered listing is valid for: folder names, and each file's name and ``stat_key``. Flat, of
+    # strings and ints only: one container instead of one per file, so a warm listing of a big folder does
+    # not feed the cyclic GC thousands of tuples (measured: that GC work was most of a warm listing).
+    flat: list[object] = [folders]
+    add = flat.append
+    for name, st in files:
+        add(name)
+        add(st.st_dev)
+        add(st.st_ino)
+        add(st.st_size)
+        add(st.st_mtime_ns)
+        add(st.st_ctime_ns)
+    return tuple(flat)
+
+
+def _same_entries(
+    key: tuple[object, ...], folders: tuple[str, ...], files: tuple[tuple[str, os.stat_result], ...]
+) -> bool:
+    # ``key == _listing_key(folders, files)``, without building the right-hand side.
+    if len(key) != 1 + 6 * len(files) or key[0] != folders:
+        return False
+    at = 1
+    for name, st in files:
+        if (
+            key[at] != name
+            or key[at + 1] != st.st_dev
+            or key[at + 2] != st.st_ino
+            or key[at + 3] != st.st_size
+            or key[at + 4] != st.st_mtime_ns
+            or key[at + 5] != st.st_ctime_ns
+        ):
+            return False
+        at += 6
+    return True
 
 
 def _scan(directory: Path) -> tuple[tuple[str, ...], tuple[tuple[str, os.stat_result], ...]]:

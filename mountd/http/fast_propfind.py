@@ -27,7 +27,7 @@ Invariants:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import escape
@@ -35,6 +35,7 @@ from xml.sax.saxutils import escape
 from wsgidav import util as dav_util  # type: ignore[import-untyped]
 from wsgidav import xml_tools
 from wsgidav.mw.base_mw import BaseMiddleware  # type: ignore[import-untyped]
+from wsgidav.prop_man.property_manager import PropertyManager  # type: ignore[import-untyped]
 
 from mountd.dav.facts import ArchiveFacts
 from mountd.dav.index import DirectoryListing
@@ -47,6 +48,7 @@ from mountd.dav.resources import (
     sync_properties,
 )
 from mountd.http.middleware import StartResponse, WSGIEnviron
+from sync_format.freshness import now_ns
 
 #: Depths answered here (wsgidav refuses infinity, and answers it itself).
 FAST_DEPTHS = ("0", "1")
@@ -61,11 +63,14 @@ CONDITION_HEADERS = (
 )
 #: Archive members whose rendered response is remembered (about 1 KiB each); beyond it all are dropped.
 MAX_FRAGMENTS = 100_000
+#: Bytes per write of a document (pieces are joined up to about this size).
+CHUNK_BYTES = 64 * 1024
 #: Characters ``DAVResource.get_href`` leaves unquoted besides letters and digits.
 HREF_SAFE = "/" + "!*'()," + "$-_|."
 
 _HEAD = '<?xml version="1.0" encoding="utf-8" ?>\n<ns0:multistatus xmlns:ns0="DAV:"'
 _SYNC_NS = f' xmlns:ns1="{SYNC_NAMESPACE}"'
+_END = b"</ns0:multistatus>"
 _OK = "</ns0:prop><ns0:status>HTTP/1.1 200 OK</ns0:status></ns0:propstat></ns0:response>"
 _LOCK_PROPS = (
     "<ns0:lockdiscovery /><ns0:supportedlock>"
@@ -117,8 +122,17 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
 
     def __init__(self, wsgidav_app: Any, next_app: Any, config: dict[str, Any]) -> None:
         super().__init__(wsgidav_app, next_app, config)
-        # Preferred path → (facts, lock properties, ref URL, response before and after the expired flag).
-        self._fragments: dict[str, tuple[ArchiveFacts, str, str, str, str]] = {}
+        # Preferred path → (facts, lock properties, ref URL, and the response's parts around the lock
+        # properties and the expired flag, encoded: a document is sent as these pieces, never built whole).
+        self._fragments: dict[str, _Fragment] = {}
+        self._parts: dict[bytes, bytes] = {}
+
+    def _shared(self, part: bytes) -> bytes:
+        # One copy of each distinct part (most archives of a store share their TTL, expiry and generation
+        # texts); bounded like the fragments.
+        if len(self._parts) > MAX_FRAGMENTS:
+            self._parts.clear()
+        return self._parts.setdefault(part, part)
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         provider = environ.get("wsgidav.provider")
@@ -127,25 +141,27 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         collection = provider.get_resource_inst(environ["PATH_INFO"], environ)
         if type(collection) is not StoreCollection:
             return self.next_app(environ, start_response)  # type: ignore[no-any-return]
-        body = self._document(provider, collection, environ)
-        if body is None:
+        document = self._document(provider, collection, environ)
+        if document is None:
             return self.next_app(environ, start_response)  # type: ignore[no-any-return]
         start_response(
             "207 Multi-Status",
             [
                 ("Content-Type", "application/xml; charset=utf-8"),
                 ("Date", dav_util.get_rfc1123_time()),
-                ("Content-Length", str(len(body))),
+                ("Content-Length", str(document.length)),
             ],
         )
-        return [body]
+        return document.chunks()
 
     def _document(
         self, provider: SyncProvider, collection: StoreCollection, environ: WSGIEnviron
-    ) -> bytes | None:
-        # The multistatus document, or None when a lock or a dead property means wsgidav must answer.
+    ) -> _Document | None:
+        # The multistatus document; None when a lock or a dead property means wsgidav must answer.
         lock_manager = provider.lock_manager
         prop_manager = provider.prop_manager
+        if _holds_nothing(prop_manager):
+            prop_manager = None  # no member can have a dead property: skip 10,000 locked look-ups
         share = provider.share_path or ""
         href_base = provider.mount_path + share
         path = collection.get_preferred_path()
@@ -162,12 +178,14 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
 
         if dead(path):
             return None
-        parts = [
+        folders = [
             _folder_response(
                 quote(href_base + path, safe=HREF_SAFE), collection.name, collection.directory, lock_props
             )
         ]
-        has_archives = False
+        members: list[_Fragment] = []
+        expired = bytearray()
+        lock_bytes = lock_props.encode()
         if environ["HTTP_DEPTH"] == "1":
             listing: DirectoryListing = collection.listing()
             base = path.rstrip("/") + "/"
@@ -176,8 +194,9 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
                 if dead(preferred):
                     return None
                 href = quote(href_base + preferred, safe=HREF_SAFE)
-                parts.append(_folder_response(href, name, collection.directory / name, lock_props))
+                folders.append(_folder_response(href, name, collection.directory / name, lock_props))
             fragments = self._fragments
+            now = now_ns()  # one moment for the whole document
             if len(fragments) > MAX_FRAGMENTS:
                 fragments.clear()
             for name, listed in listing.archives.items():
@@ -186,21 +205,74 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
                 cached = fragments.get(preferred)
                 if cached is None or cached[0] is not facts or cached[1] != lock_props:
                     href = quote(href_base + preferred, safe=HREF_SAFE)
-                    cached = (
-                        facts,
-                        lock_props,
-                        quote(share + preferred),
-                        *_archive_parts(href, name, facts, lock_props),
-                    )
+                    own, before, after = (part.encode() for part in _archive_parts(href, name, facts))
+                    before, after = self._shared(before), self._shared(after)
+                    size = len(own) + len(lock_bytes) + len(before) + len(after)
+                    cached = (facts, lock_props, quote(share + preferred), own, before, after, size)
                     fragments[preferred] = cached
                 if prop_manager is not None and prop_manager.get_properties(cached[2], environ):
                     return None
-                parts.append(cached[3])
-                parts.append("true" if facts.is_expired() else "false")
-                parts.append(cached[4])
-                has_archives = True
-        head = _HEAD + (_SYNC_NS if has_archives else "") + ">"
-        return (head + "".join(parts) + "</ns0:multistatus>").encode("utf-8")
+                members.append(cached)
+                expired.append(facts.expiry.is_expired(now))
+        head = _HEAD + (_SYNC_NS if members else "") + ">" + "".join(folders)
+        return _Document(head.encode(), members, bytes(expired), lock_bytes)
+
+
+#: A member's cached response: facts, lock properties and ref URL it was made for, its own part (href to
+#: ETag), our properties up to the expired flag's text, the rest after it, and the three parts' length
+#: with the lock properties.
+_Fragment = tuple[ArchiveFacts, str, str, bytes, bytes, bytes, int]
+
+
+class _Document:
+    """A multistatus document as references to cached parts, written in chunks.
+
+    Never joined whole: a 10 MB body per request, freed in whichever thread's malloc arena built it, kept
+    the server's RSS tens of MB higher after a few listings; a list of every part was half a MB per request.
+    The length is counted from the same parts and flags that ``chunks`` writes.
+    """
+
+    __slots__ = ("expired", "head", "length", "lock", "members")
+
+    def __init__(self, head: bytes, members: list[_Fragment], expired: bytes, lock: bytes) -> None:
+        self.head = head
+        self.members = members
+        self.expired = expired
+        self.lock = lock
+        flags = sum(expired)
+        self.length = (
+            len(head)
+            + sum(member[6] for member in members)
+            + 4 * flags  # "true"
+            + 5 * (len(members) - flags)  # "false"
+            + len(_END)
+        )
+
+    def chunks(self) -> Iterator[bytes]:
+        """The document in writes of about ``CHUNK_BYTES``."""
+        batch = [self.head]
+        size = len(self.head)
+        lock = self.lock
+        for member, flag in zip(self.members, self.expired, strict=True):
+            batch += (member[3], lock, member[4], b"true" if flag else b"false", member[5])
+            size += member[6]
+            if size >= CHUNK_BYTES:
+                yield b"".join(batch)
+                batch, size = [], 0
+        batch.append(_END)
+        yield b"".join(batch)
+
+
+def _holds_nothing(prop_manager: Any) -> bool:
+    # wsgidav's in-memory manager (exactly that class: subclasses keep their data elsewhere) holding no
+    # property at all. Each look-up takes its lock and formats a debug line; a read-only store refuses
+    # PROPPATCH, so this is its usual state. Read without the lock, like the look-ups' answer it is a
+    # moment's view: a property written after it is shown by the next request.
+    return (
+        type(prop_manager) is PropertyManager
+        and getattr(prop_manager, "_loaded", False)
+        and not getattr(prop_manager, "_dict", None)
+    )
 
 
 def _folder_response(href: str, name: str, directory: os.PathLike[str], lock_props: str) -> str:
@@ -218,25 +290,25 @@ def _folder_response(href: str, name: str, directory: os.PathLike[str], lock_pro
     )
 
 
-def _archive_parts(href: str, name: str, facts: ArchiveFacts, lock_props: str) -> tuple[str, str]:
-    # The member's response around the text of ``urn:sync:expired``, the one value that moves with time.
+def _archive_parts(href: str, name: str, facts: ArchiveFacts) -> tuple[str, str, str]:
+    # The member's response in three parts: its own head (up to the ETag), then (after the lock properties)
+    # our properties up to the text of ``urn:sync:expired`` — the one value that moves with time — and the
+    # rest after it. The last two are the same for many archives, the lock properties for all.
     ours = list(sync_properties(facts).items())
     at = [prop for prop, _ in ours].index(PROP_EXPIRED)
     tag = "ns1:" + _SYNC_LOCAL[PROP_EXPIRED]
-    before = (
+    head = (
         f"<ns0:response><ns0:href>{escape(href)}</ns0:href><ns0:propstat><ns0:prop>"
         f"<ns0:resourcetype /><ns0:getcontentlength>{facts.payload_size}</ns0:getcontentlength>"
         + _element("ns0:getcontenttype", facts.content_type)
         + f"<ns0:getlastmodified>{dav_util.get_rfc1123_time(facts.last_modified)}</ns0:getlastmodified>"
         + _element("ns0:displayname", name)
         + _element("ns0:getetag", f'"{facts.etag}"')
-        + lock_props
-        + "".join(_element("ns1:" + _SYNC_LOCAL[prop], value) for prop, value in ours[:at])
-        + f"<{tag}>"
     )
+    before = "".join(_element("ns1:" + _SYNC_LOCAL[prop], value) for prop, value in ours[:at]) + f"<{tag}>"
     after = (
         f"</{tag}>"
         + "".join(_element("ns1:" + _SYNC_LOCAL[prop], value) for prop, value in ours[at + 1 :])
         + _OK
     )
-    return before, after
+    return head, before, after

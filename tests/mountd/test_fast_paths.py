@@ -163,6 +163,29 @@ def test_fast_propfind_answers_as_wsgidav(
     assert _without_date(fast) == _without_date(slow)
 
 
+def test_fast_propfind_written_in_chunks_is_wsgidavs_document(
+    varied_store: Path, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A document sent in many writes (tiny chunks here) has wsgidav's bytes and an exact Content-Length,
+    with expired and fresh members (flags of different lengths)."""
+    monkeypatch.setattr(mountd.http.fast_propfind, "CHUNK_BYTES", 100)
+    writes: list[int] = []
+    original = mountd.http.fast_propfind._Document.chunks
+
+    def spy(self: Any) -> Iterator[bytes]:
+        for chunk in original(self):
+            writes.append(len(chunk))
+            yield chunk
+
+    monkeypatch.setattr(mountd.http.fast_propfind._Document, "chunks", spy)
+    fast, slow = _fast_and_slow_propfind(url, "/", "1")
+    assert len(writes) > 2, "FastPropfind should have answered in several writes"
+    assert b"<ns1:expired>true</ns1:expired>" in fast.body
+    assert b"<ns1:expired>false</ns1:expired>" in fast.body
+    assert _without_date(fast) == _without_date(slow)
+    assert int(fast.headers["content-length"]) == len(fast.body) == sum(writes)
+
+
 @pytest.mark.parametrize("setup", ["lock", "dead-property"])
 def test_fast_propfind_shows_locks_and_dead_properties(
     varied_store: Path, server: ServerHandle, setup: str
