@@ -291,6 +291,8 @@ class GuardedServer(wsgi.Server):
         max_header_bytes: Largest request head in bytes.
         max_header_fields: Most header lines per request.
         header_timeout: Seconds from a head's first byte to its end.
+        inherited_socket: A listening, non-blocking socket to serve instead of binding one (shared by
+            several server processes, ``mountd.processes``); cheroot's ``bind_addr`` becomes its address.
         **kwargs: As ``cheroot.wsgi.Server``.
     """
 
@@ -302,16 +304,32 @@ class GuardedServer(wsgi.Server):
         max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
         max_header_fields: int = DEFAULT_MAX_HEADER_FIELDS,
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        inherited_socket: socket.socket | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.max_request_header_size = max_header_bytes
         self.max_header_fields = max_header_fields
         self.header_timeout = header_timeout
+        self.inherited_socket = inherited_socket
+        if inherited_socket is not None:
+            self.bind_addr = inherited_socket.getsockname()[:2]
+
+    def bind(self, family: Any, type: Any, proto: Any = 0) -> None:
+        """Bind as cheroot does, or take the inherited socket as it is (already bound and listening)."""
+        if self.inherited_socket is None:
+            super().bind(family, type, proto)
+            return
+        self.socket = self.inherited_socket
 
     def prepare(self) -> None:
         """Bind and listen as cheroot does, with ``GuardedConnections`` as the connection manager."""
         super().prepare()
+        if self.inherited_socket is not None:
+            # cheroot gave the socket a 1 s timeout: a process that loses the race for a connection another
+            # process accepted would block its whole connection loop in accept() for that long. Non-blocking,
+            # it gets EAGAIN, which cheroot ignores.
+            self.socket.settimeout(0)
         plain = self._connections  # type: ignore[has-type]
         self._connections = GuardedConnections(self)
         plain._selector.close()  # cheroot's own manager, never run: only its selector holds a resource
