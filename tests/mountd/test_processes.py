@@ -284,7 +284,7 @@ def test_a_port_in_use_fails_the_command(
 
 # --- Digest nonces shared by the processes of one server ----------------------------------------------
 
-PASSWORD = "olga-secret"
+PASSWORD = "olga-secret"  # noqa: S105  # a test user's
 
 
 @pytest.fixture(scope="module")
@@ -313,7 +313,8 @@ def _challenge(url: str) -> tuple[str, str]:
     challenge = resp.header("www-authenticate") or ""
     realm = re.search(r'realm="([^"]*)"', challenge)
     nonce = re.search(r'nonce="([^"]*)"', challenge)
-    assert realm and nonce, challenge
+    assert realm, challenge
+    assert nonce, challenge
     return realm.group(1), nonce.group(1)
 
 
