@@ -239,6 +239,39 @@ def test_a_lock_taken_through_one_process_holds_in_the_other(served: Served) -> 
     second.close()
 
 
+def test_one_process_holds_the_scheduler_lease(
+    store: Path, add_archive: AddArchive, tmp_path: Path, redis_url: str
+) -> None:
+    """With the refresh scheduler on, the two processes share its lease in Redis: exactly one is leader."""
+    add_archive("report.csv.sync", b"a,b\n", manifest=csv_manifest())
+    command = [arg for arg in _serve_command(store, tmp_path, redis_url) if arg != "--no-scheduler"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        match = re.search(r" at (http://\S+) ", _first_line(process))
+        assert match
+        served = Served(process, match.group(1))
+        leaders: dict[int, int] = {}
+
+        def settled() -> bool:
+            conn = served.connect()
+            try:
+                conn.request("GET", METRICS_PATH)
+                body = conn.getresponse().read()
+            finally:
+                conn.close()
+            slot = _PROCESS_LINE.search(body)
+            leader = re.search(rb"^sync_mountd_scheduler_leader(?:\{[^}]*\})? (\S+)$", body, re.MULTILINE)
+            if slot and leader:
+                leaders[int(slot.group(2))] = int(float(leader.group(1)))
+            return len(leaders) == 2 and sum(leaders.values()) == 1
+
+        wait_for(settled, START_TIMEOUT, what="one scheduler leader among two processes")
+    finally:
+        _stop(process)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
 SUPERVISE = """
 import sys
 from mountd.processes import ProcessesFailed, Supervisor, bind_listener
