@@ -195,7 +195,7 @@ def build_app(config: MountdConfig) -> MountdApp:
         "property_manager": _property_manager(config.property_store),
         "lock_storage": config.lock_storage,
         "suppress_version_info": True,
-        "verbose": 3,
+        "verbose": 2,
         "logging": {"enable": False},
         **auth_config(config.users, host=settings.host, allow_anonymous=settings.allow_anonymous),
         "dir_browser": {"enable": False},

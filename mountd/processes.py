@@ -81,10 +81,10 @@ ChildMain = Callable[[int, Callable[[], None]], None]
 def bind_listener(host: str, port: int, backlog: int) -> socket.socket:
     """A listening TCP socket on ``host``:``port`` (0 picks a free port), for the children to inherit.
 
-    Bound as cheroot binds (the first address ``getaddrinfo`` gives, ``SO_REUSEADDR``, ``TCP_NODELAY``, IPv6 sockets
-    IPv6-only when the host is an IPv6 literal), and non-blocking: when several processes wait on it, the
-    ones that lose the race for a connection get ``EAGAIN`` (which cheroot ignores) instead of blocking
-    their connection loop.
+    Bound as cheroot binds (the first address ``getaddrinfo`` gives, ``SO_REUSEADDR``, ``TCP_NODELAY``, IPv6
+    sockets IPv6-only when the host is an IPv6 literal), and non-blocking: when several processes wait on
+    it, the ones that lose the race for a connection get ``EAGAIN`` (which cheroot ignores) instead of
+    blocking their connection loop.
 
     Args:
         host: The address to bind.

@@ -110,6 +110,7 @@ class MountdMetrics:
             "Reads (GET, HEAD) of expired archives: calls of the freshness hook.",
             registry=self.registry,
         )
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.registry.register(_RefreshRequests(counts))
         self.registry.register(_CorruptPayloads())
         self._scheduler = _SchedulerSummary()
@@ -143,8 +144,16 @@ class MountdMetrics:
             seconds: Time from the request reaching mountd to its end.
         """
         label = method if method in KNOWN_METHODS else "other"
-        self.requests.labels(method=label, status=status).inc()
-        self.duration.labels(method=label).observe(seconds)
+        children = self._children.get((label, status))
+        if children is None:
+            # labels() costs more than the increment itself; the pairs are few (bounded labels), so each
+            # pair's instruments are looked up once.
+            children = self._children[(label, status)] = (
+                self.requests.labels(method=label, status=status),
+                self.duration.labels(method=label),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def add_bytes(self, n: int) -> None:
         """Count body bytes sent.
