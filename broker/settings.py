@@ -67,6 +67,12 @@ DEFAULT_SCHEDULER_WINDOW = 64
 MAX_FRESH_WAIT = 60.0
 #: Log line format when none is given.
 DEFAULT_LOG_FORMAT = "text"
+#: mountd server processes sharing one listening socket: one unless the operator asks for more, because every
+#: process keeps its own listing cache, payload checks and metrics, and needs the broker's Redis for locks
+#: (docs/serving.md, "Several processes").
+DEFAULT_MOUNTD_PROCESSES = 1
+#: Most mountd server processes one supervisor starts.
+MAX_MOUNTD_PROCESSES = 64
 
 SANDBOX_MODES = ("strict", "permissive")
 #: Spellings of a boolean in the environment.
@@ -112,6 +118,7 @@ _ENV = {
     "sandbox_spare_child": "SYNC_SANDBOX_SPARE_CHILD",
     "sandbox_zygote": "SYNC_SANDBOX_ZYGOTE",
     "facts_index": "SYNC_FACTS_INDEX",
+    "mountd_processes": "SYNC_MOUNTD_PROCESSES",
 }
 
 
@@ -212,6 +219,8 @@ class Settings:
             as in ``allow_hosts``) by secret name, from ``SYNC_GUEST_SECRET_<NAME>_HOSTS`` (comma-separated).
             The operator's grant: a secret goes only to a request whose host (and port) a pattern of its
             binding matches; a secret without a binding is never sent, whatever an archive lists.
+        mountd_processes: mountd server processes sharing one listening socket under a supervisor
+            (``mountd.processes``); more than one needs the broker's Redis (locks are shared there).
     """
 
     store: Path | None = None
@@ -260,6 +269,8 @@ class Settings:
     sandbox_zygote: bool = False
     # mountd: keep archive facts on disk across restarts (mountd.dav.facts_store).
     facts_index: bool = True
+    # mountd's process model: server processes sharing one listening socket.
+    mountd_processes: int = DEFAULT_MOUNTD_PROCESSES
 
     def __post_init__(self) -> None:
         if self.sandbox not in SANDBOX_MODES:
@@ -292,6 +303,11 @@ class Settings:
         if self.scheduler_window < 1:
             raise SettingsError(
                 f"scheduler_window (SYNC_SCHEDULER_WINDOW) must be >= 1, not {self.scheduler_window}"
+            )
+        if not 1 <= self.mountd_processes <= MAX_MOUNTD_PROCESSES:
+            raise SettingsError(
+                f"mountd_processes (SYNC_MOUNTD_PROCESSES) must be 1..{MAX_MOUNTD_PROCESSES}, "
+                f"not {self.mountd_processes}"
             )
         _check_secret_hosts(self.guest_secrets, self.guest_secret_hosts)
 

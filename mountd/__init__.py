@@ -17,7 +17,8 @@ whose bytes are the payload. The parts:
   the refresh scheduler and the "swapped" listener.
 * ``auth/`` — who may connect and write: access policy, users file, digest nonces, lock policy.
 * ``ops/`` — health and Prometheus metrics under ``/.well-known/sync/``.
-* ``app`` assembles a server from a frozen ``MountdConfig``; ``server`` runs cheroot.
+* ``app`` assembles a server from a frozen ``MountdConfig``; ``server`` runs cheroot; ``processes`` runs
+  several server processes on one listening socket under a supervisor (``--processes``).
 
 It must never import ``workers`` or ``wasmtime`` (a test checks it): refreshes are sent by task name.
 """

@@ -24,6 +24,8 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import secrets
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,6 +40,7 @@ from broker.connection import BrokerConnection, connect
 from broker.redis_client import SERVICE_CONNECT_TIMEOUT, SERVICE_SOCKET_TIMEOUT, make_redis
 from broker.scheduling import SchedulerLease, claims_held, write_summary
 from mountd.auth.access import auth_config
+from mountd.auth.digest_nonces import DIGEST_KEY_BYTES, DIGEST_KEY_CONFIG_KEY
 from mountd.auth.users import UserTable
 from mountd.dav.factory import ReadOnlyResources, ResourceFactory
 from mountd.dav.facts_store import FactsStore
@@ -50,10 +53,11 @@ from mountd.http.payload_headers import SETTINGS_CONFIG_KEY
 from mountd.http.xml_limits import XmlBodyLimit
 from mountd.ops.endpoints import OpsEndpoints, health_check
 from mountd.ops.metrics import CountingFreshness, MountdMetrics
+from mountd.processes import Supervisor, bind_listener
 from mountd.refresh.hooks import BrokerFreshness, NullFreshness, observe
 from mountd.refresh.scheduler import FreshnessSummary, RefreshScheduler
 from mountd.refresh.swap_listener import SwapListener
-from mountd.server import ServerHandle, listen, run_until_signal
+from mountd.server import LISTEN_BACKLOG, ServerHandle, listen, run_until_signal
 from mountd.writable.factory import WritableResources
 from mountd.writable.locks import RedisLockStorage
 from mountd.writable.policy import WritePolicy
@@ -92,6 +96,10 @@ class MountdConfig:
             (``mountd.refresh.swap_listener``). A new one when None.
         sendfile: Send payload bodies with ``os.sendfile`` (``mountd.http.sendfile``); False copies them in
             blocks, as over TLS.
+        digest_key: The key Digest nonces are signed with (``mountd.auth.digest_nonces``): the same for every
+            process of one server; a new random one when None.
+        process_slot: This server's slot among several processes on one socket (``mountd.processes``),
+            exported by ``/metrics``; None for a server alone in its process group.
     """
 
     settings: Settings
@@ -105,6 +113,8 @@ class MountdConfig:
     index: ArchiveIndex | None = None
     swaps: SwapWaiters | None = None
     sendfile: bool = True
+    digest_key: bytes | None = field(default=None, repr=False)
+    process_slot: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "store", Path(self.store))
@@ -204,6 +214,8 @@ def _assemble(config: MountdConfig, resources: ResourceFactory, index: ArchiveIn
     settings = config.settings
     observed = observe(config.freshness)
     metrics = MountdMetrics(lambda: observed.counts)
+    if config.process_slot is not None:
+        metrics.identify_process(config.process_slot)
     provider = SyncProvider(
         config.store,
         CountingFreshness(config.freshness, metrics),
@@ -218,12 +230,13 @@ def _assemble(config: MountdConfig, resources: ResourceFactory, index: ArchiveIn
         "property_manager": _property_manager(config.property_store),
         "lock_storage": config.lock_storage,
         "suppress_version_info": True,
-        "verbose": 3,
+        "verbose": 2,
         "logging": {"enable": False},
         **auth_config(config.users, host=settings.host, allow_anonymous=settings.allow_anonymous),
         "dir_browser": {"enable": False},
         "middleware_stack": middleware_stack(),
         SETTINGS_CONFIG_KEY: settings,  # limits read by our middleware in wsgidav's stack (issue 12)
+        DIGEST_KEY_CONFIG_KEY: config.digest_key,
     }
     _suppress_version_info()
     # wsgidav logs "Share '/' will allow anonymous write access" here because SyncProvider.is_readonly() is
@@ -262,11 +275,13 @@ def _suppress_version_info() -> None:
     dav_util.public_python_info = "Python"
 
 
-def start(config: MountdConfig) -> ServerHandle:
+def start(config: MountdConfig, *, sock: socket.socket | None = None) -> ServerHandle:
     """Build the application of ``config`` and serve it on a background thread (``mountd.server.listen``).
 
     Args:
         config: What to serve, and how.
+        sock: A listening socket shared with other server processes (``mountd.processes``) to serve instead
+            of binding ``config.settings``' host and port.
 
     Returns:
         The handle, once the socket listens; call ``shutdown`` (or use it as a context manager).
@@ -279,7 +294,9 @@ def start(config: MountdConfig) -> ServerHandle:
     """
     app = build_app(config)
     try:
-        return listen(config.settings, app.wsgi, app.provider, app.metrics, sendfile=config.sendfile)
+        return listen(
+            config.settings, app.wsgi, app.provider, app.metrics, sendfile=config.sendfile, sock=sock
+        )
     except BaseException:
         app.provider.index.close()
         raise
@@ -322,6 +339,14 @@ def serve(
     run_until_signal(start(MountdConfig.of(settings, store, freshness, **options)), on_ready)
 
 
+class Listening(Protocol):
+    """What ``serve_with_broker``'s ``on_ready`` is told: a ``ServerHandle``, or the processes' handle."""
+
+    @property
+    def mount_url(self) -> str:
+        """``http://host:port``."""
+
+
 class Stoppable(Protocol):
     """A service started next to the server (e.g. ``syncctl``'s local workers), stopped after it."""
 
@@ -334,7 +359,7 @@ def serve_with_broker(
     *,
     scheduler: bool = True,
     start_workers: Callable[[BrokerConnection], Stoppable | None] | None = None,
-    on_ready: Callable[[ServerHandle, BrokerConnection], object] | None = None,
+    on_ready: Callable[[Listening, BrokerConnection], object] | None = None,
 ) -> None:
     """Serve ``config`` with live refreshes from the broker of ``config.settings`` until SIGTERM or SIGINT.
 
@@ -347,95 +372,143 @@ def serve_with_broker(
     refreshes. Stops the server first, then the listener and the scheduler, then what ``start_workers``
     started (workers finish the job in progress), then the hook and the broker.
 
+    With ``settings.mountd_processes`` above 1 this process becomes the supervisor of that many server
+    processes on one listening socket (``mountd.processes``); each builds all of the above for itself on
+    the one broker, and locks and dead properties live in the broker's Redis for a read-only store too, so
+    that a lock taken through one process holds in all of them. Digest nonces are signed with one key
+    passed to every process (``mountd.auth.digest_nonces``).
+
     Args:
         config: What to serve; its ``freshness``, ``lock_storage``, ``property_store`` and ``swaps`` are
             replaced by the broker-backed ones.
         scheduler: Ask for refreshes shortly before archives expire (else only when an expired one is read).
         start_workers: Starts local refresh workers on the resolved broker (or returns None); called before
             the server listens.
-        on_ready: Called with the server and the broker once the server listens and the listener runs.
+        on_ready: Called with the server (or, with several processes, the process group) and the broker once
+            the server listens and the listener runs.
 
     Raises:
         BrokerUnavailable: The broker cannot be reached or started.
+        ProcessesFailed: A server process exited during start-up (several processes).
         ArchiveError, SettingsError, UsersFileError, OSError: As ``start``.
     """
+    settings = config.settings
+    count = settings.mountd_processes
+    with connect(settings) as connection:
+        workers = start_workers(connection) if start_workers is not None else None
+        try:
+            if count == 1:
+                _serve_one(
+                    config,
+                    connection,
+                    scheduler=scheduler,
+                    on_ready=None if on_ready is None else lambda handle: on_ready(handle, connection),
+                )
+                return
+            # Checked here, once, so that a bad store or users file fails the command before any fork.
+            build_app(config)
+            shared = replace(config, digest_key=config.digest_key or secrets.token_bytes(DIGEST_KEY_BYTES))
+            listener = bind_listener(settings.host, settings.port, LISTEN_BACKLOG)
+
+            def child(slot: int, ready: Callable[[], None]) -> None:
+                _serve_one(
+                    replace(shared, process_slot=slot),
+                    connection,
+                    scheduler=scheduler,
+                    on_ready=lambda handle: ready(),
+                    sock=listener,
+                )
+
+            Supervisor(count, listener, child).run(
+                None if on_ready is None else lambda group: on_ready(group, connection)
+            )
+        finally:
+            if workers is not None:
+                workers.stop()
+
+
+def _serve_one(
+    config: MountdConfig,
+    connection: BrokerConnection,
+    *,
+    scheduler: bool,
+    on_ready: Callable[[ServerHandle], object] | None,
+    sock: socket.socket | None = None,
+) -> None:
+    """One server process of ``serve_with_broker``: its hook, listener and scheduler, until a signal."""
     settings = config.settings
     store = config.store.absolute()
     root = store if store.is_dir() else store.parent
     scope = str(store)
-    with connect(settings) as connection:
-        freshness = BrokerFreshness.connect(settings, connection)
-        workers = start_workers(connection) if start_workers is not None else None
-        # One client for the lease, claim probes and summaries; the listener's subscription holds its own.
-        client = make_redis(
-            connection.redis_url,
-            socket_timeout=SERVICE_SOCKET_TIMEOUT,
-            connect_timeout=SERVICE_CONNECT_TIMEOUT,
-        )
-        listen_client = make_redis(
-            connection.redis_url,
-            socket_timeout=SERVICE_SOCKET_TIMEOUT,
-            connect_timeout=SERVICE_CONNECT_TIMEOUT,
-        )
-        swaps = SwapWaiters()
-        shared: dict[str, Any] = {}
-        if config.writable is not None:
-            # Locks and dead properties (PROPPATCH) of a writable store live in the broker's Redis: they
-            # survive restarts (the embedded broker keeps an append-only file) and every mountd of the store,
-            # replicas behind a load balancer included, sees the same ones.
-            prefix = f"sync:dav:{root}:"
-            shared = {
-                "lock_storage": RedisLockStorage(connection.redis_url, prefix=prefix),
-                "property_store": RedisPropertyManager(connection.redis_url, prefix=prefix),
-            }
-        running: RefreshScheduler | None = None
-        listener: SwapListener | None = None
-        try:
-            handle = start(replace(config, freshness=freshness, swaps=swaps, **shared))
+    freshness = BrokerFreshness.connect(settings, connection)
+    # One client for the lease, claim probes and summaries; the listener's subscription holds its own.
+    client = make_redis(
+        connection.redis_url,
+        socket_timeout=SERVICE_SOCKET_TIMEOUT,
+        connect_timeout=SERVICE_CONNECT_TIMEOUT,
+    )
+    listen_client = make_redis(
+        connection.redis_url,
+        socket_timeout=SERVICE_SOCKET_TIMEOUT,
+        connect_timeout=SERVICE_CONNECT_TIMEOUT,
+    )
+    swaps = SwapWaiters()
+    shared: dict[str, Any] = {}
+    if config.writable is not None or settings.mountd_processes > 1:
+        # Locks and dead properties (PROPPATCH) of a writable store live in the broker's Redis: they
+        # survive restarts (the embedded broker keeps an append-only file) and every mountd of the store,
+        # replicas behind a load balancer and the processes of one mountd included, sees the same ones.
+        prefix = f"sync:dav:{root}:"
+        shared = {
+            "lock_storage": RedisLockStorage(connection.redis_url, prefix=prefix),
+            "property_store": RedisPropertyManager(connection.redis_url, prefix=prefix),
+        }
+    running: RefreshScheduler | None = None
+    listener: SwapListener | None = None
+    try:
+        handle = start(replace(config, freshness=freshness, swaps=swaps, **shared), sock=sock)
 
-            def ready(handle: ServerHandle) -> None:
-                nonlocal running, listener
-                index = handle.provider.index
-                callbacks: list[Callable[[Any], object]] = [
-                    lambda event: index.forget(root / event.archive),
-                    swaps.notify,
-                ]
-                on_connect: list[Callable[[], object]] = []
-                if scheduler:
-                    # On the server's index, so a pass and the reads open each archive version once in all.
+        def ready(handle: ServerHandle) -> None:
+            nonlocal running, listener
+            index = handle.provider.index
+            callbacks: list[Callable[[Any], object]] = [
+                lambda event: index.forget(root / event.archive),
+                swaps.notify,
+            ]
+            on_connect: list[Callable[[], object]] = []
+            if scheduler:
+                # On the server's index, so a pass and the reads open each archive version once in all.
 
-                    def publish(summary: FreshnessSummary) -> None:
-                        if summary.leader:
-                            write_summary(client, scope, {"store": scope, **summary.to_json()})
+                def publish(summary: FreshnessSummary) -> None:
+                    if summary.leader:
+                        write_summary(client, scope, {"store": scope, **summary.to_json()})
 
-                    running = RefreshScheduler(
-                        store,
-                        freshness,
-                        index,
-                        window=settings.scheduler_window,
-                        claim_probe=lambda keys: claims_held(client, keys),
-                        lease=SchedulerLease(client, scope),
-                        publish=publish,
-                    )
-                    callbacks.insert(0, running.on_swapped)
-                    on_connect.append(running.wake)
-                    handle.metrics.attach_scheduler(running.summary)
-                    running.start()
-                listener = SwapListener(listen_client, callbacks, on_connect=on_connect).start()
-                if on_ready is not None:
-                    on_ready(handle, connection)
+                running = RefreshScheduler(
+                    store,
+                    freshness,
+                    index,
+                    window=settings.scheduler_window,
+                    claim_probe=lambda keys: claims_held(client, keys),
+                    lease=SchedulerLease(client, scope),
+                    publish=publish,
+                )
+                callbacks.insert(0, running.on_swapped)
+                on_connect.append(running.wake)
+                handle.metrics.attach_scheduler(running.summary)
+                running.start()
+            listener = SwapListener(listen_client, callbacks, on_connect=on_connect).start()
+            if on_ready is not None:
+                on_ready(handle)
 
-            run_until_signal(handle, ready)
-        finally:
-            if listener is not None:
-                listener.close()
-            if running is not None:
-                running.close()
-            client.close()
-            listen_client.close()
-            freshness.close()
-            if workers is not None:
-                workers.stop()
+        run_until_signal(handle, ready)
+    finally:
+        if listener is not None:
+            listener.close()
+        if running is not None:
+            running.close()
+        client.close()
+        listen_client.close()
+        freshness.close()
 
 
 def writable_root(store: Path | None) -> Path:

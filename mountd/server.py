@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,6 +100,7 @@ def listen(
     metrics: MountdMetrics,
     *,
     sendfile: bool = True,
+    sock: socket.socket | None = None,
 ) -> ServerHandle:
     """Bind cheroot to ``app`` and serve on a background thread; return once the socket listens.
 
@@ -109,6 +111,8 @@ def listen(
         metrics: Its metrics, reported by the handle.
         sendfile: Send payload bodies with ``os.sendfile`` (``mountd.http.sendfile``); False copies them in
             blocks, as over TLS.
+        sock: A listening socket to serve instead of binding ``settings.host`` and ``settings.port``: one
+            that several processes share (``mountd.processes``); it must be non-blocking.
 
     Returns:
         The handle; call ``shutdown`` (or use it as a context manager).
@@ -127,6 +131,7 @@ def listen(
         max_header_bytes=settings.max_header_bytes,
         max_header_fields=settings.max_header_fields,
         header_timeout=settings.header_timeout,
+        inherited_socket=sock,
     )
     server.expiration_interval = SELECTOR_INTERVAL
     server.gateway = gateway_class(sendfile=sendfile)

@@ -19,7 +19,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from mountd.server import ServerHandle
+    from mountd.app import Listening
 
 _DESCRIPTION = """\
 Build a demo store of signed, self-updating archives in DIR and serve it over WebDAV with live refreshes.
@@ -118,7 +118,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "(SYNC_EGRESS_ALLOW_PRIVATE); no other loopback or private address is reachable\n"
             )
 
-            def ready(handle: ServerHandle) -> None:
+            def ready(handle: Listening) -> None:
                 _say(mount_instructions(handle.mount_url, watch=built.archives[0].name))
                 _say(f"refresh workers log to {built.worker_log}\n")
                 _say("Ctrl-C stops the server, the workers, the broker and the source.\n")

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from broker.connection import BrokerConnection
     from broker.settings import Settings
+    from mountd.app import Listening
     from mountd.auth.users import UserTable
-    from mountd.server import ServerHandle
     from mountd.writable.policy import WritePolicy
 
 #: Pool processes of the local workers when serving with the embedded broker.
@@ -100,6 +100,14 @@ def register(
         "or 500ms; 0 never waits (SYNC_FRESH_WAIT, default 5s)",
     )
     serve.add_argument(
+        "--processes",
+        metavar="N",
+        type=int,
+        help="server processes sharing the port, under a supervisor that restarts a crashed one "
+        "(SYNC_MOUNTD_PROCESSES, default 1): up to one per core for many small reads; each keeps its own "
+        "caches and metrics (docs/serving.md)",
+    )
+    serve.add_argument(
         "--no-scheduler",
         action="store_true",
         help="refresh archives only when an expired one is read, not shortly before they expire",
@@ -158,6 +166,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "sandbox": args.sandbox,
             "allow_anonymous": args.allow_anonymous,
             "fresh_wait": args.fresh_wait,
+            "mountd_processes": args.processes,
         }
     )
     users = load_users(args.auth) if args.auth is not None else None
@@ -187,7 +196,7 @@ def serve_store(
     *,
     worker_count: int | None = None,
     worker_log: Path | None = None,
-    on_ready: Callable[[ServerHandle], object] | None = None,
+    on_ready: Callable[[Listening], object] | None = None,
     writable: WritePolicy | None = None,
     users: UserTable | None = None,
     scheduler: bool = True,
@@ -203,7 +212,8 @@ def serve_store(
         path: A store directory or one archive.
         worker_count: Local worker pool processes; None for the default (see ``--workers``).
         worker_log: Where the local workers' output goes; this process's stdout and stderr when None.
-        on_ready: Called with the server once it listens, after the ``serving …`` line is printed.
+        on_ready: Called with the server (or the server processes, ``--processes``) once it listens, after
+            the ``serving …`` line is printed.
         writable: Serve the store directory writable with this policy; read-only when None.
         users: Who may log in, and their roles; None for anonymous access (see ``mountd.auth.access``).
         scheduler: Ask for refreshes shortly before archives expire (``--no-scheduler`` turns it off).
@@ -236,8 +246,10 @@ def serve_store(
             log_format=log_format,
         ).start()
 
-    def ready(handle: ServerHandle, connection: BrokerConnection) -> None:
+    def ready(handle: Listening, connection: BrokerConnection) -> None:
         local = f", {workers_wanted} local worker processes" if workers_wanted > 0 else ""
+        if settings.mountd_processes > 1:
+            local += f", {settings.mountd_processes} server processes"
         mode = "writable" if writable is not None else "read-only"
         line = f"serving {store} ({mode}) at {handle.mount_url} (broker: {connection.description}{local})"
         if log_format == "json":

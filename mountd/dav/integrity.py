@@ -10,7 +10,8 @@ checks each version of each archive (its stat identity, ``FileIdentity``: device
   bytes (the check reads it at disk/page-cache speed; ``bench/bench_mountd.py`` shows the cost of a first
   GET); a larger payload is served while a background thread checks it (at most one check at a time);
 * the verdict is cached by identity (at most ``MAX_VERDICTS`` entries, oldest forgotten), so later reads of
-  the version cost one dictionary lookup; a new version (a refresh, an upload) is checked again.
+  the version cost one dictionary lookup; a new version (a refresh, an upload) is checked again. The cache
+  is per process: with several server processes (``mountd.processes``) each checks a version once.
 
 A corrupt payload is answered ``500`` with a message naming the archive, logged once per version
 (``payload corrupt archive=... expected=... actual=...``), counted (``mountd_corrupt_payloads`` in the
@@ -65,6 +66,11 @@ class PayloadVerdicts:
     """The cache of verdicts by archive version, and the background checker (see the module docstring)."""
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        """Start empty: also in a forked server process (``mountd.processes``), whose copy of the parent's
+        background thread does not run and whose parent's lock may have been held at the fork."""
         self._lock = threading.Lock()
         self._verdicts: OrderedDict[object, bool] = OrderedDict()
         self._pending: set[object] = set()
@@ -152,5 +158,7 @@ def corrupt_response(start_response: Any, path: str) -> list[bytes]:
     return [data]
 
 
-#: The process's verdicts (archive versions are the same files for every server in the process).
+#: The process's verdicts (archive versions are the same files for every server in the process). Each
+#: server process of one mountd keeps its own: a version is checked once per process.
 VERDICTS = PayloadVerdicts()
+os.register_at_fork(after_in_child=VERDICTS._reset)

@@ -81,6 +81,10 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 OPEN_ATTEMPTS = 3
 #: Display names remembered by the fast path (path and extension → name); beyond it all are dropped.
 MAX_REMEMBERED_NAMES = 100_000
+#: Request paths whose fast-path parse is remembered, and the longest one remembered (characters): the keys
+#: come from clients, so both bound the memory (a few MB at most).
+MAX_PARSED_PATHS = 4096
+MAX_PARSED_PATH_LENGTH = 512
 #: Flags of the fast path's open: a symlink in the last segment fails instead of being followed.
 KNOWN_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 
@@ -159,6 +163,7 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         self.freshness = freshness
         self._root_text = str(self.root).rstrip("/")  # "" for "/", so that f"{root}/{name}" is right
         self._names: dict[tuple[str, str], str] = {}
+        self._known_paths: dict[str, tuple[tuple[str, ...], str] | None] = {}
         if index is None:
             index = ArchiveIndex(name_rule=self.resources.name_rule)
         self.index = index
@@ -264,24 +269,20 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
     def _open_known(self, path: str) -> KnownPayload | None:
         if self.single is not None or not self.resources.fast_reads or path.endswith("/"):
             return None
-        relative = path.strip("/")
-        if not relative:
+        parsed = self._parse_known(path)
+        if parsed is None:
             return None
-        try:
-            parts = check_store_name(relative).parts
-        except ArchiveError:
-            return None
-        # Plain strings rather than Path objects: this runs on every small GET.
+        folders, name = parsed
+        # Plain strings rather than Path objects: this runs on every small GET. What is on disk is looked at
+        # on every request; only the checks of the path's text are remembered.
         directory = self._root_text
-        for part in parts[:-1]:
+        for part in folders:
             directory = f"{directory}/{part}"
             if not _is_folder_text(directory, part):
                 return None
-        name = parts[-1]
-        file_name = name + SYNC_SUFFIX
-        if not is_archive_name(file_name) or _is_folder_text(f"{directory}/{name}", name):
+        if _is_folder_text(f"{directory}/{name}", name):
             return None
-        candidate = f"{directory}/{file_name}"
+        candidate = f"{directory}/{name}{SYNC_SUFFIX}"
         try:
             fd = os.open(candidate, KNOWN_OPEN_FLAGS)
         except OSError:
@@ -290,6 +291,31 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         if known is not None and known.facts.is_expired():
             self._check_freshness(Path(known.archive), known.facts)
         return known
+
+    def _parse_known(self, path: str) -> tuple[tuple[str, ...], str] | None:
+        """``(folders, name)`` of a fast-path request path, or None when its text rules it out.
+
+        Pure functions of the text (``check_store_name``, ``is_archive_name``), so their answers are
+        remembered: at most ``MAX_PARSED_PATHS`` paths of at most ``MAX_PARSED_PATH_LENGTH`` characters.
+        """
+        try:
+            return self._known_paths[path]
+        except KeyError:
+            pass
+        parsed: tuple[tuple[str, ...], str] | None = None
+        relative = path.strip("/")
+        if relative:
+            try:
+                parts = check_store_name(relative).parts
+            except ArchiveError:
+                parts = ()
+            if parts and is_archive_name(parts[-1] + SYNC_SUFFIX):
+                parsed = (tuple(parts[:-1]), parts[-1])
+        if len(path) <= MAX_PARSED_PATH_LENGTH:
+            if len(self._known_paths) >= MAX_PARSED_PATHS:
+                self._known_paths.clear()
+            self._known_paths[path] = parsed
+        return parsed
 
     def _known(self, candidate: str, name: str, fd: int) -> KnownPayload | None:
         # Owns fd: it ends up in the returned reader or closed.

@@ -54,6 +54,9 @@ DEFAULT_HEADER_TIMEOUT = 10.0
 #: most a head that arrives in several packets waits for its thread beyond its last packet.
 PARKED_RECHECK = 0.02
 _HEAD_END = b"\r\n\r\n"
+#: Largest first body block written together with the response head (bytes): a small response (a 4 KiB
+#: GET) leaves in one send instead of two; a larger block is written after the head rather than copied.
+COALESCE_MAX = 64 * 1024
 #: Least average rate of a request body, in bytes per second, once the grace period (``header_timeout``)
 #: is over: far below any real client's upload, far above a drip.
 MIN_BODY_RATE = 1024
@@ -82,8 +85,63 @@ class _LineCounter:
         return getattr(self.rfile, name)
 
 
+class _HeadCapture:
+    """Takes the response head cheroot's ``send_headers`` writes, instead of the socket."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: bytes) -> int:
+        self.data += data
+        return len(data)
+
+
 class GuardedRequest(server.HTTPRequest):
-    """cheroot's request with the head limits of the module docstring (431 past them)."""
+    """cheroot's request with the head limits of the module docstring (431 past them), whose response head
+    leaves with the first body block when that is small (one send, one packet, for a small GET).
+
+    The head is built by cheroot's own ``send_headers`` and held until the first ``write`` or, for a
+    response without body bytes, the end of the response (cheroot calls ``ensure_headers_sent`` again
+    there, before a chunked body's last chunk): it is always sent before any body byte, by whichever
+    comes first.
+    """
+
+    _held_head: bytes = b""
+
+    def send_headers(self) -> None:
+        """cheroot's head, held back (see the class docstring)."""
+        wfile = self.conn.wfile
+        capture = _HeadCapture()
+        self.conn.wfile = capture
+        try:
+            super().send_headers()
+        finally:
+            self.conn.wfile = wfile
+        self._held_head = capture.data
+
+    def ensure_headers_sent(self) -> None:
+        """Build the head the first time (held); send what is held on any later call."""
+        if not self.sent_headers:
+            super().ensure_headers_sent()
+            return
+        self._flush_head()
+
+    def write(self, chunk: bytes) -> None:
+        """Write body bytes; the held head goes first, in the same send when the block is small."""
+        head = self._held_head
+        if head:
+            self._held_head = b""
+            if not self.chunked_write and len(chunk) <= COALESCE_MAX:
+                self.conn.wfile.write(head + chunk)
+                return
+            self.conn.wfile.write(head)
+        super().write(chunk)
+
+    def _flush_head(self) -> None:
+        head = self._held_head
+        if head:
+            self._held_head = b""
+            self.conn.wfile.write(head)
 
     def parse_request(self) -> None:
         """Parse the request line and headers; 414/431 past the limits, as cheroot's with a field count."""
@@ -291,6 +349,8 @@ class GuardedServer(wsgi.Server):
         max_header_bytes: Largest request head in bytes.
         max_header_fields: Most header lines per request.
         header_timeout: Seconds from a head's first byte to its end.
+        inherited_socket: A listening, non-blocking socket to serve instead of binding one (shared by
+            several server processes, ``mountd.processes``); cheroot's ``bind_addr`` becomes its address.
         **kwargs: As ``cheroot.wsgi.Server``.
     """
 
@@ -302,16 +362,32 @@ class GuardedServer(wsgi.Server):
         max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
         max_header_fields: int = DEFAULT_MAX_HEADER_FIELDS,
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        inherited_socket: socket.socket | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.max_request_header_size = max_header_bytes
         self.max_header_fields = max_header_fields
         self.header_timeout = header_timeout
+        self.inherited_socket = inherited_socket
+        if inherited_socket is not None:
+            self.bind_addr = inherited_socket.getsockname()[:2]
+
+    def bind(self, family: Any, type: Any, proto: Any = 0) -> None:
+        """Bind as cheroot does, or take the inherited socket as it is (already bound and listening)."""
+        if self.inherited_socket is None:
+            super().bind(family, type, proto)
+            return
+        self.socket = self.inherited_socket
 
     def prepare(self) -> None:
         """Bind and listen as cheroot does, with ``GuardedConnections`` as the connection manager."""
         super().prepare()
+        if self.inherited_socket is not None:
+            # cheroot gave the socket a 1 s timeout: a process that loses the race for a connection another
+            # process accepted would block its whole connection loop in accept() for that long. Non-blocking,
+            # it gets EAGAIN, which cheroot ignores.
+            self.socket.settimeout(0)
         plain = self._connections  # type: ignore[has-type]
         self._connections = GuardedConnections(self)
         plain._selector.close()  # cheroot's own manager, never run: only its selector holds a resource

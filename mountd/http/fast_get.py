@@ -38,6 +38,7 @@ from typing import Any
 from wsgidav import util as dav_util  # type: ignore[import-untyped]
 from wsgidav.mw.base_mw import BaseMiddleware  # type: ignore[import-untyped]
 
+from mountd.dav.facts import ArchiveFacts
 from mountd.dav.integrity import CORRUPT, VERDICTS, corrupt_response
 from mountd.dav.provider import SyncProvider
 from mountd.http.middleware import StartResponse, WSGIEnviron, on_request_end
@@ -61,6 +62,12 @@ CONDITION_HEADERS = (
     "HTTP_IF_RANGE",
     "HTTP_TRANSFER_ENCODING",
 )
+#: The same, as a set (one C-level ``isdisjoint`` over the environ instead of a generator per header).
+_CONDITIONS = frozenset(CONDITION_HEADERS)
+#: Response header templates remembered (one per archive version and request path; keys come from clients'
+#: paths, so their number and the path's length are bounded), then all dropped.
+MAX_TEMPLATES = 4096
+MAX_TEMPLATE_PATH = 512
 #: Formatted HTTP dates remembered (the current second's and the archives' Last-Modified); then dropped.
 MAX_REMEMBERED_DATES = 10_000
 #: Bytes per read when the body goes through the iterable (the copy path); wsgidav's ``block_size``
@@ -79,7 +86,7 @@ def is_plain_read(environ: WSGIEnviron) -> bool:
     """
     if environ.get("REQUEST_METHOD") not in FAST_METHODS:
         return False
-    if environ.get("QUERY_STRING") or any(header in environ for header in CONDITION_HEADERS):
+    if environ.get("QUERY_STRING") or not _CONDITIONS.isdisjoint(environ):
         return False
     if environ.get("CONTENT_LENGTH", "") not in ("", "0"):
         return False
@@ -102,6 +109,7 @@ class FastGet(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         self.block_size: int = config.get("block_size") or DEFAULT_BLOCK
         self.extra_headers: list[tuple[str, str]] = list(config.get("response_headers") or ())
         self._dates: dict[float, str] = {}
+        self._templates: dict[str, tuple[ArchiveFacts, list[tuple[str, str]], list[tuple[str, str]]]] = {}
         self.inline_active = inline_active_of(config)
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
@@ -118,23 +126,41 @@ class FastGet(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         if _known_corrupt(environ, known.archive, facts, reader):
             reader.close()
             return corrupt_response(start_response, environ["PATH_INFO"])
-        headers = [
-            ("Content-Length", str(facts.payload_size)),
-            ("Last-Modified", self._http_date(facts.last_modified)),
-            ("Content-Type", safe_content_type(facts.content_type)),  # re-checked before it becomes a header
-            ("Date", self._http_date(None)),
-            ("ETag", f'"{facts.etag}"'),
-            ("Accept-Ranges", "bytes"),
-            *self.extra_headers,
-            *payload_safety_headers(
-                facts.content_type, environ["PATH_INFO"], inline_active=self.inline_active
-            ),
-        ]
-        start_response("200 OK", headers)
+        _, before, after = self._template(facts, environ["PATH_INFO"])
+        start_response("200 OK", [*before, ("Date", self._http_date(None)), *after])
         if environ["REQUEST_METHOD"] == "HEAD":
             reader.close()
             return [b""]
         return _Body(offer_payload(environ, reader), self.block_size)
+
+    def _template(
+        self, facts: ArchiveFacts, path: str
+    ) -> tuple[ArchiveFacts, list[tuple[str, str]], list[tuple[str, str]]]:
+        """The headers before and after ``Date`` for this version at this path, built once per pair.
+
+        A template is reused only for the very facts object it was built from (a new version has new
+        facts), so it never describes another version.
+        """
+        found = self._templates.get(path)
+        if found is not None and found[0] is facts:
+            return found
+        before = [
+            ("Content-Length", str(facts.payload_size)),
+            ("Last-Modified", self._http_date(facts.last_modified)),
+            ("Content-Type", safe_content_type(facts.content_type)),  # re-checked before it becomes a header
+        ]
+        after = [
+            ("ETag", f'"{facts.etag}"'),
+            ("Accept-Ranges", "bytes"),
+            *self.extra_headers,
+            *payload_safety_headers(facts.content_type, path, inline_active=self.inline_active),
+        ]
+        template = (facts, before, after)
+        if len(path) <= MAX_TEMPLATE_PATH:
+            if len(self._templates) >= MAX_TEMPLATES:
+                self._templates.clear()
+            self._templates[path] = template
+        return template
 
     def _http_date(self, moment: float | None) -> str:
         # Formatting a date costs more than the rest of the headers: the current second's text and each

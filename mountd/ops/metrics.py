@@ -27,6 +27,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -109,10 +110,22 @@ class MountdMetrics:
             "Reads (GET, HEAD) of expired archives: calls of the freshness hook.",
             registry=self.registry,
         )
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.registry.register(_RefreshRequests(counts))
         self.registry.register(_CorruptPayloads())
         self._scheduler = _SchedulerSummary()
         self.registry.register(self._scheduler)
+
+    def identify_process(self, slot: int) -> None:
+        """Export ``process{slot, pid}`` = 1: which server process (``mountd.processes``) answered.
+
+        Each process counts only its own requests, and a scrape reaches whichever process accepts it;
+        the slot label keeps each process's series apart (``sum`` over ``slot`` for the server's total).
+
+        Args:
+            slot: The process's slot (0 .. count-1); stable across restarts of the process.
+        """
+        self.registry.register(_ProcessIdentity(slot))
 
     def attach_scheduler(self, summary: Callable[[], FreshnessSummary]) -> None:
         """Export the freshness summary of the refresh scheduler from now on.
@@ -131,8 +144,16 @@ class MountdMetrics:
             seconds: Time from the request reaching mountd to its end.
         """
         label = method if method in KNOWN_METHODS else "other"
-        self.requests.labels(method=label, status=status).inc()
-        self.duration.labels(method=label).observe(seconds)
+        children = self._children.get((label, status))
+        if children is None:
+            # labels() costs more than the increment itself; the pairs are few (bounded labels), so each
+            # pair's instruments are looked up once.
+            children = self._children[(label, status)] = (
+                self.requests.labels(method=label, status=status),
+                self.duration.labels(method=label),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def add_bytes(self, n: int) -> None:
         """Count body bytes sent.
@@ -189,6 +210,22 @@ class CountingFreshness:
         """
         self.metrics.stale_reads.inc()
         self.inner.on_stale(archive, generation, timeout)
+
+
+class _ProcessIdentity(Collector):
+    """``process{slot, pid}`` = 1 (see ``MountdMetrics.identify_process``)."""
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            f"{PREFIX}_process",
+            "The server process that answered this scrape: its slot and pid (metrics are per process).",
+            labels=("slot", "pid"),
+        )
+        family.add_metric((str(self.slot), str(os.getpid())), 1)
+        yield family
 
 
 class _RefreshRequests(Collector):

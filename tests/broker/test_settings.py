@@ -138,3 +138,15 @@ def test_mountd_limits_have_defaults_and_come_from_the_environment() -> None:
     assert (given.max_ranges, given.inline_active_content) == (4, True)
     with pytest.raises(SettingsError, match="max_ranges must be positive"):
         Settings.from_env(env={"SYNC_MAX_RANGES": "0"})
+
+
+def test_mountd_processes_default_to_one_and_come_from_flag_or_environment() -> None:
+    """SYNC_MOUNTD_PROCESSES: 1 by default, the flag wins over the environment, 0 and 65 are refused."""
+    assert Settings.from_env(env={}).mountd_processes == 1
+    assert Settings.from_env(env={"SYNC_MOUNTD_PROCESSES": "2"}).mountd_processes == 2
+    assert (
+        Settings.from_env({"mountd_processes": 3}, env={"SYNC_MOUNTD_PROCESSES": "2"}).mountd_processes == 3
+    )
+    for bad in ("0", "65", "-1"):
+        with pytest.raises(SettingsError, match="SYNC_MOUNTD_PROCESSES"):
+            Settings.from_env(env={"SYNC_MOUNTD_PROCESSES": bad})

@@ -122,6 +122,39 @@ def test_archive_edited_in_place_is_never_served_from_the_cached_layout(
     assert resp.header("content-type") == "text/x-edited"
 
 
+def test_a_new_version_of_another_type_gets_its_own_safety_headers(
+    add_archive: AddArchive, store: Path, tmp_path: Path, server: ServerHandle
+) -> None:
+    """The fast path's remembered headers belong to one version: when a plain-text archive is replaced by an
+    HTML one at the same path, the next GET carries the HTML type and the attachment disposition."""
+    add_archive("page.txt.sync", b"plain", manifest=make_manifest(content_type="text/plain"))
+    first = request(server.mount_url, "GET", "/page.txt")
+    assert first.header("content-type") == "text/plain"
+    assert first.header("content-disposition") is None
+    replacement = tmp_path / "page.sync"
+    make_archive(replacement, b"<p>active</p>", manifest=make_manifest(content_type="text/html"))
+    replacement.replace(store / "page.txt.sync")
+    second = request(server.mount_url, "GET", "/page.txt")
+    assert second.body == b"<p>active</p>"
+    assert second.header("content-type") == "text/html"
+    assert (second.header("content-disposition") or "").startswith("attachment;")
+    assert second.header("x-content-type-options") == "nosniff"
+    assert second.header("content-security-policy") == "sandbox"
+
+
+def test_a_name_that_becomes_a_folder_is_not_read_as_the_archive(
+    add_archive: AddArchive, store: Path, server: ServerHandle
+) -> None:
+    """What the fast path remembers of a path is its text only: once a folder of the same name appears, a
+    GET of the name no longer answers with the archive's payload."""
+    add_archive("both.txt.sync", b"archive bytes")
+    assert request(server.mount_url, "GET", "/both.txt").body == b"archive bytes"
+    (store / "both.txt").mkdir()
+    resp = request(server.mount_url, "GET", "/both.txt")
+    assert resp.body != b"archive bytes"
+    assert not (resp.header("content-type") or "").startswith("application/octet-stream")
+
+
 def test_fast_get_passes_ranges_and_conditions_to_wsgidav(
     add_archive: AddArchive, server: ServerHandle
 ) -> None:
