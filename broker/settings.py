@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from broker.retry import DEFAULT_BASE_DELAY, DEFAULT_MAX_DELAY, DEFAULT_MAX_RETRIES
@@ -121,6 +122,14 @@ _ENV = {
     "mountd_processes": "SYNC_MOUNTD_PROCESSES",
 }
 
+#: What a long-running worker (``syncctl worker``, ``celery -A workers.celery_entry``) uses unless the
+#: operator says otherwise: guest children are forked by the sandbox zygote, a small process started once per
+#: pool process (``workers.zygote``), which makes a job's fork..reap about half as costly as forking the
+#: worker. One-shot commands (``syncctl run``, ``guest test``) and library callers keep ``Settings``' own
+#: default (fork per job), where starting a zygote would cost more than it saves. ``SYNC_SANDBOX_ZYGOTE=0``
+#: turns it off for workers.
+WORKER_DEFAULTS: Mapping[str, Any] = MappingProxyType({"sandbox_zygote": True})
+
 
 class SettingsError(SyncError, ValueError):
     """Raised when a setting has a value that cannot be used; the message names the setting."""
@@ -212,7 +221,7 @@ class Settings:
         sandbox_zygote: Workers start a small separate process (``python -m workers.zygote_main``, no secrets,
             no inherited descriptors) that forks the guest children, keeping one spare ahead; the worker
             still owns the deadline and gets each child's exit status and rusage (``workers.zygote``).
-            Takes precedence over ``sandbox_spare_child``.
+            Takes precedence over ``sandbox_spare_child``. On for workers (``WORKER_DEFAULTS``).
         facts_index: mountd: keep what each archive version looks like in ``<cache_dir>/mountd-facts`` so a
             first listing after a restart opens only archives that changed; False keeps it in memory only.
         guest_secret_hosts: Where each secret may be sent: host patterns (``sync_format.hosts`` syntax,
@@ -317,13 +326,19 @@ class Settings:
 
     @classmethod
     def from_env(
-        cls, overrides: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+        cls,
+        overrides: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        *,
+        defaults: Mapping[str, Any] | None = None,
     ) -> Settings:
         """Build settings: flags (``overrides``, None values ignored) win over the environment.
 
         Args:
             overrides: Values from command-line flags by field name.
             env: The environment to read; ``os.environ`` when None.
+            defaults: The calling command's own defaults by field name (``WORKER_DEFAULTS``), used where
+                neither the environment nor a flag gives a value.
 
         Returns:
             The settings.
@@ -332,7 +347,7 @@ class Settings:
             SettingsError: A value cannot be used.
         """
         source = os.environ if env is None else env
-        values: dict[str, Any] = {"cache_dir": _default_cache_dir()}
+        values: dict[str, Any] = {"cache_dir": _default_cache_dir(), **(defaults or {})}
         for name, var in _ENV.items():
             if var in source and source[var] != "":
                 values[name] = source[var]

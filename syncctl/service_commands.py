@@ -79,10 +79,11 @@ def register(
     status.set_defaults(handler=cmd_status)
 
 
-def _settings(args: argparse.Namespace, **extra: Any) -> Any:
+def _settings(args: argparse.Namespace, *, defaults: Any = None, **extra: Any) -> Any:
     from broker.settings import Settings
 
-    return Settings.from_env({"broker_url": args.broker, "cache_dir": args.cache_dir, **extra})
+    overrides = {"broker_url": args.broker, "cache_dir": args.cache_dir, **extra}
+    return Settings.from_env(overrides, defaults=defaults)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -99,6 +100,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from broker.celery_app import make_celery_app
     from broker.connection import connect
     from broker.contract import QUEUE_REFRESH
+    from broker.settings import WORKER_DEFAULTS
     from sync_format.errors import SyncError
     from syncctl.log_format import announce, use_formatter
     from workers.metrics_server import start_endpoint
@@ -110,6 +112,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         sandbox=args.sandbox,
         metrics_port=args.metrics_port,
         metrics_host=args.metrics_host,
+        defaults=WORKER_DEFAULTS,
     )
     if settings.store is None:
         raise SyncError("a worker needs the store its jobs refer to: pass --store or set SYNC_STORE")

@@ -19,11 +19,11 @@ from typing import Any
 def _build() -> Any:
     from broker.celery_app import make_celery_app  # noqa: PLC0415  (built only when Celery asks)
     from broker.connection import connect  # noqa: PLC0415
-    from broker.settings import Settings  # noqa: PLC0415
+    from broker.settings import WORKER_DEFAULTS, Settings  # noqa: PLC0415
     from workers.tasks import register_tasks  # noqa: PLC0415
 
     _log_json_if_asked()
-    settings = Settings.from_env()
+    settings = Settings.from_env(defaults=WORKER_DEFAULTS)
     connection = connect(settings)
     app = make_celery_app(settings, broker_url=connection.celery_url)
     register_tasks(app, settings, broker_url=connection.redis_url)

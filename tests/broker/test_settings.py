@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from broker.retry import RetryPolicy
-from broker.settings import Settings, SettingsError, log_format
+from broker.settings import WORKER_DEFAULTS, Settings, SettingsError, log_format
 
 
 @pytest.mark.parametrize(
@@ -150,3 +150,14 @@ def test_mountd_processes_default_to_one_and_come_from_flag_or_environment() -> 
     for bad in ("0", "65", "-1"):
         with pytest.raises(SettingsError, match="SYNC_MOUNTD_PROCESSES"):
             Settings.from_env(env={"SYNC_MOUNTD_PROCESSES": bad})
+
+
+def test_a_commands_own_defaults_yield_to_the_environment_and_flags() -> None:
+    """``from_env(defaults=...)``: a command's default (the workers' zygote) applies only where neither the
+    environment nor a flag decides."""
+    assert Settings.from_env(env={}, defaults=WORKER_DEFAULTS).sandbox_zygote is True
+    assert Settings.from_env(env={}).sandbox_zygote is False
+    off = {"SYNC_SANDBOX_ZYGOTE": "0"}
+    assert Settings.from_env(env=off, defaults=WORKER_DEFAULTS).sandbox_zygote is False
+    flag = {"sandbox_zygote": False}
+    assert Settings.from_env(flag, env={}, defaults=WORKER_DEFAULTS).sandbox_zygote is False

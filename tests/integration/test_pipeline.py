@@ -537,3 +537,56 @@ def test_embedded_broker_serves_worker_refresh_and_status(services: Services, tm
         # Whatever happened above, no server of this test outlives it.
         for pid in redis_servers_in(cache):
             os.kill(pid, signal.SIGKILL)
+
+
+def _descendants_running(root: int, marker: str) -> list[int]:
+    """Pids of ``root``'s descendants whose command line contains ``marker``."""
+    parents: dict[int, int] = {}
+    commands: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            command = (
+                Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            )
+        except OSError:
+            continue
+        parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+        commands[int(entry)] = command
+
+    def under_root(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == root:
+                return True
+        return False
+
+    found = [pid for pid, command in commands.items() if marker in command and under_root(pid)]
+    # A zygote's spare child is a fork of it, with the same command line: count the zygotes themselves.
+    return [pid for pid in found if parents.get(pid) not in found]
+
+
+@pytest.mark.parametrize("setting", [None, "0"], ids=["worker-default", "turned-off"])
+def test_a_worker_forks_guests_from_the_sandbox_zygote_unless_told_not_to(
+    redis_server: RedisServer,
+    redis_client: redis.Redis,
+    workers: StartWorkers,
+    store: Path,
+    setting: str | None,
+) -> None:
+    """``syncctl worker`` runs its guests' children from the sandbox zygote by default (a long-running
+    worker's default, ``WORKER_DEFAULTS``), and ``SYNC_SANDBOX_ZYGOTE=0`` goes back to a fork per job;
+    both commit."""
+    env = {} if setting is None else {"SYNC_SANDBOX_ZYGOTE": setting}
+    [worker] = workers("w1@pipeline", env=env)
+    path = build_archive(store, "zygote.sync", append_guest())
+    with producing(redis_server.url, threads=1) as producers:
+        producers.request(["zygote.sync"])
+        assert producers.answers(["zygote.sync"], REFRESH_BOUND) == {"zygote.sync": RequestResult.QUEUED}
+    record = wait_value(lambda: finished(redis_client, "zygote.sync"), REFRESH_BOUND, what="refresh recorded")
+    assert (record.status, record.generation) == ("committed", 1)
+    assert check_archive(path) == refreshed_once(path)
+    zygotes = _descendants_running(worker.process.pid, "workers.zygote_main")
+    assert len(zygotes) == (1 if setting is None else 0), zygotes
