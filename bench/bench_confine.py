@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import goals
+
 from workers.confine import ALL_LAYERS, Layer, SandboxPolicy, apply_policy, build_program
 from workers.confine.apply import EARLY_LAYERS, LATE_LAYERS
 
@@ -267,6 +269,20 @@ def print_sized(tables: list[Sized], small50: float, small_rss: int) -> None:
                 f"{name:<37}{t50 * ms:>6.2f} ms{t95 * ms:>7.2f} ms{t50 / own50:>11.2f}x"
                 f"{t50 / worker50:>14.2f}x{t50 / small50:>13.2f}x{a50 * ms:>9.3f} ms{goal:>6}"
             )
+    zygote = tables[0]
+    spare_totals = zygote.rows[SIZED_ROWS[2]][0]
+    per_job_totals = zygote.rows[SIZED_ROWS[1]][0]
+    spare50, per_job50 = percentile(spare_totals, 0.50), percentile(per_job_totals, 0.50)
+    own50 = percentile(zygote.rows[plain][0], 0.50)
+    goals.record(
+        "15.11-confinement",
+        "a job's confined child in the workers' mode (zygote's spare child, all layers, go..reap) / a plain"
+        " fork..reap of the worker",
+        f"{spare50 / worker50:.2f}x ({spare50 * ms:.2f} vs {worker50 * ms:.2f} ms); fork per job in the"
+        f" zygote, all layers: {per_job50 / own50:.2f}x the zygote's own plain fork",
+        f"<= {CONFINE_GOAL}x",
+        spare50 / worker50 <= CONFINE_GOAL,
+    )
     print(
         f"goal: confinement <= {CONFINE_GOAL}x a plain fork of the worker-sized process, the fork a job costs"
         " without a zygote (fork..reap for fork-per-job; go..reap for a spare)"
