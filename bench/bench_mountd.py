@@ -65,6 +65,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import goals
+
 from sync_format import SyncBuilder, open_archive
 from sync_format.testing import make_archive, make_manifest
 
@@ -85,6 +87,8 @@ SMALL_GOAL = 0.7
 SMALL_GOAL_ONE_PROCESS = 0.5
 #: Server processes of the ``mountd x2`` row of (b).
 PROCESSES = 2
+#: Goal of (a): mountd's server CPU seconds per GB at most this times rclone's.
+CPU_GOAL = 0.3
 #: Peak RSS goal of (d), in bytes.
 RSS_GOAL = 150 * 10**6
 #: RSS goal of (c) with every listed archive indexed, in bytes.
@@ -591,11 +595,21 @@ def judge(results: Results) -> None:
     restart_ratio = _ratio(figure(results.propfind, "mountd", "restart_first_ms"), base_first)
     listing_rss = results.listing_rss.get("vmrss_bytes")
     peak = results.rss.get("vmhwm_after_bytes")
+    cpu_ratio = _ratio(
+        figure(results.big_get, "mountd", "server_cpu_s_per_gb"),
+        figure(results.big_get, BASELINE, "server_cpu_s_per_gb"),
+    )
     results.goals = {
         "big_get_vs_rclone": {
             "ratio": get_ratio,
             "goal": 1.0,
             "met": get_ratio is not None and get_ratio >= 1.0,
+        },
+        "big_get_cpu_vs_rclone": {
+            "ratio": cpu_ratio,
+            "goal": CPU_GOAL,
+            "at_most": True,
+            "met": cpu_ratio is not None and cpu_ratio <= CPU_GOAL,
         },
         "small_gets_vs_rclone": {
             "ratio": small_ratio,
@@ -632,6 +646,90 @@ def judge(results: Results) -> None:
         },
         "peak_rss": {"bytes": peak, "goal": RSS_GOAL, "met": peak is not None and peak < RSS_GOAL},
     }
+
+
+def record_goals(results: Results) -> None:
+    """Hand issue 15's goals of this run to ``report.py`` (``bench/goals.py``) with same-run figures."""
+
+    def get(table: dict[str, dict[str, Any]], name: str, key: str) -> float | None:
+        value = table.get(name, {}).get(key)
+        return float(value) if value is not None else None
+
+    def met(name: str) -> bool | None:
+        goal = results.goals.get(name, {})
+        return None if goal.get("ratio", goal.get("bytes")) is None else bool(goal.get("met"))
+
+    def ratio(name: str) -> str:
+        return _fmt(results.goals.get(name, {}).get("ratio"), ".2f") + "x"
+
+    first, restart = (get(results.propfind, "mountd", k) for k in ("first_ms", "restart_first_ms"))
+    base_first = get(results.propfind, BASELINE, "first_ms")
+    warm, base_warm = (
+        get(results.propfind, "mountd", "warm_median_ms"),
+        get(results.propfind, BASELINE, "warm_median_ms"),
+    )
+    listed = f"{results.listing_rss.get('archives', 0):,}"
+    rows = [
+        (
+            "15.01-first-propfind",
+            f"first PROPFIND Depth 1 of {listed} archives, never-seen store: time / rclone's first",
+            f"{ratio('propfind_first_time_vs_rclone')} ({_fmt(first)} vs {_fmt(base_first)} ms)",
+            f"<= {FIRST_GOAL}x",
+            met("propfind_first_time_vs_rclone"),
+        ),
+        (
+            "15.02-first-propfind-restart",
+            "first PROPFIND after a restart of mountd (same cache dir): time / rclone's first",
+            f"{ratio('propfind_restart_time_vs_rclone')} ({_fmt(restart)} vs {_fmt(base_first)} ms)",
+            f"<= {FIRST_GOAL}x",
+            met("propfind_restart_time_vs_rclone"),
+        ),
+        (
+            "15.03-warm-propfind",
+            "warm PROPFIND Depth 1: speed / rclone's",
+            f"{ratio('propfind_warm_speed_vs_rclone')} ({_fmt(warm)} vs {_fmt(base_warm)} ms)",
+            f">= {WARM_GOAL}x",
+            met("propfind_warm_speed_vs_rclone"),
+        ),
+    ]
+    small = {n: get(results.small_gets, n, "req_per_s") for n in (f"mountd x{PROCESSES}", "mountd", BASELINE)}
+    rows.append(
+        (
+            "15.04-small-gets",
+            f"4 KiB GETs, wrk -t2 -c16: req/s / rclone's (mountd --processes {PROCESSES})",
+            f"{ratio('small_gets_vs_rclone')} ({_fmt(small[f'mountd x{PROCESSES}'])} vs"
+            f" {_fmt(small[BASELINE])} req/s; one process {ratio('small_gets_one_process_vs_rclone')})",
+            f">= {SMALL_GOAL}x",
+            met("small_gets_vs_rclone"),
+        )
+    )
+    mb = {n: get(results.big_get, n, "median_mb_s") for n in ("mountd", BASELINE)}
+    cpu = {n: get(results.big_get, n, "server_cpu_s_per_gb") for n in ("mountd", BASELINE)}
+    both = met("big_get_vs_rclone"), met("big_get_cpu_vs_rclone")
+    rows.append(
+        (
+            "15.06-big-get",
+            "big GET: MB/s / rclone's (median); server CPU s/GB / rclone's",
+            f"{ratio('big_get_vs_rclone')} ({_fmt(mb['mountd'])} vs {_fmt(mb[BASELINE])} MB/s); CPU"
+            f" {ratio('big_get_cpu_vs_rclone')} ({_fmt(cpu['mountd'], '.3f')} vs"
+            f" {_fmt(cpu[BASELINE], '.3f')} s/GB)",
+            f">= 1.0x; CPU <= {CPU_GOAL}x",
+            None if None in both else all(both),
+        )
+    )
+    rss = results.listing_rss
+    rows.append(
+        (
+            "15.12-listing-rss",
+            f"mountd RSS with {listed} archives listed and indexed",
+            f"VmRSS {_fmt((rss.get('vmrss_bytes') or 0) / 1e6)} MB,"
+            f" VmHWM {_fmt((rss.get('vmhwm_bytes') or 0) / 1e6)} MB",
+            f"<= {LISTING_RSS_GOAL / 1e6:.0f} MB",
+            met("listing_rss"),
+        )
+    )
+    for row in rows:
+        goals.record(*row)
 
 
 def _fmt(value: float | None, spec: str = ".0f") -> str:
@@ -748,6 +846,7 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
     print("(d) peak RSS ...", file=sys.stderr)
     bench_rss(tmp, sizes, results)
     judge(results)
+    record_goals(results)
     results.meta = {
         "mode": "quick" if args.quick else "full",
         "python": platform.python_version(),
