@@ -293,10 +293,17 @@ def check_entry_name(name: str) -> str | None:
 
 
 class _Parser:
+    #: Accept usual local headers inline (``_central_records``); tests turn it off to compare both paths.
+    inline_local_headers = True
+
     def __init__(self, windows: FileWindows, file_size: int, path: str | None) -> None:
         self.windows = windows
         self.size = file_size
         self.path = path
+        # The tail read first (the whole file when it is small): ``_central_records`` accepts local headers
+        # inside it without a call per entry.
+        self.tail = b""
+        self.tail_start = file_size
 
     def fail(self, message: str, offset: int | None = None) -> MalformedArchive:
         return MalformedArchive(message, path=self.path, offset=offset)
@@ -321,6 +328,8 @@ class _Parser:
             eocd_pos = self._find_eocd(tail)
         if eocd_pos < 0:
             raise self.fail("no end-of-central-directory record (not a ZIP archive)")
+        if self.inline_local_headers:
+            self.tail, self.tail_start = tail, tail_start
         eocd_abs = tail_start + eocd_pos
         (_, disk, cd_disk, disk_entries, total_entries, cd_size, cd_offset, _) = _EOCD.unpack_from(
             tail, eocd_pos
@@ -377,6 +386,8 @@ class _Parser:
         entries: list[EntryInfo] = []
         names: set[str] = set()
         pos = 0
+        tail, tail_start, size = self.tail, self.tail_start, self.size
+        unpack_local = _LOCAL.unpack_from
         for _ in range(count):
             rec_offset = cd_offset + pos
             if pos + CENTRAL_SIZE > len(cd):
@@ -390,9 +401,9 @@ class _Parser:
             if end > len(cd):
                 raise self.fail("central directory record overruns the directory", rec_offset)
             raw_name = cd[pos + CENTRAL_SIZE : pos + CENTRAL_SIZE + n]
-            extra = cd[pos + CENTRAL_SIZE + n : pos + CENTRAL_SIZE + n + m]
+            extra_at = pos + CENTRAL_SIZE + n
             pos = end
-            name = self._decode_name(raw_name, flags, rec_offset)
+            name = _KNOWN_NAMES.get(raw_name) or self._decode_name(raw_name, flags, rec_offset)
             if name in names:
                 raise self.fail(f"duplicate entry {name!r}", rec_offset)
             names.add(name)
@@ -402,13 +413,36 @@ class _Parser:
                 raise self.fail(f"entry {name!r} uses unsupported compression method {method}", rec_offset)
             if m or U32_MAX in (usize, csize, hoff):
                 usize, csize, hoff, disk_start = self._apply_zip64_extra(
-                    extra, usize, csize, hoff, disk_start, rec_offset
+                    cd[extra_at : extra_at + m], usize, csize, hoff, disk_start, rec_offset
                 )
             if disk_start != 0:
                 raise self.fail(f"entry {name!r} starts on another disk", rec_offset)
             if method == METHOD_STORED and csize != usize:
                 raise self.fail(f"stored entry {name!r} has different sizes", rec_offset)
-            data_offset = self._local_header(name, raw_name, flags, method, crc, csize, usize, hoff)
+            # The usual case, accepted inline: a local header inside the tail already read, agreeing with
+            # its central record in every field ``_local_header`` checks, without data descriptor or ZIP64
+            # sizes. Anything else (including every refusal) goes through ``_local_header``, which checks
+            # from scratch: this only skips work when its answer would be this same data offset.
+            rel = hoff - tail_start
+            if rel >= 0 and hoff + LOCAL_SIZE <= size:
+                (lsig, _, lflags, lmethod, _, _, lcrc, lcsize, lusize, ln, lm) = unpack_local(tail, rel)
+                if (
+                    lsig == LOCAL_SIG
+                    and hoff + LOCAL_SIZE + ln + lm <= size
+                    and ln == n
+                    and tail.startswith(raw_name, rel + LOCAL_SIZE)
+                    and lmethod == method
+                    and not lflags & (FLAG_ENCRYPTED | FLAG_DATA_DESCRIPTOR)
+                    and U32_MAX not in (lcsize, lusize)
+                    and lcrc == crc
+                    and lcsize == csize
+                    and lusize == usize
+                ):
+                    data_offset = hoff + LOCAL_SIZE + ln + lm
+                else:
+                    data_offset = self._local_header(name, raw_name, flags, method, crc, csize, usize, hoff)
+            else:
+                data_offset = self._local_header(name, raw_name, flags, method, crc, csize, usize, hoff)
             entries.append(
                 EntryInfo(
                     name=name,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import blake3
 import pytest
+from inline_check import read_both_ways
 
 from sync_format import (
     ArchiveError,
@@ -291,6 +292,16 @@ MALFORMED = [
     pytest.param(_manifest_crc, "CRC-32", id="manifest-crc"),
     pytest.param(_overlong_manifest, "more than the limit", id="manifest-over-limit"),
 ]
+
+
+@pytest.mark.parametrize(("build", "message"), MALFORMED)
+def test_inline_local_headers_refuse_malformed_archives_like_the_full_check(
+    tmp_path: Path, build: Callable[[], bytes], message: str
+) -> None:
+    """Every malformed archive gets the same refusal (or the same directory, when the fault is found after
+    the directory is read) with the reader's inline acceptance of local headers as without it."""
+    inline, full = read_both_ways(build(), tmp_path / "case.sync")
+    assert inline == full
 
 
 @pytest.mark.parametrize(("build", "message"), MALFORMED)
