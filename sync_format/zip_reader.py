@@ -18,6 +18,7 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
+from operator import attrgetter
 
 from sync_format.errors import MalformedArchive
 
@@ -64,6 +65,7 @@ _ZIP64_LOCATOR = struct.Struct("<4sLQL")
 _ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
 _CENTRAL = struct.Struct("<4s6H3L5H2L")
 _LOCAL = struct.Struct("<4s5H3L2H")
+_by_header_offset = attrgetter("header_offset")
 
 
 @dataclass(frozen=True)
@@ -538,12 +540,13 @@ class _Parser:
     def _check_overlaps(self, entries: tuple[EntryInfo, ...], cd_offset: int) -> None:
         previous_end = 0
         previous_name = ""
-        for entry in sorted(entries, key=lambda e: e.header_offset):
+        for entry in sorted(entries, key=_by_header_offset):
             if entry.header_offset < previous_end:
                 raise self.fail(f"entry {entry.name!r} overlaps {previous_name!r}", entry.header_offset)
-            if entry.data_end > cd_offset:
+            data_end = entry.data_offset + entry.compressed_size  # ``data_end``, without a property call
+            if data_end > cd_offset:
                 raise self.fail(f"data of {entry.name!r} runs into the central directory", entry.data_offset)
-            previous_end = entry.data_end
+            previous_end = data_end
             previous_name = entry.name
 
 
