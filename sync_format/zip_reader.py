@@ -8,6 +8,12 @@ method, sizes, CRC); data offsets come from the local header; entries do not ove
 central directory. ZIP64 records and extra fields are understood. Every failure is a ``MalformedArchive``
 that says where.
 
+Opening is on the path of a first listing (every archive of a never-seen store is opened once), so the
+usual case is kept lean: the tail read first holds the whole of a small archive, and a local header inside
+it that agrees with its central record in every checked field is accepted inline; any other header, and
+every refusal, goes through the one full check (``_Parser._local_header``). Tests compare both ways on the
+malformed and fuzzed archives of ``tests/format``.
+
 This module knows ZIP, not ``.sync``: which entries must exist and how they are decoded is the job of
 ``reader.py``.
 """
