@@ -32,6 +32,13 @@ _RFC3339 = re.compile(
 )
 
 
+#: Timestamps parsed, remembered by their text (a pure function of it): opening an archive parses its base
+#: timestamp twice (expiry, Last-Modified), and archives of one manifest share ``created_at``. Bounded:
+#: emptied when full. Texts that fail to parse are not remembered (they raise every time).
+_PARSED: dict[str, int] = {}
+MAX_PARSED = 4096
+
+
 def parse_timestamp_ns(text: str) -> int:
     """Parse an RFC 3339 timestamp into integer nanoseconds since the Unix epoch (UTC).
 
@@ -44,6 +51,18 @@ def parse_timestamp_ns(text: str) -> int:
     Raises:
         ValueError: The text is not a timestamp with an offset, or names an impossible date.
     """
+    found = _PARSED.get(text)
+    if found is not None:
+        return found
+    parsed = _parse_timestamp_ns(text)
+    if len(_PARSED) >= MAX_PARSED:
+        _PARSED.clear()
+    if type(text) is str:  # a str subclass could compare equal yet mean something else: not remembered
+        _PARSED[text] = parsed
+    return parsed
+
+
+def _parse_timestamp_ns(text: str) -> int:
     m = _RFC3339.fullmatch(text)
     if m is None:
         raise ValueError(f"not an RFC 3339 timestamp with an offset: {text!r}")

@@ -66,12 +66,16 @@ class FileIdentity:
         inode: ``st_ino``.
         mtime_ns: ``st_mtime_ns``.
         size: ``st_size``.
+        ctime_ns: ``st_ctime_ns``: an in-place rewrite that keeps the size and puts the mtime back
+            (``os.utime``) still moves it, so a cache keyed on the identity never describes such a rewrite
+            with the old version's facts. A rename moves it too (on most file systems): one re-open.
     """
 
     device: int
     inode: int
     mtime_ns: int
     size: int
+    ctime_ns: int
 
     @classmethod
     def from_stat(cls, st: os.stat_result) -> FileIdentity:
@@ -83,7 +87,7 @@ class FileIdentity:
         Returns:
             The identity.
         """
-        return cls(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        return cls(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns)
 
 
 class _Descriptor:

@@ -25,6 +25,7 @@ MAX_STATE_SIZE = 64 * 1024
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _KEYS = ("generation", "updated_at", "payload_size", "payload_crc32", "payload_blake3")
+_KEY_SET = frozenset(_KEYS)
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class ArchiveState:
         # ValueError also covers integers longer than sys.get_int_max_str_digits(), which json refuses.
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise MalformedArchive(f"{STATE_ENTRY} is not valid JSON: {exc}") from exc
-        if not isinstance(doc, dict) or set(doc) != set(_KEYS):
+        if not isinstance(doc, dict) or doc.keys() != _KEY_SET:
             raise MalformedArchive(f"{STATE_ENTRY} must be an object with keys {', '.join(_KEYS)}")
         generation = _uint(doc, "generation")
         size = _uint(doc, "payload_size")

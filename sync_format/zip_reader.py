@@ -8,6 +8,12 @@ method, sizes, CRC); data offsets come from the local header; entries do not ove
 central directory. ZIP64 records and extra fields are understood. Every failure is a ``MalformedArchive``
 that says where.
 
+Opening is on the path of a first listing (every archive of a never-seen store is opened once), so the
+usual case is kept lean: the tail read first holds the whole of a small archive, and a local header inside
+it that agrees with its central record in every checked field is accepted inline; any other header, and
+every refusal, goes through the one full check (``_Parser._local_header``). Tests compare both ways on the
+malformed and fuzzed archives of ``tests/format``.
+
 This module knows ZIP, not ``.sync``: which entries must exist and how they are decoded is the job of
 ``reader.py``.
 """
@@ -18,6 +24,8 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
+from operator import attrgetter
+from typing import NamedTuple
 
 from sync_format.errors import MalformedArchive
 
@@ -64,11 +72,11 @@ _ZIP64_LOCATOR = struct.Struct("<4sLQL")
 _ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
 _CENTRAL = struct.Struct("<4s6H3L5H2L")
 _LOCAL = struct.Struct("<4s5H3L2H")
+_by_header_offset = attrgetter("header_offset")
 
 
-@dataclass(frozen=True)
-class EntryInfo:
-    """One validated entry.
+class EntryInfo(NamedTuple):
+    """One validated entry (a named tuple: an open makes several, and a frozen dataclass cost 2 µs each).
 
     Attributes:
         name: Entry name as stored.
@@ -293,10 +301,17 @@ def check_entry_name(name: str) -> str | None:
 
 
 class _Parser:
+    #: Accept usual local headers inline (``_central_records``); tests turn it off to compare both paths.
+    inline_local_headers = True
+
     def __init__(self, windows: FileWindows, file_size: int, path: str | None) -> None:
         self.windows = windows
         self.size = file_size
         self.path = path
+        # The tail read first (the whole file when it is small): ``_central_records`` accepts local headers
+        # inside it without a call per entry.
+        self.tail = b""
+        self.tail_start = file_size
 
     def fail(self, message: str, offset: int | None = None) -> MalformedArchive:
         return MalformedArchive(message, path=self.path, offset=offset)
@@ -321,6 +336,8 @@ class _Parser:
             eocd_pos = self._find_eocd(tail)
         if eocd_pos < 0:
             raise self.fail("no end-of-central-directory record (not a ZIP archive)")
+        if self.inline_local_headers:
+            self.tail, self.tail_start = tail, tail_start
         eocd_abs = tail_start + eocd_pos
         (_, disk, cd_disk, disk_entries, total_entries, cd_size, cd_offset, _) = _EOCD.unpack_from(
             tail, eocd_pos
@@ -377,6 +394,8 @@ class _Parser:
         entries: list[EntryInfo] = []
         names: set[str] = set()
         pos = 0
+        tail, tail_start, size = self.tail, self.tail_start, self.size
+        unpack_local = _LOCAL.unpack_from
         for _ in range(count):
             rec_offset = cd_offset + pos
             if pos + CENTRAL_SIZE > len(cd):
@@ -390,9 +409,9 @@ class _Parser:
             if end > len(cd):
                 raise self.fail("central directory record overruns the directory", rec_offset)
             raw_name = cd[pos + CENTRAL_SIZE : pos + CENTRAL_SIZE + n]
-            extra = cd[pos + CENTRAL_SIZE + n : pos + CENTRAL_SIZE + n + m]
+            extra_at = pos + CENTRAL_SIZE + n
             pos = end
-            name = self._decode_name(raw_name, flags, rec_offset)
+            name = _KNOWN_NAMES.get(raw_name) or self._decode_name(raw_name, flags, rec_offset)
             if name in names:
                 raise self.fail(f"duplicate entry {name!r}", rec_offset)
             names.add(name)
@@ -402,25 +421,37 @@ class _Parser:
                 raise self.fail(f"entry {name!r} uses unsupported compression method {method}", rec_offset)
             if m or U32_MAX in (usize, csize, hoff):
                 usize, csize, hoff, disk_start = self._apply_zip64_extra(
-                    extra, usize, csize, hoff, disk_start, rec_offset
+                    cd[extra_at : extra_at + m], usize, csize, hoff, disk_start, rec_offset
                 )
             if disk_start != 0:
                 raise self.fail(f"entry {name!r} starts on another disk", rec_offset)
             if method == METHOD_STORED and csize != usize:
                 raise self.fail(f"stored entry {name!r} has different sizes", rec_offset)
-            data_offset = self._local_header(name, raw_name, flags, method, crc, csize, usize, hoff)
-            entries.append(
-                EntryInfo(
-                    name=name,
-                    method=method,
-                    flags=flags,
-                    crc32=crc,
-                    compressed_size=csize,
-                    size=usize,
-                    header_offset=hoff,
-                    data_offset=data_offset,
-                )
-            )
+            # The usual case, accepted inline: a local header inside the tail already read, agreeing with
+            # its central record in every field ``_local_header`` checks, without data descriptor or ZIP64
+            # sizes. Anything else (including every refusal) goes through ``_local_header``, which checks
+            # from scratch: this only skips work when its answer would be this same data offset.
+            rel = hoff - tail_start
+            if rel >= 0 and hoff + LOCAL_SIZE <= size:
+                (lsig, _, lflags, lmethod, _, _, lcrc, lcsize, lusize, ln, lm) = unpack_local(tail, rel)
+                if (
+                    lsig == LOCAL_SIG
+                    and hoff + LOCAL_SIZE + ln + lm <= size
+                    and ln == n
+                    and tail.startswith(raw_name, rel + LOCAL_SIZE)
+                    and lmethod == method
+                    and not lflags & (FLAG_ENCRYPTED | FLAG_DATA_DESCRIPTOR)
+                    and U32_MAX not in (lcsize, lusize)
+                    and lcrc == crc
+                    and lcsize == csize
+                    and lusize == usize
+                ):
+                    data_offset = hoff + LOCAL_SIZE + ln + lm
+                else:
+                    data_offset = self._local_header(name, raw_name, flags, method, crc, csize, usize, hoff)
+            else:
+                data_offset = self._local_header(name, raw_name, flags, method, crc, csize, usize, hoff)
+            entries.append(EntryInfo(name, method, flags, crc, csize, usize, hoff, data_offset))
         if pos != len(cd):
             raise self.fail("central directory size does not match its records", cd_offset)
         return tuple(entries)
@@ -504,12 +535,13 @@ class _Parser:
     def _check_overlaps(self, entries: tuple[EntryInfo, ...], cd_offset: int) -> None:
         previous_end = 0
         previous_name = ""
-        for entry in sorted(entries, key=lambda e: e.header_offset):
+        for entry in sorted(entries, key=_by_header_offset):
             if entry.header_offset < previous_end:
                 raise self.fail(f"entry {entry.name!r} overlaps {previous_name!r}", entry.header_offset)
-            if entry.data_end > cd_offset:
+            data_end = entry.data_offset + entry.compressed_size  # ``data_end``, without a property call
+            if data_end > cd_offset:
                 raise self.fail(f"data of {entry.name!r} runs into the central directory", entry.data_offset)
-            previous_end = entry.data_end
+            previous_end = data_end
             previous_name = entry.name
 
 

@@ -213,7 +213,7 @@ class FactsStore:
                 st = stats[position]
                 if (st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (size, mtime_ns, ctime_ns):
                     continue
-                facts = decode_facts(blob, FileIdentity(dev, ino, mtime_ns, size))
+                facts = decode_facts(blob, FileIdentity(dev, ino, mtime_ns, size, ctime_ns))
                 if facts is not None:
                     found[position] = facts
                     if type(used_ns) is int and used_ns < stale_use:
@@ -235,9 +235,10 @@ class FactsStore:
         Returns:
             False when the version is too young to be recorded now (``RACY_NS``): try again later.
         """
-        dev, ino, size, mtime_ns, ctime_ns = key
+        dev, ino, size, _, ctime_ns = key
         identity = facts.identity
-        if (identity.device, identity.inode, identity.size, identity.mtime_ns) != (dev, ino, size, mtime_ns):
+        opened = (identity.device, identity.inode, identity.size, identity.mtime_ns, identity.ctime_ns)
+        if opened != key:
             return True  # the file changed between lstat and open: nothing to record under this key
         if ctime_ns >= listing_started_ns - RACY_NS:
             return False

@@ -1,10 +1,12 @@
 """The listing cache: what each archive version looks like to a client, keyed by file identity.
 
 A directory listing (PROPFIND Depth 1, the HTML browser, name resolution) stats every entry of one
-directory — cheap — and opens an archive only when its identity ``(device, inode, mtime_ns, size)`` was not
-seen before. A swap makes a new inode, an edit changes mtime or size, so a changed archive is always opened
-again and an unchanged one never is: no invalidation message is needed (docs/architecture.md, "The life of a
-stale read"). Facts do not depend on the file name, so a renamed archive is still a cache hit.
+directory — cheap — and opens an archive only when its identity ``(device, inode, mtime_ns, size,
+ctime_ns)`` was not seen before. A swap makes a new inode, an edit changes mtime or size, so a changed
+archive is always opened again and an unchanged one never is: no invalidation message is needed
+(docs/architecture.md, "The life of a stale read"). The identity includes ``ctime_ns`` too: an in-place
+rewrite of the same size with its mtime put back (``os.utime``) moves only the ctime, and is opened again
+like any edit. A rename moves the ctime on most file systems, so a renamed archive costs one more open.
 
 Invariants:
     * A listing never raises because of one archive: unreadable archives are left out and logged once per
@@ -355,7 +357,9 @@ class ArchiveIndex:
             if deferred:
                 self._record_deferred(memo_key, files, started)
             return remembered[1]
-        identities = [FileIdentity(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size) for _, st in files]
+        identities = [
+            FileIdentity(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns) for _, st in files
+        ]
         known: list[_Cached | None] = []
         with self._lock:
             entries = self._entries

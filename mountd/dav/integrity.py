@@ -3,7 +3,8 @@ to be corrupt is never served as good.
 
 Why: the ZIP entry of ``payload`` carries the CRC-32 of its bytes (spec §3), but serving reads the bytes
 straight from the file (``os.sendfile``), so bit rot or a damaged copy would be served with 200. mountd
-checks each version of each archive (its stat identity, ``FileIdentity``: device, inode, mtime, size) once:
+checks each version of each archive (its stat identity, ``FileIdentity``: device, inode, mtime, size,
+ctime) once:
 
 * on the first GET of the version (both GET paths: ``FastGet`` and ``ArchiveResource.get_content``, so
   ranges and several ranges too), before any byte is sent, when the payload is at most ``INLINE_MAX``

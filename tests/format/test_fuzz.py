@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from inline_check import read_both_ways
 
 from sync_format import ArchiveError, open_archive
 from sync_format.testing import REFERENCE_MANIFEST_TOML, make_archive, reference_archive_bytes
@@ -310,3 +311,22 @@ def test_entry_content_with_valid_crc(
     data[chosen.central_crc : chosen.central_crc + 4] = crc
     target.write_bytes(bytes(data))
     exercise(target)
+
+
+@FUZZ
+@given(
+    which=st.integers(0, 2**16),
+    edits=st.lists(_OVERWRITE, min_size=0, max_size=8),
+    cut=st.one_of(st.none(), st.integers(0, 2**32)),
+)
+def test_inline_local_headers_refuse_exactly_what_the_full_check_refuses(
+    bases: tuple[Base, ...], target: Path, which: int, edits: list[Overwrite], cut: int | None
+) -> None:
+    """The reader's inline acceptance of usual local headers gives the same directory, or the same refusal
+    (type, message, offset), as checking every local header with ``_local_header``, on damaged archives."""
+    base = bases[which % len(bases)]
+    data = _apply(base, edits)
+    if cut is not None:
+        data = data[: cut % (len(data) + 1)]
+    inline, full = read_both_ways(data, target)
+    assert inline == full

@@ -294,6 +294,18 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize(("build", "message"), MALFORMED)
+def test_inline_local_headers_refuse_malformed_archives_like_the_full_check(
+    tmp_path: Path, build: Callable[[], bytes], message: str
+) -> None:
+    """Every malformed archive gets the same refusal (or the same directory, when the fault is found after
+    the directory is read) with the reader's inline acceptance of local headers as without it."""
+    from inline_check import read_both_ways  # here: mountd's tests import this module as a package
+
+    inline, full = read_both_ways(build(), tmp_path / "case.sync")
+    assert inline == full
+
+
+@pytest.mark.parametrize(("build", "message"), MALFORMED)
 def test_malformed_archives_are_refused(
     write: Callable[[bytes], Path], build: Callable[[], bytes], message: str
 ) -> None:
