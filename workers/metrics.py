@@ -39,6 +39,7 @@ import logging
 import os
 import shutil
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -218,8 +219,42 @@ def exposition(directory: Path) -> bytes:
         if pid.isdigit() and not _alive(int(pid)):
             mark_process_dead(int(pid), str(directory))  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    registry.register(_WrittenFiles(directory))
     return generate_latest(registry)
+
+
+#: Times a merge is tried again when a process's file changed under it (created empty, or removed).
+MERGE_ATTEMPTS = 3
+
+
+class _WrittenFiles:
+    """prometheus_client's multiprocess merge over the files that have been written to.
+
+    A pool process creates its file empty and sizes it a moment later; ``MultiProcessCollector`` reads every
+    ``*.db`` file it finds and fails on an empty one (``struct.error``), and a file removed by
+    ``mark_process_dead`` between listing and reading fails too. Either made ``/metrics`` drop the connection
+    without an answer. Empty files are skipped (they hold no value yet) and a merge that met a file changing
+    under it is tried again.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+
+    def collect(self) -> Any:
+        for attempt in range(MERGE_ATTEMPTS):
+            files = []
+            for path in sorted(self._directory.glob("*.db")):
+                try:
+                    if path.stat().st_size > 0:
+                        files.append(str(path))
+                except FileNotFoundError:
+                    continue
+            try:
+                return MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+            except (FileNotFoundError, struct.error):
+                if attempt == MERGE_ATTEMPTS - 1:
+                    raise
+        return []
 
 
 def _alive(pid: int) -> bool:
