@@ -173,8 +173,8 @@ def claim_and_send(
         raise CaptureError("kombu batched no queue push for the task message")
     script = client.register_script(_CLAIM_AND_SEND_LUA)
     with translated(client, "claim and send"):
-        ok, merged = script(keys=keys, args=args)
-    return ClaimResult(bool(ok), int(merged))
+        reply = script(keys=keys, args=args)
+    return ClaimResult.from_reply(reply)
 
 
 def _batchable(producer: Any, channel: Any, client: redis.Redis) -> bool:
