@@ -17,6 +17,9 @@ Invariants:
       replay re-takes its own claim instead of merging into it.
     * One pending entry per archive: a later request for a pending archive raises its base generation
       and keeps the first request's id.
+    * A merged request re-sends the holder's message, under the holder's id, when the claim script says the
+      holder's job has not started ``STALE_QUEUED_CLAIM_MS`` after its send (``broker.claims``): at most one
+      re-send per that span and archive, best effort (a failed re-send waits for the next span).
 """
 
 from __future__ import annotations
