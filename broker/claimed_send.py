@@ -10,7 +10,8 @@ One script then takes the claim and, only if it was taken, runs those commands. 
 with the stock transport: its bytes are the ones kombu would have pushed.
 
 Invariants:
-    * Atomic: a refused claim (merged) sends nothing; a taken claim and its message are written together by
+    * Atomic: a refused claim (merged) sends nothing (a stale claim's holder is re-sent afterwards by
+      ``broker.requests``, outside the script); a taken claim and its message are written together by
       one script, so a Redis failure leaves either both or neither (no orphan claim, no unclaimed message).
       The one write that could fail inside the script (a push onto a key that is not a list) is checked
       before anything is written.
@@ -173,8 +174,8 @@ def claim_and_send(
         raise CaptureError("kombu batched no queue push for the task message")
     script = client.register_script(_CLAIM_AND_SEND_LUA)
     with translated(client, "claim and send"):
-        ok, merged = script(keys=keys, args=args)
-    return ClaimResult(bool(ok), int(merged))
+        reply = script(keys=keys, args=args)
+    return ClaimResult.from_reply(reply)
 
 
 def _batchable(producer: Any, channel: Any, client: redis.Redis) -> bool:

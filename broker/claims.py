@@ -20,9 +20,18 @@ Why claims expire (TTL choice):
       (SIGKILLed worker, lost host) blocks its archive; a job that merely stalls that long loses its claim,
       and the generation guard of ``commit_payload`` still keeps two overlapping jobs from both committing.
     * ``QUEUED_CLAIM_TTL_MS`` (10 min) bounds how long a lost message (a flushed Redis, a transport that
-      dropped it) blocks the archive. When the queue wait is longer than that, a second request may claim and
-      send a second message; whichever job starts first holds the claim and the other finds it held by
-      another token and drops out, so the archive is still refreshed once.
+      dropped it) blocks the archive when nobody asks for it again. When the queue wait is longer than
+      that, a second request may claim and send a second message; whichever job starts first holds the
+      claim and the other finds it held by another token and drops out, so the archive is still refreshed
+      once.
+    * A merge into a queued claim whose job has not started ``STALE_QUEUED_CLAIM_MS`` (60 s) after its
+      message was sent is told to send that message again, under the holder's token (at most once per 60 s
+      and archive), so a lost message blocks a read archive for about a minute, not ten. A Redis restart can
+      lose one on its way to a worker: Redis pops a BRPOP's item and logs the pop in its AOF, but a SIGTERM
+      shutdown in the same event-loop turn never sends the reply; and Celery drops a requeue (``Reject``)
+      whose result arrives after the connection was lost, leaving the message to kombu's restore. The copy
+      is exactly-once safe: its job starts only on this token's claim with no other live runner, and a copy
+      that comes after the first job ended finds the claim released and the archive fresh.
 
 Invariants: every change of a claim is one atomic script call; there is no Python "check, then act".
 """
@@ -41,11 +50,17 @@ from broker.redis_client import translated
 QUEUED_CLAIM_TTL_MS = 10 * 60 * 1000
 #: How long a running job's claim lives after its last heartbeat, in milliseconds.
 RUNNING_CLAIM_TTL_MS = 30 * 1000
+#: How long a queued claim (taken, its job not started) may wait before a merged request re-sends the
+#: holder's message, in milliseconds; at most one re-send per this span and archive. Longer than a job's
+#: usual queue wait, so a backlog costs few duplicates (which drop out at start, or find the archive fresh).
+STALE_QUEUED_CLAIM_MS = 60 * 1000
 
 # The claim script. One Lua function for every operation, so the rules live in one place: ``Claims`` calls
 # it alone, ``broker.job`` within the scripts that also write the job's status (one script per state change).
 #
-# KEYS[1]  the archive's claim key (CLAIM_PREFIX + archive key): a hash {token, merged, runner}
+# KEYS[1]  the archive's claim key (CLAIM_PREFIX + archive key): a hash {token, merged, sent, runner};
+#          ``sent`` is when the holder's message was last sent (Redis server time, ms; for a requeued
+#          claim, when its retry is due)
 # ARGV[1]  operation: "claim", "start", "heartbeat", "requeue" or "release"
 # ARGV[2]  the caller's token (the refresh request id)
 # ARGV[3]  TTL in milliseconds for every operation but "release" (a positive integer)
@@ -54,16 +69,24 @@ RUNNING_CLAIM_TTL_MS = 30 * 1000
 # Returns {ok, merged}:
 #   claim      free, or already held by this token: (re)take it with TTL ARGV[3]  -> {1, merged so far}
 #              held by another token: merged += 1, TTL untouched               -> {0, merged after +1}
+#              ... and no runner and ``sent`` at least STALE_QUEUED_CLAIM_MS ago: the holder's message is
+#              presumed lost; ``sent`` := now, and the caller re-sends it        -> {0, merged, holder}
 #   start      free: take it for this token and runner                         -> {1, 0}
 #              held by this token, no runner or this runner: set runner, TTL   -> {1, merged}
 #              held by this token and another runner: nothing changes          -> {0, merged}
 #              held by another token: merged += 1                              -> {0, merged after +1}
 #   heartbeat  held by this token: reset the TTL to ARGV[3]                    -> {1, merged}
-#   requeue    held by this token: clear the runner, reset the TTL             -> {1, merged}
+#   requeue    held by this token: clear the runner, reset the TTL, ``sent`` := now + TTL -> {1, merged}
 #   release    held by this token: delete the claim                            -> {1, merged}
 #   (heartbeat, requeue, release when not held by this token: nothing changes  -> {0, 0})
 # An unknown operation or a bad TTL is an error reply; nothing changes.
-CLAIM_LUA_FUNCTIONS = """
+CLAIM_LUA_FUNCTIONS = (
+    f"local STALE_QUEUED_CLAIM_MS = {STALE_QUEUED_CLAIM_MS}\n"
+    + """
+local function claim_now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local function claim_op(key, op, token, ttl_text, runner)
   local holder = redis.call('HGET', key, 'token')
   local ttl = tonumber(ttl_text)
@@ -74,15 +97,25 @@ local function claim_op(key, op, token, ttl_text, runner)
   end
   if op == 'claim' then
     if holder == false then
-      redis.call('HSET', key, 'token', token, 'merged', 0)
+      redis.call('HSET', key, 'token', token, 'merged', 0, 'sent', claim_now_ms())
       redis.call('PEXPIRE', key, ttl)
       return {1, 0}
     end
     if holder == token then
+      redis.call('HSET', key, 'sent', claim_now_ms())
       redis.call('PEXPIRE', key, ttl)
       return {1, tonumber(redis.call('HGET', key, 'merged'))}
     end
-    return {0, redis.call('HINCRBY', key, 'merged', 1)}
+    local merged = redis.call('HINCRBY', key, 'merged', 1)
+    local sent = tonumber(redis.call('HGET', key, 'sent'))
+    if sent and redis.call('HEXISTS', key, 'runner') == 0 then
+      local now = claim_now_ms()
+      if now - sent >= STALE_QUEUED_CLAIM_MS then
+        redis.call('HSET', key, 'sent', now)
+        return {0, merged, holder}
+      end
+    end
+    return {0, merged}
   end
   if op == 'start' then
     if not runner or runner == '' then
@@ -115,7 +148,9 @@ local function claim_op(key, op, token, ttl_text, runner)
   if op == 'heartbeat' then
     redis.call('PEXPIRE', key, ttl)
   elseif op == 'requeue' then
+    -- the retry's message waits out its countdown in the worker: not stale before the claim expires
     redis.call('HDEL', key, 'runner')
+    redis.call('HSET', key, 'sent', claim_now_ms() + ttl)
     redis.call('PEXPIRE', key, ttl)
   else
     redis.call('DEL', key)
@@ -123,6 +158,7 @@ local function claim_op(key, op, token, ttl_text, runner)
   return {1, merged}
 end
 """
+)
 _CLAIM_LUA = CLAIM_LUA_FUNCTIONS + "return claim_op(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])\n"
 
 
@@ -133,10 +169,19 @@ class ClaimResult:
     Attributes:
         ok: Claim: acquired (or re-taken by its holder). Heartbeat: extended. Release: deleted.
         merged: Requests merged into the claim so far (for a refused claim: including this one).
+        resend: For a refused claim whose job never started within ``STALE_QUEUED_CLAIM_MS``: the holder's
+            token; the caller sends the holder's message again (``broker.requests``).
     """
 
     ok: bool
     merged: int
+    resend: str | None = None
+
+    @classmethod
+    def from_reply(cls, reply: Any) -> ClaimResult:
+        """The result of a claim script's ``{ok, merged[, holder to re-send]}`` reply."""
+        resend = str(reply[2]) if len(reply) > 2 and reply[2] else None
+        return cls(bool(reply[0]), int(reply[1]), resend)
 
 
 @dataclass(frozen=True)
@@ -299,5 +344,4 @@ class Claims:
         key = claim_key(archive)
         with translated(self._client, op):
             reply: Any = self._script(keys=[key], args=[op, token, ttl_ms, runner])
-        ok, merged = reply
-        return ClaimResult(bool(ok), int(merged))
+        return ClaimResult.from_reply(reply)

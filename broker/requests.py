@@ -17,6 +17,9 @@ Invariants:
       replay re-takes its own claim instead of merging into it.
     * One pending entry per archive: a later request for a pending archive raises its base generation
       and keeps the first request's id.
+    * A merged request re-sends the holder's message, under the holder's id, when the claim script says the
+      holder's job has not started ``STALE_QUEUED_CLAIM_MS`` after its send (``broker.claims``): at most one
+      re-send per that span and archive, best effort (a failed re-send waits for the next span).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from celery import Celery  # type: ignore[import-untyped]
 
 from broker.celery_app import TimeLimits
 from broker.claimed_send import CaptureError, claim_and_send
-from broker.claims import QUEUED_CLAIM_TTL_MS, Claims
+from broker.claims import QUEUED_CLAIM_TTL_MS, ClaimResult, Claims
 from broker.contract import QUEUE_REFRESH, TASK_REFRESH, RefreshRequest
 from broker.redis_client import UNAVAILABLE_ERRORS, redact_url
 from sync_format.errors import BrokerUnavailable
@@ -286,8 +289,7 @@ def _enqueue(
     if claim is None:
         return _claim_then_send(app, client, wanted, claim_ttl_ms, send)
     if not claim.ok:
-        log.debug("refresh merged archive=%s merged=%d", request.archive, claim.merged)
-        return RequestResult.MERGED, None
+        return _merged(app, wanted, claim), None
     _log_queued(request)
     return RequestResult.QUEUED, None
 
@@ -304,8 +306,7 @@ def _claim_then_send(
     except BrokerUnavailable as exc:
         return RequestResult.DEFERRED, exc.message
     if not claim.ok:
-        log.debug("refresh merged archive=%s merged=%d", request.archive, claim.merged)
-        return RequestResult.MERGED, None
+        return _merged(app, wanted, claim), None
     try:
         send()
     except UNAVAILABLE_ERRORS as exc:
@@ -316,6 +317,41 @@ def _claim_then_send(
         raise
     _log_queued(request)
     return RequestResult.QUEUED, None
+
+
+def _merged(app: Celery, wanted: WantedRefresh, claim: ClaimResult) -> RequestResult:
+    # Merged into the held claim. When the claim script found the holder's job never started within
+    # STALE_QUEUED_CLAIM_MS, its message is presumed lost (a Redis restart can drop a message between the
+    # queue and the worker) and this request sends it again, with the holder's token: a copy of a message
+    # that was not lost after all finds the claim running (or released, and the archive fresh) and drops out.
+    request = wanted.request
+    log.debug("refresh merged archive=%s merged=%d", request.archive, claim.merged)
+    if claim.resend is None:
+        return RequestResult.MERGED
+    again = replace(request, request_id=claim.resend)
+    options: dict[str, Any] = {}
+    if wanted.limits is not None:
+        options = {"soft_time_limit": wanted.limits.soft, "time_limit": wanted.limits.hard}
+    try:
+        app.send_task(
+            TASK_REFRESH,
+            args=[again.to_json()],
+            queue=QUEUE_REFRESH,
+            task_id=again.request_id,
+            retry=False,
+            **options,
+        )
+    except UNAVAILABLE_ERRORS as exc:
+        # The next merged request after STALE_QUEUED_CLAIM_MS tries again.
+        log.warning("refresh re-send failed archive=%s job=%s reason=%s", request.archive, claim.resend, exc)
+        return RequestResult.MERGED
+    log.warning(
+        "refresh re-sent archive=%s generation=%d job=%s reason=queued claim without a started job",
+        request.archive,
+        again.base_generation,
+        again.request_id,
+    )
+    return RequestResult.MERGED
 
 
 def _broker_down(app: Celery, exc: Exception) -> str:

@@ -7,7 +7,7 @@ import redis
 from redis_server import wait_for
 
 from broker import MalformedRecord
-from broker.claims import Claims, claim_key
+from broker.claims import STALE_QUEUED_CLAIM_MS, ClaimResult, Claims, claim_key
 
 ARCHIVE = "reports/a.csv.sync"
 
@@ -157,3 +157,51 @@ def test_requeue_lets_the_retry_start_and_keeps_others_out(claims: Claims) -> No
     assert claims.start("b.sync", "t" * 32, "runner-2", 30_000).ok
     assert claims.release("b.sync", "t" * 32).ok
     assert claims.holder("b.sync") is None
+
+
+def _age_sent(redis_client: redis.Redis, archive: str, ms: int) -> None:
+    # Pretend the holder's message was sent ``ms`` earlier (the script reads Redis server time).
+    key = claim_key(archive)
+    redis_client.hset(key, "sent", int(redis_client.hget(key, "sent")) - ms)
+
+
+def test_a_merge_into_a_fresh_queued_claim_resends_nothing(claims: Claims) -> None:
+    """Within ``STALE_QUEUED_CLAIM_MS`` of the send a merge is only counted."""
+    assert claims.claim("s.sync", "t" * 32, 600_000).resend is None
+    assert claims.claim("s.sync", "u" * 32, 600_000) == ClaimResult(False, 1, None)
+
+
+def test_a_merge_into_a_stale_queued_claim_resends_the_holder_once(
+    claims: Claims, redis_client: redis.Redis
+) -> None:
+    """A queued claim whose job has not started ``STALE_QUEUED_CLAIM_MS`` after its send: the next merge is
+    told to re-send the holder's message (its token), and the merges after it are not, for another span."""
+    assert claims.claim("s.sync", "t" * 32, 600_000).ok
+    _age_sent(redis_client, "s.sync", STALE_QUEUED_CLAIM_MS)
+    assert claims.claim("s.sync", "u" * 32, 600_000) == ClaimResult(False, 1, "t" * 32)
+    assert claims.claim("s.sync", "v" * 32, 600_000) == ClaimResult(False, 2, None)
+    _age_sent(redis_client, "s.sync", STALE_QUEUED_CLAIM_MS)
+    assert claims.claim("s.sync", "v" * 32, 600_000) == ClaimResult(False, 3, "t" * 32)
+    holder = claims.holder("s.sync")
+    assert holder is not None
+    assert holder.token == "t" * 32
+
+
+def test_a_running_claim_is_never_stale(claims: Claims, redis_client: redis.Redis) -> None:
+    """A started job holds a runner: however old the send, merges re-send nothing."""
+    assert claims.claim("r.sync", "t" * 32, 600_000).ok
+    assert claims.start("r.sync", "t" * 32, "runner-1", 30_000).ok
+    _age_sent(redis_client, "r.sync", 10 * STALE_QUEUED_CLAIM_MS)
+    assert claims.claim("r.sync", "u" * 32, 600_000).resend is None
+
+
+def test_a_requeued_claim_is_not_stale_before_its_retry_is_due(
+    claims: Claims, redis_client: redis.Redis
+) -> None:
+    """A retry waits out its countdown in the worker: its claim counts as sent when the retry is due."""
+    assert claims.start("q.sync", "t" * 32, "runner-1", 30_000).ok
+    assert claims.requeue("q.sync", "t" * 32, 90_000).ok
+    _age_sent(redis_client, "q.sync", STALE_QUEUED_CLAIM_MS)
+    assert claims.claim("q.sync", "u" * 32, 600_000).resend is None
+    _age_sent(redis_client, "q.sync", 90_000)
+    assert claims.claim("q.sync", "u" * 32, 600_000).resend == "t" * 32

@@ -33,7 +33,7 @@ from broker import (
     request_refresh,
 )
 from broker.celery_app import TimeLimits
-from broker.claims import Claims
+from broker.claims import STALE_QUEUED_CLAIM_MS, Claims, claim_key
 from broker.requests import WantedRefresh
 from broker.swapped import SwappedEvent
 
@@ -302,3 +302,38 @@ def test_pending_set_is_deduplicated_and_bounded() -> None:
     assert "b.sync" in pending
     with pytest.raises(ValueError, match="limit"):
         PendingRefreshes(limit=0)
+
+
+@pytest.mark.parametrize("two_step", [False, True], ids=["one-script", "claim-then-send"])
+def test_a_merge_into_a_claim_whose_message_was_lost_sends_it_again(
+    redis_server: RedisServer, redis_client: redis.Redis, two_step: bool
+) -> None:
+    """A queued claim whose message is gone (a Redis restart can drop one between the queue and a worker)
+    does not block its archive for the claim's 10 minutes: ``STALE_QUEUED_CLAIM_MS`` after the send, a
+    merged request sends the holder's message again, under the holder's token; once, not per read."""
+    app, client = producer(redis_server.url)
+    if two_step:  # another name for the same server: claimed_send declines, the producer claims, then sends
+        client = make_redis(
+            redis_server.url.replace("127.0.0.1", "localhost"),
+            socket_timeout=PRODUCER_SOCKET_TIMEOUT,
+            connect_timeout=PRODUCER_CONNECT_TIMEOUT,
+        )
+    first = RefreshRequest.new(ARCHIVE, 0)
+    assert request_refresh(app, client, first, PendingRefreshes()) is RequestResult.QUEUED
+    redis_client.delete("sync.refresh")  # the message is lost
+    merged = request_refresh(app, client, RefreshRequest.new(ARCHIVE, 0), PendingRefreshes())
+    assert merged is RequestResult.MERGED
+    assert queue_length(redis_client) == 0
+    key = claim_key(ARCHIVE)
+    redis_client.hset(key, "sent", int(str(redis_client.hget(key, "sent"))) - STALE_QUEUED_CLAIM_MS)
+    later = RefreshRequest.new(ARCHIVE, 1)
+    for _ in range(3):
+        assert request_refresh(app, client, later, PendingRefreshes()) is RequestResult.MERGED
+    [again] = queued_requests(redis_client)
+    assert again.request_id == first.request_id
+    assert again.base_generation == 1
+    envelope = json.loads(str(redis_client.lindex("sync.refresh", 0)))
+    assert envelope["headers"]["id"] == first.request_id
+    holder = Claims(redis_client).holder(ARCHIVE)
+    assert holder is not None
+    assert (holder.token, holder.merged) == (first.request_id, 4)

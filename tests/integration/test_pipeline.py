@@ -64,7 +64,7 @@ from broker import (
     replay_pending,
     request_refresh,
 )
-from broker.claims import QUEUED_CLAIM_TTL_MS, Claims
+from broker.claims import QUEUED_CLAIM_TTL_MS, STALE_QUEUED_CLAIM_MS, Claims
 from broker.contract import QUEUE_REFRESH, TASK_REFRESH
 
 #: Concurrent requests of the burst test.
@@ -590,3 +590,48 @@ def test_a_worker_forks_guests_from_the_sandbox_zygote_unless_told_not_to(
     assert check_archive(path) == refreshed_once(path)
     zygotes = _descendants_running(worker.process.pid, "workers.zygote_main")
     assert len(zygotes) == (1 if setting is None else 0), zygotes
+
+
+def test_a_lost_message_is_sent_again_by_a_later_read_and_runs_once(
+    redis_server: RedisServer, redis_client: redis.Redis, workers: StartWorkers, store: Path
+) -> None:
+    """A queued claim whose message vanished (a Redis restart can drop one on its way to a worker) is
+    re-sent by a read ``STALE_QUEUED_CLAIM_MS`` after the send, under the holder's token; an archive whose
+    message was only slow gets a copy too, and still exactly one refresh runs for each."""
+    wasm = append_guest()
+    paths = {key: build_archive(store, key, wasm) for key in ("lost.sync", "slow.sync")}
+    app = make_celery_app(Settings(), broker_url=redis_server.url, producer=True)
+    client = client_of(redis_server.url, 2)
+    try:
+        first = {key: RefreshRequest.new(key, 0) for key in paths}
+        for request in first.values():
+            assert request_refresh(app, client, request, PendingRefreshes()) is RequestResult.QUEUED
+        for raw in redis_client.lrange(QUEUE_REFRESH, 0, -1):
+            if json.loads(raw)["headers"]["id"] == first["lost.sync"].request_id:
+                assert redis_client.lrem(QUEUE_REFRESH, 1, raw) == 1
+        assert redis_client.llen(QUEUE_REFRESH) == 1
+        for key in paths:
+            claim = f"sync:claim:{key}"
+            redis_client.hset(
+                claim, "sent", int(str(redis_client.hget(claim, "sent"))) - STALE_QUEUED_CLAIM_MS
+            )
+            for _ in range(2):
+                assert request_refresh(app, client, RefreshRequest.new(key, 0), PendingRefreshes()) is (
+                    RequestResult.MERGED
+                )
+        assert redis_client.llen(QUEUE_REFRESH) == 3
+    finally:
+        app.close()
+        client.close()
+    workers("w1@pipeline", concurrency=2)
+
+    def all_done() -> bool:
+        idle = redis_client.llen(QUEUE_REFRESH) == 0 and not redis_client.hlen("unacked")
+        return idle and all(settled(redis_client, key) for key in paths)
+
+    wait_for(all_done, REFRESH_BOUND, interval=0.2, what="both archives refreshed, queue drained")
+    for key, path in paths.items():
+        assert check_archive(path) == refreshed_once(path), key
+        record = read_status(redis_client, key)
+        assert record is not None
+        assert record.job_id == first[key].request_id

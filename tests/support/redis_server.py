@@ -38,10 +38,20 @@ class RedisServer:
         directory: Working directory (created if missing); the Unix socket lives here when used.
         unix_socket: Listen on ``<directory>/redis.sock`` instead of TCP.
         executable: The server binary.
+        appendonly: Keep the data in an append-only file (fsync every second, as the compose stack's Redis):
+            a SIGTERM ``restart`` then keeps everything.
     """
 
-    def __init__(self, directory: Path, *, unix_socket: bool = False, executable: str | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        unix_socket: bool = False,
+        executable: str | None = None,
+        appendonly: bool = False,
+    ) -> None:
         self.directory = directory
+        self.appendonly = appendonly
         self.unix_socket = unix_socket
         self.executable = executable or shutil.which("redis-server") or "redis-server"
         self.port = 0 if unix_socket else free_port()
@@ -86,7 +96,8 @@ class RedisServer:
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "everysec",
             "--dir", str(self.directory),
             "--daemonize", "no",
         ]  # fmt: skip
@@ -129,7 +140,7 @@ class RedisServer:
             process.wait(timeout=STOP_TIMEOUT)
 
     def restart(self) -> RedisServer:
-        """Stop and start again on the same address (its data is gone: no persistence)."""
+        """Stop and start again on the same address (its data is gone unless ``appendonly``)."""
         self.stop()
         return self.start()
 
