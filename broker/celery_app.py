@@ -184,7 +184,12 @@ def make_celery_app(
         task_soft_time_limit=limits.soft,
         task_time_limit=limits.hard,
         worker_prefetch_multiplier=1,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # A job running when the broker connection drops is left to finish, not cancelled: its end (status
+        # record, "swapped", the claim's release) waits for Redis (broker.job.END_RETRY_SECONDS), where a
+        # cancel would kill it mid-wait and lose a committed job's record (seen in the stack's Redis restart
+        # check). Its late ack cannot reach the lost channel, so the message is redelivered after the
+        # visibility timeout and that copy finds the claim released and the archive fresh (already_fresh).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_send_task_events=True,
         worker_consumer=WORKER_CONSUMER,
         task_send_sent_event=True,

@@ -33,7 +33,7 @@ def test_factory_applies_the_reliability_settings() -> None:
     assert conf.task_acks_late is True
     assert conf.task_reject_on_worker_lost is True
     assert conf.worker_prefetch_multiplier == 1
-    assert conf.worker_cancel_long_running_tasks_on_connection_loss is True
+    assert conf.worker_cancel_long_running_tasks_on_connection_loss is False
     assert conf.broker_connection_retry_on_startup is True
     assert conf.worker_send_task_events is True
     assert conf.task_send_sent_event is True
