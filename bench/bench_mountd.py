@@ -573,11 +573,7 @@ def _ratio(value: float | None, base: float | None) -> float | None:
 
 def judge(results: Results) -> None:
     """Fill ``results.goals`` from the figures."""
-
-    def figure(table: dict[str, dict[str, Any]], name: str, key: str) -> float | None:
-        value = table.get(name, {}).get(key)
-        return float(value) if value is not None else None
-
+    figure = _figure
     get_ratio = _ratio(
         figure(results.big_get, "mountd", "median_mb_s"), figure(results.big_get, BASELINE, "median_mb_s")
     )
@@ -650,10 +646,7 @@ def judge(results: Results) -> None:
 
 def record_goals(results: Results) -> None:
     """Hand issue 15's goals of this run to ``report.py`` (``bench/goals.py``) with same-run figures."""
-
-    def get(table: dict[str, dict[str, Any]], name: str, key: str) -> float | None:
-        value = table.get(name, {}).get(key)
-        return float(value) if value is not None else None
+    get = _figure
 
     def met(name: str) -> bool | None:
         goal = results.goals.get(name, {})
@@ -730,6 +723,12 @@ def record_goals(results: Results) -> None:
     )
     for row in rows:
         goals.record(*row)
+
+
+def _figure(table: dict[str, dict[str, Any]], name: str, key: str) -> float | None:
+    """One server's figure of one table, as a float (None when it was not measured)."""
+    value = table.get(name, {}).get(key)
+    return float(value) if value is not None else None
 
 
 def _fmt(value: float | None, spec: str = ".0f") -> str:

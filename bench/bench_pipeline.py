@@ -147,13 +147,13 @@ STAGES = (
     "total",
 )
 #: Extra rows of the stage table: ``execute_guest`` in each sandbox mode (the settings it sets), same loop.
+FORK_ROW = "execute_guest, fork per job"
+SPARE_ROW = "execute_guest, spare child (sandbox_spare_child)"
+ZYGOTE_ROW = "execute_guest, zygote (sandbox_zygote)"
 MODE_ROWS: dict[str, dict[str, bool]] = {
-    "execute_guest, fork per job": {"sandbox_spare_child": False, "sandbox_zygote": False},
-    "execute_guest, spare child (sandbox_spare_child)": {
-        "sandbox_spare_child": True,
-        "sandbox_zygote": False,
-    },
-    "execute_guest, zygote (sandbox_zygote)": {"sandbox_spare_child": False, "sandbox_zygote": True},
+    FORK_ROW: {"sandbox_spare_child": False, "sandbox_zygote": False},
+    SPARE_ROW: {"sandbox_spare_child": True, "sandbox_zygote": False},
+    ZYGOTE_ROW: {"sandbox_spare_child": False, "sandbox_zygote": True},
 }
 #: ``execute_guest`` p50 goal for the trivial guest, in ms (issue 15).
 EXECUTE_GOAL_MS = 8.0
@@ -879,7 +879,7 @@ def print_stages(times: dict[str, list[float]], in_process_p50: float, workers_r
     table(headers, out, {1, 2, 3})
     if workers_row in times:
         p50 = statistics.median(times[workers_row]) * MS
-        fork = statistics.median(times["execute_guest, fork per job"]) * MS
+        fork = statistics.median(times[FORK_ROW]) * MS
         goals.record(
             "15.10-execute-guest",
             "execute_guest p50, trivial guest (fork, confine, run, reap), the workers' sandbox mode",
@@ -1025,15 +1025,8 @@ def run(options: argparse.Namespace, tmp: Path, stack: ExitStack) -> None:
     print_throughput([base_one, base_two], [one, two])
     print()
     print("where one refresh's time goes (in process, stage by stage; children overlap the parent's work)")
-    workers_row = next(
-        name
-        for name, values in MODE_ROWS.items()
-        if values
-        == {
-            "sandbox_spare_child": options.spare_child and not options.zygote,
-            "sandbox_zygote": options.zygote,
-        }
-    )
+    # The mode the workers ran guests in: the zygote takes precedence over a spare child (GuestRuntime).
+    workers_row = ZYGOTE_ROW if options.zygote else SPARE_ROW if options.spare_child else FORK_ROW
     print_stages(stage_times, statistics.median(base_latency.seconds), workers_row)
     print()
     print(f"(c) Redis per refresh: the {refreshes} sequential refreshes of (a) on the private TCP Redis")

@@ -126,6 +126,23 @@ def module(
     return bytes(wasmtime.wat2wasm(f"(module {imports}\n  {memory}{segments}\n  {body})"))
 
 
+def run_counter() -> bytes:
+    """A guest that counts its runs in a mutable global and writes the count as its one-byte payload: a
+    child that ran a job before would write 2 (each job must get a fresh child)."""
+    return module(
+        """(global $runs (mut i32) (i32.const 0))
+    (func (export "run")
+      (global.set $runs (i32.add (global.get $runs) (i32.const 1)))
+      (i32.store8 (i32.const 0) (global.get $runs))
+      (drop (call $payload_write (i32.const 0) (i32.const 1) (i32.const 0))))"""
+    )
+
+
+def endless_loop() -> bytes:
+    """A guest that never returns (only the deadline or fuel stops it)."""
+    return module('(func (export "run") (loop $l (br $l)))', memory="")
+
+
 def _store_results(calls: Sequence[str]) -> str:
     return "\n    ".join(f"(i32.store (i32.const {RESULTS + 4 * i}) {expr})" for i, expr in enumerate(calls))
 

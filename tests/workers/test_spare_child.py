@@ -26,16 +26,8 @@ from workers.refresh import COMMITTED, FAILED, RefreshOutcome, run_refresh
 from workers.runtime import GuestRuntime
 from workers.spare import SpareChild, spare_pids
 
-#: A guest that counts its runs in a mutable global and writes the count as its one-byte payload: a child
-#: that ran a job before would write 2.
-COUNTER = guests.module(
-    """(global $runs (mut i32) (i32.const 0))
-    (func (export "run")
-      (global.set $runs (i32.add (global.get $runs) (i32.const 1)))
-      (i32.store8 (i32.const 0) (global.get $runs))
-      (drop (call $payload_write (i32.const 0) (i32.const 1) (i32.const 0))))"""
-)
-LOOP = guests.module('(func (export "run") (loop $l (br $l)))', memory="")
+COUNTER = guests.run_counter()
+LOOP = guests.endless_loop()
 
 
 def _runtime(cache: Path, *, spare: bool = True) -> GuestRuntime:

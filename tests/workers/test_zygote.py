@@ -23,15 +23,8 @@ from workers.refresh import COMMITTED, FAILED, RefreshOutcome, execute_guest, ru
 from workers.runtime import GuestRuntime
 from workers.zygote import Zygote, policy_from_json, policy_to_json, zygote_pids
 
-#: Counts its runs in a mutable global and writes the count: a child that ran a job before would write 2.
-COUNTER = guests.module(
-    """(global $runs (mut i32) (i32.const 0))
-    (func (export "run")
-      (global.set $runs (i32.add (global.get $runs) (i32.const 1)))
-      (i32.store8 (i32.const 0) (global.get $runs))
-      (drop (call $payload_write (i32.const 0) (i32.const 1) (i32.const 0))))"""
-)
-LOOP = guests.module('(func (export "run") (loop $l (br $l)))', memory="")
+COUNTER = guests.run_counter()
+LOOP = guests.endless_loop()
 
 
 def _runtime(cache: Path, *, zygote: bool = True) -> GuestRuntime:
