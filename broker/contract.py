@@ -44,6 +44,9 @@ HISTORY_PREFIX = KEY_PREFIX + "history:"
 STATUS_INDEX_KEY = KEY_PREFIX + "status-index"
 #: Jobs that gave up, newest first (a list of JSON), kept for operators.
 FAILED_KEY = KEY_PREFIX + "failed"
+#: Receipt of one execution's end: ``END_PREFIX + runner`` (a string "attempts:held:merged", expiring), so an
+#: end whose reply was lost and is tried again is not applied twice (see ``broker.job``).
+END_PREFIX = KEY_PREFIX + "end:"
 #: Pub/sub channel announcing each committed swap.
 SWAPPED_CHANNEL = KEY_PREFIX + "swapped"
 

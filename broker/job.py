@@ -15,8 +15,10 @@ status but neither releases nor requeues the newer claim. A job that was not sta
 
 An end records what already happened (a commit is on disk by then), so it outlives a short Redis outage: it
 is tried again with a growing pause for up to ``END_RETRY_SECONDS`` before ``BrokerUnavailable`` is
-raised. A script that ran but whose reply was lost can then be applied twice: the history may show the
-attempt twice, which is better than losing the record, the notification and the release.
+raised. A script that ran but whose reply was lost (Redis stopped between running it and sending the reply)
+must not be applied again: the end script leaves a receipt under ``END_PREFIX + runner`` (this execution's
+unique id) holding its reply, and a later try that finds the receipt returns that reply and writes nothing.
+The receipt expires after ``END_RECEIPT_SECONDS``, far beyond the retry window.
 """
 
 from __future__ import annotations
@@ -34,7 +36,14 @@ from typing import Any
 import redis
 
 from broker.claims import CLAIM_LUA_FUNCTIONS, Claims, claim_key
-from broker.contract import FAILED_KEY, STATUS_INDEX_KEY, SWAPPED_CHANNEL, RefreshRequest, RefreshStatus
+from broker.contract import (
+    END_PREFIX,
+    FAILED_KEY,
+    STATUS_INDEX_KEY,
+    SWAPPED_CHANNEL,
+    RefreshRequest,
+    RefreshStatus,
+)
 from broker.failed import FAILED_LENGTH, FailedJob
 from broker.redis_client import translated
 from broker.status import (
@@ -58,6 +67,8 @@ END_RETRY_SECONDS = 60.0
 #: First pause between two tries of an end, in seconds; it doubles up to ``END_RETRY_MAX_PAUSE``.
 END_RETRY_PAUSE = 0.2
 END_RETRY_MAX_PAUSE = 5.0
+#: Lifetime of an end's receipt (``END_PREFIX + runner``), in seconds: longer than any retry of that end.
+END_RECEIPT_SECONDS = 600
 
 _START_LUA = (
     CLAIM_LUA_FUNCTIONS
@@ -70,15 +81,24 @@ end
 return r
 """
 )
-# end: KEYS = claim, status, history, index, failed; ARGV = token, claim op ("release" or "requeue"), ttl,
-# archive, swapped message ("" for none), failed entry ("" for none), failed length, status write args...
-# Returns {attempts, claim ok, merged}.
+# end: KEYS = claim, status, history, index, failed, receipt; ARGV = token, claim op ("release" or "requeue"),
+# ttl, archive, swapped message ("" for none), failed entry ("" for none), failed length, receipt seconds,
+# status write args... Returns {attempts, claim ok, merged}; the same reply, and no write, when the receipt
+# exists (this end already ran: a retry after a lost reply).
 _END_LUA = (
     CLAIM_LUA_FUNCTIONS
     + STATUS_LUA_FUNCTIONS
     + STATUS_WRITE_ARGS_LUA
     + """
-local absent, fields, head, tail, hlen = status_write_args(8)
+local receipt = redis.call('GET', KEYS[6])
+if receipt then
+  local a, h, m = string.match(receipt, '^(%d+):(%d+):(%d+)$')
+  if a then
+    return {tonumber(a), tonumber(h), tonumber(m)}
+  end
+  return redis.error_reply('end script: malformed receipt')
+end
+local absent, fields, head, tail, hlen = status_write_args(9)
 local r = claim_op(KEYS[1], ARGV[2], ARGV[1], ARGV[3], '')
 if r.err then
   return r
@@ -96,6 +116,7 @@ if ARGV[6] ~= '' then
   redis.call('LPUSH', KEYS[5], ARGV[6])
   redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[7]) - 1)
 end
+redis.call('SET', KEYS[6], attempts .. ':' .. r[1] .. ':' .. (r[2] or 0), 'EX', tonumber(ARGV[8]))
 return {attempts, r[1], r[2]}
 """
 )
@@ -270,8 +291,24 @@ class RefreshJob:
     ) -> JobEnd:
         archive = self.request.archive
         write = prepare_write(archive, outcome, worker=self.worker, job_id=self.job_id, now=now)
-        keys = [self._claim, status_key(archive), history_key(archive), STATUS_INDEX_KEY, FAILED_KEY]
-        head: list[Any] = [self.request.request_id, claim_op, ttl_ms, archive, swapped, failed, FAILED_LENGTH]
+        keys = [
+            self._claim,
+            status_key(archive),
+            history_key(archive),
+            STATUS_INDEX_KEY,
+            FAILED_KEY,
+            END_PREFIX + self.runner,
+        ]
+        head: list[Any] = [
+            self.request.request_id,
+            claim_op,
+            ttl_ms,
+            archive,
+            swapped,
+            failed,
+            FAILED_LENGTH,
+            END_RECEIPT_SECONDS,
+        ]
         deadline = time.monotonic() + END_RETRY_SECONDS
         pause = END_RETRY_PAUSE
         while True:

@@ -246,7 +246,8 @@ class Checks:
         for name, records in histories.items():
             committed = sorted(r["generation"] for r in records if r["status"] == "committed")
             if not committed or committed != list(range(committed[0], committed[0] + len(committed))):
-                raise CheckFailed(f"{name}: committed generations {committed} not consecutive")
+                seen = [(r["status"], r["generation"], r.get("job_id"), r.get("attempts")) for r in records]
+                raise CheckFailed(f"{name}: committed generations {committed} not consecutive; history {seen}")
             if committed[0] != 1:
                 raise CheckFailed(f"{name}: first committed generation {committed[0]}")
             bases = [r["base_generation"] for r in records if r["status"] == "committed"]

@@ -158,3 +158,64 @@ def test_an_end_rides_through_a_redis_restart(private_redis: RedisServer) -> Non
         back.join()
     assert end.record.status == RefreshStatus.COMMITTED
     assert read_status(private_redis.client(), request.archive) == end.record
+
+
+class _LosesOneReply:
+    """Runs each script for real, but loses the reply of the first end script: Redis stopped after running it
+    and before answering (as a ``compose restart redis`` can). The job's end must try again."""
+
+    def __init__(self, script: Any) -> None:
+        self.script = script
+        self.calls = 0
+
+    def __call__(self, *, keys: list[Any], args: list[Any]) -> Any:
+        self.calls += 1
+        reply = self.script(keys=keys, args=args)
+        if self.calls == 1:
+            raise redis.ConnectionError("Connection closed by server.")
+        return reply
+
+
+def test_an_end_whose_reply_was_lost_is_not_applied_twice(redis_client: redis.Redis) -> None:
+    """The end ran but its reply was lost; its retry finds the end's receipt and writes nothing more: one
+    history entry, one "swapped", attempts counted once, the failed list untouched, the same reply."""
+    request = queued(redis_client)
+    job = job_of(redis_client, request)
+    assert job.start(now=NOW)
+    lossy = _LosesOneReply(job._end)
+    job._end = lossy
+    with SwappedSubscription(redis_client) as subscription:
+        end = job.complete(outcome("committed"), now=NOW)
+        first = subscription.get(timeout=5.0)
+        second = subscription.get(timeout=0.5)
+    assert lossy.calls == 2
+    assert first is not None and second is None
+    assert (end.claim_held, end.record.attempts) == (True, 1)
+    assert [r.status for r in read_history(redis_client, request.archive)] == ["committed"]
+    assert read_status(redis_client, request.archive) == end.record
+    assert redis_client.exists(claim_key(request.archive)) == 0
+
+
+def test_a_given_up_end_replayed_adds_one_failed_entry(redis_client: redis.Redis) -> None:
+    """The same for an end that gives up: the failed list gets the job once."""
+    request = queued(redis_client)
+    job = job_of(redis_client, request)
+    assert job.start(now=NOW)
+    job._end = _LosesOneReply(job._end)
+    doc = outcome("failed", 3, error_code="guest_trap", error="trap")
+    job.give_up(doc, job.failed_entry(doc, attempts=3, at=NOW), now=NOW)
+    assert len(list_failed(redis_client)) == 1
+    assert len(read_history(redis_client, request.archive)) == 1
+
+
+def test_each_execution_has_its_own_receipt(redis_client: redis.Redis) -> None:
+    """A receipt belongs to one execution: the next delivery of the archive writes its own end."""
+    for _ in range(2):
+        request = queued(redis_client)
+        job = job_of(redis_client, request)
+        assert job.start(now=NOW)
+        job.complete(outcome("committed"), now=NOW)
+    assert [r.attempts for r in read_history(redis_client, "a.sync")] == [2, 1]
+    receipts = list(redis_client.scan_iter("sync:end:*"))
+    assert len(receipts) == 2
+    assert all(0 < redis_client.ttl(key) <= 600 for key in receipts)
