@@ -14,6 +14,7 @@ caller's code.
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import signal
 import socket
@@ -235,7 +236,13 @@ def rehearse(
 
 
 def _enter(sock_fd: int) -> Channel:
-    """The first steps of every child: own session, die with the parent, only the channel, no environment."""
+    """The first steps of every child: own session, die with the parent, only the channel, no environment.
+
+    Every object inherited from the parent is moved out of the garbage collector's reach (``gc.freeze``): a
+    collection in the child would otherwise write to the header of each one it visits, copying the parent's
+    pages one fault at a time, for objects that live until the child exits anyway.
+    """
+    gc.freeze()
     os.setsid()
     set_pdeathsig(signal.SIGKILL)
     _isolate_descriptors(sock_fd)
