@@ -168,7 +168,7 @@ class _NoEgress:
         """Drop the line (the warm-up guest logs nothing)."""
 
 
-def warm_up_paths(engine: wasmtime.Engine, policy: SandboxPolicy, seccomp_program: bytes | None) -> None:
+def warm_up_paths(engine: wasmtime.Engine, policy: SandboxPolicy, seccomp_program: bytes | None) -> ChildJob:
     """``warm_up``, then the warm-up guest through a child's whole job path ``REHEARSALS`` times, unconfined,
     in this process (``workers.child.rehearse``): what forked children run then starts warm.
 
@@ -176,12 +176,16 @@ def warm_up_paths(engine: wasmtime.Engine, policy: SandboxPolicy, seccomp_progra
         engine: The engine.
         policy: The policy children get.
         seccomp_program: The program children load.
+
+    Returns:
+        The warm-up job (the zygote's spares rehearse it once more each: ``workers.zygote``).
     """
     warm_up(engine)
     module = compile_module(engine, WARM_UP_WASM)
+    job = ChildJob(engine, module, b"\x00", warm_up_limits(), policy, seccomp_program)
     for _ in range(REHEARSALS):
-        job = ChildJob(engine, module, b"\x00", warm_up_limits(), policy, seccomp_program)
         rehearse(engine, policy, seccomp_program, job)
+    return job
 
 
 def warm_up_limits() -> GuestLimits:
