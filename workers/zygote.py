@@ -313,7 +313,7 @@ class Zygote:
 
 
 def _memfd_with(data: bytes) -> int:
-    """A sealed-size anonymous file holding ``data``, positioned at 0 (the caller closes it)."""
+    """An anonymous file (memfd) holding ``data``, positioned at 0 (the caller closes it)."""
     fd = os.memfd_create("sync-module", os.MFD_CLOEXEC)
     try:
         view = memoryview(data)
