@@ -146,6 +146,10 @@ STAGES = (
     "commit_payload",
     "total",
 )
+#: Title of the stage table.
+STAGES_TITLE = (
+    "where one refresh's time goes (in process, stage by stage; children overlap the parent's work)"
+)
 #: Extra rows of the stage table: ``execute_guest`` in each sandbox mode (the settings it sets), same loop.
 FORK_ROW = "execute_guest, fork per job"
 SPARE_ROW = "execute_guest, spare child (sandbox_spare_child)"
@@ -864,8 +868,12 @@ def other_share(row: Throughput, nproc: int) -> float:
     return (row.machine - sum(row.cpu.values())) / row.wall / nproc
 
 
-def print_stages(times: dict[str, list[float]], in_process_p50: float, workers_row: str) -> None:
-    """Where one refresh's time goes, in process; ``workers_row`` is the mode the workers run guests in."""
+def print_stages(
+    times: dict[str, list[float]], in_process_p50: float, workers_row: str, *, record: bool = True
+) -> None:
+    """Where one refresh's time goes, in process; ``workers_row`` is the mode the workers run guests in;
+    ``record`` hands the verdict to ``goals`` (not for ``--stages-only``, whose last column is then a share
+    of the in-process ``total`` row instead of the in-process ``run_refresh`` p50)."""
     out = []
     for name, values in times.items():
         p50 = statistics.median(values)
@@ -877,7 +885,7 @@ def print_stages(times: dict[str, list[float]], in_process_p50: float, workers_r
         out[-1].append(goal)
     headers = [f"stage ({len(times['total'])} refreshes)", "p50 ms", "p95 ms", "of run_refresh p50", "goal"]
     table(headers, out, {1, 2, 3})
-    if workers_row in times:
+    if record and workers_row in times:
         p50 = statistics.median(times[workers_row]) * MS
         fork = statistics.median(times[FORK_ROW]) * MS
         goals.record(
@@ -938,6 +946,8 @@ def run(options: argparse.Namespace, tmp: Path, stack: ExitStack) -> None:
     archives = Archives(store, wasm)
     sizes = {"inproc": jobs, "inproc2": jobs, "stages": min(STAGE_SAMPLES, jobs), "lat-tcp": refreshes}
     sizes |= {"lat-emb": refreshes, "warm": 40 * WARMUP, "one": jobs, "two": jobs}
+    if options.stages_only:
+        sizes = {"stages": jobs, "warm": 1}
     groups = {name: archives.group(name, count) for name, count in sizes.items()}
     warm_paths = iter(groups["warm"])
     os.sync()  # the archives' dirty pages would otherwise be written back during the first measurements
@@ -957,15 +967,21 @@ def run(options: argparse.Namespace, tmp: Path, stack: ExitStack) -> None:
     runtime = GuestRuntime(settings)
     runtime.modules.load(wasm)  # the workers share this cache directory: they start warm
     run_refresh(next(warm_paths), runtime, base_generation=0)
-    as_workers = replace(settings, sandbox_spare_child=options.spare_child, sandbox_zygote=options.zygote)
-    base_latency, base_one = in_process(groups["inproc"], as_workers, warm_paths, 1)
-    _, base_two = in_process(groups["inproc2"], as_workers, warm_paths, 2)
+    if not options.stages_only:
+        as_workers = replace(settings, sandbox_spare_child=options.spare_child, sandbox_zygote=options.zygote)
+        base_latency, base_one = in_process(groups["inproc"], as_workers, warm_paths, 1)
+        _, base_two = in_process(groups["inproc2"], as_workers, warm_paths, 2)
     modes = {name: GuestRuntime(replace(settings, **values)) for name, values in MODE_ROWS.items()}
     try:
         stage_times = stages(groups["stages"], runtime, modes)
     finally:
         for other in modes.values():
             other.close()
+    workers_row = ZYGOTE_ROW if options.zygote else SPARE_ROW if options.spare_child else FORK_ROW
+    if options.stages_only:
+        print(STAGES_TITLE)
+        print_stages(stage_times, statistics.median(stage_times["total"]), workers_row, record=False)
+        return
 
     tcp = PrivateRedis(tmp / "redis-tcp").start()
     stack.callback(tcp.stop)
@@ -1024,9 +1040,8 @@ def run(options: argparse.Namespace, tmp: Path, stack: ExitStack) -> None:
     print(f"(b) throughput: {jobs} archives enqueued at once, first enqueue -> last swap (TCP Redis)")
     print_throughput([base_one, base_two], [one, two])
     print()
-    print("where one refresh's time goes (in process, stage by stage; children overlap the parent's work)")
+    print(STAGES_TITLE)
     # The mode the workers ran guests in: the zygote takes precedence over a spare child (GuestRuntime).
-    workers_row = ZYGOTE_ROW if options.zygote else SPARE_ROW if options.spare_child else FORK_ROW
     print_stages(stage_times, statistics.median(base_latency.seconds), workers_row)
     print()
     print(f"(c) Redis per refresh: the {refreshes} sequential refreshes of (a) on the private TCP Redis")
@@ -1051,6 +1066,12 @@ def main(argv: list[str] | None = None) -> int:
         "as syncctl worker does)",
     )
     parser.add_argument("--dir", type=Path, help="parent of the temp directory (default: the system's)")
+    parser.add_argument(
+        "--stages-only",
+        action="store_true",
+        help="only the stage table, in process (no Redis, no workers; --jobs refreshes, each mode's "
+        "execute_guest once per refresh); records no goal",
+    )
     options = parser.parse_args(argv)
     if options.jobs < 2 or options.refreshes < 2:
         parser.error("--jobs and --refreshes must be at least 2")

@@ -14,6 +14,7 @@ caller's code.
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import signal
 import socket
@@ -47,6 +48,8 @@ class ChildJob:
         policy: The confinement to apply.
         seccomp_program: The BPF program the parent built, or None when it could not.
         context: The archive's ``context.json`` bytes (empty when absent), for ABI v2 ``context_read``.
+        module_key: The module's cache key (``ModuleCache.load_keyed``), or None: with a key, a zygote's
+            child that already holds this module gets only the key, not the bytes (``workers.zygote``).
     """
 
     engine: wasmtime.Engine
@@ -56,6 +59,7 @@ class ChildJob:
     policy: SandboxPolicy
     seccomp_program: bytes | None
     context: bytes = b""
+    module_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -152,15 +156,18 @@ def spare_main(
     seccomp_program: bytes | None,
     *,
     handed: bool = False,
+    held: dict[str, wasmtime.Module] | None = None,
+    rehearsal: ChildJob | None = None,
 ) -> NoReturn:
     """Be a spare child: prepare, wait for one job on the channel, confine fully, run it and exit.
 
     The same steps as ``child_main`` in the same order, split at the job's arrival: leaving the session,
     the descriptors, the environment and the ``EARLY_LAYERS`` (no_new_privs, the empty network namespace)
-    come first; the job (``workers.spare.send_job``: limits, RLIMIT_CPU, the serialized module, payload and
-    context) is then read and its module deserialized from the parent's bytes, and only then the remaining
-    layers (rlimits, Landlock, seccomp) are applied, reported and enforced before the guest is touched.
-    The channel closing before a job arrives (the spare was discarded) ends the child quietly.
+    come first; the job (``workers.spare.send_job``: limits, RLIMIT_CPU, the serialized module or the key of
+    a ``held`` one, payload and context) is then read and its module deserialized from the parent's bytes,
+    and only then the remaining layers (rlimits, Landlock, seccomp) are applied, reported and enforced before
+    the guest is touched. The channel closing before a job arrives (the spare was discarded) ends the child
+    quietly.
 
     Args:
         sock_fd: The child's end of the socketpair; with ``handed``, the control socket of the zygote that
@@ -170,6 +177,12 @@ def spare_main(
         policy: The runtime's policy; the job sets its RLIMIT_CPU.
         seccomp_program: The BPF program the parent built, or None when it could not.
         handed: The channel is handed over by a zygote (see ``sock_fd``).
+        held: Modules the zygote loaded before forking this child, by key; a job may name one instead of
+            sending its bytes. Emptied once the job arrived (``_receive_job``), before the late layers.
+        rehearsal: The built-in warm-up job (``workers.runtime.warm_up_paths``, with a key): taken through
+            the job path once (``rehearse``, by key) after the early layers and before the channel is taken,
+            so that the pages a job touches are copied here, off its path, instead of fault by fault during
+            it. Only ever our own constant module; no archive's guest runs before the late layers.
     """
     status = EXIT_INTERNAL
     channel: Channel | None = None
@@ -177,8 +190,10 @@ def spare_main(
         first = _enter(sock_fd)
         channel = None if handed else first  # errors never go to a zygote's control socket
         early = apply_policy(policy, seccomp_program, only=EARLY_LAYERS)
+        if rehearsal is not None:
+            rehearse(engine, policy, seccomp_program, rehearsal, by_key=True)
         channel = _handed_channel(first) if handed else first
-        job = _receive_job(channel, engine, policy, seccomp_program)
+        job = _receive_job(channel, engine, policy, seccomp_program, held)
         late = apply_policy(job.policy, seccomp_program, only=LATE_LAYERS)
         report = SandboxReport(statuses=early.statuses + late.statuses, landlock_abi=late.landlock_abi)
         status = _run(channel, job, report)
@@ -204,7 +219,12 @@ def _handed_channel(control: Channel) -> Channel:
 
 
 def rehearse(
-    engine: wasmtime.Engine, policy: SandboxPolicy, seccomp_program: bytes | None, job: ChildJob
+    engine: wasmtime.Engine,
+    policy: SandboxPolicy,
+    seccomp_program: bytes | None,
+    job: ChildJob,
+    *,
+    by_key: bool = False,
 ) -> None:
     """Take ``job`` through a spare's job path once in this process, over a local socketpair, unconfined.
 
@@ -219,14 +239,17 @@ def rehearse(
         policy: The policy children will get.
         seccomp_program: The program children will load.
         job: The warm-up job (``workers.runtime.warm_up_paths`` builds it).
+        by_key: Send the module by its key, as held (``job.module_key`` must be set): the path of a zygote's
+            child that holds its job's module, without deserialising it.
     """
     from workers.spare import send_job  # noqa: PLC0415  (the parent's half, only for the rehearsal)
 
+    held = {job.module_key: job.module} if by_key and job.module_key is not None else None
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with parent_end, child_end:
         parent, child = Channel(parent_end), Channel(child_end)
-        send_job(parent, job)
-        received = _receive_job(child, engine, policy, seccomp_program)
+        send_job(parent, job, module_held=held is not None)
+        received = _receive_job(child, engine, policy, seccomp_program, held)
         _run(child, received, SandboxReport(statuses=()))
         parent.recv_json()  # the report
         result = parent.recv_json()
@@ -235,7 +258,13 @@ def rehearse(
 
 
 def _enter(sock_fd: int) -> Channel:
-    """The first steps of every child: own session, die with the parent, only the channel, no environment."""
+    """The first steps of every child: own session, die with the parent, only the channel, no environment.
+
+    Every object inherited from the parent is moved out of the garbage collector's reach (``gc.freeze``): a
+    collection in the child would otherwise write to the header of each one it visits, copying the parent's
+    pages one fault at a time, for objects that live until the child exits anyway.
+    """
+    gc.freeze()
     os.setsid()
     set_pdeathsig(signal.SIGKILL)
     _isolate_descriptors(sock_fd)
@@ -244,13 +273,32 @@ def _enter(sock_fd: int) -> Channel:
 
 
 def _receive_job(
-    channel: Channel, engine: wasmtime.Engine, policy: SandboxPolicy, seccomp_program: bytes | None
+    channel: Channel,
+    engine: wasmtime.Engine,
+    policy: SandboxPolicy,
+    seccomp_program: bytes | None,
+    held: dict[str, wasmtime.Module] | None = None,
 ) -> ChildJob:
-    """Read the job a spare was sent (the parent is trusted; sizes were set by it)."""
+    """Read the job a spare was sent (the parent is trusted; sizes were set by it).
+
+    ``held`` are the modules a zygote's child inherited (``workers.zygote``): a job naming one of them by its
+    key comes without the module's bytes. Whatever the job, ``held`` is emptied before this returns, so the
+    child keeps no module but its own job's (the others' code is unmapped when their last reference goes).
+    """
     message = channel.recv_json()
     if message["type"] != "job":
         raise ProtocolViolation(f"expected a job, got {message['type']!r}")
-    module = wasmtime.Module.deserialize(engine, channel.recv_data(int(message["module_size"])))
+    key = message.get("module_key")
+    try:
+        if key is None:
+            module = wasmtime.Module.deserialize(engine, channel.recv_data(int(message["module_size"])))
+        elif held is not None and key in held and message["module_size"] == 0:
+            module = held[key]
+        else:
+            raise ProtocolViolation("the job names a module this child does not hold")
+    finally:
+        if held is not None:
+            held.clear()
     payload = channel.recv_data(int(message["payload_size"]))
     context = channel.recv_data(int(message["context_size"]))
     return ChildJob(
@@ -261,6 +309,7 @@ def _receive_job(
         policy=policy.with_cpu_seconds(int(message["cpu_seconds"])),
         seccomp_program=seccomp_program,
         context=context,
+        module_key=key,
     )
 
 

@@ -107,14 +107,15 @@ def run_guest(
 def _instantiate(
     store: wasmtime.Store, module: wasmtime.Module, host: HostFunctions, limits: GuestLimits
 ) -> wasmtime.Instance:
-    funcs = host.imports()
+    wanted = [(imp.module, imp.name) for imp in module.imports]
+    funcs = host.imports(name for module_name, name in wanted if module_name == IMPORT_MODULE and name)
     imports: list[wasmtime.Func] = []
-    for imp in module.imports:
-        if imp.module != IMPORT_MODULE or imp.name not in funcs:
+    for module_name, name in wanted:
+        if module_name != IMPORT_MODULE or name not in funcs:
             # Import names are the guest's: escaped so they cannot forge a log or terminal line.
-            name = f"{escape_text(imp.module, 64)}::{escape_text(imp.name, 64)}"
-            raise GuestTrap(f"instantiation failed: unknown import {name}")
-        imports.append(funcs[imp.name])
+            shown = f"{escape_text(module_name, 64)}::{escape_text(name or '', 64)}"
+            raise GuestTrap(f"instantiation failed: unknown import {shown}")
+        imports.append(funcs[name])
     try:
         return wasmtime.Instance(store, module, imports)
     except wasmtime.Trap as exc:

@@ -21,6 +21,8 @@ Error codes: see ``docs/guest-abi.md``.
 from __future__ import annotations
 
 import time
+import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -357,20 +359,60 @@ class HostFunctions:
         """Wall-clock seconds since the Unix epoch (i64)."""
         return int(time.time())
 
-    def imports(self) -> dict[str, wasmtime.Func]:
+    def imports(self, names: Iterable[str] | None = None) -> dict[str, wasmtime.Func]:
         """The ``host`` functions as wasmtime functions, by name.
+
+        Args:
+            names: Build only these (the module's imports; names that are not ``host`` functions are left
+                out); every function when None. A function costs a ctypes callback and a wasmtime ``Func``
+                in the confined child, and a guest imports a few of the sixteen.
 
         Returns:
             Name to function.
         """
-        funcs = {}
-        for name, (params, results) in SIGNATURES.items():
-            ty = wasmtime.FuncType([_VALTYPES[p]() for p in params], [_VALTYPES[r]() for r in results])
-            funcs[name] = wasmtime.Func(self._store, ty, getattr(self, name))
-        return funcs
+        wanted = SIGNATURES if names is None else [name for name in names if name in SIGNATURES]
+        engine = self._store.engine
+        store = self._store
+        return {name: wasmtime.Func(store, func_type(engine, name), getattr(self, name)) for name in wanted}
 
 
 _VALTYPES = {_I32: wasmtime.ValType.i32, _I64: wasmtime.ValType.i64}
+#: ``func_type``'s memo: one ``FuncType`` per host function and engine (wasmtime binds a function type to the
+#: first engine it is used with; a type holds no store state). A process that forks children builds them
+#: before forking (``build_func_types``, from ``workers.runtime.warm_up``).
+_FUNC_TYPES: weakref.WeakKeyDictionary[wasmtime.Engine, dict[str, wasmtime.FuncType]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def build_func_types(engine: wasmtime.Engine) -> None:
+    """Build every host function's type for ``engine`` now, so that a forked child finds them built instead of
+    building them on its own copy-on-write pages.
+
+    Args:
+        engine: The engine guests run in.
+    """
+    for name in SIGNATURES:
+        func_type(engine, name)
+
+
+def func_type(engine: wasmtime.Engine, name: str) -> wasmtime.FuncType:
+    """The wasm type of one ``host`` function for ``engine``, built once per process and engine.
+
+    Args:
+        engine: The engine of the store the function is made in.
+        name: A key of ``SIGNATURES``.
+
+    Returns:
+        Its type.
+    """
+    types = _FUNC_TYPES.setdefault(engine, {})
+    ty = types.get(name)
+    if ty is None:
+        params, results = SIGNATURES[name]
+        ty = wasmtime.FuncType([_VALTYPES[p]() for p in params], [_VALTYPES[r]() for r in results])
+        types[name] = ty
+    return ty
 
 
 def escape_log_line(raw: bytes, *, cut: bool = False) -> str:

@@ -127,15 +127,34 @@ class ModuleCache:
             CompileTimeout: Compiling took longer than ``compile_timeout``.
             UnsafeCacheDirectory: The directory stopped being private.
         """
+        return self.load_keyed(wasm)[0]
+
+    def load_keyed(self, wasm: bytes) -> tuple[wasmtime.Module, str]:
+        """``load``, and the module's cache key (``blake3(wasm)`` and the engine fingerprint: the name of its
+        cache file without the suffix), which names this compiled code for the sandbox zygote.
+
+        Args:
+            wasm: Module bytes.
+
+        Returns:
+            The module and its key.
+
+        Raises:
+            GuestTrap: The bytes are not a valid binary module.
+            ModuleTooLarge: The module is over ``max_module_size``.
+            CompileTimeout: Compiling took longer than ``compile_timeout``.
+            UnsafeCacheDirectory: The directory stopped being private.
+        """
         if len(wasm) > self.max_module_size:
             raise ModuleTooLarge(
                 f"sync.wasm is {len(wasm)} bytes, over this worker's limit of {self.max_module_size} bytes"
             )
         self._check_private()
         path = self.path_for(wasm)
+        key = path.name.removesuffix(CACHE_SUFFIX)
         if path.exists():
             try:
-                return wasmtime.Module.deserialize_file(self.engine, str(path))
+                return wasmtime.Module.deserialize_file(self.engine, str(path)), key
             except wasmtime.WasmtimeError as exc:
                 log.warning("module cache entry unusable, recompiling path=%s error=%s", path, exc)
                 discard(path)
@@ -152,7 +171,7 @@ class ModuleCache:
             len(wasm),
             (time.monotonic() - started) * 1000,
         )
-        return module
+        return module, key
 
     def _compile_bounded(self, wasm: bytes) -> bytes:
         """Compile in a forked child within ``compile_timeout``; return the serialized module."""

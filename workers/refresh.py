@@ -207,14 +207,16 @@ def execute_guest(
             f"payload of {snap.payload_size} bytes is over the guest limit of {limits.max_payload_size}",
             rule="max_payload_size",
         )
+    module, module_key = runtime.modules.load_keyed(wasm)
     job = ChildJob(
         engine=runtime.engine,
-        module=runtime.modules.load(wasm),
+        module=module,
         payload=snap.read_payload(),
         limits=limits,
         policy=runtime.policy_for(limits),
         seccomp_program=runtime.seccomp_program,
         context=snap.read_context() or b"",
+        module_key=module_key,
     )
     egress = runtime.egress_for(snap.manifest, limits)
     if allow_hosts is not None:

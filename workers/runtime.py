@@ -5,15 +5,15 @@ only loads it), the sandbox policy, and derives each job's budgets from its mani
 deadline is ``policy.timeout`` (our default when 0, capped by ``max_guest_timeout``), fuel is proportional
 to it, and RLIMIT_CPU sits just above it as a backstop. No module-level engine or cache exists.
 
-Before the first fork the runtime runs a built-in trivial guest in this process (``warm_up``), then takes it
-through a child's whole job path a few times, unconfined, over a local socketpair (``warm_up_paths``,
-``workers.child.rehearse``): the first store, host functions (ctypes callbacks), instance and call of a
-process, and the first runs of the channel and job code, pay one-time costs (lazy initialisation in wasmtime
-and libffi, the interpreter's specialisation of the code). Paid once in the parent, every forked child
-inherits the result instead of paying again on its own copy-on-write pages (a profile of the child:
-instantiate-and-run 6.7 -> 2.2 ms). The warm-up
-guest is our own constant module with no host access beyond its payload; no guest of an archive ever runs
-outside a confined child.
+Before the first fork the runtime builds the host functions' types (``host_abi.build_func_types``; an
+instance then builds functions only for what its module imports) and runs a built-in trivial guest in this
+process (``warm_up``), then takes it through a child's whole job path a few times, unconfined, over a local
+socketpair (``warm_up_paths``, ``workers.child.rehearse``): the first store, host functions (ctypes
+callbacks), instance and call of a process, and the first runs of the channel and job code, pay one-time
+costs (lazy initialisation in wasmtime and libffi, the interpreter's specialisation of the code). Paid once in
+the parent, every forked child inherits the result instead of paying again on its own copy-on-write pages (a
+profile of the child: instantiate-and-run 6.7 -> 2.2 ms). The warm-up guest is our own constant module with
+no host access beyond its payload; no guest of an archive ever runs outside a confined child.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from workers.confine import SandboxMode, SandboxPolicy, build_program
 from workers.egress import EgressPolicy
 from workers.engine import GuestLimits, compile_module, make_engine
 from workers.guest_runner import run_guest
-from workers.host_abi import HttpReply
+from workers.host_abi import HttpReply, build_func_types
 from workers.module_cache import ModuleCache
 from workers.spare import SpareChild
 from workers.zygote import Zygote
@@ -168,7 +168,7 @@ class _NoEgress:
         """Drop the line (the warm-up guest logs nothing)."""
 
 
-def warm_up_paths(engine: wasmtime.Engine, policy: SandboxPolicy, seccomp_program: bytes | None) -> None:
+def warm_up_paths(engine: wasmtime.Engine, policy: SandboxPolicy, seccomp_program: bytes | None) -> ChildJob:
     """``warm_up``, then the warm-up guest through a child's whole job path ``REHEARSALS`` times, unconfined,
     in this process (``workers.child.rehearse``): what forked children run then starts warm.
 
@@ -176,12 +176,16 @@ def warm_up_paths(engine: wasmtime.Engine, policy: SandboxPolicy, seccomp_progra
         engine: The engine.
         policy: The policy children get.
         seccomp_program: The program children load.
+
+    Returns:
+        The warm-up job (the zygote's spares rehearse it once more each: ``workers.zygote``).
     """
     warm_up(engine)
     module = compile_module(engine, WARM_UP_WASM)
+    job = ChildJob(engine, module, b"\x00", warm_up_limits(), policy, seccomp_program)
     for _ in range(REHEARSALS):
-        job = ChildJob(engine, module, b"\x00", warm_up_limits(), policy, seccomp_program)
         rehearse(engine, policy, seccomp_program, job)
+    return job
 
 
 def warm_up_limits() -> GuestLimits:
@@ -202,6 +206,7 @@ def warm_up(engine: wasmtime.Engine) -> None:
     Raises:
         RuntimeError: The warm-up guest did not write the one byte it writes (a broken engine or ABI).
     """
+    build_func_types(engine)
     run = run_guest(engine, compile_module(engine, WARM_UP_WASM), b"\x00", warm_up_limits(), _NoEgress())
     if run.new_payload != b"\x00":
         raise RuntimeError(f"the warm-up guest wrote {run.new_payload!r}, not one zero byte")

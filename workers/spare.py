@@ -152,7 +152,9 @@ class SpareChild:
         return job.engine is self.engine and job.seccomp_program == self.seccomp_program and wanted == base
 
 
-def send_job(channel: Channel, job: ChildJob, deadline: float | None = None) -> None:
+def send_job(
+    channel: Channel, job: ChildJob, deadline: float | None = None, *, module_held: bool = False
+) -> None:
     """Send a job to a spare: limits and RLIMIT_CPU, then the serialized module, the payload, the context.
 
     Args:
@@ -160,27 +162,31 @@ def send_job(channel: Channel, job: ChildJob, deadline: float | None = None) -> 
         job: The job.
         deadline: ``time.monotonic()`` value by which the child must have taken it all (the job's deadline):
             a child that stops reading cannot hold the parent past it.
+        module_held: The child already holds the module named ``job.module_key`` (a zygote's child, as the
+            zygote answered): only the key is sent.
 
     Raises:
         ChannelClosed: The spare is gone, or did not read the job in time.
     """
     if deadline is None:
-        _send_job(channel, job)
+        _send_job(channel, job, module_held)
         return
     channel.sock.settimeout(max(0.001, deadline - time.monotonic()))
     try:
-        _send_job(channel, job)
+        _send_job(channel, job, module_held)
     finally:
         channel.sock.settimeout(None)
 
 
-def _send_job(channel: Channel, job: ChildJob) -> None:
-    module = job.module.serialize()
+def _send_job(channel: Channel, job: ChildJob, module_held: bool) -> None:
+    held = module_held and job.module_key is not None
+    module = b"" if held else job.module.serialize()
     channel.send_json(
         {
             "type": "job",
             "limits": asdict(job.limits),
             "cpu_seconds": job.policy.rlimits.cpu_seconds,
+            "module_key": job.module_key if held else None,
             "module_size": len(module),
             "payload_size": len(job.payload),
             "context_size": len(job.context),

@@ -206,9 +206,10 @@ def run_in_sandbox(
     deadline = started + job.limits.timeout_seconds
     outcome = SandboxOutcome()
     by_zygote = zygote is not None and zygote.serves(job.policy, job.seccomp_program)
+    keep: tuple[str, bytes] | None = None
     if zygote is not None and by_zygote:
         try:
-            pid, parent_sock = _from_zygote(zygote, job, deadline)
+            pid, parent_sock, keep = _from_zygote(zygote, job, deadline)
         except SandboxUnavailable as exc:
             outcome.error = exc
             outcome.duration_ms = (time.monotonic() - started) * 1000
@@ -232,7 +233,7 @@ def run_in_sandbox(
         outcome.egress = list(performer.failures)
         parent_sock.close()
         if zygote is not None and by_zygote:
-            outcome.usage = _reap_by_zygote(zygote, pid)
+            outcome.usage = _reap_by_zygote(zygote, pid, keep)
             if outcome.usage is None and outcome.error is None and outcome.entry is None:
                 outcome.error = GuestError("the sandbox zygote died while the guest ran; it is restarted")
         else:
@@ -441,25 +442,31 @@ def _death_cause(usage: ChildUsage | None, timeout: float) -> SyncError:
     return GuestError(f"sandbox child exited with status {status} without a result")
 
 
-def _from_zygote(zygote: Zygote, job: ChildJob, deadline: float) -> tuple[int, socket.socket]:
-    """A child from the zygote, already sent ``job``: its pid and the parent's end of its channel."""
+def _from_zygote(
+    zygote: Zygote, job: ChildJob, deadline: float
+) -> tuple[int, socket.socket, tuple[str, bytes] | None]:
+    """A child from the zygote, already sent ``job``: its pid, the parent's end of its channel, and the module
+    for the zygote to keep when its child did not hold it (given with the reap request)."""
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        pid = zygote.spawn(child_sock)
+        spawned = zygote.spawn(child_sock, job.module_key)
     except BaseException:
         parent_sock.close()
         raise
     finally:
         child_sock.close()
+    keep = None
+    if job.module_key is not None and not spawned.module_held:
+        keep = (job.module_key, bytes(job.module.serialize()))
     # A child that died at once: the session sees the channel closed, its exit status says why.
     with contextlib.suppress(ChannelClosed):
-        send_job(Channel(parent_sock), job, deadline)
-    return pid, parent_sock
+        send_job(Channel(parent_sock), job, deadline, module_held=spawned.module_held)
+    return spawned.pid, parent_sock, keep
 
 
-def _reap_by_zygote(zygote: Zygote, pid: int) -> ChildUsage | None:
+def _reap_by_zygote(zygote: Zygote, pid: int, keep: tuple[str, bytes] | None = None) -> ChildUsage | None:
     """Kill the zygote's child (the group first) and have the zygote reap it; None when the zygote is gone."""
-    reaped = zygote.reap(pid, kill=True)
+    reaped = zygote.reap(pid, kill=True, keep=keep)
     if reaped is None:
         return None
     status, user, system, max_rss = reaped

@@ -13,6 +13,14 @@ forks the next spare once the worker had it reaped (off the job's path). The job
 module bytes, payload, context) travels on the channel exactly as for ``workers.spare``, and the child applies
 its late layers before touching the guest.
 
+What a job pays for once it arrives is kept small (a trivial guest's child spent about half of its time on
+its first touches of copy-on-write pages and on deserialising its module): the zygote keeps the compiled
+modules of the last jobs (``MODULES_KEPT``, loaded from the serialized bytes the worker hands over with a
+reap request, after the answer), so a child forked afterwards holds them and a job of one of them sends only
+its key (the spawn answer says whether the child holds it); and each spare, after its early layers and before
+it takes a channel, runs the warm-up guest through the job path once (``spare_main``'s ``rehearsal``: our
+own constant module, never an archive's), so the pages a job touches are already its own.
+
 Invariants:
 - The worker keeps the clock: it kills the child's process group at the deadline itself (the zygote reaps a
   child only when the worker asks, so the pid cannot be reused before), then asks the zygote to reap it
@@ -22,6 +30,9 @@ Invariants:
   is gone with it) and is restarted for the next job; a spawn that finds it dead restarts it once. No guest
   ever runs outside a child that applied every layer: strict mode still refuses an incomplete report.
 - Control messages are JSON datagrams on a ``SOCK_SEQPACKET`` socketpair; only the worker can reach it.
+- A child keeps no module but its own job's: it drops every module it inherited as soon as its job arrived
+  (their code is unmapped with them), before its late layers and the guest. The zygote keeps only modules the
+  worker loaded from its own cache (native code: never bytes from anyone else), at most ``MODULES_KEPT``.
 """
 
 from __future__ import annotations
@@ -37,8 +48,10 @@ import subprocess
 import sys
 import time
 import weakref
-from dataclasses import asdict
-from typing import Any, NoReturn
+from dataclasses import asdict, replace
+from typing import Any, NamedTuple, NoReturn
+
+import wasmtime
 
 from sync_format.errors import SandboxUnavailable
 from workers.confine import Layer, Rlimits, SandboxMode, SandboxPolicy
@@ -53,10 +66,28 @@ ANSWER_TIMEOUT = 10.0
 MAX_MESSAGE = 64 * 1024
 #: Environment variables passed on to the zygote (everything else, secrets included, stays behind).
 PASSED_ENV = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "LC_CTYPE")
+#: Compiled modules the zygote keeps loaded for its next children (the most recently used ones).
+MODULES_KEPT = 4
+#: The key the warm-up module is rehearsed under (a cache key is two hex digests: never this).
+WARM_UP_KEY = "warm-up"
+#: Largest serialized module the zygote keeps, in bytes (a bigger one is sent to each child, as before).
+MAX_KEPT_MODULE = 64 * 1024 * 1024
 
 
 class ZygoteGone(Exception):
     """The zygote died, closed its socket or stopped answering."""
+
+
+class Spawned(NamedTuple):
+    """A child the zygote handed a job's channel to.
+
+    Attributes:
+        pid: The child's pid (its process group too, once it ran ``setsid``).
+        module_held: The child holds the module the spawn request named: the job need not send its bytes.
+    """
+
+    pid: int
+    module_held: bool
 
 
 def policy_to_json(policy: SandboxPolicy) -> dict[str, Any]:
@@ -146,14 +177,15 @@ class Zygote:
             and policy.with_cpu_seconds(1) == self.policy.with_cpu_seconds(1)
         )
 
-    def spawn(self, child_sock: socket.socket) -> int:
+    def spawn(self, child_sock: socket.socket, module_key: str | None = None) -> Spawned:
         """Have the zygote hand ``child_sock`` to a fresh child; restart a dead zygote once.
 
         Args:
             child_sock: The child's end of the job's channel (the caller closes its copy afterwards).
+            module_key: The job's module (``ChildJob.module_key``), to learn whether the child holds it.
 
         Returns:
-            The child's pid (its process group too, once it ran ``setsid``).
+            The child's pid and whether it holds the module.
 
         Raises:
             SandboxUnavailable: The zygote cannot be started or keeps failing.
@@ -162,19 +194,23 @@ class Zygote:
             try:
                 if self._sock is None:
                     self._start()
-                answer = self._ask({"type": "spawn"}, fds=[child_sock.fileno()])
-                return int(answer["pid"])
+                answer = self._ask({"type": "spawn", "module": module_key}, fds=[child_sock.fileno()])
+                return Spawned(int(answer["pid"]), module_key is not None and answer.get("module") is True)
             except ZygoteGone as exc:
                 log.warning("sandbox zygote failed, restarting attempt=%d error=%s", attempt, exc)
                 self._drop()
         raise SandboxUnavailable("zygote", "the sandbox zygote failed twice in a row")
 
-    def reap(self, pid: int, *, kill: bool) -> tuple[int, float, float, int] | None:
+    def reap(
+        self, pid: int, *, kill: bool, keep: tuple[str, bytes] | None = None
+    ) -> tuple[int, float, float, int] | None:
         """Kill the child's process group if asked, then have the zygote reap it.
 
         Args:
             pid: The child.
             kill: SIGKILL its group and itself first (the worker does it: the pid is not reaped yet).
+            keep: ``(module key, serialized module)`` for the zygote to load after answering, so that the
+                children it forks next hold that module (sent in a memfd; skipped when it is too big).
 
         Returns:
             ``(exit status, user s, system s, max RSS KiB)``, or None when the zygote is gone (it is then
@@ -184,12 +220,23 @@ class Zygote:
             for kill_call in (os.killpg, os.kill):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     kill_call(pid, signal.SIGKILL)
+        message: dict[str, Any] = {"type": "reap", "pid": pid}
+        fds: list[int] = []
+        if keep is not None and len(keep[1]) <= MAX_KEPT_MODULE:
+            try:
+                fds.append(_memfd_with(keep[1]))
+                message["keep"] = keep[0]
+            except OSError as exc:  # the module is then sent to each child, as without a zygote
+                log.warning("sandbox zygote not given the module error=%s", exc)
         try:
-            answer = self._ask({"type": "reap", "pid": pid})
+            answer = self._ask(message, fds=fds)
         except ZygoteGone as exc:
             log.warning("sandbox zygote lost while a child ran pid=%d error=%s", pid, exc)
             self._drop()
             return None
+        finally:
+            for fd in fds:
+                os.close(fd)
         return (
             int(answer["status"]),
             float(answer["user"]),
@@ -265,6 +312,43 @@ class Zygote:
         self._sock, self._process, self._finalizer = None, None, None
 
 
+def _memfd_with(data: bytes) -> int:
+    """An anonymous file (memfd) holding ``data``, positioned at 0 (the caller closes it)."""
+    fd = os.memfd_create("sync-module", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _load_kept(engine: wasmtime.Engine, kept: dict[str, wasmtime.Module], key: object, fd: int) -> None:
+    """In the zygote: load the serialized module in ``fd`` under ``key``, keeping the ``MODULES_KEPT`` most
+    recently used; a module that does not load is not kept (its children are sent its bytes)."""
+    try:
+        size = os.fstat(fd).st_size
+        if not isinstance(key, str) or key in kept or size > MAX_KEPT_MODULE:
+            return
+        chunks, left = [], size
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                return
+            chunks.append(chunk)
+            left -= len(chunk)
+        kept[key] = wasmtime.Module.deserialize(engine, b"".join(chunks))
+    except (OSError, wasmtime.WasmtimeError):
+        return
+    finally:
+        os.close(fd)
+    while len(kept) > MODULES_KEPT:
+        del kept[next(iter(kept))]
+
+
 def _stop(sock: socket.socket, process: subprocess.Popen[bytes], owner: int) -> None:
     """Close the control socket; kill and reap the zygote when this process started it."""
     sock.close()
@@ -283,10 +367,10 @@ def main(argv: list[str]) -> NoReturn:  # pragma: no cover  (a separate process;
     Args:
         argv: The arguments after the module name.
     """
-    from workers.child import spare_main  # noqa: PLC0415  (imports are the zygote's start-up)
+    from workers.child import rehearse, spare_main  # noqa: PLC0415  (imports are the zygote's start-up)
     from workers.confine import set_pdeathsig  # noqa: PLC0415
     from workers.engine import make_engine  # noqa: PLC0415
-    from workers.runtime import warm_up_paths  # noqa: PLC0415
+    from workers.runtime import REHEARSALS, warm_up_paths  # noqa: PLC0415
 
     control_fd, policy_doc, program_hex, parent = argv
     set_pdeathsig(signal.SIGKILL)
@@ -296,25 +380,32 @@ def main(argv: list[str]) -> NoReturn:  # pragma: no cover  (a separate process;
     policy = policy_from_json(json.loads(policy_doc))
     program = bytes.fromhex(program_hex) if program_hex else None
     engine = make_engine()
-    warm_up_paths(engine, policy, program)
+    # The warm-up job once more by key, the way a child holding its job's module receives it: that path is
+    # warm here too, and each spare takes the job through it before its own (``spare_main``'s ``rehearsal``).
+    rehearsal = replace(warm_up_paths(engine, policy, program), module_key=WARM_UP_KEY)
+    for _ in range(REHEARSALS):
+        rehearse(engine, policy, program, rehearsal, by_key=True)
     control = socket.socket(fileno=int(control_fd))
 
-    def fork_spare() -> tuple[int, socket.socket]:
+    #: Modules the worker asked us to keep, least recently used first; each spare inherits a copy.
+    kept: dict[str, wasmtime.Module] = {}
+
+    def fork_spare() -> tuple[int, socket.socket, frozenset[str]]:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:
             ours.close()
             control.close()
-            spare_main(theirs.detach(), engine, policy, program, handed=True)
+            spare_main(theirs.detach(), engine, policy, program, handed=True, held=kept, rehearsal=rehearsal)
         theirs.close()
-        return pid, ours
+        return pid, ours, frozenset(kept)
 
     def answer(message: dict[str, Any]) -> None:
         control.send(json.dumps(message).encode())
 
     children: set[int] = set()
     answer({"type": "ready", "pid": os.getpid()})
-    spare: tuple[int, socket.socket] | None = fork_spare()
+    spare: tuple[int, socket.socket, frozenset[str]] | None = fork_spare()
     while True:
         data, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, 1)
         if not data:
@@ -322,7 +413,7 @@ def main(argv: list[str]) -> NoReturn:  # pragma: no cover  (a separate process;
         message = json.loads(data)
         if message.get("type") == "spawn" and len(fds) == 1:
             for _ in (1, 2):
-                pid, spare_sock = spare or fork_spare()
+                pid, spare_sock, held = spare or fork_spare()
                 try:
                     socket.send_fds(spare_sock, [b"c"], fds)
                 except OSError:
@@ -333,12 +424,15 @@ def main(argv: list[str]) -> NoReturn:  # pragma: no cover  (a separate process;
                 spare_sock.close()
                 spare = None
                 children.add(pid)
-                answer({"type": "spawned", "pid": pid})
+                module = message.get("module")
+                if module in kept:
+                    kept[module] = kept.pop(module)  # most recently used
+                answer({"type": "spawned", "pid": pid, "module": module in held})
                 break
             else:
                 answer({"type": "error", "message": "no child could be forked"})
             os.close(fds[0])
-        elif message.get("type") == "reap" and message.get("pid") in children:
+        elif message.get("type") == "reap" and message.get("pid") in children and len(fds) <= 1:
             pid = int(message["pid"])
             children.discard(pid)
             _, status, usage = os.wait4(pid, 0)
@@ -351,6 +445,8 @@ def main(argv: list[str]) -> NoReturn:  # pragma: no cover  (a separate process;
                     "max_rss_kib": usage.ru_maxrss,
                 }
             )
+            if fds:  # before the next spare is forked, so that it holds the module
+                _load_kept(engine, kept, message.get("keep"), fds[0])
             if spare is None:
                 spare = fork_spare()  # while the worker commits and reports: off the next job's path
         else:

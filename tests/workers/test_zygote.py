@@ -17,11 +17,15 @@ import pytest
 from broker.settings import Settings
 from sync_format.reader import open_archive
 from sync_format.testing import make_archive, make_manifest
+from workers import supervisor
+from workers.channel import Channel, ProtocolViolation
+from workers.child import ChildJob, _receive_job
 from workers.confine import ALL_LAYERS
-from workers.engine import GuestLimits
+from workers.engine import GuestLimits, compile_module
 from workers.refresh import COMMITTED, FAILED, RefreshOutcome, execute_guest, run_refresh
 from workers.runtime import GuestRuntime
-from workers.zygote import Zygote, policy_from_json, policy_to_json, zygote_pids
+from workers.spare import send_job
+from workers.zygote import Spawned, Zygote, policy_from_json, policy_to_json, zygote_pids
 
 COUNTER = guests.run_counter()
 LOOP = guests.endless_loop()
@@ -46,10 +50,10 @@ def spawned(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     pids: list[int] = []
     original = Zygote.spawn
 
-    def recording(self: Zygote, child_sock: socket.socket) -> int:
-        pid = original(self, child_sock)
-        pids.append(pid)
-        return pid
+    def recording(self: Zygote, child_sock: socket.socket, module_key: str | None = None) -> Spawned:
+        spawned = original(self, child_sock, module_key)
+        pids.append(spawned.pid)
+        return spawned
 
     monkeypatch.setattr(Zygote, "spawn", recording)
     return pids
@@ -213,3 +217,81 @@ def test_closing_the_runtime_stops_the_zygote(tmp_path: Path) -> None:
     assert pid is not None
     assert _ppid(pid) is None
     assert pid not in zygote_pids()
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """For each job sent to a zygote's child, whether it went by key (the child held its module)."""
+    held: list[bool] = []
+    original = supervisor.send_job
+
+    def recording(
+        channel: Channel, job: ChildJob, deadline: float | None = None, *, module_held: bool = False
+    ) -> None:
+        held.append(module_held)
+        original(channel, job, deadline, module_held=module_held)
+
+    monkeypatch.setattr(supervisor, "send_job", recording)
+    return held
+
+
+def test_the_zygote_keeps_a_module_and_its_next_children_hold_it(
+    tmp_path: Path, runtime: GuestRuntime, sent: list[bool], spawned: list[int]
+) -> None:
+    """The first job of a module sends its bytes; the zygote then keeps it, the later jobs send only its key,
+    and each still runs in a fresh child with every layer active and no state of the job before."""
+    for n in range(3):
+        outcome = _refresh(runtime, tmp_path / f"{n}.sync")
+        assert (outcome.status, outcome.error_code) == (COMMITTED, None)
+        assert _payload(tmp_path / f"{n}.sync") == b"\x01"
+        assert outcome.sandbox is not None
+        assert [layer["layer"] for layer in outcome.sandbox["layers"]] == [x.value for x in ALL_LAYERS]
+        assert all(layer["active"] for layer in outcome.sandbox["layers"])
+    assert sent == [False, True, True]
+    assert len(set(spawned)) == 3
+
+
+def test_a_job_of_another_module_is_sent_its_bytes(
+    tmp_path: Path, runtime: GuestRuntime, sent: list[bool]
+) -> None:
+    """A child holding only another guest's module gets this job's module in full and runs this guest."""
+    assert _refresh(runtime, tmp_path / "a.sync").status == COMMITTED
+    assert _refresh(runtime, tmp_path / "b.sync").status == COMMITTED
+    other = guests.record(guests.call("payload_size"))
+    outcome = _refresh(runtime, tmp_path / "c.sync", other)
+    assert (outcome.status, outcome.error_code) == (COMMITTED, None)
+    assert guests.results(_payload(tmp_path / "c.sync"), 1)[0] == [len(b"hello")]
+    assert sent == [False, True, False]
+
+
+def _job_channel(job: ChildJob, *, module_held: bool) -> tuple[Channel, Channel]:
+    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    parent, child = Channel(parent_end), Channel(child_end)
+    send_job(parent, job, module_held=module_held)
+    return parent, child
+
+
+def test_a_child_keeps_only_its_own_jobs_module(runtime: GuestRuntime) -> None:
+    """The modules a zygote's child inherited are dropped once its job arrived, the job's own included in
+    the child's table (the job keeps its reference), before any late layer or guest code."""
+    ours = compile_module(runtime.engine, COUNTER)
+    theirs = compile_module(runtime.engine, LOOP)
+    job = ChildJob(runtime.engine, ours, b"x", GuestLimits(), runtime.policy, None, module_key="ours")
+    held = {"ours": ours, "theirs": theirs}
+    parent, child = _job_channel(job, module_held=True)
+    with parent.sock, child.sock:
+        received = _receive_job(child, runtime.engine, runtime.policy, None, held)
+    assert received.module is ours
+    assert held == {}
+
+
+def test_a_job_naming_a_module_the_child_lacks_is_refused(runtime: GuestRuntime) -> None:
+    """A key the child does not hold is a protocol violation (never some other module), and the child's
+    inherited modules are dropped all the same."""
+    ours = compile_module(runtime.engine, COUNTER)
+    job = ChildJob(runtime.engine, ours, b"x", GuestLimits(), runtime.policy, None, module_key="ours")
+    held = {"theirs": compile_module(runtime.engine, LOOP)}
+    parent, child = _job_channel(job, module_held=True)
+    with parent.sock, child.sock, pytest.raises(ProtocolViolation):
+        _receive_job(child, runtime.engine, runtime.policy, None, held)
+    assert held == {}
