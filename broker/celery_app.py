@@ -19,6 +19,8 @@ Invariants:
     * Task events (Flower's task list) are sent for every job, batched a short while apart
       (``broker.task_events``); the producer's ``task-sent`` goes out with the claim
       (``broker.claimed_send``).
+    * Its broker connections use kombu's Redis transport with one reusable client per channel
+      (``broker.transport``): the same commands, without a new ``redis.Redis`` per delivery and ack.
     * Results are not stored unless ``Settings.result_backend`` names a backend: the state of refreshes
       lives in our status records (``broker.status``).
 """
@@ -41,6 +43,7 @@ from broker.redis_client import (
 )
 from broker.retry import RetryPolicy
 from broker.settings import Settings, SettingsError
+from broker.transport import SyncAMQP
 
 #: Time a job gets beyond its guest budget before Celery's soft limit, in seconds: opening the archive,
 #: compiling the module, staging and committing the payload. The supervisor kills the guest at its own
@@ -156,7 +159,7 @@ def make_celery_app(
     url = broker_url or settings.broker_url
     if not url:
         raise SettingsError("no broker URL: pass --broker, set SYNC_BROKER_URL or start the embedded broker")
-    app = Celery("sync", broker=to_celery_url(url), set_as_current=False)
+    app = Celery("sync", broker=to_celery_url(url), set_as_current=False, amqp=SyncAMQP)
     limits = job_time_limits(settings.max_guest_timeout, settings)
     socket_timeout = PRODUCER_SOCKET_TIMEOUT if producer else SERVICE_SOCKET_TIMEOUT
     connect_timeout = PRODUCER_CONNECT_TIMEOUT if producer else SERVICE_CONNECT_TIMEOUT
