@@ -134,3 +134,19 @@ def test_member_paths_are_the_joined_paths(tmp_path: Path, name: str) -> None:
             joined.parent,
             type(joined),
         )
+
+
+def test_a_folder_alone_hides_the_archive_of_its_name(
+    add_archive: AddArchive, store: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With no two archives sharing a name, an archive whose display name is a subdirectory's is still left
+    out (and logged), and every other archive is listed under its own name."""
+    add_archive("dir.sync")  # display_ext txt: dir.txt
+    add_archive("other.sync")
+    (store / "dir.txt").mkdir()
+    with caplog.at_level("WARNING", logger="mountd.dav.index"):
+        listing = ArchiveIndex().list_directory(store)
+    assert listing.folders == ("dir.txt",)
+    assert list(listing.archives) == ["other.txt"]
+    assert listing.archives["other.txt"].path == store / "other.sync"
+    assert any("collision" in r.getMessage() and "dir.txt" in r.getMessage() for r in caplog.records)
