@@ -35,6 +35,11 @@ _MEDIA_TYPE = re.compile(
 )
 _DISPLAY_EXT = re.compile(r"(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*)?", re.ASCII)
 
+#: Most accepted values of each field remembered (``_remember``).
+MAX_ACCEPTED = 1024
+_GOOD_TYPES: set[str] = set()
+_GOOD_EXTS: set[str] = set()
+
 
 def media_type_problem(value: str) -> str | None:
     """Why ``value`` is not an acceptable ``content_type``, or None when it is.
@@ -45,10 +50,13 @@ def media_type_problem(value: str) -> str | None:
     Returns:
         A short reason, or None.
     """
+    if type(value) is str and value in _GOOD_TYPES:
+        return None
     if len(value) > MAX_CONTENT_TYPE:
         return f"is longer than {MAX_CONTENT_TYPE} characters"
     if _MEDIA_TYPE.fullmatch(value) is None:
         return 'must be a media type "type/subtype" with optional "; name=value" parameters (RFC 9110)'
+    _remember(_GOOD_TYPES, value)
     return None
 
 
@@ -61,11 +69,24 @@ def display_ext_problem(value: str) -> str | None:
     Returns:
         A short reason, or None.
     """
+    if type(value) is str and value in _GOOD_EXTS:
+        return None
     if len(value) > MAX_DISPLAY_EXT:
         return f"is longer than {MAX_DISPLAY_EXT} characters"
     if _DISPLAY_EXT.fullmatch(value) is None:
         return "must be letters, digits, '_' and '-', in labels joined by single dots (csv, tar.gz)"
+    _remember(_GOOD_EXTS, value)
     return None
+
+
+def _remember(accepted: set[str], value: str) -> None:
+    # Every open of an archive checks both fields (a listing twice), and a store's archives share a few
+    # values: accepted plain strings are remembered, a bounded number (a ``str`` subclass could compare
+    # equal to an accepted value yet be another one, so it is never remembered, and always checked).
+    if type(value) is str:
+        if len(accepted) >= MAX_ACCEPTED:
+            accepted.clear()
+        accepted.add(value)
 
 
 def is_media_type(value: str) -> bool:

@@ -293,7 +293,15 @@ def open_archive(path: str | os.PathLike[str]) -> ArchiveSnapshot:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise ArchiveError(f"cannot open: {exc.strerror}", path=Path(path)) from exc
-    return open_archive_fd(fd, path)
+    try:  # ``open_archive_fd``, inlined: a first listing opens every archive of a folder
+        return _snapshot(path, fd)
+    except ArchiveError as exc:
+        os.close(fd)
+        exc.at(Path(path))
+        raise
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def open_archive_fd(fd: int, path: str | os.PathLike[str]) -> ArchiveSnapshot:
@@ -332,10 +340,17 @@ def _snapshot(path: str | os.PathLike[str], fd: int) -> ArchiveSnapshot:
     if not stat.S_ISREG(st.st_mode):
         raise MalformedArchive("not a regular file")
     directory, windows = read_directory_windows(fd, st.st_size)
-    manifest_entry = directory.get(MANIFEST_ENTRY)
+    manifest_entry = payload = state_entry = None
+    for entry in directory.entries:  # one pass for the three look-ups (names are unique)
+        name = entry.name
+        if name == MANIFEST_ENTRY:
+            manifest_entry = entry
+        elif name == PAYLOAD_ENTRY:
+            payload = entry
+        elif name == STATE_ENTRY:
+            state_entry = entry
     if manifest_entry is None:
         raise MissingEntry(MANIFEST_ENTRY)
-    payload = directory.get(PAYLOAD_ENTRY)
     if payload is None:
         raise MissingEntry(PAYLOAD_ENTRY)
     if payload.method != METHOD_STORED or payload.flags & FLAG_ENCRYPTED:
@@ -344,7 +359,6 @@ def _snapshot(path: str | os.PathLike[str], fd: int) -> ArchiveSnapshot:
     manifest = Manifest.from_bytes(manifest_bytes)
     # These two become a header and a file name when served (sync_format.media).
     check_served_fields(manifest.sync.content_type, manifest.sync.display_ext)
-    state_entry = directory.get(STATE_ENTRY)
     if state_entry is None:
         state = ArchiveState()
     else:
@@ -353,7 +367,7 @@ def _snapshot(path: str | os.PathLike[str], fd: int) -> ArchiveSnapshot:
         state = state.checked_against(payload.size, payload.crc32)
     return ArchiveSnapshot(
         source=path,
-        identity=FileIdentity.from_stat(st),
+        identity=FileIdentity(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns),
         directory=directory,
         manifest=manifest,
         manifest_bytes=manifest_bytes,

@@ -26,6 +26,8 @@ MAX_STATE_SIZE = 64 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _KEYS = ("generation", "updated_at", "payload_size", "payload_crc32", "payload_blake3")
 _KEY_SET = frozenset(_KEYS)
+#: ``json.loads(text)`` is this decoder's ``decode(text)``: called directly (every archive open decodes one).
+_DECODER = json.JSONDecoder()
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class ArchiveState:
             MalformedArchive: Not a JSON object with exactly our keys and types.
         """
         try:
-            doc = json.loads(data.decode("utf-8"))
+            doc = _DECODER.decode(data.decode("utf-8"))
         # ValueError also covers integers longer than sys.get_int_max_str_digits(), which json refuses.
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise MalformedArchive(f"{STATE_ENTRY} is not valid JSON: {exc}") from exc

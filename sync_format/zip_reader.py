@@ -104,7 +104,7 @@ class EntryInfo(NamedTuple):
         return self.data_offset + self.compressed_size
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ZipDirectory:
     """The validated central directory of one file.
 
@@ -396,6 +396,7 @@ class _Parser:
         pos = 0
         tail, tail_start, size = self.tail, self.tail_start, self.size
         unpack_local = _LOCAL.unpack_from
+        new_entry = tuple.__new__  # ``EntryInfo(...)`` without its Python-level ``__new__`` (4 per open)
         for _ in range(count):
             rec_offset = cd_offset + pos
             if pos + CENTRAL_SIZE > len(cd):
@@ -451,7 +452,7 @@ class _Parser:
                     data_offset = self._local_header(name, raw_name, flags, method, crc, csize, usize, hoff)
             else:
                 data_offset = self._local_header(name, raw_name, flags, method, crc, csize, usize, hoff)
-            entries.append(EntryInfo(name, method, flags, crc, csize, usize, hoff, data_offset))
+            entries.append(new_entry(EntryInfo, (name, method, flags, crc, csize, usize, hoff, data_offset)))
         if pos != len(cd):
             raise self.fail("central directory size does not match its records", cd_offset)
         return tuple(entries)

@@ -24,6 +24,7 @@ import zlib
 from dataclasses import dataclass
 
 from sync_format import EMPTY_WASM, ArchiveSnapshot, Expiry, FileIdentity, parse_timestamp_ns
+from sync_format.freshness import expiry as freshness_expiry
 from sync_format.media import display_ext_problem, safe_content_type
 from sync_format.reader import WASM_ENTRY
 
@@ -87,26 +88,30 @@ class ArchiveFacts:
             The facts.
         """
         manifest = snapshot.manifest
+        sync = manifest.sync
         state = snapshot.state
-        expiry = snapshot.expiry()
+        payload = snapshot.payload
+        identity = snapshot.identity
+        ttl = manifest.policy.ttl
+        expiry = freshness_expiry(manifest, state)
         # The expiry counts from the same timestamp Last-Modified shows: parsed once (it was half the cost).
-        base_ns = None if expiry.at_ns is None else expiry.at_ns - manifest.policy.ttl * NS_PER_SECOND
+        base_ns = None if expiry.at_ns is None else expiry.at_ns - ttl * NS_PER_SECOND
         return cls(
             # Re-checked here, where header values and names come from (the reader refused bad ones already).
-            display_ext="" if display_ext_problem(manifest.sync.display_ext) else manifest.sync.display_ext,
-            content_type=safe_content_type(manifest.sync.content_type),
-            payload_size=snapshot.payload_size,
-            payload_offset=snapshot.payload_offset,
-            etag=state.trusted_blake3 or derive_etag(snapshot.identity, snapshot.payload.crc32),
-            last_modified=_last_modified(expiry.base, snapshot.identity, base_ns),
+            display_ext="" if display_ext_problem(sync.display_ext) else sync.display_ext,
+            content_type=safe_content_type(sync.content_type),
+            payload_size=payload.size,
+            payload_offset=payload.data_offset,
+            etag=state.trusted_blake3 or derive_etag(identity, payload.crc32),
+            last_modified=_last_modified(expiry.base, identity, base_ns),
             generation=state.generation,
             updated_at=state.updated_at,
-            ttl=manifest.policy.ttl,
+            ttl=ttl,
             timeout=manifest.policy.timeout,
             expiry=expiry,
-            identity=snapshot.identity,
+            identity=identity,
             has_update_logic=_has_update_logic(snapshot),
-            payload_crc32=snapshot.payload.crc32,
+            payload_crc32=payload.crc32,
         )
 
     def is_expired(self) -> bool:

@@ -275,11 +275,15 @@ class ArchiveIndex:
             return None
         return self._open(path, identity)
 
-    def _open(self, path: Path, identity: FileIdentity) -> ArchiveFacts | None:
-        # Open an archive whose version is not in memory; None when unreadable (noted).
+    def _open(self, path: Path, identity: FileIdentity, source: str | None = None) -> ArchiveFacts | None:
+        # Open an archive whose version is not in memory; None when unreadable (noted). ``source`` is
+        # ``path`` as text when the caller has it (a listing: the Path need not be formatted).
         try:
-            with open_archive(path) as snapshot:
+            snapshot = open_archive(path if source is None else source)
+            try:
                 facts = ArchiveFacts.from_snapshot(snapshot)
+            finally:
+                snapshot.close()
         except ArchiveError as exc:
             self.note_unreadable(path, identity, exc)
             return None
@@ -382,10 +386,11 @@ class ArchiveIndex:
             self._record_deferred(memo_key, files, started)
         found: list[ListedArchive] = []
         complete = True
+        prefix = os.path.join(memo_key, "")
         for (name, st), identity, cached in zip(files, identities, known, strict=True):
-            path = directory / name
+            path = _member_path(directory, name)
             if cached is None:
-                opened = self._open(path, identity)
+                opened = self._open(path, identity, prefix + name)
                 if opened is None:
                     if not isinstance(self.cached(identity), Unreadable):
                         complete = False  # an I/O error, not remembered: the next listing tries again
@@ -445,10 +450,14 @@ class ArchiveIndex:
     def _resolve_collisions(
         self, directory: Path, found: Iterable[ListedArchive], folders: set[str]
     ) -> dict[str, ListedArchive]:
+        found = found if isinstance(found, list) else list(found)
+        archives = {listed.name: listed for listed in found}
+        if len(archives) == len(found) and folders.isdisjoint(archives):
+            return archives  # no collision (the usual case): each archive shows under its own name
         groups: dict[str, list[ListedArchive]] = {}
         for listed in found:  # in file-name order
             groups.setdefault(listed.name, []).append(listed)
-        archives: dict[str, ListedArchive] = {}
+        archives = {}
         for name, group in groups.items():
             if name in folders:
                 self._log_collision(directory, name, (), group)
@@ -527,6 +536,20 @@ def _same_entries(
             return False
         at += 6
     return True
+
+
+#: ``Path._make_child_relpath``: ``directory / name`` for one plain name without parsing it again (7 times
+#: cheaper; a first listing makes a path per archive). A private method, so only used where it exists.
+_CHILD = getattr(Path, "_make_child_relpath", None)
+_CONCRETE_PATH = type(Path())
+
+
+def _member_path(directory: Path, name: str) -> Path:
+    """``directory / name`` for a name ``os.scandir`` gave: one component, never ``.`` or ``..``."""
+    if _CHILD is None or type(directory) is not _CONCRETE_PATH:
+        return directory / name
+    child: Path = _CHILD(directory, name)
+    return child
 
 
 def _scan(directory: Path) -> tuple[tuple[str, ...], tuple[tuple[str, os.stat_result], ...]]:

@@ -79,6 +79,9 @@ class PayloadVerdicts:
         self._worker: threading.Thread | None = None
         #: Corrupt versions found since the process started (the metric).
         self.corrupt_found = 0
+        #: Moves whenever a version's ``state`` may have changed (a verdict recorded or forgotten), so that
+        #: what was rendered from a state (``mountd.http.fast_propfind``) can tell it may be stale.
+        self.changes = 0
 
     def state(self, facts: ArchiveFacts) -> str:
         """``verified``, ``corrupt`` or ``unverified`` for this version, without checking."""
@@ -118,6 +121,7 @@ class PayloadVerdicts:
             self._verdicts.move_to_end(key)
             while len(self._verdicts) > MAX_VERDICTS:
                 self._verdicts.popitem(last=False)
+            self.changes += 1
             if not good and not known:
                 self.corrupt_found += 1
         if not good and not known:

@@ -39,9 +39,11 @@ from wsgidav.prop_man.property_manager import PropertyManager  # type: ignore[im
 
 from mountd.dav.facts import ArchiveFacts
 from mountd.dav.index import DirectoryListing
+from mountd.dav.integrity import VERDICTS
 from mountd.dav.provider import SyncProvider
 from mountd.dav.resources import (
     PROP_EXPIRED,
+    PROP_INTEGRITY,
     SYNC_NAMESPACE,
     SYNC_PROPERTIES,
     StoreCollection,
@@ -126,6 +128,11 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         # properties and the expired flag, encoded: a document is sent as these pieces, never built whole).
         self._fragments: dict[str, _Fragment] = {}
         self._parts: dict[bytes, bytes] = {}
+        # What many members share, rendered once (a first listing renders every member): our properties'
+        # two parts by the values they show, Last-Modified texts by time, content-type elements by type.
+        self._ours: dict[tuple[object, ...], tuple[bytes, bytes]] = {}
+        self._dates: dict[float, str] = {}
+        self._types: dict[str, str] = {}
 
     def _shared(self, part: bytes) -> bytes:
         # One copy of each distinct part (most archives of a store share their TTL, expiry and generation
@@ -133,6 +140,33 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         if len(self._parts) > MAX_FRAGMENTS:
             self._parts.clear()
         return self._parts.setdefault(part, part)
+
+    def _head(self, href: str, name: str, facts: ArchiveFacts) -> bytes:
+        # A member's own part: its response up to the ETag (the lock properties follow, then
+        # ``_our_parts``), with the texts many members share looked up.
+        modified = self._dates.get(facts.last_modified)
+        if modified is None:
+            modified = self._dates[facts.last_modified] = dav_util.get_rfc1123_time(facts.last_modified)
+        kind = self._types.get(facts.content_type)
+        if kind is None:
+            kind = self._types[facts.content_type] = _element("ns0:getcontenttype", facts.content_type)
+        return (
+            f"<ns0:response><ns0:href>{escape(href)}</ns0:href><ns0:propstat><ns0:prop>"
+            f"<ns0:resourcetype /><ns0:getcontentlength>{facts.payload_size}</ns0:getcontentlength>"
+            f"{kind}<ns0:getlastmodified>{modified}</ns0:getlastmodified>"
+            + _element("ns0:displayname", name)
+            + _element("ns0:getetag", f'"{facts.etag}"')
+        ).encode()
+
+    def _our_parts(self, facts: ArchiveFacts, state: str) -> tuple[bytes, bytes]:
+        # ``_our_parts``, remembered by exactly the values ``sync_properties`` shows besides the expired flag
+        # (``state``: the payload verdict's, read before).
+        key = (facts.ttl, facts.expiry, facts.generation, facts.updated_at, state)
+        parts = self._ours.get(key)
+        if parts is None:
+            before, after = _our_parts(facts, state)
+            parts = self._ours[key] = (self._shared(before.encode()), self._shared(after.encode()))
+        return parts
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         provider = environ.get("wsgidav.provider")
@@ -171,10 +205,11 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
             return None
         lock_props = "" if lock_manager is None else _LOCK_PROPS
 
+        def ref(preferred: str) -> str:
+            return quote(share + preferred)
+
         def dead(preferred: str) -> bool:
-            return bool(
-                prop_manager is not None and prop_manager.get_properties(quote(share + preferred), environ)
-            )
+            return bool(prop_manager is not None and prop_manager.get_properties(ref(preferred), environ))
 
         if dead(path):
             return None
@@ -196,21 +231,35 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
                 href = quote(href_base + preferred, safe=HREF_SAFE)
                 folders.append(_folder_response(href, name, collection.directory / name, lock_props))
             fragments = self._fragments
+            changes = VERDICTS.changes  # before any state is read: a verdict after it is seen next time
+            href_prefix: str | None = None
             now = now_ns()  # one moment for the whole document
             if len(fragments) > MAX_FRAGMENTS:
                 fragments.clear()
+            for memo in (self._ours, self._dates, self._types):
+                if len(memo) > MAX_FRAGMENTS:
+                    memo.clear()
             for name, listed in listing.archives.items():
                 preferred = base + name
                 facts = listed.facts
                 cached = fragments.get(preferred)
+                if cached is not None and cached[6] != changes and cached[0] is facts:
+                    # A payload verdict was recorded since this member was rendered: is it this one's?
+                    if VERDICTS.state(facts) == cached[7]:
+                        cached = fragments[preferred] = (*cached[:6], changes, cached[7])
+                    else:
+                        cached = None
                 if cached is None or cached[0] is not facts or cached[1] != lock_props:
-                    href = quote(href_base + preferred, safe=HREF_SAFE)
-                    own, before, after = (part.encode() for part in _archive_parts(href, name, facts))
-                    before, after = self._shared(before), self._shared(after)
+                    if href_prefix is None:
+                        href_prefix = quote(href_base + base, safe=HREF_SAFE)
+                    # ``quote`` maps each UTF-8 byte on its own: quoting the prefix once is the same.
+                    own = self._head(href_prefix + quote(name, safe=HREF_SAFE), name, facts)
+                    state = VERDICTS.state(facts)
+                    before, after = self._our_parts(facts, state)
                     size = len(own) + len(lock_bytes) + len(before) + len(after)
-                    cached = (facts, lock_props, quote(share + preferred), own, before, after, size)
+                    cached = (facts, lock_props, own, before, after, size, changes, state)
                     fragments[preferred] = cached
-                if prop_manager is not None and prop_manager.get_properties(cached[2], environ):
+                if prop_manager is not None and prop_manager.get_properties(ref(preferred), environ):
                     return None
                 members.append(cached)
                 expired.append(facts.expiry.is_expired(now))
@@ -218,10 +267,10 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         return _Document(head.encode(), members, bytes(expired), lock_bytes)
 
 
-#: A member's cached response: facts, lock properties and ref URL it was made for, its own part (href to
-#: ETag), our properties up to the expired flag's text, the rest after it, and the three parts' length
-#: with the lock properties.
-_Fragment = tuple[ArchiveFacts, str, str, bytes, bytes, bytes, int]
+#: A member's cached response: facts and lock properties it was made for, its own part (href to ETag), our
+#: properties up to the expired flag's text, the rest after it, the three parts' length with the lock
+#: properties, and the payload verdict shown with ``PayloadVerdicts.changes`` when it was last confirmed.
+_Fragment = tuple[ArchiveFacts, str, bytes, bytes, bytes, int, int, str]
 
 
 class _Document:
@@ -242,7 +291,7 @@ class _Document:
         flags = sum(expired)
         self.length = (
             len(head)
-            + sum(member[6] for member in members)
+            + sum(member[5] for member in members)
             + 4 * flags  # "true"
             + 5 * (len(members) - flags)  # "false"
             + len(_END)
@@ -254,8 +303,8 @@ class _Document:
         size = len(self.head)
         lock = self.lock
         for member, flag in zip(self.members, self.expired, strict=True):
-            batch += (member[3], lock, member[4], b"true" if flag else b"false", member[5])
-            size += member[6]
+            batch += (member[2], lock, member[3], b"true" if flag else b"false", member[4])
+            size += member[5]
             if size >= CHUNK_BYTES:
                 yield b"".join(batch)
                 batch, size = [], 0
@@ -290,25 +339,19 @@ def _folder_response(href: str, name: str, directory: os.PathLike[str], lock_pro
     )
 
 
-def _archive_parts(href: str, name: str, facts: ArchiveFacts) -> tuple[str, str, str]:
-    # The member's response in three parts: its own head (up to the ETag), then (after the lock properties)
-    # our properties up to the text of ``urn:sync:expired`` — the one value that moves with time — and the
-    # rest after it. The last two are the same for many archives, the lock properties for all.
-    ours = list(sync_properties(facts).items())
+def _our_parts(facts: ArchiveFacts, state: str) -> tuple[str, str]:
+    # Our properties up to the text of ``urn:sync:expired`` (the one value that moves with time), and the
+    # rest after it; most archives of a store share both. ``state`` is the payload verdict shown (read once
+    # by the caller: a verdict recorded meanwhile must not be rendered under the older one's key).
+    props = sync_properties(facts)
+    props[PROP_INTEGRITY] = state
+    ours = list(props.items())
     at = [prop for prop, _ in ours].index(PROP_EXPIRED)
     tag = "ns1:" + _SYNC_LOCAL[PROP_EXPIRED]
-    head = (
-        f"<ns0:response><ns0:href>{escape(href)}</ns0:href><ns0:propstat><ns0:prop>"
-        f"<ns0:resourcetype /><ns0:getcontentlength>{facts.payload_size}</ns0:getcontentlength>"
-        + _element("ns0:getcontenttype", facts.content_type)
-        + f"<ns0:getlastmodified>{dav_util.get_rfc1123_time(facts.last_modified)}</ns0:getlastmodified>"
-        + _element("ns0:displayname", name)
-        + _element("ns0:getetag", f'"{facts.etag}"')
-    )
     before = "".join(_element("ns1:" + _SYNC_LOCAL[prop], value) for prop, value in ours[:at]) + f"<{tag}>"
     after = (
         f"</{tag}>"
         + "".join(_element("ns1:" + _SYNC_LOCAL[prop], value) for prop, value in ours[at + 1 :])
         + _OK
     )
-    return head, before, after
+    return before, after

@@ -30,6 +30,7 @@ from sync_format import (
 )
 from sync_format.errors import ManifestError
 from sync_format.manifest import Manifest
+from sync_format.media import MAX_ACCEPTED, display_ext_problem, media_type_problem
 from sync_format.reader import MAX_CONTEXT_SIZE, MAX_MANIFEST_SIZE
 from sync_format.state import MAX_STATE_SIZE, ArchiveState
 from sync_format.testing import (
@@ -1115,3 +1116,28 @@ def test_served_strings_of_real_archives_are_kept(
             content_type,
             display_ext,
         )
+
+
+def test_remembered_served_strings_never_admit_a_refused_one() -> None:
+    """Values accepted once are remembered (every open checks them), but only exact ``str`` values: a
+    refused value is refused every time, even after many accepted ones and after the memory was emptied,
+    and a ``str`` subclass that compares equal to an accepted value is checked itself."""
+
+    class Sneaky(str):  # equal to everything, hashed like an accepted value
+        def __eq__(self, other: object) -> bool:
+            return True
+
+        def __hash__(self) -> int:
+            return hash("csv" if "/" not in self else "text/csv")
+
+    for _ in range(2):
+        assert media_type_problem("text/csv") is None
+        assert display_ext_problem("csv") is None
+        assert media_type_problem("text/csv\r\nSet-Cookie: a=b") is not None
+        assert display_ext_problem("../csv") is not None
+        assert media_type_problem(Sneaky("text/csv\r\nX: y")) is not None
+        assert display_ext_problem(Sneaky("csv/..")) is not None
+    for i in range(MAX_ACCEPTED + 5):  # past the bound: the memory is emptied, never wrong
+        assert media_type_problem(f"text/x-{i}") is None
+    assert media_type_problem("text/csv\n") is not None
+    assert media_type_problem("text/csv") is None

@@ -249,6 +249,21 @@ def test_fast_propfind_written_in_chunks_is_wsgidavs_document(
     assert int(fast.headers["content-length"]) == len(fast.body) == sum(writes)
 
 
+def test_fast_propfind_shares_parts_only_between_members_that_show_the_same(
+    add_archive: AddArchive, url: str
+) -> None:
+    """Members with the same TTL, expiry, generation and refresh time share their rendered properties,
+    yet one whose payload a GET verified meanwhile shows its own verdict, as wsgidav does."""
+    for name in ("a.csv.sync", "b.csv.sync", "c.csv.sync"):
+        add_archive(name, b"same,bytes\n", manifest=csv_manifest())
+    first, _ = _fast_and_slow_propfind(url, "/", "1")
+    assert first.body.count(b"<ns1:integrity>unverified</ns1:integrity>") == 3
+    assert request(url, "GET", "/b.csv").status == 200
+    fast, slow = _fast_and_slow_propfind(url, "/", "1")
+    assert fast.body.count(b"<ns1:integrity>verified</ns1:integrity>") == 1
+    assert _without_date(fast) == _without_date(slow)
+
+
 @pytest.mark.parametrize("setup", ["lock", "dead-property"])
 def test_fast_propfind_shows_locks_and_dead_properties(
     varied_store: Path, server: ServerHandle, setup: str

@@ -11,6 +11,7 @@ from rewrites import rewrite_in_place
 from store_manifests import csv_manifest
 
 from mountd import ArchiveFacts, ArchiveIndex, derive_etag
+from mountd.dav.index import _member_path
 from sync_format import BuildResult, FileIdentity, open_archive
 from sync_format.testing import make_archive, make_manifest
 
@@ -116,3 +117,36 @@ def test_the_cache_is_bounded(add_archive: AddArchive, store: Path) -> None:
     assert index.stats.opens == 4
     with pytest.raises(ValueError, match="max_entries"):
         ArchiveIndex(max_entries=0)
+
+
+@pytest.mark.parametrize(
+    "name", ["a.sync", "odd & <name> 'q' \"d\" é.txt.sync", "-x.sync", "sp ace.sync", "ü" * 40]
+)
+def test_member_paths_are_the_joined_paths(tmp_path: Path, name: str) -> None:
+    """The listing's cheap ``directory / name`` gives the same path, text and name as the operator."""
+    for directory in (tmp_path, tmp_path / "sub dir", Path("relative/dir"), Path("/")):
+        made = _member_path(directory, name)
+        joined = directory / name
+        assert (made, str(made), made.name, made.parent, type(made)) == (
+            joined,
+            str(joined),
+            joined.name,
+            joined.parent,
+            type(joined),
+        )
+
+
+def test_a_folder_alone_hides_the_archive_of_its_name(
+    add_archive: AddArchive, store: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With no two archives sharing a name, an archive whose display name is a subdirectory's is still left
+    out (and logged), and every other archive is listed under its own name."""
+    add_archive("dir.sync")  # display_ext txt: dir.txt
+    add_archive("other.sync")
+    (store / "dir.txt").mkdir()
+    with caplog.at_level("WARNING", logger="mountd.dav.index"):
+        listing = ArchiveIndex().list_directory(store)
+    assert listing.folders == ("dir.txt",)
+    assert list(listing.archives) == ["other.txt"]
+    assert listing.archives["other.txt"].path == store / "other.sync"
+    assert any("collision" in r.getMessage() and "dir.txt" in r.getMessage() for r in caplog.records)
