@@ -159,6 +159,7 @@ def serve_mountd(store: Path, *, sendfile: bool, cache_dir: Path) -> int:
 
     from broker import Settings  # noqa: PLC0415
     from mountd import NullFreshness, serve_background  # noqa: PLC0415
+    from mountd.server import settle_heap  # noqa: PLC0415
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     # Blocked before the server's threads exist, so that only sigwait below receives them.
@@ -166,6 +167,7 @@ def serve_mountd(store: Path, *, sendfile: bool, cache_dir: Path) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     settings = Settings(host="127.0.0.1", port=0, cache_dir=cache_dir)
     with serve_background(settings, store, NullFreshness(), sendfile=sendfile) as handle:
+        settle_heap()  # as syncctl serve does (mountd.server.run_until_signal)
         print(f"ready {handle.mount_url}", flush=True)
         signal.sigwait(signals)
     return 0

@@ -65,3 +65,28 @@ def test_server_process_serves_and_stops_on_signal(
             process.communicate()
     assert process.returncode == 0, err
     assert out.strip() == "stopped"
+
+
+def test_a_served_process_freezes_what_it_built_before_serving(store: Path) -> None:
+    """``run_until_signal`` moves what the process built before serving out of the collector's reach
+    (``settle_heap``), so full collections during a big listing walk only what requests allocated."""
+    import gc  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    from broker import Settings  # noqa: PLC0415
+    from mountd import NullFreshness  # noqa: PLC0415
+    from mountd.app import MountdConfig, start  # noqa: PLC0415
+    from mountd.server import run_until_signal  # noqa: PLC0415
+
+    frozen: list[int] = []
+
+    def ready(_handle: object) -> None:
+        frozen.append(gc.get_freeze_count())
+        os.kill(os.getpid(), signal.SIGTERM)  # run_until_signal's handler takes it: the server stops
+
+    handle = start(MountdConfig.of(Settings(host="127.0.0.1", port=0), store, NullFreshness()))
+    try:
+        run_until_signal(handle, ready)
+    finally:
+        gc.unfreeze()
+    assert frozen and frozen[0] > 10_000
