@@ -400,7 +400,7 @@ class ArchiveIndex:
             self._hits += len(known) - known.count(None)
         misses = [i for i, cached in enumerate(known) if cached is None]
         if misses and self.store is not None:
-            restored = self.store.lookup([files[i][1] for i in misses])
+            restored = self.store.lookup([files[i][1] for i in misses], [identities[i] for i in misses])
             if restored:
                 with self._lock:
                     for j, facts in restored.items():
@@ -411,8 +411,9 @@ class ArchiveIndex:
             self._record_deferred(memo_key, files, started)
         found: list[ListedArchive] = []
         complete = True
+        child = _child_paths(directory)
         for (name, st), identity, cached in zip(files, identities, known, strict=True):
-            path = directory / name
+            path = child(name)
             if cached is None:
                 opened = self._open(path, identity)
                 if opened is None:
@@ -535,6 +536,17 @@ class ArchiveIndex:
         self._entries.move_to_end(identity)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
+
+
+def _child_paths(directory: Path) -> Callable[[str], Path]:
+    """``directory / name`` for names a scan returned (never a separator, ``.`` or ``..``).
+
+    ``/`` parses the joined part again (measured ~5 µs; 10,000 of them were a tenth of a first listing);
+    pathlib's own helper for the names ``iterdir`` returns does not. It is private: where it is missing,
+    ``/``. A test checks both give equal paths.
+    """
+    make: Callable[[str], Path] | None = getattr(directory, "_make_child_relpath", None)
+    return directory.__truediv__ if make is None else make
 
 
 def _unchanged(remembered: _Remembered, watched: tuple[Watch, int], started: int) -> bool:

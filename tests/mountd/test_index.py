@@ -116,3 +116,14 @@ def test_the_cache_is_bounded(add_archive: AddArchive, store: Path) -> None:
     assert index.stats.opens == 4
     with pytest.raises(ValueError, match="max_entries"):
         ArchiveIndex(max_entries=0)
+
+
+@pytest.mark.parametrize("name", ["r.sync", "a b.sync", "ü-x.sync", "a\\b.sync", "-.sync", "x..sync"])
+def test_listed_paths_are_the_joined_paths(store: Path, name: str) -> None:
+    """Each listed archive's path equals ``directory / file name`` (built without re-parsing the name)."""
+    make_archive(store / name, manifest=csv_manifest())
+    [listed] = ArchiveIndex().list_directory(store).archives.values()
+    assert listed.path == store / name
+    assert str(listed.path) == str(store / name)
+    assert listed.path.name == name
+    assert type(listed.path) is type(store / name)
