@@ -555,7 +555,7 @@ def _unchanged(remembered: _Remembered, watched: tuple[Watch, int], started: int
     # versions waits to be recorded on disk (that takes a scan), and the files the watch does not vouch
     # for have the stat keys they had.
     _, _, when_scanned, untrusted, scanned_ns, young = remembered
-    if when_scanned is None or young or started - scanned_ns >= REVERIFY_NS:
+    if when_scanned is None or young or not 0 <= started - scanned_ns < REVERIFY_NS:  # (a clock set back too)
         return False
     if when_scanned[0] is not watched[0] or when_scanned[1] != watched[1]:
         return False

@@ -184,6 +184,7 @@ def test_a_folder_is_scanned_again_after_the_reverify_interval(store: Path, tmp_
     now = [time.time_ns()]
     index = ArchiveIndex(clock=lambda: now[0])
     try:
+        mapped_before = path.read_bytes()
         mapped = path.open("r+b")
         with mmap.mmap(mapped.fileno(), len(data)) as view:
             mapped.close()
@@ -199,6 +200,10 @@ def test_a_folder_is_scanned_again_after_the_reverify_interval(store: Path, tmp_
             wait_for(once, 5, what="ctime to move")
             now[0] += REVERIFY_NS
             assert types(index.list_directory(store)) == {"r.tsv": "text/tsv"}
+            view[:] = mapped_before
+            view.flush()
+            now[0] -= 1  # a wall clock set back does not extend the remembered listing's life either
+            assert types(index.list_directory(store)) == {"r.csv": "text/csv"}
     finally:
         index.close()
 
