@@ -24,6 +24,10 @@ Invariants:
       built from, and returned again only when a fresh scan finds exactly those (so a swap, edit, rename,
       new or removed entry always rebuilds it); a listing that met an I/O error is not kept. Remembered
       listings hold at most ``max_entries`` archives together.
+    * A remembered listing answers without a scan only while its directory's watch (``mountd.dav.dir_watch``)
+      has reported nothing since before the scan it was built or last confirmed by, the files the watch does
+      not vouch for (``dir_watch.trusted``) still have their stat keys, none of its versions waits to be
+      recorded in the facts store, and its scan is younger than ``REVERIFY_NS``; otherwise it scans.
     * With a ``FactsStore`` (``mountd.dav.facts_store``), versions missing from memory are looked up on disk
       before any archive is opened, and facts a listing opened are recorded there (under the exact
       ``lstat`` key, ctime included, and only once the version is old enough not to be mid-write); so a
@@ -43,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+from mountd.dav.dir_watch import REVERIFY_NS, DirectoryWatcher, Watch, trusted
 from mountd.dav.facts import ArchiveFacts
 from mountd.dav.facts_store import FactsStore, StatKey, stat_key
 from sync_format import ArchiveError, FileIdentity, display_name, open_archive
@@ -141,6 +146,12 @@ class IndexStats:
 
 
 _Cached = ArchiveFacts | Unreadable
+#: A remembered listing: the names and stat keys it was built from (``_listing_key``), the listing, the
+#: directory's watch and change count taken before its scan (None: not watched), the files the watch does
+#: not vouch for (path and stat key), when its scan started, and whether versions of it await recording.
+_Remembered = tuple[
+    tuple[object, ...], DirectoryListing, tuple[Watch, int] | None, tuple[tuple[str, StatKey], ...], int, bool
+]
 
 
 class ArchiveIndex:
@@ -151,6 +162,8 @@ class ArchiveIndex:
         name_rule: The display-name rule of listings (the read-only one by default).
         store: Facts kept on disk across restarts; memory only when None. The index closes it.
         clock: Wall-clock nanoseconds, the clock file ctimes are set by (tests move it).
+        watcher: Directory watches that let a listing skip the scan of an unchanged folder
+            (``mountd.dav.dir_watch``): True for the index's own, False for none (every listing scans).
     """
 
     def __init__(
@@ -160,6 +173,7 @@ class ArchiveIndex:
         name_rule: NameRule = display_name,
         store: FactsStore | None = None,
         clock: Callable[[], int] = time.time_ns,
+        watcher: DirectoryWatcher | bool = True,
     ) -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, not {max_entries}")
@@ -168,7 +182,7 @@ class ArchiveIndex:
         self._entries: OrderedDict[FileIdentity, _Cached] = OrderedDict()
         self._logged_io: OrderedDict[FileIdentity, None] = OrderedDict()
         self._collisions: OrderedDict[tuple[str, ...], None] = OrderedDict()
-        self._listings: OrderedDict[str, tuple[tuple[object, ...], DirectoryListing]] = OrderedDict()
+        self._listings: OrderedDict[str, _Remembered] = OrderedDict()
         self._listed = 0  # archives in the remembered listings
         self._lock = threading.Lock()
         self._opens = self._hits = self._learned = self._unreadable = self._restored = 0
@@ -176,6 +190,9 @@ class ArchiveIndex:
         self._clock = clock
         # Versions opened while too young to record: identity → (the key they were read under, directory).
         self._deferred: OrderedDict[FileIdentity, tuple[StatKey, str]] = OrderedDict()
+        if watcher is True:
+            watcher = DirectoryWatcher(MAX_REMEMBERED_LISTINGS)
+        self._watcher = watcher or None
 
     @property
     def stats(self) -> IndexStats:
@@ -184,9 +201,12 @@ class ArchiveIndex:
             return IndexStats(self._opens, self._hits, self._learned, self._unreadable, self._restored)
 
     def close(self) -> None:
-        """Write what the facts store has queued and close it (idempotent; memory stays usable)."""
+        """Write what the facts store has queued and close it, drop the directory watches (idempotent;
+        memory stays usable, and listings scan)."""
         if self.store is not None:
             self.store.close()
+        if self._watcher is not None:
+            self._watcher.close()
 
     def cached(self, identity: FileIdentity) -> ArchiveFacts | Unreadable | None:
         """What is known about an archive version, without opening anything.
@@ -332,9 +352,9 @@ class ArchiveIndex:
     def list_directory(self, directory: Path) -> DirectoryListing:
         """List one store directory: its visible subdirectories and its readable archives by display name.
 
-        The directory is scanned (``lstat`` of every entry) each time; when no entry was added, removed or
-        changed identity since the last listing of it, that listing is returned as it was, without
-        looking up, naming or sorting its archives again.
+        The directory is scanned (``lstat`` of every entry) unless its watch vouches that nothing changed
+        since the last listing of it; when no entry was added, removed or changed identity since then, that
+        listing is returned as it was, without looking up, naming or sorting its archives again.
 
         Args:
             directory: The directory (already known to be inside the store and not a symlink).
@@ -343,10 +363,17 @@ class ArchiveIndex:
             The listing; an unreadable directory lists as empty (logged).
         """
         started = self._clock()  # before any lstat: see FactsStore.record
-        folders, files = _scan(directory)
         memo_key = str(directory)
+        watched = None if self._watcher is None else self._watcher.begin(directory)  # before the scan
         with self._lock:
             remembered = self._listings.get(memo_key)
+        if remembered is not None and watched is not None and _unchanged(remembered, watched, started):
+            with self._lock:
+                if self._listings.get(memo_key) is remembered:
+                    self._listings.move_to_end(memo_key)
+                    self._hits += len(remembered[1].archives)
+                    return remembered[1]
+        folders, files = _scan(directory)
         # Compared in place: building the key of 10,000 files for nothing cost half a MB per request.
         if remembered is not None and not _same_entries(remembered[0], folders, files):
             remembered = None
@@ -360,6 +387,8 @@ class ArchiveIndex:
         if remembered is not None:
             if deferred:
                 self._record_deferred(memo_key, files, started)
+            if watched is not None:  # the scan found it unchanged: it stands for this scan's count now
+                self._remember(memo_key, remembered, watched, _untrusted(directory, files), started)
             return remembered[1]
         identities = [
             FileIdentity(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns) for _, st in files
@@ -375,7 +404,7 @@ class ArchiveIndex:
             self._hits += len(known) - known.count(None)
         misses = [i for i, cached in enumerate(known) if cached is None]
         if misses and self.store is not None:
-            restored = self.store.lookup([files[i][1] for i in misses])
+            restored = self.store.lookup([files[i][1] for i in misses], [identities[i] for i in misses])
             if restored:
                 with self._lock:
                     for j, facts in restored.items():
@@ -387,8 +416,9 @@ class ArchiveIndex:
         found: list[ListedArchive] = []
         complete = True
         prefix = os.path.join(memo_key, "")
+        child = _child_paths(directory)
         for (name, st), identity, cached in zip(files, identities, known, strict=True):
-            path = _member_path(directory, name)
+            path = child(name)
             if cached is None:
                 opened = self._open(path, identity, prefix + name)
                 if opened is None:
@@ -406,16 +436,34 @@ class ArchiveIndex:
         archives = self._resolve_collisions(directory, found, set(folders))
         listing = DirectoryListing(directory, folders, MappingProxyType(archives))
         if complete and len(files) <= self._max:
+            key = _listing_key(folders, files)
+            untrusted = () if watched is None else _untrusted(directory, files)
             with self._lock:
                 old = self._listings.pop(memo_key, None)
                 if old is not None:
                     self._listed -= len(old[1].archives)
-                self._listings[memo_key] = (_listing_key(folders, files), listing)
+                young = watched is not None and any(where == memo_key for _, where in self._deferred.values())
+                self._listings[memo_key] = (key, listing, watched, untrusted, started, young)
                 self._listed += len(archives)
                 # Bounded like the facts: no more listed archives than ``max_entries``, in few directories.
                 while len(self._listings) > MAX_REMEMBERED_LISTINGS or self._listed > self._max:
                     self._listed -= len(self._listings.popitem(last=False)[1][1].archives)
         return listing
+
+    def _remember(
+        self,
+        memo_key: str,
+        remembered: _Remembered,
+        watched: tuple[Watch, int],
+        untrusted: tuple[tuple[str, StatKey], ...],
+        started: int,
+    ) -> None:
+        # A scan that began after ``watched`` was taken found ``remembered`` unchanged: let it answer later
+        # listings without a scan while the watch reports nothing more.
+        with self._lock:
+            if self._listings.get(memo_key) is remembered:
+                young = any(where == memo_key for _, where in self._deferred.values())
+                self._listings[memo_key] = (remembered[0], remembered[1], watched, untrusted, started, young)
 
     def _defer(self, identity: FileIdentity, key: StatKey, directory: str) -> None:
         with self._lock:
@@ -499,6 +547,44 @@ class ArchiveIndex:
             self._entries.popitem(last=False)
 
 
+def _child_paths(directory: Path) -> Callable[[str], Path]:
+    """``directory / name`` for names a scan returned (never a separator, ``.`` or ``..``).
+
+    ``/`` parses the joined part again (measured ~5 µs; 10,000 of them were a tenth of a first listing);
+    pathlib's own helper for the names ``iterdir`` returns does not. It is private: where it is missing,
+    ``/``. A test checks both give equal paths.
+    """
+    make: Callable[[str], Path] | None = getattr(directory, "_make_child_relpath", None)
+    return directory.__truediv__ if make is None else make
+
+
+def _unchanged(remembered: _Remembered, watched: tuple[Watch, int], started: int) -> bool:
+    # Whether a remembered listing still holds without a scan: its directory's watch reported nothing since
+    # before its scan (the same watch, the same count), it is younger than ``REVERIFY_NS``, none of its
+    # versions waits to be recorded on disk (that takes a scan), and the files the watch does not vouch
+    # for have the stat keys they had.
+    _, _, when_scanned, untrusted, scanned_ns, young = remembered
+    if when_scanned is None or young or not 0 <= started - scanned_ns < REVERIFY_NS:  # (a clock set back too)
+        return False
+    if when_scanned[0] is not watched[0] or when_scanned[1] != watched[1]:
+        return False
+    for path, key in untrusted:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        if stat_key(st) != key:
+            return False
+    return True
+
+
+def _untrusted(
+    directory: Path, files: tuple[tuple[str, os.stat_result], ...]
+) -> tuple[tuple[str, StatKey], ...]:
+    # The files whose changes a watch on their directory might not see (``dir_watch.trusted``).
+    return tuple((f"{directory}/{name}", stat_key(st)) for name, st in files if not trusted(st))
+
+
 def _listing_key(
     folders: tuple[str, ...], files: tuple[tuple[str, os.stat_result], ...]
 ) -> tuple[object, ...]:
@@ -540,18 +626,6 @@ def _same_entries(
 
 #: ``Path._make_child_relpath``: ``directory / name`` for one plain name without parsing it again (7 times
 #: cheaper; a first listing makes a path per archive). A private method, so only used where it exists.
-_CHILD = getattr(Path, "_make_child_relpath", None)
-_CONCRETE_PATH = type(Path())
-
-
-def _member_path(directory: Path, name: str) -> Path:
-    """``directory / name`` for a name ``os.scandir`` gave: one component, never ``.`` or ``..``."""
-    if _CHILD is None or type(directory) is not _CONCRETE_PATH:
-        return directory / name
-    child: Path = _CHILD(directory, name)
-    return child
-
-
 def _scan(directory: Path) -> tuple[tuple[str, ...], tuple[tuple[str, os.stat_result], ...]]:
     """Visible subdirectory names and archive files with their ``lstat``, sorted by name.
 

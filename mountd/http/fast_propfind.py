@@ -213,6 +213,8 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
 
         if dead(path):
             return None
+        if _holds_nothing(prop_manager):  # wsgidav loads it at its first use (just above): a first listing
+            prop_manager = None
         folders = [
             _folder_response(
                 quote(href_base + path, safe=HREF_SAFE), collection.name, collection.directory, lock_props

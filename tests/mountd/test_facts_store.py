@@ -154,28 +154,65 @@ def test_garbage_in_place_of_the_database_is_rebuilt(
 
 
 @pytest.mark.parametrize(
-    "row",
+    ("column", "value"),
     [
-        "not json",
-        "[]",
-        '["csv","text/csv",-1,0,"x",0,0,null,1,1,"b",null,null,false,0]',
-        '["csv","text/csv\\r\\nX-Evil: 1",0,0,"x",0,0,null,1,1,"b",null,null,false,0]',
-        '["csv","text/csv",0,0,"\\"x",0,0,null,1,1,"b",null,null,false,0]',
-        '["csv","text/csv",0,0,"x",0,0,null,1,1,"b",null,null,1,0]',
-        '["csv","text/csv",99999,0,"x",0,0,null,1,1,"b",null,null,false,0]',
+        ("payload_size", -1),
+        ("ctype", "text/csv\r\nX-Evil: 1"),
+        ("ext", "csv/../x"),
+        ("etag", '"x'),
+        ("etag", "x\x00y"),
+        ("etag", ""),
+        ("logic", 2),
+        ("payload_size", 99999),
+        ("ext", b"csv"),
+        ("modified", "yesterday"),
+        ("modified", float("inf")),
+        ("generation", 1.5),
+        ("at_ns", "soon"),
+        ("crc", 2**32),
+        ("updated_at", 7),
     ],
-    ids=["not-json", "short", "negative", "header-injection", "quote-in-etag", "int-as-bool", "past-eof"],
+    ids=[
+        "negative",
+        "header-injection",
+        "path-in-extension",
+        "quote-in-etag",
+        "nul-in-etag",
+        "empty-etag",
+        "int-as-bool",
+        "past-eof",
+        "blob-as-text",
+        "text-as-time",
+        "infinite-time",
+        "real-as-int",
+        "text-as-expiry",
+        "crc-too-big",
+        "int-as-text",
+    ],
 )
-def test_a_bad_row_under_the_right_key_is_a_miss(store: Path, tmp_path: Path, row: str) -> None:
-    """A row under the file's key that is not what the writer writes is ignored: the archive is opened."""
+def test_a_bad_row_under_the_right_key_is_a_miss(
+    store: Path, tmp_path: Path, column: str, value: object
+) -> None:
+    """A row under the file's key with a value the writer never writes is ignored: the archive is opened."""
+    assert column in facts_store.FACT_COLUMNS
     path = store / "r.sync"
     make_archive(path, manifest=CSV)
     listed(tmp_path / "cache", store)
     with sqlite3.connect(tmp_path / "cache" / DIR_NAME / DB_NAME) as db:
-        assert db.execute("UPDATE facts SET facts = ?", (row,)).rowcount == 1
+        assert db.execute(f"UPDATE facts SET {column} = ?", (value,)).rowcount == 1  # noqa: S608  (a fixed name)
     listing, index = listed(tmp_path / "cache", store)
     assert (index.stats.opens, index.stats.restored) == (1, 0)
     assert types(listing) == {"r.csv": "text/csv"}
+
+
+def test_a_good_row_is_restored_exactly(store: Path, tmp_path: Path) -> None:
+    """What a restart reads back from the index equals what opening the archive gives, field by field."""
+    assert facts_store._SETTERS is not None  # restored by setting the slots, not through the constructor
+    make_archive(store / "r.sync", manifest=make_manifest(content_type="text/csv", display_ext="csv", ttl=60))
+    first, _ = listed(tmp_path / "cache", store)
+    second, index = listed(tmp_path / "cache", store)
+    assert index.stats.restored == 1
+    assert second.archives["r.csv"].facts == first.archives["r.csv"].facts
 
 
 def test_a_directory_writable_by_others_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -262,3 +299,14 @@ def test_settings_decide_whether_facts_persist(tmp_path: Path) -> None:
     store.close()
     assert (tmp_path / DIR_NAME / DB_NAME).is_file()
     assert Settings.from_env(env={"SYNC_FACTS_INDEX": "0"}).facts_index is False
+
+
+def test_two_names_of_one_inode_are_both_restored(store: Path, tmp_path: Path) -> None:
+    """An archive hard-linked under a second name in the same folder is answered from disk under both."""
+    make_archive(store / "a.sync", manifest=CSV)
+    os.link(store / "a.sync", store / "b.sync")
+    first, _ = listed(tmp_path / "cache", store)
+    second, index = listed(tmp_path / "cache", store)
+    assert (index.stats.opens, index.stats.restored) == (0, 2)
+    assert sorted(second.archives) == ["a.csv", "b.csv"]
+    assert [a.facts for a in second.archives.values()] == [a.facts for a in first.archives.values()]

@@ -331,3 +331,26 @@ def test_fast_paths_still_require_credentials(consumer_server: ServerHandle) -> 
             resp = request(url, method, path, headers={**headers, "Depth": "1"})
             assert resp.status == 401, (method, headers)
             assert b"secret payload" not in resp.body
+
+
+def test_a_first_listing_looks_up_no_dead_property_per_member(
+    add_archive: AddArchive, server: ServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first PROPFIND of a process, while wsgidav's empty property manager is not yet loaded, asks it
+    about the folder once, not about each of its members (that was 10,000 locked look-ups after a restart)."""
+    for i in range(5):
+        add_archive(f"r{i}.txt.sync", b"x")
+    manager = server.provider.prop_manager
+    assert not getattr(manager, "_loaded", True), "the server should not have used its property manager yet"
+    asked: list[str] = []
+    real = manager.get_properties
+
+    def counting(norm_url: str, environ: Any = None) -> Any:
+        asked.append(norm_url)
+        return real(norm_url, environ)
+
+    monkeypatch.setattr(manager, "get_properties", counting)
+    fast = request(server.mount_url, "PROPFIND", "/", headers={"Depth": "1"})
+    assert fast.status == 207
+    assert b"/r4.txt<" in fast.body
+    assert asked == ["/"]

@@ -11,7 +11,7 @@ from rewrites import rewrite_in_place
 from store_manifests import csv_manifest
 
 from mountd import ArchiveFacts, ArchiveIndex, derive_etag
-from mountd.dav.index import _member_path
+from mountd.dav.index import _child_paths
 from sync_format import BuildResult, FileIdentity, open_archive
 from sync_format.testing import make_archive, make_manifest
 
@@ -122,10 +122,10 @@ def test_the_cache_is_bounded(add_archive: AddArchive, store: Path) -> None:
 @pytest.mark.parametrize(
     "name", ["a.sync", "odd & <name> 'q' \"d\" é.txt.sync", "-x.sync", "sp ace.sync", "ü" * 40]
 )
-def test_member_paths_are_the_joined_paths(tmp_path: Path, name: str) -> None:
+def test_child_paths_are_the_joined_paths(tmp_path: Path, name: str) -> None:
     """The listing's cheap ``directory / name`` gives the same path, text and name as the operator."""
     for directory in (tmp_path, tmp_path / "sub dir", Path("relative/dir"), Path("/")):
-        made = _member_path(directory, name)
+        made = _child_paths(directory)(name)
         joined = directory / name
         assert (made, str(made), made.name, made.parent, type(made)) == (
             joined,
@@ -150,3 +150,14 @@ def test_a_folder_alone_hides_the_archive_of_its_name(
     assert list(listing.archives) == ["other.txt"]
     assert listing.archives["other.txt"].path == store / "other.sync"
     assert any("collision" in r.getMessage() and "dir.txt" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("name", ["r.sync", "a b.sync", "ü-x.sync", "a\\b.sync", "-.sync", "x..sync"])
+def test_listed_paths_are_the_joined_paths(store: Path, name: str) -> None:
+    """Each listed archive's path equals ``directory / file name`` (built without re-parsing the name)."""
+    make_archive(store / name, manifest=csv_manifest())
+    [listed] = ArchiveIndex().list_directory(store).archives.values()
+    assert listed.path == store / name
+    assert str(listed.path) == str(store / name)
+    assert listed.path.name == name
+    assert type(listed.path) is type(store / name)
