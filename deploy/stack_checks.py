@@ -247,7 +247,7 @@ class Checks:
             committed = sorted(r["generation"] for r in records if r["status"] == "committed")
             if not committed or committed != list(range(committed[0], committed[0] + len(committed))):
                 seen = [(r["status"], r["generation"], r.get("job_id"), r.get("attempts")) for r in records]
-                raise CheckFailed(f"{name}: committed generations {committed} not consecutive; history {seen}")
+                raise CheckFailed(f"{name}: committed generations {committed} not consecutive: {seen}")
             if committed[0] != 1:
                 raise CheckFailed(f"{name}: first committed generation {committed[0]}")
             bases = [r["base_generation"] for r in records if r["status"] == "committed"]

@@ -189,7 +189,8 @@ def test_an_end_whose_reply_was_lost_is_not_applied_twice(redis_client: redis.Re
         first = subscription.get(timeout=5.0)
         second = subscription.get(timeout=0.5)
     assert lossy.calls == 2
-    assert first is not None and second is None
+    assert first is not None
+    assert second is None
     assert (end.claim_held, end.record.attempts) == (True, 1)
     assert [r.status for r in read_history(redis_client, request.archive)] == ["committed"]
     assert read_status(redis_client, request.archive) == end.record

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import http.client
+import os
 import signal
 import subprocess
 import sys
@@ -14,6 +16,10 @@ import pytest
 from dav_client import get, names, propfind
 from store_manifests import csv_manifest
 
+from broker import Settings
+from mountd import NullFreshness
+from mountd.app import MountdConfig, start
+from mountd.server import run_until_signal
 from sync_format import BuildResult
 
 AddArchive = Callable[..., BuildResult]
@@ -70,14 +76,6 @@ def test_server_process_serves_and_stops_on_signal(
 def test_a_served_process_freezes_what_it_built_before_serving(store: Path) -> None:
     """``run_until_signal`` moves what the process built before serving out of the collector's reach
     (``settle_heap``), so full collections during a big listing walk only what requests allocated."""
-    import gc  # noqa: PLC0415
-    import os  # noqa: PLC0415
-
-    from broker import Settings  # noqa: PLC0415
-    from mountd import NullFreshness  # noqa: PLC0415
-    from mountd.app import MountdConfig, start  # noqa: PLC0415
-    from mountd.server import run_until_signal  # noqa: PLC0415
-
     frozen: list[int] = []
 
     def ready(_handle: object) -> None:
@@ -89,4 +87,5 @@ def test_a_served_process_freezes_what_it_built_before_serving(store: Path) -> N
         run_until_signal(handle, ready)
     finally:
         gc.unfreeze()
-    assert frozen and frozen[0] > 10_000
+    assert len(frozen) == 1
+    assert frozen[0] > 10_000
