@@ -8,20 +8,26 @@ carried a body is read from the gateway's debug log.
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import logging
 import os
 import re
 import socket
+import struct
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 from recording_hook import RecordingHook
 from redis_server import wait_for
 
+import mountd.server
 from broker import Settings
 from mountd import BLOCK_SIZE, ServerHandle, serve_background
+from mountd.http import sendfile as sendfile_module
 from mountd.http.sendfile import direct_bytes
 from sync_format import BuildResult, commit_payload
 
@@ -32,6 +38,8 @@ BIG = os.urandom(5 * 1024 * 1024 + 12345)
 HUGE_MIB = 32
 #: Receive buffer of the slow client in the swap test, in bytes.
 SLOW_RCVBUF = 64 * 1024
+#: Connection timeout (seconds) of the servers that wait for a reader that stopped reading.
+SHORT_TIMEOUT = 1
 LOGGER = "mountd.http.sendfile"
 
 
@@ -292,3 +300,131 @@ def test_bytes_sent_past_the_iterable_are_reported(big: bytes, payload_server: S
     conn.close()
     wait_for(lambda: len(counting.direct) == 2, 10, what="both responses closed")
     assert counting.direct == [len(big) - BLOCK_SIZE, 0]
+
+
+def test_a_reader_that_stops_reading_is_cut_off_and_its_files_released(
+    add_archive: AddArchive,
+    store: Path,
+    hook: RecordingHook,
+    sendfile: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A client that stops reading mid-body is disconnected after the connection timeout, on either path:
+    the body stays incomplete, and the connection's thread and file descriptors are released."""
+    monkeypatch.setattr(mountd.server, "CONNECTION_TIMEOUT", SHORT_TIMEOUT)
+    huge = os.urandom(HUGE_MIB * 1024 * 1024)
+    add_archive("huge.txt.sync", huge)
+    settings = Settings(host="127.0.0.1", port=0)
+    with serve_background(settings, store, hook, sendfile=sendfile) as handle:
+        conn = _connect(handle)
+        conn.request("GET", "/huge.txt")
+        assert conn.getresponse().read() == huge  # warm: threads and caches exist before counting
+        conn.close()
+        baseline = _open_fds()
+        sock = socket.create_connection((handle.host, handle.port), timeout=30)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_RCVBUF)
+            sock.sendall(f"GET /huge.txt HTTP/1.1\r\nHost: 127.0.0.1:{handle.port}\r\n\r\n".encode())
+            received = len(sock.recv(65536))
+            # The client now reads nothing: only its own socket may stay open once the server gave up.
+            wait_for(lambda: _open_fds() <= baseline + 1, 30, what="the server dropped the stalled reader")
+            with suppress(ConnectionResetError):
+                while data := sock.recv(1024 * 1024):
+                    received += len(data)
+        finally:
+            sock.close()  # also unblocks a server that never gave up, so that a failure ends here
+        assert 0 < received < len(huge)
+        conn = _connect(handle)
+        conn.request("GET", "/huge.txt")
+        assert conn.getresponse().read() == huge
+        conn.close()
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    return server, client
+
+
+def _send_timeout(sock: socket.socket) -> tuple[int, int]:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.calcsize("@ll"))
+    seconds, micros = struct.unpack("@ll", raw)
+    return seconds, micros
+
+
+def _assert_restored(sock: socket.socket, timeout: float) -> None:
+    assert sock.gettimeout() == timeout
+    assert fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK
+    assert _send_timeout(sock) == (0, 0)
+
+
+def test_sendfile_sends_a_span_in_one_call_and_restores_the_socket(tmp_path: Path) -> None:
+    """The sendfile loop sends exactly the span asked for and leaves the socket as cheroot set it:
+    non-blocking with its timeout, no kernel send timeout."""
+    data = os.urandom(8 * 1024 * 1024 + 4321)
+    source = tmp_path / "data"
+    source.write_bytes(data)
+    server, client = _tcp_pair()
+    received = bytearray()
+
+    def drain() -> None:
+        while chunk := client.recv(1024 * 1024):
+            received.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        server.settimeout(7.5)
+        fd = os.open(source, os.O_RDONLY)
+        try:
+            sent = sendfile_module._sendfile(server, fd, 1000, len(data) - 2000)
+        finally:
+            os.close(fd)
+        _assert_restored(server, 7.5)
+        server.shutdown(socket.SHUT_WR)
+        reader.join(30)
+    finally:
+        server.close()
+        client.close()
+    assert sent == len(data) - 2000
+    assert bytes(received) == data[1000:-1000]
+
+
+def test_sendfile_to_a_reader_that_stopped_times_out_and_restores_the_socket(tmp_path: Path) -> None:
+    """A peer that reads nothing makes the sendfile loop raise cheroot's "timed out" after the socket's
+    timeout (the kernel's send timeout), and the socket is restored all the same."""
+    source = tmp_path / "data"
+    source.write_bytes(os.urandom(HUGE_MIB * 1024 * 1024))
+    server, client = _tcp_pair()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_RCVBUF)
+    outcome: list[BaseException | int] = []
+
+    def send() -> None:
+        fd = os.open(source, os.O_RDONLY)
+        try:
+            outcome.append(sendfile_module._sendfile(server, fd, 0, HUGE_MIB * 1024 * 1024))
+        except OSError as exc:
+            outcome.append(exc)
+        finally:
+            os.close(fd)
+
+    server.settimeout(0.2)
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        sender.join(30)
+        stuck = sender.is_alive()
+    finally:
+        client.close()  # unblocks a sender that would otherwise wait for ever
+        sender.join(30)
+    try:
+        assert not stuck, "the send to a stalled reader never gave up"
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], TimeoutError)
+        assert str(outcome[0]) == "timed out"
+        _assert_restored(server, 0.2)
+    finally:
+        server.close()
