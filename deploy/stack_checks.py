@@ -37,6 +37,9 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 TRANSPORT_KEYS = re.compile(r"^(unacked(_index|_mutex)?|sync\.refresh|celery|_kombu\..*)$")
 #: Keys mountd's refresh scheduler rewrites on every pass (its lease and its freshness summary): not a job's.
 SCHEDULER_KEYS = re.compile(r"^sync:scheduler:(lease|summary):")
+#: Each job end's receipt (``broker.job``: ``sync:end:<runner>``, expiring after 10 minutes): written by every
+#: job's end, whichever archive, and gone when it expires.
+END_RECEIPT_KEYS = re.compile(r"^sync:end:")
 
 
 def log(message: str) -> None:
@@ -470,12 +473,18 @@ class Checks:
             if before.get(k) != after.get(k)
             and not TRANSPORT_KEYS.match(k)
             and not SCHEDULER_KEYS.match(k)
+            and not END_RECEIPT_KEYS.match(k)
             and not any(part in k for part in ("ttl.sync", "scale-", "restart-", "hostile", "status-index"))
         )
         if changed:
             raise CheckFailed(f"Redis keys changed outside the jobs: {changed}")
         missing = sorted(
-            k for k in before if k not in after and not TRANSPORT_KEYS.match(k) and "sync:claim" not in k
+            k
+            for k in before
+            if k not in after
+            and not TRANSPORT_KEYS.match(k)
+            and not END_RECEIPT_KEYS.match(k)
+            and "sync:claim" not in k
         )
         if missing:
             raise CheckFailed(f"Redis keys gone: {missing}")

@@ -38,12 +38,15 @@ DOCKERD_PID=""
 
 # --- host state, saved before anything changes it, restored by the trap ------------------------------------
 IPT_VARIANTS=()
-for variant in legacy nft; do
-	command -v "iptables-$variant-save" >/dev/null 2>&1 && IPT_VARIANTS+=("$variant")
-done
 
+# Called after install_missing: on a host without iptables the variants exist only once it is installed, and the
+# host's state is then their empty tables (looked up earlier, none was saved and the engine's rules stayed).
 save_host_state() {
 	local variant
+	IPT_VARIANTS=()
+	for variant in legacy nft; do
+		command -v "iptables-$variant-save" >/dev/null 2>&1 && IPT_VARIANTS+=("$variant")
+	done
 	for variant in "${IPT_VARIANTS[@]}"; do
 		"iptables-$variant-save" >"$WORK/iptables-$variant.rules" 2>/dev/null || true
 	done
