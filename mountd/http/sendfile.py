@@ -21,10 +21,6 @@ Invariants:
     * Bytes come from the reader's own file descriptor at its own offsets: it holds the inode it was opened
       on, so a swap during the transfer never mixes old and new bytes, and nothing past the payload's end is
       ever sent.
-    * The sendfile path waits for a slow reader in the kernel: the socket is blocking during the transfer,
-      with ``SO_SNDTIMEO`` set to its timeout, so one call sends the span without waking Python, and a
-      reader that stops reading is cut off within one to two timeouts (``TimeoutError("timed out")``).
-      The socket's mode, timeout and ``SO_SNDTIMEO`` are restored when the transfer ends, however it ends.
     * ``os.sendfile`` only on a plain TCP or Unix socket; on TLS (an ``ssl.SSLSocket``) or anything that is
       not a socket the rest is copied in ``COPY_BLOCK`` blocks through ``sendall`` (or cheroot's writer), so
       the kernel never sends plaintext past a TLS layer. ``sendfile=False`` forces the copy path.
@@ -41,8 +37,8 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
-import struct
 from typing import Any, ClassVar
 
 from cheroot import wsgi
@@ -58,11 +54,9 @@ DIRECT_BYTES_KEY = "sync.sendfile.direct_bytes"
 #: Bytes per read and ``sendall`` on the copy path (TLS, non-sockets, ``sendfile=False``): the block size
 #: the measurements found fastest for Python-level copies.
 COPY_BLOCK = 1024 * 1024
-#: Largest count asked of one ``os.sendfile`` call (Linux moves at most 0x7ffff000 bytes per call anyway):
-#: the socket is blocking during the transfer, so one call sends up to this much.
+#: Largest count asked of one ``os.sendfile`` call (Linux moves at most 0x7ffff000 bytes per call anyway;
+#: a non-blocking socket takes what fits in its buffer and the loop asks again).
 SENDFILE_MAX = 1 << 30
-#: ``struct timeval`` as ``SO_SNDTIMEO`` takes it (two C longs: seconds, microseconds).
-_TIMEVAL = struct.Struct("@ll")
 #: Statuses whose body may be a payload span.
 SPAN_STATUSES = (200, 206)
 
@@ -229,15 +223,8 @@ def _content_range(value: bytes) -> tuple[int, int, int]:
 def _sendfile(sock: socket.socket, fd: int, offset: int, count: int) -> int:
     """Send ``count`` bytes of ``fd`` from ``offset``; return the bytes sent (fewer only at end of file).
 
-    cheroot's sockets have a timeout and so are non-blocking underneath; a non-blocking ``os.sendfile``
-    returns whenever the send buffer is full, and each return cost a wake-up, a ``poll`` and an exception
-    in Python (a few hundred per 512 MiB). Instead the socket is made blocking for the transfer, with the
-    kernel's send timeout (``SO_SNDTIMEO``) set to the socket's timeout: one call moves the whole span and
-    the kernel waits for buffer space itself. Both are restored afterwards, however the transfer ends.
-
-    A reader that stops reading: the kernel gives up on a send that waited the timeout, so the call
-    returns what it sent (or fails with ``EAGAIN`` when that was nothing); the next call then fails after
-    one more timeout at most. So such a reader holds the thread between one and two timeouts.
+    cheroot's sockets have a timeout and so are non-blocking underneath: when the send buffer is full the
+    loop waits for it with ``poll`` for at most that timeout, as ``socket.sendall`` would.
 
     Raises:
         TimeoutError: The client read nothing for the socket's timeout.
@@ -245,27 +232,20 @@ def _sendfile(sock: socket.socket, fd: int, offset: int, count: int) -> int:
     """
     sock_fd = sock.fileno()
     timeout = sock.gettimeout()
-    saved = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _TIMEVAL.size)
-    sock.setblocking(True)
-    try:
-        if timeout is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout))
-        sent = 0
-        while sent < count:
-            try:
-                n = os.sendfile(sock_fd, fd, offset + sent, min(count - sent, SENDFILE_MAX))
-            except BlockingIOError:
+    wait_ms = None if timeout is None else int(timeout * 1000)
+    poller: select.poll | None = None
+    sent = 0
+    while sent < count:
+        try:
+            n = os.sendfile(sock_fd, fd, offset + sent, min(count - sent, SENDFILE_MAX))
+        except BlockingIOError:
+            if poller is None:
+                poller = select.poll()
+                poller.register(sock_fd, select.POLLOUT)
+            if not poller.poll(wait_ms):
                 raise TimeoutError("timed out") from None  # cheroot ignores exactly this text
-            if n == 0:
-                break
-            sent += n
-        return sent
-    finally:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, saved)
-        sock.settimeout(timeout)
-
-
-def _timeval(seconds: float) -> bytes:
-    """``struct timeval`` of ``seconds`` (at least 1 µs: a zero ``SO_SNDTIMEO`` means "never")."""
-    micros = max(1, round(seconds * 1_000_000))
-    return _TIMEVAL.pack(micros // 1_000_000, micros % 1_000_000)
+            continue
+        if n == 0:
+            break
+        sent += n
+    return sent

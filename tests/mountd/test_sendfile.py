@@ -361,7 +361,7 @@ def _assert_restored(sock: socket.socket, timeout: float) -> None:
     assert _send_timeout(sock) == (0, 0)
 
 
-def test_sendfile_sends_a_span_in_one_call_and_restores_the_socket(tmp_path: Path) -> None:
+def test_sendfile_sends_exactly_the_span_and_leaves_the_socket_as_it_was(tmp_path: Path) -> None:
     """The sendfile loop sends exactly the span asked for and leaves the socket as cheroot set it:
     non-blocking with its timeout, no kernel send timeout."""
     data = os.urandom(8 * 1024 * 1024 + 4321)
@@ -395,7 +395,7 @@ def test_sendfile_sends_a_span_in_one_call_and_restores_the_socket(tmp_path: Pat
 
 def test_sendfile_to_a_reader_that_stopped_times_out_and_restores_the_socket(tmp_path: Path) -> None:
     """A peer that reads nothing makes the sendfile loop raise cheroot's "timed out" after the socket's
-    timeout (the kernel's send timeout), and the socket is restored all the same."""
+    timeout, and the socket is left as it was all the same."""
     source = tmp_path / "data"
     source.write_bytes(os.urandom(HUGE_MIB * 1024 * 1024))
     server, client = _tcp_pair()
