@@ -38,6 +38,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -312,14 +313,20 @@ class Zygote:
         self._sock, self._process, self._finalizer = None, None, None
 
 
+#: Seals of a module handed to the zygote (``_memfd_with``): nobody, the worker included, can change its bytes
+#: once sent; the zygote deserialises (native code, unconfined) only a memfd that carries all of them.
+MODULE_SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+
+
 def _memfd_with(data: bytes) -> int:
-    """An anonymous file (memfd) holding ``data``, positioned at 0 (the caller closes it)."""
-    fd = os.memfd_create("sync-module", os.MFD_CLOEXEC)
+    """A sealed anonymous file (memfd) holding ``data``, positioned at 0 (the caller closes it)."""
+    fd = os.memfd_create("sync-module", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
         os.lseek(fd, 0, os.SEEK_SET)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, MODULE_SEALS)
     except BaseException:
         os.close(fd)
         raise
@@ -332,6 +339,9 @@ def _load_kept(engine: wasmtime.Engine, kept: dict[str, wasmtime.Module], key: o
     try:
         size = os.fstat(fd).st_size
         if not isinstance(key, str) or key in kept or size > MAX_KEPT_MODULE:
+            return
+        if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & MODULE_SEALS != MODULE_SEALS:
+            log.warning("zygote: a module handed over without its seals was not kept")
             return
         chunks, left = [], size
         while left > 0:

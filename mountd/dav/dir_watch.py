@@ -110,7 +110,10 @@ def trusted(st: os.stat_result) -> bool:
     a shared writable mapping is not. A file with one link, owned by us or root, and writable by neither
     group nor others (POSIX ACL entries show in the group bits) can be opened for writing only by us and
     root, who do neither (a commit writes a new file and renames it; uploads write through the entry).
-    Any other file is ``lstat``-ed at every listing.
+    Any other file is ``lstat``-ed at every listing. What only we or root could still do unseen: link such a
+    file after the scan (under a dot name, which a watch ignores, or in another folder), write through that
+    link, remove it; the full scan every ``REVERIFY_NS`` bounds how long a listing shows the old facts, and a
+    GET never serves them (it looks facts up by the identity of the file it opened).
 
     Args:
         st: The file's ``lstat`` from the scan.

@@ -18,6 +18,7 @@ from broker.settings import Settings
 from sync_format.reader import open_archive
 from sync_format.testing import make_archive, make_manifest
 from workers import supervisor
+from workers import zygote as zygote_module
 from workers.channel import Channel, ProtocolViolation
 from workers.child import ChildJob, _receive_job
 from workers.confine import ALL_LAYERS
@@ -295,3 +296,22 @@ def test_a_job_naming_a_module_the_child_lacks_is_refused(runtime: GuestRuntime)
     with parent.sock, child.sock, pytest.raises(ProtocolViolation):
         _receive_job(child, runtime.engine, runtime.policy, None, held)
     assert held == {}
+
+
+def test_a_module_handed_over_unsealed_is_not_kept(
+    tmp_path: Path, runtime: GuestRuntime, sent: list[bool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The zygote deserialises (native code, outside any sandbox) only a sealed memfd: handed an unsealed one,
+    whose bytes someone could still change, it keeps nothing, and every job is sent its module in full."""
+
+    def unsealed(data: bytes) -> int:
+        fd = os.memfd_create("sync-module", os.MFD_CLOEXEC)
+        os.write(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
+
+    monkeypatch.setattr(zygote_module, "_memfd_with", unsealed)
+    for n in range(3):
+        outcome = _refresh(runtime, tmp_path / f"{n}.sync")
+        assert (outcome.status, outcome.error_code) == (COMMITTED, None)
+    assert sent == [False, False, False]
