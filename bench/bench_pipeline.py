@@ -298,10 +298,13 @@ class Worker:
     spare_child: bool = False
     #: Run the worker with ``SYNC_SANDBOX_ZYGOTE=1`` (a worker's default; ``--no-zygote`` sets 0).
     zygote: bool = True
+    #: The command before ``worker ...``: ``python -m syncctl``, or a script that wraps it
+    #: (``pipeline_phases.py`` installs its timing hooks first).
+    launcher: tuple[str, ...] = (sys.executable, "-m", "syncctl")
 
     def start(self) -> Worker:
         """Start it (the embedded broker of ``cache_dir`` when ``broker_url`` is None)."""
-        command = [sys.executable, "-m", "syncctl", "worker", "--store", str(self.store)]
+        command = [*self.launcher, "worker", "--store", str(self.store)]
         command += ["--concurrency", "1", "--name", self.name]
         if self.broker_url is not None:
             command += ["--broker", self.broker_url]

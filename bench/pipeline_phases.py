@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -139,22 +138,11 @@ def run(refreshes: int, tmp: Path, stack: ExitStack) -> None:
     redis_server = bp.PrivateRedis(tmp / "redis").start()
     stack.callback(redis_server.stop)
     hook_log = tmp / "phases.log"
-    worker = bp.Worker("phases@pipeline", store, cache, tmp / "worker.log", redis_server.url)
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker-hooks", str(hook_log), "--"]
-    command += ["worker", "--store", str(store), "--concurrency", "1", "--name", worker.name]
-    command += ["--broker", redis_server.url]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNC_")}
-    env.update(SYNC_CACHE_DIR=str(cache), SYNC_SANDBOX="strict")
-    with worker.log_path.open("ab") as log:
-        worker.process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            env=env,
-            cwd=bp.REPO,
-            start_new_session=True,
-        )
+    launcher = (sys.executable, str(Path(__file__).resolve()), "--worker-hooks", str(hook_log), "--")
+    worker = bp.Worker(
+        "phases@pipeline", store, cache, tmp / "worker.log", redis_server.url, launcher=launcher
+    )
+    worker.start()
     stack.callback(worker.stop)
     producer = bp.Producer(redis_server.url, redis_server.url, settings)
     stack.callback(producer.close)

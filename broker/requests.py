@@ -260,20 +260,9 @@ def _enqueue(
     app: Celery, client: redis.Redis, wanted: WantedRefresh, claim_ttl_ms: int
 ) -> tuple[RequestResult, str | None]:
     request = wanted.request
-    options: dict[str, Any] = {}
-    if wanted.limits is not None:
-        options = {"soft_time_limit": wanted.limits.soft, "time_limit": wanted.limits.hard}
 
     def send(producer: Any = None) -> None:
-        app.send_task(
-            TASK_REFRESH,
-            args=[request.to_json()],
-            queue=QUEUE_REFRESH,
-            task_id=request.request_id,
-            retry=False,
-            producer=producer,
-            **options,
-        )
+        _send_refresh(app, request, wanted.limits, producer)
 
     try:
         claim = claim_and_send(app, client, request.archive, request.request_id, claim_ttl_ms, send)
@@ -319,6 +308,25 @@ def _claim_then_send(
     return RequestResult.QUEUED, None
 
 
+def _send_refresh(
+    app: Celery, request: RefreshRequest, limits: TimeLimits | None, producer: Any = None
+) -> None:
+    # The refresh task's message for ``request``, under its request id (on ``producer`` when given: the claim
+    # script's capturing one, ``broker.claimed_send``), with the archive's time limits when it has them.
+    options: dict[str, Any] = {}
+    if limits is not None:
+        options = {"soft_time_limit": limits.soft, "time_limit": limits.hard}
+    app.send_task(
+        TASK_REFRESH,
+        args=[request.to_json()],
+        queue=QUEUE_REFRESH,
+        task_id=request.request_id,
+        retry=False,
+        producer=producer,
+        **options,
+    )
+
+
 def _merged(app: Celery, wanted: WantedRefresh, claim: ClaimResult) -> RequestResult:
     # Merged into the held claim. When the claim script found the holder's job never started within
     # STALE_QUEUED_CLAIM_MS, its message is presumed lost (a Redis restart can drop a message between the
@@ -329,18 +337,8 @@ def _merged(app: Celery, wanted: WantedRefresh, claim: ClaimResult) -> RequestRe
     if claim.resend is None:
         return RequestResult.MERGED
     again = replace(request, request_id=claim.resend)
-    options: dict[str, Any] = {}
-    if wanted.limits is not None:
-        options = {"soft_time_limit": wanted.limits.soft, "time_limit": wanted.limits.hard}
     try:
-        app.send_task(
-            TASK_REFRESH,
-            args=[again.to_json()],
-            queue=QUEUE_REFRESH,
-            task_id=again.request_id,
-            retry=False,
-            **options,
-        )
+        _send_refresh(app, again, wanted.limits)
     except UNAVAILABLE_ERRORS as exc:
         # The next merged request after STALE_QUEUED_CLAIM_MS tries again.
         log.warning("refresh re-send failed archive=%s job=%s reason=%s", request.archive, claim.resend, exc)

@@ -293,15 +293,7 @@ def open_archive(path: str | os.PathLike[str]) -> ArchiveSnapshot:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise ArchiveError(f"cannot open: {exc.strerror}", path=Path(path)) from exc
-    try:  # ``open_archive_fd``, inlined: a first listing opens every archive of a folder
-        return _snapshot(path, fd)
-    except ArchiveError as exc:
-        os.close(fd)
-        exc.at(Path(path))
-        raise
-    except BaseException:
-        os.close(fd)
-        raise
+    return open_archive_fd(fd, path)
 
 
 def open_archive_fd(fd: int, path: str | os.PathLike[str]) -> ArchiveSnapshot:

@@ -49,6 +49,18 @@ def types(listing: DirectoryListing) -> dict[str, str]:
     return {name: a.facts.content_type for name, a in listing.archives.items()}
 
 
+def write_through(view: mmap.mmap, data: bytes, path: Path) -> None:
+    """Write ``data`` through a shared mapping of ``path`` (no watch sees it) until its ctime moved."""
+    before = path.stat().st_ctime_ns
+
+    def once() -> bool:
+        view[:] = data
+        view.flush()
+        return path.stat().st_ctime_ns != before
+
+    wait_for(once, 5, what="ctime to move")
+
+
 def other_bytes(tmp_path: Path, like: Path) -> bytes:
     """An archive of another type with exactly the size of ``like``."""
     make_archive(tmp_path / "other.sync", b"1,2\n", manifest=TSV)
@@ -162,14 +174,7 @@ def test_a_file_others_may_write_is_checked_at_every_listing(
         with mmap.mmap(mapped.fileno(), len(data)) as view:
             mapped.close()  # the close is reported; the writes through the mapping after it are not
             assert types(index.list_directory(store)) == {"r.csv": "text/csv"}
-            before = path.stat().st_ctime_ns
-
-            def once() -> bool:
-                view[:] = data
-                view.flush()
-                return path.stat().st_ctime_ns != before
-
-            wait_for(once, 5, what="ctime to move")
+            write_through(view, data, path)
             assert types(index.list_directory(store)) == {"r.tsv": "text/tsv"}
     finally:
         mapped.close()
@@ -190,14 +195,7 @@ def test_a_folder_is_scanned_again_after_the_reverify_interval(store: Path, tmp_
             mapped.close()
             assert trusted(path.stat())
             assert types(index.list_directory(store)) == {"r.csv": "text/csv"}
-            before = path.stat().st_ctime_ns
-
-            def once() -> bool:
-                view[:] = data
-                view.flush()
-                return path.stat().st_ctime_ns != before
-
-            wait_for(once, 5, what="ctime to move")
+            write_through(view, data, path)
             now[0] += REVERIFY_NS
             assert types(index.list_directory(store)) == {"r.tsv": "text/tsv"}
             view[:] = mapped_before
