@@ -30,6 +30,14 @@ Invariants:
       ``header_timeout`` seconds have passed since the body began (``_MinimumRate``); a client dripping a
       body is cut off (the connection closed) instead of holding its thread for as long as it likes. So a
       worker thread waits for a slow client at most about ``header_timeout`` plus one read timeout.
+    * **Lingering close** (as Apache's and nginx's): when the server ends a plain TCP connection after a
+      request (a 413 for a body still arriving, a 431, ``Connection: close``), it sends its FIN
+      (``shutdown(SHUT_WR)``) and hands the socket to the connection manager, which reads and discards what
+      the client still sends until the client's FIN, ``LINGER_SECONDS`` or ``LINGER_BYTES``, whichever comes
+      first. Closing at once with unread input makes the kernel answer with a reset, and a client still
+      sending its body then fails on its send (EPIPE) without ever reading the answer already on its way.
+      A lingering connection costs a file descriptor, never a thread; at most ``MAX_LINGERING`` linger at
+      once, past which a connection is closed at once as before.
 """
 
 from __future__ import annotations
@@ -37,7 +45,9 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
+import threading
 import time
+from contextlib import suppress
 from typing import Any
 
 from cheroot import connections, errors, server, wsgi
@@ -60,6 +70,12 @@ COALESCE_MAX = 64 * 1024
 #: Least average rate of a request body, in bytes per second, once the grace period (``header_timeout``)
 #: is over: far below any real client's upload, far above a drip.
 MIN_BODY_RATE = 1024
+#: Longest a connection the server closed is drained of what the client still sends (seconds).
+LINGER_SECONDS = 5.0
+#: Most bytes drained from one such connection.
+LINGER_BYTES = 16 * 1024 * 1024
+#: Most connections lingering at once.
+MAX_LINGERING = 256
 
 
 class HeaderFieldsExceeded(errors.MaxSizeExceeded):
@@ -236,9 +252,69 @@ class _MinimumRate:
 
 
 class GuardedConnection(server.HTTPConnection):
-    """cheroot's connection, parsing requests with ``GuardedRequest``."""
+    """cheroot's connection, parsing requests with ``GuardedRequest``, closed with a lingering close."""
 
     RequestHandlerClass = GuardedRequest
+    #: Whether ``close`` should linger: set when a request ends the connection (``communicate`` said no).
+    _linger_on_close = False
+
+    def communicate(self) -> bool:
+        keep = bool(super().communicate())  # type: ignore[no-untyped-call]
+        self._linger_on_close = not keep
+        return keep
+
+    def close(self) -> None:
+        """Close as cheroot does, or hand the socket to the manager to linger (module docstring)."""
+        wanted, self._linger_on_close = self._linger_on_close, False
+        manager = getattr(self.server, "_connections", None)
+        if (
+            wanted
+            and not self.linger
+            and type(self.socket) is socket.socket
+            and isinstance(manager, GuardedConnections)
+            and manager.linger(self)
+        ):
+            return
+        super().close()
+
+
+class _Lingering:
+    """A connection the server has finished with, drained until its end (``GuardedConnections.linger``)."""
+
+    __slots__ = ("budget", "conn", "deadline", "fd", "last_used", "manager")
+
+    def __init__(self, manager: GuardedConnections, fd: int, conn: GuardedConnection) -> None:
+        self.manager = manager
+        self.fd = fd
+        self.conn = conn
+        self.deadline = time.monotonic() + LINGER_SECONDS
+        self.budget = LINGER_BYTES
+        self.last_used = time.time()  # cheroot's ``_expire`` reads it
+
+    def drain(self) -> bool:
+        """Read and discard what is waiting; True once the connection is done with (EOF, error, budget)."""
+        sock = self.conn.socket
+        for _ in range(16):  # at most 1 MiB a turn: one lingering client cannot hold the loop
+            try:
+                got = sock.recv_into(_DISCARD)
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True
+            if not got:
+                return True
+            self.budget -= got
+            if self.budget <= 0:
+                return True
+        return False
+
+    def close(self) -> None:
+        """End the lingering (cheroot's ``_expire`` calls this on what it finds idle in the selector)."""
+        self.manager._end_lingering(self)
+
+
+#: Where lingering connections' bytes are read to and forgotten (only the connection manager's thread).
+_DISCARD = bytearray(65536)
 
 
 class GuardedConnections(connections.ConnectionManager):
@@ -249,6 +325,45 @@ class GuardedConnections(connections.ConnectionManager):
         #: Connections with part of a head: connection → monotonic deadline of the head.
         self._parked: dict[Any, float] = {}
         self._last_recheck = 0.0
+        #: Connections lingering (module docstring): socket descriptor → its drain state.
+        self._lingering: dict[int, _Lingering] = {}
+        self._lingering_lock = threading.Lock()
+
+    def linger(self, conn: GuardedConnection) -> bool:
+        """Send ``conn``'s FIN and drain it in the selector loop; False (close it yourself) when full."""
+        with self._lingering_lock:
+            if len(self._lingering) >= MAX_LINGERING or self._stop_requested:  # type: ignore[attr-defined]
+                return False
+            sock = conn.socket
+            try:
+                conn.rfile.close()
+                sock.shutdown(socket.SHUT_WR)
+                sock.settimeout(0)
+                fd = sock.fileno()
+                entry = _Lingering(self, fd, conn)
+                manager: Any = self
+                manager._selector.register(fd, selectors.EVENT_READ, data=entry)
+            except (OSError, ValueError, KeyError):
+                return False
+            self._lingering[fd] = entry
+        return True
+
+    def _end_lingering(self, entry: _Lingering) -> None:
+        """Forget ``entry`` and close its socket (once: its descriptor may be reused right after)."""
+        manager: Any = self
+        with self._lingering_lock:
+            if self._lingering.get(entry.fd) is not entry:
+                return
+            del self._lingering[entry.fd]
+            with suppress(KeyError, ValueError):  # already taken out by cheroot's ``_expire``
+                manager._selector.unregister(entry.fd)
+        entry.conn.socket.close()
+
+    def _expire_lingering(self) -> None:
+        now = time.monotonic()
+        for entry in list(self._lingering.values()):
+            if now > entry.deadline:
+                self._end_lingering(entry)
 
     def _run(self, expiration_interval: float) -> None:
         # cheroot's loop (connections.ConnectionManager._run), with ``_admit`` in place of dispatching and the
@@ -268,11 +383,16 @@ class GuardedConnections(connections.ConnectionManager):
                     if new_conn is not None:
                         new_conn.last_used = time.time()
                         self._admit(new_conn)
+                elif type(conn) is _Lingering:
+                    if conn.drain():
+                        self._end_lingering(conn)
                 else:
                     manager._selector.unregister(sock_fd)
                     self._admit(conn)
             if self._parked:
                 self._recheck_parked()
+            if self._lingering:
+                self._expire_lingering()
             now = time.time()
             if (now - last_expiration_check) > expiration_interval:
                 manager._expire(threshold=now - self.server.timeout)
@@ -338,6 +458,8 @@ class GuardedConnections(connections.ConnectionManager):
         for conn in list(self._parked):
             conn.close()
         self._parked.clear()
+        for entry in list(self._lingering.values()):
+            self._end_lingering(entry)
         super().close()
 
 

@@ -7,6 +7,7 @@ import email.parser
 import email.policy
 import http.client
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from store_manifests import csv_manifest
 
 from broker import Settings
 from mountd import ServerHandle, serve_background
+from mountd.http import connection_guard
 from sync_format import BuildResult
 from sync_format.testing import make_manifest
 
@@ -82,6 +84,74 @@ def test_chunked_oversized_propfind_gets_413(hserver: ServerHandle) -> None:
         pytest.fail("the server closed the connection without an answer")
     finally:
         conn.close()
+
+
+def _refused_while_sending(handle: ServerHandle, megabytes: int) -> bytes:
+    """Send a chunked PROPFIND of ``megabytes`` MB in full, as a client that reads only afterwards does, then
+    read the answer to its end; a send or read cut short by a reset is returned as ``b"reset"``."""
+    with socket.create_connection((handle.host, handle.port), timeout=30) as sock:
+        head = f"PROPFIND / HTTP/1.1\r\nHost: {handle.host}:{handle.port}\r\nDepth: 0\r\n"
+        sock.sendall(f"{head}Content-Type: application/xml\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        chunk = b"186A0\r\n" + b"<getetag/>" * 10_000 + b"\r\n"  # 100,000 bytes of body
+        answer = b""
+        try:
+            for _ in range(megabytes * 10):
+                sock.sendall(chunk)
+            sock.sendall(b"0\r\n\r\n")
+            while data := sock.recv(65536):
+                answer += data
+        except (BrokenPipeError, ConnectionResetError):
+            return b"reset"
+    return answer
+
+
+def test_a_refused_body_is_drained_so_the_client_reads_the_413(hserver: ServerHandle) -> None:
+    """Lingering close: after the 413 the server reads and discards what the client still sends (8 MB here),
+    so a client that sends its whole body before reading gets the answer instead of a reset."""
+    for _ in range(3):
+        answer = _refused_while_sending(hserver, 8)
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:100]
+        assert b"Connection: close" in answer
+
+
+def test_lingering_is_bounded_in_bytes_and_time(
+    hserver: ServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``LINGER_BYTES`` the connection is closed (the client sees a reset); a client that sends nothing
+    and never closes is closed after ``LINGER_SECONDS`` (its next send then fails); the server answers on."""
+    monkeypatch.setattr(connection_guard, "LINGER_BYTES", 256 * 1024)
+    monkeypatch.setattr(connection_guard, "LINGER_SECONDS", 0.5)
+    assert _refused_while_sending(hserver, 8) == b"reset"
+    with socket.create_connection((hserver.host, hserver.port), timeout=30) as sock:
+        head = f"PROPFIND / HTTP/1.1\r\nHost: {hserver.host}:{hserver.port}\r\nContent-Length: {2 << 20}\r\n"
+        sock.sendall(f"{head}\r\n<propfind>".encode())
+        assert sock.recv(4096).startswith(b"HTTP/1.1 413")
+        time.sleep(1.5)  # past LINGER_SECONDS and one turn of the connection loop (0.5 s)
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):  # noqa: PT012 (the loop is the act)
+            for _ in range(20):  # 20 KiB in all, far under the byte bound: only the deadline closes
+                sock.sendall(b"x" * 1024)
+                time.sleep(0.05)
+    assert request(hserver.mount_url, "PROPFIND", "/", headers={"Depth": "0"}).status == 207
+
+
+def test_lingering_connections_hold_no_thread(hserver: ServerHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """32 refused clients that neither send nor close (twice the server's 16 threads) linger for 30 s here;
+    they cost a descriptor each, never a thread: PROPFINDs are answered meanwhile."""
+    monkeypatch.setattr(connection_guard, "LINGER_SECONDS", 30.0)
+    held = []
+    try:
+        for _ in range(32):
+            sock = socket.create_connection((hserver.host, hserver.port), timeout=30)
+            held.append(sock)
+            head = f"PROPFIND / HTTP/1.1\r\nHost: {hserver.host}:{hserver.port}\r\nContent-Length: {2 << 20}"
+            sock.sendall(f"{head}\r\n\r\n<propfind>".encode())
+            assert sock.recv(4096).startswith(b"HTTP/1.1 413")
+        for _ in range(5):
+            answer = request(hserver.mount_url, "PROPFIND", "/", headers={"Depth": "0"}, timeout=5)
+            assert answer.status == 207
+    finally:
+        for sock in held:
+            sock.close()
 
 
 # --- active content ---
