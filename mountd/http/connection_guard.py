@@ -30,19 +30,15 @@ Invariants:
       ``header_timeout`` seconds have passed since the body began (``_MinimumRate``); a client dripping a
       body is cut off (the connection closed) instead of holding its thread for as long as it likes. So a
       worker thread waits for a slow client at most about ``header_timeout`` plus one read timeout.
-    * **Lingering close** (as Apache's and nginx's): when the server ends a plain TCP connection after a
-      request (a 413 for a body still arriving, a 431, ``Connection: close``), it sends its FIN
-      (``shutdown(SHUT_WR)``) and hands the socket to the connection manager, which reads and discards what
-      the client still sends until the client's FIN, ``LINGER_SECONDS`` or ``LINGER_BYTES``, whichever comes
-      first. Closing at once with unread input makes the kernel answer with a reset, and a client still
-      sending its body then fails on its send (EPIPE) without ever reading the answer already on its way.
-      A lingering connection costs a file descriptor, never a thread; at most ``MAX_LINGERING`` linger at
-      once, past which a connection is closed at once as before.
+    * A worker thread does not wait on a client after its response either: a connection it closes lingers,
+      and the rest of a payload body for a reader that makes no room is sent, from the selector loop
+      (``mountd.http.handoff``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import selectors
 import socket
 import threading
@@ -51,6 +47,8 @@ from contextlib import suppress
 from typing import Any
 
 from cheroot import connections, errors, server, wsgi
+
+from mountd.http import handoff
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +68,6 @@ COALESCE_MAX = 64 * 1024
 #: Least average rate of a request body, in bytes per second, once the grace period (``header_timeout``)
 #: is over: far below any real client's upload, far above a drip.
 MIN_BODY_RATE = 1024
-#: Longest a connection the server closed is drained of what the client still sends (seconds).
-LINGER_SECONDS = 5.0
-#: Most bytes drained from one such connection.
-LINGER_BYTES = 16 * 1024 * 1024
-#: Most connections lingering at once.
-MAX_LINGERING = 256
 
 
 class HeaderFieldsExceeded(errors.MaxSizeExceeded):
@@ -252,69 +244,62 @@ class _MinimumRate:
 
 
 class GuardedConnection(server.HTTPConnection):
-    """cheroot's connection, parsing requests with ``GuardedRequest``, closed with a lingering close."""
+    """cheroot's connection, parsing requests with ``GuardedRequest``, whose waits on the client after a
+    response are handed to the connection loop (``mountd.http.handoff``)."""
 
     RequestHandlerClass = GuardedRequest
     #: Whether ``close`` should linger: set when a request ends the connection (``communicate`` said no).
     _linger_on_close = False
+    #: The rest of a payload body to send from the loop (``park_send``), handed over by ``close``.
+    _pending_send: handoff.ParkedSend | None = None
 
     def communicate(self) -> bool:
         keep = bool(super().communicate())  # type: ignore[no-untyped-call]
+        pending = self._pending_send
+        if pending is not None:  # the response's body is not out yet: the loop finishes it (``close``)
+            pending.keep_alive = keep
+            self._linger_on_close = False
+            return False
         self._linger_on_close = not keep
         return keep
 
-    def close(self) -> None:
-        """Close as cheroot does, or hand the socket to the manager to linger (module docstring)."""
-        wanted, self._linger_on_close = self._linger_on_close, False
+    def park_send(self, file_fd: int, offset: int, count: int) -> bool:
+        """Have the connection loop send ``count`` bytes of ``file_fd`` from ``offset`` once this response's
+        request is done; False (send them yourself) when no send can be parked now.
+
+        Args:
+            file_fd: The payload's descriptor; duplicated here, the caller keeps and closes its own.
+            offset: Absolute offset of the first byte.
+            count: Bytes to send.
+        """
         manager = getattr(self.server, "_connections", None)
-        if (
-            wanted
-            and not self.linger
-            and type(self.socket) is socket.socket
-            and isinstance(manager, GuardedConnections)
-            and manager.linger(self)
-        ):
-            return
-        super().close()
-
-
-class _Lingering:
-    """A connection the server has finished with, drained until its end (``GuardedConnections.linger``)."""
-
-    __slots__ = ("budget", "conn", "deadline", "fd", "last_used", "manager")
-
-    def __init__(self, manager: GuardedConnections, fd: int, conn: GuardedConnection) -> None:
-        self.manager = manager
-        self.fd = fd
-        self.conn = conn
-        self.deadline = time.monotonic() + LINGER_SECONDS
-        self.budget = LINGER_BYTES
-        self.last_used = time.time()  # cheroot's ``_expire`` reads it
-
-    def drain(self) -> bool:
-        """Read and discard what is waiting; True once the connection is done with (EOF, error, budget)."""
-        sock = self.conn.socket
-        for _ in range(16):  # at most 1 MiB a turn: one lingering client cannot hold the loop
-            try:
-                got = sock.recv_into(_DISCARD)
-            except BlockingIOError:
-                return False
-            except OSError:
-                return True
-            if not got:
-                return True
-            self.budget -= got
-            if self.budget <= 0:
-                return True
-        return False
+        if self._pending_send is not None or not isinstance(manager, GuardedConnections):
+            return False
+        if not handoff.plain_socket(self) or not manager.reserve_send():
+            return False
+        try:
+            duplicate = os.dup(file_fd)
+        except OSError:
+            manager.unreserve_send()
+            return False
+        self._pending_send = handoff.ParkedSend(manager, self, duplicate, offset, count)
+        return True
 
     def close(self) -> None:
-        """End the lingering (cheroot's ``_expire`` calls this on what it finds idle in the selector)."""
-        self.manager._end_lingering(self)
+        """Close as cheroot does, or hand the connection to the loop: to finish a parked send, or to linger.
 
-
-#: Where lingering connections' bytes are read to and forgotten (only the connection manager's thread).
-_DISCARD = bytearray(65536)
+        Called by the worker thread as the last thing it does with the connection; never raises (an error
+        here would end the worker thread).
+        """
+        manager = getattr(self.server, "_connections", None)
+        pending, self._pending_send = self._pending_send, None
+        wanted, self._linger_on_close = self._linger_on_close, False
+        if isinstance(manager, GuardedConnections):
+            if pending is not None and manager.start_send(pending):
+                return
+            if wanted and not self.linger and handoff.plain_socket(self) and manager.linger(self):
+                return
+        super().close()
 
 
 class GuardedConnections(connections.ConnectionManager):
@@ -325,45 +310,99 @@ class GuardedConnections(connections.ConnectionManager):
         #: Connections with part of a head: connection → monotonic deadline of the head.
         self._parked: dict[Any, float] = {}
         self._last_recheck = 0.0
-        #: Connections lingering (module docstring): socket descriptor → its drain state.
-        self._lingering: dict[int, _Lingering] = {}
-        self._lingering_lock = threading.Lock()
+        #: Connections the loop finishes for a worker (``mountd.http.handoff``): socket descriptor → entry.
+        self._handed: dict[int, handoff.Lingering | handoff.ParkedSend] = {}
+        self._lingering = 0
+        self._sends = 0  # parked sends, started or reserved by a worker still answering
+        self._handed_lock = threading.Lock()
+        self._closing = False
+
+    @property
+    def _num_connections(self) -> int:
+        # cheroot counts what its selector holds against ``keep_alive_conn_limit``; handed-over connections
+        # are no keep-alive connections.
+        with self._handed_lock:
+            handed = len(self._handed)
+        return len(self._selector) - 1 - handed  # type: ignore[attr-defined]
+
+    def reserve_send(self) -> bool:
+        """Reserve room for one parked send; False when ``MAX_PARKED_SENDS`` are parked or reserved."""
+        with self._handed_lock:
+            if self._closing or self._stop_requested or self._sends >= handoff.MAX_PARKED_SENDS:  # type: ignore[attr-defined]
+                return False
+            self._sends += 1
+            return True
+
+    def unreserve_send(self) -> None:
+        """Give back a reservation that ``start_send`` will not use."""
+        with self._handed_lock:
+            self._sends -= 1
+
+    def start_send(self, entry: handoff.ParkedSend) -> bool:
+        """Send the rest of a body from the loop (its room was reserved); False when it cannot be (the
+        entry is then released and the caller closes the connection)."""
+        with self._handed_lock:
+            if not self._closing and not self._stop_requested:  # type: ignore[attr-defined]
+                try:
+                    self._selector.register(entry.fd, selectors.EVENT_WRITE, data=entry)  # type: ignore[attr-defined]
+                except (OSError, ValueError, KeyError):
+                    pass
+                else:
+                    self._handed[entry.fd] = entry
+                    return True
+            self._sends -= 1
+        entry.release()
+        return False
 
     def linger(self, conn: GuardedConnection) -> bool:
-        """Send ``conn``'s FIN and drain it in the selector loop; False (close it yourself) when full."""
-        with self._lingering_lock:
-            if len(self._lingering) >= MAX_LINGERING or self._stop_requested:  # type: ignore[attr-defined]
+        """Send ``conn``'s FIN and drain it in the loop; False (close it yourself) when full."""
+        with self._handed_lock:
+            if self._closing or self._stop_requested or self._lingering >= handoff.MAX_LINGERING:  # type: ignore[attr-defined]
                 return False
             sock = conn.socket
             try:
                 conn.rfile.close()
                 sock.shutdown(socket.SHUT_WR)
                 sock.settimeout(0)
-                fd = sock.fileno()
-                entry = _Lingering(self, fd, conn)
-                manager: Any = self
-                manager._selector.register(fd, selectors.EVENT_READ, data=entry)
+                entry = handoff.Lingering(self, conn)
+                self._selector.register(entry.fd, selectors.EVENT_READ, data=entry)  # type: ignore[attr-defined]
             except (OSError, ValueError, KeyError):
                 return False
-            self._lingering[fd] = entry
+            self._handed[entry.fd] = entry
+            self._lingering += 1
         return True
 
-    def _end_lingering(self, entry: _Lingering) -> None:
-        """Forget ``entry`` and close its socket (once: its descriptor may be reused right after)."""
-        manager: Any = self
-        with self._lingering_lock:
-            if self._lingering.get(entry.fd) is not entry:
-                return
-            del self._lingering[entry.fd]
-            with suppress(KeyError, ValueError):  # already taken out by cheroot's ``_expire``
-                manager._selector.unregister(entry.fd)
-        entry.conn.socket.close()
+    def end(self, entry: handoff.Lingering | handoff.ParkedSend) -> None:
+        """Forget ``entry`` and release it (once: a descriptor may be reused right after it is closed).
 
-    def _expire_lingering(self) -> None:
+        A parked send that went out in full puts its connection back to keep-alive when the response said
+        so; any other is closed (lingering, when it can).
+        """
+        with self._handed_lock:
+            if self._handed.get(entry.fd) is not entry:
+                return
+            del self._handed[entry.fd]
+            if type(entry) is handoff.Lingering:
+                self._lingering -= 1
+            else:
+                self._sends -= 1
+            with suppress(KeyError, ValueError):  # already taken out by cheroot's ``_expire``
+                self._selector.unregister(entry.fd)  # type: ignore[attr-defined]
+        entry.release()
+        if type(entry) is handoff.ParkedSend:
+            conn = entry.conn
+            if entry.keep_alive and not entry.failed and not self._closing:
+                conn.last_used = time.time()
+                self._admit(conn)
+            else:
+                conn._linger_on_close = not entry.failed
+                conn.close()
+
+    def _expire_handed(self) -> None:
         now = time.monotonic()
-        for entry in list(self._lingering.values()):
-            if now > entry.deadline:
-                self._end_lingering(entry)
+        for entry in list(self._handed.values()):
+            if entry.expired(now):
+                self.end(entry)
 
     def _run(self, expiration_interval: float) -> None:
         # cheroot's loop (connections.ConnectionManager._run), with ``_admit`` in place of dispatching and the
@@ -383,16 +422,16 @@ class GuardedConnections(connections.ConnectionManager):
                     if new_conn is not None:
                         new_conn.last_used = time.time()
                         self._admit(new_conn)
-                elif type(conn) is _Lingering:
-                    if conn.drain():
-                        self._end_lingering(conn)
+                elif type(conn) is handoff.Lingering or type(conn) is handoff.ParkedSend:
+                    if conn.pump():
+                        self.end(conn)
                 else:
                     manager._selector.unregister(sock_fd)
                     self._admit(conn)
             if self._parked:
                 self._recheck_parked()
             if self._lingering:
-                self._expire_lingering()
+                self._expire_handed()
             now = time.time()
             if (now - last_expiration_check) > expiration_interval:
                 manager._expire(threshold=now - self.server.timeout)
@@ -458,8 +497,11 @@ class GuardedConnections(connections.ConnectionManager):
         for conn in list(self._parked):
             conn.close()
         self._parked.clear()
-        for entry in list(self._lingering.values()):
-            self._end_lingering(entry)
+        with self._handed_lock:
+            self._closing = True
+            handed = list(self._handed.values())
+        for entry in handed:
+            self.end(entry)
         super().close()
 
 

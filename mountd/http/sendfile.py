@@ -30,7 +30,10 @@ Invariants:
     * A payload that ends early (the file was truncated under us, which we never do) sends what there is,
       logs it once and closes the connection, so the client sees a short body instead of a hang.
     * Bytes sent outside the iterable are recorded in the environ (``direct_bytes``), for anything that
-      counts response bytes from what the iterable yields.
+      counts response bytes from what the iterable yields; for a parked send it is the count to be sent.
+    * A reader that makes no room for ``handoff.PARK_AFTER`` seconds on the sendfile path has the rest of
+      its body parked (``GuardedConnection.park_send``): the connection loop sends it from a duplicate of the
+      reader's descriptor, at the same offsets, and this thread returns (``mountd.http.handoff``).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from typing import Any, ClassVar
 
 from cheroot import wsgi
 
+from mountd.http import handoff
 from sync_format import PayloadReader
 
 log = logging.getLogger(__name__)
@@ -146,7 +150,21 @@ class PayloadGateway(wsgi.Gateway_10):
         )
         if via_sendfile:
             fd, offset, _ = reader.span
-            sent = _sendfile(sock, fd, offset + position, count)
+            start = offset + position
+            park = getattr(self.req.conn, "park_send", None)  # mountd's connections have it
+            try:
+                sent = _sendfile(
+                    sock, fd, start, count, stall_after=None if park is None else handoff.PARK_AFTER
+                )
+            except _Stalled as stalled:
+                sent = stalled.sent
+                # A slow reader: the rest leaves from the connection loop, this thread goes back to work.
+                if park is not None and park(fd, start + sent, count - sent):
+                    log.debug("payload span parked path=%s sent=%d", self.env.get("PATH_INFO"), sent)
+                    reader.seek(position + count)
+                    self.env[DIRECT_BYTES_KEY] = count  # what is to be sent; a reader gone early gets less
+                    return True
+                sent += _sendfile(sock, fd, start + sent, count - sent)
         else:
             sent = self._copy(reader, count, sock)
         reader.seek(position + sent)  # os.sendfile does not move the reader; the copy already did
@@ -220,19 +238,42 @@ def _content_range(value: bytes) -> tuple[int, int, int]:
         return -1, -1, -1
 
 
-def _sendfile(sock: socket.socket, fd: int, offset: int, count: int) -> int:
+class _Stalled(Exception):
+    """The reader made no room for ``stall_after`` seconds; ``sent`` bytes were sent before."""
+
+    def __init__(self, sent: int) -> None:
+        super().__init__(sent)
+        self.sent = sent
+
+
+def _sendfile(
+    sock: socket.socket, fd: int, offset: int, count: int, *, stall_after: float | None = None
+) -> int:
     """Send ``count`` bytes of ``fd`` from ``offset``; return the bytes sent (fewer only at end of file).
 
     cheroot's sockets have a timeout and so are non-blocking underneath: when the send buffer is full the
     loop waits for it with ``poll`` for at most that timeout, as ``socket.sendall`` would.
 
+    Args:
+        sock: The client's socket.
+        fd: The file.
+        offset: Where in ``fd`` to start.
+        count: How many bytes.
+        stall_after: When set, a wait for room longer than this (seconds, shorter than the timeout) raises
+            ``_Stalled`` instead of going on waiting.
+
     Raises:
+        _Stalled: As said for ``stall_after``.
         TimeoutError: The client read nothing for the socket's timeout.
         OSError: The connection broke (EPIPE, ECONNRESET).
     """
     sock_fd = sock.fileno()
     timeout = sock.gettimeout()
     wait_ms = None if timeout is None else int(timeout * 1000)
+    if stall_after is not None and (wait_ms is None or stall_after * 1000 < wait_ms):
+        wait_ms = int(stall_after * 1000)
+    else:
+        stall_after = None
     poller: select.poll | None = None
     sent = 0
     while sent < count:
@@ -243,6 +284,8 @@ def _sendfile(sock: socket.socket, fd: int, offset: int, count: int) -> int:
                 poller = select.poll()
                 poller.register(sock_fd, select.POLLOUT)
             if not poller.poll(wait_ms):
+                if stall_after is not None:
+                    raise _Stalled(sent) from None
                 raise TimeoutError("timed out") from None  # cheroot ignores exactly this text
             continue
         if n == 0:

@@ -18,7 +18,7 @@ from store_manifests import csv_manifest
 
 from broker import Settings
 from mountd import ServerHandle, serve_background
-from mountd.http import connection_guard
+from mountd.http import handoff
 from sync_format import BuildResult
 from sync_format.testing import make_manifest
 
@@ -119,8 +119,8 @@ def test_lingering_is_bounded_in_bytes_and_time(
 ) -> None:
     """Past ``LINGER_BYTES`` the connection is closed (the client sees a reset); a client that sends nothing
     and never closes is closed after ``LINGER_SECONDS`` (its next send then fails); the server answers on."""
-    monkeypatch.setattr(connection_guard, "LINGER_BYTES", 256 * 1024)
-    monkeypatch.setattr(connection_guard, "LINGER_SECONDS", 0.5)
+    monkeypatch.setattr(handoff, "LINGER_BYTES", 256 * 1024)
+    monkeypatch.setattr(handoff, "LINGER_SECONDS", 0.5)
     assert _refused_while_sending(hserver, 8) == b"reset"
     with socket.create_connection((hserver.host, hserver.port), timeout=30) as sock:
         head = f"PROPFIND / HTTP/1.1\r\nHost: {hserver.host}:{hserver.port}\r\nContent-Length: {2 << 20}\r\n"
@@ -137,7 +137,7 @@ def test_lingering_is_bounded_in_bytes_and_time(
 def test_lingering_connections_hold_no_thread(hserver: ServerHandle, monkeypatch: pytest.MonkeyPatch) -> None:
     """32 refused clients that neither send nor close (twice the server's 16 threads) linger for 30 s here;
     they cost a descriptor each, never a thread: PROPFINDs are answered meanwhile."""
-    monkeypatch.setattr(connection_guard, "LINGER_SECONDS", 30.0)
+    monkeypatch.setattr(handoff, "LINGER_SECONDS", 30.0)
     held = []
     try:
         for _ in range(32):

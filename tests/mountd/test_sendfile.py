@@ -16,9 +16,11 @@ import re
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from pathlib import Path
+from typing import Any
 
 import pytest
 from recording_hook import RecordingHook
@@ -27,6 +29,7 @@ from redis_server import wait_for
 import mountd.server
 from broker import Settings
 from mountd import BLOCK_SIZE, ServerHandle, serve_background
+from mountd.http import handoff
 from mountd.http import sendfile as sendfile_module
 from mountd.http.sendfile import direct_bytes
 from sync_format import BuildResult, commit_payload
@@ -428,3 +431,125 @@ def test_sendfile_to_a_reader_that_stopped_times_out_and_restores_the_socket(tmp
         _assert_restored(server, 0.2)
     finally:
         server.close()
+
+
+# --- slow readers: the rest of a body is sent from the connection loop (mountd.http.handoff) ---
+
+#: Slow readers in the thread test: more than the server's 16 worker threads.
+SLOW_READERS = 24
+#: Seconds a slow reader reads nothing (longer than ``PARK_AFTER`` as the tests set it).
+PAUSE = 1.5
+
+
+def _slow_get(handle: ServerHandle, path: str) -> tuple[socket.socket, Any]:
+    """A GET from a client with a small receive buffer; returns the socket and its reader, head read."""
+    sock = socket.create_connection((handle.host, handle.port), timeout=30)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_RCVBUF)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{handle.port}\r\n\r\n".encode())
+    reader = sock.makefile("rb")
+    assert reader.readline().startswith(b"HTTP/1.1 200")
+    while reader.readline() not in (b"\r\n", b""):
+        pass
+    return sock, reader
+
+
+def test_slow_readers_hold_no_thread_and_get_exact_bodies(
+    add_archive: AddArchive, store: Path, hook: RecordingHook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """24 readers that stop reading mid-body (more than the 16 threads) are parked in the connection loop:
+    other GETs are answered meanwhile, and each parked body arrives exact once its reader reads on."""
+    monkeypatch.setattr(handoff, "PARK_AFTER", 0.3)
+    body = os.urandom(8 * 1024 * 1024)
+    add_archive("huge.txt.sync", body)
+    add_archive("small.txt.sync", b"small")
+    with serve_background(Settings(host="127.0.0.1", port=0), store, hook) as handle:
+        slow = [_slow_get(handle, "/huge.txt") for _ in range(SLOW_READERS)]
+        try:
+            time.sleep(PAUSE)
+            for _ in range(5):
+                conn = http.client.HTTPConnection(handle.host, handle.port, timeout=5)
+                conn.request("GET", "/small.txt")
+                assert conn.getresponse().read() == b"small"
+                conn.close()
+            for _, reader in slow:
+                assert reader.read(len(body)) == body
+        finally:
+            for sock, reader in slow:
+                reader.close()
+                sock.close()
+
+
+def _parked(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("payload span parked" in r.getMessage() for r in caplog.records)
+
+
+def test_a_parked_body_survives_a_swap_and_the_connection_stays_alive(
+    add_archive: AddArchive,
+    store: Path,
+    hook: RecordingHook,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A body parked mid-way is all old bytes though a swap is committed meanwhile; the same connection then
+    answers the next request with the new payload."""
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    monkeypatch.setattr(handoff, "PARK_AFTER", 0.3)
+    old = os.urandom(HUGE_MIB * 1024 * 1024)
+    new = os.urandom(1024 * 1024)
+    add_archive("huge.txt.sync", old)
+    with serve_background(Settings(host="127.0.0.1", port=0), store, hook) as handle:
+        sock, reader = _slow_get(handle, "/huge.txt")
+        try:
+            head = reader.read(1024 * 1024)
+            time.sleep(PAUSE)  # parked
+            commit_payload(store / "huge.txt.sync", 0, new)
+            assert head + reader.read(len(old) - len(head)) == old
+            assert _parked(caplog) == 1
+            sock.sendall(f"GET /huge.txt HTTP/1.1\r\nHost: 127.0.0.1:{handle.port}\r\n\r\n".encode())
+            assert reader.readline().startswith(b"HTTP/1.1 200")
+            length = 0
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            assert reader.read(length) == new
+        finally:
+            reader.close()
+            sock.close()
+
+
+def test_a_parked_reader_that_never_reads_is_closed_and_its_files_released(
+    add_archive: AddArchive,
+    store: Path,
+    hook: RecordingHook,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A parked send without progress for the connection timeout is closed by the loop: the socket and the
+    payload's duplicate descriptor go; past ``MAX_PARKED_SENDS`` a worker waits as before, with the same
+    end."""
+    monkeypatch.setattr(mountd.server, "CONNECTION_TIMEOUT", SHORT_TIMEOUT)
+    monkeypatch.setattr(handoff, "PARK_AFTER", 0.2)
+    monkeypatch.setattr(handoff, "MAX_PARKED_SENDS", 1)
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    huge = os.urandom(HUGE_MIB * 1024 * 1024)
+    add_archive("huge.txt.sync", huge)
+    with serve_background(Settings(host="127.0.0.1", port=0), store, hook) as handle:
+        conn = _connect(handle)
+        conn.request("GET", "/huge.txt")
+        assert conn.getresponse().read() == huge  # warm
+        conn.close()
+        baseline = _open_fds()
+        stalled = [_slow_get(handle, "/huge.txt") for _ in range(2)]  # one parked, one waited on
+        try:
+            wait_for(lambda: _open_fds() <= baseline + 2, 30, what="the server dropped both stalled readers")
+            assert _parked(caplog) == 1
+        finally:
+            for sock, reader in stalled:
+                reader.close()
+                sock.close()
+        conn = _connect(handle)
+        conn.request("GET", "/huge.txt")
+        assert conn.getresponse().read() == huge
+        conn.close()
+    assert "Traceback" not in capfd.readouterr().err

@@ -1,0 +1,177 @@
+"""Waits on a client that the connection loop takes over from a worker thread: lingering closes and parked
+payload sends.
+
+Why: cheroot serves a connection with one of its ``SERVER_THREADS`` worker threads from the request head to
+the end of the response, and a thread that waits on a client waits for nobody else. Two such waits are
+handed to the connection manager's selector loop (``mountd.http.connection_guard.GuardedConnections``),
+where a waiting client costs a file descriptor and a few bytes of bookkeeping, never a thread:
+
+* **Lingering close** (``Lingering``, as Apache's and nginx's): when the server ends a plain TCP connection
+  after a request (a 413 for a body still arriving, a 431, ``Connection: close``), it sends its FIN
+  (``shutdown(SHUT_WR)``) and the loop reads and discards what the client still sends until the client's FIN,
+  ``LINGER_SECONDS`` or ``LINGER_BYTES``, whichever comes first. Closing at once with unread input makes the
+  kernel answer with a reset, and a client still sending its body then fails on its send (EPIPE) without
+  ever reading the answer already on its way.
+* **Parked sends** (``ParkedSend``): a payload body going out by ``os.sendfile`` (``mountd.http.sendfile``)
+  whose reader has made no room in its socket buffer for ``PARK_AFTER`` seconds is a slow reader: the rest
+  of the body is sent from the loop whenever the socket can take more. It is sent from a duplicate of the
+  payload's file descriptor, the same open file (inode) the response began on, at explicit offsets, so a
+  swap meanwhile changes no byte of it. Once the body is out, the connection goes back to keep-alive (or is
+  closed, as the response announced); a reader that takes nothing for the server's ``timeout`` is closed,
+  as a worker thread would have closed it.
+
+Invariants:
+    * At most ``MAX_LINGERING`` connections linger and at most ``MAX_PARKED_SENDS`` sends are parked at
+      once; past either the worker does what it did before (closes at once; waits for the reader itself).
+      A parked send costs two descriptors (the socket and the payload's duplicate), a lingering close one.
+    * One turn of the loop moves at most ``TURN_BYTES`` for one entry, so no client holds up the others
+      or the accepting of new connections.
+    * Only plain sockets are handed over (a TLS socket's bytes are records).
+    * Every descriptor handed over is closed exactly once: when its entry ends, when cheroot's ``_expire``
+      finds it idle, or when the server stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+#: Longest a connection the server closed is drained of what the client still sends (seconds).
+LINGER_SECONDS = 5.0
+#: Most bytes drained from one such connection.
+LINGER_BYTES = 16 * 1024 * 1024
+#: Most connections lingering at once.
+MAX_LINGERING = 256
+#: Seconds a worker waits for a reader to make room in its socket buffer before parking the rest of a body.
+PARK_AFTER = 1.0
+#: Most payload sends parked at once.
+MAX_PARKED_SENDS = 256
+#: Most bytes one entry moves in one turn of the loop.
+TURN_BYTES = 4 * 1024 * 1024
+#: Largest count asked of one ``os.sendfile`` call of a parked send.
+SEND_CHUNK = 1024 * 1024
+
+#: Where lingering connections' bytes are read to and forgotten (only the connection loop's thread).
+_DISCARD = bytearray(65536)
+
+
+class Owner(Protocol):
+    """What an entry needs of the connection loop that holds it (``GuardedConnections``)."""
+
+    def end(self, entry: Lingering | ParkedSend) -> None: ...
+
+
+class Lingering:
+    """A connection the server has finished with, drained until its end."""
+
+    __slots__ = ("budget", "conn", "deadline", "fd", "last_used", "owner")
+
+    def __init__(self, owner: Owner, conn: Any) -> None:
+        self.owner = owner
+        self.conn = conn
+        self.fd: int = conn.socket.fileno()
+        self.deadline = time.monotonic() + LINGER_SECONDS
+        self.budget = LINGER_BYTES
+        self.last_used = time.time()  # cheroot's ``_expire`` reads it
+
+    def pump(self) -> bool:
+        """Read and discard what is waiting; True once the connection is done with (EOF, error, budget)."""
+        sock = self.conn.socket
+        for _ in range(TURN_BYTES // len(_DISCARD)):
+            try:
+                got = sock.recv_into(_DISCARD)
+            except BlockingIOError:
+                return False
+            except OSError:
+                return True
+            if not got:
+                return True
+            self.budget -= got
+            if self.budget <= 0:
+                return True
+        return False
+
+    def expired(self, now: float) -> bool:
+        """Whether its time is up (``now`` from ``time.monotonic``)."""
+        return now > self.deadline
+
+    def close(self) -> None:
+        """End it (cheroot's ``_expire`` calls this on what it finds idle in the selector)."""
+        self.owner.end(self)
+
+    def release(self) -> None:
+        """Close what it holds (the owner calls this once, after forgetting it)."""
+        self.conn.socket.close()
+
+
+class ParkedSend:
+    """The rest of a payload body, sent from the loop as the socket takes it.
+
+    Attributes:
+        conn: The connection (cheroot's), back to keep-alive or closed once done.
+        fd: The socket's descriptor (the selector's key).
+        file_fd: A duplicate of the payload's descriptor, owned by this entry.
+        offset: Next byte of ``file_fd`` to send.
+        remaining: Bytes still to send.
+        keep_alive: Whether the connection stays open once the body is out.
+        failed: Set when the body could not be sent in full (the connection is then closed).
+    """
+
+    __slots__ = ("conn", "failed", "fd", "file_fd", "keep_alive", "last_used", "offset", "owner", "remaining")
+
+    def __init__(self, owner: Owner, conn: Any, file_fd: int, offset: int, remaining: int) -> None:
+        self.owner = owner
+        self.conn = conn
+        self.fd: int = conn.socket.fileno()
+        self.file_fd = file_fd
+        self.offset = offset
+        self.remaining = remaining
+        self.keep_alive = False
+        self.failed = False
+        self.last_used = time.time()  # cheroot's ``_expire`` closes it after ``timeout`` without progress
+
+    def pump(self) -> bool:
+        """Send what the socket takes now; True once the body is out or cannot be (``failed``)."""
+        moved = 0
+        while moved < TURN_BYTES:
+            try:
+                n = os.sendfile(self.fd, self.file_fd, self.offset, min(self.remaining, SEND_CHUNK))
+            except BlockingIOError:
+                return False
+            except OSError:  # the client went away
+                self.failed = True
+                return True
+            if n == 0:  # the payload ended early (truncated under us, which we never do)
+                log.warning("payload ended early (parked send) remaining=%d", self.remaining)
+                self.failed = True
+                return True
+            self.offset += n
+            self.remaining -= n
+            moved += n
+            self.last_used = time.time()
+            if self.remaining == 0:
+                return True
+        return False
+
+    def expired(self, now: float) -> bool:
+        """Never by a deadline of its own: cheroot's ``_expire`` closes it once it stalls."""
+        return False
+
+    def close(self) -> None:
+        """End it as failed (cheroot's ``_expire``: no progress for the server's timeout)."""
+        self.failed = True
+        self.owner.end(self)
+
+    def release(self) -> None:
+        """Close the payload's duplicate (the owner decides what becomes of the connection)."""
+        os.close(self.file_fd)
+
+
+def plain_socket(conn: Any) -> bool:
+    """Whether ``conn``'s socket is a plain TCP/Unix socket (not TLS), the only kind handed over."""
+    return type(getattr(conn, "socket", None)) is socket.socket
