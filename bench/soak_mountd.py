@@ -12,7 +12,10 @@ What runs at once, for ``--seconds`` (default 60):
 * 32 slowloris connections dripping one request-head byte a second (reconnecting when the server closes
   them at its head deadline);
 * one client sending oversized bodies: PROPFIND declaring 2 MiB (413 expected) and a PUT over the upload
-  limit (413 expected).
+  limit (413 expected);
+* ``SLOW_READERS`` (24, more than mountd's 16 worker threads) slow readers, each GETting an 8 MiB payload
+  over and over through a 64 KiB receive buffer at about 256 KiB/s (a body takes about 30 s), each body
+  checked byte for byte ("SLOW GET"): they must not starve the other clients.
 
 Every payload ever written (initial, committed, PUT) is ``payload_for(name, writer, n)``: its first line
 names writer and counter and the rest is derived from them, so every GET body is checked exactly — it must
@@ -60,6 +63,11 @@ USER, PASSWORD = "soak", "soak-password"
 MAX_UPLOAD = 64 * 1024
 RSS_GOAL_MB = 300
 SLOWLORIS = 32
+#: Slow readers, the payload each reads (``/big.bin``), and how: bytes per read, seconds between reads.
+SLOW_READERS = 24
+BIG_PAYLOAD = bytes(range(256)) * (32 * 1024)  # 8 MiB
+SLOW_READ = 64 * 1024
+SLOW_PAUSE = 0.25
 LOCK_BODY = (
     b'<?xml version="1.0" encoding="utf-8"?><lockinfo xmlns="DAV:"><lockscope><exclusive/></lockscope>'
     b"<locktype><write/></locktype><owner>soak</owner></lockinfo>"
@@ -98,6 +106,12 @@ def build_store(root: Path, count: int) -> list[str]:
             root / folder / f"{name}.sync", payload_for(f"/{folder}/{name}", "init", 0), manifest=manifest
         )
         paths.append(f"/{folder}/{name}")
+    # The slow readers' payload: not in ``paths``, so that nobody changes it.
+    make_archive(
+        root / "big.bin.sync",
+        BIG_PAYLOAD,
+        manifest=make_manifest(content_type="application/octet-stream", display_ext="bin", ttl=2**40),
+    )
     return paths
 
 
@@ -281,6 +295,40 @@ def slowloris(port: int, stop: threading.Event, counts: Counter[str]) -> None:
         sock.close()
 
 
+def slow_reader(port: int, stop: threading.Event, stats: Stats) -> None:
+    """GET ``/big.bin`` through a small receive buffer, ``SLOW_READ`` bytes every ``SLOW_PAUSE`` s, until
+    ``stop`` (a body cut short by the end of the soak is not counted)."""
+    auth = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    while not stop.is_set():
+        started = time.perf_counter()
+        body = bytearray()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SLOW_READ)
+                ask = f"GET /big.bin HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: {auth}\r\n\r\n"
+                sock.sendall(ask.encode())
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = sock.recv(4096)
+                    if not chunk:
+                        raise ConnectionError("closed before the head")
+                    head += chunk
+                head, _, rest = head.partition(b"\r\n\r\n")
+                body += rest
+                while len(body) < len(BIG_PAYLOAD):
+                    if stop.wait(SLOW_PAUSE):
+                        return
+                    chunk = sock.recv(SLOW_READ)
+                    if not chunk:
+                        break
+                    body += chunk
+            status = head[9:12].decode(errors="replace")
+            error = None if status == "200" and body == BIG_PAYLOAD else f"status {status}, {len(body)} bytes"
+            stats.record("SLOW GET", time.perf_counter() - started, status, error)
+        except OSError as exc:
+            stats.record("SLOW GET", time.perf_counter() - started, "connection-error", type(exc).__name__)
+
+
 def oversized(port: int, stop: threading.Event, stats: Stats) -> None:
     """PROPFIND declaring 2 MiB and PUT over the upload limit, in a loop: 413 expected."""
     auth = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
@@ -366,6 +414,10 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
         ]
         threads.append(threading.Thread(target=slowloris, args=(port, stop, slow_counts), daemon=True))
         threads.append(threading.Thread(target=oversized, args=(port, stop, stats), daemon=True))
+        threads += [
+            threading.Thread(target=slow_reader, args=(port, stop, stats), daemon=True)
+            for _ in range(SLOW_READERS)
+        ]
         started = time.monotonic()
         for thread in threads:
             thread.start()
@@ -412,7 +464,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
 def report(r: dict[str, object]) -> None:
     print(
         f"soak: {r['seconds']} s, {r['clients']} clients, {r['archives']} archives (TTL {TTL} s), "
-        f"{SLOWLORIS} slowloris connections, one oversized-body client, two committers"
+        f"{SLOWLORIS} slowloris connections, {SLOW_READERS} slow readers, one oversized-body client, "
+        "two committers"
     )
     print(f"requests: {r['requests_total']} ({r['requests_total'] / r['seconds']:.0f}/s)")  # type: ignore[operator]
     print("| operation | requests | p50 ms | p99 ms |")

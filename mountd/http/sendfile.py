@@ -31,9 +31,10 @@ Invariants:
       logs it once and closes the connection, so the client sees a short body instead of a hang.
     * Bytes sent outside the iterable are recorded in the environ (``direct_bytes``), for anything that
       counts response bytes from what the iterable yields; for a parked send it is the count to be sent.
-    * A reader that makes no room for ``handoff.PARK_AFTER`` seconds on the sendfile path has the rest of
-      its body parked (``GuardedConnection.park_send``): the connection loop sends it from a duplicate of the
-      reader's descriptor, at the same offsets, and this thread returns (``mountd.http.handoff``).
+    * On the sendfile path, once the reader's socket buffer is full (after ``handoff.PARK_AFTER`` seconds
+      without room, 0 by default) the rest of the body is parked (``GuardedConnection.park_send``): the
+      connection loop sends it from a duplicate of the reader's descriptor, at the same offsets, and this
+      thread returns (``mountd.http.handoff``).
 """
 
 from __future__ import annotations
