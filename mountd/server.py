@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import resource
 import signal
 import socket
 import threading
@@ -47,6 +48,10 @@ SHUTDOWN_TIMEOUT = 5
 SELECTOR_INTERVAL = 0.1
 #: Name in the Server header and in SERVER_NAME: no product or version banner.
 SERVER_NAME = "sync-mountd"
+#: Descriptors a served process asks for (its soft ``RLIMIT_NOFILE``, up to the hard limit): connections
+#: waiting in the selector, lingering or with a parked send hold descriptors rather than threads
+#: (``mountd.http.handoff``: two per parked send), and a service manager's soft default is often 1,024.
+WANTED_DESCRIPTORS = 65536
 
 
 @dataclass
@@ -158,8 +163,27 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+def raise_descriptor_limit() -> int:
+    """Raise this process's soft ``RLIMIT_NOFILE`` to ``WANTED_DESCRIPTORS`` when the hard limit allows (as
+    Go's runtime does for its servers); never lowers it. Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = WANTED_DESCRIPTORS if hard == resource.RLIM_INFINITY else min(hard, WANTED_DESCRIPTORS)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("descriptor limit kept soft=%d reason=%s", soft, exc)
+            return soft
+        log.info("descriptor limit raised soft=%d hard=%s", target, hard)
+        return target
+    return soft
+
+
 def run_until_signal(handle: ServerHandle, on_ready: Callable[[ServerHandle], object] | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then shut ``handle`` down gracefully. Call from the main thread.
+
+    The process's descriptor limit is raised first (``raise_descriptor_limit``) and its heap settled
+    (``settle_heap``).
 
     Args:
         handle: A listening server (``listen``); it is shut down on the way out, whatever happens.
@@ -172,6 +196,7 @@ def run_until_signal(handle: ServerHandle, on_ready: Callable[[ServerHandle], ob
         stop.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    raise_descriptor_limit()
     settle_heap()
     try:
         with handle:

@@ -19,7 +19,7 @@ from store_manifests import csv_manifest
 from broker import Settings
 from mountd import NullFreshness
 from mountd.app import MountdConfig, start
-from mountd.server import run_until_signal
+from mountd.server import WANTED_DESCRIPTORS, run_until_signal
 from sync_format import BuildResult
 
 AddArchive = Callable[..., BuildResult]
@@ -89,3 +89,30 @@ def test_a_served_process_freezes_what_it_built_before_serving(store: Path) -> N
         gc.unfreeze()
     assert len(frozen) == 1
     assert frozen[0] > 10_000
+
+
+def test_a_served_process_raises_its_descriptor_limit_to_what_the_hard_limit_allows() -> None:
+    """A soft ``RLIMIT_NOFILE`` of 256 (a service manager's low default) is raised to
+    ``WANTED_DESCRIPTORS`` or the hard limit, whichever is lower; a soft limit above it is never lowered
+    (checked where the test may raise the hard limit: with CAP_SYS_RESOURCE)."""
+    script = (
+        "import os, resource\n"
+        "from mountd import server\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+        "print(server.raise_descriptor_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard)\n"
+        "high = server.WANTED_DESCRIPTORS + 1\n"
+        "try:\n"
+        "    resource.setrlimit(resource.RLIMIT_NOFILE, (high, high))\n"
+        "except ValueError:\n"
+        "    print('cannot-raise-hard')\n"
+        "else:\n"
+        "    print(server.raise_descriptor_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    returned, now, hard = (int(x) for x in out[:3])
+    assert returned == now == min(hard, WANTED_DESCRIPTORS)
+    if out[3] != "cannot-raise-hard":  # needs CAP_SYS_RESOURCE
+        assert [int(x) for x in out[3:]] == [WANTED_DESCRIPTORS + 1] * 2
