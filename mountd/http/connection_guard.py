@@ -376,7 +376,8 @@ class GuardedConnections(connections.ConnectionManager):
         """Forget ``entry`` and release it (once: a descriptor may be reused right after it is closed).
 
         A parked send that went out in full puts its connection back to keep-alive when the response said
-        so; any other is closed (lingering, when it can).
+        so and the keep-alive limit has room now (its response was answered while parked sends did not
+        count); any other is closed (lingering, when it can).
         """
         with self._handed_lock:
             if self._handed.get(entry.fd) is not entry:
@@ -391,7 +392,12 @@ class GuardedConnections(connections.ConnectionManager):
         entry.release()
         if type(entry) is handoff.ParkedSend:
             conn = entry.conn
-            if entry.keep_alive and not entry.failed and not self._closing:
+            if (
+                entry.keep_alive
+                and not entry.failed
+                and not self._closing
+                and self.can_add_keepalive_connection
+            ):
                 conn.last_used = time.time()
                 self._admit(conn)
             else:

@@ -553,3 +553,30 @@ def test_a_parked_reader_that_never_reads_is_closed_and_its_files_released(
         assert conn.getresponse().read() == huge
         conn.close()
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_parked_sends_back_to_keep_alive_respect_the_keep_alive_limit(
+    add_archive: AddArchive, store: Path, hook: RecordingHook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """12 parked bodies (all answered as keep-alive: parked sends do not count) against cheroot's limit of
+    10 idle keep-alive connections: once the bodies are out, 10 connections stay open and 2 are closed."""
+    body = os.urandom(8 * 1024 * 1024)
+    add_archive("huge.txt.sync", body)
+    with serve_background(Settings(host="127.0.0.1", port=0), store, hook) as handle:
+        limit = handle._server.keep_alive_conn_limit
+        readers = [_slow_get(handle, "/huge.txt") for _ in range(limit + 2)]
+        try:
+            time.sleep(PAUSE)
+            for _, reader in readers:
+                assert reader.read(len(body)) == body
+            time.sleep(0.5)  # well under the 10 s idle timeout: only the limit closes a connection
+            closed = 0
+            for sock, _ in readers:
+                sock.settimeout(0)  # with a timeout Python waits for readability whatever the flags say
+                with suppress(BlockingIOError):
+                    closed += sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        finally:
+            for sock, reader in readers:
+                reader.close()
+                sock.close()
+    assert closed == 2
