@@ -325,10 +325,14 @@ class GuardedConnections(connections.ConnectionManager):
             handed = len(self._handed)
         return len(self._selector) - 1 - handed  # type: ignore[attr-defined]
 
+    def _refusing(self) -> bool:
+        # Stopping (cheroot's flag) or closed: nothing more is handed over.
+        return self._closing or bool(getattr(self, "_stop_requested", False))
+
     def reserve_send(self) -> bool:
-        """Reserve room for one parked send; False when ``MAX_PARKED_SENDS`` are parked or reserved."""
+        """Reserve room for one parked send; False when ``handoff.room`` of them are parked or reserved."""
         with self._handed_lock:
-            if self._closing or self._stop_requested or self._sends >= handoff.MAX_PARKED_SENDS:  # type: ignore[attr-defined]
+            if self._refusing() or self._sends >= handoff.room(handoff.MAX_PARKED_SENDS):
                 return False
             self._sends += 1
             return True
@@ -342,7 +346,7 @@ class GuardedConnections(connections.ConnectionManager):
         """Send the rest of a body from the loop (its room was reserved); False when it cannot be (the
         entry is then released and the caller closes the connection)."""
         with self._handed_lock:
-            if not self._closing and not self._stop_requested:  # type: ignore[attr-defined]
+            if not self._refusing():
                 try:
                     self._selector.register(entry.fd, selectors.EVENT_WRITE, data=entry)  # type: ignore[attr-defined]
                 except (OSError, ValueError, KeyError):
@@ -357,7 +361,7 @@ class GuardedConnections(connections.ConnectionManager):
     def linger(self, conn: GuardedConnection) -> bool:
         """Send ``conn``'s FIN and drain it in the loop; False (close it yourself) when full."""
         with self._handed_lock:
-            if self._closing or self._stop_requested or self._lingering >= handoff.MAX_LINGERING:  # type: ignore[attr-defined]
+            if self._refusing() or self._lingering >= handoff.room(handoff.MAX_LINGERING):
                 return False
             sock = conn.socket
             try:

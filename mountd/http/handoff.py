@@ -24,7 +24,8 @@ where a waiting client costs a file descriptor and a few bytes of bookkeeping, n
 
 Invariants:
     * At most ``MAX_LINGERING`` connections linger and at most ``MAX_PARKED_SENDS`` sends are parked at
-      once; past either the worker does what it did before (closes at once; waits for the reader itself).
+      once, fewer when the descriptor limit is low (``room``); past either the worker does what it did
+      before (closes at once; waits for the reader itself).
       A parked send costs two descriptors (the socket and the payload's duplicate), a lingering close one.
     * One turn of the loop moves at most ``TURN_BYTES`` for one entry, so no client holds up the others
       or the accepting of new connections.
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import socket
 import time
 from typing import Any, Protocol
@@ -53,8 +55,11 @@ MAX_LINGERING = 256
 #: none, so that no worker ever waits on a reader (measured: loopback GETs of 512 MiB kept their rate and
 #: CPU per GB, bench/ab_sendfile.py).
 PARK_AFTER = 0.0
-#: Most payload sends parked at once.
-MAX_PARKED_SENDS = 256
+#: Most payload sends parked at once (fewer when the descriptor limit is low: ``room``).
+MAX_PARKED_SENDS = 1024
+#: Descriptors of the process's soft limit set aside per parked send or lingering connection when the limit
+#: is what bounds them (a parked send holds two; the rest is for everything else the server opens).
+DESCRIPTORS_PER_ENTRY = 8
 #: Most bytes one entry moves in one turn of the loop.
 TURN_BYTES = 4 * 1024 * 1024
 #: Largest count asked of one ``os.sendfile`` call of a parked send.
@@ -174,6 +179,16 @@ class ParkedSend:
     def release(self) -> None:
         """Close the payload's duplicate (the owner decides what becomes of the connection)."""
         os.close(self.file_fd)
+
+
+def room(cap: int) -> int:
+    """How many entries of a kind may exist at once: ``cap``, or fewer when the soft ``RLIMIT_NOFILE``
+    divided by ``DESCRIPTORS_PER_ENTRY`` is lower (a served mountd raises its limit first,
+    ``mountd.server.raise_descriptor_limit``)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return cap
+    return min(cap, soft // DESCRIPTORS_PER_ENTRY)
 
 
 def plain_socket(conn: Any) -> bool:

@@ -7,6 +7,8 @@ import email.parser
 import email.policy
 import http.client
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -256,3 +258,22 @@ def test_too_many_ranges_get_the_whole_body_and_unsatisfiable_get_416(hserver: S
     past = request(hserver.mount_url, "GET", "/data.csv", headers={"Range": "bytes=20000-20001,30000-"})
     assert past.status == 416
     assert past.header("content-range") == f"bytes */{len(PAYLOAD)}"
+
+
+def test_handed_over_connections_are_bounded_by_the_descriptor_limit_too() -> None:
+    """Under a soft descriptor limit of 800, at most 100 connections of a kind are handed to the loop (an
+    eighth), not the 1,024 and 256 caps; with the limit raised, the caps."""
+    script = (
+        "import resource\n"
+        "from mountd.http import handoff\n"
+        "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (800, hard))\n"
+        "low = (handoff.room(handoff.MAX_PARKED_SENDS), handoff.room(handoff.MAX_LINGERING))\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 16384), hard))\n"
+        "print(*low, handoff.room(handoff.MAX_PARKED_SENDS), handoff.room(handoff.MAX_LINGERING), hard)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    low_sends, low_linger, sends, linger, hard = (int(x) for x in out.split())
+    assert (low_sends, low_linger) == (100, 100)
+    if hard >= 16384:
+        assert (sends, linger) == (handoff.MAX_PARKED_SENDS, handoff.MAX_LINGERING)
