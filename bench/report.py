@@ -72,7 +72,8 @@ BENCHES = (
     ),
     Bench(
         "soak_mountd",
-        "mountd soak: 100 clients, two committers, 32 slowloris connections, 24 slow readers, oversized bodies, 60 s",
+        "mountd soak: 100 clients, two committers, 32 slowloris connections, 24 slow readers, oversized "
+        "bodies, 60 s",
         quick=("--quick",),
     ),
     Bench(
