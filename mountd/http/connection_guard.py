@@ -62,6 +62,8 @@ DEFAULT_HEADER_TIMEOUT = 10.0
 #: most a head that arrives in several packets waits for its thread beyond its last packet.
 PARKED_RECHECK = 0.02
 _HEAD_END = b"\r\n\r\n"
+#: Seconds between two looks at the handed-over connections' deadlines and progress.
+HANDED_CHECK = 0.2
 #: Largest first body block written together with the response head (bytes): a small response (a 4 KiB
 #: GET) leaves in one send instead of two; a larger block is written after the head rather than copied.
 COALESCE_MAX = 64 * 1024
@@ -316,6 +318,7 @@ class GuardedConnections(connections.ConnectionManager):
         self._sends = 0  # parked sends, started or reserved by a worker still answering
         self._handed_lock = threading.Lock()
         self._closing = False
+        self._last_handed_check = 0.0
 
     @property
     def _num_connections(self) -> int:
@@ -409,10 +412,14 @@ class GuardedConnections(connections.ConnectionManager):
                 conn.close()
 
     def _expire_handed(self) -> None:
+        # Past their deadlines (lingering) or idle for too long (parked sends), at most every HANDED_CHECK s.
         now = time.monotonic()
+        if now - self._last_handed_check < HANDED_CHECK:
+            return
+        self._last_handed_check = now
         for entry in list(self._handed.values()):
             if entry.expired(now):
-                self.end(entry)
+                entry.close()  # a parked send ends as failed: its connection is closed
 
     def _run(self, expiration_interval: float) -> None:
         # cheroot's loop (connections.ConnectionManager._run), with ``_admit`` in place of dispatching and the
@@ -440,7 +447,7 @@ class GuardedConnections(connections.ConnectionManager):
                     self._admit(conn)
             if self._parked:
                 self._recheck_parked()
-            if self._lingering:
+            if self._handed:
                 self._expire_handed()
             now = time.time()
             if (now - last_expiration_check) > expiration_interval:

@@ -19,8 +19,8 @@ where a waiting client costs a file descriptor and a few bytes of bookkeeping, n
   (as nginx's event loop), and serves the next request meanwhile. It is sent from a duplicate of the
   payload's file descriptor, the same open file (inode) the response began on, at explicit offsets, so a
   swap meanwhile changes no byte of it. Once the body is out, the connection goes back to keep-alive (or is
-  closed, as the response announced); a reader that takes nothing for the server's ``timeout`` is closed,
-  as a worker thread would have closed it.
+  closed, as the response announced); a reader that takes nothing for ``SEND_IDLE`` seconds (60, as
+  nginx's ``send_timeout``; a worker thread waits the server's 10 s) is closed.
 
 Invariants:
     * At most ``MAX_LINGERING`` connections linger and at most ``MAX_PARKED_SENDS`` sends are parked at
@@ -30,16 +30,19 @@ Invariants:
     * One turn of the loop moves at most ``TURN_BYTES`` for one entry, so no client holds up the others
       or the accepting of new connections.
     * Only plain sockets are handed over (a TLS socket's bytes are records).
-    * Every descriptor handed over is closed exactly once: when its entry ends, when cheroot's ``_expire``
-      finds it idle, or when the server stops.
+    * Every descriptor handed over is closed exactly once: when its entry ends, when it expires (a lingering
+      connection's deadline, a parked send's ``SEND_IDLE``, cheroot's ``_expire``), or when the server stops.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import resource
 import socket
+import struct
+import termios
 import time
 from typing import Any, Protocol
 
@@ -64,6 +67,12 @@ DESCRIPTORS_PER_ENTRY = 8
 TURN_BYTES = 4 * 1024 * 1024
 #: Largest count asked of one ``os.sendfile`` call of a parked send.
 SEND_CHUNK = 1024 * 1024
+#: Seconds between two looks at a parked send's unacknowledged bytes (``ParkedSend.expired``).
+PROGRESS_CHECK = 1.0
+#: Seconds a parked send may go without progress before it is closed (nginx's ``send_timeout``): longer
+#: than the server's 10 s idle timeout, because it costs no thread, and a rate-limited reader such as
+#: ``curl --limit-rate 512k`` reads a burst into a 6 MB buffer and then reads nothing for over 10 s.
+SEND_IDLE = 60.0
 
 #: Where lingering connections' bytes are read to and forgotten (only the connection loop's thread).
 _DISCARD = bytearray(65536)
@@ -131,7 +140,18 @@ class ParkedSend:
         failed: Set when the body could not be sent in full (the connection is then closed).
     """
 
-    __slots__ = ("conn", "failed", "fd", "file_fd", "keep_alive", "last_used", "offset", "owner", "remaining")
+    __slots__ = (
+        "_last_used",
+        "_queued",
+        "conn",
+        "failed",
+        "fd",
+        "file_fd",
+        "keep_alive",
+        "offset",
+        "owner",
+        "remaining",
+    )
 
     def __init__(self, owner: Owner, conn: Any, file_fd: int, offset: int, remaining: int) -> None:
         self.owner = owner
@@ -142,7 +162,8 @@ class ParkedSend:
         self.remaining = remaining
         self.keep_alive = False
         self.failed = False
-        self.last_used = time.time()  # cheroot's ``_expire`` closes it after ``timeout`` without progress
+        self._last_used = time.time()
+        self._queued = unacknowledged(self.fd)
 
     def pump(self) -> bool:
         """Send what the socket takes now; True once the body is out or cannot be (``failed``)."""
@@ -162,14 +183,29 @@ class ParkedSend:
             self.offset += n
             self.remaining -= n
             moved += n
-            self.last_used = time.time()
+            self._last_used = time.time()
             if self.remaining == 0:
                 return True
         return False
 
+    @property
+    def last_used(self) -> float:
+        """Now, always: cheroot's ``_expire`` (the server's idle timeout) leaves it to ``expired``."""
+        return time.time()
+
     def expired(self, now: float) -> bool:
-        """Never by a deadline of its own: cheroot's ``_expire`` closes it once it stalls."""
-        return False
+        """Whether the reader made no progress for ``SEND_IDLE`` seconds: no send, and no fewer bytes
+        waiting for its acknowledgement than at the last look (a reader slower than about 100 KiB/s
+        empties a 4 MB send queue a little at a time, and the kernel reports room to send only once a
+        third of it is free, which can take longer than a minute while the reader reads on all along).
+        """
+        wall = time.time()
+        if wall - self._last_used > PROGRESS_CHECK:
+            queued = unacknowledged(self.fd)
+            if queued < self._queued:
+                self._last_used = wall
+            self._queued = queued
+        return wall - self._last_used > SEND_IDLE
 
     def close(self) -> None:
         """End it as failed (cheroot's ``_expire``: no progress for the server's timeout)."""
@@ -189,6 +225,16 @@ def room(cap: int) -> int:
     if soft == resource.RLIM_INFINITY:
         return cap
     return min(cap, soft // DESCRIPTORS_PER_ENTRY)
+
+
+def unacknowledged(fd: int) -> int:
+    """Bytes of a TCP socket's send queue not yet acknowledged by the peer (``SIOCOUTQ``); 0 when unknown
+    (not TCP): such a socket then counts progress by sends alone."""
+    try:
+        raw = fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int(struct.unpack("i", raw)[0])
 
 
 def plain_socket(conn: Any) -> bool:

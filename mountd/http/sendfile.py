@@ -276,6 +276,7 @@ def _sendfile(
     else:
         stall_after = None
     poller: select.poll | None = None
+    queued = 0
     sent = 0
     while sent < count:
         try:
@@ -284,9 +285,16 @@ def _sendfile(
             if poller is None:
                 poller = select.poll()
                 poller.register(sock_fd, select.POLLOUT)
+                queued = handoff.unacknowledged(sock_fd)
             if not poller.poll(wait_ms):
                 if stall_after is not None:
                     raise _Stalled(sent) from None
+                # No room for a whole timeout, but a reader that acknowledged bytes meanwhile is reading
+                # (slowly, through large buffers: see ``handoff.ParkedSend.last_used``): wait on.
+                now_queued = handoff.unacknowledged(sock_fd)
+                if now_queued < queued:
+                    queued = now_queued
+                    continue
                 raise TimeoutError("timed out") from None  # cheroot ignores exactly this text
             continue
         if n == 0:

@@ -316,6 +316,7 @@ def test_a_reader_that_stops_reading_is_cut_off_and_its_files_released(
     """A client that stops reading mid-body is disconnected after the connection timeout, on either path:
     the body stays incomplete, and the connection's thread and file descriptors are released."""
     monkeypatch.setattr(mountd.server, "CONNECTION_TIMEOUT", SHORT_TIMEOUT)
+    monkeypatch.setattr(handoff, "SEND_IDLE", SHORT_TIMEOUT)  # parked sends' own idle limit
     huge = os.urandom(HUGE_MIB * 1024 * 1024)
     add_archive("huge.txt.sync", huge)
     settings = Settings(host="127.0.0.1", port=0)
@@ -529,6 +530,7 @@ def test_a_parked_reader_that_never_reads_is_closed_and_its_files_released(
     payload's duplicate descriptor go; past ``MAX_PARKED_SENDS`` a worker waits as before, with the same
     end."""
     monkeypatch.setattr(mountd.server, "CONNECTION_TIMEOUT", SHORT_TIMEOUT)
+    monkeypatch.setattr(handoff, "SEND_IDLE", SHORT_TIMEOUT)  # parked sends' own idle limit
     monkeypatch.setattr(handoff, "PARK_AFTER", 0.2)
     monkeypatch.setattr(handoff, "MAX_PARKED_SENDS", 1)
     caplog.set_level(logging.DEBUG, logger=LOGGER)
@@ -580,3 +582,24 @@ def test_parked_sends_back_to_keep_alive_respect_the_keep_alive_limit(
                 reader.close()
                 sock.close()
     assert closed == 2
+
+
+def test_a_parked_reader_pausing_longer_than_the_idle_timeout_gets_its_whole_body(
+    add_archive: AddArchive, store: Path, hook: RecordingHook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A parked send is closed after ``SEND_IDLE`` without progress, not after the server's idle timeout:
+    a reader that pauses 2.5 s (as ``curl --limit-rate`` does after a burst) against a 1 s server timeout
+    still gets every byte."""
+    monkeypatch.setattr(mountd.server, "CONNECTION_TIMEOUT", SHORT_TIMEOUT)
+    monkeypatch.setattr(handoff, "SEND_IDLE", 6.0)
+    body = os.urandom(HUGE_MIB * 1024 * 1024)
+    add_archive("huge.txt.sync", body)
+    with serve_background(Settings(host="127.0.0.1", port=0), store, hook) as handle:
+        sock, reader = _slow_get(handle, "/huge.txt")
+        try:
+            head = reader.read(1024 * 1024)
+            time.sleep(2.5)
+            assert head + reader.read(len(body) - len(head)) == body
+        finally:
+            reader.close()
+            sock.close()
