@@ -282,10 +282,13 @@ def _sendfile(
         try:
             n = os.sendfile(sock_fd, fd, offset + sent, min(count - sent, SENDFILE_MAX))
         except BlockingIOError:
+            if wait_ms == 0 and stall_after is not None:
+                raise _Stalled(sent) from None  # hand over at once: no poller, no look at the queue
             if poller is None:
                 poller = select.poll()
                 poller.register(sock_fd, select.POLLOUT)
-                queued = handoff.unacknowledged(sock_fd)
+                if stall_after is None:
+                    queued = handoff.unacknowledged(sock_fd)  # the baseline of the progress check below
             if not poller.poll(wait_ms):
                 if stall_after is not None:
                     raise _Stalled(sent) from None
