@@ -43,6 +43,7 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -265,7 +266,9 @@ class GuardedConnection(server.HTTPConnection):
         self._linger_on_close = not keep
         return keep
 
-    def park_send(self, file_fd: int, offset: int, count: int) -> bool:
+    def park_send(
+        self, file_fd: int, offset: int, count: int, on_sent: Callable[[int], None] | None = None
+    ) -> bool:
         """Have the connection loop send ``count`` bytes of ``file_fd`` from ``offset`` once this response's
         request is done; False (send them yourself) when no send can be parked now.
 
@@ -273,6 +276,8 @@ class GuardedConnection(server.HTTPConnection):
             file_fd: The payload's descriptor; duplicated here, the caller keeps and closes its own.
             offset: Absolute offset of the first byte.
             count: Bytes to send.
+            on_sent: Told once, from the loop, how many of them were sent (``count`` unless the reader went
+                away or stalled), when the send ends; not called when this returns False.
         """
         manager = getattr(self.server, "_connections", None)
         if self._pending_send is not None or not isinstance(manager, GuardedConnections):
@@ -284,7 +289,7 @@ class GuardedConnection(server.HTTPConnection):
         except OSError:
             manager.unreserve_send()
             return False
-        self._pending_send = handoff.ParkedSend(manager, self, duplicate, offset, count)
+        self._pending_send = handoff.ParkedSend(manager, self, duplicate, offset, count, on_sent)
         return True
 
     def close(self) -> None:

@@ -44,6 +44,7 @@ import socket
 import struct
 import termios
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -138,10 +139,12 @@ class ParkedSend:
         remaining: Bytes still to send.
         keep_alive: Whether the connection stays open once the body is out.
         failed: Set when the body could not be sent in full (the connection is then closed).
+        on_sent: Told, once, how many bytes this entry sent (when it is released, in full or not), or None.
     """
 
     __slots__ = (
         "_last_used",
+        "_moved",
         "_queued",
         "conn",
         "failed",
@@ -149,11 +152,20 @@ class ParkedSend:
         "file_fd",
         "keep_alive",
         "offset",
+        "on_sent",
         "owner",
         "remaining",
     )
 
-    def __init__(self, owner: Owner, conn: Any, file_fd: int, offset: int, remaining: int) -> None:
+    def __init__(
+        self,
+        owner: Owner,
+        conn: Any,
+        file_fd: int,
+        offset: int,
+        remaining: int,
+        on_sent: Callable[[int], None] | None = None,
+    ) -> None:
         self.owner = owner
         self.conn = conn
         self.fd: int = conn.socket.fileno()
@@ -162,6 +174,8 @@ class ParkedSend:
         self.remaining = remaining
         self.keep_alive = False
         self.failed = False
+        self.on_sent = on_sent
+        self._moved = 0
         self._last_used = time.time()
         self._queued = unacknowledged(self.fd)
 
@@ -182,6 +196,7 @@ class ParkedSend:
                 return True
             self.offset += n
             self.remaining -= n
+            self._moved += n
             moved += n
             self._last_used = time.time()
             if self.remaining == 0:
@@ -213,8 +228,15 @@ class ParkedSend:
         self.owner.end(self)
 
     def release(self) -> None:
-        """Close the payload's duplicate (the owner decides what becomes of the connection)."""
+        """Close the payload's duplicate and report the bytes sent (the owner decides what becomes of the
+        connection); never raises: it runs on the connection loop."""
         os.close(self.file_fd)
+        report, self.on_sent = self.on_sent, None
+        if report is not None:
+            try:
+                report(self._moved)
+            except Exception:  # a counter's bug must not end the loop
+                log.exception("parked send: reporting its bytes failed")
 
 
 def room(cap: int) -> int:

@@ -30,7 +30,9 @@ Invariants:
     * A payload that ends early (the file was truncated under us, which we never do) sends what there is,
       logs it once and closes the connection, so the client sees a short body instead of a hang.
     * Bytes sent outside the iterable are recorded in the environ (``direct_bytes``), for anything that
-      counts response bytes from what the iterable yields; for a parked send it is the count to be sent.
+      counts response bytes from what the iterable yields: the bytes this thread sent. The bytes of a parked
+      send leave after the request returned: a counter that wants them puts a callable under
+      ``LATE_BYTES_KEY``, told once, from the loop, how many were sent (fewer when the reader went away).
     * On the sendfile path, once the reader's socket buffer is full (after ``handoff.PARK_AFTER`` seconds
       without room, 0 by default) the rest of the body is parked (``GuardedConnection.park_send``): the
       connection loop sends it from a duplicate of the reader's descriptor, at the same offsets, and this
@@ -56,6 +58,9 @@ log = logging.getLogger(__name__)
 PAYLOAD_KEY = "sync.sendfile.payload"
 #: Environ key of the number of body bytes this gateway sent outside the response iterable.
 DIRECT_BYTES_KEY = "sync.sendfile.direct_bytes"
+#: Environ key of a callable (``int`` → None) a byte counter may set: told the bytes of a parked send, once
+#: it ended, from the connection loop (they are not in ``DIRECT_BYTES_KEY``).
+LATE_BYTES_KEY = "sync.sendfile.late_bytes"
 #: Bytes per read and ``sendall`` on the copy path (TLS, non-sockets, ``sendfile=False``): the block size
 #: the measurements found fastest for Python-level copies.
 COPY_BLOCK = 1024 * 1024
@@ -160,10 +165,10 @@ class PayloadGateway(wsgi.Gateway_10):
             except _Stalled as stalled:
                 sent = stalled.sent
                 # A slow reader: the rest leaves from the connection loop, this thread goes back to work.
-                if park is not None and park(fd, start + sent, count - sent):
+                if park is not None and park(fd, start + sent, count - sent, self.env.get(LATE_BYTES_KEY)):
                     log.debug("payload span parked path=%s sent=%d", self.env.get("PATH_INFO"), sent)
                     reader.seek(position + count)
-                    self.env[DIRECT_BYTES_KEY] = count  # what is to be sent; a reader gone early gets less
+                    self.env[DIRECT_BYTES_KEY] = sent  # the rest is told to LATE_BYTES_KEY as it leaves
                     return True
                 sent += _sendfile(sock, fd, start + sent, count - sent)
         else:

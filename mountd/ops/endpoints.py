@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from mountd.http.middleware import StartResponse, WSGIApp, WSGIEnviron
-from mountd.http.sendfile import direct_bytes
+from mountd.http.sendfile import LATE_BYTES_KEY, direct_bytes
 from mountd.ops.metrics import CONTENT_TYPE, METRICS_KEY, MountdMetrics
 from mountd.refresh.hooks import BrokerHealth
 
@@ -148,6 +148,7 @@ class OpsEndpoints:
             return start_response(status_line, headers, exc_info)
 
         environ[METRICS_KEY] = self.metrics
+        environ[LATE_BYTES_KEY] = self.metrics.add_bytes  # a parked body's bytes, once they left
         try:
             result = self.app(environ, counting_start_response)
         except BaseException:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import struct
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -134,6 +138,48 @@ def test_bytes_sent_by_sendfile_are_counted(add_archive: AddArchive, url: str) -
         10,
         what="every byte of the body is counted",
     )
+
+
+def _slow_reader(server: ServerHandle, path: str) -> tuple[socket.socket, Any]:
+    """A GET from a client with a 64 KiB receive buffer that has not read yet: its body gets parked (the
+    connection loop sends it, ``mountd.http.handoff``). Returns the socket and its reader, head read."""
+    sock = socket.create_connection((server.host, server.port), timeout=30)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode())
+    reader = sock.makefile("rb")
+    assert reader.readline().startswith(b"HTTP/1.1 200")
+    while reader.readline() not in (b"\r\n", b""):
+        pass
+    time.sleep(0.5)  # the server fills the socket buffers and parks the rest
+    return sock, reader
+
+
+def test_parked_bodies_count_the_bytes_that_left_not_the_bytes_planned(
+    add_archive: AddArchive, server: ServerHandle
+) -> None:
+    """A body finished by the connection loop counts in full once it is out; one whose reader resets the
+    connection after 1 MiB counts what the kernel took, not the whole payload."""
+    body = os.urandom(16 * 1024 * 1024)
+    add_archive("huge.txt.sync", body)
+    url = server.mount_url
+    sock, reader = _slow_reader(server, "/huge.txt")
+    with sock, reader:
+        assert reader.read(len(body)) == body
+    wait_for(
+        lambda: value(url, "sync_mountd_response_bytes_total") == len(body),
+        10,
+        what="the parked body counted in full once out",
+    )
+    baseline = len(os.listdir("/proc/self/fd"))
+    sock, reader = _slow_reader(server, "/huge.txt")
+    with sock, reader:
+        assert reader.read(1024 * 1024) == body[: 1024 * 1024]
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+    # The parked send ends on the reset: its socket and its payload descriptor close after its report.
+    wait_for(lambda: len(os.listdir("/proc/self/fd")) <= baseline, 10, what="the parked send ended")
+    counted = value(url, "sync_mountd_response_bytes_total") - len(body)
+    # At least what the reader read; at most that and the socket buffers (a few MiB), never the 16 MiB.
+    assert 1024 * 1024 <= counted < len(body) // 2
 
 
 def test_statuses_and_methods_are_labelled(add_archive: AddArchive, url: str) -> None:
