@@ -292,16 +292,16 @@ def _sendfile(
             if poller is None:
                 poller = select.poll()
                 poller.register(sock_fd, select.POLLOUT)
-                if stall_after is None:
-                    queued = handoff.unacknowledged(sock_fd)  # the baseline of the progress check below
+            if stall_after is None:
+                # The baseline of the progress check below, taken at each wait: a send since the last one
+                # may have grown the queue (the kernel grows the send buffer as the window grows).
+                queued = handoff.unacknowledged(sock_fd)
             if not poller.poll(wait_ms):
                 if stall_after is not None:
                     raise _Stalled(sent) from None
                 # No room for a whole timeout, but a reader that acknowledged bytes meanwhile is reading
                 # (slowly, through large buffers: see ``handoff.ParkedSend.last_used``): wait on.
-                now_queued = handoff.unacknowledged(sock_fd)
-                if now_queued < queued:
-                    queued = now_queued
+                if handoff.unacknowledged(sock_fd) < queued:
                     continue
                 raise TimeoutError("timed out") from None  # cheroot ignores exactly this text
             continue

@@ -608,3 +608,36 @@ def test_a_parked_reader_pausing_longer_than_the_idle_timeout_gets_its_whole_bod
         finally:
             reader.close()
             sock.close()
+
+
+@pytest.mark.parametrize("path", ["parked", "worker"])
+def test_a_reader_reading_on_slowly_is_not_cut_though_no_send_is_possible(
+    add_archive: AddArchive, store: Path, hook: RecordingHook, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    """A reader that reads on all along, but too slowly for its send queue to free the third that lets the
+    server send again, makes progress by the bytes it acknowledges (``SIOCOUTQ``), parked or waited on by a
+    worker (no parking room): with a 2 s limit without progress it reads 160 KiB/s for 5 s (its window
+    reopens, and 128 KiB are acknowledged, every 0.8 s; a 4 MB send queue lets the server send again only
+    after about 1.3 MB, 8 s), then the rest, and gets every byte."""
+    if path == "parked":
+        monkeypatch.setattr(mountd.server, "CONNECTION_TIMEOUT", SHORT_TIMEOUT)
+        monkeypatch.setattr(handoff, "SEND_IDLE", 2.0)
+        monkeypatch.setattr(handoff, "PROGRESS_CHECK", 0.2)
+    else:
+        monkeypatch.setattr(mountd.server, "CONNECTION_TIMEOUT", 2)
+        monkeypatch.setattr(handoff, "MAX_PARKED_SENDS", 0)
+    body = os.urandom(HUGE_MIB * 1024 * 1024)
+    add_archive("huge.txt.sync", body)
+    with serve_background(Settings(host="127.0.0.1", port=0), store, hook) as handle:
+        sock, reader = _slow_get(handle, "/huge.txt")
+        try:
+            got = bytearray()
+            until = time.monotonic() + 5
+            while time.monotonic() < until:
+                got += reader.read1(32 * 1024)
+                time.sleep(0.2)
+            got += reader.read(len(body) - len(got))
+            assert got == body
+        finally:
+            reader.close()
+            sock.close()
