@@ -5,9 +5,10 @@ store with one big payload (``--big-mib``, default 512 MiB) and a few small arch
 ``bench_mountd.build_data``; ``mountd`` of this checkout (``new``) and of a git revision (``old``,
 ``--old REF``, default ``main``, exported with ``git archive`` and put first on ``PYTHONPATH``) are started
 with ``bench_mountd.start_mountd``, and optionally the same bytes served by nginx (``bench_mountd``'s
-configuration: ``sendfile on``), by rclone, and by ``minimal``: a one-connection-at-a-time Python server
-whose whole body is one blocking ``os.sendfile`` loop (the floor for a Python process). Each round GETs
-the payload once from every server with ``curl -o /dev/null``, in alternating order, and records per GET:
+configuration: ``sendfile on``), by rclone, and by ``minimal`` (``bench_mountd.serve_floor``, its sendfile
+floor): a one-connection-at-a-time Python server whose whole body is one blocking ``os.sendfile`` loop.
+Each round GETs the payload once from every server with ``curl -o /dev/null``, in alternating order, and
+records per GET:
 
 * ``tick``: utime + stime of the server's process tree from ``/proc/PID/stat`` (what bench_mountd reports;
   clock ticks, so one GET's figure is coarse);
@@ -33,7 +34,6 @@ import argparse
 import os
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,35 +52,6 @@ CLIENT_CPU = 1
 CURL_FORMAT = "%{size_download} %{time_total} %{http_code}"
 #: Small archives in the store besides the big payload (``bench_mountd.Sizes.listed``).
 LISTED = 10
-
-
-def serve_minimal(path: Path) -> int:
-    """``--serve-minimal``: answer every GET with ``path`` through one blocking ``os.sendfile`` loop."""
-    size = path.stat().st_size
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        print(f"ready http://127.0.0.1:{server.getsockname()[1]}", flush=True)
-        while True:
-            conn, _ = server.accept()
-            with conn, open(path, "rb") as source:
-                try:
-                    _answer(conn, source.fileno(), size)
-                except OSError as exc:
-                    print(f"minimal: {exc!r}", file=sys.stderr, flush=True)
-
-
-def _answer(conn: socket.socket, fd: int, size: int) -> None:
-    head = b""
-    while True:
-        while b"\r\n\r\n" not in head:
-            data = conn.recv(65536)
-            if not data:
-                return
-            head += data
-        head = head.partition(b"\r\n\r\n")[2]
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
-        sent = 0
-        while sent < size:
-            sent += os.sendfile(conn.fileno(), fd, sent, size - sent)
 
 
 def tree_pids(pid: int) -> list[int]:
@@ -170,24 +141,6 @@ def start_old(store: Path, tmp: Path, tree: Path) -> bm.Server:
             os.environ["PYTHONPATH"] = saved
 
 
-def start_minimal(plain: Path, tmp: Path) -> bm.Server:
-    """``--serve-minimal`` of ``plain/big.bin`` in a subprocess."""
-    log = tmp / "minimal.log"
-    argv = [sys.executable, str(Path(__file__).resolve()), "--serve-minimal", str(plain / "big.bin")]
-    process = bm._spawn(argv, log)
-    found: list[str] = []
-
-    def ready() -> bool:
-        for line in log.read_text(errors="replace").splitlines():
-            if line.startswith("ready "):
-                found.append(line.split()[1])
-                return True
-        return False
-
-    bm._wait(ready, process, "minimal")
-    return bm.Server("minimal", found[0], process, log)
-
-
 def measure(
     servers: dict[str, bm.Server], runs: int, size: int, pinned: bool
 ) -> dict[str, dict[str, list[float]]]:
@@ -232,7 +185,7 @@ def report(figures: dict[str, dict[str, list[float]]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the A/B (or, with ``--serve-minimal``, be the minimal server)."""
+    """Run the A/B."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--old", default="main", help="git revision of the 'old' mountd (default: main)")
     parser.add_argument("--runs", type=int, default=9, help="rounds of GETs (default: 9)")
@@ -242,10 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pin", action="store_true", help=f"servers on CPU {SERVER_CPU}, curl on CPU {CLIENT_CPU} (steadier)"
     )
-    parser.add_argument("--serve-minimal", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.serve_minimal is not None:
-        return serve_minimal(args.serve_minimal)
     sizes = bm.Sizes(
         big=args.big_mib * MIB,
         listed=LISTED,
@@ -263,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             "old": lambda: start_old(store, tmp, tree),
             "new": lambda: bm.start_mountd("new", store, tmp),
             "nginx": lambda: bm.start_nginx(plain, tmp),
-            "minimal": lambda: start_minimal(plain, tmp),
+            "minimal": lambda: bm.start_floor(plain, tmp, "minimal"),
             "rclone": lambda: bm.start_rclone(plain, tmp),
         }
         chosen = ["old", "new", *(name for name in args.others.split(",") if name)]
