@@ -43,7 +43,7 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from typing import Any
 
@@ -94,6 +94,10 @@ class _LineCounter:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.rfile, name)
+
+
+#: The entries the connection loop finishes for a worker (``mountd.http.handoff``).
+HANDED_TYPES = frozenset({handoff.Lingering, handoff.ParkedSend, handoff.ParkedBody})
 
 
 class _HeadCapture:
@@ -147,6 +151,13 @@ class GuardedRequest(server.HTTPRequest):
                 return
             self.conn.wfile.write(head)
         super().write(chunk)
+
+    def take_head(self) -> bytes:
+        """The response head for the caller to send itself (built now if it was not); none is held after."""
+        if not self.sent_headers:
+            self.ensure_headers_sent()
+        head, self._held_head = self._held_head, b""
+        return head
 
     def _flush_head(self) -> None:
         head = self._held_head
@@ -254,7 +265,7 @@ class GuardedConnection(server.HTTPConnection):
     #: Whether ``close`` should linger: set when a request ends the connection (``communicate`` said no).
     _linger_on_close = False
     #: The rest of a payload body to send from the loop (``park_send``), handed over by ``close``.
-    _pending_send: handoff.ParkedSend | None = None
+    _pending_send: handoff.Parked | None = None
 
     def communicate(self) -> bool:
         keep = bool(super().communicate())  # type: ignore[no-untyped-call]
@@ -292,6 +303,25 @@ class GuardedConnection(server.HTTPConnection):
         self._pending_send = handoff.ParkedSend(manager, self, duplicate, offset, count, on_sent)
         return True
 
+    def park_body(self, pending: bytes, remaining: int, chunks: Iterator[bytes], response: Any) -> bool:
+        """Have the connection loop send ``pending``, then ``remaining`` bytes taken from ``chunks``, once
+        this response's request is done, and close ``response`` after; False (send them yourself) when no
+        body can be parked now.
+
+        Args:
+            pending: Bytes of the response due first (the rest of a chunk, the head's too if it was not out).
+            remaining: Body bytes still to come from ``chunks`` (the declared length's rest).
+            chunks: The response iterable's iterator, positioned after ``pending``'s chunk.
+            response: The response iterable, whose ``close`` ends the request (called from the loop).
+        """
+        manager = getattr(self.server, "_connections", None)
+        if self._pending_send is not None or not isinstance(manager, GuardedConnections):
+            return False
+        if not handoff.plain_socket(self) or not manager.reserve_send(body=True):
+            return False
+        self._pending_send = handoff.ParkedBody(manager, self, pending, remaining, chunks, response)
+        return True
+
     def close(self) -> None:
         """Close as cheroot does, or hand the connection to the loop: to finish a parked send, or to linger.
 
@@ -318,9 +348,10 @@ class GuardedConnections(connections.ConnectionManager):
         self._parked: dict[Any, float] = {}
         self._last_recheck = 0.0
         #: Connections the loop finishes for a worker (``mountd.http.handoff``): socket descriptor → entry.
-        self._handed: dict[int, handoff.Lingering | handoff.ParkedSend] = {}
+        self._handed: dict[int, handoff.Lingering | handoff.Parked] = {}
         self._lingering = 0
-        self._sends = 0  # parked sends, started or reserved by a worker still answering
+        self._sends = 0  # parked sends and bodies, started or reserved by a worker still answering
+        self._bodies = 0  # of which parked bodies
         self._handed_lock = threading.Lock()
         self._closing = False
         self._last_handed_check = 0.0
@@ -337,20 +368,25 @@ class GuardedConnections(connections.ConnectionManager):
         # Stopping (cheroot's flag) or closed: nothing more is handed over.
         return self._closing or bool(getattr(self, "_stop_requested", False))
 
-    def reserve_send(self) -> bool:
-        """Reserve room for one parked send; False when ``handoff.room`` of them are parked or reserved."""
+    def reserve_send(self, *, body: bool = False) -> bool:
+        """Reserve room for one parked send (a parked body with ``body``); False when ``handoff.room`` of
+        them are parked or reserved (``MAX_PARKED_BODIES`` of bodies)."""
         with self._handed_lock:
             if self._refusing() or self._sends >= handoff.room(handoff.MAX_PARKED_SENDS):
                 return False
+            if body:
+                if self._bodies >= handoff.room(handoff.MAX_PARKED_BODIES):
+                    return False
+                self._bodies += 1
             self._sends += 1
             return True
 
     def unreserve_send(self) -> None:
-        """Give back a reservation that ``start_send`` will not use."""
+        """Give back a payload send's reservation that ``start_send`` will not use."""
         with self._handed_lock:
             self._sends -= 1
 
-    def start_send(self, entry: handoff.ParkedSend) -> bool:
+    def start_send(self, entry: handoff.Parked) -> bool:
         """Send the rest of a body from the loop (its room was reserved); False when it cannot be (the
         entry is then released and the caller closes the connection)."""
         with self._handed_lock:
@@ -363,6 +399,8 @@ class GuardedConnections(connections.ConnectionManager):
                     self._handed[entry.fd] = entry
                     return True
             self._sends -= 1
+            if type(entry) is handoff.ParkedBody:
+                self._bodies -= 1
         entry.release()
         return False
 
@@ -384,7 +422,7 @@ class GuardedConnections(connections.ConnectionManager):
             self._lingering += 1
         return True
 
-    def end(self, entry: handoff.Lingering | handoff.ParkedSend) -> None:
+    def end(self, entry: handoff.Lingering | handoff.Parked) -> None:
         """Forget ``entry`` and release it (once: a descriptor may be reused right after it is closed).
 
         A parked send that went out in full puts its connection back to keep-alive when the response said
@@ -399,10 +437,12 @@ class GuardedConnections(connections.ConnectionManager):
                 self._lingering -= 1
             else:
                 self._sends -= 1
+                if type(entry) is handoff.ParkedBody:
+                    self._bodies -= 1
             with suppress(KeyError, ValueError):  # already taken out by cheroot's ``_expire``
                 self._selector.unregister(entry.fd)  # type: ignore[attr-defined]
         entry.release()
-        if type(entry) is handoff.ParkedSend:
+        if isinstance(entry, handoff.Parked):
             conn = entry.conn
             if (
                 entry.keep_alive
@@ -444,7 +484,7 @@ class GuardedConnections(connections.ConnectionManager):
                     if new_conn is not None:
                         new_conn.last_used = time.time()
                         self._admit(new_conn)
-                elif type(conn) is handoff.Lingering or type(conn) is handoff.ParkedSend:
+                elif type(conn) in HANDED_TYPES:
                     if conn.pump():
                         self.end(conn)
                 else:

@@ -50,6 +50,7 @@ from mountd.dav.resources import (
     sync_properties,
 )
 from mountd.http.middleware import StartResponse, WSGIEnviron
+from mountd.http.sendfile import BODY_PARKABLE_KEY
 from sync_format.freshness import now_ns
 
 #: Depths answered here (wsgidav refuses infinity, and answers it itself).
@@ -186,6 +187,9 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
                 ("Content-Length", str(document.length)),
             ],
         )
+        # Its chunks are joins of cached parts: for a reader slower than the socket, the connection loop may
+        # make and send them (``mountd.http.handoff.ParkedBody``) instead of a worker thread waiting.
+        environ[BODY_PARKABLE_KEY] = True
         return document.chunks()
 
     def _document(

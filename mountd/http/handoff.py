@@ -21,12 +21,18 @@ where a waiting client costs a file descriptor and a few bytes of bookkeeping, n
   swap meanwhile changes no byte of it. Once the body is out, the connection goes back to keep-alive (or is
   closed, as the response announced); a reader that takes nothing for ``SEND_IDLE`` seconds (60, as
   nginx's ``send_timeout``; a worker thread waits the server's 10 s) is closed.
+* **Parked bodies** (``ParkedBody``): the same for a generated body whose chunks cost no I/O and no wait
+  to make (a listing's document, ``mountd.http.fast_propfind``; ``BODY_PARKABLE_KEY`` in
+  ``mountd.http.sendfile``): the rest of the current chunk, then the next chunks are made on the loop's
+  thread as the socket takes them, up to the declared ``Content-Length``; the response iterable is closed
+  (ending the request) once the body is out or the reader is dropped.
 
 Invariants:
     * At most ``MAX_LINGERING`` connections linger and at most ``MAX_PARKED_SENDS`` sends are parked at
-      once, fewer when the descriptor limit is low (``room``); past either the worker does what it did
-      before (closes at once; waits for the reader itself).
-      A parked send costs two descriptors (the socket and the payload's duplicate), a lingering close one.
+      once (of which at most ``MAX_PARKED_BODIES`` bodies), fewer when the descriptor limit is low
+      (``room``); past either the worker does what it did before (closes at once; waits for the reader
+      itself). A parked send costs two descriptors (the socket and the payload's duplicate), a parked body
+      and a lingering close one.
     * One turn of the loop moves at most ``TURN_BYTES`` for one entry, so no client holds up the others
       or the accepting of new connections.
     * Only plain sockets are handed over (a TLS socket's bytes are records).
@@ -44,7 +50,7 @@ import socket
 import struct
 import termios
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
@@ -61,6 +67,9 @@ MAX_LINGERING = 256
 PARK_AFTER = 0.0
 #: Most payload sends parked at once (fewer when the descriptor limit is low: ``room``).
 MAX_PARKED_SENDS = 1024
+#: Most generated bodies parked at once (within ``MAX_PARKED_SENDS``): each holds its response's iterable
+#: (a listing's document: references to cached parts, about 90 KB for 10,000 archives) and one chunk.
+MAX_PARKED_BODIES = 256
 #: Descriptors of the process's soft limit set aside per parked send or lingering connection when the limit
 #: is what bounds them (a parked send holds two; the rest is for everything else the server opens).
 DESCRIPTORS_PER_ENTRY = 8
@@ -82,7 +91,7 @@ _DISCARD = bytearray(65536)
 class Owner(Protocol):
     """What an entry needs of the connection loop that holds it (``GuardedConnections``)."""
 
-    def end(self, entry: Lingering | ParkedSend) -> None: ...
+    def end(self, entry: Lingering | Parked) -> None: ...
 
 
 class Lingering:
@@ -128,80 +137,32 @@ class Lingering:
         self.conn.socket.close()
 
 
-class ParkedSend:
-    """The rest of a payload body, sent from the loop as the socket takes it.
+class Parked:
+    """What every parked response body has: its connection, the bytes still due, and its idle clock.
 
     Attributes:
         conn: The connection (cheroot's), back to keep-alive or closed once done.
         fd: The socket's descriptor (the selector's key).
-        file_fd: A duplicate of the payload's descriptor, owned by this entry.
-        offset: Next byte of ``file_fd`` to send.
-        remaining: Bytes still to send.
+        remaining: Body bytes still to send.
         keep_alive: Whether the connection stays open once the body is out.
         failed: Set when the body could not be sent in full (the connection is then closed).
-        on_sent: Told, once, how many bytes this entry sent (when it is released, in full or not), or None.
     """
 
-    __slots__ = (
-        "_last_used",
-        "_moved",
-        "_queued",
-        "conn",
-        "failed",
-        "fd",
-        "file_fd",
-        "keep_alive",
-        "offset",
-        "on_sent",
-        "owner",
-        "remaining",
-    )
+    __slots__ = ("_last_used", "_queued", "conn", "failed", "fd", "keep_alive", "owner", "remaining")
 
-    def __init__(
-        self,
-        owner: Owner,
-        conn: Any,
-        file_fd: int,
-        offset: int,
-        remaining: int,
-        on_sent: Callable[[int], None] | None = None,
-    ) -> None:
+    def __init__(self, owner: Owner, conn: Any, remaining: int) -> None:
         self.owner = owner
         self.conn = conn
         self.fd: int = conn.socket.fileno()
-        self.file_fd = file_fd
-        self.offset = offset
         self.remaining = remaining
         self.keep_alive = False
         self.failed = False
-        self.on_sent = on_sent
-        self._moved = 0
         self._last_used = time.time()
         self._queued = unacknowledged(self.fd)
 
     def pump(self) -> bool:
         """Send what the socket takes now; True once the body is out or cannot be (``failed``)."""
-        moved = 0
-        while moved < TURN_BYTES:
-            try:
-                n = os.sendfile(self.fd, self.file_fd, self.offset, min(self.remaining, SEND_CHUNK))
-            except BlockingIOError:
-                return False
-            except OSError:  # the client went away
-                self.failed = True
-                return True
-            if n == 0:  # the payload ended early (truncated under us, which we never do)
-                log.warning("payload ended early (parked send) remaining=%d", self.remaining)
-                self.failed = True
-                return True
-            self.offset += n
-            self.remaining -= n
-            self._moved += n
-            moved += n
-            self._last_used = time.time()
-            if self.remaining == 0:
-                return True
-        return False
+        raise NotImplementedError
 
     @property
     def last_used(self) -> float:
@@ -228,8 +189,62 @@ class ParkedSend:
         self.owner.end(self)
 
     def release(self) -> None:
-        """Close the payload's duplicate and report the bytes sent (the owner decides what becomes of the
-        connection); never raises: it runs on the connection loop."""
+        """Let go of what it holds besides the connection (the owner decides what becomes of that); never
+        raises: it runs on the connection loop."""
+
+
+class ParkedSend(Parked):
+    """The rest of a payload body, sent by ``os.sendfile`` from the loop as the socket takes it.
+
+    Attributes:
+        file_fd: A duplicate of the payload's descriptor, owned by this entry.
+        offset: Next byte of ``file_fd`` to send.
+        on_sent: Told, once, how many bytes this entry sent (when it is released, in full or not), or None.
+    """
+
+    __slots__ = ("_moved", "file_fd", "offset", "on_sent")
+
+    def __init__(
+        self,
+        owner: Owner,
+        conn: Any,
+        file_fd: int,
+        offset: int,
+        remaining: int,
+        on_sent: Callable[[int], None] | None = None,
+    ) -> None:
+        super().__init__(owner, conn, remaining)
+        self.file_fd = file_fd
+        self.offset = offset
+        self.on_sent = on_sent
+        self._moved = 0
+
+    def pump(self) -> bool:
+        """Send what the socket takes now; True once the body is out or cannot be (``failed``)."""
+        moved = 0
+        while moved < TURN_BYTES:
+            try:
+                n = os.sendfile(self.fd, self.file_fd, self.offset, min(self.remaining, SEND_CHUNK))
+            except BlockingIOError:
+                return False
+            except OSError:  # the client went away
+                self.failed = True
+                return True
+            if n == 0:  # the payload ended early (truncated under us, which we never do)
+                log.warning("payload ended early (parked send) remaining=%d", self.remaining)
+                self.failed = True
+                return True
+            self.offset += n
+            self.remaining -= n
+            self._moved += n
+            moved += n
+            self._last_used = time.time()
+            if self.remaining == 0:
+                return True
+        return False
+
+    def release(self) -> None:
+        """Close the payload's duplicate and report the bytes sent; never raises."""
         os.close(self.file_fd)
         report, self.on_sent = self.on_sent, None
         if report is not None:
@@ -237,6 +252,87 @@ class ParkedSend:
                 report(self._moved)
             except Exception:  # a counter's bug must not end the loop
                 log.exception("parked send: reporting its bytes failed")
+
+
+class ParkedBody(Parked):
+    """The rest of a generated response body (a multistatus document, say), sent from the loop as the
+    socket takes it: ``pending`` first, then each chunk the response iterable yields, up to the declared
+    ``Content-Length`` (``remaining`` counts what is still to come from the iterable); the iterable is
+    closed when the entry is released.
+
+    Only for iterables whose chunks cost no I/O and no wait to produce (``BODY_PARKABLE_KEY`` in
+    ``mountd.http.sendfile``): they are produced on the loop's thread.
+    """
+
+    __slots__ = ("_chunks", "_pending", "_response")
+
+    def __init__(
+        self, owner: Owner, conn: Any, pending: bytes, remaining: int, chunks: Iterator[bytes], response: Any
+    ) -> None:
+        super().__init__(owner, conn, remaining)
+        self._pending = memoryview(pending)
+        self._chunks: Iterator[bytes] | None = chunks
+        self._response = response
+
+    def pump(self) -> bool:
+        """Send what the socket takes now; True once the body is out or cannot be (``failed``)."""
+        moved = 0
+        while moved < TURN_BYTES:
+            if not self._pending:
+                if self.remaining == 0:
+                    return True
+                chunk = self._next_chunk()
+                if chunk is None:
+                    self.failed = True
+                    return True
+                self._pending = memoryview(chunk)
+                continue
+            try:
+                n = os.write(self.fd, self._pending)  # the socket's timeout would make ``send`` wait
+            except BlockingIOError:
+                return False
+            except OSError:  # the client went away
+                self.failed = True
+                return True
+            self._pending = self._pending[n:]
+            moved += n
+            self._last_used = time.time()
+        return False
+
+    def _next_chunk(self) -> bytes | None:
+        """The next body bytes (cut to what is still due), or None when the body cannot be completed."""
+        chunks = self._chunks
+        while chunks is not None:
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                log.warning("response body short of its Content-Length (parked) remaining=%d", self.remaining)
+                return None
+            except Exception:  # the application's error: the body cannot be completed
+                log.exception("response body failed (parked)")
+                return None
+            if not chunk:
+                continue
+            if len(chunk) > self.remaining:
+                log.warning("response body exceeds its Content-Length (parked): cut, connection closed")
+                self._chunks = None
+                self.failed = True  # the cut part goes out, then the connection is closed
+                chunk = chunk[: self.remaining]
+            self.remaining -= len(chunk)
+            return chunk
+        return None
+
+    def release(self) -> None:
+        """Close the response iterable (the application's end of the request); never raises."""
+        response, self._response = self._response, None
+        self._chunks = None
+        self._pending = memoryview(b"")
+        close = getattr(response, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:
+                log.exception("parked body: closing the response failed")
 
 
 def room(cap: int) -> int:

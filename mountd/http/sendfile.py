@@ -45,6 +45,7 @@ import logging
 import os
 import select
 import socket
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from cheroot import wsgi
@@ -58,6 +59,12 @@ log = logging.getLogger(__name__)
 PAYLOAD_KEY = "sync.sendfile.payload"
 #: Environ key of the number of body bytes this gateway sent outside the response iterable.
 DIRECT_BYTES_KEY = "sync.sendfile.direct_bytes"
+#: Environ key an application sets (to True) when its response iterable, with every wrapper around it, makes
+#: each chunk without I/O, without waiting and without thread-bound state (a listing's document joined from
+#: cached parts, ``mountd.http.fast_propfind``), and declares a ``Content-Length``: once its reader's socket
+#: buffer is full, the rest of such a body is parked (``GuardedConnection.park_body``) and its chunks are
+#: made on the connection loop's thread.
+BODY_PARKABLE_KEY = "sync.body.parkable"
 #: Environ key of a callable (``int`` → None) a byte counter may set: told the bytes of a parked send, once
 #: it ended, from the connection loop (they are not in ``DIRECT_BYTES_KEY``).
 LATE_BYTES_KEY = "sync.sendfile.late_bytes"
@@ -116,13 +123,18 @@ class PayloadGateway(wsgi.Gateway_10):
     def respond(self) -> None:
         """Run the application and send its response, taking payload spans off the iterable."""
         response = self.req.server.wsgi_app(self.env, self.start_response)
+        parked = False
         try:
             first = True
-            for chunk in response:
+            chunks = iter(response)
+            for chunk in chunks:
                 if not chunk:
                     continue
                 if not isinstance(chunk, bytes):
                     raise TypeError("WSGI applications must yield bytes")
+                if first and self._may_park_body():
+                    parked = self._send_body(chunk, chunks, response)
+                    break
                 self.write(chunk)
                 if first:
                     first = False
@@ -131,8 +143,54 @@ class PayloadGateway(wsgi.Gateway_10):
         finally:
             self.req.ensure_headers_sent()
             close = getattr(response, "close", None)
-            if close is not None:
+            if close is not None and not parked:  # a parked body's entry closes it once the body is out
                 close()
+
+    def _may_park_body(self) -> bool:
+        """Whether this response's body may be parked (``BODY_PARKABLE_KEY``) on this connection."""
+        return (
+            self.env.get(BODY_PARKABLE_KEY) is True
+            and self.use_sendfile  # the plain-socket configuration (``sendfile=False`` forces waiting)
+            and not self.req.chunked_write
+            and self.remaining_bytes_out is not None
+            and type(self.req.conn.socket) is socket.socket
+            and hasattr(self.req.conn, "park_body")
+            and hasattr(self.req, "take_head")
+        )
+
+    def _send_body(self, chunk: bytes, chunks: Iterator[bytes], response: Any) -> bool:
+        """Send a parkable body from ``chunk`` on, each chunk without waiting; once the socket is full, park
+        the rest (True) or, without room for it, wait as cheroot does for the rest of the body."""
+        fd = self.req.conn.socket.fileno()
+        head = self.req.take_head()
+        waiting = False
+        while True:
+            due = self.remaining_bytes_out or 0
+            if waiting or len(chunk) > due:
+                if head:
+                    self.req.conn.wfile.write(head)
+                    head = b""
+                self.write(chunk)  # cheroot's checks, waits and errors (a body past its declared length)
+            else:
+                pending = memoryview(head + chunk if head else chunk)
+                head = b""
+                self.remaining_bytes_out = due - len(chunk)
+                while pending:
+                    try:
+                        pending = pending[os.write(fd, pending) :]  # the socket's timeout would wait
+                    except BlockingIOError:
+                        rest = bytes(pending)
+                        if self.req.conn.park_body(rest, self.remaining_bytes_out, chunks, response):
+                            log.debug("response body parked path=%s", self.env.get("PATH_INFO"))
+                            return True
+                        waiting = True
+                        self.req.conn.wfile.write(rest)
+                        break
+            chunk = next((piece for piece in chunks if piece), b"")
+            if not chunk:
+                return False
+            if not isinstance(chunk, bytes):
+                raise TypeError("WSGI applications must yield bytes")
 
     def _send_payload_rest(self, written: int) -> bool:
         """Send the rest of the body from the offered reader when it is a span of it; True when done."""

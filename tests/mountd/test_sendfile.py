@@ -282,8 +282,15 @@ class _CountingApp:
         self.late: list[int] = []
 
     def __call__(self, environ: dict[str, object], start_response: Callable[..., object]) -> Iterator[bytes]:
-        environ[LATE_BYTES_KEY] = self.late.append
         result = self.app(environ, start_response)
+        inner = environ.get(LATE_BYTES_KEY)  # the ops layer's (metrics), set while the app was called
+
+        def late(n: int) -> None:
+            self.late.append(n)
+            if callable(inner):
+                inner(n)
+
+        environ[LATE_BYTES_KEY] = late  # read by the gateway once the first block is out
         try:
             yield from result
         finally:

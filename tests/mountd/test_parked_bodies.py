@@ -1,0 +1,191 @@
+"""Generated bodies parked in the connection loop (``mountd.http.handoff.ParkedBody``): a listing whose reader
+reads slower than the socket takes holds no worker thread.
+
+Every test runs a real server from ``serve_background`` over a folder of several thousand archives (copies of
+one, with long names), whose PROPFIND Depth 1 document (about 8 MB) cannot fit in the kernel's socket
+buffers, and talks to it through real sockets.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from recording_hook import RecordingHook
+from redis_server import wait_for
+
+import mountd.server
+from broker import Settings
+from mountd import ServerHandle, serve_background
+from mountd.http import handoff
+from sync_format import BuildResult
+
+AddArchive = Callable[..., BuildResult]
+#: Archives in the big folder, and the length of their names: a document of about 8 MB.
+MEMBERS = 6000
+NAME = "m" * 200
+#: More slow readers than the server has threads (16).
+SLOW_READERS = 24
+LOGGER = "mountd.http.sendfile"
+
+
+@pytest.fixture
+def big_folder(add_archive: AddArchive, store: Path) -> Path:
+    """``store/big`` holding ``MEMBERS`` copies of one archive."""
+    add_archive("big/first.txt.sync", b"one payload")
+    folder = store / "big"
+    first = folder / "first.txt.sync"
+    for i in range(MEMBERS):
+        shutil.copyfile(first, folder / f"{NAME}{i:05d}.txt.sync")
+    return folder
+
+
+@pytest.fixture
+def server(big_folder: Path, store: Path, hook: RecordingHook) -> Iterator[ServerHandle]:
+    """mountd over the store with the big folder."""
+    with serve_background(Settings(host="127.0.0.1", port=0), store, hook) as handle:
+        yield handle
+
+
+def listing(handle: ServerHandle) -> bytes:
+    """The big folder's PROPFIND Depth 1 document, read at once."""
+    conn = http.client.HTTPConnection(handle.host, handle.port, timeout=30)
+    conn.request("PROPFIND", "/big/", headers={"Depth": "1"})
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    assert resp.status == 207
+    return body
+
+
+def slow_listing(handle: ServerHandle) -> tuple[socket.socket, Any]:
+    """A PROPFIND of the big folder from a client with a 16 KiB receive buffer that reads nothing yet; returns
+    the socket and its reader."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # before connecting: the window follows it
+    sock.settimeout(30)
+    sock.connect((handle.host, handle.port))
+    sock.sendall(f"PROPFIND /big/ HTTP/1.1\r\nHost: 127.0.0.1:{handle.port}\r\nDepth: 1\r\n\r\n".encode())
+    return sock, sock.makefile("rb")
+
+
+def read_response(reader: Any) -> bytes:
+    """Status line, head and body (by its Content-Length) of one response; returns the body."""
+    assert reader.readline().startswith(b"HTTP/1.1 207")
+    length = -1
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return bytes(reader.read(length))
+
+
+def parked(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("response body parked" in r.getMessage() for r in caplog.records)
+
+
+def test_the_document_is_larger_than_socket_buffers(server: ServerHandle) -> None:
+    """The premise of the other tests: the listing is several MB."""
+    assert len(listing(server)) > 6 * 1024 * 1024
+
+
+def test_slow_listing_readers_hold_no_thread_and_get_exact_documents(
+    server: ServerHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    """24 readers of the listing that read nothing (more than the 16 threads) are parked: a GET is answered
+    meanwhile, and each reader then gets the document byte for byte, as a fast reader does."""
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    expected = listing(server)
+    caplog.clear()  # a fast reader's body may be parked too, for a moment
+    slow = [slow_listing(server) for _ in range(SLOW_READERS)]
+    try:
+        wait_for(lambda: parked(caplog) == SLOW_READERS, 60, what="every slow listing parked")
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
+        conn.request("GET", "/big/first.txt")
+        assert conn.getresponse().read() == b"one payload"
+        conn.close()
+        for _, reader in slow:
+            assert read_response(reader) == expected
+    finally:
+        for sock, reader in slow:
+            reader.close()
+            sock.close()
+
+
+def test_a_parked_listing_keeps_its_connection_alive(
+    server: ServerHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once a parked document is out, the same connection answers the next request."""
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    expected = listing(server)
+    caplog.clear()  # a fast reader's body may be parked too, for a moment
+    sock, reader = slow_listing(server)
+    with sock, reader:
+        wait_for(lambda: parked(caplog) == 1, 30, what="the listing parked")
+        assert read_response(reader) == expected
+        sock.sendall(f"GET /big/first.txt HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n\r\n".encode())
+        assert reader.readline().startswith(b"HTTP/1.1 200")
+        while reader.readline() not in (b"\r\n", b""):
+            pass
+        assert reader.read(len(b"one payload")) == b"one payload"
+
+
+def test_a_parked_listing_never_read_is_closed_and_its_request_ended(
+    big_folder: Path,
+    store: Path,
+    hook: RecordingHook,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A parked document whose reader takes nothing for ``SEND_IDLE`` is dropped: the connection is closed
+    and the response iterable closed, which ends the request (it is counted in the metrics only then)."""
+    monkeypatch.setattr(mountd.server, "CONNECTION_TIMEOUT", 1)
+    monkeypatch.setattr(handoff, "SEND_IDLE", 1.0)
+    monkeypatch.setattr(handoff, "PROGRESS_CHECK", 0.2)
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    with serve_background(Settings(host="127.0.0.1", port=0), store, hook) as handle:
+        answered = handle.metrics.requests.labels(method="PROPFIND", status="207")
+        sock, reader = slow_listing(handle)
+        with sock, reader:
+            wait_for(lambda: parked(caplog) == 1, 30, what="the listing parked")
+            assert answered._value.get() == 0  # the request is not over while its body is parked
+            wait_for(lambda: answered._value.get() == 1, 30, what="the parked listing dropped, request ended")
+            started = time.monotonic()
+            got = b""
+            while chunk := reader.read1(1 << 20):  # what the kernel had taken, then the end of the stream
+                got += chunk
+                assert time.monotonic() - started < 30
+            assert len(got) < len(listing(handle))
+
+
+def test_past_the_parked_bodies_cap_a_worker_waits_as_before(
+    big_folder: Path,
+    store: Path,
+    hook: RecordingHook,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With room for one parked body, a second slow listing is waited on by its worker, and both readers
+    still get the whole document."""
+    monkeypatch.setattr(handoff, "MAX_PARKED_BODIES", 1)
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    with serve_background(Settings(host="127.0.0.1", port=0), store, hook) as handle:
+        expected = listing(handle)
+        caplog.clear()  # a fast reader's body may be parked too, for a moment
+        first, second = slow_listing(handle), slow_listing(handle)
+        try:
+            wait_for(lambda: parked(caplog) == 1, 30, what="one listing parked")
+            time.sleep(0.5)
+            assert parked(caplog) == 1
+            for _, reader in (first, second):
+                assert read_response(reader) == expected
+        finally:
+            for sock, reader in (first, second):
+                reader.close()
+                sock.close()
