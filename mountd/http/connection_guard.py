@@ -485,8 +485,7 @@ class GuardedConnections(connections.ConnectionManager):
                         new_conn.last_used = time.time()
                         self._admit(new_conn)
                 elif type(conn) in HANDED_TYPES:
-                    if conn.pump():
-                        self.end(conn)
+                    self._pump(conn)
                 else:
                     manager._selector.unregister(sock_fd)
                     self._admit(conn)
@@ -498,6 +497,18 @@ class GuardedConnections(connections.ConnectionManager):
             if (now - last_expiration_check) > expiration_interval:
                 manager._expire(threshold=now - self.server.timeout)
                 last_expiration_check = now
+
+    def _pump(self, entry: handoff.Lingering | handoff.Parked) -> None:
+        # One turn of a handed-over connection; our bug in it ends that connection, never the loop's turn.
+        try:
+            done = entry.pump()
+        except Exception:
+            log.exception("handed-over connection failed; closing it")
+            if isinstance(entry, handoff.Parked):
+                entry.failed = True
+            done = True
+        if done:
+            self.end(entry)
 
     def _admit(self, conn: Any) -> None:
         """Dispatch ``conn`` when its head is complete; park or wait in the selector otherwise."""

@@ -311,6 +311,9 @@ class ParkedBody(Parked):
             except Exception:  # the application's error: the body cannot be completed
                 log.exception("response body failed (parked)")
                 return None
+            if not isinstance(chunk, bytes):  # the application broke its contract: the body fails
+                log.error("response body yielded %s, not bytes (parked)", type(chunk).__name__)
+                return None
             if not chunk:
                 continue
             if len(chunk) > self.remaining:

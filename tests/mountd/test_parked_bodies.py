@@ -12,6 +12,7 @@ import http.client
 import logging
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from redis_server import wait_for
 import mountd.server
 from broker import Settings
 from mountd import ServerHandle, serve_background
-from mountd.http import handoff
+from mountd.http import fast_propfind, handoff
 from sync_format import BuildResult
 
 AddArchive = Callable[..., BuildResult]
@@ -189,3 +190,41 @@ def test_past_the_parked_bodies_cap_a_worker_waits_as_before(
             for sock, reader in (first, second):
                 reader.close()
                 sock.close()
+
+
+def test_a_chunk_that_fails_on_the_loop_closes_its_connection_not_the_loop(
+    big_folder: Path,
+    store: Path,
+    hook: RecordingHook,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A parked body whose iterable yields something that is not bytes (an application breaking the
+    contract) ends short and its connection is closed: a GET pipelined behind it is never answered on it
+    (after a short body its answer would be read as the body's rest); the loop goes on serving."""
+    made = fast_propfind._Document.chunks
+
+    def chunks(document: Any) -> Iterator[Any]:
+        for chunk in made(document):
+            on_loop = threading.current_thread().name == "mountd-server"
+            yield chunk.decode() if on_loop else chunk
+
+    monkeypatch.setattr(fast_propfind._Document, "chunks", chunks)
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    with serve_background(Settings(host="127.0.0.1", port=0), store, hook) as handle:
+        sock, reader = slow_listing(handle)
+        with sock, reader:
+            sock.sendall(f"GET /big/first.txt HTTP/1.1\r\nHost: 127.0.0.1:{handle.port}\r\n\r\n".encode())
+            wait_for(lambda: parked(caplog) == 1, 30, what="the listing parked")
+            assert reader.readline().startswith(b"HTTP/1.1 207")
+            length = -1
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            stream = reader.read()  # to the end of the stream: the connection is closed
+            assert 0 < len(stream) < length
+            assert b"one payload" not in stream  # the GET's answer
+        conn = http.client.HTTPConnection(handle.host, handle.port, timeout=10)
+        conn.request("GET", "/big/first.txt")
+        assert conn.getresponse().read() == b"one payload"
+        conn.close()
