@@ -806,8 +806,14 @@ def print_latency(rows: list[Latency], baseline: Latency, paced: Latency) -> Non
     ratio = statistics.median(rows[0].seconds) / base
     paced_p50 = statistics.median(paced.seconds)
     paced_ratio = statistics.median(rows[0].seconds) / paced_p50
-    verdict = "met" if ratio <= LATENCY_GOAL else "NO"
-    print(f"{rows[0].label} / in process: {ratio:.2f}x (goal <= {LATENCY_GOAL}x: {verdict})")
+    # Held to the faster of the two in-process baselines: a run where one of them is slow by chance does
+    # not meet the goal by it.
+    met = max(ratio, paced_ratio) <= LATENCY_GOAL
+    verdict = "met" if met else "NO"
+    print(
+        f"{rows[0].label} / in process: {ratio:.2f}x (goal <= {LATENCY_GOAL}x against both baselines:"
+        f" {verdict})"
+    )
     print(
         f"the same / in process {PACED_PAUSE * MS:.0f} ms apart: {paced_ratio:.2f}x (paced as a worker's jobs"
         " of (a) are: the zygote's next spare child is ready before each refresh, as it is for the worker)"
@@ -818,8 +824,8 @@ def print_latency(rows: list[Latency], baseline: Latency, paced: Latency) -> Non
         f"{ratio:.2f}x ({statistics.median(rows[0].seconds) * MS:.1f} vs {base * MS:.1f} ms;"
         f" {rows[0].label}); {paced_ratio:.2f}x an in-process baseline"
         f" {PACED_PAUSE * MS:.0f} ms apart ({paced_p50 * MS:.1f} ms)",
-        f"<= {LATENCY_GOAL}x",
-        ratio <= LATENCY_GOAL,
+        f"<= {LATENCY_GOAL}x against both",
+        met,
     )
 
 
