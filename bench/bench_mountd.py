@@ -255,23 +255,17 @@ def start_mountd(name: str, store: Path, tmp: Path, *, sendfile: bool = True, ca
         "--cache-dir",
         str(cache_dir),
     ]
-    process = _spawn([*argv, *([] if sendfile else ["--no-sendfile"])], log)
-    found: list[str] = []
-
-    def ready() -> bool:
-        match = re.search(r"ready (\S+)", log.read_text(errors="replace"))
-        if match:
-            found.append(match.group(1))
-        return bool(match)
-
-    _wait(ready, process, name)
-    return Server(name, found[0], process, log)
+    return _start_ready(name, [*argv, *([] if sendfile else ["--no-sendfile"])], log)
 
 
 def start_floor(plain: Path, tmp: Path, name: str = FLOOR) -> Server:
     """The sendfile floor (``serve_floor``) of ``plain/big.bin``, a subprocess of this script."""
-    log = tmp / "floor.log"
     argv = [sys.executable, str(Path(__file__).resolve()), "--serve-floor", str(plain / "big.bin")]
+    return _start_ready(name, argv, tmp / "floor.log")
+
+
+def _start_ready(name: str, argv: list[str], log: Path) -> Server:
+    """Start ``argv`` (this script in a serving mode), logging to ``log``, and wait for its ``ready URL``."""
     process = _spawn(argv, log)
     found: list[str] = []
 

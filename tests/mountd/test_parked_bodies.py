@@ -77,14 +77,19 @@ def slow_listing(handle: ServerHandle) -> tuple[socket.socket, Any]:
     return sock, sock.makefile("rb")
 
 
-def read_response(reader: Any) -> bytes:
-    """Status line, head and body (by its Content-Length) of one response; returns the body."""
+def read_head(reader: Any) -> int:
+    """Status line (a 207) and head of one response; returns its Content-Length."""
     assert reader.readline().startswith(b"HTTP/1.1 207")
     length = -1
     while (line := reader.readline()) not in (b"\r\n", b""):
         if line.lower().startswith(b"content-length:"):
             length = int(line.split(b":")[1])
-    return bytes(reader.read(length))
+    return length
+
+
+def read_response(reader: Any) -> bytes:
+    """One 207 response; returns its body (by its Content-Length)."""
+    return bytes(reader.read(read_head(reader)))
 
 
 def parked(caplog: pytest.LogCaptureFixture) -> int:
@@ -216,11 +221,7 @@ def test_a_chunk_that_fails_on_the_loop_closes_its_connection_not_the_loop(
         with sock, reader:
             sock.sendall(f"GET /big/first.txt HTTP/1.1\r\nHost: 127.0.0.1:{handle.port}\r\n\r\n".encode())
             wait_for(lambda: parked(caplog) == 1, 30, what="the listing parked")
-            assert reader.readline().startswith(b"HTTP/1.1 207")
-            length = -1
-            while (line := reader.readline()) not in (b"\r\n", b""):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":")[1])
+            length = read_head(reader)
             stream = reader.read()  # to the end of the stream: the connection is closed
             assert 0 < len(stream) < length
             assert b"one payload" not in stream  # the GET's answer
