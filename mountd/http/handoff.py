@@ -50,6 +50,7 @@ import socket
 import struct
 import termios
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -137,7 +138,7 @@ class Lingering:
         self.conn.socket.close()
 
 
-class Parked:
+class Parked(ABC):
     """What every parked response body has: its connection, the bytes still due, and its idle clock.
 
     Attributes:
@@ -160,9 +161,9 @@ class Parked:
         self._last_used = time.time()
         self._queued = unacknowledged(self.fd)
 
+    @abstractmethod
     def pump(self) -> bool:
         """Send what the socket takes now; True once the body is out or cannot be (``failed``)."""
-        raise NotImplementedError
 
     @property
     def last_used(self) -> float:
@@ -188,6 +189,7 @@ class Parked:
         self.failed = True
         self.owner.end(self)
 
+    @abstractmethod
     def release(self) -> None:
         """Let go of what it holds besides the connection (the owner decides what becomes of that); never
         raises: it runs on the connection loop."""

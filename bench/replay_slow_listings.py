@@ -1,0 +1,109 @@
+"""Replay of the slow-listing attack: readers that ask for a large listing and never read it, then GETs.
+
+A store with one folder of ``--archives`` archives (copies of one; PROPFIND Depth 1 of it is several MB,
+more than the kernel's socket buffers) is served by ``mountd.serve_background`` on 127.0.0.1. ``--readers``
+raw sockets with a 4 KiB receive buffer send that PROPFIND and read nothing; then a GET of a 5-byte payload
+is timed every 0.25 s, ``--gets`` times. With each stalled reader holding a worker thread (mountd before
+parked listings, ``mountd.http.handoff.ParkedBody``), the first GET waits for the server's 10 s send timeout;
+without, it waits only for the CPU of rendering the listings. As the control, the same number of readers
+that read at once (what the CPU alone costs). Diagnostic only: no goal, not run by ``make bench``.
+
+Run ``.venv/bin/python bench/replay_slow_listings.py [--archives 8000] [--readers 24] [--gets 8]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from broker import Settings  # noqa: E402
+from mountd import NullFreshness, ServerHandle, serve_background  # noqa: E402
+from sync_format.testing import make_archive, make_manifest  # noqa: E402
+
+#: A manifest that never expires: no refresh is asked for.
+NEVER_EXPIRES = make_manifest(created_at="2026-01-01T00:00:00Z", ttl=2**62)
+
+
+def timed_get(handle: ServerHandle) -> float:
+    """Seconds for one GET of the small payload."""
+    started = time.monotonic()
+    conn = http.client.HTTPConnection(handle.host, handle.port, timeout=60)
+    conn.request("GET", "/small.txt")
+    if conn.getresponse().read() != b"small":
+        raise RuntimeError("wrong body")
+    conn.close()
+    return time.monotonic() - started
+
+
+def propfind(handle: ServerHandle) -> int:
+    """One PROPFIND Depth 1 of the big folder, read at once; its body's length."""
+    conn = http.client.HTTPConnection(handle.host, handle.port, timeout=60)
+    conn.request("PROPFIND", "/big/", headers={"Depth": "1"})
+    size = len(conn.getresponse().read())
+    conn.close()
+    return size
+
+
+def gets(handle: ServerHandle, count: int) -> list[str]:
+    """``count`` timed GETs, 0.25 s apart."""
+    out = []
+    for _ in range(count):
+        time.sleep(0.25)
+        out.append(f"{timed_get(handle):.3f}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the store, serve it, replay, print the GET times."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--archives", type=int, default=8000)
+    parser.add_argument("--readers", type=int, default=24)
+    parser.add_argument("--gets", type=int, default=8)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="sync-replay-") as tmp:
+        store = Path(tmp) / "store"
+        (store / "big").mkdir(parents=True)
+        first = store / "big" / "a00000.txt.sync"
+        make_archive(first, b"x", manifest=NEVER_EXPIRES)
+        for i in range(1, args.archives):
+            shutil.copyfile(first, store / "big" / f"a{i:05d}.txt.sync")
+        make_archive(store / "small.txt.sync", b"small", manifest=NEVER_EXPIRES)
+        settings = Settings(host="127.0.0.1", port=0, cache_dir=Path(tmp) / "cache")
+        with serve_background(settings, store, NullFreshness()) as handle:
+            print(f"listing of {args.archives} archives: {propfind(handle):,} bytes")
+            stalled = []
+            for _ in range(args.readers):
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.connect((handle.host, handle.port))
+                request = f"PROPFIND /big/ HTTP/1.1\r\nHost: 127.0.0.1:{handle.port}\r\nDepth: 1\r\n\r\n"
+                sock.sendall(request.encode())
+                stalled.append(sock)
+            print(
+                f"{args.readers} readers that read nothing; GET seconds: {' '.join(gets(handle, args.gets))}"
+            )
+            for sock in stalled:
+                sock.close()
+            time.sleep(1)
+            readers = [threading.Thread(target=propfind, args=(handle,)) for _ in range(args.readers)]
+            for reader in readers:
+                reader.start()
+            times = " ".join(gets(handle, 1))
+            print(f"{args.readers} readers that read at once (control); GET seconds: {times}")
+            for reader in readers:
+                reader.join()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
