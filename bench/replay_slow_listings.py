@@ -1,14 +1,18 @@
 """Replay of the slow-listing attack: readers that ask for a large listing and never read it, then GETs.
 
 A store with one folder of ``--archives`` archives (copies of one; PROPFIND Depth 1 of it is several MB,
-more than the kernel's socket buffers) is served by ``mountd.serve_background`` on 127.0.0.1. ``--readers``
-raw sockets with a 4 KiB receive buffer send that PROPFIND and read nothing; then a GET of a 5-byte payload
-is timed every 0.25 s, ``--gets`` times. With each stalled reader holding a worker thread (mountd before
-parked listings, ``mountd.http.handoff.ParkedBody``), the first GET waits for the server's 10 s send timeout;
-without, it waits only for the CPU of rendering the listings. As the control, the same number of readers
-that read at once (what the CPU alone costs). Diagnostic only: no goal, not run by ``make bench``.
+more than the kernel's socket buffers) is served by ``mountd.serve_background`` on 127.0.0.1, once the
+archives are older than a listing's racy window (as a store under attack is). ``--readers`` raw sockets
+with a 4 KiB receive buffer send that PROPFIND (``--page``: a browser's GET of the folder's HTML page) and
+read nothing; then a GET of a 5-byte payload is timed every 0.25 s, ``--gets`` times. With each stalled
+reader holding a worker thread (mountd before parked listings and pages, ``mountd.http.handoff.ParkedBody``),
+the first GET waits for the server's 10 s send timeout; without, it waits only for the CPU of rendering the
+listings. A body must be larger than the server's largest socket send buffer (``tcp_wmem``, 4 MiB here) to
+stall a thread: the page is about a quarter of the listing's size, so ``--page --archives 20000``. As the
+control, the same number of readers that read at once (what the CPU alone costs). Diagnostic only: no goal,
+not run by ``make bench``.
 
-Run ``.venv/bin/python bench/replay_slow_listings.py [--archives 8000] [--readers 24] [--gets 8]``.
+Run ``.venv/bin/python bench/replay_slow_listings.py [--archives 8000] [--readers 24] [--gets 8] [--page]``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from broker import Settings  # noqa: E402
 from mountd import NullFreshness, ServerHandle, serve_background  # noqa: E402
 from sync_format.testing import make_archive, make_manifest  # noqa: E402
 
+#: Seconds the store must be old before it is served.
+RACY_WAIT = 2.5
 #: A manifest that never expires: no refresh is asked for.
 NEVER_EXPIRES = make_manifest(created_at="2026-01-01T00:00:00Z", ttl=2**62)
 
@@ -69,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--archives", type=int, default=8000)
     parser.add_argument("--readers", type=int, default=24)
     parser.add_argument("--gets", type=int, default=8)
+    parser.add_argument(
+        "--page", action="store_true", help="ask for the folder's HTML page (GET, Accept: text/html) instead"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="sync-replay-") as tmp:
         store = Path(tmp) / "store"
@@ -78,15 +87,19 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(1, args.archives):
             shutil.copyfile(first, store / "big" / f"a{i:05d}.txt.sync")
         make_archive(store / "small.txt.sync", b"small", manifest=NEVER_EXPIRES)
+        # As a store is when attacked: older than a listing's racy window (younger versions are scanned
+        # again by every listing until they can be recorded, ``mountd.dav.facts_store.RACY_NS``).
+        time.sleep(RACY_WAIT)
         settings = Settings(host="127.0.0.1", port=0, cache_dir=Path(tmp) / "cache")
         with serve_background(settings, store, NullFreshness()) as handle:
             print(f"listing of {args.archives} archives: {propfind(handle):,} bytes")
+            head, ask = ("GET", "Accept: text/html\r\n") if args.page else ("PROPFIND", "Depth: 1\r\n")
             stalled = []
             for _ in range(args.readers):
                 sock = socket.socket()
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
                 sock.connect((handle.host, handle.port))
-                request = f"PROPFIND /big/ HTTP/1.1\r\nHost: 127.0.0.1:{handle.port}\r\nDepth: 1\r\n\r\n"
+                request = f"{head} /big/ HTTP/1.1\r\nHost: 127.0.0.1:{handle.port}\r\n{ask}\r\n"
                 sock.sendall(request.encode())
                 stalled.append(sock)
             print(

@@ -16,6 +16,9 @@ Invariants:
       passed on to wsgidav (a file) is not opened a second time.
     * The page is built from the folder's listing (``ArchiveIndex``): no archive is opened for it beyond
       what a PROPFIND opens (CONTRIBUTING.md).
+    * A row is rendered once per URL, archive version, expired flag and payload verdict, and the page is
+      sent as references to those rows (``Page``): a reader slower than the socket is parked in the
+      connection loop (``BODY_PARKABLE_KEY``) holding no thread and no copy of the page.
     * Every name and value is HTML-escaped and every link percent-encoded; a Content-Security-Policy allows
       no script, so a hostile file name can only ever show as text.
     * No product or version banner.
@@ -27,7 +30,7 @@ import functools
 import html
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -49,6 +52,7 @@ from mountd.http.fast_get import FastGet
 from mountd.http.fast_propfind import FastPropfind
 from mountd.http.middleware import StartResponse, WSGIEnviron
 from mountd.http.payload_headers import PayloadHeaders
+from mountd.http.sendfile import BODY_PARKABLE_KEY
 from sync_format.freshness import now_ns
 
 log = logging.getLogger(__name__)
@@ -72,6 +76,10 @@ CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; base-u
 UNBOUNDED = "unbounded"
 #: Distinct TTLs whose text is remembered (a store has few; a folder page formats one per archive).
 FORMAT_CACHE_SIZE = 1024
+#: Archive rows whose HTML is remembered (about half a KiB each); beyond it all are dropped.
+MAX_ROWS = 100_000
+#: Bytes per write of a page (rows are joined up to about this size).
+CHUNK_BYTES = 64 * 1024
 #: Size units for people, each 1024 times the one before.
 SIZE_UNITS = ("bytes", "KiB", "MiB", "GiB", "TiB")
 
@@ -151,6 +159,9 @@ class BrowserView(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
     def __init__(self, wsgidav_app: Any, next_app: Any, config: dict[str, Any]) -> None:
         super().__init__(wsgidav_app, next_app, config)
         self.clock = now_ns
+        # Base URL + display name → (facts, expired, payload verdict, ``PayloadVerdicts.changes`` when the
+        # verdict was last read, the row's HTML) of the row last rendered there.
+        self._rows: dict[str, tuple[ArchiveFacts, bool, str, int, bytes]] = {}
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         collection = self._browsed_collection(environ)
@@ -161,27 +172,62 @@ class BrowserView(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
             return _davmount(environ, start_response, is_head=is_head)
         started = time.monotonic()
         listing = collection.listing()
-        body = render_page(listing, _href_base(environ), now=self.clock())
+        page = self._page(listing, _href_base(environ), now=self.clock())
         log.debug(
             "folder page path=%s folders=%d archives=%d bytes=%d duration_ms=%.1f",
             environ.get("PATH_INFO"),
             len(listing.folders),
             len(listing.archives),
-            len(body),
+            page.length,
             (time.monotonic() - started) * 1000,
         )
         start_response(
             "200 OK",
             [
                 ("Content-Type", "text/html; charset=utf-8"),
-                ("Content-Length", str(len(body))),
+                ("Content-Length", str(page.length)),
                 ("Cache-Control", "no-cache"),
                 ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
                 ("X-Content-Type-Options", "nosniff"),
                 ("Date", dav_util.get_rfc1123_time()),
             ],
         )
-        return [b""] if is_head else [body]
+        if is_head:
+            return [b""]
+        # Its chunks are joins of remembered rows: for a reader slower than the socket, the connection loop
+        # may make and send them (``mountd.http.handoff.ParkedBody``) instead of a worker thread waiting.
+        environ[BODY_PARKABLE_KEY] = True
+        return page.chunks()
+
+    def _page(self, listing: DirectoryListing, base: str, *, now: int) -> Page:
+        # The page as references to rows rendered once per (URL, archive version, expired, verdict): a
+        # page of 10,000 archives is about 5 MB, and 256 readers parked on one page share one copy of it.
+        rows = self._rows
+        if len(rows) > MAX_ROWS:
+            rows.clear()
+        changes = VERDICTS.changes  # before any verdict is read: one recorded after it is seen next time
+        out: list[bytes] = []
+        archives = listing.archives
+        for name in sorted(archives):
+            facts = archives[name].facts
+            expired = facts.expiry.is_expired(now)
+            key = base + name
+            cached = rows.get(key)
+            if cached is not None and cached[0] is facts and cached[1] is expired:
+                if cached[3] == changes:
+                    out.append(cached[4])
+                    continue
+                state = VERDICTS.state(facts)  # a verdict was recorded since: is it this archive's?
+                if state == cached[2]:
+                    rows[key] = (*cached[:3], changes, cached[4])
+                    out.append(cached[4])
+                    continue
+            else:
+                state = VERDICTS.state(facts)
+            row = _archive_row(name, base, facts, expired=expired, state=state).encode()
+            rows[key] = (facts, expired, state, changes, row)
+            out.append(row)
+        return Page(_page_head(listing, base).encode(), out, _page_tail(listing).encode())
 
     def _browsed_collection(self, environ: WSGIEnviron) -> Folder | None:
         # The collection a browser asks for, or None when the request is not one for this view.
@@ -200,17 +246,37 @@ class BrowserView(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         return resource if isinstance(resource, Folder) else None
 
 
-def render_page(listing: DirectoryListing, base: str, *, now: int) -> bytes:
-    """The HTML page of one folder.
+class Page:
+    """A folder page as its head, references to its rows' HTML, and its tail, written in chunks.
 
-    Args:
-        listing: The folder's listing (from the index's cache).
-        base: The folder's URL path, unquoted, ending in ``/`` (``SCRIPT_NAME`` plus the request path).
-        now: Wall-clock nanoseconds, for "expired".
-
-    Returns:
-        The page, UTF-8.
+    Never joined whole: the rows are shared with every other request for the same folder, so a reader that
+    reads slowly costs its list of references, not a copy of the page.
     """
+
+    __slots__ = ("head", "length", "rows", "tail")
+
+    def __init__(self, head: bytes, rows: list[bytes], tail: bytes) -> None:
+        self.head = head
+        self.rows = rows
+        self.tail = tail
+        self.length = len(head) + sum(map(len, rows)) + len(tail)
+
+    def chunks(self) -> Iterator[bytes]:
+        """The page in writes of about ``CHUNK_BYTES``."""
+        batch = [self.head]
+        size = len(self.head)
+        for row in self.rows:
+            batch.append(row)
+            size += len(row)
+            if size >= CHUNK_BYTES:
+                yield b"".join(batch)
+                batch, size = [], 0
+        batch.append(self.tail)
+        yield b"".join(batch)
+
+
+def _page_head(listing: DirectoryListing, base: str) -> str:
+    # Everything before the archives' rows: the title, the parent link, the table's head, the folders.
     title = html.escape(f"Index of {base}")
     parts = [
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
@@ -229,17 +295,17 @@ def render_page(listing: DirectoryListing, base: str, *, now: int) -> bytes:
             f'<tr class="folder"><td><a href="{_href(base + name + "/")}">{html.escape(name)}/</a></td>'
             "<td></td><td>folder</td><td></td><td></td><td></td><td></td></tr>\n"
         )
-    archives = listing.archives
-    for name in sorted(archives):
-        parts.append(_archive_row(name, base, archives[name].facts, now))
+    return "".join(parts)
+
+
+def _page_tail(listing: DirectoryListing) -> str:
     folders = _count(len(listing.folders), "folder")
     files = _count(len(listing.archives), "file")
-    parts.append(f'</tbody>\n</table>\n<p class="summary">{folders}, {files}</p>\n</body></html>\n')
-    return "".join(parts).encode()
+    return f'</tbody>\n</table>\n<p class="summary">{folders}, {files}</p>\n</body></html>\n'
 
 
-def _archive_row(name: str, base: str, facts: ArchiveFacts, now: int) -> str:
-    expired = facts.expiry.is_expired(now)
+def _archive_row(name: str, base: str, facts: ArchiveFacts, *, expired: bool, state: str) -> str:
+    # One archive's row; ``expired`` and ``state`` (the payload verdict) are read by the caller, once.
     if facts.expiry.never:
         expires, ttl = "never", UNBOUNDED
     else:
@@ -257,11 +323,11 @@ def _archive_row(name: str, base: str, facts: ArchiveFacts, now: int) -> str:
         f'<td class="num">{facts.generation}</td>',
         f'<td class="num" title="{facts.ttl} s">{ttl}</td>',
     )
-    state = "expired" if expired else "fresh"
-    if VERDICTS.state(facts) == CORRUPT:  # mountd.dav.integrity: the payload failed its CRC-32 check
-        state += ' corrupt" title="corrupt payload: not served'
+    css = "expired" if expired else "fresh"
+    if state == CORRUPT:  # mountd.dav.integrity: the payload failed its CRC-32 check
+        css += ' corrupt" title="corrupt payload: not served'
         cells = (cells[0].replace("</a></td>", "</a> (corrupt)</td>"), *cells[1:])
-    return f'<tr class="{state}">{"".join(cells)}</tr>\n'
+    return f'<tr class="{css}">{"".join(cells)}</tr>\n'
 
 
 def format_size(size: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -110,6 +111,34 @@ def test_a_folder_page_shows_each_archive_with_its_freshness(
     page_of(get(url, "/reports/", Accept=HTML))
     assert server.provider.index.stats.opens == opens
     assert hook.calls == []
+
+
+def test_a_row_follows_its_archive_from_one_page_to_the_next(add_archive: AddArchive, url: str) -> None:
+    """Rows are rendered once and remembered (``BrowserView``): the next page still shows a refresh that
+    committed in between, an expiry that passed in between, and the same rows for what did not change."""
+
+    def rows() -> dict[str, list[str]]:
+        return {row[0]: row[1:] for row in page_of(get(url, "/", Accept=HTML)).rows}
+
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
+    add_archive("soon.txt.sync", b"soon", manifest=make_manifest(created_at=created, ttl=3))
+    add_archive("same.txt.sync", b"same", manifest=FRESH)
+    fresh = add_archive("fresh.txt.sync", b"old", manifest=FRESH).path
+    first = get(url, "/", Accept=HTML).body.decode()
+    before = rows()
+    assert before["fresh.txt"][2:] == ["not yet", "2099-01-01T01:00:00Z", "0", "1 h"]
+    assert not before["soon.txt"][3].startswith("expired")
+    commit = commit_payload(fresh, 0, b"refreshed")
+    deadline = time.monotonic() + 10
+    while not rows()["soon.txt"][3].startswith("expired") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    later = get(url, "/", Accept=HTML).body.decode()
+    after = rows()
+    assert after["soon.txt"][3].startswith("expired (")
+    assert after["fresh.txt"][:3] == ["9 bytes", "text/plain", commit.state.updated_at]
+    assert after["fresh.txt"][4] == "1"
+    same = [line for line in first.splitlines() if "same.txt" in line]
+    assert same == [line for line in later.splitlines() if "same.txt" in line]
 
 
 def test_a_hostile_file_name_shows_as_text(add_archive: AddArchive, url: str) -> None:

@@ -1,9 +1,9 @@
-"""Generated bodies parked in the connection loop (``mountd.http.handoff.ParkedBody``): a listing whose reader
-reads slower than the socket takes holds no worker thread.
+"""Generated bodies parked in the connection loop (``mountd.http.handoff.ParkedBody``): a listing or a folder
+page whose reader reads slower than the socket takes holds no worker thread.
 
 Every test runs a real server from ``serve_background`` over a folder of several thousand archives (copies of
-one, with long names), whose PROPFIND Depth 1 document (about 8 MB) cannot fit in the kernel's socket
-buffers, and talks to it through real sockets.
+one, with long names), whose PROPFIND Depth 1 document (about 8 MB) and HTML page (about 4 MB) cannot fit in
+the kernel's socket buffers, and talks to it through real sockets.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ NAME = "m" * 200
 #: More slow readers than the server has threads (16).
 SLOW_READERS = 24
 LOGGER = "mountd.http.sendfile"
+#: The generated bodies, by kind: the request's method and header, and the answer's status.
+KINDS = {"listing": ("PROPFIND", "Depth: 1", 207), "page": ("GET", "Accept: text/html", 200)}
 
 
 @pytest.fixture
@@ -55,31 +57,34 @@ def server(big_folder: Path, store: Path, hook: RecordingHook) -> Iterator[Serve
         yield handle
 
 
-def listing(handle: ServerHandle) -> bytes:
-    """The big folder's PROPFIND Depth 1 document, read at once."""
+def listing(handle: ServerHandle, kind: str = "listing") -> bytes:
+    """The big folder's PROPFIND Depth 1 document (or its HTML page), read at once."""
+    method, header, status = KINDS[kind]
+    name, value = header.split(": ")
     conn = http.client.HTTPConnection(handle.host, handle.port, timeout=30)
-    conn.request("PROPFIND", "/big/", headers={"Depth": "1"})
+    conn.request(method, "/big/", headers={name: value})
     resp = conn.getresponse()
     body = resp.read()
     conn.close()
-    assert resp.status == 207
+    assert resp.status == status
     return body
 
 
-def slow_listing(handle: ServerHandle) -> tuple[socket.socket, Any]:
-    """A PROPFIND of the big folder from a client with a 16 KiB receive buffer that reads nothing yet; returns
-    the socket and its reader."""
+def slow_listing(handle: ServerHandle, kind: str = "listing") -> tuple[socket.socket, Any]:
+    """A PROPFIND of the big folder (or a GET of its page) from a client with a 16 KiB receive buffer that
+    reads nothing yet; returns the socket and its reader."""
+    method, header, _ = KINDS[kind]
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # before connecting: the window follows it
     sock.settimeout(30)
     sock.connect((handle.host, handle.port))
-    sock.sendall(f"PROPFIND /big/ HTTP/1.1\r\nHost: 127.0.0.1:{handle.port}\r\nDepth: 1\r\n\r\n".encode())
+    sock.sendall(f"{method} /big/ HTTP/1.1\r\nHost: 127.0.0.1:{handle.port}\r\n{header}\r\n\r\n".encode())
     return sock, sock.makefile("rb")
 
 
 def read_head(reader: Any) -> int:
-    """Status line (a 207) and head of one response; returns its Content-Length."""
-    assert reader.readline().startswith(b"HTTP/1.1 207")
+    """Status line (a 207 or a 200) and head of one response; returns its Content-Length."""
+    assert reader.readline()[:12] in (b"HTTP/1.1 207", b"HTTP/1.1 200")
     length = -1
     while (line := reader.readline()) not in (b"\r\n", b""):
         if line.lower().startswith(b"content-length:"):
@@ -96,20 +101,23 @@ def parked(caplog: pytest.LogCaptureFixture) -> int:
     return sum("response body parked" in r.getMessage() for r in caplog.records)
 
 
-def test_the_document_is_larger_than_socket_buffers(server: ServerHandle) -> None:
-    """The premise of the other tests: the listing is several MB."""
+def test_the_documents_are_larger_than_socket_buffers(server: ServerHandle) -> None:
+    """The premise of the other tests: the listing and the page are several MB."""
     assert len(listing(server)) > 6 * 1024 * 1024
+    assert len(listing(server, "page")) > 3 * 1024 * 1024
 
 
+@pytest.mark.parametrize("kind", KINDS)
 def test_slow_listing_readers_hold_no_thread_and_get_exact_documents(
-    server: ServerHandle, caplog: pytest.LogCaptureFixture
+    server: ServerHandle, caplog: pytest.LogCaptureFixture, kind: str
 ) -> None:
-    """24 readers of the listing that read nothing (more than the 16 threads) are parked: a GET is answered
-    meanwhile, and each reader then gets the document byte for byte, as a fast reader does."""
+    """24 readers of the listing (or of the folder's HTML page) that read nothing, more than the 16 threads,
+    are parked: a GET is answered meanwhile, and each reader then gets the document byte for byte, as a fast
+    reader does."""
     caplog.set_level(logging.DEBUG, logger=LOGGER)
-    expected = listing(server)
+    expected = listing(server, kind)
     caplog.clear()  # a fast reader's body may be parked too, for a moment
-    slow = [slow_listing(server) for _ in range(SLOW_READERS)]
+    slow = [slow_listing(server, kind) for _ in range(SLOW_READERS)]
     try:
         wait_for(lambda: parked(caplog) == SLOW_READERS, 60, what="every slow listing parked")
         conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
