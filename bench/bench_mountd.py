@@ -27,11 +27,12 @@ has a folder of archives).
 (b) 4 KiB GETs: ``wrk -t2 -c16 -d5s --latency`` (``--quick`` 2 s) on one small file; requests/s, p50 and
     p99. Goal: ``mountd x2`` ≥ 0.7x rclone (and one process, ``mountd``, ≥ 0.5x).
 (c) PROPFIND Depth 1 (no body, i.e. allprop) of a folder of 10,000 archives (``--quick`` 1,000) or plain
-    files: the first request after the server started, and the median of the following ones. For mountd
-    the first is on a store it never saw (empty cache dir: every archive opened once to learn its facts),
-    the rest answer from its listing cache; then mountd is restarted with the same cache dir (page cache
-    warm) and its first request is timed again ("after restart": facts come from the index on disk,
-    ``mountd.dav.facts_store``). The archives are at least ``RACY_WAIT`` seconds old when listed, as a
+    files: the first request after the server started, and the median of the following ones; then the
+    median of three with each ``<prop>`` list real clients send (``PROP_LISTS``: davfs2's, Windows').
+    For mountd the first is on a store it never saw (empty cache dir: every archive opened once to learn
+    its facts), the rest answer from its listing cache; then mountd is restarted with the same cache dir
+    (page cache warm) and its first request is timed again ("after restart": facts come from the index on
+    disk, ``mountd.dav.facts_store``). The archives are at least ``RACY_WAIT`` seconds old when listed, as a
     store is between restarts (younger versions are not recorded on disk yet). Then mountd's ``VmRSS``
     and ``VmHWM`` with the 10,000 archives listed and indexed (the never-seen process, after its warm
     requests). Goals: first ≤ 1.5x rclone's first, also after a restart; warm speed ≥ 2.5x rclone's;
@@ -111,6 +112,20 @@ BASELINE = "rclone"
 FLOOR = "sendfile loop"
 
 #: Manifest of every benchmark archive: never stale, so no read asks for a refresh.
+#: ``<prop>`` lists real clients send with their PROPFIND (rclone sends none): davfs2's, and Windows'
+#: mini-redirector's (23 names, most unknown to any of the servers).
+PROP_LISTS = {
+    "davfs2": b'<?xml version="1.0" encoding="utf-8" ?><propfind xmlns="DAV:"><prop><getlastmodified/>'
+    b"<getcontentlength/><resourcetype/><getetag/></prop></propfind>",
+    "windows": b'<?xml version="1.0" encoding="utf-8" ?><D:propfind xmlns:D="DAV:"><D:prop'
+    b' xmlns:Z="urn:schemas-microsoft-com:"><D:name/><D:parentname/><D:href/><D:ishidden/><D:isroot/>'
+    b"<D:iscollection/><D:isreadonly/><D:getcontenttype/><D:contentclass/><D:getcontentlanguage/>"
+    b"<D:creationdate/><D:lastaccessed/><D:getlastmodified/><D:getcontentlength/><D:resourcetype/>"
+    b"<D:isstructureddocument/><D:defaultdocument/><D:displayname/><D:isreadonly/><Z:Win32FileAttributes/>"
+    b"<Z:Win32CreationTime/><Z:Win32LastAccessTime/><Z:Win32LastModifiedTime/></D:prop></D:propfind>",
+}
+#: Timed PROPFINDs with each list (after one untimed), per server: the median is shown.
+PROP_LIST_RUNS = 3
 MANIFEST = make_manifest(
     content_type="application/octet-stream", display_ext="bin", created_at="2026-01-01T00:00:00Z", ttl=2**62
 )
@@ -464,13 +479,14 @@ def wrk(url: str, seconds: int) -> dict[str, float]:
     }
 
 
-def propfind(url: str, path: str) -> tuple[float, int, int]:
-    """PROPFIND Depth 1 without a body on a fresh connection: (ms, status, body bytes)."""
+def propfind(url: str, path: str, body: bytes | None = None) -> tuple[float, int, int]:
+    """PROPFIND Depth 1 (without a body, or with ``body``) on a fresh connection: (ms, status, body bytes)."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=CLIENT_TIMEOUT)
     try:
         started = time.perf_counter()
-        conn.request("PROPFIND", path, headers={"Depth": "1"})
+        headers = {"Depth": "1"} if body is None else {"Depth": "1", "Content-Type": "application/xml"}
+        conn.request("PROPFIND", path, body=body, headers=headers)
         resp = conn.getresponse()
         body = resp.read()
         return (time.perf_counter() - started) * 1000, resp.status, len(body)
@@ -557,6 +573,12 @@ def bench_propfind(
             "warm_ms": warm,
             "bytes": size,
         }
+        for kind, body in PROP_LISTS.items():
+            propfind(server.url, "/list/", body)  # the first with a list renders its members
+            timed = [propfind(server.url, "/list/", body) for _ in range(PROP_LIST_RUNS)]
+            if any(status != 207 for _, status, _ in timed):
+                raise RuntimeError(f"{name} answered PROPFIND with {kind}'s list with {timed[0][1]}")
+            results.propfind[name][f"{kind}_ms"] = statistics.median(ms for ms, _, _ in timed)
         if name != "mountd":
             continue
         results.listing_rss = {
@@ -837,6 +859,17 @@ def print_report(results: Results, sizes: Sizes) -> None:
             f"{_fmt(restart):>11} {_fmt(_ratio(restart, base_first), '.2f') + 'x' if restart else '':>10} "
             f"{row['warm_median_ms']:>9.0f} {_fmt(ratio, '.2f') + 'x':>16} {row['bytes']:>10}"
         )
+    print(
+        "  warm, with the <prop> list a client sends (median ms; speed vs rclone): "
+        + ", ".join(f"{kind} ({len(body)} bytes)" for kind, body in PROP_LISTS.items())
+    )
+    for name, row in results.propfind.items():
+        cells = []
+        for kind in PROP_LISTS:
+            ms = row.get(f"{kind}_ms")
+            speed = _ratio(results.propfind.get(BASELINE, {}).get(f"{kind}_ms"), ms)
+            cells.append(f"{kind} {_fmt(ms)} ms {_fmt(speed, '.2f')}x")
+        print(f"  {name:<12} " + "   ".join(cells))
     if results.listing_rss:
         lrss = results.listing_rss
         print(

@@ -17,8 +17,8 @@ Invariants:
     * The page is built from the folder's listing (``ArchiveIndex``): no archive is opened for it beyond
       what a PROPFIND opens (CONTRIBUTING.md).
     * A row is rendered once per URL, archive version, expired flag and payload verdict, and the page is
-      sent as references to those rows (``Page``): a reader slower than the socket is parked in the
-      connection loop (``BODY_PARKABLE_KEY``) holding no thread and no copy of the page.
+      sent as references to those rows (``mountd.http.parts.PartsBody``): a reader slower than the socket
+      is parked in the connection loop (``BODY_PARKABLE_KEY``) holding no thread and no copy of the page.
     * Every name and value is HTML-escaped and every link percent-encoded; a Content-Security-Policy allows
       no script, so a hostile file name can only ever show as text.
     * No product or version banner.
@@ -30,7 +30,7 @@ import functools
 import html
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
@@ -51,6 +51,7 @@ from mountd.http.byteranges import ByteRanges
 from mountd.http.fast_get import FastGet
 from mountd.http.fast_propfind import FastPropfind
 from mountd.http.middleware import StartResponse, WSGIEnviron
+from mountd.http.parts import PartsBody
 from mountd.http.payload_headers import PayloadHeaders
 from mountd.http.sendfile import BODY_PARKABLE_KEY
 from sync_format.freshness import now_ns
@@ -78,8 +79,6 @@ UNBOUNDED = "unbounded"
 FORMAT_CACHE_SIZE = 1024
 #: Archive rows whose HTML is remembered (about half a KiB each); beyond it all are dropped.
 MAX_ROWS = 100_000
-#: Bytes per write of a page (rows are joined up to about this size).
-CHUNK_BYTES = 64 * 1024
 #: Size units for people, each 1024 times the one before.
 SIZE_UNITS = ("bytes", "KiB", "MiB", "GiB", "TiB")
 
@@ -199,7 +198,7 @@ class BrowserView(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         environ[BODY_PARKABLE_KEY] = True
         return page.chunks()
 
-    def _page(self, listing: DirectoryListing, base: str, *, now: int) -> Page:
+    def _page(self, listing: DirectoryListing, base: str, *, now: int) -> PartsBody:
         # The page as references to rows rendered once per (URL, archive version, expired, verdict): a
         # page of 10,000 archives is about 5 MB, and 256 readers parked on one page share one copy of it.
         rows = self._rows
@@ -227,7 +226,7 @@ class BrowserView(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
             row = _archive_row(name, base, facts, expired=expired, state=state).encode()
             rows[key] = (facts, expired, state, changes, row)
             out.append(row)
-        return Page(_page_head(listing, base).encode(), out, _page_tail(listing).encode())
+        return PartsBody(_page_head(listing, base).encode(), out, _page_tail(listing).encode())
 
     def _browsed_collection(self, environ: WSGIEnviron) -> Folder | None:
         # The collection a browser asks for, or None when the request is not one for this view.
@@ -244,35 +243,6 @@ class BrowserView(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
             return None
         resource = provider.get_resource_inst(environ["PATH_INFO"], environ)
         return resource if isinstance(resource, Folder) else None
-
-
-class Page:
-    """A folder page as its head, references to its rows' HTML, and its tail, written in chunks.
-
-    Never joined whole: the rows are shared with every other request for the same folder, so a reader that
-    reads slowly costs its list of references, not a copy of the page.
-    """
-
-    __slots__ = ("head", "length", "rows", "tail")
-
-    def __init__(self, head: bytes, rows: list[bytes], tail: bytes) -> None:
-        self.head = head
-        self.rows = rows
-        self.tail = tail
-        self.length = len(head) + sum(map(len, rows)) + len(tail)
-
-    def chunks(self) -> Iterator[bytes]:
-        """The page in writes of about ``CHUNK_BYTES``."""
-        batch = [self.head]
-        size = len(self.head)
-        for row in self.rows:
-            batch.append(row)
-            size += len(row)
-            if size >= CHUNK_BYTES:
-                yield b"".join(batch)
-                batch, size = [], 0
-        batch.append(self.tail)
-        yield b"".join(batch)
 
 
 def _page_head(listing: DirectoryListing, base: str) -> str:

@@ -50,6 +50,8 @@ from mountd.dav.resources import (
     sync_properties,
 )
 from mountd.http.middleware import StartResponse, WSGIEnviron
+from mountd.http.parts import PartsBody
+from mountd.http.propfind_body import ALLPROP, NamedPlan, asked_properties, xml_element
 from mountd.http.sendfile import BODY_PARKABLE_KEY
 from sync_format.freshness import now_ns
 
@@ -68,6 +70,10 @@ CONDITION_HEADERS = (
 MAX_FRAGMENTS = 100_000
 #: Bytes per write of a document (pieces are joined up to about this size).
 CHUNK_BYTES = 64 * 1024
+#: ``<prop>`` lists whose plan and rendered members are remembered (clients send one or two lists each).
+MAX_PLANS = 16
+#: Bytes of rendered members of ``<prop>`` lists remembered at most; beyond it all are dropped.
+MAX_NAMED_BYTES = 32 * 1024 * 1024
 #: Characters ``DAVResource.get_href`` leaves unquoted besides letters and digits.
 HREF_SAFE = "/" + "!*'()," + "$-_|."
 
@@ -87,29 +93,23 @@ _LOCK_PROPS = (
 _SYNC_LOCAL = {name: name[len(SYNC_NAMESPACE) + 2 :] for name in SYNC_PROPERTIES}
 
 
-def is_plain_listing(environ: WSGIEnviron) -> bool:
-    """Tell whether a request is a PROPFIND this middleware may answer, by its headers alone.
+def listing_request(environ: WSGIEnviron) -> str | tuple[str, ...] | None:
+    """What a PROPFIND this middleware may answer asks for, by its headers and body.
 
     Args:
         environ: The request's environ.
 
     Returns:
-        True for PROPFIND with Depth 0 or 1, no body (allprop) and no conditions.
+        ``propfind_body.ALLPROP`` or the names of a ``<prop>`` list (``propfind_body.asked_properties``) for
+        PROPFIND with Depth 0 or 1 and no conditions; None for anything else.
     """
     if environ.get("REQUEST_METHOD") != "PROPFIND" or xml_tools.use_lxml:
-        return False
+        return None
     if environ.get("HTTP_DEPTH") not in FAST_DEPTHS:
-        return False
+        return None
     if any(header in environ for header in CONDITION_HEADERS):
-        return False
-    return environ.get("CONTENT_LENGTH", "") in ("", "0")
-
-
-def _element(tag: str, text: str) -> str:
-    # ElementTree writes an element without text as an empty element, and escapes &, < and > in text.
-    if not text:
-        return f"<{tag} />"
-    return f"<{tag}>{escape(text)}</{tag}>"
+        return None
+    return asked_properties(environ)
 
 
 class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
@@ -134,6 +134,12 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         self._ours: dict[tuple[object, ...], tuple[bytes, bytes]] = {}
         self._dates: dict[float, str] = {}
         self._types: dict[str, str] = {}
+        # ``<prop>`` lists: (names, lock manager present) → the plan (None: wsgidav answers) and whether it
+        # was made with an archive member; its members' responses by preferred path (facts, expired, payload
+        # verdict, ``PayloadVerdicts.changes`` when it was read, the encoded response).
+        self._plans: dict[tuple[tuple[str, ...], bool], tuple[NamedPlan | None, bool]] = {}
+        self._named: dict[tuple[tuple[str, ...], bool], dict[str, _NamedMember]] = {}
+        self._named_bytes = 0
 
     def _shared(self, part: bytes) -> bytes:
         # One copy of each distinct part (most archives of a store share their TTL, expiry and generation
@@ -150,13 +156,13 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
             modified = self._dates[facts.last_modified] = dav_util.get_rfc1123_time(facts.last_modified)
         kind = self._types.get(facts.content_type)
         if kind is None:
-            kind = self._types[facts.content_type] = _element("ns0:getcontenttype", facts.content_type)
+            kind = self._types[facts.content_type] = xml_element("ns0:getcontenttype", facts.content_type)
         return (
             f"<ns0:response><ns0:href>{escape(href)}</ns0:href><ns0:propstat><ns0:prop>"
             f"<ns0:resourcetype /><ns0:getcontentlength>{facts.payload_size}</ns0:getcontentlength>"
             f"{kind}<ns0:getlastmodified>{modified}</ns0:getlastmodified>"
-            + _element("ns0:displayname", name)
-            + _element("ns0:getetag", f'"{facts.etag}"')
+            + xml_element("ns0:displayname", name)
+            + xml_element("ns0:getetag", f'"{facts.etag}"')
         ).encode()
 
     def _our_parts(self, facts: ArchiveFacts, state: str) -> tuple[bytes, bytes]:
@@ -171,12 +177,18 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         provider = environ.get("wsgidav.provider")
-        if not isinstance(provider, SyncProvider) or not is_plain_listing(environ):
+        if not isinstance(provider, SyncProvider):
+            return self.next_app(environ, start_response)  # type: ignore[no-any-return]
+        asked = listing_request(environ)
+        if asked is None:
             return self.next_app(environ, start_response)  # type: ignore[no-any-return]
         collection = provider.get_resource_inst(environ["PATH_INFO"], environ)
         if type(collection) is not StoreCollection:
             return self.next_app(environ, start_response)  # type: ignore[no-any-return]
-        document = self._document(provider, collection, environ)
+        if asked == ALLPROP:
+            document: _Document | PartsBody | None = self._document(provider, collection, environ)
+        else:
+            document = self._named_document(provider, collection, environ, tuple(asked))
         if document is None:
             return self.next_app(environ, start_response)  # type: ignore[no-any-return]
         start_response(
@@ -272,11 +284,104 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         head = _HEAD + (_SYNC_NS if members else "") + ">" + "".join(folders)
         return _Document(head.encode(), members, bytes(expired), lock_bytes)
 
+    def _named_document(
+        self,
+        provider: SyncProvider,
+        collection: StoreCollection,
+        environ: WSGIEnviron,
+        names: tuple[str, ...],
+    ) -> PartsBody | None:
+        # The document for a ``<prop>`` list (``mountd.http.propfind_body``); None when wsgidav must answer:
+        # a lock, a dead property anywhere, or an asked-for property whose answer could depend on the member.
+        lock_manager = provider.lock_manager
+        prop_manager = provider.prop_manager
+        share = provider.share_path or ""
+        href_base = provider.mount_path + share
+        path = collection.get_preferred_path()
+        if lock_manager is not None and lock_manager.get_url_lock_list(
+            collection.get_ref_url(), recursive=True
+        ):
+            return None
+        if prop_manager is not None and (
+            prop_manager.get_properties(quote(share + path), environ)  # (loads it at its first use)
+            or not _holds_nothing(prop_manager)
+        ):
+            return None
+        listing = collection.listing() if environ["HTTP_DEPTH"] == "1" else None
+        key = (names, lock_manager is not None)
+        plan = self._plan(key, collection, listing)
+        if plan is None:
+            return None
+        head = [
+            plan.head,
+            plan.folder_response(
+                quote(href_base + path, safe=HREF_SAFE), collection.name, _mtime(collection.directory)
+            ),
+        ]
+        members: list[bytes] = []
+        if listing is not None:
+            base = path.rstrip("/") + "/"
+            for name in listing.folders:
+                href = quote(href_base + base + name + "/", safe=HREF_SAFE)
+                head.append(plan.folder_response(href, name, _mtime(collection.directory / name)))
+            if self._named_bytes > MAX_NAMED_BYTES:
+                self._named.clear()
+                self._named_bytes = 0
+            cache = self._named.setdefault(key, {})
+            changes = VERDICTS.changes  # before any verdict is read: one recorded after it is seen next time
+            now = now_ns()  # one moment for the whole document
+            href_prefix = quote(href_base + base, safe=HREF_SAFE)
+            for name, listed in listing.archives.items():
+                facts = listed.facts
+                expired = facts.expiry.is_expired(now)
+                preferred = base + name  # (a hard link in two folders has the same facts, not the same href)
+                cached = cache.get(preferred)
+                if cached is not None and cached[0] is facts and cached[1] is expired:
+                    if cached[3] == changes:
+                        members.append(cached[4])
+                        continue
+                    state = VERDICTS.state(facts)  # a verdict was recorded since: is it this member's?
+                    if state == cached[2]:
+                        cache[preferred] = (*cached[:3], changes, cached[4])
+                        members.append(cached[4])
+                        continue
+                else:
+                    state = VERDICTS.state(facts)
+                href = href_prefix + quote(name, safe=HREF_SAFE)
+                response = plan.archive_response(href, name, facts, state, expired).encode()
+                cache[preferred] = (facts, expired, state, changes, response)
+                self._named_bytes += len(response)
+                members.append(response)
+        return PartsBody("".join(head).encode(), members, _END)
+
+    def _plan(
+        self, key: tuple[tuple[str, ...], bool], collection: StoreCollection, listing: DirectoryListing | None
+    ) -> NamedPlan | None:
+        # The remembered plan for this list, made again when it was made without an archive to ask.
+        archive = None
+        if listing is not None and listing.archives:
+            name, listed = next(iter(listing.archives.items()))
+            archive = collection.member_archive(name, listed)
+        remembered = self._plans.get(key)
+        if remembered is not None and (remembered[1] or archive is None):
+            return remembered[0]
+        if len(self._plans) >= MAX_PLANS:
+            self._plans.clear()
+            self._named.clear()
+            self._named_bytes = 0
+        plan = NamedPlan.make(key[0], key[1], collection, archive)
+        self._plans[key] = (plan, archive is not None)
+        self._named.pop(key, None)
+        return plan
+
 
 #: A member's cached response: facts and lock properties it was made for, its own part (href to ETag), our
 #: properties up to the expired flag's text, the rest after it, the three parts' length with the lock
 #: properties, and the payload verdict shown with ``PayloadVerdicts.changes`` when it was last confirmed.
 _Fragment = tuple[ArchiveFacts, str, bytes, bytes, bytes, int, int, str]
+#: A member's cached response to a ``<prop>`` list: facts, expired flag and payload verdict it was made for,
+#: ``PayloadVerdicts.changes`` when that verdict was last read, the response.
+_NamedMember = tuple[ArchiveFacts, bool, str, int, bytes]
 
 
 class _Document:
@@ -330,16 +435,22 @@ def _holds_nothing(prop_manager: Any) -> bool:
     )
 
 
-def _folder_response(href: str, name: str, directory: os.PathLike[str], lock_props: str) -> str:
+def _mtime(directory: os.PathLike[str]) -> float | None:
+    # A folder's last-modified as wsgidav shows it (``Folder.get_last_modified``).
     try:
-        modified: str | None = dav_util.get_rfc1123_time(os.stat(directory).st_mtime)
+        return os.stat(directory).st_mtime
     except OSError:
-        modified = None
+        return None
+
+
+def _folder_response(href: str, name: str, directory: os.PathLike[str], lock_props: str) -> str:
+    mtime = _mtime(directory)
+    modified = None if mtime is None else dav_util.get_rfc1123_time(mtime)
     return (
         f"<ns0:response><ns0:href>{escape(href)}</ns0:href><ns0:propstat><ns0:prop>"
         "<ns0:resourcetype><ns0:collection /></ns0:resourcetype>"
         + ("" if modified is None else f"<ns0:getlastmodified>{modified}</ns0:getlastmodified>")
-        + _element("ns0:displayname", name)
+        + xml_element("ns0:displayname", name)
         + lock_props
         + _OK
     )
@@ -354,10 +465,10 @@ def _our_parts(facts: ArchiveFacts, state: str) -> tuple[str, str]:
     ours = list(props.items())
     at = [prop for prop, _ in ours].index(PROP_EXPIRED)
     tag = "ns1:" + _SYNC_LOCAL[PROP_EXPIRED]
-    before = "".join(_element("ns1:" + _SYNC_LOCAL[prop], value) for prop, value in ours[:at]) + f"<{tag}>"
+    before = "".join(xml_element("ns1:" + _SYNC_LOCAL[prop], value) for prop, value in ours[:at]) + f"<{tag}>"
     after = (
         f"</{tag}>"
-        + "".join(_element("ns1:" + _SYNC_LOCAL[prop], value) for prop, value in ours[at + 1 :])
+        + "".join(xml_element("ns1:" + _SYNC_LOCAL[prop], value) for prop, value in ours[at + 1 :])
         + _OK
     )
     return before, after

@@ -28,6 +28,10 @@ from mountd.http.middleware import StartResponse, WSGIApp, WSGIEnviron
 
 log = logging.getLogger(__name__)
 
+#: Environ key set (to True) when the body in ``wsgi.input`` passed these limits: a buffer of exactly
+#: ``CONTENT_LENGTH`` bytes, without DOCTYPE, within the element cap (``mountd.http.propfind_body`` parses
+#: only such bodies).
+SCREENED_KEY = "sync.xml.screened"
 #: Methods whose body is XML that wsgidav parses.
 XML_METHODS = frozenset({"PROPFIND", "PROPPATCH", "LOCK"})
 
@@ -102,6 +106,7 @@ class XmlBodyLimit:
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         environ.pop("HTTP_TRANSFER_ENCODING", None)
+        environ[SCREENED_KEY] = True
         return self.app(environ, start_response)
 
     @staticmethod

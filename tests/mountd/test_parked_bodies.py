@@ -35,8 +35,21 @@ NAME = "m" * 200
 #: More slow readers than the server has threads (16).
 SLOW_READERS = 24
 LOGGER = "mountd.http.sendfile"
-#: The generated bodies, by kind: the request's method and header, and the answer's status.
-KINDS = {"listing": ("PROPFIND", "Depth: 1", 207), "page": ("GET", "Accept: text/html", 200)}
+#: A ``<prop>`` list as Windows sends it (long: the document is about 6 MB).
+WINDOWS_PROPS = (
+    b'<?xml version="1.0" encoding="utf-8" ?><D:propfind xmlns:D="DAV:"><D:prop'
+    b' xmlns:Z="urn:schemas-microsoft-com:"><D:name/><D:parentname/><D:href/><D:ishidden/><D:isroot/>'
+    b"<D:iscollection/><D:isreadonly/><D:getcontenttype/><D:contentclass/><D:getcontentlanguage/>"
+    b"<D:creationdate/><D:lastaccessed/><D:getlastmodified/><D:getcontentlength/><D:resourcetype/>"
+    b"<D:isstructureddocument/><D:defaultdocument/><D:displayname/><D:isreadonly/><Z:Win32FileAttributes/>"
+    b"<Z:Win32CreationTime/><Z:Win32LastAccessTime/><Z:Win32LastModifiedTime/></D:prop></D:propfind>"
+)
+#: The generated bodies, by kind: the request's method, header and body, and the answer's status.
+KINDS = {
+    "listing": ("PROPFIND", "Depth: 1", b"", 207),
+    "properties": ("PROPFIND", "Depth: 1", WINDOWS_PROPS, 207),
+    "page": ("GET", "Accept: text/html", b"", 200),
+}
 
 
 @pytest.fixture
@@ -59,10 +72,10 @@ def server(big_folder: Path, store: Path, hook: RecordingHook) -> Iterator[Serve
 
 def listing(handle: ServerHandle, kind: str = "listing") -> bytes:
     """The big folder's PROPFIND Depth 1 document (or its HTML page), read at once."""
-    method, header, status = KINDS[kind]
+    method, header, body, status = KINDS[kind]
     name, value = header.split(": ")
     conn = http.client.HTTPConnection(handle.host, handle.port, timeout=30)
-    conn.request(method, "/big/", headers={name: value})
+    conn.request(method, "/big/", body=body or None, headers={name: value})
     resp = conn.getresponse()
     body = resp.read()
     conn.close()
@@ -73,12 +86,13 @@ def listing(handle: ServerHandle, kind: str = "listing") -> bytes:
 def slow_listing(handle: ServerHandle, kind: str = "listing") -> tuple[socket.socket, Any]:
     """A PROPFIND of the big folder (or a GET of its page) from a client with a 16 KiB receive buffer that
     reads nothing yet; returns the socket and its reader."""
-    method, header, _ = KINDS[kind]
+    method, header, body, _ = KINDS[kind]
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # before connecting: the window follows it
     sock.settimeout(30)
     sock.connect((handle.host, handle.port))
-    sock.sendall(f"{method} /big/ HTTP/1.1\r\nHost: 127.0.0.1:{handle.port}\r\n{header}\r\n\r\n".encode())
+    head = f"{method} /big/ HTTP/1.1\r\nHost: 127.0.0.1:{handle.port}\r\n{header}\r\n"
+    sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
     return sock, sock.makefile("rb")
 
 
@@ -104,6 +118,7 @@ def parked(caplog: pytest.LogCaptureFixture) -> int:
 def test_the_documents_are_larger_than_socket_buffers(server: ServerHandle) -> None:
     """The premise of the other tests: the listing and the page are several MB."""
     assert len(listing(server)) > 6 * 1024 * 1024
+    assert len(listing(server, "properties")) > 5 * 1024 * 1024
     assert len(listing(server, "page")) > 3 * 1024 * 1024
 
 
@@ -111,9 +126,9 @@ def test_the_documents_are_larger_than_socket_buffers(server: ServerHandle) -> N
 def test_slow_listing_readers_hold_no_thread_and_get_exact_documents(
     server: ServerHandle, caplog: pytest.LogCaptureFixture, kind: str
 ) -> None:
-    """24 readers of the listing (or of the folder's HTML page) that read nothing, more than the 16 threads,
-    are parked: a GET is answered meanwhile, and each reader then gets the document byte for byte, as a fast
-    reader does."""
+    """24 readers of the listing (with or without a ``<prop>`` list, or of the folder's HTML page) that read
+    nothing, more than the 16 threads, are parked: a GET is answered meanwhile, and each reader then gets
+    the document byte for byte, as a fast reader does."""
     caplog.set_level(logging.DEBUG, logger=LOGGER)
     expected = listing(server, kind)
     caplog.clear()  # a fast reader's body may be parked too, for a moment
