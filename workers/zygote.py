@@ -3,15 +3,16 @@
 Forking the worker costs in proportion to its size (Celery, kombu, redis-py, the Celery app, every
 connection's buffers), and a child forked from it carries all of that memory, secrets included. With
 ``Settings.sandbox_zygote`` the runtime starts ``python -m workers.zygote_main`` once (a new interpreter, not
-a fork: it holds only what a child needs, built from its arguments; no secret, no inherited descriptor but its
-control socket, an environment reduced to ``PATH``/``PYTHONPATH``/locale). The zygote builds the engine, runs
-the warm-up guest, and keeps one spare child (``workers.child.spare_main`` with ``handed``) through its early
-layers; before forking any, it takes the warm-up guest through a child's whole job path (``child.rehearse``),
-so its children inherit warm code. For each job the worker creates the channel's socketpair and sends the
-child's end to the zygote (``SCM_RIGHTS``); the zygote hands it to its spare, answers with the spare's pid and
-forks the next spare once the worker had it reaped (off the job's path). The job itself (limits, RLIMIT_CPU,
-module bytes, payload, context) travels on the channel exactly as for ``workers.spare``, and the child applies
-its late layers before touching the guest.
+a fork: it holds only what a child needs, built from its setup; no secret, no inherited descriptor but its
+control socket, an environment reduced to ``PATH``/``PYTHONPATH``/locale; its policy and seccomp filter arrive
+as the first message on that socket, not on its command line, which every local user can read). The zygote
+builds the engine, runs the warm-up guest, and keeps one spare child (``workers.child.spare_main`` with
+``handed``) through its early layers; before forking any, it takes the warm-up guest through a child's whole
+job path (``child.rehearse``), so its children inherit warm code. For each job the worker creates the
+channel's socketpair and sends the child's end to the zygote (``SCM_RIGHTS``); the zygote hands it to its
+spare, answers with the spare's pid and forks the next spare once the worker had it reaped (off the job's
+path). The job itself (limits, RLIMIT_CPU, module bytes, payload, context) travels on the channel exactly as
+for ``workers.spare``, and the child applies its late layers before touching the guest.
 
 What a job pays for once it arrives is kept small (a trivial guest's child spent about half of its time on
 its first touches of copy-on-write pages and on deserialising its module): the zygote keeps the compiled
@@ -92,7 +93,7 @@ class Spawned(NamedTuple):
 
 
 def policy_to_json(policy: SandboxPolicy) -> dict[str, Any]:
-    """Encode a policy for the zygote's command line.
+    """Encode a policy for the zygote's setup message.
 
     Args:
         policy: The policy.
@@ -252,8 +253,10 @@ class Zygote:
     def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         program = "" if self.seccomp_program is None else self.seccomp_program.hex()
-        argv = [sys.executable, "-m", "workers.zygote_main", str(theirs.fileno())]
-        argv += [json.dumps(policy_to_json(self.policy)), program, str(os.getpid())]
+        # The policy and the filter go on the control socket, not the command line: ``/proc/PID/cmdline``
+        # is readable by every local user.
+        setup = {"type": "setup", "policy": policy_to_json(self.policy), "seccomp": program}
+        argv = [sys.executable, "-m", "workers.zygote_main", str(theirs.fileno()), str(os.getpid())]
         env = {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
         try:
             self._process = subprocess.Popen(  # noqa: S603  (our own interpreter and module)
@@ -270,6 +273,10 @@ class Zygote:
             theirs.close()
         self._sock = ours
         self._finalizer = weakref.finalize(self, _stop, ours, self._process, self._owner)
+        try:
+            ours.send(json.dumps(setup).encode())
+        except OSError as exc:
+            raise ZygoteGone(f"cannot send its setup: {exc}") from exc
         answer = self._receive(time.monotonic() + START_TIMEOUT)
         if answer.get("type") != "ready":
             raise ZygoteGone(f"unexpected first message {answer!r}")
@@ -372,7 +379,8 @@ def _stop(sock: socket.socket, process: subprocess.Popen[bytes], owner: int) -> 
 
 
 def main(argv: list[str]) -> NoReturn:  # pragma: no cover  (a separate process; tests drive it for real)
-    """Run the zygote: ``CONTROL_FD POLICY_JSON SECCOMP_HEX PARENT_PID``.
+    """Run the zygote: ``CONTROL_FD PARENT_PID``; its first control message is its setup (the policy and the
+    seccomp filter).
 
     Args:
         argv: The arguments after the module name.
@@ -382,20 +390,23 @@ def main(argv: list[str]) -> NoReturn:  # pragma: no cover  (a separate process;
     from workers.engine import make_engine  # noqa: PLC0415
     from workers.runtime import REHEARSALS, warm_up_paths  # noqa: PLC0415
 
-    control_fd, policy_doc, program_hex, parent = argv
+    control_fd, parent = argv
     set_pdeathsig(signal.SIGKILL)
     if os.getppid() != int(parent):
         os._exit(1)  # the worker died before PDEATHSIG was set
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C goes to the worker, which stops us
-    policy = policy_from_json(json.loads(policy_doc))
-    program = bytes.fromhex(program_hex) if program_hex else None
+    control = socket.socket(fileno=int(control_fd))
+    setup = json.loads(control.recv(MAX_MESSAGE) or b"{}")
+    if setup.get("type") != "setup":
+        os._exit(1)  # the worker closed the socket, or spoke out of turn
+    policy = policy_from_json(setup["policy"])
+    program = bytes.fromhex(setup["seccomp"]) if setup["seccomp"] else None
     engine = make_engine()
     # The warm-up job once more by key, the way a child holding its job's module receives it: that path is
     # warm here too, and each spare takes the job through it before its own (``spare_main``'s ``rehearsal``).
     rehearsal = replace(warm_up_paths(engine, policy, program), module_key=WARM_UP_KEY)
     for _ in range(REHEARSALS):
         rehearse(engine, policy, program, rehearsal, by_key=True)
-    control = socket.socket(fileno=int(control_fd))
 
     #: Modules the worker asked us to keep, least recently used first; each spare inherits a copy.
     kept: dict[str, wasmtime.Module] = {}

@@ -1,4 +1,4 @@
-"""Entry point of the sandbox zygote: ``python -m workers.zygote_main CONTROL_FD POLICY SECCOMP PARENT``.
+"""Entry point of the sandbox zygote: ``python -m workers.zygote_main CONTROL_FD PARENT``.
 
 A module of its own so that running it does not re-execute ``workers.zygote``, which the package has already
 imported (``runpy`` warns about that); everything is in ``workers.zygote.main``.

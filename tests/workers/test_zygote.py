@@ -193,6 +193,12 @@ def test_the_zygote_inherits_no_secret_and_no_socket(
         }
         assert ours not in theirs
         assert sum(link.startswith("socket:") for link in theirs) == 2  # its control socket, its spare's
+        # Its policy and seccomp filter came on its control socket: its command line, which any local user
+        # reads, holds only the socket's number and our pid.
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[1:3] == [b"-m", b"workers.zygote_main"]
+        assert cmdline[3].isdigit()
+        assert cmdline[4:] == [str(os.getpid()).encode(), b""]
 
 
 def test_strict_mode_refuses_a_missing_layer_in_a_zygote_child(tmp_path: Path) -> None:
