@@ -643,6 +643,9 @@ def _scan(directory: Path) -> tuple[tuple[str, ...], tuple[tuple[str, os.stat_re
         name = entry.name
         if name.startswith("."):
             continue
+        if not _is_utf8(name):
+            _note_undecodable(directory, name)
+            continue
         try:
             st = entry.stat(follow_symlinks=False)
         except OSError:
@@ -652,3 +655,32 @@ def _scan(directory: Path) -> tuple[tuple[str, ...], tuple[tuple[str, os.stat_re
         elif stat.S_ISREG(st.st_mode) and is_archive_name(name):
             files.append((name, st))
     return tuple(folders), tuple(files)
+
+
+#: Names not valid UTF-8 noted in the log already (bounded: the oldest are forgotten).
+_UNDECODABLE: OrderedDict[tuple[str, str], None] = OrderedDict()
+_UNDECODABLE_LOCK = threading.Lock()
+#: Most such names remembered.
+MAX_UNDECODABLE_NOTED = 1024
+
+
+def _is_utf8(name: str) -> bool:
+    # A name whose bytes are not UTF-8 comes from ``os.scandir`` with surrogates (PEP 383): no URL names it,
+    # and encoding it for a response would fail the whole listing.
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _note_undecodable(directory: Path, name: str) -> None:
+    key = (str(directory), name)
+    with _UNDECODABLE_LOCK:
+        if key in _UNDECODABLE:
+            return
+        _UNDECODABLE[key] = None
+        if len(_UNDECODABLE) > MAX_UNDECODABLE_NOTED:
+            _UNDECODABLE.popitem(last=False)
+    shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+    log.warning("entry skipped directory=%s name=%s reason=not UTF-8", directory, shown)

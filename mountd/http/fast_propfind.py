@@ -27,6 +27,7 @@ Invariants:
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote
@@ -137,9 +138,10 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         # ``<prop>`` lists: (names, lock manager present) → the plan (None: wsgidav answers) and whether it
         # was made with an archive member; its members' responses by preferred path (facts, expired, payload
         # verdict, ``PayloadVerdicts.changes`` when it was read, the encoded response).
-        self._plans: dict[tuple[tuple[str, ...], bool], tuple[NamedPlan | None, bool]] = {}
-        self._named: dict[tuple[tuple[str, ...], bool], dict[str, _NamedMember]] = {}
+        self._plans: dict[_ListKey, tuple[NamedPlan | None, bool]] = {}
+        self._named: dict[_ListKey, dict[str, _NamedMember]] = {}
         self._named_bytes = 0
+        self._named_lock = threading.Lock()
 
     def _shared(self, part: bytes) -> bytes:
         # One copy of each distinct part (most archives of a store share their TTL, expiry and generation
@@ -324,10 +326,7 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
             for name in listing.folders:
                 href = quote(href_base + base + name + "/", safe=HREF_SAFE)
                 head.append(plan.folder_response(href, name, _mtime(collection.directory / name)))
-            if self._named_bytes > MAX_NAMED_BYTES:
-                self._named.clear()
-                self._named_bytes = 0
-            cache = self._named.setdefault(key, {})
+            cache = self._named.get(key) or {}  # (read here; written by ``_remember_named``)
             changes = VERDICTS.changes  # before any verdict is read: one recorded after it is seen next time
             now = now_ns()  # one moment for the whole document
             href_prefix = quote(href_base + base, safe=HREF_SAFE)
@@ -342,20 +341,39 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
                         continue
                     state = VERDICTS.state(facts)  # a verdict was recorded since: is it this member's?
                     if state == cached[2]:
-                        cache[preferred] = (*cached[:3], changes, cached[4])
+                        self._remember_named(key, preferred, (*cached[:3], changes, cached[4]))
                         members.append(cached[4])
                         continue
                 else:
                     state = VERDICTS.state(facts)
                 href = href_prefix + quote(name, safe=HREF_SAFE)
                 response = plan.archive_response(href, name, facts, state, expired).encode()
-                cache[preferred] = (facts, expired, state, changes, response)
-                self._named_bytes += len(response)
+                self._remember_named(key, preferred, (facts, expired, state, changes, response))
                 members.append(response)
         return PartsBody("".join(head).encode(), members, _END)
 
+    def _remember_named(self, key: _ListKey, preferred: str, member: _NamedMember) -> None:
+        # Keep a member's response while the remembered ones stay within ``MAX_NAMED_BYTES``; past it, every
+        # list's members are dropped first (an answer is whole all the same: it holds its own references).
+        size = len(member[4])
+        with self._named_lock:  # (the count must stay exact when requests render at once)
+            cache = self._named.get(key)
+            if cache is None:
+                cache = self._named[key] = {}
+            old = cache.pop(preferred, None)
+            if old is not None:
+                self._named_bytes -= len(old[4])
+            if self._named_bytes + size > MAX_NAMED_BYTES:
+                self._named.clear()
+                self._named_bytes = 0
+                if size > MAX_NAMED_BYTES:
+                    return
+                cache = self._named[key] = {}
+            cache[preferred] = member
+            self._named_bytes += size
+
     def _plan(
-        self, key: tuple[tuple[str, ...], bool], collection: StoreCollection, listing: DirectoryListing | None
+        self, key: _ListKey, collection: StoreCollection, listing: DirectoryListing | None
     ) -> NamedPlan | None:
         # The remembered plan for this list, made again when it was made without an archive to ask.
         archive = None
@@ -365,13 +383,16 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         remembered = self._plans.get(key)
         if remembered is not None and (remembered[1] or archive is None):
             return remembered[0]
-        if len(self._plans) >= MAX_PLANS:
-            self._plans.clear()
-            self._named.clear()
-            self._named_bytes = 0
         plan = NamedPlan.make(key[0], key[1], collection, archive)
-        self._plans[key] = (plan, archive is not None)
-        self._named.pop(key, None)
+        with self._named_lock:
+            if len(self._plans) >= MAX_PLANS:
+                self._plans.clear()
+                self._named.clear()
+                self._named_bytes = 0
+            self._plans[key] = (plan, archive is not None)
+            dropped = self._named.pop(key, None)  # made for the plan this one replaces
+            if dropped:
+                self._named_bytes -= sum(len(member[4]) for member in dropped.values())
         return plan
 
 
@@ -382,6 +403,8 @@ _Fragment = tuple[ArchiveFacts, str, bytes, bytes, bytes, int, int, str]
 #: A member's cached response to a ``<prop>`` list: facts, expired flag and payload verdict it was made for,
 #: ``PayloadVerdicts.changes`` when that verdict was last read, the response.
 _NamedMember = tuple[ArchiveFacts, bool, str, int, bytes]
+#: A ``<prop>`` list's key: its names, and whether a lock manager answers the lock properties.
+_ListKey = tuple[tuple[str, ...], bool]
 
 
 class _Document:

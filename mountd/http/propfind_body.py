@@ -18,10 +18,10 @@ Invariants:
       ``Folder`` give them to wsgidav (``ARCHIVE_LIVE``, ``FOLDER_LIVE``). Every other property's answer is
       asked of wsgidav once per plan, on a real member of each kind; it must not depend on the member (a
       status and an empty element, as for an unknown or unsupported property), or the request is passed on.
-    * Anything this does not fully understand goes on to wsgidav: a body that is not well-formed, a root
-      other than ``DAV:propfind``, ``propname``, ``include``, several or no children, an empty list, more
-      than ``MAX_NAMES`` names. The body is handed on unread (it was buffered by ``XmlBodyLimit``, which
-      bounds it before anything parses it).
+    * Anything this does not fully understand goes on to wsgidav: a body that is not well-formed, a root other
+      than ``DAV:propfind``, ``propname``, ``include``, several or no children, an empty list, more than
+      ``MAX_NAMES`` names or ``MAX_NAMES_CHARS`` characters of names. The body is handed on unread (it was
+      buffered by ``XmlBodyLimit``, which bounds it before anything parses it).
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ from mountd.http.xml_limits import SCREENED_KEY
 
 #: Names a ``<prop>`` list may have to be answered here (clients ask for 4 to 25).
 MAX_NAMES = 64
+#: Characters of all its names (with their namespaces) a list may have to be answered here: every member's
+#: response repeats them, and is remembered (clients' lists are under 1,000).
+MAX_NAMES_CHARS = 4096
 #: What the body asks for when it is ``<allprop/>`` (or there is none).
 ALLPROP = "allprop"
 STATUS_OK = "200 OK"
@@ -95,7 +98,7 @@ def asked_properties(environ: dict[str, Any]) -> str | tuple[str, ...] | None:
         # What wsgidav parses it with (without lxml); screened: no DOCTYPE (no entity), a bounded count of
         # elements and bytes.
         root = ElementTree.fromstring(body)  # noqa: S314
-    except ElementTree.ParseError:
+    except (ElementTree.ParseError, LookupError, ValueError):  # (an unusable declared encoding)
         return None
     if root.tag != _PROPFIND or len(root) != 1:
         return None
@@ -106,6 +109,8 @@ def asked_properties(environ: dict[str, Any]) -> str | tuple[str, ...] | None:
         return None
     names = tuple(child.tag for child in asked)
     if not all(isinstance(name, str) for name in names):  # comments and processing instructions
+        return None
+    if sum(map(len, names)) > MAX_NAMES_CHARS:
         return None
     return names
 

@@ -64,8 +64,10 @@ def _xml_problem(body: bytes, max_elements: int) -> str | None:
             if exc.args
             else f"the XML body has more than {max_elements} elements"
         )
-    except expat.ExpatError:
-        return None  # not well-formed: wsgidav answers 400
+    except (expat.ExpatError, LookupError, ValueError):
+        # Not well-formed, or declaring an encoding expat cannot use (``encoding="bogus"`` raises
+        # LookupError, ``"utf-32"`` ValueError; both escaped as a 500): wsgidav answers 400.
+        return None
     return None
 
 

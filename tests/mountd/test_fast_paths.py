@@ -356,25 +356,30 @@ def test_random_property_lists_are_answered_as_wsgidav(varied_store: Path, url: 
         b'<propfind xmlns="DAV:"><prop>'
         + b"<getetag/>" * (propfind_body.MAX_NAMES + 1)
         + b"</prop></propfind>",
+        b'<propfind xmlns="DAV:"><prop><a:'
+        + b"n" * propfind_body.MAX_NAMES_CHARS
+        + b' xmlns:a="urn:a"/></prop></propfind>',
+        b'<?xml version="1.0" encoding="bogus"?><propfind xmlns="DAV:"><prop><getetag/></prop></propfind>',
     ],
 )
 def test_bodies_fast_propfind_does_not_understand_go_to_wsgidav(
     varied_store: Path, url: str, body: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``propname``, ``include``, an empty or repeated ``prop``, a wrong root, a malformed body and an
-    overlong list are wsgidav's to answer, with their body intact."""
-    calls: list[bytes] = []
+    """``propname``, ``include``, an empty or repeated ``prop``, a wrong root, a malformed body, an overlong
+    list, overlong names and an encoding nothing knows are wsgidav's to answer, with their body intact."""
+    calls: list[tuple[object, bytes]] = []
     original = FastPropfind.__call__
 
     def passing(self: Any, environ: Any, start: Any) -> Any:
-        result = original(self, environ, start)
-        calls.append(environ["wsgi.input"].read())
+        asked = mountd.http.fast_propfind.listing_request(environ)
+        result = original(self, environ, start)  # (wsgidav's app reads the body once iterated)
+        calls.append((asked, environ["wsgi.input"].read()))
         environ["wsgi.input"].seek(0)
         return result
 
     monkeypatch.setattr(FastPropfind, "__call__", passing)
     fast = request(url, "PROPFIND", "/", headers={"Depth": "1"}, body=body)
-    assert calls == [body]  # wsgidav read it after FastPropfind passed it on, whole
+    assert calls == [(None, body)]  # not understood, passed on with the whole body still to read
     monkeypatch.undo()
     slow = wsgidav_answer(url, "/", "1", body)
     stamp = re.compile(rb"WsgiDAV</a> - [0-9: .-]+")  # the moment on wsgidav's error pages
@@ -421,6 +426,34 @@ def test_an_archive_linked_into_two_folders_is_listed_under_each_href(
         fast = request(url, "PROPFIND", folder, headers={"Depth": "1"}, body=body)
         assert f"<ns0:href>{folder}same.txt</ns0:href>".encode() in fast.body
         assert _without_date(fast) == _without_date(wsgidav_answer(url, folder, "1", body))
+
+
+def test_remembered_property_list_answers_stay_within_their_bound(
+    add_archive: AddArchive, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Members' responses to lists are remembered up to ``MAX_NAMED_BYTES`` (a few responses here), counted
+    exactly as lists come and go; answers past the bound are whole and still wsgidav's."""
+    monkeypatch.setattr(mountd.http.fast_propfind, "MAX_NAMED_BYTES", 3000)
+    monkeypatch.setattr(mountd.http.fast_propfind, "MAX_PLANS", 2)
+    for i in range(12):
+        add_archive(f"m{i:02d}.txt.sync", b"member")
+    seen: list[Any] = []
+    remember = FastPropfind._remember_named
+
+    def spy(self: Any, *args: Any) -> None:
+        seen.append(self)
+        remember(self, *args)
+
+    monkeypatch.setattr(FastPropfind, "_remember_named", spy)
+    for kind in ("davfs2", "windows", "ours", "davfs2", "finder", "windows"):
+        body = NAMED_BODIES[kind]
+        fast = request(url, "PROPFIND", "/", headers={"Depth": "1"}, body=body)
+        assert fast.body.count(b"<ns0:response>") == 13
+        assert _without_date(fast) == _without_date(wsgidav_answer(url, "/", "1", body))
+        (propfind,) = set(seen)
+        kept = sum(len(member[4]) for members in propfind._named.values() for member in members.values())
+        assert propfind._named_bytes == kept <= 3000
+        assert len(propfind._plans) <= 2
 
 
 def test_fast_propfind_written_in_chunks_is_wsgidavs_document(

@@ -75,6 +75,17 @@ def test_propfind_asking_for_too_many_properties_gets_413(hserver: ServerHandle)
     )
 
 
+@pytest.mark.parametrize("encoding", ["bogus", "utf-32"])
+def test_an_xml_body_in_an_unusable_encoding_gets_400(hserver: ServerHandle, encoding: str) -> None:
+    """A declared encoding the parser cannot use is a malformed body (400), not a server error (it was a 500
+    with an empty body: the screening parser's error escaped)."""
+    body = f'<?xml version="1.0" encoding="{encoding}"?><propfind xmlns="DAV:"><prop><getetag/></prop>'
+    body += "</propfind>"
+    for method in ("PROPFIND", "PROPPATCH", "LOCK"):
+        resp = request(hserver.mount_url, method, "/data.csv", headers={"Depth": "0"}, body=body.encode())
+        assert resp.status == 400, (method, resp.status, resp.body[:200])
+
+
 def test_chunked_oversized_propfind_gets_413(hserver: ServerHandle) -> None:
     """A chunked body (no Content-Length) is read only up to the limit, then refused."""
     conn = http.client.HTTPConnection(hserver.host, hserver.port, timeout=30)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -132,3 +134,26 @@ def test_hidden_and_temp_files_and_symlinks_are_not_listed(
     assert get(url, "/link.txt").status == 404
     assert get(url, "/linkdir/shown.txt").status == 404
     assert request(url, "PROPFIND", "/linkdir/", headers={"Depth": "1"}).status == 404
+
+
+def test_a_name_that_is_not_utf8_is_skipped_not_fatal_to_its_folder(
+    add_archive: AddArchive, store: Path, url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file or folder whose name is not UTF-8 (a local user's ``b"bad\\xff"``) cannot be named by a URL; it
+    is left out of listings, pages and walks with one log line, and its folder lists as before (every
+    listing of that folder was a 500)."""
+    shown = add_archive("sub/shown.txt.sync").path
+    os.link(shown, os.fsencode(shown.parent) + b"/bad\xff.txt.sync")
+    os.mkdir(os.fsencode(shown.parent) + b"/dir\xfe")
+    with caplog.at_level(logging.WARNING, logger="mountd.dav.index"):
+        for _ in range(2):
+            assert names(propfind(url, "/sub/")) == ["shown.txt", "sub/"]  # (and the folder itself)
+            fast = request(url, "PROPFIND", "/sub/", headers={"Depth": "1"})
+            assert fast.status == 207
+            assert b"bad" not in fast.body
+            page = get(url, "/sub/", Accept="text/html")
+            assert page.status == 200
+            assert b"shown.txt" in page.body
+    skipped = [r.getMessage() for r in caplog.records if "not UTF-8" in r.getMessage()]
+    assert len(skipped) == 2  # once per name
+    assert any("bad\\xff.txt.sync" in line for line in skipped)
