@@ -35,13 +35,13 @@ from wsgidav.dav_error import HTTP_NOT_FOUND, DAVError, get_http_status_string  
 
 from mountd.dav.facts import ArchiveFacts
 from mountd.dav.resources import PROP_EXPIRED, PROP_INTEGRITY, SYNC_PROPERTIES, sync_properties
-from mountd.http.xml_limits import SCREENED_KEY
+from mountd.http.xml_limits import MAX_PROPFIND_NAME_CHARS, MAX_PROPFIND_NAMES, SCREENED_KEY
 
-#: Names a ``<prop>`` list may have to be answered here (clients ask for 4 to 25).
-MAX_NAMES = 64
-#: Characters of all its names (with their namespaces) a list may have to be answered here: every member's
-#: response repeats them, and is remembered (clients' lists are under 1,000).
-MAX_NAMES_CHARS = 4096
+#: Names a ``<prop>`` list may have to be answered here, and characters of all its names (as
+#: ``{namespace}local``): every member's response repeats them, and is remembered. ``XmlBodyLimit`` refuses
+#: longer lists (413).
+MAX_NAMES = MAX_PROPFIND_NAMES
+MAX_NAMES_CHARS = MAX_PROPFIND_NAME_CHARS
 #: What the body asks for when it is ``<allprop/>`` (or there is none).
 ALLPROP = "allprop"
 STATUS_OK = "200 OK"

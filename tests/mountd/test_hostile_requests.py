@@ -65,14 +65,26 @@ def test_oversized_propfind_body_gets_413_and_the_server_answers_on(hserver: Ser
 
 
 def test_propfind_asking_for_too_many_properties_gets_413(hserver: ServerHandle) -> None:
-    """5,000 properties in a 60 KiB body: 413 (the element cap); 500 properties: 207."""
+    """5,000 properties in a 60 KiB body: 413 (the element cap). Every member of a listing answers each
+    property asked for, so a PROPFIND may ask for 64 (``MAX_PROPFIND_NAMES``) in 4,096 characters of names:
+    65 short ones, or 5 of 1,000 characters, get 413 with the reason; 64 get 207 (at both depths)."""
     url = hserver.mount_url
-    assert (
-        request(url, "PROPFIND", "/data.csv", headers={"Depth": "0"}, body=_propfind_body(5000)).status == 413
+    assert request(url, "PROPFIND", "/", headers={"Depth": "0"}, body=_propfind_body(5000)).status == 413
+    for depth in ("0", "1"):
+        refused = request(url, "PROPFIND", "/", headers={"Depth": depth}, body=_propfind_body(65))
+        assert refused.status == 413
+        assert b"more than 64 properties" in refused.body
+        assert request(url, "PROPFIND", "/", headers={"Depth": depth}, body=_propfind_body(64)).status == 207
+    long_names = "".join(f"<x:{'n' * 1000}{i}/>" for i in range(5))
+    body = f'<propfind xmlns="DAV:" xmlns:x="urn:x"><prop>{long_names}</prop></propfind>'.encode()
+    assert request(url, "PROPFIND", "/", headers={"Depth": "1"}, body=body).status == 413
+    # Other XML bodies are not lists of properties to answer.
+    patch = (
+        '<propertyupdate xmlns="DAV:" xmlns:x="urn:x"><set><prop>'
+        + "".join(f"<x:p{i}>v</x:p{i}>" for i in range(65))
+        + "</prop></set></propertyupdate>"
     )
-    assert (
-        request(url, "PROPFIND", "/data.csv", headers={"Depth": "0"}, body=_propfind_body(500)).status == 207
-    )
+    assert request(url, "PROPPATCH", "/data.csv", body=patch.encode()).status != 413
 
 
 @pytest.mark.parametrize("encoding", ["bogus", "utf-32"])
