@@ -51,7 +51,7 @@ from mountd.http.byteranges import ByteRanges
 from mountd.http.fast_get import FastGet
 from mountd.http.fast_propfind import FastPropfind
 from mountd.http.middleware import StartResponse, WSGIEnviron
-from mountd.http.parts import PartsBody
+from mountd.http.parts import PartsBody, Remembered, still_shown
 from mountd.http.payload_headers import PayloadHeaders
 from mountd.http.sendfile import BODY_PARKABLE_KEY
 from sync_format.freshness import now_ns
@@ -158,9 +158,8 @@ class BrowserView(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
     def __init__(self, wsgidav_app: Any, next_app: Any, config: dict[str, Any]) -> None:
         super().__init__(wsgidav_app, next_app, config)
         self.clock = now_ns
-        # Base URL + display name → (facts, expired, payload verdict, ``PayloadVerdicts.changes`` when the
-        # verdict was last read, the row's HTML) of the row last rendered there.
-        self._rows: dict[str, tuple[ArchiveFacts, bool, str, int, bytes]] = {}
+        # Base URL + display name → the row last rendered there (``parts.Remembered``: its HTML).
+        self._rows: dict[str, Remembered] = {}
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         collection = self._browsed_collection(environ)
@@ -212,20 +211,13 @@ class BrowserView(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
             expired = facts.expiry.is_expired(now)
             key = base + name
             cached = rows.get(key)
-            if cached is not None and cached[0] is facts and cached[1] is expired:
-                if cached[3] == changes:
-                    out.append(cached[4])
-                    continue
-                state = VERDICTS.state(facts)  # a verdict was recorded since: is it this archive's?
-                if state == cached[2]:
-                    rows[key] = (*cached[:3], changes, cached[4])
-                    out.append(cached[4])
-                    continue
-            else:
-                state = VERDICTS.state(facts)
-            row = _archive_row(name, base, facts, expired=expired, state=state).encode()
-            rows[key] = (facts, expired, state, changes, row)
-            out.append(row)
+            found = still_shown(cached, facts, expired, changes)
+            if isinstance(found, str):
+                row = _archive_row(name, base, facts, expired=expired, state=found).encode()
+                found = rows[key] = (facts, expired, found, changes, row)
+            elif found is not cached:
+                rows[key] = found
+            out.append(found[4])
         return PartsBody(_page_head(listing, base).encode(), out, _page_tail(listing).encode())
 
     def _browsed_collection(self, environ: WSGIEnviron) -> Folder | None:

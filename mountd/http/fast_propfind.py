@@ -51,7 +51,7 @@ from mountd.dav.resources import (
     sync_properties,
 )
 from mountd.http.middleware import StartResponse, WSGIEnviron
-from mountd.http.parts import PartsBody
+from mountd.http.parts import PartsBody, Remembered, still_shown
 from mountd.http.propfind_body import ALLPROP, NamedPlan, asked_properties, xml_element
 from mountd.http.sendfile import BODY_PARKABLE_KEY
 from sync_format.freshness import now_ns
@@ -136,10 +136,9 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         self._dates: dict[float, str] = {}
         self._types: dict[str, str] = {}
         # ``<prop>`` lists: (names, lock manager present) → the plan (None: wsgidav answers) and whether it
-        # was made with an archive member; its members' responses by preferred path (facts, expired, payload
-        # verdict, ``PayloadVerdicts.changes`` when it was read, the encoded response).
+        # was made with an archive member; its members' responses by preferred path (``parts.Remembered``).
         self._plans: dict[_ListKey, tuple[NamedPlan | None, bool]] = {}
-        self._named: dict[_ListKey, dict[str, _NamedMember]] = {}
+        self._named: dict[_ListKey, dict[str, Remembered]] = {}
         self._named_bytes = 0
         self._named_lock = threading.Lock()
 
@@ -335,24 +334,18 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
                 expired = facts.expiry.is_expired(now)
                 preferred = base + name  # (a hard link in two folders has the same facts, not the same href)
                 cached = cache.get(preferred)
-                if cached is not None and cached[0] is facts and cached[1] is expired:
-                    if cached[3] == changes:
-                        members.append(cached[4])
-                        continue
-                    state = VERDICTS.state(facts)  # a verdict was recorded since: is it this member's?
-                    if state == cached[2]:
-                        self._remember_named(key, preferred, (*cached[:3], changes, cached[4]))
-                        members.append(cached[4])
-                        continue
-                else:
-                    state = VERDICTS.state(facts)
-                href = href_prefix + quote(name, safe=HREF_SAFE)
-                response = plan.archive_response(href, name, facts, state, expired).encode()
-                self._remember_named(key, preferred, (facts, expired, state, changes, response))
-                members.append(response)
+                found = still_shown(cached, facts, expired, changes)
+                if isinstance(found, str):
+                    href = href_prefix + quote(name, safe=HREF_SAFE)
+                    response = plan.archive_response(href, name, facts, found, expired).encode()
+                    found = (facts, expired, found, changes, response)
+                    self._remember_named(key, preferred, found)
+                elif found is not cached:
+                    self._remember_named(key, preferred, found)
+                members.append(found[4])
         return PartsBody("".join(head).encode(), members, _END)
 
-    def _remember_named(self, key: _ListKey, preferred: str, member: _NamedMember) -> None:
+    def _remember_named(self, key: _ListKey, preferred: str, member: Remembered) -> None:
         # Keep a member's response while the remembered ones stay within ``MAX_NAMED_BYTES``; past it, every
         # list's members are dropped first (an answer is whole all the same: it holds its own references).
         size = len(member[4])
@@ -400,9 +393,6 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
 #: properties up to the expired flag's text, the rest after it, the three parts' length with the lock
 #: properties, and the payload verdict shown with ``PayloadVerdicts.changes`` when it was last confirmed.
 _Fragment = tuple[ArchiveFacts, str, bytes, bytes, bytes, int, int, str]
-#: A member's cached response to a ``<prop>`` list: facts, expired flag and payload verdict it was made for,
-#: ``PayloadVerdicts.changes`` when that verdict was last read, the response.
-_NamedMember = tuple[ArchiveFacts, bool, str, int, bytes]
 #: A ``<prop>`` list's key: its names, and whether a lock manager answers the lock properties.
 _ListKey = tuple[tuple[str, ...], bool]
 
