@@ -52,6 +52,7 @@ from __future__ import annotations
 import bisect
 import collections
 import heapq
+import itertools
 import logging
 import os
 import threading
@@ -205,6 +206,10 @@ class _Watched:
     timeout: int
     expires_at_ns: int  # 0 when the expiry cannot be computed (due now, counts as expired)
     next_ns: int  # when the heap entry for this archive is due (its due time or its back-off end)
+    # When this version was learned, in the scheduler's own order: it breaks ties between equal due times,
+    # which are common (timestamps have whole seconds), so that of two archives due in the same second the
+    # one refreshed earlier goes first, not the one whose name sorts first.
+    order: int = 0
 
 
 def due_ns(facts: ArchiveFacts) -> int | None:
@@ -278,7 +283,8 @@ class RefreshScheduler:
         self.probe_grace = probe_grace
         self._asked: dict[str, _Asked] = {}
         self._watched: dict[str, _Watched] = {}
-        self._heap: list[tuple[int, str]] = []
+        self._heap: list[tuple[int, int, str]] = []  # (when, ``_Watched.order``, key)
+        self._order = itertools.count()
         self._in_flight: dict[str, float] = {}  # key -> monotonic time of the request
         self._events: list[SwappedEvent] = []
         self._bad_keys: dict[Path, None] = {}
@@ -499,8 +505,9 @@ class RefreshScheduler:
             next_ns = due
             if asked is not None and asked.generation == facts.generation:
                 next_ns = max(due, asked.retry_at_ns)
-            self._watched[key] = _Watched(path, facts.generation, facts.timeout, expires, next_ns)
-        heapq.heappush(self._heap, (next_ns, key))
+            order = next(self._order)
+            self._watched[key] = _Watched(path, facts.generation, facts.timeout, expires, next_ns, order)
+        heapq.heappush(self._heap, (next_ns, order, key))
 
     def _observe_lag(self, facts: ArchiveFacts, old_expiry_ns: int) -> None:
         # Caller holds the lock. Seconds past the old generation's expiry at which the new one was committed
@@ -580,7 +587,7 @@ class RefreshScheduler:
         while self._heap and self._heap[0][0] <= now and not self._stop.is_set():
             if self.window is not None and len(in_flight) >= self.window:
                 break
-            when, key = heapq.heappop(self._heap)
+            when, _, key = heapq.heappop(self._heap)
             with self._lock:
                 watched = self._watched.get(key)
             if watched is None or watched.next_ns != when:
@@ -590,7 +597,7 @@ class RefreshScheduler:
                 watched.next_ns = retry_at
                 if asked or self.claim_probe is not None:
                     self._in_flight[key] = time.monotonic()
-            heapq.heappush(self._heap, (retry_at, key))
+            heapq.heappush(self._heap, (retry_at, watched.order, key))
             requested += asked
         return requested
 
@@ -630,7 +637,7 @@ class RefreshScheduler:
     def _next_due(self) -> int | None:
         # The earliest live heap entry (stale entries at the top are dropped on the way).
         while self._heap:
-            when, key = self._heap[0]
+            when, _, key = self._heap[0]
             with self._lock:
                 watched = self._watched.get(key)
             if watched is not None and watched.next_ns == when:

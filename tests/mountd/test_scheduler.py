@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -420,6 +421,34 @@ def test_in_overload_archives_are_refreshed_round_robin(store: Path) -> None:
         if archive in following:
             between = following[: following.index(archive)]
             assert sorted(between) == sorted(n for n in names if n != archive), (i, commits)
+
+
+def test_archives_due_in_the_same_second_go_in_the_order_they_were_refreshed(
+    store: Path, hook: RecordingHook, clock: Clock
+) -> None:
+    """Timestamps have whole seconds, so archives refreshed one after the other are often due at the same
+    moment: the one refreshed first is asked for first, whatever the names. (Ties went by name: an archive
+    refreshed right after another in the same second overtook it at every cycle, which the round-robin
+    test caught now and then.)"""
+    add(store, "z.txt.sync", ttl=60, created_at="2019-01-01T00:00:00Z")  # due first: asked for first
+    add(store, "a.txt.sync", ttl=60, created_at="2020-01-01T00:00:00Z")
+    scheduler = RefreshScheduler(store, hook, ArchiveIndex(), clock=clock, window=1)
+    assert scheduler.scan().requested == 1
+    time.sleep(1 - time.time() % 1)  # both commits in one second (a few ms apart)
+    for name in ("z.txt.sync", "a.txt.sync"):
+        assert hook.calls[-1][0] == name
+        commit_payload(store / name, 0, b"new")
+        scheduler.on_swapped(SwappedEvent(name, 1))
+        scheduler.step()
+    stamps = set()
+    for name in ("z.txt.sync", "a.txt.sync"):
+        with open_archive(store / name) as snapshot:
+            stamps.add(snapshot.state.updated_at)
+    assert len(stamps) == 1, stamps  # the premise: due at the same moment
+    clock.advance_to(clock.now + 120 * NS_PER_SECOND)
+    calls = len(hook.calls)
+    assert scheduler.step() == 1
+    assert [call[0] for call in hook.calls[calls:]] == ["z.txt.sync"]
 
 
 def test_the_window_bounds_requests_in_flight_and_counts_the_backlog(
