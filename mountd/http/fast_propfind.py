@@ -213,13 +213,11 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         prop_manager = provider.prop_manager
         if _holds_nothing(prop_manager):
             prop_manager = None  # no member can have a dead property: skip 10,000 locked look-ups
+        if _locked(provider, collection):
+            return None
         share = provider.share_path or ""
         href_base = provider.mount_path + share
         path = collection.get_preferred_path()
-        if lock_manager is not None and lock_manager.get_url_lock_list(
-            collection.get_ref_url(), recursive=True
-        ):
-            return None
         lock_props = "" if lock_manager is None else _LOCK_PROPS
 
         def ref(preferred: str) -> str:
@@ -294,22 +292,19 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
     ) -> PartsBody | None:
         # The document for a ``<prop>`` list (``mountd.http.propfind_body``); None when wsgidav must answer:
         # a lock, a dead property anywhere, or an asked-for property whose answer could depend on the member.
-        lock_manager = provider.lock_manager
+        if _locked(provider, collection):
+            return None
         prop_manager = provider.prop_manager
         share = provider.share_path or ""
         href_base = provider.mount_path + share
         path = collection.get_preferred_path()
-        if lock_manager is not None and lock_manager.get_url_lock_list(
-            collection.get_ref_url(), recursive=True
-        ):
-            return None
         if prop_manager is not None and (
             prop_manager.get_properties(quote(share + path), environ)  # (loads it at its first use)
             or not _holds_nothing(prop_manager)
         ):
             return None
         listing = collection.listing() if environ["HTTP_DEPTH"] == "1" else None
-        key = (names, lock_manager is not None)
+        key = (names, provider.lock_manager is not None)
         plan = self._plan(key, collection, listing)
         if plan is None:
             return None
@@ -369,13 +364,14 @@ class FastPropfind(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         self, key: _ListKey, collection: StoreCollection, listing: DirectoryListing | None
     ) -> NamedPlan | None:
         # The remembered plan for this list, made again when it was made without an archive to ask.
+        has_archives = listing is not None and bool(listing.archives)
+        remembered = self._plans.get(key)
+        if remembered is not None and (remembered[1] or not has_archives):
+            return remembered[0]
         archive = None
-        if listing is not None and listing.archives:
+        if listing is not None and has_archives:
             name, listed = next(iter(listing.archives.items()))
             archive = collection.member_archive(name, listed)
-        remembered = self._plans.get(key)
-        if remembered is not None and (remembered[1] or archive is None):
-            return remembered[0]
         plan = NamedPlan.make(key[0], key[1], collection, archive)
         with self._named_lock:
             if len(self._plans) >= MAX_PLANS:
@@ -434,6 +430,14 @@ class _Document:
                 batch, size = [], 0
         batch.append(_END)
         yield b"".join(batch)
+
+
+def _locked(provider: SyncProvider, collection: StoreCollection) -> bool:
+    # A lock on the folder or anything in it: wsgidav renders locks.
+    lock_manager = provider.lock_manager
+    return lock_manager is not None and bool(
+        lock_manager.get_url_lock_list(collection.get_ref_url(), recursive=True)
+    )
 
 
 def _holds_nothing(prop_manager: Any) -> bool:

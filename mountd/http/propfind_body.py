@@ -19,9 +19,9 @@ Invariants:
       asked of wsgidav once per plan, on a real member of each kind; it must not depend on the member (a
       status and an empty element, as for an unknown or unsupported property), or the request is passed on.
     * Anything this does not fully understand goes on to wsgidav: a body that is not well-formed, a root other
-      than ``DAV:propfind``, ``propname``, ``include``, several or no children, an empty list, more than
-      ``MAX_NAMES`` names or ``MAX_NAMES_CHARS`` characters of names. The body is handed on unread (it was
-      buffered by ``XmlBodyLimit``, which bounds it before anything parses it).
+      than ``DAV:propfind``, ``propname``, ``include``, several or no children, an empty list. The body is
+      handed on unread (it was buffered by ``XmlBodyLimit``, which bounds it before anything parses it and
+      refuses lists longer than clients send: ``MAX_PROPFIND_NAMES``, ``MAX_PROPFIND_NAME_CHARS``).
 """
 
 from __future__ import annotations
@@ -35,13 +35,8 @@ from wsgidav.dav_error import HTTP_NOT_FOUND, DAVError, get_http_status_string  
 
 from mountd.dav.facts import ArchiveFacts
 from mountd.dav.resources import PROP_EXPIRED, PROP_INTEGRITY, SYNC_PROPERTIES, sync_properties
-from mountd.http.xml_limits import MAX_PROPFIND_NAME_CHARS, MAX_PROPFIND_NAMES, SCREENED_KEY
+from mountd.http.xml_limits import SCREENED_KEY
 
-#: Names a ``<prop>`` list may have to be answered here, and characters of all its names (as
-#: ``{namespace}local``): every member's response repeats them, and is remembered. ``XmlBodyLimit`` refuses
-#: longer lists (413).
-MAX_NAMES = MAX_PROPFIND_NAMES
-MAX_NAMES_CHARS = MAX_PROPFIND_NAME_CHARS
 #: What the body asks for when it is ``<allprop/>`` (or there is none).
 ALLPROP = "allprop"
 STATUS_OK = "200 OK"
@@ -105,12 +100,10 @@ def asked_properties(environ: dict[str, Any]) -> str | tuple[str, ...] | None:
     (asked,) = root
     if asked.tag == _ALLPROP:
         return ALLPROP
-    if asked.tag != _PROP or not 0 < len(asked) <= MAX_NAMES:
+    if asked.tag != _PROP or not len(asked):  # (longer lists than clients send were refused: 413)
         return None
     names = tuple(child.tag for child in asked)
     if not all(isinstance(name, str) for name in names):  # comments and processing instructions
-        return None
-    if sum(map(len, names)) > MAX_NAMES_CHARS:
         return None
     return names
 
@@ -133,23 +126,20 @@ class NamedPlan:
 
     Attributes:
         names: The Clark names asked for, in request order.
-        locks: Whether a lock manager answers the lock properties.
         head: The document up to and with the root's start tag (its namespace declarations).
         tags: Clark name → the element name written (``ns1:ttl``).
     """
 
-    __slots__ = ("_archive_fixed", "_folder_fixed", "head", "locks", "names", "tags")
+    __slots__ = ("_archive_fixed", "_folder_fixed", "head", "names", "tags")
 
     def __init__(
         self,
         names: tuple[str, ...],
-        locks: bool,
         archive_fixed: dict[str, Answer],
         folder_fixed: dict[str, Answer],
         first: list[str],
     ) -> None:
         self.names = names
-        self.locks = locks
         self._archive_fixed = archive_fixed
         self._folder_fixed = folder_fixed
         # ElementTree names namespaces in document order; the first response (the folder itself) has every
@@ -198,7 +188,7 @@ class NamedPlan:
             status = STATUS_OK if name in folder_live else folder_fixed[name][0]
             groups.setdefault(status, []).append(name)
         first = [name for group in groups.values() for name in group]
-        return cls(names, locks, archive_fixed, folder_fixed, first)
+        return cls(names, archive_fixed, folder_fixed, first)
 
     def archive_response(self, href: str, name: str, facts: ArchiveFacts, state: str, expired: bool) -> str:
         """One archive's ``response`` element.

@@ -360,7 +360,7 @@ def test_bodies_fast_propfind_does_not_understand_go_to_wsgidav(
 ) -> None:
     """``propname``, ``include``, an empty or repeated ``prop``, a wrong root, a malformed body and an
     encoding nothing knows are wsgidav's to answer, with their body intact (lists longer than
-    ``propfind_body.MAX_NAMES`` never reach it: ``test_hostile_requests``)."""
+    ``xml_limits.MAX_PROPFIND_NAMES`` never reach it: ``test_hostile_requests``)."""
     calls: list[tuple[object, bytes]] = []
     original = FastPropfind.__call__
 
