@@ -16,7 +16,6 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -32,7 +31,9 @@ MANIFEST = REFERENCE_MANIFEST_TOML.encode()
 
 FUZZ = settings(
     max_examples=300,
-    deadline=timedelta(seconds=2),
+    # No per-example deadline, as the other property tests: a stall of the shared machine took one example
+    # past 2 s (DeadlineExceeded) in a full run; pytest's own timeout still bounds the test.
+    deadline=None,
     derandomize=True,
     database=None,
 )
