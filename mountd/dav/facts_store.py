@@ -480,6 +480,47 @@ def encode_facts(facts: ArchiveFacts) -> tuple[object, ...] | None:
     return values
 
 
+def decode_facts(
+    values: object, identity: FileIdentity, expiries: dict[tuple[Any, ...], Expiry]
+) -> ArchiveFacts | None:
+    """The facts ``encode_facts`` gave ``values`` for, checked like a row of the database (``_VALID``); None
+    when they are not such values (how a first listing's helper process sends facts back,
+    ``mountd.dav.parallel_opens``).
+
+    Args:
+        values: What ``encode_facts`` returned, as received.
+        identity: The file version the facts are of.
+        expiries: Expiry objects already made by this caller, by value (shared between facts).
+    """
+    # One look-up for every type (``_VALID``'s typeof checks), then the ranges.
+    if type(values) is not tuple or tuple(map(type, values)) not in _SIGNATURES:
+        return None
+    (_, _, size, offset, _, modified, generation, _, ttl, timeout, _, at_ns, _, logic, crc) = values
+    if not (
+        0 <= offset <= INT64_MAX
+        and 0 <= size <= identity.size - offset
+        and -1e300 <= modified <= 1e300
+        and 0 <= generation <= INT64_MAX
+        and 0 <= ttl <= INT64_MAX
+        and 0 <= timeout <= INT64_MAX
+        and (at_ns is None or -INT64_MAX - 1 <= at_ns <= INT64_MAX)
+        and logic in (0, 1)
+        and -1 <= crc <= 4294967295
+    ):
+        return None
+    return _facts_of((None,) * 6 + values, identity, expiries)
+
+
+#: The types ``encode_facts`` gives, in its order (``_VALID``'s typeof checks): every combination.
+_SIGNATURES = frozenset(
+    (str, str, int, int, str, modified, int, updated, int, int, str, at_ns, error, int, int)
+    for modified in (int, float)
+    for updated in (str, type(None))
+    for at_ns in (int, type(None))
+    for error in (str, type(None))
+)
+
+
 def _facts_of(
     row: Sequence[Any], identity: FileIdentity, expiries: dict[tuple[Any, ...], Expiry]
 ) -> ArchiveFacts | None:

@@ -49,8 +49,9 @@ from types import MappingProxyType
 
 from mountd.dav.dir_watch import REVERIFY_NS, DirectoryWatcher, Watch, trusted
 from mountd.dav.facts import ArchiveFacts
-from mountd.dav.facts_store import FactsStore, StatKey, stat_key
-from sync_format import ArchiveError, FileIdentity, display_name, open_archive
+from mountd.dav.facts_store import FactsStore, StatKey, decode_facts, encode_facts, stat_key
+from mountd.dav.parallel_opens import share_with_helper
+from sync_format import ArchiveError, Expiry, FileIdentity, display_name, open_archive
 from sync_format.store import SYNC_SUFFIX, is_archive_name
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ MAX_LOGGED_COLLISIONS = 10_000
 MAX_REMEMBERED_LISTINGS = 256
 #: Versions remembered for recording in the facts store once they are old enough (``RACY_NS``).
 MAX_DEFERRED = 10_000
+#: Never-seen archives of one listing from which their opens are shared with a helper process
+#: (``mountd.dav.parallel_opens``): forking costs a few milliseconds, about a hundred opens.
+PARALLEL_MIN = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,21 +103,6 @@ class DirectoryListing:
 
 
 @dataclass(frozen=True)
-class DirectoryEntries:
-    """One store directory as ``lstat`` sees it, before any archive is opened.
-
-    Attributes:
-        directory: The directory.
-        folders: Visible subdirectory names, sorted.
-        archives: Visible regular files with an archive name, with their identity, in file-name order.
-    """
-
-    directory: Path
-    folders: tuple[str, ...]
-    archives: tuple[tuple[Path, FileIdentity], ...]
-
-
-@dataclass(frozen=True)
 class Unreadable:
     """Why an archive version cannot be listed.
 
@@ -136,6 +125,7 @@ class IndexStats:
         learned: Facts recorded from snapshots opened by someone else.
         unreadable: Archive versions found unreadable.
         restored: Archive versions answered from the facts store on disk.
+        helper_opens: Of ``opens``, those a first listing's helper process did.
     """
 
     opens: int
@@ -143,6 +133,7 @@ class IndexStats:
     learned: int
     unreadable: int
     restored: int = 0
+    helper_opens: int = 0
 
 
 _Cached = ArchiveFacts | Unreadable
@@ -164,6 +155,7 @@ class ArchiveIndex:
         clock: Wall-clock nanoseconds, the clock file ctimes are set by (tests move it).
         watcher: Directory watches that let a listing skip the scan of an unchanged folder
             (``mountd.dav.dir_watch``): True for the index's own, False for none (every listing scans).
+        parallel_min: Never-seen archives in one listing from which a helper process shares their opens.
     """
 
     def __init__(
@@ -174,6 +166,7 @@ class ArchiveIndex:
         store: FactsStore | None = None,
         clock: Callable[[], int] = time.time_ns,
         watcher: DirectoryWatcher | bool = True,
+        parallel_min: int = PARALLEL_MIN,
     ) -> None:
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, not {max_entries}")
@@ -186,6 +179,8 @@ class ArchiveIndex:
         self._listed = 0  # archives in the remembered listings
         self._lock = threading.Lock()
         self._opens = self._hits = self._learned = self._unreadable = self._restored = 0
+        self._helper_opens = 0
+        self._parallel_min = parallel_min
         self.store = store
         self._clock = clock
         # Versions opened while too young to record: identity → (the key they were read under, directory).
@@ -198,7 +193,9 @@ class ArchiveIndex:
     def stats(self) -> IndexStats:
         """The counters so far."""
         with self._lock:
-            return IndexStats(self._opens, self._hits, self._learned, self._unreadable, self._restored)
+            return IndexStats(
+                self._opens, self._hits, self._learned, self._unreadable, self._restored, self._helper_opens
+            )
 
     def close(self) -> None:
         """Write what the facts store has queued and close it, drop the directory watches (idempotent;
@@ -333,22 +330,6 @@ class ArchiveIndex:
             return None
         return ListedArchive(path, self.name_rule(path, facts.display_ext), facts)
 
-    def directory_entries(self, directory: Path) -> DirectoryEntries:
-        """What a listing of one store directory considers, by ``lstat`` alone: nothing is opened.
-
-        Args:
-            directory: The directory (already known to be inside the store and not a symlink).
-
-        Returns:
-            Its visible subdirectories and archive files; an unreadable directory has none (logged).
-        """
-        folders, files = _scan(directory)
-        return DirectoryEntries(
-            directory,
-            folders,
-            tuple((directory / name, FileIdentity.from_stat(st)) for name, st in files),
-        )
-
     def list_directory(self, directory: Path) -> DirectoryListing:
         """List one store directory: its visible subdirectories and its readable archives by display name.
 
@@ -390,6 +371,69 @@ class ArchiveIndex:
             if watched is not None:  # the scan found it unchanged: it stands for this scan's count now
                 self._remember(memo_key, remembered, watched, _untrusted(directory, files), started)
             return remembered[1]
+        facts_found, complete = self._facts_of_files(directory, memo_key, files, started)
+        found: list[ListedArchive] = []
+        child = _child_paths(directory)
+        for (name, _), facts in zip(files, facts_found, strict=True):
+            if facts is not None:
+                path = child(name)
+                found.append(ListedArchive(path, self.name_rule(path, facts.display_ext), facts))
+        archives = self._resolve_collisions(directory, found, set(folders))
+        listing = DirectoryListing(directory, folders, MappingProxyType(archives))
+        if complete and len(files) <= self._max:
+            key = _listing_key(folders, files)
+            untrusted = () if watched is None else _untrusted(directory, files)
+            with self._lock:
+                old = self._listings.pop(memo_key, None)
+                if old is not None:
+                    self._listed -= len(old[1].archives)
+                young = watched is not None and any(where == memo_key for _, where in self._deferred.values())
+                self._listings[memo_key] = (key, listing, watched, untrusted, started, young)
+                self._listed += len(archives)
+                # Bounded like the facts: no more listed archives than ``max_entries``, in few directories.
+                while len(self._listings) > MAX_REMEMBERED_LISTINGS or self._listed > self._max:
+                    self._listed -= len(self._listings.popitem(last=False)[1][1].archives)
+        return listing
+
+    def archive_facts(
+        self, directory: Path, stop: threading.Event | None = None
+    ) -> tuple[tuple[str, ...], list[tuple[Path, ArchiveFacts]]]:
+        """Every readable archive of one store directory with its facts, as a listing learns them (memory,
+        then the facts store, then opening, shared with a helper when many are new), but without display
+        names: an archive another one hides from listings by its name is here too (what the refresh
+        scheduler walks).
+
+        Args:
+            directory: The directory (already known to be inside the store and not a symlink).
+            stop: When it is set, no further archive is opened (checked between two) and nothing is returned.
+
+        Returns:
+            Its visible subdirectory names, and its readable archives with their facts in file-name order;
+            nothing at all when ``stop`` was set meanwhile.
+        """
+        started = self._clock()
+        folders, files = _scan(directory)
+        try:
+            facts_found, _ = self._facts_of_files(directory, str(directory), files, started, stop)
+        except _Stopped:
+            return (), []
+        child = _child_paths(directory)
+        return folders, [
+            (child(name), facts)
+            for (name, _), facts in zip(files, facts_found, strict=True)
+            if facts is not None
+        ]
+
+    def _facts_of_files(
+        self,
+        directory: Path,
+        memo_key: str,
+        files: tuple[tuple[str, os.stat_result], ...],
+        started: int,
+        stop: threading.Event | None = None,
+    ) -> tuple[list[ArchiveFacts | None], bool]:
+        # The facts of each scanned file (None: unreadable, noted), from memory, the facts store or opening;
+        # and whether the answer is complete (False when an I/O error may go away: not to be remembered).
         identities = [
             FileIdentity(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns) for _, st in files
         ]
@@ -413,42 +457,74 @@ class ArchiveIndex:
                     self._restored += len(restored)
         if self._deferred:
             self._record_deferred(memo_key, files, started)
-        found: list[ListedArchive] = []
+        pending = [position for position, cached in enumerate(known) if cached is None]
+        fresh: dict[int, ArchiveFacts | None] = {}
+        if pending:
+            prefix = os.path.join(memo_key, "")
+            fresh = self._open_all(pending, files, identities, prefix, _child_paths(directory), stop)
+        found: list[ArchiveFacts | None] = []
         complete = True
-        prefix = os.path.join(memo_key, "")
-        child = _child_paths(directory)
-        for (name, st), identity, cached in zip(files, identities, known, strict=True):
-            path = child(name)
+        for position, ((_, st), identity, cached) in enumerate(zip(files, identities, known, strict=True)):
             if cached is None:
-                opened = self._open(path, identity, prefix + name)
+                opened = fresh[position]
                 if opened is None:
                     if not isinstance(self.cached(identity), Unreadable):
                         complete = False  # an I/O error, not remembered: the next listing tries again
-                    continue
-                if self.store is not None and not self.store.record(stat_key(st), opened, started):
+                elif self.store is not None and not self.store.record(stat_key(st), opened, started):
                     self._defer(identity, stat_key(st), memo_key)
-                facts = opened
+                found.append(opened)
             elif isinstance(cached, Unreadable):
-                continue
+                found.append(None)
             else:
-                facts = cached
-            found.append(ListedArchive(path, self.name_rule(path, facts.display_ext), facts))
-        archives = self._resolve_collisions(directory, found, set(folders))
-        listing = DirectoryListing(directory, folders, MappingProxyType(archives))
-        if complete and len(files) <= self._max:
-            key = _listing_key(folders, files)
-            untrusted = () if watched is None else _untrusted(directory, files)
-            with self._lock:
-                old = self._listings.pop(memo_key, None)
-                if old is not None:
-                    self._listed -= len(old[1].archives)
-                young = watched is not None and any(where == memo_key for _, where in self._deferred.values())
-                self._listings[memo_key] = (key, listing, watched, untrusted, started, young)
-                self._listed += len(archives)
-                # Bounded like the facts: no more listed archives than ``max_entries``, in few directories.
-                while len(self._listings) > MAX_REMEMBERED_LISTINGS or self._listed > self._max:
-                    self._listed -= len(self._listings.popitem(last=False)[1][1].archives)
-        return listing
+                found.append(cached)
+        return found, complete
+
+    def _open_all(
+        self,
+        pending: list[int],
+        files: tuple[tuple[str, os.stat_result], ...],
+        identities: list[FileIdentity],
+        prefix: str,
+        child: Callable[[str], Path],
+        stop: threading.Event | None,
+    ) -> dict[int, ArchiveFacts | None]:
+        # Open the archives at these positions of a scan (versions never seen): position → facts, or None
+        # when unreadable (noted). Many at once are shared with a forked helper (``parallel_opens``). Raises
+        # _Stopped when ``stop`` is set before an open, or before the helper's facts are kept.
+        opened: dict[int, ArchiveFacts | None] = {}
+
+        def own(n: int) -> None:
+            if stop is not None and stop.is_set():
+                raise _Stopped
+            position = pending[n]
+            name = files[position][0]
+            opened[position] = self._open(child(name), identities[position], prefix + name)
+
+        if len(pending) < self._parallel_min:
+            for n in range(len(pending)):
+                own(n)
+            return opened
+        share = share_with_helper(len(pending), own, lambda n: _sent_facts(prefix + files[pending[n]][0]))
+        if stop is not None and stop.is_set():
+            raise _Stopped
+        expiries: dict[tuple[object, ...], Expiry] = {}
+        learned: list[ArchiveFacts] = []
+        redo = share.missing(len(pending))
+        for n, sent in share.rows():
+            facts = _received_facts(sent, expiries)
+            if facts is None:
+                redo.append(n)
+            else:
+                opened[pending[n]] = facts
+                learned.append(facts)
+        with self._lock:
+            self._opens += len(learned)
+            self._helper_opens += len(learned)
+            for facts in learned:
+                self._store(facts.identity, facts)
+        for n in redo:  # what the helper did not send: opened (and any failure noted) here
+            own(n)
+        return opened
 
     def _remember(
         self,
@@ -545,6 +621,34 @@ class ArchiveIndex:
         self._entries.move_to_end(identity)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
+
+
+class _Stopped(Exception):
+    """``archive_facts`` was asked to stop."""
+
+
+def _sent_facts(source: str) -> tuple[object, ...]:
+    # In the helper process: one archive's facts as plain values (raises when unreadable or unstorable; the
+    # listing opens that one again itself and notes why).
+    snapshot = open_archive(source)
+    try:
+        facts = ArchiveFacts.from_snapshot(snapshot)
+    finally:
+        snapshot.close()
+    values = encode_facts(facts)
+    if values is None:
+        raise ValueError("facts beyond what can be sent")
+    identity = facts.identity
+    return (identity.device, identity.inode, identity.mtime_ns, identity.size, identity.ctime_ns, *values)
+
+
+def _received_facts(
+    sent: tuple[object, ...], expiries: dict[tuple[object, ...], Expiry]
+) -> ArchiveFacts | None:
+    # ``_sent_facts``'s values as received from the helper; None when they are not such values.
+    if len(sent) != 20 or not all(type(v) is int for v in sent[:5]):
+        return None
+    return decode_facts(sent[5:], FileIdentity(*sent[:5]), expiries)  # type: ignore[arg-type]
 
 
 def _child_paths(directory: Path) -> Callable[[str], Path]:

@@ -33,17 +33,18 @@ the others keep trying to take it (every ``LEASE_RENEW_INTERVAL``) and one takes
 when the holder dies.
 
 Invariants:
-    * The walk sees what listings see: ``ArchiveIndex.directory_entries`` (hidden names, temp files and
-      symlinks skipped; nested folders followed) and ``ArchiveIndex.facts_of``, so an unchanged archive is
-      never reopened and an unreadable one is skipped and logged once (by the index).
+    * The walk sees what listings see: ``ArchiveIndex.archive_facts``, one folder at a time (hidden names,
+      temp files and symlinks skipped; nested folders followed; the facts store looked up first), so an
+      unchanged archive is never reopened, even after a restart, and an unreadable one is skipped and logged
+      once (by the index).
     * One request per (archive, generation) per back-off: asking again for a generation already asked for
       waits ``max(retry_backoff, policy.timeout)``, doubled per repeat up to ``MAX_RETRY_BACKOFF`` (a failed
       or unchanged refresh leaves the generation as it was). A committed refresh makes a new generation,
       which is scheduled from its own expiry.
     * The thread sleeps until the earliest due time, back-off end, probe or lease renewal, never longer than
       ``max_scan_interval`` and never shorter than ``MIN_SCAN_INTERVAL``; ``on_swapped`` wakes it.
-    * ``close`` stops the walk between two archives and joins the thread; nothing here raises into the
-      thread: a failing hook or a bug in a pass is logged with its traceback and the next pass runs.
+    * ``close`` stops the walk between two folders or two archives and joins the thread; nothing here raises
+      into the thread: a failing hook or a bug in a pass is logged with its traceback and the next pass runs.
     * The clock is wall-clock nanoseconds (expiry is wall-clock); it is injectable for tests.
 """
 
@@ -655,14 +656,15 @@ class RefreshScheduler:
             return
         pending = [self.root]
         while pending and not self._stop.is_set():
-            entries = self.index.directory_entries(pending.pop())
-            pending.extend(entries.directory / name for name in reversed(entries.folders))
-            for path, identity in entries.archives:
+            # One folder at a time, as a listing learns it: the facts store first (a restart opens only
+            # what changed), and a folder of many new archives opened on two cores.
+            directory = pending.pop()
+            folders, archives = self.index.archive_facts(directory, self._stop)
+            pending.extend(directory / name for name in reversed(folders))
+            for path, facts in archives:
                 if self._stop.is_set():
                     return
-                facts = self.index.facts_of(path, identity)
-                if facts is not None:
-                    yield path, facts
+                yield path, facts
 
     def _key(self, path: Path) -> str | None:
         try:

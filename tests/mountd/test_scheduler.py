@@ -20,6 +20,7 @@ from redis_server import wait_for
 
 from broker.swapped import SwappedEvent
 from mountd import ArchiveFacts, ArchiveIndex
+from mountd.dav.facts_store import FactsStore
 from mountd.refresh.scheduler import (
     MAX_RETRY_BACKOFF,
     NS_PER_SECOND,
@@ -264,15 +265,15 @@ def test_close_returns_promptly_even_mid_pass(store: Path, hook: RecordingHook) 
     index = ArchiveIndex()
     opened = threading.Event()
     release = threading.Event()
-    original = index.facts_of
+    original = index._open
 
-    def facts_of(path: Path, identity: FileIdentity) -> ArchiveFacts | None:
+    def open_one(path: Path, identity: FileIdentity, source: str | None = None) -> ArchiveFacts | None:
         if not opened.is_set():
             opened.set()
             release.wait(WAIT)  # hold the pass at its first archive until close was called
-        return original(path, identity)
+        return original(path, identity, source)
 
-    index.facts_of = facts_of  # type: ignore[method-assign]
+    index._open = open_one  # type: ignore[method-assign]
     busy = RefreshScheduler(store, hook, index).start()
     assert opened.wait(WAIT)
     closer = threading.Thread(target=busy.close)
@@ -281,7 +282,9 @@ def test_close_returns_promptly_even_mid_pass(store: Path, hook: RecordingHook) 
     release.set()
     closer.join(WAIT)
     assert not busy.running
-    assert index.stats.opens == 1  # the pass stopped after the archive it was opening
+    # The pass stopped after the archive it was opening; what the folder's helper process opened meanwhile
+    # is dropped with it.
+    assert index.stats.opens == 1
 
 
 @pytest.mark.slow
@@ -305,6 +308,39 @@ def test_passes_over_ten_thousand_archives_open_each_once(
     assert (second.archives, scheduler.index.stats.opens) == (MANY, MANY)
     assert scheduler.index.stats.hits >= MANY
     assert hook.calls == []
+
+
+def test_a_restarted_scheduler_opens_nothing_that_did_not_change(
+    store: Path, hook: RecordingHook, tmp_path: Path
+) -> None:
+    """The walk learns facts as a listing does: after a restart (a new index over the same facts store) the
+    first pass finds every unchanged archive on disk and opens only the one that changed; a new folder of
+    many archives is shared with a helper process."""
+    for i in range(30):
+        add(store, f"sub/a{i:02d}.txt.sync", ttl=3600)
+    later = time.time_ns() + 10 * 10**9  # every version is old enough to be recorded
+
+    def scheduler() -> RefreshScheduler:
+        index = ArchiveIndex(store=FactsStore.open(tmp_path / "cache"), clock=lambda: later, parallel_min=10)
+        real = index._open
+
+        def slow_open(*args: object) -> object:  # the helper surely gets to open some of the 30
+            time.sleep(0.005)
+            return real(*args)  # type: ignore[arg-type]
+
+        index._open = slow_open  # type: ignore[method-assign,assignment]
+        return RefreshScheduler(store, hook, index, clock=lambda: later)
+
+    first = scheduler()
+    assert first.scan().archives == 30
+    assert (first.index.stats.opens, first.index.stats.restored) == (30, 0)
+    assert first.index.stats.helper_opens > 0
+    first.index.close()
+    add(store, "sub/a07.txt.sync", ttl=7200)  # rewritten: a new version
+    again = scheduler()
+    assert again.scan().archives == 30
+    assert (again.index.stats.opens, again.index.stats.restored) == (1, 29)
+    again.index.close()
 
 
 # -- issue 16: commits announced, the window, the lag ---------------------------------------------------
