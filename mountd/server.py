@@ -150,6 +150,10 @@ def listen(
     return handle
 
 
+#: Allocations between two collections of the youngest generation in a serving process (``settle_heap``).
+GC_YOUNG_THRESHOLD = 20_000
+
+
 def settle_heap() -> None:
     """Move everything the process built before serving out of the cyclic garbage collector's reach.
 
@@ -158,9 +162,16 @@ def settle_heap() -> None:
     allocates enough objects to trigger some). ``gc.freeze`` after one collection leaves the collector only
     what requests allocate; reference counting still frees everything as before. Call once, in the server
     process, after the application is built (``run_until_signal`` does).
+
+    The youngest generation is collected every ``GC_YOUNG_THRESHOLD`` allocations instead of Python's 700: a
+    first listing of 10,000 archives keeps ~140,000 new objects, and ~190 young collections walking them
+    cost it 30-57 ms; with this threshold, 5 collections cost 16-42 ms (cyclic garbage waits a little longer
+    to be freed; reference counting frees the rest at once, as before).
     """
     gc.collect()
     gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def raise_descriptor_limit() -> int:

@@ -504,19 +504,25 @@ class ArchiveIndex:
             for n in range(len(pending)):
                 own(n)
             return opened
-        share = share_with_helper(len(pending), own, lambda n: _sent_facts(prefix + files[pending[n]][0]))
-        if stop is not None and stop.is_set():
-            raise _Stopped
         expiries: dict[tuple[object, ...], Expiry] = {}
         learned: list[ArchiveFacts] = []
-        redo = share.missing(len(pending))
-        for n, sent in share.rows():
+        redo: list[int] = []
+
+        def receive(n: int, sent: tuple[object, ...]) -> None:
             facts = _received_facts(sent, expiries)
             if facts is None:
                 redo.append(n)
             else:
                 opened[pending[n]] = facts
                 learned.append(facts)
+
+        def theirs(n: int) -> tuple[object, ...]:
+            return _sent_facts(prefix + files[pending[n]][0])
+
+        share = share_with_helper(len(pending), own, theirs, receive)
+        if stop is not None and stop.is_set():
+            raise _Stopped
+        redo += share.missing(len(pending))
         with self._lock:
             self._opens += len(learned)
             self._helper_opens += len(learned)

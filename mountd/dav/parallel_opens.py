@@ -3,8 +3,9 @@
 A never-seen folder of 10,000 archives costs about 45 µs of Python per archive (``open_archive`` and
 ``ArchiveFacts.from_snapshot``), and Python threads share one interpreter lock: a second thread would not
 make it faster. ``share_with_helper`` forks the calling process once: the caller takes the work from the
-front, the helper from the back, and they stop where they meet. The helper sends what it computed back
-through a pipe, as plain values (``marshal``), and exits.
+front, the helper from the back, and they stop where they meet. The helper sends what it computed through a
+pipe in batches, as plain values (``marshal``), and the caller takes each batch in between its own items, so
+that receiving them is done while the helper still works, not after it.
 
 Invariants:
     * Nothing is lost and nothing depends on the helper: the caller learns which items the helper finished
@@ -38,15 +39,25 @@ import signal
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 #: Seconds the caller waits for the helper's results once its own share is done (the helper stops within
 #: one item of seeing that; a helper that does not answer by then is killed and its share done here).
 HELPER_WAIT = 5.0
-#: Bytes of the caller's progress counter at the start of the shared board.
+#: Items the helper sends at once.
+BATCH = 64
+#: The shared board: the caller's progress (items before it are done there), then the bytes the helper has
+#: written to the pipe so far, then one byte per item, set by the helper once it has finished that item.
 _FRONT = struct.Struct("<q")
+_SENT = struct.Struct("<q")
+_SENT_AT = _FRONT.size
+_FLAGS_AT = _SENT_AT + _SENT.size
+#: Length prefix of each batch on the pipe.
+_LENGTH = struct.Struct("<I")
+#: Largest batch accepted (64 items of a few hundred bytes are far below it).
+_MAX_FRAME = 16 << 20
 #: ``prctl`` option that sends a signal to a process when its parent thread exits.
 _PR_SET_PDEATHSIG = 1
 #: Exit status of a helper (nobody reads it: results come through the pipe).
@@ -73,26 +84,17 @@ class HelperShare:
 
     Attributes:
         done: Items ``0 .. done - 1`` were done by the caller's own function.
-        indexes: The items the helper sent (all at or after ``done``), in the order of ``columns``.
-        columns: The helper's values by column: ``columns[k][m]`` is field ``k`` of item ``indexes[m]``.
+        received: The items whose helper values were given to ``receive`` (all at or after ``done``).
         forked: Whether a helper ran at all.
     """
 
     done: int
-    indexes: list[int] = field(default_factory=list)
-    columns: list[list[Any]] = field(default_factory=list)
+    received: set[int] = field(default_factory=set)
     forked: bool = False
-
-    def rows(self) -> Iterator[tuple[int, tuple[Any, ...]]]:
-        """(item, its values) for each item the helper sent."""
-        if not self.columns:
-            return iter(())
-        return zip(self.indexes, zip(*self.columns, strict=True), strict=True)
 
     def missing(self, count: int) -> list[int]:
         """The items of ``count`` that neither side finished: the caller does these itself."""
-        sent = set(self.indexes)
-        return [i for i in range(self.done, count) if i not in sent]
+        return [i for i in range(self.done, count) if i not in self.received]
 
 
 def usable_cpus() -> int:
@@ -106,7 +108,8 @@ def usable_cpus() -> int:
 def share_with_helper(
     count: int,
     own: Callable[[int], object],
-    theirs: Callable[[int], Any],
+    theirs: Callable[[int], tuple[Any, ...]],
+    receive: Callable[[int, tuple[Any, ...]], object],
     *,
     wait: float = HELPER_WAIT,
 ) -> HelperShare:
@@ -118,33 +121,37 @@ def share_with_helper(
             call (the helper is killed) and is raised to the caller.
         theirs: Computes item ``i`` in the helper: a tuple of values ``marshal`` writes (numbers, strings,
             None), of the same length for every item; or raises, and the item is not sent.
-        wait: Seconds to wait for the helper's results once this side stopped.
+        receive: Takes the helper's values of item ``i``, here, in this thread: between two ``own`` calls as
+            batches arrive, and at the end. Never called for an item ``own`` did, nor twice for one item.
+        wait: Seconds to wait for the helper's last batches once this side stopped.
 
     Returns:
-        What this side did and what the helper sent; ``missing`` are the caller's to do.
+        What this side did and what it received; ``missing`` are the caller's to do.
     """
     if count == 0:
         return HelperShare(0)
     if not hasattr(os, "fork") or usable_cpus() < 2 or not _ONE_AT_A_TIME.acquire(blocking=False):
         return _alone(count, own)
     try:
-        return _shared(count, own, theirs, wait)
+        return _shared(count, own, theirs, receive, wait)
     finally:
         _ONE_AT_A_TIME.release()
 
 
-def _alone(count: int, own: Callable[[int], object], start: int = 0) -> HelperShare:
-    for i in range(start, count):
+def _alone(count: int, own: Callable[[int], object]) -> HelperShare:
+    for i in range(count):
         own(i)
     return HelperShare(count)
 
 
 def _shared(
-    count: int, own: Callable[[int], object], theirs: Callable[[int], Any], wait: float
+    count: int,
+    own: Callable[[int], object],
+    theirs: Callable[[int], tuple[Any, ...]],
+    receive: Callable[[int, tuple[Any, ...]], object],
+    wait: float,
 ) -> HelperShare:
-    # The board: the caller's progress (items before it are done here), then one byte per item that the
-    # helper sets once it has finished that item.
-    board = mmap.mmap(-1, _FRONT.size + count)
+    board = mmap.mmap(-1, _FLAGS_AT + count)
     try:
         read_fd, write_fd = os.pipe()
         parent = os.getpid()
@@ -158,65 +165,133 @@ def _shared(
             os.close(read_fd)
             _helper(board, write_fd, count, theirs, parent)
         os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        share = HelperShare(0, forked=True)
+        batches = _Batches(read_fd, count)
         try:
             i = 0
-            flags = _FRONT.size
+            seen = 0
             try:
-                while i < count and not board[flags + i]:
+                while i < count and not board[_FLAGS_AT + i]:
                     own(i)
                     i += 1
                     _FRONT.pack_into(board, 0, i)
+                    sent = _SENT.unpack_from(board, _SENT_AT)[0]
+                    if sent != seen:  # the helper wrote more: take what is there without waiting
+                        seen = sent
+                        _deliver(batches.available(), i, share, receive)
             except BaseException:
                 _kill(pid)  # the caller gave up: so does the helper
                 raise
-            indexes: list[int] = []
-            columns: list[list[Any]] = []
+            share.done = i
             if i == count:  # all done here (a slow or stuck helper): nothing to wait for
                 _kill(pid)
-            else:
-                indexes, columns = _collect(read_fd, pid, wait)
+            elif not batches.to_end(time.monotonic() + wait):
+                _kill(pid)  # stuck, or sent something else than batches: what it did not send is done here
+            _deliver(batches.take(), i, share, receive)
         finally:
             os.close(read_fd)
             _reap(pid)
     finally:
         board.close()
-    if indexes and min(indexes) < i:  # done here as well (where both met): the caller's own result stands
-        keep = [m for m, j in enumerate(indexes) if j >= i]
-        indexes = [indexes[m] for m in keep]
-        columns = [[column[m] for m in keep] for column in columns]
-    return HelperShare(i, indexes, columns, forked=True)
+    return share
 
 
-def _collect(read_fd: int, pid: int, wait: float) -> tuple[list[int], list[list[Any]]]:
-    # The helper's items and columns, read to end of file; none when it sent nothing usable in time (then
-    # killed). Columns, not a tuple per item: a first listing's 5,000 tuples of tuples were enough new
-    # objects to set off a full collection of the heap.
-    nothing: tuple[list[int], list[list[Any]]] = ([], [])
-    deadline = time.monotonic() + wait
-    chunks: list[bytes] = []
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([read_fd], [], [], left)[0]:
-            _kill(pid)
-            return nothing
-        chunk = os.read(read_fd, 1 << 20)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    try:
-        sent = marshal.loads(b"".join(chunks))  # noqa: S302 - written by our own fork, and checked below
-    except (EOFError, ValueError, TypeError):
-        return nothing  # the helper died while writing
-    if type(sent) is not tuple or len(sent) != 2:
-        return nothing
-    indexes, columns = sent
-    if type(indexes) is not list or type(columns) is not list or not all(type(j) is int for j in indexes):
-        return nothing
-    if not all(type(column) is list and len(column) == len(indexes) for column in columns):
-        return nothing
-    if len(set(indexes)) != len(indexes) or not columns:
-        return nothing
-    return indexes, columns
+def _deliver(
+    batches: list[tuple[list[int], list[list[Any]]]],
+    done: int,
+    share: HelperShare,
+    receive: Callable[[int, tuple[Any, ...]], object],
+) -> None:
+    # Hand the helper's items to ``receive``, except those done here already (where both sides met).
+    received = share.received
+    for indexes, columns in batches:
+        for j, values in zip(indexes, zip(*columns, strict=True), strict=True):
+            if j >= done and j not in received:
+                received.add(j)
+                receive(j, values)
+
+
+class _Batches:
+    """The helper's batches as they arrive on the pipe: a length, then ``marshal`` of (items, columns).
+
+    Columns, not a tuple per item: a first listing's 5,000 tuples of tuples were enough new objects to set off
+    a full collection of the heap. Anything that is not such a batch ends the reading (``broken``): what came
+    before it stands, the rest is the caller's to do.
+    """
+
+    def __init__(self, fd: int, count: int) -> None:
+        self.fd = fd
+        self.count = count
+        self.buffer = bytearray()
+        self.ready: list[tuple[list[int], list[list[Any]]]] = []
+        self.ended = False
+        self.broken = False
+
+    def available(self) -> list[tuple[list[int], list[list[Any]]]]:
+        """The complete batches that can be read without waiting."""
+        self._read()
+        return self.take()
+
+    def take(self) -> list[tuple[list[int], list[list[Any]]]]:
+        """The complete batches read so far and not taken yet."""
+        ready, self.ready = self.ready, []
+        return ready
+
+    def to_end(self, deadline: float) -> bool:
+        """Read until the helper closes the pipe; False when it did not by ``deadline`` or sent garbage."""
+        while not self.ended and not self.broken:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                return False
+            self._read()
+        return not self.broken
+
+    def _read(self) -> None:
+        while not self.ended and not self.broken:
+            try:
+                chunk = os.read(self.fd, 1 << 20)
+            except BlockingIOError:
+                break
+            if not chunk:
+                self.ended = True
+                break
+            self.buffer += chunk
+            self._split()
+
+    def _split(self) -> None:
+        buffer = self.buffer
+        at = 0
+        while len(buffer) - at >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(buffer, at)
+            if size > _MAX_FRAME:
+                self.broken = True
+                return
+            if len(buffer) - at - _LENGTH.size < size:
+                break
+            batch = self._batch(bytes(buffer[at + _LENGTH.size : at + _LENGTH.size + size]))
+            if batch is None:
+                self.broken = True
+                return
+            self.ready.append(batch)
+            at += _LENGTH.size + size
+        del buffer[:at]
+
+    def _batch(self, data: bytes) -> tuple[list[int], list[list[Any]]] | None:
+        try:
+            sent = marshal.loads(data)  # noqa: S302 - written by our own fork, and checked here
+        except (EOFError, ValueError, TypeError):
+            return None
+        if type(sent) is not tuple or len(sent) != 2:
+            return None
+        indexes, columns = sent
+        if type(indexes) is not list or type(columns) is not list or not columns:
+            return None
+        if not all(type(j) is int and 0 <= j < self.count for j in indexes):
+            return None
+        if not all(type(column) is list and len(column) == len(indexes) for column in columns):
+            return None
+        return indexes, columns
 
 
 def _kill(pid: int) -> None:
@@ -240,26 +315,41 @@ def _wait_for(pid: int) -> None:
         os.waitpid(pid, 0)
 
 
-def _helper(board: mmap.mmap, write_fd: int, count: int, theirs: Callable[[int], Any], parent: int) -> None:
+def _helper(
+    board: mmap.mmap, write_fd: int, count: int, theirs: Callable[[int], tuple[Any, ...]], parent: int
+) -> None:
     try:
         gc.disable()  # nothing of the server's is finalized here
         _detach(parent)
-        flags = _FRONT.size
         indexes: list[int] = []
         rows: list[tuple[Any, ...]] = []
+        sent = 0
         j = count - 1
         while j >= 0 and j >= _FRONT.unpack_from(board, 0)[0]:
             with contextlib.suppress(Exception):  # the caller does this item again, and logs why
                 rows.append(theirs(j))
                 indexes.append(j)
-            board[flags + j] = 1
+            board[_FLAGS_AT + j] = 1  # before its values are sent: the caller stops at it
             j -= 1
-        data = memoryview(marshal.dumps((indexes, [list(column) for column in zip(*rows, strict=True)])))
-        while data:
-            data = data[os.write(write_fd, data) :]
+            if len(indexes) >= BATCH:
+                sent += _send(write_fd, indexes, rows)
+                _SENT.pack_into(board, _SENT_AT, sent)
+                indexes, rows = [], []
+        if indexes:
+            _send(write_fd, indexes, rows)
         os.close(write_fd)  # the caller's end of file now, not after this process's memory is torn down
     finally:
         os._exit(_HELPER_EXIT)
+
+
+def _send(write_fd: int, indexes: list[int], rows: list[tuple[Any, ...]]) -> int:
+    # One batch on the pipe (waiting while the pipe is full); its size in bytes.
+    data = marshal.dumps((indexes, [list(column) for column in zip(*rows, strict=True)]))
+    frame = memoryview(_LENGTH.pack(len(data)) + data)
+    size = len(frame)
+    while frame:
+        frame = frame[os.write(write_fd, frame) :]
+    return size
 
 
 def _detach(parent: int) -> None:

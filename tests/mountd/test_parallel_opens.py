@@ -15,7 +15,7 @@ from mountd import ArchiveIndex
 from mountd.dav import parallel_opens
 from mountd.dav.facts_store import FactsStore, encode_facts
 from mountd.dav.index import _received_facts, _sent_facts
-from mountd.dav.parallel_opens import HelperShare, share_with_helper
+from mountd.dav.parallel_opens import BATCH, HelperShare, share_with_helper
 from sync_format import open_archive
 from sync_format.testing import make_archive, make_manifest
 
@@ -24,10 +24,22 @@ pytestmark = pytest.mark.skipif(parallel_opens.usable_cpus() < 2, reason="the he
 COUNT = 400
 
 
-def _union(share: HelperShare, count: int, own_done: list[int]) -> list[int]:
-    # Every item, from whichever side did it: the caller's own, the helper's sent ones, and ``missing``.
+class Received(dict[int, tuple[object, ...]]):
+    """What ``receive`` was given, by item; an item given twice fails the test."""
+
+    def __call__(self, i: int, values: tuple[object, ...]) -> None:
+        assert i not in self, f"item {i} received twice"
+        self[i] = values
+
+
+def _union(share: HelperShare, count: int, own_done: list[int], received: Received) -> list[int]:
+    # Every item, from whichever side did it: the caller's own, the helper's received ones, and ``missing``;
+    # none of them twice.
     assert own_done == list(range(share.done))
-    return sorted({*own_done, *share.indexes, *share.missing(count)})
+    assert set(received) == share.received
+    assert not set(received) & set(own_done)
+    assert not set(share.missing(count)) & set(received)
+    return sorted({*own_done, *received, *share.missing(count)})
 
 
 def _slow_own(done: list[int], delay: float = 0.0005):
@@ -76,16 +88,16 @@ def test_both_sides_share_the_items_and_nothing_is_lost(helper_pids: list[int]) 
         return (i, i * i, f"item {i}", None, 1.5)
 
     done: list[int] = []
-    share = share_with_helper(count, _slow_own(done), theirs)
+    received = Received()
+    share = share_with_helper(count, _slow_own(done), theirs, received)
     assert share.forked
     assert helper_pids
-    assert share.indexes, "the helper took no item"
+    assert len(received) > BATCH, "the helper sent no more than one batch"
     assert share.done > 0, "the caller took no item"
-    assert all(j >= share.done for j in share.indexes)
-    for j, row in share.rows():
+    for j, row in received.items():
         assert row == (j, j * j, f"item {j}", None, 1.5)
     assert share.missing(count) == []
-    assert _union(share, count, done) == list(range(count))
+    assert _union(share, count, done, received) == list(range(count))
     _no_zombie(helper_pids)
 
 
@@ -98,11 +110,12 @@ def test_items_the_helper_fails_on_are_left_to_the_caller(helper_pids: list[int]
         return (i,)
 
     done: list[int] = []
-    share = share_with_helper(COUNT, _slow_own(done), theirs)
+    received = Received()
+    share = share_with_helper(COUNT, _slow_own(done), theirs, received)
     failed = [i for i in range(share.done, COUNT) if i % 7 == 0]
     assert failed, "the helper met no failing item"
     assert share.missing(COUNT) == failed
-    assert _union(share, COUNT, done) == list(range(COUNT))
+    assert _union(share, COUNT, done, received) == list(range(COUNT))
 
 
 def test_a_helper_that_dies_midway_costs_nothing_but_time(helper_pids: list[int]) -> None:
@@ -114,12 +127,13 @@ def test_a_helper_that_dies_midway_costs_nothing_but_time(helper_pids: list[int]
         return (i,)
 
     done: list[int] = []
-    share = share_with_helper(COUNT, _slow_own(done), theirs)
+    received = Received()
+    share = share_with_helper(COUNT, _slow_own(done), theirs, received)
     assert share.forked
-    assert share.indexes == []
+    assert received == {}  # fewer items than a batch: nothing was sent
     # The caller stopped at the first item the helper had marked done (unless it was there first).
     assert share.done in (COUNT - 49, COUNT)
-    assert _union(share, COUNT, done) == list(range(COUNT))
+    assert _union(share, COUNT, done, received) == list(range(COUNT))
     _no_zombie(helper_pids)
 
 
@@ -127,27 +141,32 @@ def test_a_stuck_helper_is_killed_and_its_share_done_here(helper_pids: list[int]
     """A helper stuck after finishing some items: the caller waits ``wait`` at most, kills it, and does the
     rest itself."""
 
+    stuck_at = COUNT - BATCH - 20  # after one batch was sent
+
     def theirs(i: int) -> tuple[int]:
-        if i == COUNT - 20:
+        if i == stuck_at:
             time.sleep(3600)
         return (i,)
 
     done: list[int] = []
+    received = Received()
     started = time.monotonic()
-    share = share_with_helper(COUNT, _slow_own(done), theirs, wait=0.5)
+    share = share_with_helper(COUNT, _slow_own(done), theirs, received, wait=0.5)
     assert time.monotonic() - started < 30
-    assert share.indexes == []
-    assert _union(share, COUNT, done) == list(range(COUNT))
+    if share.done <= stuck_at:  # (unless the caller got past it first)
+        assert sorted(received) == list(range(COUNT - BATCH, COUNT))  # the batch sent before it stuck stands
+    assert _union(share, COUNT, done, received) == list(range(COUNT))
     _no_zombie(helper_pids)
 
 
 def test_a_helper_stuck_from_the_start_is_killed_without_a_wait(helper_pids: list[int]) -> None:
     """When the caller did every item, the helper's results are not waited for."""
     done: list[int] = []
+    received = Received()
     started = time.monotonic()
-    share = share_with_helper(50, _slow_own(done), lambda i: time.sleep(3600), wait=60)
+    share = share_with_helper(50, _slow_own(done), lambda i: time.sleep(3600), received, wait=60)
     assert time.monotonic() - started < 30
-    assert (share.done, share.indexes) == (50, [])
+    assert (share.done, received) == (50, {})
     _no_zombie(helper_pids)
 
 
@@ -159,7 +178,7 @@ def test_one_helper_at_a_time(helper_pids: list[int]) -> None:
     def own(i: int) -> None:
         if not inner:  # the first item this side takes
             thread = threading.Thread(
-                target=lambda: inner.append(share_with_helper(10, ignored.append, tuple))
+                target=lambda: inner.append(share_with_helper(10, ignored.append, tuple, Received()))
             )
             thread.start()
             thread.join()
@@ -169,7 +188,7 @@ def test_one_helper_at_a_time(helper_pids: list[int]) -> None:
         time.sleep(0.0005)
         return (i,)
 
-    share = share_with_helper(COUNT, own, theirs)
+    share = share_with_helper(COUNT, own, theirs, Received())
     assert share.done > 0, "the caller took no item"
     assert len(helper_pids) == 1
     assert (inner[0].forked, inner[0].done) == (False, 10)
@@ -179,7 +198,7 @@ def test_no_helper_on_one_cpu(monkeypatch: pytest.MonkeyPatch, helper_pids: list
     """Where the process may use a single CPU, the caller does everything and nothing is forked."""
     monkeypatch.setattr(parallel_opens, "usable_cpus", lambda: 1)
     done: list[int] = []
-    share = share_with_helper(COUNT, done.append, lambda i: (i,))
+    share = share_with_helper(COUNT, done.append, lambda i: (i,), Received())
     assert (share.forked, share.done, helper_pids) == (False, COUNT, [])
     assert done == list(range(COUNT))
 

@@ -19,7 +19,7 @@ from store_manifests import csv_manifest
 from broker import Settings
 from mountd import NullFreshness
 from mountd.app import MountdConfig, start
-from mountd.server import WANTED_DESCRIPTORS, run_until_signal
+from mountd.server import GC_YOUNG_THRESHOLD, WANTED_DESCRIPTORS, run_until_signal
 from sync_format import BuildResult
 
 AddArchive = Callable[..., BuildResult]
@@ -77,9 +77,12 @@ def test_a_served_process_freezes_what_it_built_before_serving(store: Path) -> N
     """``run_until_signal`` moves what the process built before serving out of the collector's reach
     (``settle_heap``), so full collections during a big listing walk only what requests allocated."""
     frozen: list[int] = []
+    thresholds: list[tuple[int, int, int]] = []
+    before = gc.get_threshold()
 
     def ready(_handle: object) -> None:
         frozen.append(gc.get_freeze_count())
+        thresholds.append(gc.get_threshold())
         os.kill(os.getpid(), signal.SIGTERM)  # run_until_signal's handler takes it: the server stops
 
     handle = start(MountdConfig.of(Settings(host="127.0.0.1", port=0), store, NullFreshness()))
@@ -87,8 +90,12 @@ def test_a_served_process_freezes_what_it_built_before_serving(store: Path) -> N
         run_until_signal(handle, ready)
     finally:
         gc.unfreeze()
+        gc.set_threshold(*before)
     assert len(frozen) == 1
     assert frozen[0] > 10_000
+    # Young collections are rarer than Python's default of one per 700 allocations; the older ones as before.
+    assert thresholds == [(GC_YOUNG_THRESHOLD, *before[1:])]
+    assert GC_YOUNG_THRESHOLD > 700
 
 
 def test_a_served_process_raises_its_descriptor_limit_to_what_the_hard_limit_allows() -> None:
