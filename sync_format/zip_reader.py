@@ -20,6 +20,9 @@ This module knows ZIP, not ``.sync``: which entries must exist and how they are 
 
 from __future__ import annotations
 
+# Imported now, not at the first entry name without the UTF-8 flag: a process forked from a threaded one
+# (mountd.dav.parallel_opens) may have copied the import lock while another thread held it.
+import encodings.cp437  # noqa: F401
 import os
 import struct
 import zlib

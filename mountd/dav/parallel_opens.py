@@ -21,8 +21,13 @@ Invariants:
     * One helper at a time per process (the machines this serves have few cores, and a second concurrent
       fork would inherit the first helper's pipe); a call that finds one running does all its work itself.
     * The helper runs the item function only: no logging, no database, no locks of the server, the
-      collector off, the server's signal handlers and wakeup descriptor reset, killed with its parent
-      (``PR_SET_PDEATHSIG``), and it leaves by ``os._exit``. An item that raises is simply not sent.
+      collector off, every inherited descriptor but its pipe closed, the server's signals blocked over the
+      fork and their handlers and wakeup descriptor reset before they are unblocked, killed with its parent
+      (``PR_SET_PDEATHSIG``), and it leaves by ``os._exit``. An item that raises is simply not sent. A lock
+      another thread held at the fork (a first import of a module) can stall it: the caller then does its
+      share and kills it (``HELPER_WAIT`` at most).
+    * A failure of the sharing itself (no descriptor, memory or process to be had, an unreadable pipe)
+      never fails the call: what was not received is the caller's to do.
     * It runs only where ``os.fork`` exists and the process may use at least two CPUs.
 """
 
@@ -64,6 +69,10 @@ _PR_SET_PDEATHSIG = 1
 _HELPER_EXIT = 0
 
 _ONE_AT_A_TIME = threading.Lock()
+#: Signals whose dispositions the helper resets (blocked from the fork until then).
+_HELPER_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD})
+#: Above every descriptor the helper may have inherited.
+_MAX_FD = max(os.sysconf("SC_OPEN_MAX"), 1 << 20) if hasattr(os, "sysconf") else 1 << 20
 
 
 def _load_prctl() -> Callable[..., int] | None:
@@ -151,34 +160,42 @@ def _shared(
     receive: Callable[[int, tuple[Any, ...]], object],
     wait: float,
 ) -> HelperShare:
-    board = mmap.mmap(-1, _FLAGS_AT + count)
+    # Anything that fails in setting up (no descriptor left, no memory) means doing everything here.
     try:
-        read_fd, write_fd = os.pipe()
+        board = mmap.mmap(-1, _FLAGS_AT + count)
+    except (OSError, ValueError):
+        return _alone(count, own)
+    try:
+        try:
+            read_fd, write_fd = os.pipe()
+        except OSError:
+            return _alone(count, own)
         parent = os.getpid()
+        # Blocked over the fork, so that no signal runs the server's handlers in the helper before it has
+        # its own dispositions (``_detach``).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELPER_SIGNALS)
         try:
             pid = os.fork()
         except OSError:
-            os.close(read_fd)
-            os.close(write_fd)
-            return _alone(count, own)
+            pid = -1
         if pid == 0:  # the helper: never returns
-            os.close(read_fd)
             _helper(board, write_fd, count, theirs, parent)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(write_fd)
-        os.set_blocking(read_fd, False)
+        if pid < 0:
+            os.close(read_fd)
+            return _alone(count, own)
         share = HelperShare(0, forked=True)
         batches = _Batches(read_fd, count)
         try:
             i = 0
-            seen = 0
             try:
                 while i < count and not board[_FLAGS_AT + i]:
                     own(i)
                     i += 1
                     _FRONT.pack_into(board, 0, i)
-                    sent = _SENT.unpack_from(board, _SENT_AT)[0]
-                    if sent != seen:  # the helper wrote more: take what is there without waiting
-                        seen = sent
+                    if _SENT.unpack_from(board, _SENT_AT)[0] > batches.read_bytes:
+                        # The helper wrote more (or is writing): take what is there without waiting.
                         _deliver(batches.available(), i, share, receive)
             except BaseException:
                 _kill(pid)  # the caller gave up: so does the helper
@@ -223,7 +240,9 @@ class _Batches:
     def __init__(self, fd: int, count: int) -> None:
         self.fd = fd
         self.count = count
+        self.read_bytes = 0
         self.buffer = bytearray()
+        os.set_blocking(fd, False)
         self.ready: list[tuple[list[int], list[list[Any]]]] = []
         self.ended = False
         self.broken = False
@@ -240,9 +259,13 @@ class _Batches:
 
     def to_end(self, deadline: float) -> bool:
         """Read until the helper closes the pipe; False when it did not by ``deadline`` or sent garbage."""
+        poller = (
+            select.poll()
+        )  # not select(): a server with a thousand connections has descriptors above 1023
+        poller.register(self.fd, select.POLLIN)
         while not self.ended and not self.broken:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+            if left <= 0 or not poller.poll(left * 1000):
                 return False
             self._read()
         return not self.broken
@@ -253,6 +276,10 @@ class _Batches:
                 chunk = os.read(self.fd, 1 << 20)
             except BlockingIOError:
                 break
+            except OSError:
+                self.broken = True
+                break
+            self.read_bytes += len(chunk)
             if not chunk:
                 self.ended = True
                 break
@@ -307,7 +334,10 @@ def _reap(pid: int) -> None:
     except ChildProcessError:
         return
     if done == 0:
-        threading.Thread(target=_wait_for, args=(pid,), name="mountd-helper-reaper", daemon=True).start()
+        try:
+            threading.Thread(target=_wait_for, args=(pid,), name="mountd-helper-reaper", daemon=True).start()
+        except RuntimeError:  # no thread to be had: wait here (it was killed or is exiting)
+            _wait_for(pid)
 
 
 def _wait_for(pid: int) -> None:
@@ -320,7 +350,7 @@ def _helper(
 ) -> None:
     try:
         gc.disable()  # nothing of the server's is finalized here
-        _detach(parent)
+        _detach(parent, write_fd)
         indexes: list[int] = []
         rows: list[tuple[Any, ...]] = []
         sent = 0
@@ -332,33 +362,40 @@ def _helper(
             board[_FLAGS_AT + j] = 1  # before its values are sent: the caller stops at it
             j -= 1
             if len(indexes) >= BATCH:
-                sent += _send(write_fd, indexes, rows)
-                _SENT.pack_into(board, _SENT_AT, sent)
+                sent = _send(write_fd, indexes, rows, board, sent)
                 indexes, rows = [], []
         if indexes:
-            _send(write_fd, indexes, rows)
+            _send(write_fd, indexes, rows, board, sent)
         os.close(write_fd)  # the caller's end of file now, not after this process's memory is torn down
     finally:
         os._exit(_HELPER_EXIT)
 
 
-def _send(write_fd: int, indexes: list[int], rows: list[tuple[Any, ...]]) -> int:
-    # One batch on the pipe (waiting while the pipe is full); its size in bytes.
+def _send(write_fd: int, indexes: list[int], rows: list[tuple[Any, ...]], board: mmap.mmap, sent: int) -> int:
+    # One batch on the pipe; the bytes sent in all after it. The total is announced before the write: a
+    # batch larger than the pipe's buffer (a state.json may hold a 60 KB timestamp) blocks this write until
+    # the caller reads, and the caller reads while it has not read all that was announced.
     data = marshal.dumps((indexes, [list(column) for column in zip(*rows, strict=True)]))
     frame = memoryview(_LENGTH.pack(len(data)) + data)
-    size = len(frame)
+    sent += len(frame)
+    _SENT.pack_into(board, _SENT_AT, sent)
     while frame:
         frame = frame[os.write(write_fd, frame) :]
-    return size
+    return sent
 
 
-def _detach(parent: int) -> None:
-    # The server's signal handling is not the helper's: default dispositions (a SIGTERM to the process group
-    # ends it), no wakeup descriptor, and death with the thread that forked it.
+def _detach(parent: int, write_fd: int) -> None:
+    # The server's descriptors are not the helper's: all closed but the pipe (sockets, the inotify
+    # descriptor, and files other threads hold ``flock`` locks on, which would stay locked while it runs).
+    # Nor its signal handling: default dispositions, then unblocked (a SIGTERM to the process group ends it),
+    # no wakeup descriptor, and death with the thread that forked it.
+    os.closerange(3, write_fd)
+    os.closerange(write_fd + 1, _MAX_FD)
     with contextlib.suppress(ValueError):
         signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+    for sig in _HELPER_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELPER_SIGNALS)
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     if os.getppid() != parent:  # the parent died before the line above

@@ -3,7 +3,12 @@ archives; nothing lost whatever the helper does."""
 
 from __future__ import annotations
 
+import errno
+import marshal
 import os
+import resource
+import signal
+import struct
 import threading
 import time
 from pathlib import Path
@@ -291,3 +296,90 @@ def test_received_facts_are_checked(store: Path) -> None:
     ]
     for values in bad:
         assert _received_facts(values, {}) is None, values
+
+
+# --- the review's attack pass: failures of the sharing itself never fail the call ------------------------
+
+
+def test_a_process_with_descriptors_above_1023_still_waits_for_batches() -> None:
+    """A server with a thousand connections has descriptors above 1023, where ``select`` cannot wait: the
+    caller still waits for the helper's last batches on such a pipe."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip("the hard descriptor limit is below 1200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        read_fd, write_fd = os.pipe()
+        assert read_fd > 1023
+        data = marshal.dumps(([7], [["seven"]]))
+
+        def later() -> None:  # the helper's last batch, sent after the caller began to wait
+            time.sleep(0.2)
+            os.write(write_fd, struct.pack("<I", len(data)) + data)
+            os.close(write_fd)
+
+        writer = threading.Thread(target=later)
+        writer.start()
+        batches = parallel_opens._Batches(read_fd, 10)
+        ended = batches.to_end(time.monotonic() + 10)
+        writer.join()
+        os.close(read_fd)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert ended
+    assert batches.take() == [([7], [["seven"]])]
+
+
+def test_no_pipe_to_be_had_means_doing_everything_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of descriptors (EMFILE) when setting up: the call does all items itself instead of raising."""
+
+    def no_pipe() -> tuple[int, int]:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(parallel_opens.os, "pipe", no_pipe)
+    done: list[int] = []
+    share = share_with_helper(COUNT, done.append, lambda i: (i,), Received())
+    assert (share.forked, share.done, done) == (False, COUNT, list(range(COUNT)))
+
+
+def test_a_batch_larger_than_the_pipe_does_not_stall_the_helper(helper_pids: list[int]) -> None:
+    """One item of 100 KB (a state.json may hold a 60 KB timestamp) makes a batch larger than the pipe's
+    buffer: the caller reads it while it works, and the helper goes on sharing."""
+
+    def theirs(i: int) -> tuple[object, ...]:
+        time.sleep(0.0005)
+        return (i, "x" * 100_000 if i == COUNT - 1 else "")
+
+    done: list[int] = []
+    received = Received()
+    share = share_with_helper(COUNT, _slow_own(done), theirs, received)
+    assert received[COUNT - 1] == (COUNT - 1, "x" * 100_000)
+    assert len(received) > BATCH, "the helper stalled after its first batch"
+    assert _union(share, COUNT, done, received) == list(range(COUNT))
+
+
+def test_the_helper_keeps_no_descriptor_and_no_signal_of_the_server(helper_pids: list[int]) -> None:
+    """The helper closes what it inherited (locks other threads hold through ``flock`` go with their
+    descriptors) but its pipe, and takes SIGTERM by default even when the forking thread blocked it."""
+    lock_file = os.open(os.devnull, os.O_RDONLY)
+
+    def theirs(i: int) -> tuple[object, ...]:
+        time.sleep(0.0005)
+        fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+        blocked = signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        default = signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        return (lock_file in fds, len([fd for fd in fds if fd > 2]), blocked, default)
+
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        received = Received()
+        share_with_helper(COUNT, _slow_own([]), theirs, received)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        os.close(lock_file)
+    assert received, "the helper sent nothing"
+    # The pipe, and the directory listdir had open: nothing else.
+    assert set(received.values()) == {(False, 2, False, True)}
