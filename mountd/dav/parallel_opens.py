@@ -48,6 +48,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mountd.processes import PR_SET_PDEATHSIG
+
 #: Seconds the caller waits for the helper's results once its own share is done (the helper stops within
 #: one item of seeing that; a helper that does not answer by then is killed and its share done here).
 HELPER_WAIT = 5.0
@@ -63,8 +65,6 @@ _FLAGS_AT = _SENT_AT + _SENT.size
 _LENGTH = struct.Struct("<I")
 #: Largest batch accepted (64 items of a few hundred bytes are far below it).
 _MAX_FRAME = 16 << 20
-#: ``prctl`` option that sends a signal to a process when its parent thread exits.
-_PR_SET_PDEATHSIG = 1
 #: Exit status of a helper (nobody reads it: results come through the pipe).
 _HELPER_EXIT = 0
 
@@ -186,8 +186,8 @@ def _shared(
             os.close(read_fd)
             return _alone(count, own)
         share = HelperShare(0, forked=True)
-        batches = _Batches(read_fd, count)
         try:
+            batches = _Batches(read_fd, count)
             i = 0
             try:
                 while i < count and not board[_FLAGS_AT + i]:
@@ -397,6 +397,6 @@ def _detach(parent: int, write_fd: int) -> None:
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELPER_SIGNALS)
     if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
     if os.getppid() != parent:  # the parent died before the line above
         os._exit(_HELPER_EXIT)
