@@ -55,6 +55,8 @@ _ENTRY_LIMITS = {
 }
 #: Limit for entries we do not know (kept and copied, never interpreted).
 MAX_OTHER_ENTRY_SIZE = 16 * 1024 * 1024
+#: Flags of ``open_archive``'s open (``O_NONBLOCK``: see there).
+OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +292,9 @@ def open_archive(path: str | os.PathLike[str]) -> ArchiveSnapshot:
             manifest problems. Every error carries the path.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO where an archive was expected opens at once and is refused as not a regular file,
+        # instead of blocking until something writes to it; for a regular file it changes nothing.
+        fd = os.open(path, OPEN_FLAGS)
     except OSError as exc:
         raise ArchiveError(f"cannot open: {exc.strerror}", path=Path(path)) from exc
     return open_archive_fd(fd, path)

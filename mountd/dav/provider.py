@@ -85,8 +85,10 @@ MAX_REMEMBERED_NAMES = 100_000
 #: come from clients, so both bound the memory (a few MB at most).
 MAX_PARSED_PATHS = 4096
 MAX_PARSED_PATH_LENGTH = 512
-#: Flags of the fast path's open: a symlink in the last segment fails instead of being followed.
-KNOWN_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+#: Flags of the fast path's open: a symlink in the last segment fails instead of being followed, and a FIFO
+#: put where an archive was opens at once (and is then refused as not a regular file) instead of holding the
+#: request's thread until something writes to it (``O_NONBLOCK`` changes nothing for a regular file).
+KNOWN_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 
 
 @dataclass(frozen=True)

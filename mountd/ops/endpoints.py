@@ -23,9 +23,11 @@ Invariants:
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -112,9 +114,13 @@ def _readable(store: Path) -> bool:
         if store.is_dir():
             with os.scandir(store) as entries:
                 next(entries, None)
-        else:
-            with store.open("rb"):
-                pass
+        else:  # a single archive (non-blocking: a FIFO put there must not hold the health check)
+            fd = os.open(store, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise OSError(errno.EINVAL, "not a regular file")
+            finally:
+                os.close(fd)
     except OSError as exc:
         log.warning("health store unreadable store=%s reason=%s", store, exc.strerror or exc)
         return False

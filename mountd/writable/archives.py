@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,9 @@ from mountd.dav.resources import SYNC_PROPERTIES, ListedArchiveFile, OpenedArchi
 from mountd.errors import WriteRefused, dav_error
 from mountd.writable.policy import WritePolicy, carry_properties
 from mountd.writable.uploads import DavSink, end_upload, open_sink
-from sync_format import ArchiveError, SwapConflict, SyncBuilder, SyncError, open_archive
+from sync_format import ArchiveError, MalformedArchive, SwapConflict, SyncBuilder, SyncError, open_archive
 from sync_format.atomic import atomic_write
+from sync_format.reader import OPEN_FLAGS
 from sync_format.swap import commit_payload
 from sync_format.template import extension_of, template_manifest
 
@@ -67,8 +69,14 @@ CONDITIONAL_HEADERS = ("HTTP_IF_MATCH", "HTTP_IF_UNMODIFIED_SINCE", "HTTP_IF")
 def _copy_file(source: Path, target: Path, key: str) -> None:
     """Copy an archive's bytes to ``target`` atomically (temp, fsync, rename)."""
     try:
-        with open(source, "rb") as src, atomic_write(target) as dst:
-            shutil.copyfileobj(src, dst, COPY_BLOCK)
+        # Non-blocking, then checked: a FIFO renamed over the source since it was resolved is refused, not
+        # waited on (nor copied from while something writes to it).
+        fd = os.open(source, OPEN_FLAGS)
+        with os.fdopen(fd, "rb") as src:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise MalformedArchive("not a regular file", path=source)
+            with atomic_write(target) as dst:
+                shutil.copyfileobj(src, dst, COPY_BLOCK)
     except OSError as exc:
         raise dav_error(ArchiveError(f"cannot copy: {exc.strerror}", path=source), key) from exc
     except SyncError as exc:

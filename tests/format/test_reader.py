@@ -7,11 +7,13 @@ and the test asserts the specific ``ArchiveError`` subclass and the rule's messa
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
 import os
 import struct
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -682,6 +684,35 @@ def test_directory_is_malformed(tmp_path: Path) -> None:
     """Opening a directory raises ``MalformedArchive`` (not a regular file)."""
     with pytest.raises(MalformedArchive, match="not a regular file"):
         open_archive(tmp_path)
+
+
+def test_a_fifo_is_refused_at_once_not_waited_on(tmp_path: Path) -> None:
+    """A FIFO where an archive was expected (a local user's, or one renamed over an archive) raises
+    ``MalformedArchive`` at once: opening it for reading does not wait for a writer that never comes."""
+    fifo = tmp_path / "trap.sync"
+    os.mkfifo(fifo)
+    outcome: list[BaseException | None] = []
+
+    def attempt() -> None:
+        try:
+            open_archive(fifo)
+        except BaseException as exc:  # noqa: BLE001 (handed to the test's thread)
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(10)
+    hung = thread.is_alive()
+    if hung:  # blocked in open(): release it (a writer end lets the open return)
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(10)
+    assert not hung
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], MalformedArchive)
+    assert "not a regular file" in str(outcome[0])
 
 
 def test_missing_payload_is_a_missing_entry(write: Callable[[bytes], Path]) -> None:

@@ -3,12 +3,15 @@ payloads on the WebDAV origin (nosniff, sandbox, attachment), several ranges (mu
 
 from __future__ import annotations
 
+import contextlib
 import email.parser
 import email.policy
 import http.client
+import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -300,3 +303,71 @@ def test_handed_over_connections_are_bounded_by_the_descriptor_limit_too() -> No
     assert (low_sends, low_linger) == (100, 100)
     if hard >= 16384:
         assert (sends, linger) == (handoff.MAX_PARKED_SENDS, handoff.MAX_LINGERING)
+
+
+# --- special files in the store ---
+
+
+def test_fifos_named_like_archives_never_hold_a_server_thread(
+    store: Path, add_archive: AddArchive, hook: RecordingHook
+) -> None:
+    """A FIFO named like an archive (a local user's, or renamed over a listed archive after its listing):
+    GET and HEAD of its name answer 404 at once, so 40 concurrent GETs of it (more than the 16 server
+    threads) leave the server answering; listings skip it. Before, each such GET blocked its thread in
+    ``open`` until something wrote to the FIFO."""
+    add_archive("data.csv.sync", PAYLOAD, manifest=csv_manifest())
+    add_archive("swapped.csv.sync", PAYLOAD, manifest=csv_manifest())
+    os.mkfifo(store / "trap.csv.sync")
+    stopped = threading.Event()
+    with contextlib.ExitStack() as stack:
+        stack.callback(stopped.set)  # after the server below has stopped
+        handle = stack.enter_context(serve_background(Settings(host="127.0.0.1", port=0), store, hook))
+        url = handle.mount_url
+        listed = request(url, "PROPFIND", "/", headers={"Depth": "1"})
+        assert b"/swapped.csv<" in listed.body
+        assert b"trap" not in listed.body
+        os.mkfifo(store / ".incoming")
+        os.rename(store / ".incoming", store / "swapped.csv.sync")  # after it was listed
+        held: list[socket.socket] = []
+        try:
+            for i in range(40):
+                sock = socket.create_connection((handle.host, handle.port), timeout=30)
+                held.append(sock)
+                name = "trap" if i % 2 else "swapped"
+                head = f"GET /{name}.csv HTTP/1.1\r\nHost: {handle.host}:{handle.port}\r\n\r\n"
+                sock.sendall(head.encode())
+            answered = request(url, "GET", "/data.csv", timeout=10)
+            assert answered.status == 200
+            assert answered.body == PAYLOAD
+            for sock in held:
+                assert sock.recv(4096).startswith(b"HTTP/1.1 404")
+            for name in ("trap", "swapped"):
+                assert request(url, "HEAD", f"/{name}.csv", timeout=10).status == 404
+                assert request(url, "GET", f"/{name}.csv", timeout=10).status == 404
+            relisted = request(url, "PROPFIND", "/", headers={"Depth": "1"})
+            assert b"/data.csv<" in relisted.body
+            assert b"swapped" not in relisted.body
+        finally:
+            for sock in held:
+                sock.close()
+            _release_fifos(store, ("trap.csv.sync", "swapped.csv.sync"), stopped)
+
+
+def _release_fifos(store: Path, names: tuple[str, ...], stopped: threading.Event) -> None:
+    # Where the rule is broken, server threads are blocked in open() on the FIFOs and queued requests would
+    # block next: move the FIFOs out of the way (hidden names: later opens of their names find nothing), and
+    # keep opening writer ends (which lets a blocked open return) until the server has stopped.
+    moved = []
+    for n, name in enumerate(names):
+        hidden = store / f".released-{n}"
+        with contextlib.suppress(OSError):
+            os.rename(store / name, hidden)
+            moved.append(hidden)
+
+    def release() -> None:
+        while not stopped.wait(0.05):
+            for fifo in moved:
+                with contextlib.suppress(OSError):
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    threading.Thread(target=release, daemon=True).start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -85,6 +86,19 @@ def test_health_of_a_single_archive_follows_the_file(add_archive: AddArchive, st
         assert health(handle.mount_url)[0] == 200
         archive.unlink()
         assert health(handle.mount_url)[0] == 503
+        os.mkfifo(archive)  # something that is no archive, and whose open would wait for a writer
+        try:
+            status, doc = health_within(handle.mount_url, 10)
+        finally:
+            with contextlib.suppress(OSError):  # where the check waits in open(), this lets it return
+                os.close(os.open(archive, os.O_WRONLY | os.O_NONBLOCK))
+        assert (status, doc["store"]) == (503, False)
+
+
+def health_within(url: str, timeout: float) -> tuple[int, dict[str, Any]]:
+    """``health`` with a client timeout."""
+    resp = request(url, "GET", HEALTH_PATH, timeout=timeout)
+    return resp.status, json.loads(resp.body)
 
 
 @pytest.mark.parametrize("path", [HEALTH_PATH, METRICS_PATH])

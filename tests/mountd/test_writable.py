@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import http.client
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -16,10 +18,12 @@ from dav_client import names, propfind, request
 from recording_hook import RecordingHook
 from redis_server import RedisServer, wait_for
 from store_manifests import csv_manifest
+from wsgidav.dav_error import DAVError  # type: ignore[import-untyped]
 
 from broker import Settings
 from mountd import ServerHandle, serve_background
 from mountd.auth.users import Role, add_user, load_users
+from mountd.writable import archives
 from mountd.writable.locks import RedisLockStorage
 from mountd.writable.policy import WritePolicy
 from sync_format import EMPTY_WASM, BuildResult, OwnershipSection, commit_payload, open_archive
@@ -394,3 +398,34 @@ def test_two_ranges_of_a_writable_archive_get_multipart_byteranges(wurl: str) ->
     assert (response.header("content-type") or "").startswith("multipart/byteranges")
     assert body[0:10] in response.body
     assert body[100:110] in response.body
+
+
+def test_copying_from_a_fifo_renamed_over_the_source_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """COPY's byte copy (``_copy_file``) when a FIFO was renamed over the source after it was resolved:
+    refused at once with an error, the target never made, instead of waiting for a writer in ``open`` (or
+    copying whatever one writes)."""
+    fifo, target = tmp_path / "a.csv.sync", tmp_path / "b.csv.sync"
+    os.mkfifo(fifo)
+    outcome: list[BaseException | None] = []
+
+    def attempt() -> None:
+        try:
+            archives._copy_file(fifo, target, "a.csv")
+        except BaseException as exc:  # noqa: BLE001 (handed to the test's thread)
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(10)
+    hung = thread.is_alive()
+    if hung:  # blocked in open(): a writer end lets it return
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(10)
+    assert not hung
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], DAVError)
+    assert "not a regular file" in str(outcome[0].context_info)
+    assert not target.exists()
