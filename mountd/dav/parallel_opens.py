@@ -12,9 +12,10 @@ Invariants:
       from its results, and every item the helper did not send (it failed on it, crashed, hung or could not
       be forked) is the caller's to do (``HelperShare.missing``).
     * A helper never outlives its call: when the caller has done every item itself (the helper was slow or
-      stuck) the helper is killed at once; when the caller waits for its results, it waits ``HELPER_WAIT``
-      seconds at most, then kills it and does the rest. It is always reaped (by a short-lived thread when
-      its exit is not finished by then), so no zombie is left.
+      stuck) the helper is killed at once, and so it is when every item it owes has arrived; otherwise the
+      caller waits ``HELPER_WAIT`` seconds at most for the batch the helper was filling, then kills it and
+      does the rest. It is always reaped (by a short-lived thread when its exit is not finished by then),
+      so no zombie is left.
     * Both sides may do the same item once where they meet (each checks the other's progress before an
       item; neither waits for the other); an item is the same pure function of the file version whichever
       side does it.
@@ -50,9 +51,10 @@ from typing import Any
 
 from mountd.processes import PR_SET_PDEATHSIG
 
-#: Seconds the caller waits for the helper's results once its own share is done (the helper stops within
-#: one item of seeing that; a helper that does not answer by then is killed and its share done here).
-HELPER_WAIT = 5.0
+#: Seconds the caller waits for the helper's last results once its own share is done. A healthy helper sends
+#: them within one item of seeing that; one that does not by then is killed and what it did not send (at
+#: most the batch it was filling: ``_collect``) is done here, from the page cache its reads filled.
+HELPER_WAIT = 0.5
 #: Items the helper sends at once.
 BATCH = 64
 #: The shared board: the caller's progress (items before it are done there), then the bytes the helper has
@@ -203,15 +205,40 @@ def _shared(
             share.done = i
             if i == count:  # all done here (a slow or stuck helper): nothing to wait for
                 _kill(pid)
-            elif not batches.to_end(time.monotonic() + wait):
-                _kill(pid)  # stuck, or sent something else than batches: what it did not send is done here
-            _deliver(batches.take(), i, share, receive)
+            else:
+                _collect(batches, pid, i, count, share, receive, time.monotonic() + wait)
         finally:
             os.close(read_fd)
             _reap(pid)
     finally:
         board.close()
     return share
+
+
+def _collect(
+    batches: _Batches,
+    pid: int,
+    done: int,
+    count: int,
+    share: HelperShare,
+    receive: Callable[[int, tuple[Any, ...]], object],
+    deadline: float,
+) -> None:
+    # The caller stopped at ``done``, an item the helper had finished: it finished every item after it too
+    # (it works from the back and marks an item once finished), so what it still owes is at most the batch it
+    # was filling. Take its batches until it closes the pipe, or until every item from ``done`` on is here
+    # (a helper stuck past its last useful batch is not waited for), or until ``deadline`` (then it is killed,
+    # and what it did not send is done here: at most a batch of items it read into the page cache already).
+    while True:
+        _deliver(batches.take(), done, share, receive)
+        if batches.ended:
+            return
+        if sum(1 for j in share.received if j >= done) == count - done or batches.broken:
+            _kill(pid)  # nothing more is needed from it (or it sent something else than batches)
+            return
+        if not batches.wait(deadline):
+            _kill(pid)  # stuck: what it did not send is done here
+            return
 
 
 def _deliver(
@@ -257,18 +284,16 @@ class _Batches:
         ready, self.ready = self.ready, []
         return ready
 
-    def to_end(self, deadline: float) -> bool:
-        """Read until the helper closes the pipe; False when it did not by ``deadline`` or sent garbage."""
-        poller = (
-            select.poll()
-        )  # not select(): a server with a thousand connections has descriptors above 1023
+    def wait(self, deadline: float) -> bool:
+        """Wait until the pipe can be read, then read what is there; False if nothing came by ``deadline``."""
+        # poll, not select(): a server with a thousand connections has descriptors above 1023.
+        poller = select.poll()
         poller.register(self.fd, select.POLLIN)
-        while not self.ended and not self.broken:
-            left = deadline - time.monotonic()
-            if left <= 0 or not poller.poll(left * 1000):
-                return False
-            self._read()
-        return not self.broken
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(left * 1000):
+            return False
+        self._read()
+        return True
 
     def _read(self) -> None:
         while not self.ended and not self.broken:

@@ -164,6 +164,27 @@ def test_a_stuck_helper_is_killed_and_its_share_done_here(helper_pids: list[int]
     _no_zombie(helper_pids)
 
 
+def test_a_helper_stuck_after_sending_all_it_owes_is_not_waited_for(helper_pids: list[int]) -> None:
+    """A helper stuck on an item the caller does itself, after its batches held every item past where the
+    caller stopped: nothing more is needed from it, so it is killed without waiting ``wait``."""
+    stuck_at = COUNT - BATCH - 1  # right after its first batch was sent
+
+    def theirs(i: int) -> tuple[int]:
+        if i == stuck_at:
+            time.sleep(3600)
+        return (i,)
+
+    done: list[int] = []
+    received = Received()
+    started = time.monotonic()
+    share = share_with_helper(COUNT, _slow_own(done), theirs, received, wait=60)
+    assert time.monotonic() - started < 30
+    assert share.done == COUNT - BATCH
+    assert sorted(received) == list(range(COUNT - BATCH, COUNT))
+    assert _union(share, COUNT, done, received) == list(range(COUNT))
+    _no_zombie(helper_pids)
+
+
 def test_a_helper_stuck_from_the_start_is_killed_without_a_wait(helper_pids: list[int]) -> None:
     """When the caller did every item, the helper's results are not waited for."""
     done: list[int] = []
@@ -322,7 +343,10 @@ def test_a_process_with_descriptors_above_1023_still_waits_for_batches() -> None
         writer = threading.Thread(target=later)
         writer.start()
         batches = parallel_opens._Batches(read_fd, 10)
-        ended = batches.to_end(time.monotonic() + 10)
+        deadline = time.monotonic() + 10
+        while not batches.ended and batches.wait(deadline):
+            pass
+        ended = batches.ended
         writer.join()
         os.close(read_fd)
     finally:
