@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,26 @@ from sync_format.zip_writer import Progress, ZipWriter
 
 #: Largest payload we write by default: no limit but the filesystem's (ZIP64 is written when needed).
 UNLIMITED = -1
+
+
+@dataclass(frozen=True)
+class _OpenedPayload:
+    file: IO[bytes]
+    stat: os.stat_result
+
+
+def _regular_payload(path: Path) -> _OpenedPayload:
+    # ``path`` opened non-blocking (a FIFO is refused at once, not waited on), checked to be a regular file.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ArchiveError(f"cannot read payload: {exc.strerror}", path=path) from exc
+    file = os.fdopen(fd, "rb")
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        file.close()
+        raise ArchiveError("payload source is not a regular file", path=path)
+    return _OpenedPayload(file, st)
 
 
 @dataclass(frozen=True)
@@ -68,13 +89,22 @@ class PayloadSource:
             ArchiveError: The file cannot be stat'ed or is not a regular file.
         """
         p = Path(path)
-        try:
-            st = p.stat()
-        except OSError as exc:
-            raise ArchiveError(f"cannot read payload: {exc.strerror}", path=p) from exc
-        if not p.is_file():
-            raise ArchiveError("payload source is not a regular file", path=p)
-        return cls(st.st_size, str(p), lambda: p.open("rb"))
+        measured = _regular_payload(p)
+        measured.file.close()
+        st = measured.stat
+        version = (st.st_dev, st.st_ino, st.st_size)
+
+        def reopen() -> IO[bytes]:
+            # The file is opened again when written: it must still be the one measured (not swapped for
+            # another, nor for a FIFO that would block the open), or its size would not hold.
+            opened = _regular_payload(p)
+            now = opened.stat
+            if (now.st_dev, now.st_ino, now.st_size) != version:
+                opened.file.close()
+                raise ArchiveError("payload source changed since it was measured", path=p)
+            return opened.file
+
+        return cls(st.st_size, str(p), reopen)
 
     @classmethod
     def from_stream(cls, stream: IO[bytes], size: int) -> PayloadSource:

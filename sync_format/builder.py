@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sync_format.archive_writer import UNLIMITED, PayloadSource, write_temp_archive
 from sync_format.atomic import publish
@@ -116,6 +116,21 @@ class SyncBuilder:
             ArchiveError: The file cannot be read.
         """
         self._payload = PayloadSource.from_path(path)
+        return self
+
+    def with_payload_stream(self, stream: IO[bytes], size: int) -> SyncBuilder:
+        """Stream the payload from an open file or stream that yields exactly ``size`` bytes from where it
+        is now (read when writing; not closed). For a file the caller has open: nothing is opened again by
+        name.
+
+        Args:
+            stream: Readable binary stream.
+            size: Bytes it yields.
+
+        Returns:
+            The builder.
+        """
+        self._payload = PayloadSource.from_stream(stream, size)
         return self
 
     def with_wasm_bytes(self, data: bytes) -> SyncBuilder:

@@ -277,11 +277,13 @@ class ArchiveSnapshot:
         self._fd.close()
 
 
-def open_archive(path: str | os.PathLike[str]) -> ArchiveSnapshot:
+def open_archive(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> ArchiveSnapshot:
     """Open and validate an archive.
 
     Args:
         path: The ``.sync`` file (any extension is accepted).
+        follow_symlinks: False: a symlink as the last component is refused (``O_NOFOLLOW``), for names a
+            scan found to be regular files, which anyone who may write to their folder can swap meanwhile.
 
     Returns:
         A snapshot holding one open file descriptor; close it (or use ``with``).
@@ -294,7 +296,7 @@ def open_archive(path: str | os.PathLike[str]) -> ArchiveSnapshot:
     try:
         # O_NONBLOCK: a FIFO where an archive was expected opens at once and is refused as not a regular file,
         # instead of blocking until something writes to it; for a regular file it changes nothing.
-        fd = os.open(path, OPEN_FLAGS)
+        fd = os.open(path, OPEN_FLAGS if follow_symlinks else OPEN_FLAGS | os.O_NOFOLLOW)
     except OSError as exc:
         raise ArchiveError(f"cannot open: {exc.strerror}", path=Path(path)) from exc
     return open_archive_fd(fd, path)

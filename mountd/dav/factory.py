@@ -64,9 +64,17 @@ class ResourceFactory(Protocol):
         """The resource of a store directory."""
 
     def archive(
-        self, store: StoreView, path: str, environ: dict[str, Any], archive: Path, key: str
+        self,
+        store: StoreView,
+        path: str,
+        environ: dict[str, Any],
+        archive: Path,
+        key: str,
+        *,
+        follow_symlinks: bool = False,
     ) -> OpenedArchive:
-        """The resource of one archive, opened (raises ``ArchiveError`` when it cannot be)."""
+        """The resource of one archive, opened (raises ``ArchiveError`` when it cannot be); a symlink as its
+        name is followed only with ``follow_symlinks`` (the operator's single archive)."""
 
     def special(self, path: str, environ: dict[str, Any], name: str) -> Any | None:
         """The resource of a name that is not looked up in the store (e.g. OS metadata files), or None."""
@@ -87,9 +95,16 @@ class ReadOnlyResources:
         return StoreCollection(path, environ, store.index, directory, root)
 
     def archive(
-        self, store: StoreView, path: str, environ: dict[str, Any], archive: Path, key: str
+        self,
+        store: StoreView,
+        path: str,
+        environ: dict[str, Any],
+        archive: Path,
+        key: str,
+        *,
+        follow_symlinks: bool = False,
     ) -> OpenedArchive:
-        return ArchiveResource(path, environ, archive, key)
+        return ArchiveResource(path, environ, archive, key, follow_symlinks=follow_symlinks)
 
     def special(self, path: str, environ: dict[str, Any], name: str) -> Any | None:
         return None

@@ -275,12 +275,16 @@ class ArchiveIndex:
         if first:
             log.warning("archive unreadable archive=%s code=%s reason=%s", path, exc.code, exc.reason)
 
-    def facts_of(self, path: Path, identity: FileIdentity) -> ArchiveFacts | None:
+    def facts_of(
+        self, path: Path, identity: FileIdentity, *, follow_symlinks: bool = False
+    ) -> ArchiveFacts | None:
         """The facts of one archive version, opening it only when its identity is new.
 
         Args:
             path: The archive.
             identity: Its version as ``lstat`` saw it a moment ago.
+            follow_symlinks: Whether a symlink as its name is followed (only the operator's single archive;
+                names in the store are never served through one).
 
         Returns:
             The facts, or None when the archive is unreadable (logged once).
@@ -290,13 +294,16 @@ class ArchiveIndex:
             return found
         if isinstance(found, Unreadable):
             return None
-        return self._open(path, identity)
+        return self._open(path, identity, follow_symlinks=follow_symlinks)
 
-    def _open(self, path: Path, identity: FileIdentity, source: str | None = None) -> ArchiveFacts | None:
+    def _open(
+        self, path: Path, identity: FileIdentity, source: str | None = None, *, follow_symlinks: bool = False
+    ) -> ArchiveFacts | None:
         # Open an archive whose version is not in memory; None when unreadable (noted). ``source`` is
-        # ``path`` as text when the caller has it (a listing: the Path need not be formatted).
+        # ``path`` as text when the caller has it (a listing: the Path need not be formatted). Not through a
+        # symlink unless asked: a scan found a regular file there, which may have been swapped since.
         try:
-            snapshot = open_archive(path if source is None else source)
+            snapshot = open_archive(path if source is None else source, follow_symlinks=follow_symlinks)
             try:
                 facts = ArchiveFacts.from_snapshot(snapshot)
             finally:
@@ -325,7 +332,7 @@ class ArchiveIndex:
         except OSError as exc:
             log.warning("archive missing archive=%s reason=%s", path, exc.strerror)
             return None
-        facts = self.facts_of(path, FileIdentity.from_stat(st))
+        facts = self.facts_of(path, FileIdentity.from_stat(st), follow_symlinks=True)  # the operator's file
         if facts is None:
             return None
         return ListedArchive(path, self.name_rule(path, facts.display_ext), facts)
@@ -636,7 +643,7 @@ class _Stopped(Exception):
 def _sent_facts(source: str) -> tuple[object, ...]:
     # In the helper process: one archive's facts as plain values (raises when unreadable or unstorable; the
     # listing opens that one again itself and notes why).
-    snapshot = open_archive(source)
+    snapshot = open_archive(source, follow_symlinks=False)
     try:
         facts = ArchiveFacts.from_snapshot(snapshot)
     finally:

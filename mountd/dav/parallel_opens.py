@@ -206,7 +206,11 @@ def _shared(
             if i == count:  # all done here (a slow or stuck helper): nothing to wait for
                 _kill(pid)
             else:
-                _collect(batches, pid, i, count, share, receive, time.monotonic() + wait)
+                try:
+                    _collect(batches, pid, i, count, share, receive, time.monotonic() + wait)
+                except BaseException:
+                    _kill(pid)  # ``receive`` raised: nothing more is taken from the helper
+                    raise
         finally:
             os.close(read_fd)
             _reap(pid)

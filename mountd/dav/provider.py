@@ -449,7 +449,9 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         key = archive.relative_to(self.root).as_posix()
         for _ in range(OPEN_ATTEMPTS):
             try:
-                resource = self.resources.archive(self, path, environ, archive, key)
+                resource = self.resources.archive(
+                    self, path, environ, archive, key, follow_symlinks=not verify
+                )
             except ArchiveError as exc:
                 self.index.note_unreadable(archive, _regular_identity(archive), exc)
                 raise dav_error(exc, key) from exc

@@ -191,16 +191,20 @@ class OpenedArchive(ArchiveFile):
         environ: The WSGI environ.
         archive: The archive file.
         key: The archive's key (its path inside the store), for messages and refresh requests.
+        follow_symlinks: Whether a symlink as the archive's name is followed (only the operator's single
+            archive: names in the store are never served through a symlink).
 
     Raises:
         ArchiveError: The archive cannot be opened or is not valid (the provider translates it).
     """
 
-    def __init__(self, path: str, environ: dict[str, Any], archive: Path, key: str) -> None:
+    def __init__(
+        self, path: str, environ: dict[str, Any], archive: Path, key: str, *, follow_symlinks: bool = False
+    ) -> None:
         super().__init__(path, environ)
         self.archive = archive
         self.key = key
-        self.snapshot: ArchiveSnapshot = open_archive(archive)
+        self.snapshot: ArchiveSnapshot = open_archive(archive, follow_symlinks=follow_symlinks)
         self.facts = ArchiveFacts.from_snapshot(self.snapshot)
 
     def get_content(self) -> PayloadReader:

@@ -538,7 +538,7 @@ class RefreshScheduler:
             st = os.lstat(path)
         except OSError:
             return  # gone: the next walk forgets it
-        facts = self.index.facts_of(path, FileIdentity.from_stat(st))
+        facts = self.index.facts_of(path, FileIdentity.from_stat(st), follow_symlinks=self.single is not None)
         if facts is not None:
             self._track(key, path, facts)
 

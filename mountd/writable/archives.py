@@ -50,8 +50,16 @@ from mountd.dav.index import ListedArchive
 from mountd.dav.resources import SYNC_PROPERTIES, ListedArchiveFile, OpenedArchive
 from mountd.errors import WriteRefused, dav_error
 from mountd.writable.policy import WritePolicy, carry_properties
-from mountd.writable.uploads import DavSink, end_upload, open_sink
-from sync_format import ArchiveError, MalformedArchive, SwapConflict, SyncBuilder, SyncError, open_archive
+from mountd.writable.uploads import Body, DavSink, end_upload, open_sink
+from sync_format import (
+    ArchiveError,
+    FileIdentity,
+    MalformedArchive,
+    SwapConflict,
+    SyncBuilder,
+    SyncError,
+    open_archive,
+)
 from sync_format.atomic import atomic_write
 from sync_format.reader import OPEN_FLAGS
 from sync_format.swap import commit_payload
@@ -66,15 +74,23 @@ COPY_BLOCK = 1024 * 1024
 CONDITIONAL_HEADERS = ("HTTP_IF_MATCH", "HTTP_IF_UNMODIFIED_SINCE", "HTTP_IF")
 
 
-def _copy_file(source: Path, target: Path, key: str) -> None:
-    """Copy an archive's bytes to ``target`` atomically (temp, fsync, rename)."""
+def _copy_file(source: Path, target: Path, key: str, identity: FileIdentity) -> None:
+    """Copy the bytes of the archive version ``identity`` (the one the request resolved) to ``target``
+    atomically (temp, fsync, rename).
+
+    The source is opened again by name, so it is checked to be that very file: not followed through a
+    symlink, not waited on (a FIFO), and the same version (device, inode, size, times), or nothing is
+    copied. Anyone who may
+    write to the folder could rename a symlink to a file only the server can read over the name meanwhile.
+    """
     try:
-        # Non-blocking, then checked: a FIFO renamed over the source since it was resolved is refused, not
-        # waited on (nor copied from while something writes to it).
-        fd = os.open(source, OPEN_FLAGS)
+        fd = os.open(source, OPEN_FLAGS | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as src:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise MalformedArchive("not a regular file", path=source)
+            if FileIdentity.from_stat(st) != identity:
+                raise dav_error(SwapConflict(source, -1, -1), key)  # replaced since it was resolved: retry
             with atomic_write(target) as dst:
                 shutil.copyfileobj(src, dst, COPY_BLOCK)
     except OSError as exc:
@@ -134,7 +150,7 @@ class ArchiveWrites(DAVNonCollection):  # type: ignore[misc]  # wsgidav is untyp
         if is_move:
             self._rename(target)
         else:
-            _copy_file(self.archive, target, self.key)
+            _copy_file(self.archive, target, self.key, self.facts.identity)
             self.provider.forget(self.environ)
         self._carry_properties(dest_path, is_move=is_move)
         log.info("archive %s archive=%s to=%s", "moved" if is_move else "copied", self.key, target.name)
@@ -187,8 +203,10 @@ class WritableArchiveResource(ArchiveWrites, OpenedArchive):
         key: str,
         provider: StoreView,
         policy: WritePolicy,
+        *,
+        follow_symlinks: bool = False,
     ) -> None:
-        super().__init__(path, environ, archive, key)
+        super().__init__(path, environ, archive, key, follow_symlinks=follow_symlinks)
         self.provider = provider
         self.policy = policy
         self._sink: DavSink | None = None
@@ -205,12 +223,15 @@ class WritableArchiveResource(ArchiveWrites, OpenedArchive):
         sink, self._sink = self._sink, None
         end_upload(sink, self.key, with_errors=with_errors, commit=self._commit)
 
-    def _commit(self, body: Path) -> None:
+    def _commit(self, body: Body) -> None:
         expected = self.facts.generation
         conditional = any(self.environ.get(header) for header in CONDITIONAL_HEADERS)
+        stream, size = body
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             try:
-                commit_payload(self.archive, expected, body, max_payload_size=self.policy.max_upload)
+                stream.seek(0)
+                limit = self.policy.max_upload
+                commit_payload(self.archive, expected, (stream, size), max_payload_size=limit)
                 break
             except SwapConflict as exc:
                 # A refresh (or another upload) committed since this request opened the archive. A plain PUT
@@ -315,21 +336,22 @@ class PendingArchive(DAVNonCollection):  # type: ignore[misc]  # wsgidav is unty
         sink, self._sink = self._sink, None
         end_upload(sink, self.key, with_errors=with_errors, commit=self._create)
 
-    def _create(self, body: Path) -> None:
+    def _create(self, body: Body) -> None:
         self.facts = create_archive(self.policy, self.target, self.key, body)
         self.provider.index.learn(self.facts)
         self.provider.forget(self.environ)
         log.info("archive created archive=%s size=%d", self.key, self.facts.payload_size)
 
 
-def create_archive(policy: WritePolicy, target: Path, key: str, body: Path | None) -> ArchiveFacts:
+def create_archive(policy: WritePolicy, target: Path, key: str, body: Body | None) -> ArchiveFacts:
     """Wrap a file (or nothing) into a new archive with the upload template, atomically.
 
     Args:
         policy: The store's policy (template values).
         target: The archive to write.
         key: Its key, for messages.
-        body: The payload file; None for an empty payload (a LOCK on an unmapped name).
+        body: The payload (an open file and its size); None for an empty payload (a LOCK on an unmapped
+            name).
 
     Returns:
         The new archive's facts.
@@ -341,7 +363,7 @@ def create_archive(policy: WritePolicy, target: Path, key: str, body: Path | Non
         display_ext=extension_of(target.name), created_by=policy.created_by, write_allowed=True
     )
     builder = SyncBuilder().with_manifest(manifest)
-    builder = builder.with_payload_bytes(b"") if body is None else builder.with_payload_file(body)
+    builder = builder.with_payload_bytes(b"") if body is None else builder.with_payload_stream(*body)
     try:
         builder.write_to(target, max_payload_size=policy.max_upload)
         with open_archive(target) as snapshot:

@@ -38,9 +38,18 @@ class WritableResources:
         return WritableCollection(path, environ, store, directory, self.policy)
 
     def archive(
-        self, store: StoreView, path: str, environ: dict[str, Any], archive: Path, key: str
+        self,
+        store: StoreView,
+        path: str,
+        environ: dict[str, Any],
+        archive: Path,
+        key: str,
+        *,
+        follow_symlinks: bool = False,
     ) -> WritableArchiveResource:
-        return WritableArchiveResource(path, environ, archive, key, store, self.policy)
+        return WritableArchiveResource(
+            path, environ, archive, key, store, self.policy, follow_symlinks=follow_symlinks
+        )
 
     def special(self, path: str, environ: dict[str, Any], name: str) -> Any | None:
         return JunkResource(path, environ) if is_junk_name(name) else None

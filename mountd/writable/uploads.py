@@ -20,6 +20,8 @@ incomplete.
 Invariants:
     * ``finish`` returns the temp file only for a complete body; ``discard`` removes it (idempotent). A
       sink that is neither finished nor discarded still holds its temp file: the resource always calls one.
+    * The body is read back through the descriptor it was written to, never by the temp file's name: a
+      local user who may write to the folder can rename anything over that name meanwhile.
     * Nothing here touches the archive: the old payload is intact until the commit, whatever the client does.
 """
 
@@ -28,7 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from mountd.errors import IncompleteUpload, UploadTooLarge, dav_error
 from sync_format import ArchiveError, SyncError
@@ -64,6 +66,10 @@ def declared_length(environ: dict[str, Any]) -> int | None:
             raise IncompleteUpload(f"invalid {key.removeprefix('HTTP_').replace('_', '-').title()}: {text!r}")
         return value
     return None
+
+
+#: A complete PUT body: its temp file, open and at its start, and its size in bytes.
+Body = tuple[BinaryIO, int]
 
 
 class UploadSink:
@@ -111,17 +117,20 @@ class UploadSink:
             self.write(block)
 
     def close(self) -> None:
-        """Close the temp file (wsgidav calls this after the last block); it stays until finish/discard."""
+        """Flush the temp file (wsgidav calls this after the last block). It stays open until ``discard``:
+        the commit reads the body through this descriptor, never again by the temp file's name, which anyone
+        who may write to the folder could rename something else over (a symlink to a secret, a FIFO)."""
         try:
-            self._file.close()
+            self._file.flush()
         except OSError as exc:
             raise ArchiveError(f"cannot store the upload: {exc.strerror}", path=self.target) from exc
 
-    def finish(self) -> Path:
-        """The temp file holding the complete body.
+    def finish(self) -> Body:
+        """The complete body.
 
         Returns:
-            Its path; the caller commits it and then calls ``discard``.
+            The temp file, open and at its start, and its size; the caller commits it and then calls
+            ``discard`` (which closes it).
 
         Raises:
             IncompleteUpload: Fewer bytes arrived than were announced.
@@ -132,7 +141,8 @@ class UploadSink:
                 f"the body ended after {self.received} of {self.expected} bytes; nothing was changed"
             )
         assert self.path is not None, "finish after discard"
-        return self.path
+        self._file.seek(0)
+        return self._file, self.received
 
     def discard(self) -> None:
         """Remove the temp file (safe to call more than once)."""
@@ -190,14 +200,14 @@ def open_sink(limit: int, environ: dict[str, Any], target: Path, key: str) -> Da
         raise dav_error(exc, key) from exc
 
 
-def end_upload(sink: DavSink | None, key: str, *, with_errors: bool, commit: Callable[[Path], None]) -> None:
+def end_upload(sink: DavSink | None, key: str, *, with_errors: bool, commit: Callable[[Body], None]) -> None:
     """What a resource's ``end_write`` does: hand a complete body to ``commit``; always drop the temp file.
 
     Args:
         sink: What ``begin_write`` returned (None when it failed before returning).
         key: The archive's key, for messages.
         with_errors: wsgidav's verdict: the body could not be copied; nothing is committed.
-        commit: Makes the change from the complete body's temp file.
+        commit: Makes the change from the complete body (its temp file, open, and its size).
 
     Raises:
         DAVError: The body is incomplete (400), or what ``commit`` raises.

@@ -7,10 +7,11 @@ message is the raw 32-byte BLAKE3 digest of the file, not its hex text.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import blake3
@@ -25,6 +26,32 @@ from sync_format.signing.keys import SigningKey
 
 ALGORITHM = "Ed25519"
 SIDECAR_SUFFIX = ".sig.json"
+#: Largest signature document read (one is about 300 bytes).
+MAX_SIGNATURE_DOCUMENT = 64 * 1024
+
+
+def _open_regular(path: str | os.PathLike[str]) -> int:
+    # A descriptor of ``path`` when it is a regular file: opened non-blocking, so that a FIFO (or a symlink to
+    # one, or to a device) is refused at once instead of waiting for a writer or reading forever.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not regular:
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    return fd
+
+
+def _read_document(path: str | os.PathLike[str]) -> str:
+    # The text of a signature document, at most ``MAX_SIGNATURE_DOCUMENT`` bytes of UTF-8.
+    with os.fdopen(_open_regular(path), "rb") as handle:
+        raw = handle.read(MAX_SIGNATURE_DOCUMENT + 1)
+    if len(raw) > MAX_SIGNATURE_DOCUMENT:
+        raise ValueError(f"more than {MAX_SIGNATURE_DOCUMENT} bytes")
+    return raw.decode("utf-8")
 
 
 def file_digest(path: str | os.PathLike[str]) -> bytes:
@@ -41,7 +68,7 @@ def file_digest(path: str | os.PathLike[str]) -> bytes:
     """
     hasher = blake3.blake3()
     try:
-        with open(path, "rb") as handle:
+        with os.fdopen(_open_regular(path), "rb") as handle:
             while block := handle.read(READ_BLOCK):
                 hasher.update(block)
     except OSError as exc:
@@ -151,8 +178,8 @@ def read_signature_document(path: str | os.PathLike[str]) -> dict[str, Any]:
         SignatureError: ``invalid_signature`` when it is not a JSON object.
     """
     try:
-        doc = json.loads(Path(path).read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = json.loads(_read_document(path))
+    except (OSError, ValueError) as exc:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
         raise SignatureError(
             "invalid_signature", f"cannot read signature document: {exc}", path=path
         ) from exc

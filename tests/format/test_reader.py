@@ -27,6 +27,7 @@ from sync_format import (
     ArchiveError,
     MalformedArchive,
     MissingEntry,
+    SyncBuilder,
     commit_payload,
     open_archive,
 )
@@ -713,6 +714,24 @@ def test_a_fifo_is_refused_at_once_not_waited_on(tmp_path: Path) -> None:
     assert len(outcome) == 1
     assert isinstance(outcome[0], MalformedArchive)
     assert "not a regular file" in str(outcome[0])
+
+
+def test_a_payload_file_is_the_regular_file_that_was_measured(tmp_path: Path) -> None:
+    """``with_payload_file`` measures the file, and opens it again when writing: a FIFO is refused at once,
+    and a file swapped for another since it was measured is refused, not packed with the wrong size."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ArchiveError, match="not a regular file"):
+        SyncBuilder().with_manifest(reference_manifest()).with_payload_file(fifo)
+    source = tmp_path / "payload.csv"
+    source.write_bytes(b"a,b\n1,2\n")
+    builder = SyncBuilder().with_manifest(reference_manifest()).with_payload_file(source)
+    swapped = tmp_path / "other"
+    swapped.write_bytes(b"something else entirely")
+    os.replace(swapped, source)
+    with pytest.raises(ArchiveError, match="changed since it was measured"):
+        builder.write_to(tmp_path / "out.sync")
+    assert not (tmp_path / "out.sync").exists()
 
 
 def test_missing_payload_is_a_missing_entry(write: Callable[[bytes], Path]) -> None:

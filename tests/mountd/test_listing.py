@@ -12,9 +12,9 @@ from dav_client import get, names, propfind, request
 from store_manifests import EXPIRED, csv_manifest
 
 import mountd.dav.resources
-from mountd import PROP_EXPIRED, PROP_EXPIRES_AT, PROP_GENERATION, PROP_TTL, ServerHandle
-from sync_format import BuildResult, commit_payload
-from sync_format.testing import make_manifest
+from mountd import PROP_EXPIRED, PROP_EXPIRES_AT, PROP_GENERATION, PROP_TTL, ArchiveIndex, ServerHandle
+from sync_format import ArchiveError, BuildResult, FileIdentity, commit_payload, open_archive
+from sync_format.testing import make_archive, make_manifest
 
 AddArchive = Callable[..., BuildResult]
 
@@ -134,6 +134,27 @@ def test_hidden_and_temp_files_and_symlinks_are_not_listed(
     assert get(url, "/link.txt").status == 404
     assert get(url, "/linkdir/shown.txt").status == 404
     assert request(url, "PROPFIND", "/linkdir/", headers={"Depth": "1"}).status == 404
+
+
+def test_a_symlink_swapped_in_after_the_scan_is_not_followed(tmp_path: Path) -> None:
+    """A listing opens the regular files its scan found; a local user may rename a symlink to an archive
+    elsewhere (one they cannot read) over such a name in between: the open refuses the symlink instead of
+    describing, in the listing, the archive it points to. So does the resolution of a request."""
+    store, elsewhere = tmp_path / "store", tmp_path / "private"
+    store.mkdir()
+    elsewhere.mkdir()
+    hidden = make_archive(elsewhere / "secret.csv.sync", b"private,rows\n", manifest=csv_manifest()).path
+    name = store / "report.csv.sync"
+    make_archive(name, b"a,b\n", manifest=csv_manifest())
+    identity = FileIdentity.from_stat(os.lstat(name))
+    name.unlink()
+    name.symlink_to(hidden)
+    index = ArchiveIndex(watcher=False)
+    with pytest.raises(ArchiveError, match="cannot open"):
+        open_archive(name, follow_symlinks=False)
+    assert index.facts_of(name, identity) is None  # opened through the symlink, it would be the hidden one
+    with pytest.raises(ArchiveError, match="cannot open"):
+        mountd.dav.resources.ArchiveResource("/report.csv", {"wsgidav.provider": None}, name, "report.csv")
 
 
 def test_a_name_that_is_not_utf8_is_skipped_not_fatal_to_its_folder(

@@ -128,3 +128,14 @@ def test_single_archive_mode_lists_just_its_display_name(tmp_path: Path, add_arc
         assert get(handle.mount_url, "/other.txt").status == 404
         assert get(handle.mount_url, "/sub/report.csv").status == 404
         assert request(handle.mount_url, "PUT", "/report.csv", body=b"x").status == 403
+
+
+def test_single_archive_mode_follows_the_operators_symlink(tmp_path: Path, add_archive: AddArchive) -> None:
+    """The operator may name a symlink as the one archive (``current.sync -> v2.sync``): it is listed and
+    served through it, while names in a store are never followed."""
+    built = add_archive("v2/report.csv.sync", PAYLOAD, manifest=csv_manifest())
+    link = tmp_path / "current.csv.sync"
+    link.symlink_to(built.path)
+    with serve_background(Settings(port=0), link, RecordingHook()) as handle:
+        assert names(propfind(handle.mount_url, "/")) == ["current.csv"]
+        assert get(handle.mount_url, "/current.csv").body == PAYLOAD

@@ -23,10 +23,17 @@ from wsgidav.dav_error import DAVError  # type: ignore[import-untyped]
 from broker import Settings
 from mountd import ServerHandle, serve_background
 from mountd.auth.users import Role, add_user, load_users
-from mountd.writable import archives
+from mountd.writable import archives, uploads
 from mountd.writable.locks import RedisLockStorage
 from mountd.writable.policy import WritePolicy
-from sync_format import EMPTY_WASM, BuildResult, OwnershipSection, commit_payload, open_archive
+from sync_format import (
+    EMPTY_WASM,
+    BuildResult,
+    FileIdentity,
+    OwnershipSection,
+    commit_payload,
+    open_archive,
+)
 from sync_format.atomic import is_temp_name
 
 AddArchive = Callable[..., BuildResult]
@@ -408,9 +415,11 @@ def test_copying_from_a_fifo_renamed_over_the_source_is_refused_not_waited_on(tm
     os.mkfifo(fifo)
     outcome: list[BaseException | None] = []
 
+    identity = FileIdentity.from_stat(os.stat(fifo))
+
     def attempt() -> None:
         try:
-            archives._copy_file(fifo, target, "a.csv")
+            archives._copy_file(fifo, target, "a.csv", identity)
         except BaseException as exc:  # noqa: BLE001 (handed to the test's thread)
             outcome.append(exc)
         else:
@@ -429,3 +438,50 @@ def test_copying_from_a_fifo_renamed_over_the_source_is_refused_not_waited_on(tm
     assert isinstance(outcome[0], DAVError)
     assert "not a regular file" in str(outcome[0].context_info)
     assert not target.exists()
+
+
+def test_copy_reads_only_the_archive_it_resolved(tmp_path: Path) -> None:
+    """COPY's byte copy opens the source by name again: a symlink renamed over the name (to a file only the
+    server may read) is not followed, and another file than the resolved version is not copied (409)."""
+    source, target = tmp_path / "a.csv.sync", tmp_path / "b.csv.sync"
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"SECRET")
+    source.write_bytes(b"the archive")
+    identity = FileIdentity.from_stat(os.stat(source))
+    source.unlink()
+    source.symlink_to(secret)
+    with pytest.raises(DAVError):
+        archives._copy_file(source, target, "a.csv", identity)
+    assert not target.exists()
+    source.unlink()
+    source.write_bytes(b"another file under the name")
+    with pytest.raises(DAVError) as refused:
+        archives._copy_file(source, target, "a.csv", identity)
+    assert refused.value.value == 409
+    assert not target.exists()
+
+
+def test_an_upload_is_committed_from_what_was_received_not_from_its_temp_files_name(
+    wurl: str, store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone who may write to the folder renames a symlink to a file only the server may read over a PUT's
+    temp file once the body is complete: the new archive (and an overwrite of it) holds what was uploaded,
+    never that file (the body is read through the descriptor it was written to)."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"SECRET-HASHES\n")
+    finish = uploads.UploadSink.finish
+
+    def finish_then_swap(sink: uploads.UploadSink) -> uploads.Body:
+        body = finish(sink)
+        assert sink.path is not None
+        link = sink.path.with_name(".attack")
+        link.symlink_to(secret)
+        os.replace(link, sink.path)  # the local user's move, between the upload and its commit
+        return body
+
+    monkeypatch.setattr(uploads.UploadSink, "finish", finish_then_swap)
+    assert put(wurl, "/new.csv", CSV) == 201
+    assert request(wurl, "GET", "/new.csv").body == CSV
+    assert put(wurl, "/new.csv", b"a,b\n3,4\n") == 204
+    assert request(wurl, "GET", "/new.csv").body == b"a,b\n3,4\n"
+    assert leftovers(store) == []
