@@ -31,10 +31,11 @@ from wsgidav.dav_error import (  # type: ignore[import-untyped]
     HTTP_INTERNAL_ERROR,
     HTTP_NOT_FOUND,
     HTTP_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_SERVICE_UNAVAILABLE,
     DAVError,
 )
 
-from sync_format import ArchiveError, SwapConflict, SyncError
+from sync_format import ArchiveError, CommitLockBusy, SwapConflict, SyncError
 
 
 class WriteError(SyncError):
@@ -129,6 +130,9 @@ def dav_error(exc: SyncError, archive: str) -> DAVError:
         return DAVError(HTTP_FORBIDDEN, exc.message)
     if isinstance(exc, SwapConflict):
         return DAVError(HTTP_CONFLICT, f"archive {archive} changed while it was being written; retry")
+    if isinstance(exc, CommitLockBusy):
+        busy = f"archive {archive}: its folder is busy; nothing was changed, retry"
+        return DAVError(HTTP_SERVICE_UNAVAILABLE, busy)
     if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
         return DAVError(HTTP_INSUFFICIENT_STORAGE, f"archive {archive}: no space left to store it")
     if isinstance(cause, FileNotFoundError):

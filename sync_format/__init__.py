@@ -12,6 +12,7 @@ from sync_format.builder import EMPTY_WASM, BuildResult, SyncBuilder
 from sync_format.errors import (
     ArchiveError,
     BrokerUnavailable,
+    CommitLockBusy,
     GuestError,
     GuestOutOfFuel,
     GuestTimeout,
@@ -74,6 +75,7 @@ __all__ = [
     "BrokerUnavailable",
     "BuildResult",
     "CapabilitiesSection",
+    "CommitLockBusy",
     "CommitResult",
     "EncryptionMeta",
     "EncryptionSection",

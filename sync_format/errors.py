@@ -79,6 +79,14 @@ class MalformedArchive(ArchiveError):
         self.offset = offset
 
 
+class CommitLockBusy(ArchiveError):
+    """Raised by ``commit_payload`` when its folder's commit lock stayed taken for ``COMMIT_LOCK_WAIT``
+    seconds (a commit holds it for milliseconds: anything longer is another process keeping it). Nothing was
+    changed; the commit may be tried again later."""
+
+    code = "commit_lock_busy"
+
+
 class MissingEntry(ArchiveError):
     """Raised when a required entry (``manifest.toml``, ``payload``) is absent.
 

@@ -24,7 +24,7 @@ from typing import IO
 
 from sync_format.archive_writer import UNLIMITED, PayloadSource, write_temp_archive
 from sync_format.atomic import discard, publish
-from sync_format.errors import ArchiveError, SwapConflict
+from sync_format.errors import ArchiveError, CommitLockBusy, SwapConflict
 from sync_format.freshness import format_timestamp, now_ns
 from sync_format.payload_io import PayloadDigest
 from sync_format.reader import PAYLOAD_ENTRY, ArchiveSnapshot, open_archive
@@ -32,6 +32,12 @@ from sync_format.state import STATE_ENTRY, ArchiveState
 from sync_format.zip_writer import Progress
 
 log = logging.getLogger(__name__)
+
+#: Seconds a commit waits for its folder's lock before giving up (``CommitLockBusy``): commits hold it for
+#: the few milliseconds of a compare and a rename, but anyone who can read the folder can take it too.
+COMMIT_LOCK_WAIT = 10.0
+#: Longest pause between two tries of the lock.
+LOCK_POLL_MAX = 0.05
 
 #: A staged payload: bytes in memory, a path to a file, or a (stream, size) pair.
 StagedPayload = bytes | str | os.PathLike[str] | tuple[IO[bytes], int]
@@ -155,14 +161,30 @@ def _directory_lock(directory: Path) -> Iterator[None]:
     """Exclusive advisory lock serialising the compare-and-replace of commits in one directory.
 
     The lock is on the directory, not the archive: ``os.replace`` swaps the archive's inode, so a lock on
-    the archive file would not exclude a committer that opened the new inode.
+    the archive file would not exclude a committer that opened the new inode. Whoever can read the folder can
+    take the same lock and keep it, so it is waited for ``COMMIT_LOCK_WAIT`` seconds at most (tried without
+    blocking, with short pauses), then ``CommitLockBusy``: a commit fails, no thread waits forever.
     """
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise ArchiveError(f"cannot open directory for locking: {exc.strerror}", path=directory) from exc
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        deadline = time.monotonic() + COMMIT_LOCK_WAIT
+        pause = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CommitLockBusy(
+                        f"the folder's commit lock stayed taken for {COMMIT_LOCK_WAIT:g} s; nothing changed",
+                        path=directory,
+                    ) from None
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, LOCK_POLL_MAX)
         yield
     finally:
         os.close(fd)  # closing the last descriptor releases the flock

@@ -7,6 +7,7 @@ threads in the pytest process, and synchronise on pipes and barriers, not on sle
 
 from __future__ import annotations
 
+import fcntl
 import inspect
 import io
 import multiprocessing
@@ -35,9 +36,11 @@ from sync_format import (
     STATE_ENTRY,
     WASM_ENTRY,
     ArchiveError,
+    CommitLockBusy,
     SwapConflict,
     open_archive,
     parse_timestamp_ns,
+    swap,
 )
 from sync_format.atomic import create_temp, is_temp_name
 from sync_format.freshness import format_timestamp, now_ns
@@ -200,6 +203,30 @@ def test_generation_moving_during_the_write_raises_swap_conflict(tmp_path: Path)
         assert snapshot.generation == 1
         assert snapshot.read_payload() == b"the intruder wins"
     assert _temp_names(tmp_path) == []
+
+
+def test_a_commit_lock_held_by_someone_else_bounds_the_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever may read a folder can take its commit lock (an ``flock`` on the directory) and keep it: a
+    commit waits ``COMMIT_LOCK_WAIT`` at most, then raises ``CommitLockBusy`` and changes nothing; once the
+    lock is let go, the same commit goes through."""
+    monkeypatch.setattr(swap, "COMMIT_LOCK_WAIT", 0.3)
+    target = tmp_path / "a.sync"
+    make_archive(target, b"old")
+    holder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)  # another open file: another lock owner
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        started = time.monotonic()
+        with pytest.raises(CommitLockBusy, match="commit lock"):
+            commit_payload(target, 0, b"new")
+        assert time.monotonic() - started < 30
+        with open_archive(target) as snap:
+            assert (snap.generation, snap.read_payload()) == (0, b"old")
+        assert _temp_names(tmp_path) == []
+    finally:
+        os.close(holder)
+    assert commit_payload(target, 0, b"new").generation == 1
 
 
 def test_oversized_payload_is_refused_without_touching_the_archive(tmp_path: Path) -> None:

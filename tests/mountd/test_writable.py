@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import fcntl
 import http.client
 import os
 import socket
@@ -33,6 +34,7 @@ from sync_format import (
     OwnershipSection,
     commit_payload,
     open_archive,
+    swap,
 )
 from sync_format.atomic import is_temp_name
 
@@ -485,3 +487,25 @@ def test_an_upload_is_committed_from_what_was_received_not_from_its_temp_files_n
     assert put(wurl, "/new.csv", b"a,b\n3,4\n") == 204
     assert request(wurl, "GET", "/new.csv").body == b"a,b\n3,4\n"
     assert leftovers(store) == []
+
+
+def test_an_overwrite_waits_for_a_held_commit_lock_only_so_long(
+    wurl: str, store: Path, add_archive: AddArchive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone keeps the folder's commit lock (anyone who can read the folder can take it): an overwrite
+    answers 503 after ``COMMIT_LOCK_WAIT`` and leaves the archive as it was, other requests are answered
+    meanwhile, and once the lock is let go the same PUT succeeds."""
+    monkeypatch.setattr(swap, "COMMIT_LOCK_WAIT", 0.3)
+    add_archive("doc.csv.sync", CSV, manifest=editable_csv())
+    holder = os.open(store, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        refused = request(wurl, "PUT", "/doc.csv", body=b"a,b\n", timeout=30)
+        assert refused.status == 503
+        assert b"busy" in refused.body
+        assert request(wurl, "GET", "/doc.csv").body == CSV
+        assert leftovers(store) == []
+    finally:
+        os.close(holder)
+    assert put(wurl, "/doc.csv", b"a,b\n") == 204
+    assert request(wurl, "GET", "/doc.csv").body == b"a,b\n"
