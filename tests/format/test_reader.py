@@ -7,13 +7,11 @@ and the test asserts the specific ``ArchiveError`` subclass and the rule's messa
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import json
 import os
 import struct
-import threading
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -22,6 +20,7 @@ from pathlib import Path
 
 import blake3
 import pytest
+from support import outcome_beside_a_fifo
 
 from sync_format import (
     ArchiveError,
@@ -692,28 +691,9 @@ def test_a_fifo_is_refused_at_once_not_waited_on(tmp_path: Path) -> None:
     ``MalformedArchive`` at once: opening it for reading does not wait for a writer that never comes."""
     fifo = tmp_path / "trap.sync"
     os.mkfifo(fifo)
-    outcome: list[BaseException | None] = []
-
-    def attempt() -> None:
-        try:
-            open_archive(fifo)
-        except BaseException as exc:  # noqa: BLE001 (handed to the test's thread)
-            outcome.append(exc)
-        else:
-            outcome.append(None)
-
-    thread = threading.Thread(target=attempt, daemon=True)
-    thread.start()
-    thread.join(10)
-    hung = thread.is_alive()
-    if hung:  # blocked in open(): release it (a writer end lets the open return)
-        with contextlib.suppress(OSError):
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        thread.join(10)
-    assert not hung
-    assert len(outcome) == 1
-    assert isinstance(outcome[0], MalformedArchive)
-    assert "not a regular file" in str(outcome[0])
+    refused = outcome_beside_a_fifo(lambda: open_archive(fifo), fifo)
+    assert isinstance(refused, MalformedArchive)
+    assert "not a regular file" in str(refused)
 
 
 def test_a_payload_file_is_the_regular_file_that_was_measured(tmp_path: Path) -> None:

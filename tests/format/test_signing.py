@@ -8,18 +8,16 @@ checked against the bytes a reference publisher would ship, not against our own 
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import stat
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import blake3
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support import outcome_beside_a_fifo
 
 from sync_format import EMPTY_WASM, ArchiveError, Manifest, SignatureError, SyncBuilder, open_archive
 from sync_format.signing import (
@@ -752,40 +750,16 @@ def test_generated_keys_sign_verifiable_manifests(tmp_path: Path) -> None:
     assert result.signer == key.did
 
 
-def _finishes(call: Callable[[], object], fifo: Path) -> list[BaseException | None]:
-    # Runs ``call`` in a thread; what it raised (None: nothing), after asserting it did not wait on ``fifo``.
-    outcome: list[BaseException | None] = []
-
-    def attempt() -> None:
-        try:
-            call()
-        except BaseException as exc:  # noqa: BLE001 (handed to the test's thread)
-            outcome.append(exc)
-        else:
-            outcome.append(None)
-
-    thread = threading.Thread(target=attempt, daemon=True)
-    thread.start()
-    thread.join(10)
-    hung = thread.is_alive()
-    if hung:  # blocked in open(): a writer end lets it return
-        with contextlib.suppress(OSError):
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        thread.join(10)
-    assert not hung
-    return outcome
-
-
 def test_a_fifo_for_a_signed_file_or_its_document_is_refused_at_once(tmp_path: Path) -> None:
     """``syncctl verify`` reads the archive again to hash it, and its ``.sig.json``: a FIFO put in either
     place (or renamed over it meanwhile) is refused at once, not waited on; a document over 64 KiB is
     refused unread."""
     fifo = tmp_path / "a.sync"
     os.mkfifo(fifo)
-    (digest_error,) = _finishes(lambda: file_signature.file_digest(fifo), fifo)
+    digest_error = outcome_beside_a_fifo(lambda: file_signature.file_digest(fifo), fifo)
     assert isinstance(digest_error, ArchiveError)
     assert "not a regular file" in str(digest_error)
-    (document_error,) = _finishes(lambda: file_signature.read_signature_document(fifo), fifo)
+    document_error = outcome_beside_a_fifo(lambda: file_signature.read_signature_document(fifo), fifo)
     assert isinstance(document_error, SignatureError)
     big = tmp_path / "big.sig.json"
     big.write_text(json.dumps({"padding": "x" * (file_signature.MAX_SIGNATURE_DOCUMENT + 1)}))

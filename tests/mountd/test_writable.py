@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import fcntl
 import http.client
 import os
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,6 +17,7 @@ from dav_client import names, propfind, request
 from recording_hook import RecordingHook
 from redis_server import RedisServer, wait_for
 from store_manifests import csv_manifest
+from support import outcome_beside_a_fifo
 from wsgidav.dav_error import DAVError  # type: ignore[import-untyped]
 
 from broker import Settings
@@ -415,30 +414,10 @@ def test_copying_from_a_fifo_renamed_over_the_source_is_refused_not_waited_on(tm
     copying whatever one writes)."""
     fifo, target = tmp_path / "a.csv.sync", tmp_path / "b.csv.sync"
     os.mkfifo(fifo)
-    outcome: list[BaseException | None] = []
-
     identity = FileIdentity.from_stat(os.stat(fifo))
-
-    def attempt() -> None:
-        try:
-            archives._copy_file(fifo, target, "a.csv", identity)
-        except BaseException as exc:  # noqa: BLE001 (handed to the test's thread)
-            outcome.append(exc)
-        else:
-            outcome.append(None)
-
-    thread = threading.Thread(target=attempt, daemon=True)
-    thread.start()
-    thread.join(10)
-    hung = thread.is_alive()
-    if hung:  # blocked in open(): a writer end lets it return
-        with contextlib.suppress(OSError):
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        thread.join(10)
-    assert not hung
-    assert len(outcome) == 1
-    assert isinstance(outcome[0], DAVError)
-    assert "not a regular file" in str(outcome[0].context_info)
+    refused = outcome_beside_a_fifo(lambda: archives._copy_file(fifo, target, "a.csv", identity), fifo)
+    assert isinstance(refused, DAVError)
+    assert "not a regular file" in str(refused.context_info)
     assert not target.exists()
 
 
