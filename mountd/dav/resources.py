@@ -239,7 +239,7 @@ class ListedArchiveFile(ArchiveFile):
         # wsgidav asks listed members for properties only; a GET resolves its path to an ArchiveResource.
         # Should some client code still ask, serve the archive as it is now.
         try:
-            with open_archive(self.archive) as snapshot:
+            with open_archive(self.archive, follow_symlinks=False) as snapshot:
                 return snapshot.open_payload()
         except ArchiveError as exc:
             raise dav_error(exc, self.key) from exc

@@ -80,8 +80,8 @@ def _copy_file(source: Path, target: Path, key: str, identity: FileIdentity) -> 
 
     The source is opened again by name, so it is checked to be that very file: not followed through a
     symlink, not waited on (a FIFO), and the same version (device, inode, size, times), or nothing is
-    copied. Anyone who may
-    write to the folder could rename a symlink to a file only the server can read over the name meanwhile.
+    copied. Anyone who may write to the folder could rename a symlink to a file only the server can read
+    over the name meanwhile.
     """
     try:
         fd = os.open(source, OPEN_FLAGS | os.O_NOFOLLOW)
@@ -245,7 +245,7 @@ class WritableArchiveResource(ArchiveWrites, OpenedArchive):
 
     def _reload(self) -> None:
         try:
-            snapshot = open_archive(self.archive)
+            snapshot = open_archive(self.archive, follow_symlinks=False)
         except ArchiveError as exc:
             raise dav_error(exc, self.key) from exc
         self.snapshot.close()
@@ -366,7 +366,7 @@ def create_archive(policy: WritePolicy, target: Path, key: str, body: Body | Non
     builder = builder.with_payload_bytes(b"") if body is None else builder.with_payload_stream(*body)
     try:
         builder.write_to(target, max_payload_size=policy.max_upload)
-        with open_archive(target) as snapshot:
+        with open_archive(target, follow_symlinks=False) as snapshot:
             return ArchiveFacts.from_snapshot(snapshot)
     except SyncError as exc:
         raise dav_error(exc, key) from exc

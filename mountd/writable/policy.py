@@ -175,7 +175,7 @@ def is_protected(archive: Path) -> bool:
     if not archive.is_file():
         return False
     try:
-        with open_archive(archive) as snapshot:
+        with open_archive(archive, follow_symlinks=False) as snapshot:
             return not snapshot.manifest.ownership.write_allowed
     except (SyncError, OSError):
         return False
