@@ -137,6 +137,8 @@ def dav_error(exc: SyncError, archive: str) -> DAVError:
         return DAVError(HTTP_INSUFFICIENT_STORAGE, f"archive {archive}: no space left to store it")
     if isinstance(cause, FileNotFoundError):
         return DAVError(HTTP_NOT_FOUND, f"archive {archive} no longer exists")
+    if isinstance(cause, OSError) and cause.errno == errno.ELOOP:  # a symlink now: never served
+        return DAVError(HTTP_NOT_FOUND, f"archive {archive} no longer exists")
     if isinstance(cause, PermissionError):
         return DAVError(HTTP_FORBIDDEN, f"archive {archive} cannot be read by the server")
     reason = exc.reason if isinstance(exc, ArchiveError) else exc.message

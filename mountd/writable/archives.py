@@ -29,6 +29,7 @@ Invariants:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -94,6 +95,8 @@ def _copy_file(source: Path, target: Path, key: str, identity: FileIdentity) -> 
             with atomic_write(target) as dst:
                 shutil.copyfileobj(src, dst, COPY_BLOCK)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symlink since it was resolved: that is not the archive, retry
+            raise dav_error(SwapConflict(source, -1, -1), key) from exc
         raise dav_error(ArchiveError(f"cannot copy: {exc.strerror}", path=source), key) from exc
     except SyncError as exc:
         raise dav_error(exc, key) from exc

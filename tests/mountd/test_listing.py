@@ -13,6 +13,7 @@ from store_manifests import EXPIRED, csv_manifest
 
 import mountd.dav.resources
 from mountd import PROP_EXPIRED, PROP_EXPIRES_AT, PROP_GENERATION, PROP_TTL, ArchiveIndex, ServerHandle
+from mountd.errors import dav_error
 from sync_format import ArchiveError, BuildResult, FileIdentity, commit_payload, open_archive
 from sync_format.testing import make_archive, make_manifest
 
@@ -153,8 +154,9 @@ def test_a_symlink_swapped_in_after_the_scan_is_not_followed(tmp_path: Path) -> 
     with pytest.raises(ArchiveError, match="cannot open"):
         open_archive(name, follow_symlinks=False)
     assert index.facts_of(name, identity) is None  # opened through the symlink, it would be the hidden one
-    with pytest.raises(ArchiveError, match="cannot open"):
+    with pytest.raises(ArchiveError, match="cannot open") as refused:
         mountd.dav.resources.ArchiveResource("/report.csv", {"wsgidav.provider": None}, name, "report.csv")
+    assert dav_error(refused.value, "report.csv").value == 404  # what the request gets: not a 500
 
 
 def test_a_name_that_is_not_utf8_is_skipped_not_fatal_to_its_folder(

@@ -431,8 +431,9 @@ def test_copy_reads_only_the_archive_it_resolved(tmp_path: Path) -> None:
     identity = FileIdentity.from_stat(os.stat(source))
     source.unlink()
     source.symlink_to(secret)
-    with pytest.raises(DAVError):
+    with pytest.raises(DAVError) as followed:
         archives._copy_file(source, target, "a.csv", identity)
+    assert followed.value.value == 409
     assert not target.exists()
     source.unlink()
     source.write_bytes(b"another file under the name")
