@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import blake3
 from sync_format.atomic import create_temp, discard, sync_file
 from sync_format.errors import ArchiveError
 from sync_format.payload_io import PayloadDigest
-from sync_format.reader import PAYLOAD_ENTRY
+from sync_format.reader import PAYLOAD_ENTRY, open_regular
 from sync_format.state import STATE_ENTRY, ArchiveState
 from sync_format.zip_writer import Progress, ZipWriter
 
@@ -36,17 +35,12 @@ class _OpenedPayload:
 
 
 def _regular_payload(path: Path) -> _OpenedPayload:
-    # ``path`` opened non-blocking (a FIFO is refused at once, not waited on), checked to be a regular file.
+    # ``path`` opened when it is a regular file (``open_regular``: a FIFO is refused at once, not waited on).
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd, st = open_regular(path)
     except OSError as exc:
         raise ArchiveError(f"cannot read payload: {exc.strerror}", path=path) from exc
-    file = os.fdopen(fd, "rb")
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        file.close()
-        raise ArchiveError("payload source is not a regular file", path=path)
-    return _OpenedPayload(file, st)
+    return _OpenedPayload(os.fdopen(fd, "rb"), st)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ replaced the file. ``sync.wasm`` may be missing (no update logic), unlike in the
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -55,8 +56,35 @@ _ENTRY_LIMITS = {
 }
 #: Limit for entries we do not know (kept and copied, never interpreted).
 MAX_OTHER_ENTRY_SIZE = 16 * 1024 * 1024
-#: Flags of ``open_archive``'s open (``O_NONBLOCK``: see there).
+#: Flags of every open of a file that is meant to be regular (an archive, a payload source, a signature):
+#: ``O_NONBLOCK`` makes a FIFO put there open at once, to be refused as not a regular file, instead of
+#: blocking until something writes to it; for a regular file it changes nothing.
 OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+def open_regular(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> tuple[int, os.stat_result]:
+    """Open a file that must be a regular file, without ever waiting on it (``OPEN_FLAGS``).
+
+    Args:
+        path: The file.
+        follow_symlinks: False: a symlink as the last component is refused (``O_NOFOLLOW``).
+
+    Returns:
+        A read-only descriptor (the caller closes it) and its ``fstat``.
+
+    Raises:
+        OSError: It cannot be opened, or is not a regular file (``EINVAL``; nothing is left open).
+    """
+    fd = os.open(path, OPEN_FLAGS if follow_symlinks else OPEN_FLAGS | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    return fd, st
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,8 +322,7 @@ def open_archive(path: str | os.PathLike[str], *, follow_symlinks: bool = True) 
             manifest problems. Every error carries the path.
     """
     try:
-        # O_NONBLOCK: a FIFO where an archive was expected opens at once and is refused as not a regular file,
-        # instead of blocking until something writes to it; for a regular file it changes nothing.
+        # (``OPEN_FLAGS``: a FIFO is refused by ``_snapshot``'s check, not waited on.)
         fd = os.open(path, OPEN_FLAGS if follow_symlinks else OPEN_FLAGS | os.O_NOFOLLOW)
     except OSError as exc:
         raise ArchiveError(f"cannot open: {exc.strerror}", path=Path(path)) from exc

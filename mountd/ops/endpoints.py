@@ -23,11 +23,9 @@ Invariants:
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
-import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -38,6 +36,7 @@ from mountd.http.middleware import StartResponse, WSGIApp, WSGIEnviron
 from mountd.http.sendfile import LATE_BYTES_KEY, direct_bytes
 from mountd.ops.metrics import CONTENT_TYPE, METRICS_KEY, MountdMetrics
 from mountd.refresh.hooks import BrokerHealth
+from sync_format.reader import open_regular
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +113,8 @@ def _readable(store: Path) -> bool:
         if store.is_dir():
             with os.scandir(store) as entries:
                 next(entries, None)
-        else:  # a single archive (non-blocking: a FIFO put there must not hold the health check)
-            fd = os.open(store, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise OSError(errno.EINVAL, "not a regular file")
-            finally:
-                os.close(fd)
+        else:  # a single archive (a FIFO put there must not hold the health check)
+            os.close(open_regular(store)[0])
     except OSError as exc:
         log.warning("health store unreadable store=%s reason=%s", store, exc.strerror or exc)
         return False

@@ -33,7 +33,6 @@ import errno
 import logging
 import os
 import shutil
-import stat
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -55,14 +54,13 @@ from mountd.writable.uploads import Body, DavSink, end_upload, open_sink
 from sync_format import (
     ArchiveError,
     FileIdentity,
-    MalformedArchive,
     SwapConflict,
     SyncBuilder,
     SyncError,
     open_archive,
 )
 from sync_format.atomic import atomic_write
-from sync_format.reader import OPEN_FLAGS
+from sync_format.reader import open_regular
 from sync_format.swap import commit_payload
 from sync_format.template import extension_of, template_manifest
 
@@ -85,11 +83,8 @@ def _copy_file(source: Path, target: Path, key: str, identity: FileIdentity) -> 
     over the name meanwhile.
     """
     try:
-        fd = os.open(source, OPEN_FLAGS | os.O_NOFOLLOW)
+        fd, st = open_regular(source, follow_symlinks=False)
         with os.fdopen(fd, "rb") as src:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise MalformedArchive("not a regular file", path=source)
             if FileIdentity.from_stat(st) != identity:
                 raise dav_error(SwapConflict(source, -1, -1), key)  # replaced since it was resolved: retry
             with atomic_write(target) as dst:

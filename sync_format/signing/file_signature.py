@@ -7,10 +7,8 @@ message is the raw 32-byte BLAKE3 digest of the file, not its hex text.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import stat
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +18,7 @@ from nacl.signing import VerifyKey
 
 from sync_format.errors import ArchiveError, SignatureError
 from sync_format.payload_io import READ_BLOCK
+from sync_format.reader import open_regular
 from sync_format.signing.canonical import HASH_PREFIX, b64decode_strict, b64encode
 from sync_format.signing.did import public_key_from_did
 from sync_format.signing.keys import SigningKey
@@ -30,24 +29,9 @@ SIDECAR_SUFFIX = ".sig.json"
 MAX_SIGNATURE_DOCUMENT = 64 * 1024
 
 
-def _open_regular(path: str | os.PathLike[str]) -> int:
-    # A descriptor of ``path`` when it is a regular file: opened non-blocking, so that a FIFO (or a symlink to
-    # one, or to a device) is refused at once instead of waiting for a writer or reading forever.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    try:
-        regular = stat.S_ISREG(os.fstat(fd).st_mode)
-    except BaseException:
-        os.close(fd)
-        raise
-    if not regular:
-        os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file")
-    return fd
-
-
 def _read_document(path: str | os.PathLike[str]) -> str:
     # The text of a signature document, at most ``MAX_SIGNATURE_DOCUMENT`` bytes of UTF-8.
-    with os.fdopen(_open_regular(path), "rb") as handle:
+    with os.fdopen(open_regular(path)[0], "rb") as handle:
         raw = handle.read(MAX_SIGNATURE_DOCUMENT + 1)
     if len(raw) > MAX_SIGNATURE_DOCUMENT:
         raise ValueError(f"more than {MAX_SIGNATURE_DOCUMENT} bytes")
@@ -68,7 +52,7 @@ def file_digest(path: str | os.PathLike[str]) -> bytes:
     """
     hasher = blake3.blake3()
     try:
-        with os.fdopen(_open_regular(path), "rb") as handle:
+        with os.fdopen(open_regular(path)[0], "rb") as handle:  # a FIFO or device: refused, not read
             while block := handle.read(READ_BLOCK):
                 hasher.update(block)
     except OSError as exc:

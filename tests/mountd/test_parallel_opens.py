@@ -11,6 +11,7 @@ import signal
 import struct
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,16 @@ def _slow_own(done: list[int], delay: float = 0.0005):
         done.append(i)
 
     return own
+
+
+def _stuck_at(stuck: int) -> Callable[[int], tuple[int]]:
+    # The helper's item function, stuck for good on item ``stuck``.
+    def theirs(i: int) -> tuple[int]:
+        if i == stuck:
+            time.sleep(3600)
+        return (i,)
+
+    return theirs
 
 
 def _no_zombie(pids: list[int]) -> None:
@@ -147,16 +158,10 @@ def test_a_stuck_helper_is_killed_and_its_share_done_here(helper_pids: list[int]
     rest itself."""
 
     stuck_at = COUNT - BATCH - 20  # after one batch was sent
-
-    def theirs(i: int) -> tuple[int]:
-        if i == stuck_at:
-            time.sleep(3600)
-        return (i,)
-
     done: list[int] = []
     received = Received()
     started = time.monotonic()
-    share = share_with_helper(COUNT, _slow_own(done), theirs, received, wait=0.5)
+    share = share_with_helper(COUNT, _slow_own(done), _stuck_at(stuck_at), received, wait=0.5)
     assert time.monotonic() - started < 30
     if share.done <= stuck_at:  # (unless the caller got past it first)
         assert sorted(received) == list(range(COUNT - BATCH, COUNT))  # the batch sent before it stuck stands
@@ -168,16 +173,10 @@ def test_a_helper_stuck_after_sending_all_it_owes_is_not_waited_for(helper_pids:
     """A helper stuck on an item the caller does itself, after its batches held every item past where the
     caller stopped: nothing more is needed from it, so it is killed without waiting ``wait``."""
     stuck_at = COUNT - BATCH - 1  # right after its first batch was sent
-
-    def theirs(i: int) -> tuple[int]:
-        if i == stuck_at:
-            time.sleep(3600)
-        return (i,)
-
     done: list[int] = []
     received = Received()
     started = time.monotonic()
-    share = share_with_helper(COUNT, _slow_own(done), theirs, received, wait=60)
+    share = share_with_helper(COUNT, _slow_own(done), _stuck_at(stuck_at), received, wait=60)
     assert time.monotonic() - started < 30
     assert share.done == COUNT - BATCH
     assert sorted(received) == list(range(COUNT - BATCH, COUNT))
