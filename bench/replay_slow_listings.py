@@ -9,10 +9,13 @@ reader holding a worker thread (mountd before parked listings and pages, ``mount
 the first GET waits for the server's 10 s send timeout; without, it waits only for the CPU of rendering the
 listings. A body must be larger than the server's largest socket send buffer (``tcp_wmem``, 4 MiB here) to
 stall a thread: the page is about a quarter of the listing's size, so ``--page --archives 20000``. As the
-control, the same number of readers that read at once (what the CPU alone costs). Diagnostic only: no goal,
-not run by ``make bench``.
+control, the same number of readers that read at once (what the CPU alone costs). ``--conditional`` adds an
+``If-Unmodified-Since`` to the PROPFINDs: the fast path passes such a request on, and wsgidav renders the
+document itself, whole, before answering (as for any PROPFIND of a writable store; parked within
+``handoff.MAX_PARKED_HELD_BYTES``). Diagnostic only: no goal, not run by ``make bench``.
 
-Run ``.venv/bin/python bench/replay_slow_listings.py [--archives 8000] [--readers 24] [--gets 8] [--page]``.
+Run ``.venv/bin/python bench/replay_slow_listings.py [--archives 8000] [--readers 24] [--gets 8] [--page]
+[--conditional]``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from sync_format.testing import make_archive, make_manifest  # noqa: E402
 
 #: Seconds the store must be old before it is served.
 RACY_WAIT = 2.5
+#: The condition of ``--conditional``: always true, and enough for the fast path to pass the request on.
+CONDITION = ("If-Unmodified-Since", "Fri, 01 Jan 2100 00:00:00 GMT")
 #: A manifest that never expires: no refresh is asked for.
 NEVER_EXPIRES = make_manifest(created_at="2026-01-01T00:00:00Z", ttl=2**62)
 
@@ -51,10 +56,10 @@ def timed_get(handle: ServerHandle) -> float:
     return time.monotonic() - started
 
 
-def propfind(handle: ServerHandle) -> int:
-    """One PROPFIND Depth 1 of the big folder, read at once; its body's length."""
+def propfind(handle: ServerHandle, conditional: bool = False) -> int:
+    """One PROPFIND Depth 1 of the big folder (with ``CONDITION``), read at once; its body's length."""
     conn = http.client.HTTPConnection(handle.host, handle.port, timeout=60)
-    conn.request("PROPFIND", "/big/", headers={"Depth": "1"})
+    conn.request("PROPFIND", "/big/", headers={"Depth": "1", **dict([CONDITION] if conditional else [])})
     size = len(conn.getresponse().read())
     conn.close()
     return size
@@ -78,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--page", action="store_true", help="ask for the folder's HTML page (GET, Accept: text/html) instead"
     )
+    parser.add_argument(
+        "--conditional", action="store_true", help="PROPFINDs with a condition: wsgidav renders the document"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="sync-replay-") as tmp:
         store = Path(tmp) / "store"
@@ -92,8 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(RACY_WAIT)
         settings = Settings(host="127.0.0.1", port=0, cache_dir=Path(tmp) / "cache")
         with serve_background(settings, store, NullFreshness()) as handle:
-            print(f"listing of {args.archives} archives: {propfind(handle):,} bytes")
+            size = propfind(handle, args.conditional)
+            print(f"listing of {args.archives} archives: {size:,} bytes")
             head, ask = ("GET", "Accept: text/html\r\n") if args.page else ("PROPFIND", "Depth: 1\r\n")
+            if args.conditional:
+                ask += f"{CONDITION[0]}: {CONDITION[1]}\r\n"
             stalled = []
             for _ in range(args.readers):
                 sock = socket.socket()
@@ -108,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             for sock in stalled:
                 sock.close()
             time.sleep(1)
-            readers = [threading.Thread(target=propfind, args=(handle,)) for _ in range(args.readers)]
+            ask_again = (handle, args.conditional)
+            readers = [threading.Thread(target=propfind, args=ask_again) for _ in range(args.readers)]
             for reader in readers:
                 reader.start()
             times = " ".join(gets(handle, 1))

@@ -61,6 +61,7 @@ from mountd.http.freshness_headers import (
     request_directives,
 )
 from mountd.http.middleware import on_request_end
+from mountd.http.sendfile import mark_complete_body
 from sync_format import (
     ArchiveError,
     FileIdentity,
@@ -182,6 +183,17 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         # Writes are refused by the resources (403) rather than by wsgidav (405): that way LOCK and UNLOCK
         # still work, as macOS and Windows clients expect, and the writable mode only swaps resources.
         return False
+
+    def custom_request_handler(
+        self, environ: dict[str, Any], start_response: Any, default_handler: Any
+    ) -> Any:
+        """wsgidav's handling of the request. An answer it made whole in memory (its multistatus
+        documents) may then be sent to a slow reader by the connection loop, not by a worker thread
+        (``mark_complete_body``).
+        """
+        response = default_handler(environ, start_response)
+        mark_complete_body(environ, response)
+        return response
 
     def get_resource_inst(self, path: str, environ: dict[str, Any]) -> Any:
         """Map a request path to a resource, or None when nothing is there.

@@ -303,7 +303,14 @@ class GuardedConnection(server.HTTPConnection):
         self._pending_send = handoff.ParkedSend(manager, self, duplicate, offset, count, on_sent)
         return True
 
-    def park_body(self, pending: bytes, remaining: int, chunks: Iterator[bytes], response: Any) -> bool:
+    def park_body(
+        self,
+        pending: bytes | memoryview,
+        remaining: int,
+        chunks: Iterator[bytes],
+        response: Any,
+        held: int = 0,
+    ) -> bool:
         """Have the connection loop send ``pending``, then ``remaining`` bytes taken from ``chunks``, once
         this response's request is done, and close ``response`` after; False (send them yourself) when no
         body can be parked now.
@@ -313,13 +320,14 @@ class GuardedConnection(server.HTTPConnection):
             remaining: Body bytes still to come from ``chunks`` (the declared length's rest).
             chunks: The response iterable's iterator, positioned after ``pending``'s chunk.
             response: The response iterable, whose ``close`` ends the request (called from the loop).
+            held: Bytes of memory the body keeps of its own while parked (``handoff.MAX_PARKED_HELD_BYTES``).
         """
         manager = getattr(self.server, "_connections", None)
         if self._pending_send is not None or not isinstance(manager, GuardedConnections):
             return False
-        if not handoff.plain_socket(self) or not manager.reserve_send(body=True):
+        if not handoff.plain_socket(self) or not manager.reserve_send(body=True, held=held):
             return False
-        self._pending_send = handoff.ParkedBody(manager, self, pending, remaining, chunks, response)
+        self._pending_send = handoff.ParkedBody(manager, self, pending, remaining, chunks, response, held)
         return True
 
     def close(self) -> None:
@@ -352,6 +360,7 @@ class GuardedConnections(connections.ConnectionManager):
         self._lingering = 0
         self._sends = 0  # parked sends and bodies, started or reserved by a worker still answering
         self._bodies = 0  # of which parked bodies
+        self._held = 0  # bytes the parked bodies hold of their own
         self._handed_lock = threading.Lock()
         self._closing = False
         self._last_handed_check = 0.0
@@ -368,16 +377,20 @@ class GuardedConnections(connections.ConnectionManager):
         # Stopping (cheroot's flag) or closed: nothing more is handed over.
         return self._closing or bool(getattr(self, "_stop_requested", False))
 
-    def reserve_send(self, *, body: bool = False) -> bool:
-        """Reserve room for one parked send (a parked body with ``body``); False when ``handoff.room`` of
-        them are parked or reserved (``MAX_PARKED_BODIES`` of bodies)."""
+    def reserve_send(self, *, body: bool = False, held: int = 0) -> bool:
+        """Reserve room for one parked send (a parked body with ``body``, keeping ``held`` bytes of its own);
+        False when ``handoff.room`` of them are parked or reserved (``MAX_PARKED_BODIES`` of bodies), or when
+        the bodies would hold more than ``MAX_PARKED_HELD_BYTES``."""
         with self._handed_lock:
             if self._refusing() or self._sends >= handoff.room(handoff.MAX_PARKED_SENDS):
                 return False
             if body:
                 if self._bodies >= handoff.room(handoff.MAX_PARKED_BODIES):
                     return False
+                if held and self._held + held > handoff.MAX_PARKED_HELD_BYTES:
+                    return False
                 self._bodies += 1
+                self._held += held
             self._sends += 1
             return True
 
@@ -401,6 +414,7 @@ class GuardedConnections(connections.ConnectionManager):
             self._sends -= 1
             if type(entry) is handoff.ParkedBody:
                 self._bodies -= 1
+                self._held -= entry.held
         entry.release()
         return False
 
@@ -439,6 +453,7 @@ class GuardedConnections(connections.ConnectionManager):
                 self._sends -= 1
                 if type(entry) is handoff.ParkedBody:
                     self._bodies -= 1
+                    self._held -= entry.held
             with suppress(KeyError, ValueError):  # already taken out by cheroot's ``_expire``
                 self._selector.unregister(entry.fd)  # type: ignore[attr-defined]
         entry.release()

@@ -71,6 +71,11 @@ MAX_PARKED_SENDS = 1024
 #: Most generated bodies parked at once (within ``MAX_PARKED_SENDS``): each holds its response's iterable
 #: (a listing's document: references to cached parts, about 90 KB for 10,000 archives) and one chunk.
 MAX_PARKED_BODIES = 256
+#: Most bytes that parked bodies hold of their own at once: a document rendered whole in memory (wsgidav's
+#: own multistatus answers: a PROPFIND of a writable folder or one with conditions, a PROPPATCH's answer;
+#: ``BODY_HELD_KEY`` in ``mountd.http.sendfile``) stays in memory until its reader took it. Past this a
+#: worker sends such a body itself, as before (a listing's lazily made document holds nothing of its own).
+MAX_PARKED_HELD_BYTES = 64 * 1024 * 1024
 #: Descriptors of the process's soft limit set aside per parked send or lingering connection when the limit
 #: is what bounds them (a parked send holds two; the rest is for everything else the server opens).
 DESCRIPTORS_PER_ENTRY = 8
@@ -263,15 +268,25 @@ class ParkedBody(Parked):
     closed when the entry is released.
 
     Only for iterables whose chunks cost no I/O and no wait to produce (``BODY_PARKABLE_KEY`` in
-    ``mountd.http.sendfile``): they are produced on the loop's thread.
+    ``mountd.http.sendfile``): they are produced on the loop's thread. ``held`` is the bytes of memory the
+    entry keeps of its own while parked (counted against ``MAX_PARKED_HELD_BYTES``; 0 for a body made from
+    shared, cached parts).
     """
 
-    __slots__ = ("_chunks", "_pending", "_response")
+    __slots__ = ("_chunks", "_pending", "_response", "held")
 
     def __init__(
-        self, owner: Owner, conn: Any, pending: bytes, remaining: int, chunks: Iterator[bytes], response: Any
+        self,
+        owner: Owner,
+        conn: Any,
+        pending: bytes | memoryview,
+        remaining: int,
+        chunks: Iterator[bytes],
+        response: Any,
+        held: int = 0,
     ) -> None:
         super().__init__(owner, conn, remaining)
+        self.held = held
         self._pending = memoryview(pending)
         self._chunks: Iterator[bytes] | None = chunks
         self._response = response

@@ -65,6 +65,10 @@ DIRECT_BYTES_KEY = "sync.sendfile.direct_bytes"
 #: buffer is full, the rest of such a body is parked (``GuardedConnection.park_body``) and its chunks are
 #: made on the connection loop's thread.
 BODY_PARKABLE_KEY = "sync.body.parkable"
+#: Environ key set (to True) beside ``BODY_PARKABLE_KEY`` when the body is a document held whole in memory by
+#: its response (``mark_complete_body``): parked, it keeps those bytes until its reader took them, so it
+#: counts against ``handoff.MAX_PARKED_HELD_BYTES``.
+BODY_HELD_KEY = "sync.body.held"
 #: Environ key of a callable (``int`` → None) a byte counter may set: told the bytes of a parked send, once
 #: it ended, from the connection loop (they are not in ``DIRECT_BYTES_KEY``).
 LATE_BYTES_KEY = "sync.sendfile.late_bytes"
@@ -93,6 +97,24 @@ def offer_payload(environ: dict[str, Any], reader: PayloadReader) -> PayloadRead
     """
     environ[PAYLOAD_KEY] = reader
     return reader
+
+
+def mark_complete_body(environ: dict[str, Any], response: object) -> None:
+    """Let a response whose body is already made whole, in memory, be parked for a slow reader.
+
+    wsgidav renders its own multistatus answers (a PROPFIND that ``mountd.http.fast_propfind`` passes on: a
+    writable folder, one with conditions or locks; PROPPATCH, LOCK) and its status bodies completely
+    before answering, as a list of bytes: sending them costs no I/O and no wait, so once the reader's
+    socket buffer is full the connection loop may send the rest (``BODY_PARKABLE_KEY``) instead of a worker
+    thread waiting on the reader. Anything else (a generator, a file's iterator) is left alone.
+
+    Args:
+        environ: The request's environ.
+        response: What the application returned for it.
+    """
+    if type(response) is list and all(type(chunk) is bytes for chunk in response):
+        environ[BODY_PARKABLE_KEY] = True
+        environ[BODY_HELD_KEY] = True
 
 
 def direct_bytes(environ: dict[str, Any]) -> int:
@@ -173,14 +195,22 @@ class PayloadGateway(wsgi.Gateway_10):
                 self.write(chunk)  # cheroot's checks, waits and errors (a body past its declared length)
             else:
                 pending = memoryview(head + chunk if head else chunk)
+                joined = len(head) + len(chunk) if head else 0  # bytes of that join (a copy)
                 head = b""
                 self.remaining_bytes_out = due - len(chunk)
                 while pending:
                     try:
                         pending = pending[os.write(fd, pending) :]  # the socket's timeout would wait
                     except BlockingIOError:
-                        rest = bytes(pending)
-                        if self.req.conn.park_body(rest, self.remaining_bytes_out, chunks, response):
+                        remaining = self.remaining_bytes_out
+                        if self.env.get(BODY_HELD_KEY) is True:
+                            # Not copied: it keeps its chunks (``response`` holds the rest) and the head's
+                            # join with this one, when there was one.
+                            rest: bytes | memoryview = pending
+                            held = len(chunk) + remaining + joined
+                        else:
+                            rest, held = bytes(pending), 0
+                        if self.req.conn.park_body(rest, remaining, chunks, response, held):
                             log.debug("response body parked path=%s", self.env.get("PATH_INFO"))
                             return True
                         waiting = True

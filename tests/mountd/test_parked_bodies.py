@@ -26,6 +26,7 @@ import mountd.server
 from broker import Settings
 from mountd import ServerHandle, serve_background
 from mountd.http import fast_propfind, handoff
+from mountd.writable.policy import WritePolicy
 from sync_format import BuildResult
 
 AddArchive = Callable[..., BuildResult]
@@ -252,3 +253,115 @@ def test_a_chunk_that_fails_on_the_loop_closes_its_connection_not_the_loop(
         conn.request("GET", "/big/first.txt")
         assert conn.getresponse().read() == b"one payload"
         conn.close()
+
+
+#: Documents wsgidav renders itself, whole, before answering: a PROPFIND with a condition (which the fast
+#: path passes on), and any PROPFIND of a writable store. Their request heads.
+RENDERED = {
+    "conditional": "Depth: 1\r\nIf-Unmodified-Since: Fri, 01 Jan 2100 00:00:00 GMT",
+    "writable": "Depth: 1",
+}
+
+
+def rendered_server(kind: str, store: Path, hook: RecordingHook) -> Any:
+    """A server whose PROPFIND of ``/big/`` with ``RENDERED[kind]`` wsgidav answers itself."""
+    options: dict[str, Any] = {"writable": WritePolicy(store)} if kind == "writable" else {}
+    return serve_background(Settings(host="127.0.0.1", port=0), store, hook, **options)
+
+
+def rendered_request(handle: ServerHandle, kind: str) -> bytes:
+    return (
+        f"PROPFIND /big/ HTTP/1.1\r\nHost: 127.0.0.1:{handle.port}\r\n{RENDERED[kind]}\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def slow_rendered(handle: ServerHandle, kind: str) -> tuple[socket.socket, Any]:
+    """``rendered_request`` from a client with a 16 KiB receive buffer that reads nothing yet."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    sock.settimeout(30)
+    sock.connect((handle.host, handle.port))
+    sock.sendall(rendered_request(handle, kind))
+    return sock, sock.makefile("rb")
+
+
+def rendered(handle: ServerHandle, kind: str) -> bytes:
+    """The document of ``rendered_request``, read at once."""
+    with (
+        socket.create_connection((handle.host, handle.port), timeout=30) as sock,
+        sock.makefile("rb") as reader,
+    ):
+        sock.sendall(rendered_request(handle, kind))
+        return read_response(reader)
+
+
+@pytest.mark.parametrize("kind", RENDERED)
+def test_slow_readers_of_documents_wsgidav_renders_hold_no_thread(
+    big_folder: Path,
+    store: Path,
+    hook: RecordingHook,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+) -> None:
+    """A multistatus document wsgidav made whole (``sendfile.mark_complete_body``) is parked for a reader
+    slower than the socket, like a listing of the fast path: with two server threads, three readers that
+    read nothing hold none of them, a GET is answered meanwhile, and each reader then gets the document byte
+    for byte. (Without the mark, the GET waits for a thread: the test fails.)"""
+    monkeypatch.setattr(mountd.server, "SERVER_THREADS", 2)
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    with rendered_server(kind, store, hook) as handle:
+        expected = rendered(handle, kind)
+        assert len(expected) > 6 * 1024 * 1024
+        assert b"multistatus" in expected
+        caplog.clear()
+        slow = [slow_rendered(handle, kind) for _ in range(3)]
+        try:
+            wait_for(lambda: parked(caplog) == 3, 60, what="every slow reader parked")
+            conn = http.client.HTTPConnection(handle.host, handle.port, timeout=5)
+            conn.request("GET", "/big/first.txt")
+            assert conn.getresponse().read() == b"one payload"
+            conn.close()
+            for _, reader in slow:
+                assert read_response(reader) == expected
+        finally:
+            for sock, reader in slow:
+                reader.close()
+                sock.close()
+
+
+def test_documents_held_in_memory_are_parked_within_their_byte_budget(
+    big_folder: Path,
+    store: Path,
+    hook: RecordingHook,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Parked documents that hold their bytes count against ``MAX_PARKED_HELD_BYTES``: with room for one,
+    a second slow reader is waited on by its worker (and still gets the whole document); a listing of the
+    fast path, made from shared parts, holds nothing of its own and is parked all the same. Once the first
+    document is out, its bytes are given back: a third is parked again."""
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    with rendered_server("conditional", store, hook) as handle:
+        expected = rendered(handle, "conditional")
+        monkeypatch.setattr(handoff, "MAX_PARKED_HELD_BYTES", 3 * len(expected))
+        caplog.clear()
+        first, second = slow_rendered(handle, "conditional"), slow_rendered(handle, "conditional")
+        fast = slow_listing(handle)
+        try:
+            wait_for(lambda: parked(caplog) == 2, 60, what="one document and the listing parked")
+            time.sleep(0.5)
+            assert parked(caplog) == 2
+            for _, reader in (first, second):
+                assert read_response(reader) == expected
+            assert read_response(fast[1]) == listing(handle)
+            caplog.clear()
+            third = slow_rendered(handle, "conditional")
+            with third[0], third[1]:
+                wait_for(lambda: parked(caplog) == 1, 60, what="the budget given back")
+                assert read_response(third[1]) == expected
+        finally:
+            for sock, reader in (first, second, fast):
+                reader.close()
+                sock.close()
