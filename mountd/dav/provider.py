@@ -42,7 +42,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from wsgidav.dav_error import HTTP_SERVICE_UNAVAILABLE, DAVError  # type: ignore[import-untyped]
+from wsgidav.dav_error import (  # type: ignore[import-untyped]
+    HTTP_FORBIDDEN,
+    HTTP_SERVICE_UNAVAILABLE,
+    DAVError,
+    PRECONDITION_CODE_PropfindFiniteDepth,
+)
 from wsgidav.dav_provider import DAVProvider  # type: ignore[import-untyped]
 
 from broker.contract import archive_key
@@ -187,10 +192,20 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
     def custom_request_handler(
         self, environ: dict[str, Any], start_response: Any, default_handler: Any
     ) -> Any:
-        """wsgidav's handling of the request. An answer it made whole in memory (its multistatus
-        documents) may then be sent to a slow reader by the connection loop, not by a worker thread
+        """wsgidav's handling of the request, but for a PROPFIND of infinite depth.
+
+        A PROPFIND with ``Depth: infinity``, or without a ``Depth`` (which means the same, RFC 4918 §9.1),
+        is refused with 403 and the ``propfind-finite-depth`` precondition, as Apache's mod_dav does by
+        default: wsgidav would describe the whole store in one document, rendered in memory, which any
+        reader could ask for again and again. An answer wsgidav made whole in memory (its multistatus
+        documents) may be sent to a slow reader by the connection loop, not by a worker thread
         (``mark_complete_body``).
         """
+        if (
+            environ.get("REQUEST_METHOD") == "PROPFIND"
+            and environ.get("HTTP_DEPTH", "infinity") == "infinity"
+        ):
+            raise DAVError(HTTP_FORBIDDEN, err_condition=PRECONDITION_CODE_PropfindFiniteDepth)
         response = default_handler(environ, start_response)
         mark_complete_body(environ, response)
         return response

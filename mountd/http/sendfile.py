@@ -65,9 +65,9 @@ DIRECT_BYTES_KEY = "sync.sendfile.direct_bytes"
 #: buffer is full, the rest of such a body is parked (``GuardedConnection.park_body``) and its chunks are
 #: made on the connection loop's thread.
 BODY_PARKABLE_KEY = "sync.body.parkable"
-#: Environ key set (to True) beside ``BODY_PARKABLE_KEY`` when the body is a document held whole in memory by
-#: its response (``mark_complete_body``): parked, it keeps those bytes until its reader took them, so it
-#: counts against ``handoff.MAX_PARKED_HELD_BYTES``.
+#: Environ key set beside ``BODY_PARKABLE_KEY`` when the body is a document held whole in memory by its
+#: response (``mark_complete_body``): its size in bytes. Parked, it keeps those bytes until its reader took
+#: them, so they count against ``handoff.MAX_PARKED_HELD_BYTES``.
 BODY_HELD_KEY = "sync.body.held"
 #: Environ key of a callable (``int`` → None) a byte counter may set: told the bytes of a parked send, once
 #: it ended, from the connection loop (they are not in ``DIRECT_BYTES_KEY``).
@@ -114,7 +114,7 @@ def mark_complete_body(environ: dict[str, Any], response: object) -> None:
     """
     if type(response) is list and all(type(chunk) is bytes for chunk in response):
         environ[BODY_PARKABLE_KEY] = True
-        environ[BODY_HELD_KEY] = True
+        environ[BODY_HELD_KEY] = sum(map(len, response))
 
 
 def direct_bytes(environ: dict[str, Any]) -> int:
@@ -185,6 +185,13 @@ class PayloadGateway(wsgi.Gateway_10):
         the rest (True) or, without room for it, wait as cheroot does for the rest of the body."""
         fd = self.req.conn.socket.fileno()
         head = self.req.take_head()
+        held = self.env.get(BODY_HELD_KEY)
+        if type(held) is int:
+            # Not joined to a document held whole (a copy of it, for one system call): sent before it.
+            self.req.conn.wfile.write(head)
+            head = b""
+        else:
+            held = None
         waiting = False
         while True:
             due = self.remaining_bytes_out or 0
@@ -195,7 +202,6 @@ class PayloadGateway(wsgi.Gateway_10):
                 self.write(chunk)  # cheroot's checks, waits and errors (a body past its declared length)
             else:
                 pending = memoryview(head + chunk if head else chunk)
-                joined = len(head) + len(chunk) if head else 0  # bytes of that join (a copy)
                 head = b""
                 self.remaining_bytes_out = due - len(chunk)
                 while pending:
@@ -203,14 +209,9 @@ class PayloadGateway(wsgi.Gateway_10):
                         pending = pending[os.write(fd, pending) :]  # the socket's timeout would wait
                     except BlockingIOError:
                         remaining = self.remaining_bytes_out
-                        if self.env.get(BODY_HELD_KEY) is True:
-                            # Not copied: it keeps its chunks (``response`` holds the rest) and the head's
-                            # join with this one, when there was one.
-                            rest: bytes | memoryview = pending
-                            held = len(chunk) + remaining + joined
-                        else:
-                            rest, held = bytes(pending), 0
-                        if self.req.conn.park_body(rest, remaining, chunks, response, held):
+                        # A document held whole is not copied: parked, it keeps its bytes (``held``).
+                        rest = bytes(pending) if held is None else pending
+                        if self.req.conn.park_body(rest, remaining, chunks, response, held or 0):
                             log.debug("response body parked path=%s", self.env.get("PATH_INFO"))
                             return True
                         waiting = True

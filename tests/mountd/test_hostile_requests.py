@@ -24,6 +24,7 @@ from store_manifests import csv_manifest
 from broker import Settings
 from mountd import ServerHandle, serve_background
 from mountd.http import handoff
+from mountd.writable.policy import WritePolicy
 from sync_format import BuildResult
 from sync_format.testing import make_manifest
 
@@ -65,6 +66,27 @@ def test_oversized_propfind_body_gets_413_and_the_server_answers_on(hserver: Ser
             answer = sock.recv(4096)
         assert answer.startswith(b"HTTP/1.1 413"), (method, answer[:100])
     assert request(url, "PROPFIND", "/", headers={"Depth": "1"}, body=_propfind_body(5)).status == 207
+
+
+@pytest.mark.parametrize("writable", [False, True])
+def test_a_propfind_of_infinite_depth_is_refused(
+    store: Path, hook: RecordingHook, add_archive: AddArchive, writable: bool
+) -> None:
+    """A PROPFIND with ``Depth: infinity`` (in any case), or without a ``Depth`` (RFC 4918: the same), would
+    describe the whole store in one document rendered in memory: 403 with the ``propfind-finite-depth``
+    precondition, on a read-only and on a writable store, at the root and below; Depth 0 and 1 answer 207."""
+    add_archive("deep/er/data.csv.sync", PAYLOAD, manifest=csv_manifest())
+    options = {"writable": WritePolicy(store)} if writable else {}
+    with serve_background(Settings(host="127.0.0.1", port=0), store, hook, **options) as handle:
+        url = handle.mount_url
+        for path in ("/", "/deep/"):
+            for headers in ({"Depth": "infinity"}, {"Depth": "Infinity"}, {}):
+                answer = request(url, "PROPFIND", path, headers=headers)
+                assert answer.status == 403, (path, headers)
+                assert b"propfind-finite-depth" in answer.body
+                assert b"data.csv" not in answer.body
+            for depth in ("0", "1"):
+                assert request(url, "PROPFIND", path, headers={"Depth": depth}).status == 207
 
 
 def test_propfind_asking_for_too_many_properties_gets_413(hserver: ServerHandle) -> None:
