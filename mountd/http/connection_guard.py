@@ -303,6 +303,43 @@ class GuardedConnection(server.HTTPConnection):
         self._pending_send = handoff.ParkedSend(manager, self, duplicate, offset, count, on_sent)
         return True
 
+    def park_spilled(self, pending: bytes | memoryview, remaining: int, chunks: Iterator[bytes]) -> bool:
+        """Write a document held whole in memory out to a temporary file (``handoff.spill``) and have the
+        connection loop send it from there once this response's request is done, as a parked payload; False
+        (send it yourself; nothing was taken from ``chunks``) when no send can be parked now, when the spilled
+        documents would pass ``MAX_SPILLED_BYTES``, or when no temporary file can be made.
+
+        Args:
+            pending: Bytes of the response due first (the rest of the current chunk).
+            remaining: Body bytes still to come from ``chunks``.
+            chunks: The response iterable's iterator, positioned after ``pending``'s chunk; all of it is
+                taken.
+
+        Raises:
+            OSError, ValueError: From ``handoff.spill``, which took from ``chunks`` (the response cannot go
+                on: the connection is closed).
+        """
+        manager = getattr(self.server, "_connections", None)
+        if self._pending_send is not None or not isinstance(manager, GuardedConnections):
+            return False
+        count = len(pending) + remaining
+        if not handoff.plain_socket(self) or not manager.reserve_send(spilled=count):
+            return False
+        try:
+            fd = handoff.spill_file()
+        except OSError as exc:  # nothing was taken from ``chunks`` yet
+            manager.unreserve_send(spilled=count)
+            log.warning("response body not spilled reason=%s", exc.strerror)
+            return False
+        try:
+            handoff.spill(fd, pending, count, chunks)
+        except BaseException:
+            os.close(fd)
+            manager.unreserve_send(spilled=count)
+            raise
+        self._pending_send = handoff.ParkedSend(manager, self, fd, 0, count, None, count)
+        return True
+
     def park_body(
         self,
         pending: bytes | memoryview,
@@ -361,6 +398,7 @@ class GuardedConnections(connections.ConnectionManager):
         self._sends = 0  # parked sends and bodies, started or reserved by a worker still answering
         self._bodies = 0  # of which parked bodies
         self._held = 0  # bytes the parked bodies hold of their own
+        self._spilled = 0  # bytes of parked sends' temporary files (spilled documents)
         self._handed_lock = threading.Lock()
         self._closing = False
         self._last_handed_check = 0.0
@@ -377,13 +415,18 @@ class GuardedConnections(connections.ConnectionManager):
         # Stopping (cheroot's flag) or closed: nothing more is handed over.
         return self._closing or bool(getattr(self, "_stop_requested", False))
 
-    def reserve_send(self, *, body: bool = False, held: int = 0) -> bool:
-        """Reserve room for one parked send (a parked body with ``body``, keeping ``held`` bytes of its own);
-        False when ``handoff.room`` of them are parked or reserved (``MAX_PARKED_BODIES`` of bodies), or when
-        the bodies would hold more than ``MAX_PARKED_HELD_BYTES``."""
+    def reserve_send(self, *, body: bool = False, held: int = 0, spilled: int = 0) -> bool:
+        """Reserve room for one parked send (a parked body with ``body``, keeping ``held`` bytes of its own;
+        a spilled document of ``spilled`` bytes); False when ``handoff.room`` of them are parked or reserved
+        (``MAX_PARKED_BODIES`` of bodies), or when the bodies would hold more than ``MAX_PARKED_HELD_BYTES``
+        or the spilled documents pass ``MAX_SPILLED_BYTES``."""
         with self._handed_lock:
             if self._refusing() or self._sends >= handoff.room(handoff.MAX_PARKED_SENDS):
                 return False
+            if spilled:
+                if self._spilled + spilled > handoff.MAX_SPILLED_BYTES:
+                    return False
+                self._spilled += spilled
             if body:
                 if self._bodies >= handoff.room(handoff.MAX_PARKED_BODIES):
                     return False
@@ -394,10 +437,12 @@ class GuardedConnections(connections.ConnectionManager):
             self._sends += 1
             return True
 
-    def unreserve_send(self) -> None:
-        """Give back a payload send's reservation that ``start_send`` will not use."""
+    def unreserve_send(self, *, spilled: int = 0) -> None:
+        """Give back a payload send's (or a spilled document's) reservation that ``start_send`` will not
+        use."""
         with self._handed_lock:
             self._sends -= 1
+            self._spilled -= spilled
 
     def start_send(self, entry: handoff.Parked) -> bool:
         """Send the rest of a body from the loop (its room was reserved); False when it cannot be (the
@@ -415,6 +460,8 @@ class GuardedConnections(connections.ConnectionManager):
             if type(entry) is handoff.ParkedBody:
                 self._bodies -= 1
                 self._held -= entry.held
+            elif type(entry) is handoff.ParkedSend:
+                self._spilled -= entry.spilled
         entry.release()
         return False
 
@@ -454,6 +501,8 @@ class GuardedConnections(connections.ConnectionManager):
                 if type(entry) is handoff.ParkedBody:
                     self._bodies -= 1
                     self._held -= entry.held
+                elif type(entry) is handoff.ParkedSend:
+                    self._spilled -= entry.spilled
             with suppress(KeyError, ValueError):  # already taken out by cheroot's ``_expire``
                 self._selector.unregister(entry.fd)  # type: ignore[attr-defined]
         entry.release()

@@ -48,6 +48,7 @@ import os
 import resource
 import socket
 import struct
+import tempfile
 import termios
 import time
 from abc import ABC, abstractmethod
@@ -76,6 +77,10 @@ MAX_PARKED_BODIES = 256
 #: ``BODY_HELD_KEY`` in ``mountd.http.sendfile``) stays in memory until its reader took it. Past this a
 #: worker sends such a body itself, as before (a listing's lazily made document holds nothing of its own).
 MAX_PARKED_HELD_BYTES = 64 * 1024 * 1024
+#: Most bytes of such documents written out to temporary files at once (``spill``), when they did not fit
+#: ``MAX_PARKED_HELD_BYTES``: each is then sent from its file by ``os.sendfile``, as a payload is (nginx's
+#: proxy buffers do the same, up to 1 GiB per response by default). Past it a worker waits as before.
+MAX_SPILLED_BYTES = 1024 * 1024 * 1024
 #: Descriptors of the process's soft limit set aside per parked send or lingering connection when the limit
 #: is what bounds them (a parked send holds two; the rest is for everything else the server opens).
 DESCRIPTORS_PER_ENTRY = 8
@@ -204,12 +209,14 @@ class ParkedSend(Parked):
     """The rest of a payload body, sent by ``os.sendfile`` from the loop as the socket takes it.
 
     Attributes:
-        file_fd: A duplicate of the payload's descriptor, owned by this entry.
+        file_fd: A duplicate of the payload's descriptor (or a spilled document's file), owned by this entry.
         offset: Next byte of ``file_fd`` to send.
         on_sent: Told, once, how many bytes this entry sent (when it is released, in full or not), or None.
+        spilled: Bytes of a temporary file this entry holds (``spill``; counted against
+            ``MAX_SPILLED_BYTES``), 0 for a payload.
     """
 
-    __slots__ = ("_moved", "file_fd", "offset", "on_sent")
+    __slots__ = ("_moved", "file_fd", "offset", "on_sent", "spilled")
 
     def __init__(
         self,
@@ -219,11 +226,13 @@ class ParkedSend(Parked):
         offset: int,
         remaining: int,
         on_sent: Callable[[int], None] | None = None,
+        spilled: int = 0,
     ) -> None:
         super().__init__(owner, conn, remaining)
         self.file_fd = file_fd
         self.offset = offset
         self.on_sent = on_sent
+        self.spilled = spilled
         self._moved = 0
 
     def pump(self) -> bool:
@@ -378,3 +387,53 @@ def unacknowledged(fd: int) -> int:
 def plain_socket(conn: Any) -> bool:
     """Whether ``conn``'s socket is a plain TCP/Unix socket (not TLS), the only kind handed over."""
     return type(getattr(conn, "socket", None)) is socket.socket
+
+
+def spill_file(directory: str | None = None) -> int:
+    """An anonymous temporary file for a spilled document (``MAX_SPILLED_BYTES``), open for reading and
+    writing: ``O_TMPFILE``, or where the file system lacks it a ``mkstemp`` file unlinked at once; so it is
+    gone with its last descriptor, whatever happens to the process.
+
+    Args:
+        directory: Where; the system's temporary directory (``TMPDIR``) when None.
+
+    Raises:
+        OSError: No such file can be made there.
+    """
+    where = directory if directory is not None else tempfile.gettempdir()
+    try:
+        return os.open(where, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except OSError:  # EOPNOTSUPP or EISDIR where the file system has no O_TMPFILE
+        fd, name = tempfile.mkstemp(dir=where)
+        os.unlink(name)
+        return fd
+
+
+def spill(fd: int, first: bytes | memoryview, count: int, chunks: Iterator[bytes]) -> None:
+    """Write a response body's rest to ``fd`` (``spill_file``): ``first``, then the chunks of ``chunks``,
+    ``count`` bytes in all.
+
+    Args:
+        fd: The file, at offset 0.
+        first: The bytes due first.
+        count: The body's rest in bytes, ``first`` included (its declared ``Content-Length``'s rest).
+        chunks: The rest of the response iterable; all of it is taken.
+
+    Raises:
+        OSError: A write failed (a full disk).
+        ValueError: The chunks hold more or fewer bytes than ``count``.
+    """
+    written = _write_all(fd, first)
+    for chunk in chunks:
+        if written + len(chunk) > count:
+            raise ValueError("response body longer than its Content-Length")
+        written += _write_all(fd, chunk)
+    if written != count:
+        raise ValueError("response body shorter than its Content-Length")
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> int:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    return len(data)

@@ -214,6 +214,13 @@ class PayloadGateway(wsgi.Gateway_10):
                         if self.req.conn.park_body(rest, remaining, chunks, response, held or 0):
                             log.debug("response body parked path=%s", self.env.get("PATH_INFO"))
                             return True
+                        # Past the budget of documents held in memory: from a temporary file.
+                        if held is not None and self.req.conn.park_spilled(rest, remaining, chunks):
+                            log.debug("response body spilled path=%s", self.env.get("PATH_INFO"))
+                            return False  # all of it was taken: the response is closed by the caller
+                        log.debug(
+                            "response body waited on path=%s (no room to park it)", self.env.get("PATH_INFO")
+                        )
                         waiting = True
                         self.req.conn.wfile.write(rest)
                         break

@@ -8,10 +8,13 @@ the kernel's socket buffers, and talks to it through real sockets.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
+import os
 import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -338,10 +341,11 @@ def test_documents_held_in_memory_are_parked_within_their_byte_budget(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Parked documents that hold their bytes count against ``MAX_PARKED_HELD_BYTES``: with room for one,
-    a second slow reader is waited on by its worker (and still gets the whole document); a listing of the
-    fast path, made from shared parts, holds nothing of its own and is parked all the same. Once the first
-    document is out, its bytes are given back: a third is parked again."""
+    """Parked documents that hold their bytes count against ``MAX_PARKED_HELD_BYTES``: with room for one
+    (and none for spilling), a second slow reader is waited on by its worker (and still gets the whole
+    document); a listing of the fast path, made from shared parts, holds nothing of its own and is parked
+    all the same. Once the first document is out, its bytes are given back: a third is parked again."""
+    monkeypatch.setattr(handoff, "MAX_SPILLED_BYTES", 0)
     caplog.set_level(logging.DEBUG, logger=LOGGER)
     with rendered_server("conditional", store, hook) as handle:
         expected = rendered(handle, "conditional")
@@ -365,3 +369,65 @@ def test_documents_held_in_memory_are_parked_within_their_byte_budget(
             for sock, reader in (first, second, fast):
                 reader.close()
                 sock.close()
+
+
+def spilled(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("response body spilled" in r.getMessage() for r in caplog.records)
+
+
+def waited(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("response body waited on" in r.getMessage() for r in caplog.records)
+
+
+def spill_files(besides: frozenset[str] = frozenset()) -> set[str]:
+    """This process's open temporary files (``handoff.spill_file``: no name, or a deleted one), but for
+    ``besides`` (pytest's own capture files are such files too)."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(tempfile.gettempdir() + "/") and target.endswith("(deleted)"):
+                found.add(target)
+    return found - besides
+
+
+def test_documents_past_the_memory_budget_are_spilled_to_files_within_their_own_budget(
+    big_folder: Path,
+    store: Path,
+    hook: RecordingHook,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A document held whole that does not fit ``MAX_PARKED_HELD_BYTES`` is written to a temporary file and
+    sent from it by the loop (``handoff.spill``), counted against ``MAX_SPILLED_BYTES``. With no memory
+    budget and two server threads: a first slow reader is spilled (one temporary file); with the spill
+    budget then full, a second is waited on by its worker, and a GET is still answered by the other thread.
+    Both get the document byte for byte; once the spilled one is out its bytes are given back and its file
+    is closed."""
+    monkeypatch.setattr(mountd.server, "SERVER_THREADS", 2)
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    before = frozenset(spill_files())
+    with rendered_server("conditional", store, hook) as handle:
+        expected = rendered(handle, "conditional")
+        connections = handle._server._connections
+        monkeypatch.setattr(handoff, "MAX_PARKED_HELD_BYTES", 0)
+        caplog.clear()
+        first = slow_rendered(handle, "conditional")
+        with first[0], first[1]:
+            wait_for(lambda: spilled(caplog) == 1, 60, what="the first document spilled")
+            assert len(spill_files(before)) == 1
+            assert 0 < connections._spilled < len(expected)  # the rest the socket did not take
+            monkeypatch.setattr(handoff, "MAX_SPILLED_BYTES", connections._spilled)
+            second = slow_rendered(handle, "conditional")
+            with second[0], second[1]:
+                wait_for(lambda: waited(caplog) == 1, 60, what="the second document waited on")
+                assert spilled(caplog) == 1
+                conn = http.client.HTTPConnection(handle.host, handle.port, timeout=5)
+                conn.request("GET", "/big/first.txt")
+                assert conn.getresponse().read() == b"one payload"
+                conn.close()
+                assert read_response(first[1]) == expected
+                assert read_response(second[1]) == expected
+        wait_for(lambda: connections._spilled == 0, 30, what="the spilled bytes given back")
+        wait_for(lambda: not spill_files(before), 30, what="the spilled file closed")
+        assert parked(caplog) == 0
