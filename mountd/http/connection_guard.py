@@ -307,7 +307,8 @@ class GuardedConnection(server.HTTPConnection):
         """Write a document held whole in memory out to a temporary file (``handoff.spill``) and have the
         connection loop send it from there once this response's request is done, as a parked payload; False
         (send it yourself; nothing was taken from ``chunks``) when no send can be parked now, when the spilled
-        documents would pass ``MAX_SPILLED_BYTES``, or when no temporary file can be made.
+        documents would pass ``MAX_SPILLED_BYTES``, or when no temporary file for it can be made on disk
+        (``handoff.spill_file``: a tmpfs, a full disk).
 
         Args:
             pending: Bytes of the response due first (the rest of the current chunk).
@@ -326,18 +327,18 @@ class GuardedConnection(server.HTTPConnection):
         if not handoff.plain_socket(self) or not manager.reserve_send(spilled=count):
             return False
         try:
-            fd = handoff.spill_file()
-        except OSError as exc:  # nothing was taken from ``chunks`` yet
+            fd = handoff.spill_file(count)
+        except OSError as exc:  # nothing was taken from ``chunks`` yet: the worker sends it
             manager.unreserve_send(spilled=count)
-            log.warning("response body not spilled reason=%s", exc.strerror)
+            log.debug("response body not spilled reason=%s", exc.strerror)
             return False
         try:
             handoff.spill(fd, pending, count, chunks)
+            self._pending_send = handoff.ParkedSend(manager, self, fd, 0, count, None, count)
         except BaseException:
             os.close(fd)
             manager.unreserve_send(spilled=count)
             raise
-        self._pending_send = handoff.ParkedSend(manager, self, fd, 0, count, None, count)
         return True
 
     def park_body(
@@ -423,10 +424,8 @@ class GuardedConnections(connections.ConnectionManager):
         with self._handed_lock:
             if self._refusing() or self._sends >= handoff.room(handoff.MAX_PARKED_SENDS):
                 return False
-            if spilled:
-                if self._spilled + spilled > handoff.MAX_SPILLED_BYTES:
-                    return False
-                self._spilled += spilled
+            if spilled and self._spilled + spilled > handoff.MAX_SPILLED_BYTES:
+                return False
             if body:
                 if self._bodies >= handoff.room(handoff.MAX_PARKED_BODIES):
                     return False
@@ -434,6 +433,7 @@ class GuardedConnections(connections.ConnectionManager):
                     return False
                 self._bodies += 1
                 self._held += held
+            self._spilled += spilled
             self._sends += 1
             return True
 

@@ -42,9 +42,12 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import logging
 import os
+import re
 import resource
 import socket
 import struct
@@ -81,6 +84,8 @@ MAX_PARKED_HELD_BYTES = 64 * 1024 * 1024
 #: ``MAX_PARKED_HELD_BYTES``: each is then sent from its file by ``os.sendfile``, as a payload is (nginx's
 #: proxy buffers do the same, up to 1 GiB per response by default). Past it a worker waits as before.
 MAX_SPILLED_BYTES = 1024 * 1024 * 1024
+#: File system types whose files are memory: no document is spilled to a temporary directory on one.
+MEMORY_FILE_SYSTEMS = frozenset({"tmpfs", "ramfs"})
 #: Descriptors of the process's soft limit set aside per parked send or lingering connection when the limit
 #: is what bounds them (a parked send holds two; the rest is for everything else the server opens).
 DESCRIPTORS_PER_ENTRY = 8
@@ -389,24 +394,62 @@ def plain_socket(conn: Any) -> bool:
     return type(getattr(conn, "socket", None)) is socket.socket
 
 
-def spill_file(directory: str | None = None) -> int:
-    """An anonymous temporary file for a spilled document (``MAX_SPILLED_BYTES``), open for reading and
-    writing: ``O_TMPFILE``, or where the file system lacks it a ``mkstemp`` file unlinked at once; so it is
-    gone with its last descriptor, whatever happens to the process.
+def spill_file(count: int, directory: str | None = None) -> int:
+    """An anonymous temporary file for a spilled document (``MAX_SPILLED_BYTES``) with ``count`` bytes
+    allocated, open for reading and writing: ``O_TMPFILE``, or where there is none a ``mkstemp`` file
+    unlinked at once; so it is gone with its last descriptor, whatever happens to the process.
 
     Args:
+        count: Bytes to allocate (``posix_fallocate``), so that writing them cannot fail for want of room.
         directory: Where; the system's temporary directory (``TMPDIR``) when None.
 
     Raises:
-        OSError: No such file can be made there.
+        OSError: No such file can be made there, the directory is memory (``MEMORY_FILE_SYSTEMS``: a tmpfs,
+            as ``/tmp`` is in the compose stack; spilling there would only move the bytes to the page
+            cache), or ``count`` bytes cannot be allocated (a full disk).
     """
     where = directory if directory is not None else tempfile.gettempdir()
-    try:
-        return os.open(where, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
-    except OSError:  # EOPNOTSUPP or EISDIR where the file system has no O_TMPFILE
+    kind = file_system_type(where)
+    if kind is None or kind in MEMORY_FILE_SYSTEMS:
+        raise OSError(errno.EOPNOTSUPP, f"temporary directory on {kind or 'an unknown file system'}", where)
+    fd = -1
+    flag = getattr(os, "O_TMPFILE", 0)
+    if flag:
+        with contextlib.suppress(OSError):  # EOPNOTSUPP or EISDIR where the file system has no O_TMPFILE
+            fd = os.open(where, flag | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    if fd < 0:
         fd, name = tempfile.mkstemp(dir=where)
-        os.unlink(name)
-        return fd
+        try:
+            os.unlink(name)
+        except BaseException:
+            os.close(fd)
+            raise
+    try:
+        os.posix_fallocate(fd, 0, count)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def file_system_type(path: str) -> str | None:
+    """The type of the file system ``path`` is on (``/proc/self/mounts``: the longest mount point above
+    it), or None when that cannot be told."""
+    try:
+        real = os.path.realpath(path)
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as mounts:
+            entries = [line.split() for line in mounts]
+    except OSError:
+        return None
+    best, kind = "", None
+    for fields in entries:
+        if len(fields) < 3:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])  # "\040" is a space
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
 
 
 def spill(fd: int, first: bytes | memoryview, count: int, chunks: Iterator[bytes]) -> None:

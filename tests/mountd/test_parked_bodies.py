@@ -431,3 +431,46 @@ def test_documents_past_the_memory_budget_are_spilled_to_files_within_their_own_
         wait_for(lambda: connections._spilled == 0, 30, what="the spilled bytes given back")
         wait_for(lambda: not spill_files(before), 30, what="the spilled file closed")
         assert parked(caplog) == 0
+
+
+def test_a_spill_file_is_made_only_on_disk_and_with_room_for_the_document(tmp_path: Path) -> None:
+    """``handoff.spill_file``: a nameless file with the document's bytes allocated; refused (OSError, before
+    anything is written) on a memory file system such as a tmpfs, and when the bytes cannot be allocated."""
+    fd = handoff.spill_file(4096, str(tmp_path))
+    try:
+        assert os.fstat(fd).st_size == 4096
+        assert os.listdir(tmp_path) == []
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError, match=r"too large|No space"):
+        handoff.spill_file(1 << 62, str(tmp_path))
+    shm = "/dev/shm"  # noqa: S108  (only asked whether a file may be made there)
+    if handoff.file_system_type(shm) == "tmpfs":
+        with pytest.raises(OSError, match="tmpfs"):
+            handoff.spill_file(4096, shm)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_document_that_cannot_be_spilled_is_sent_by_its_worker_whole(
+    big_folder: Path,
+    store: Path,
+    hook: RecordingHook,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Past the memory budget, with the temporary directory on a file system counted as memory
+    (``MEMORY_FILE_SYSTEMS``), nothing is spilled and nothing taken: the worker sends the document itself,
+    byte for byte."""
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    with rendered_server("conditional", store, hook) as handle:
+        expected = rendered(handle, "conditional")
+        monkeypatch.setattr(handoff, "MAX_PARKED_HELD_BYTES", 0)
+        kind = handoff.file_system_type(tempfile.gettempdir())
+        monkeypatch.setattr(handoff, "MEMORY_FILE_SYSTEMS", frozenset({kind}))
+        caplog.clear()
+        sock, reader = slow_rendered(handle, "conditional")
+        with sock, reader:
+            wait_for(lambda: waited(caplog) == 1, 60, what="the document waited on")
+            assert read_response(reader) == expected
+        assert spilled(caplog) == 0
+        assert parked(caplog) == 0
