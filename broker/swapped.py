@@ -102,7 +102,8 @@ class SwappedSubscription:
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
-        self._pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+        # Untyped before redis 8.2, typed since: both are accepted.
+        self._pubsub = client.pubsub()  # type: ignore[no-untyped-call,unused-ignore]
         try:
             with translated(client, "subscribe swapped"):
                 self._pubsub.subscribe(SWAPPED_CHANNEL)

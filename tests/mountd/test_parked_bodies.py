@@ -115,6 +115,20 @@ def read_response(reader: Any) -> bytes:
     return bytes(reader.read(read_head(reader)))
 
 
+def answered_meanwhile(handle: ServerHandle) -> None:
+    """A GET of the folder's first archive, answered within 5 s while the slow readers wait."""
+    conn = http.client.HTTPConnection(handle.host, handle.port, timeout=5)
+    conn.request("GET", "/big/first.txt")
+    assert conn.getresponse().read() == b"one payload"
+    conn.close()
+
+
+def close_all(readers: list[tuple[socket.socket, Any]]) -> None:
+    for sock, reader in readers:
+        reader.close()
+        sock.close()
+
+
 def parked(caplog: pytest.LogCaptureFixture) -> int:
     return sum("response body parked" in r.getMessage() for r in caplog.records)
 
@@ -139,16 +153,11 @@ def test_slow_listing_readers_hold_no_thread_and_get_exact_documents(
     slow = [slow_listing(server, kind) for _ in range(SLOW_READERS)]
     try:
         wait_for(lambda: parked(caplog) == SLOW_READERS, 60, what="every slow listing parked")
-        conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
-        conn.request("GET", "/big/first.txt")
-        assert conn.getresponse().read() == b"one payload"
-        conn.close()
+        answered_meanwhile(server)
         for _, reader in slow:
             assert read_response(reader) == expected
     finally:
-        for sock, reader in slow:
-            reader.close()
-            sock.close()
+        close_all(slow)
 
 
 def test_a_parked_listing_keeps_its_connection_alive(
@@ -219,9 +228,7 @@ def test_past_the_parked_bodies_cap_a_worker_waits_as_before(
             for _, reader in (first, second):
                 assert read_response(reader) == expected
         finally:
-            for sock, reader in (first, second):
-                reader.close()
-                sock.close()
+            close_all([first, second])
 
 
 def test_a_chunk_that_fails_on_the_loop_closes_its_connection_not_the_loop(
@@ -252,10 +259,7 @@ def test_a_chunk_that_fails_on_the_loop_closes_its_connection_not_the_loop(
             stream = reader.read()  # to the end of the stream: the connection is closed
             assert 0 < len(stream) < length
             assert b"one payload" not in stream  # the GET's answer
-        conn = http.client.HTTPConnection(handle.host, handle.port, timeout=10)
-        conn.request("GET", "/big/first.txt")
-        assert conn.getresponse().read() == b"one payload"
-        conn.close()
+        answered_meanwhile(handle)
 
 
 #: Documents wsgidav renders itself, whole, before answering: a PROPFIND with a condition (which the fast
@@ -322,16 +326,11 @@ def test_slow_readers_of_documents_wsgidav_renders_hold_no_thread(
         slow = [slow_rendered(handle, kind) for _ in range(3)]
         try:
             wait_for(lambda: parked(caplog) == 3, 60, what="every slow reader parked")
-            conn = http.client.HTTPConnection(handle.host, handle.port, timeout=5)
-            conn.request("GET", "/big/first.txt")
-            assert conn.getresponse().read() == b"one payload"
-            conn.close()
+            answered_meanwhile(handle)
             for _, reader in slow:
                 assert read_response(reader) == expected
         finally:
-            for sock, reader in slow:
-                reader.close()
-                sock.close()
+            close_all(slow)
 
 
 def test_documents_held_in_memory_are_parked_within_their_byte_budget(
@@ -366,9 +365,7 @@ def test_documents_held_in_memory_are_parked_within_their_byte_budget(
                 wait_for(lambda: parked(caplog) == 1, 60, what="the budget given back")
                 assert read_response(third[1]) == expected
         finally:
-            for sock, reader in (first, second, fast):
-                reader.close()
-                sock.close()
+            close_all([first, second, fast])
 
 
 def spilled(caplog: pytest.LogCaptureFixture) -> int:
@@ -422,10 +419,7 @@ def test_documents_past_the_memory_budget_are_spilled_to_files_within_their_own_
             with second[0], second[1]:
                 wait_for(lambda: waited(caplog) == 1, 60, what="the second document waited on")
                 assert spilled(caplog) == 1
-                conn = http.client.HTTPConnection(handle.host, handle.port, timeout=5)
-                conn.request("GET", "/big/first.txt")
-                assert conn.getresponse().read() == b"one payload"
-                conn.close()
+                answered_meanwhile(handle)
                 assert read_response(first[1]) == expected
                 assert read_response(second[1]) == expected
         wait_for(lambda: connections._spilled == 0, 30, what="the spilled bytes given back")
