@@ -277,6 +277,14 @@ class GuardedConnection(server.HTTPConnection):
         self._linger_on_close = not keep
         return keep
 
+    def _handing_to(self) -> GuardedConnections | None:
+        # The connection loop this response's rest may be handed to: none while one is pending, for a
+        # server without ours, or for a socket that is not plain (TLS).
+        manager = getattr(self.server, "_connections", None)
+        if self._pending_send is not None or not isinstance(manager, GuardedConnections):
+            return None
+        return manager if handoff.plain_socket(self) else None
+
     def park_send(
         self, file_fd: int, offset: int, count: int, on_sent: Callable[[int], None] | None = None
     ) -> bool:
@@ -290,10 +298,8 @@ class GuardedConnection(server.HTTPConnection):
             on_sent: Told once, from the loop, how many of them were sent (``count`` unless the reader went
                 away or stalled), when the send ends; not called when this returns False.
         """
-        manager = getattr(self.server, "_connections", None)
-        if self._pending_send is not None or not isinstance(manager, GuardedConnections):
-            return False
-        if not handoff.plain_socket(self) or not manager.reserve_send():
+        manager = self._handing_to()
+        if manager is None or not manager.reserve_send():
             return False
         try:
             duplicate = os.dup(file_fd)
@@ -320,11 +326,9 @@ class GuardedConnection(server.HTTPConnection):
             OSError, ValueError: From ``handoff.spill``, which took from ``chunks`` (the response cannot go
                 on: the connection is closed).
         """
-        manager = getattr(self.server, "_connections", None)
-        if self._pending_send is not None or not isinstance(manager, GuardedConnections):
-            return False
+        manager = self._handing_to()
         count = len(pending) + remaining
-        if not handoff.plain_socket(self) or not manager.reserve_send(spilled=count):
+        if manager is None or not manager.reserve_send(spilled=count):
             return False
         try:
             fd = handoff.spill_file(count)
@@ -360,10 +364,8 @@ class GuardedConnection(server.HTTPConnection):
             response: The response iterable, whose ``close`` ends the request (called from the loop).
             held: Bytes of memory the body keeps of its own while parked (``handoff.MAX_PARKED_HELD_BYTES``).
         """
-        manager = getattr(self.server, "_connections", None)
-        if self._pending_send is not None or not isinstance(manager, GuardedConnections):
-            return False
-        if not handoff.plain_socket(self) or not manager.reserve_send(body=True, held=held):
+        manager = self._handing_to()
+        if manager is None or not manager.reserve_send(body=True, held=held):
             return False
         self._pending_send = handoff.ParkedBody(manager, self, pending, remaining, chunks, response, held)
         return True

@@ -91,12 +91,18 @@ def slow_listing(handle: ServerHandle, kind: str = "listing") -> tuple[socket.so
     """A PROPFIND of the big folder (or a GET of its page) from a client with a 16 KiB receive buffer that
     reads nothing yet; returns the socket and its reader."""
     method, header, body, _ = KINDS[kind]
+    head = f"{method} /big/ HTTP/1.1\r\nHost: 127.0.0.1:{handle.port}\r\n{header}\r\n"
+    return slow_reader(handle, f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+
+
+def slow_reader(handle: ServerHandle, request: bytes) -> tuple[socket.socket, Any]:
+    """``request`` sent from a client with a 16 KiB receive buffer that reads nothing yet; returns the
+    socket and its reader."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # before connecting: the window follows it
     sock.settimeout(30)
     sock.connect((handle.host, handle.port))
-    head = f"{method} /big/ HTTP/1.1\r\nHost: 127.0.0.1:{handle.port}\r\n{header}\r\n"
-    sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    sock.sendall(request)
     return sock, sock.makefile("rb")
 
 
@@ -121,6 +127,23 @@ def answered_meanwhile(handle: ServerHandle) -> None:
     conn.request("GET", "/big/first.txt")
     assert conn.getresponse().read() == b"one payload"
     conn.close()
+
+
+def all_parked_then_exact(
+    handle: ServerHandle,
+    caplog: pytest.LogCaptureFixture,
+    slow: list[tuple[socket.socket, Any]],
+    expected: bytes,
+) -> None:
+    """Every one of the ``slow`` readers is parked, a GET is answered meanwhile, and each reader then gets
+    ``expected`` byte for byte; the readers are closed in any case."""
+    try:
+        wait_for(lambda: parked(caplog) == len(slow), 60, what="every slow reader parked")
+        answered_meanwhile(handle)
+        for _, reader in slow:
+            assert read_response(reader) == expected
+    finally:
+        close_all(slow)
 
 
 def close_all(readers: list[tuple[socket.socket, Any]]) -> None:
@@ -150,14 +173,7 @@ def test_slow_listing_readers_hold_no_thread_and_get_exact_documents(
     caplog.set_level(logging.DEBUG, logger=LOGGER)
     expected = listing(server, kind)
     caplog.clear()  # a fast reader's body may be parked too, for a moment
-    slow = [slow_listing(server, kind) for _ in range(SLOW_READERS)]
-    try:
-        wait_for(lambda: parked(caplog) == SLOW_READERS, 60, what="every slow listing parked")
-        answered_meanwhile(server)
-        for _, reader in slow:
-            assert read_response(reader) == expected
-    finally:
-        close_all(slow)
+    all_parked_then_exact(server, caplog, [slow_listing(server, kind) for _ in range(SLOW_READERS)], expected)
 
 
 def test_a_parked_listing_keeps_its_connection_alive(
@@ -285,12 +301,7 @@ def rendered_request(handle: ServerHandle, kind: str) -> bytes:
 
 def slow_rendered(handle: ServerHandle, kind: str) -> tuple[socket.socket, Any]:
     """``rendered_request`` from a client with a 16 KiB receive buffer that reads nothing yet."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-    sock.settimeout(30)
-    sock.connect((handle.host, handle.port))
-    sock.sendall(rendered_request(handle, kind))
-    return sock, sock.makefile("rb")
+    return slow_reader(handle, rendered_request(handle, kind))
 
 
 def rendered(handle: ServerHandle, kind: str) -> bytes:
@@ -323,14 +334,7 @@ def test_slow_readers_of_documents_wsgidav_renders_hold_no_thread(
         assert len(expected) > 6 * 1024 * 1024
         assert b"multistatus" in expected
         caplog.clear()
-        slow = [slow_rendered(handle, kind) for _ in range(3)]
-        try:
-            wait_for(lambda: parked(caplog) == 3, 60, what="every slow reader parked")
-            answered_meanwhile(handle)
-            for _, reader in slow:
-                assert read_response(reader) == expected
-        finally:
-            close_all(slow)
+        all_parked_then_exact(handle, caplog, [slow_rendered(handle, kind) for _ in range(3)], expected)
 
 
 def test_documents_held_in_memory_are_parked_within_their_byte_budget(
