@@ -2,6 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# The tested releases of every dependency (constraints.txt; `make constraints` re-resolves them).
+CONSTRAINTS := constraints.txt
 # Programs the tests start as real services, use as real clients or to build test hosts (docker-compose
 # validates compose.yaml; no engine is needed), and the Debian packages with them.
 SYSTEM_DEPS := redis-server:redis-server ip:iproute2 openssl:openssl rclone:rclone cadaver:cadaver \
@@ -13,15 +15,26 @@ RUST_WASM_STD := /usr/lib/rustlib/wasm32-unknown-unknown
 ASC_PREFIX := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/sync/guest-toolchains/npm
 ASSEMBLYSCRIPT := assemblyscript@0.28.20
 
-.PHONY: venv system-deps guest-toolchains test lint typecheck demo bench clean stack-init stack-test
+.PHONY: venv constraints system-deps guest-toolchains test lint typecheck demo bench clean stack-init stack-test
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,guest]'
+	$(PY) -m pip install --quiet --constraint $(CONSTRAINTS) -e '.[dev,guest]'
 	touch $(STAMP)
+
+# Re-resolves constraints.txt: the newest releases pyproject.toml's ranges allow, in a scratch venv. Run
+# `make test` on them (a fresh `make venv` installs them) before committing the file.
+constraints:
+	rm -rf .venv-constraints
+	python3 -m venv .venv-constraints
+	.venv-constraints/bin/python -m pip install --quiet --upgrade pip
+	.venv-constraints/bin/python -m pip install --quiet -e '.[dev,guest]'
+	{ sed -n '/^#/p' $(CONSTRAINTS); .venv-constraints/bin/python -m pip freeze --exclude-editable; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf .venv-constraints
 
 # Installs what is missing with apt when run as root; otherwise names the packages to install.
 system-deps:

@@ -33,7 +33,8 @@ def test_wheel_installs_and_runs(tmp_path: Path) -> None:
     env_dir = tmp_path / "env"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(wheels[0])], check=True)
+    constraints = ["--constraint", str(ROOT / "constraints.txt")]  # the tested releases, as the image takes
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", *constraints, str(wheels[0])], check=True)
     code = "import sync_format, sync_format.signing, broker, workers, mountd, syncctl"
     subprocess.run([str(python), "-c", code], check=True, cwd=tmp_path)
     out = subprocess.run(
