@@ -8,6 +8,8 @@ sits in wsgidav's stack after authentication:
 * ``LOCK`` needs the role that may write (an owner, ``mountd.auth.access.may_write``); a consumer, including
   an anonymous one under ``--allow-anonymous``, gets 403. In a writable store an archive whose manifest
   refuses writes (``ownership.write_allowed = false``) cannot be locked either (nobody may write it).
+* A resource holds at most ``MAX_LOCKS_PER_RESOURCE`` locks (16; a LOCK body, its owner, is at most 4 KiB:
+  ``mountd.http.xml_limits``), so that what locks keep, and every LOCK answer that lists them, stays small.
 * Every ``LOCK`` (new or refresh) gets at most ``max_lock_timeout`` seconds (``SYNC_MAX_LOCK_TIMEOUT``,
   default 3600): a missing, larger or ``Infinite`` ``Timeout`` header is rewritten to that, so the cap holds
   for whichever lock storage is configured.
@@ -35,6 +37,9 @@ log = logging.getLogger(__name__)
 
 #: Longest lock lifetime when no settings are configured (seconds).
 DEFAULT_MAX_LOCK_TIMEOUT = 3600
+#: Locks one resource may hold (shared ones pile up; exclusive ones are one anyway): each is stored until it
+#: expires and is sent back, owner and all, in every LOCK answer and lock discovery of the resource.
+MAX_LOCKS_PER_RESOURCE = 16
 
 
 def capped_timeout(header: str | None, cap: int) -> str:
@@ -95,6 +100,15 @@ class LockPolicy(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         archive = getattr(resource, "archive", None)
         if archive is not None and is_protected(archive):
             return "this archive does not allow writes (ownership.write_allowed)"
+        manager = getattr(provider, "lock_manager", None)
+        refresh = dav_util.get_content_length(environ) == 0  # a refresh names its lock and adds none
+        if (
+            resource is not None
+            and manager is not None
+            and not refresh
+            and len(manager.get_url_lock_list(resource.get_ref_url())) >= MAX_LOCKS_PER_RESOURCE
+        ):
+            return f"this resource holds {MAX_LOCKS_PER_RESOURCE} locks already"
         return None
 
     def _break(self, environ: WSGIEnviron) -> bool:

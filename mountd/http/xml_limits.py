@@ -4,7 +4,8 @@ Why: wsgidav reads and parses these bodies whole, and its work grows with the nu
 PROPFIND body took 9.5 s and 800 MB). ``XmlBodyLimit`` runs before authentication and wsgidav:
 
 * a body declared larger than ``max_xml_body`` (``SYNC_MAX_XML_BODY``, default 1 MiB) is refused with 413
-  without reading it; a chunked body is read up to the limit and refused past it;
+  without reading it; a chunked body is read up to the limit and refused past it; LOCK and PROPPATCH
+  bodies, whose content is kept after the request, have smaller caps (``METHOD_MAX_BODY``: 4 KiB, 64 KiB);
 * a body within the limit is scanned by expat (a streaming parser that builds nothing) and refused with 413
   when it has more than ``max_xml_elements`` elements (``SYNC_MAX_XML_ELEMENTS``, default 1,000 — every
   property asked for is one) or any DOCTYPE (entity expansion); a body that is not well-formed goes on to
@@ -40,6 +41,12 @@ MAX_PROPFIND_NAMES = 64
 MAX_PROPFIND_NAME_CHARS = 4096
 #: Methods whose body is XML that wsgidav parses.
 XML_METHODS = frozenset({"PROPFIND", "PROPPATCH", "LOCK"})
+#: Smaller caps for bodies whose content is kept after the request: a LOCK's ``<owner>`` is stored with the
+#: lock (up to the lock timeout) and sent back in every LOCK answer and lock discovery of the resource, so 40
+#: shared locks of 0.9 MB owners held 600 MB and made each LOCK answer carry all the owners before it;
+#: a PROPPATCH's values are stored for good as dead properties and rendered into every PROPFIND. Clients send
+#: owners of a name or an address and properties of a few hundred bytes.
+METHOD_MAX_BODY = {"LOCK": 4096, "PROPPATCH": 64 * 1024}
 
 
 class _TooMany(Exception):
@@ -116,12 +123,14 @@ class XmlBodyLimit:
             length = int(declared) if declared else None
         except ValueError:
             return self.app(environ, start_response)  # wsgidav refuses a bad Content-Length
-        if length is not None and length > self.max_body:
-            return self._refuse(environ, start_response, f"the XML body exceeds {self.max_body} bytes")
+        limit = min(self.max_body, METHOD_MAX_BODY.get(environ["REQUEST_METHOD"], self.max_body))
+        too_large = f"the XML body of a {environ['REQUEST_METHOD']} exceeds {limit} bytes"
+        if length is not None and length > limit:
+            return self._refuse(environ, start_response, too_large)
         stream = environ["wsgi.input"]
-        body = stream.read(length) if length is not None else stream.read(self.max_body + 1)
-        if len(body) > self.max_body:
-            return self._refuse(environ, start_response, f"the XML body exceeds {self.max_body} bytes")
+        body = stream.read(length) if length is not None else stream.read(limit + 1)
+        if len(body) > limit:
+            return self._refuse(environ, start_response, too_large)
         problem = _xml_problem(body, self.max_elements, propfind=environ["REQUEST_METHOD"] == "PROPFIND")
         if problem is not None:
             return self._refuse(environ, start_response, problem)

@@ -49,7 +49,7 @@ from mountd.dav.facts import ArchiveFacts
 from mountd.dav.index import ListedArchive
 from mountd.dav.resources import SYNC_PROPERTIES, ListedArchiveFile, OpenedArchive
 from mountd.errors import WriteRefused, dav_error
-from mountd.writable.policy import WritePolicy, carry_properties
+from mountd.writable.policy import WritePolicy, carry_properties, require_property_room
 from mountd.writable.uploads import Body, DavSink, end_upload, open_sink
 from sync_format import (
     ArchiveError,
@@ -141,7 +141,14 @@ class ArchiveWrites(DAVNonCollection):  # type: ignore[misc]  # wsgidav is untyp
 
     def copy_move_single(self, dest_path: str, *, is_move: bool) -> None:
         self.policy.require_writer(self.environ, "MOVE" if is_move else "COPY")
-        target = self.policy.archive_for(dest_path)
+        # A destination that lists an archive now is that archive's file (a COPY of a folder onto a folder
+        # keeps the members both have, and copies onto them); any other is a new resource (wsgidav deleted
+        # an overwritten destination first), held to ``archive_for``'s rules.
+        existing = self.provider.get_resource_inst(dest_path, self.environ)
+        if isinstance(existing, ArchiveWrites):
+            target = existing.archive
+        else:
+            target = self.policy.archive_for(dest_path)
         if is_move:
             self.policy.require_replaceable(self.archive, "MOVE")
         self.policy.require_replaceable(target, "MOVE" if is_move else "COPY")
@@ -163,6 +170,8 @@ class ArchiveWrites(DAVNonCollection):  # type: ignore[misc]  # wsgidav is untyp
         if name in SYNC_PROPERTIES:
             raise DAVError(HTTP_FORBIDDEN, err_condition=PRECONDITION_CODE_ProtectedProperty)
         self.policy.require_writer(self.environ, "PROPPATCH")
+        if value is not None:  # (None removes the property)
+            require_property_room(self, name)
         super().set_property_value(name, value, dry_run=dry_run)
 
     def set_last_modified(self, dest_path: str, time_stamp: float, *, dry_run: bool) -> bool:

@@ -29,7 +29,7 @@ from mountd.dav.index import ListedArchive
 from mountd.dav.resources import Folder
 from mountd.errors import dav_error
 from mountd.writable.archives import JunkResource, ListedWritableArchive, PendingArchive, create_archive
-from mountd.writable.policy import WritePolicy, carry_properties, is_junk_name
+from mountd.writable.policy import WritePolicy, carry_properties, is_junk_name, require_property_room
 from sync_format import ArchiveError
 
 log = logging.getLogger(__name__)
@@ -159,4 +159,6 @@ class WritableCollection(Folder):
 
     def set_property_value(self, name: str, value: Any, *, dry_run: bool = False) -> None:
         self.policy.require_writer(self.environ, "PROPPATCH")
+        if value is not None:  # (None removes the property)
+            require_property_room(self, name)
         super().set_property_value(name, value, dry_run=dry_run)

@@ -17,32 +17,50 @@ Invariants:
     * A write is refused (403) before anything changes when ``require_writer`` says no.
     * A write-protected archive is never unlinked, renamed or overwritten by a request, whatever the role;
       only the operator (on the filesystem) or its refresh (``commit_payload`` by a worker) changes it.
-    * Paths are checked by ``sync_format.store.check_store_name``; no hidden segment is ever created.
+    * Paths are checked by ``sync_format.store.check_store_name``; no hidden segment is ever created, nor a
+      name with a control character, one that was not UTF-8, or one too long for its temp file
+      (``MAX_NAME_BYTES``).
+    * A write that creates a file never replaces one: a new resource's file does not exist yet, and the
+      archive is listed under the very name the request gave (``archive_for``).
 """
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from wsgidav.dav_error import HTTP_CONFLICT, HTTP_INSUFFICIENT_STORAGE, DAVError  # type: ignore[import-untyped]
+
 from mountd.auth import access as auth
 from mountd.errors import WriteRefused, dav_error
 from sync_format import ArchiveError, SyncError, open_archive
-from sync_format.store import check_store_name, store_path_for
-from sync_format.template import DEFAULT_CREATED_BY
+from sync_format.atomic import TEMP_SUFFIX
+from sync_format.store import check_store_name, store_path_for, writable_display_name
+from sync_format.template import DEFAULT_CREATED_BY, extension_of
 
 if TYPE_CHECKING:
     from mountd.dav.factory import StoreView
 
 #: Largest upload accepted by default (bytes): 16 GiB; ``--max-upload`` changes it.
 DEFAULT_MAX_UPLOAD = 16 * 1024**3
-#: Times a PUT retries its commit when a refresh committed in between (the upload replaces whatever is there).
+#: Exact metadata names macOS leaves on every share.
 JUNK_NAMES = frozenset({".DS_Store"})
 #: Prefix of macOS AppleDouble companions (``._report.csv``).
 JUNK_PREFIX = "._"
-#: Request headers that make a PUT conditional on the version it saw: then a concurrent commit is a 412.
+#: Longest name a write creates, in UTF-8 bytes: the archive's temp file (``.NAME.sync.<12 hex>.sync-tmp``,
+#: ``sync_format.atomic.create_temp``) must still fit in the 255 bytes a file name may have.
+MAX_NAME_BYTES = 255 - len(f"..sync.{'0' * 12}{TEMP_SUFFIX}")
+#: Dead properties (PROPPATCH) a resource may hold: clients set a handful (Windows: 4 timestamps and
+#: attributes; macOS: a few in its own namespace).
+MAX_DEAD_PROPERTIES = 64
+#: Characters no created name may hold: control characters (C0 and DEL) would reach listings, logs and
+#: terminals, and no request path may carry them (``mountd.http.middleware.path_problem``), so such a file
+#: could never be read or deleted again; U+FFFD and lone surrogates stand for bytes that were not UTF-8.
+_UNSTORABLE = re.compile(r"[\x00-\x1f\x7f\ufffd\ud800-\udfff]")
 
 
 def is_junk_name(name: str) -> bool:
@@ -122,7 +140,16 @@ class WritePolicy:
             self.require_replaceable(archive, what)
 
     def archive_for(self, path: str) -> Path:
-        """The archive file a request path names when it is created (``/a/x.csv`` → ``<root>/a/x.csv.sync``).
+        """The archive file a new resource's request path creates (``/a/x.csv`` → ``<root>/a/x.csv.sync``):
+        a PUT or LOCK of a name no archive is listed under, or the destination of a COPY or MOVE.
+
+        Only a name that no listing shows yet gets here (wsgidav resolves the others to their archive, and
+        deletes a destination it overwrites first), so the file must not exist, and the new archive must be
+        listed under exactly the name asked for. Both are checked: otherwise naming an archive by its file
+        name (``/x.csv.sync`` for the archive listed as ``x.csv``), or a name whose file belongs to an archive
+        listed under another name (``/report`` when ``report.sync`` is listed as ``report.csv``), would
+        replace that archive's file: past ``ownership.write_allowed``, past ``Overwrite: F``, and without a
+        trace of what it held; and a new ``r.csv.sync`` would hide an archive ``r.sync`` listed as ``r.csv``.
 
         Args:
             path: A request path of a file.
@@ -131,10 +158,25 @@ class WritePolicy:
             The archive path.
 
         Raises:
-            DAVError: 403 for names the store cannot hold (hidden, invalid).
+            DAVError: 403 for names the store cannot hold (hidden, invalid, too long) or that would be listed
+                under another name (a name ending in ``.sync``); 409 when a file of that name exists.
         """
         relative = self._relative(path)
-        return store_path_for(self.root, relative.as_posix())
+        target = store_path_for(self.root, relative.as_posix())
+        shown = writable_display_name(target, extension_of(target.name))
+        if shown != relative.name:
+            reason = (
+                f"a new file named {relative.name!r} would be listed as {shown!r}"
+                " (names ending in .sync are the store's own file names): choose another name"
+            )
+            raise dav_error(WriteRefused(path, reason), path)
+        if os.path.lexists(target):
+            raise DAVError(
+                HTTP_CONFLICT,
+                f"{relative.as_posix()}: its file {target.name} exists, listed under another name;"
+                " nothing was changed",
+            )
+        return target
 
     def folder_for(self, path: str) -> Path:
         """The directory a collection's request path names.
@@ -159,7 +201,39 @@ class WritePolicy:
             raise dav_error(WriteRefused(path, exc.reason), path) from exc
         if any(part.startswith(".") for part in relative.parts):
             raise dav_error(WriteRefused(path, "hidden names are not stored"), path)
+        for part in relative.parts:
+            if _UNSTORABLE.search(part):
+                reason = "names with control characters or bytes that are not UTF-8 are not stored"
+                raise dav_error(WriteRefused(path, reason), path)
+            if len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+                raise dav_error(
+                    WriteRefused(path, f"names longer than {MAX_NAME_BYTES} bytes are not stored"), path
+                )
         return relative
+
+
+def require_property_room(resource: Any, name: str) -> None:
+    """Refuse (507) a new dead property on a resource that holds ``MAX_DEAD_PROPERTIES`` already.
+
+    Dead properties are kept for good (in memory, or in the broker's Redis) and rendered into every PROPFIND
+    of the resource and its folder: their number is bounded, as their size is (``METHOD_MAX_BODY``).
+
+    Args:
+        resource: The wsgidav resource being PROPPATCHed (its provider's property manager, its URL).
+        name: The property about to be written.
+
+    Raises:
+        DAVError: 507 when it is a new property and there is no room for it.
+    """
+    manager = resource.provider.prop_manager
+    if manager is None:
+        return
+    names = manager.get_properties(resource.get_ref_url(), resource.environ)
+    if name not in names and len(names) >= MAX_DEAD_PROPERTIES:
+        raise DAVError(
+            HTTP_INSUFFICIENT_STORAGE,
+            f"at most {MAX_DEAD_PROPERTIES} dead properties per resource; remove one first",
+        )
 
 
 def is_protected(archive: Path) -> bool:

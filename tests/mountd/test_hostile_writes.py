@@ -3,6 +3,7 @@ on a real writable mountd on 127.0.0.1 (the loopback caller is an owner)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from store_manifests import csv_manifest
 from broker import Settings
 from mountd import serve_background
 from mountd.writable.policy import WritePolicy
-from sync_format import BuildResult, open_archive
+from sync_format import BuildResult, OwnershipSection, open_archive
 
 AddArchive = Callable[..., BuildResult]
 PROTECTED = b"published,figures\n1,2\n"
@@ -33,6 +34,11 @@ def wurl(store: Path, hook: RecordingHook, add_archive: AddArchive) -> Iterator[
 def _payload(archive: Path) -> bytes:
     with open_archive(archive) as snapshot:
         return snapshot.read_payload()
+
+
+def editable_csv_manifest() -> object:
+    """A CSV manifest whose payload clients may overwrite."""
+    return dataclasses.replace(csv_manifest(), ownership=OwnershipSection(write_allowed=True))
 
 
 def _destination(url: str, path: str) -> dict[str, str]:
@@ -67,3 +73,130 @@ def test_folders_holding_a_protected_archive_are_neither_deleted_nor_moved(wurl:
     assert request(wurl, "DELETE", "/dir/").status in (207, 403)
     assert _payload(store / "dir" / "b.csv.sync") == PROTECTED
     assert not (store / "elsewhere").exists()
+
+
+LOCK_BODY = (
+    b'<?xml version="1.0" encoding="utf-8"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/>'
+    b"</D:lockscope><D:locktype><D:write/></D:locktype><D:owner>me</D:owner></D:lockinfo>"
+)
+
+
+def test_an_archive_named_by_its_file_name_is_neither_replaced_nor_hidden(
+    wurl: str, store: Path, add_archive: AddArchive
+) -> None:
+    """A new resource's name must be what the listing will show, and its file must not exist: ``/a.csv.sync``
+    (the file of the archive listed as ``a.csv``), ``/report`` (the file of ``report.sync``, listed as
+    ``report.csv``) and ``/r.csv.sync`` (a new file that would be listed as ``r.csv``, hiding ``r.sync``) are
+    refused for PUT, LOCK, COPY and MOVE, Overwrite: F or T, and every archive keeps its bytes."""
+    add_archive("report.sync", PROTECTED, manifest=csv_manifest())
+    add_archive("r.sync", PROTECTED, manifest=csv_manifest())
+    assert request(wurl, "PUT", "/mine.csv", body=b"mine\n").status == 201
+    for name in ("/a.csv.sync", "/report", "/r.csv.sync", "/dir/b.csv.sync"):
+        assert request(wurl, "PUT", name, body=b"evil\n").status in (403, 409), name
+        assert request(wurl, "LOCK", name, body=LOCK_BODY).status in (403, 409), name
+        for method in ("COPY", "MOVE"):
+            for overwrite in ("F", "T"):
+                headers = {"Destination": wurl + name, "Overwrite": overwrite}
+                assert request(wurl, method, "/mine.csv", headers=headers).status in (403, 409), name
+    for archive in ("a.csv.sync", "report.sync", "r.sync", "dir/b.csv.sync"):
+        assert _payload(store / archive) == PROTECTED, archive
+    assert _payload(store / "mine.csv.sync") == b"mine\n"
+    assert not (store / "r.csv.sync").exists()
+    assert request(wurl, "GET", "/r.csv").body == PROTECTED
+    assert request(wurl, "GET", "/report.csv").body == PROTECTED
+    # The refusals say why, and a name that is free and shown as asked is still created.
+    refused = request(wurl, "PUT", "/new.csv.sync", body=b"x\n")
+    assert refused.status == 403
+    assert b"would be listed as" in refused.body
+    taken = request(wurl, "PUT", "/report", body=b"x\n")
+    assert taken.status == 409
+    assert b"listed under another name" in taken.body
+    assert request(wurl, "PUT", "/plain", body=b"plain\n").status == 201
+    assert request(wurl, "GET", "/plain").body == b"plain\n"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "/evil%1B%5B31mname.csv",  # ESC: a terminal escape in listings and logs
+        "/evil%7Fdel.csv",  # DEL
+        "/bad%FFutf8.csv",  # not UTF-8 (decoded to U+FFFD)
+        "/" + "n" * 228 + ".csv",  # its temp file would be longer than 255 bytes
+    ],
+)
+def test_names_no_request_could_reach_again_are_never_created(wurl: str, store: Path, name: str) -> None:
+    """A COPY or MOVE destination is held to the rules of request paths and file-name lengths (PUT's own path
+    is refused before: 400 for the characters): 403, and nothing is created."""
+    assert request(wurl, "PUT", "/mine.csv", body=b"mine\n").status == 201
+    before = sorted(p.name for p in store.iterdir())
+    for method in ("COPY", "MOVE"):
+        headers = {"Destination": wurl + name, "Overwrite": "F"}
+        answer = request(wurl, method, "/mine.csv", headers=headers)
+        assert answer.status == 403, (method, answer.status, answer.body[:200])
+    assert sorted(p.name for p in store.iterdir()) == before
+    if len(name) > 200:
+        assert request(wurl, "PUT", name, body=b"x\n").status == 403  # not a 500 from the file system
+        assert request(wurl, "MKCOL", name + "/").status == 403
+    assert _payload(store / "mine.csv.sync") == b"mine\n"
+
+
+def test_a_folder_copied_onto_a_folder_replaces_the_members_it_lists_not_their_names(
+    wurl: str, store: Path, add_archive: AddArchive
+) -> None:
+    """COPY of a folder onto one that lists the same member (RFC 4918 §9.8.4: merged, members overwritten)
+    writes that member's own file, whatever its file name (``report.sync`` listed as ``report.csv``): no
+    second file appears to hide it; a protected member is refused and keeps its bytes."""
+    add_archive("src/report.csv.sync", b"new\n", manifest=editable_csv_manifest())
+    add_archive("src/kept.csv.sync", b"new kept\n", manifest=editable_csv_manifest())
+    add_archive("dst/report.sync", b"old\n", manifest=editable_csv_manifest())
+    add_archive("dst/kept.csv.sync", PROTECTED, manifest=csv_manifest())
+    answer = request(wurl, "COPY", "/src/", headers={"Destination": wurl + "/dst/", "Overwrite": "T"})
+    assert answer.status == 207  # the protected member's refusal
+    assert sorted(p.name for p in (store / "dst").iterdir()) == ["kept.csv.sync", "report.sync"]
+    assert _payload(store / "dst" / "report.sync") == b"new\n"
+    assert _payload(store / "dst" / "kept.csv.sync") == PROTECTED
+    assert request(wurl, "GET", "/dst/report.csv").body == b"new\n"
+
+
+def _lock_body(scope: str, owner: str) -> bytes:
+    return (
+        f'<?xml version="1.0" encoding="utf-8"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:{scope}/>'
+        f"</D:lockscope><D:locktype><D:write/></D:locktype><D:owner>{owner}</D:owner></D:lockinfo>"
+    ).encode()
+
+
+def _proppatch(name: str, value: str) -> bytes:
+    return (
+        f'<?xml version="1.0" encoding="utf-8"?><D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:test">'
+        f"<D:set><D:prop><Z:{name}>{value}</Z:{name}></D:prop></D:set></D:propertyupdate>"
+    ).encode()
+
+
+def test_what_locks_and_dead_properties_keep_is_bounded(wurl: str) -> None:
+    """A LOCK's owner is at most 4 KiB and a resource holds at most 16 locks (a refresh still works at the
+    cap); a PROPPATCH body is at most 64 KiB and a resource at most 64 dead properties (an existing one can
+    still be changed): past each, a clear refusal, and the answers stay small."""
+    assert request(wurl, "PUT", "/f.csv", body=b"x\n").status == 201
+    assert request(wurl, "LOCK", "/f.csv", body=_lock_body("shared", "o" * 5000)).status == 413
+    tokens = []
+    for i in range(16):
+        answer = request(wurl, "LOCK", "/f.csv", body=_lock_body("shared", f"owner {i} " + "o" * 3000))
+        assert answer.status == 200, i
+        assert len(answer.body) < 16 * 5 * 1024  # every lock of the resource: at most 16 of about 4 KiB
+        tokens.append(answer.header("lock-token") or "")
+    refused = request(wurl, "LOCK", "/f.csv", body=_lock_body("shared", "one more"))
+    assert (refused.status, b"16 locks" in refused.body) == (403, True)
+    refreshed = request(wurl, "LOCK", "/f.csv", headers={"If": f"({tokens[0]})", "Timeout": "Second-60"})
+    assert refreshed.status == 200
+    assert request(wurl, "UNLOCK", "/f.csv", headers={"Lock-Token": tokens[0]}).status == 204
+    assert request(wurl, "LOCK", "/f.csv", body=_lock_body("shared", "room again")).status == 200
+
+    assert request(wurl, "PUT", "/g.csv", body=b"x\n").status == 201
+    assert request(wurl, "PROPPATCH", "/g.csv", body=_proppatch("big", "v" * 70_000)).status == 413
+    for i in range(64):
+        assert request(wurl, "PROPPATCH", "/g.csv", body=_proppatch(f"p{i}", "v" * 500)).status == 207, i
+    full = request(wurl, "PROPPATCH", "/g.csv", body=_proppatch("p64", "v"))
+    assert b"507" in full.body  # the multistatus names the refused property
+    assert b"HTTP/1.1 200" not in full.body
+    changed = request(wurl, "PROPPATCH", "/g.csv", body=_proppatch("p0", "changed"))
+    assert b"HTTP/1.1 200" in changed.body
