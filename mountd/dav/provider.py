@@ -54,6 +54,7 @@ from broker.contract import archive_key
 from mountd.dav.factory import ReadOnlyResources, ResourceFactory
 from mountd.dav.facts import ArchiveFacts
 from mountd.dav.index import ArchiveIndex
+from mountd.dav.render_slots import RenderSlots
 from mountd.dav.resources import Folder, OpenedArchive, SingleArchiveCollection
 from mountd.errors import dav_error
 from mountd.http.freshness_headers import (
@@ -175,6 +176,8 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         if index is None:
             index = ArchiveIndex(name_rule=self.resources.name_rule)
         self.index = index
+        #: Folder listings wsgidav renders itself, a few at once (``mountd.dav.render_slots``).
+        self.render_slots = RenderSlots()
 
     def __repr__(self) -> str:
         return f"SyncProvider({self.single or self.root})"
@@ -197,18 +200,31 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         A PROPFIND with ``Depth: infinity``, or without a ``Depth`` (which means the same, RFC 4918 §9.1),
         is refused with 403 and the ``propfind-finite-depth`` precondition, as Apache's mod_dav does by
         default: wsgidav would describe the whole store in one document, rendered in memory, which any
-        reader could ask for again and again. An answer wsgidav made whole in memory (its multistatus
-        documents) may be sent to a slow reader by the connection loop, not by a worker thread
-        (``mark_complete_body``).
+        reader could ask for again and again. A listing of a folder that reaches wsgidav (the fast path did
+        not answer it) is rendered in one of a few slots (``render_slots``: 503 when none comes free soon).
+        An answer wsgidav made whole in memory (its multistatus documents) may be sent to a slow reader by
+        the connection loop, not by a worker thread (``mark_complete_body``).
         """
-        if (
-            environ.get("REQUEST_METHOD") == "PROPFIND"
-            and environ.get("HTTP_DEPTH", "infinity") == "infinity"
-        ):
-            raise DAVError(HTTP_FORBIDDEN, err_condition=PRECONDITION_CODE_PropfindFiniteDepth)
+        if environ.get("REQUEST_METHOD") == "PROPFIND":
+            depth = environ.get("HTTP_DEPTH", "infinity")
+            if depth == "infinity":
+                raise DAVError(HTTP_FORBIDDEN, err_condition=PRECONDITION_CODE_PropfindFiniteDepth)
+            if depth == "1" and self._is_folder(environ):
+                with self.render_slots.held(f"PROPFIND {environ.get('PATH_INFO')!r}"):
+                    response = default_handler(environ, start_response)
+                mark_complete_body(environ, response)
+                return response
         response = default_handler(environ, start_response)
         mark_complete_body(environ, response)
         return response
+
+    def _is_folder(self, environ: dict[str, Any]) -> bool:
+        # Whether the request names a folder (resolved once per request: wsgidav finds it in the cache).
+        try:
+            resource = self.get_resource_inst(environ.get("PATH_INFO", "/"), environ)
+        except DAVError:
+            return False  # wsgidav answers it as it would have
+        return resource is not None and bool(resource.is_collection)
 
     def get_resource_inst(self, path: str, environ: dict[str, Any]) -> Any:
         """Map a request path to a resource, or None when nothing is there.

@@ -15,10 +15,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import wsgidav.request_server  # type: ignore[import-untyped]
 from dav_client import request
 from recording_hook import RecordingHook
+from redis_server import wait_for
 from store_manifests import csv_manifest
 
 from broker import Settings
@@ -393,3 +396,52 @@ def _release_fifos(store: Path, names: tuple[str, ...], stopped: threading.Event
                     os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
 
     threading.Thread(target=release, daemon=True).start()
+
+
+# --- folder listings wsgidav renders itself ---
+
+
+def test_folder_listings_wsgidav_renders_take_a_few_slots_and_the_rest_get_503(
+    hserver: ServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A conditional PROPFIND Depth 1 of a folder (any client can add the condition, and then wsgidav renders
+    the whole listing in memory) takes one of 2 render slots; 2 more wait; any other is answered 503 with
+    Retry-After at once. Meanwhile GETs, fast-path listings and one-resource PROPFINDs are answered, and the
+    waiting ones are rendered once slots come free."""
+    release = threading.Event()
+    inside: list[str] = []
+    original = wsgidav.request_server.RequestServer.do_PROPFIND
+
+    def held_propfind(self: Any, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("HTTP_DEPTH") == "1":
+            inside.append(environ["PATH_INFO"])
+            release.wait(30)
+        return original(self, environ, start_response)
+
+    monkeypatch.setattr(wsgidav.request_server.RequestServer, "do_PROPFIND", held_propfind)
+    url = hserver.mount_url
+    conditional = {"Depth": "1", "If-Unmodified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"}
+    answers: list[int] = []
+
+    def listing() -> None:
+        answers.append(request(url, "PROPFIND", "/", headers=conditional).status)
+
+    first = [threading.Thread(target=listing) for _ in range(4)]
+    try:
+        for thread in first:
+            thread.start()
+        wait_for(lambda: len(inside) == 2, 10, what="two listings rendering")
+        time.sleep(0.3)  # the other two are waiting for a slot by now
+        refused = request(url, "PROPFIND", "/", headers=conditional, timeout=5)
+        assert refused.status == 503
+        assert refused.header("retry-after") == "2"
+        assert request(url, "GET", "/data.csv", timeout=5).body == PAYLOAD
+        assert request(url, "PROPFIND", "/", headers={"Depth": "1"}, timeout=5).status == 207  # fast path
+        one = {"Depth": "0", "If-Unmodified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"}
+        assert request(url, "PROPFIND", "/data.csv", headers=one, timeout=5).status == 207
+        assert len(inside) == 2
+    finally:
+        release.set()
+        for thread in first:
+            thread.join(30)
+    assert sorted(answers) == [207, 207, 207, 207]
