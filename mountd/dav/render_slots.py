@@ -4,7 +4,8 @@ Why: a PROPFIND Depth 1 of a folder that the fast path (``mountd.http.fast_propf
 rendered by wsgidav as an element tree of every member, in memory, under the interpreter lock. That is every
 listing of a writable store, and any listing with a condition header or an ``If`` header, which any reader
 can add. Measured on a folder of 10,000 archives: about 35 MB and 2.5 s of CPU per request; 16 such requests
-at once took the server from 134 MB to 806 MB and kept it busy for 41 s, GETs included.
+at once peaked at 779 MB and kept the server busy for 42 s, a GET waiting 31 s of it
+(``bench/replay_heavy_listings.py``).
 
 ``RenderSlots`` bounds them: ``MAX_RENDERS`` at once (more would not finish sooner: they share one
 interpreter lock), and ``MAX_WAITING`` waiting for a slot, each ``RENDER_WAIT`` seconds at most; any other is
