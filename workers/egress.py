@@ -37,11 +37,13 @@ status      error_code
 HTTP code   ``None``: a completed response, any status (a 3xx too when redirects are off or it has no
             ``Location``)
 -2          ``host_not_allowed``, ``userinfo``, ``private_address`` (also metadata addresses),
-            ``redirect_not_allowed`` (a ``Location`` that fails any of the checks above, or ``bad_url``)
+            ``redirect_not_allowed`` (a ``Location`` that fails any of the checks above, is ``bad_url``
+            or cannot be parsed at all)
 -4          ``too_large`` (declared or read body over the cap), ``body_read_failed`` (connection broken
             mid-body)
 -5          ``bad_url``, ``method_not_allowed``, ``too_many_requests``, ``too_many_redirects``,
-            ``timeout``, ``dns_failed``, ``connect_failed``, ``tls_failed``, ``bad_response``
+            ``timeout``, ``dns_failed``, ``connect_failed``, ``tls_failed``, ``bad_response`` (also a
+            ``Content-Length`` that is not ASCII digits)
 ==========  ==========================================================================================
 
 -5 ("request failed") is used for the budget and method refusals because a reference guest treats it as "no
@@ -55,6 +57,7 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import logging
+import re
 import socket
 import ssl
 import threading
@@ -109,6 +112,8 @@ MAX_RECORDED_FAILURES = 32
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _READ_CHUNK = 64 * 1024
+#: A Content-Length value: ASCII digits only (``\d`` and ``str.isdigit`` take other scripts' digits too).
+_ASCII_DIGITS = re.compile(r"[0-9]+")
 #: Characters left as they are when a URL's path and query are made ASCII for the request line.
 _URL_SAFE = "!#$%&'()*+,/:;=?@[]~"
 
@@ -369,7 +374,13 @@ class Egress:
             if hops >= self._policy.max_redirects:
                 refusal = _Refusal(STATUS_FAILED, "too_many_redirects", f"more than {hops} redirects")
                 return _failed(refusal, target.url, hops)
-            next_url = urljoin(target.url, answer.location)
+            try:
+                next_url = urljoin(target.url, answer.location)
+            except ValueError:
+                # A Location the URL parser cannot read (``http://[x/``) is the server's, so it is a refused
+                # redirect like any other bad target, never an exception out of ``request``.
+                refusal = _Refusal(STATUS_DENIED, "redirect_not_allowed", "redirect: Location is not a URL")
+                return _failed(refusal, target.url, hops)
             checked = self._vet(next_url, deadline)
             if isinstance(checked, _Refusal):
                 if checked.status == STATUS_DENIED or checked.error_code == "bad_url":
@@ -536,8 +547,12 @@ class Egress:
         location = response.getheader("Location")
         if response.status in _REDIRECTS and location and self._policy.follow_redirects:
             return _Response(response.status, b"", location)
-        declared = response.getheader("Content-Length", "")
-        if declared.strip().isdigit() and int(declared) > cap:
+        declared = response.getheader("Content-Length", "").strip()
+        if declared and not _ASCII_DIGITS.fullmatch(declared):
+            # ``str.isdigit`` accepts superscripts and other scripts' digits that ``int`` refuses; RFC 9110
+            # makes a Content-Length that is not ASCII digits an unrecoverable framing error.
+            return _Refusal(STATUS_FAILED, "bad_response", f"Content-Length {escape_text(declared, 40)}")
+        if declared and int(declared) > cap:
             return self._over(cap, f"declared {declared} bytes")
         chunks: list[bytes] = []
         size = 0

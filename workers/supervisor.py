@@ -7,8 +7,10 @@ While waiting it serves the child's requests: HTTP is performed here, by ``Egres
 DNS and private-address checks; the child has no network at all. The new payload arrives as DATA frames
 and is spooled to a temp file, capped at the policy's maximum. ABI v2 requests carry a header block and a
 body (sizes checked before reading); their headers pass ``guest_http.prepare_headers`` here, where granted
-operator secrets are filled in. Guest ``log`` lines are counted and cut again here (the child is not trusted
-to have done it), kept in the outcome and written to the worker log. The child is always reaped with ``wait4``
+operator secrets are filled in. A request never raises out of the session: an exception from the requester
+(which promises none) is the guest's -5 ``egress_failed``, logged with its class only. Guest ``log`` lines
+are counted and cut again here (the child is not trusted to have done it), kept in the outcome and written
+to the worker log. The child is always reaped with ``wait4``
 so its exit status and resource use are recorded. With a ``SpareChild`` the child may have been forked
 ahead of its job (``workers.spare``); with a ``Zygote`` a small separate process forks it
 (``workers.zygote``): the job is then sent to it, this process still kills its group at the deadline, and
@@ -330,7 +332,7 @@ class _Session:
         if message.get("v") == 2:
             result = self._http_v2(url, method, message, deadline)
         else:
-            result = self.egress.request(url, method, deadline=deadline)
+            result = self._perform(url, method, deadline)
         if result.error_code is not None:
             self.outcome.egress_errors.append(result.error_code)
         reply: dict[str, Any] = {"type": "http_response", "status": result.status, "size": len(result.body)}
@@ -359,10 +361,10 @@ class _Session:
             return HttpResult(ERR_BAD_REQUEST, error_code=prepared.error_code, reason=prepared.reason)
         if prepared.secrets_used:
             log.info("egress request uses secrets names=%s", ",".join(prepared.secrets_used))
-        result = self.egress.request(
+        result = self._perform(
             url,
             method,
-            deadline=deadline,
+            deadline,
             headers=prepared.headers,
             body=body,
             secret_headers=prepared.secret_names,
@@ -376,6 +378,39 @@ class _Session:
             reason = f"response headers of {size} bytes, at most {MAX_RESPONSE_HEADERS_BYTES}"
             return HttpResult(STATUS_BODY_FAILED, error_code="headers_too_large", reason=reason)
         return result
+
+    def _perform(
+        self,
+        url: str,
+        method: str,
+        deadline: float,
+        *,
+        headers: tuple[tuple[str, str], ...] = (),
+        body: bytes = b"",
+        secret_headers: frozenset[str] = frozenset(),
+        secret_hosts: tuple[tuple[str, ...], ...] = (),
+    ) -> HttpResult:
+        """One request by the requester, which promises never to raise for what a guest or server causes.
+
+        The backstop for a broken promise: an exception here would end the whole run (and, before the
+        outcome exists, the refresh) on a server's say-so, so it becomes the guest's -5 ``egress_failed``.
+        Only the exception's class is logged: its text may quote the server or the URL's secrets.
+        """
+        try:
+            return self.egress.request(
+                url,
+                method,
+                deadline=deadline,
+                headers=headers,
+                body=body,
+                secret_headers=secret_headers,
+                secret_hosts=secret_hosts,
+            )
+        except Exception as exc:  # noqa: BLE001  (the backstop itself; the class is logged below)
+            # Not log.exception: the traceback's text is what must stay out of the log.
+            name = type(exc).__name__
+            log.error("egress request failed unexpectedly error=egress_failed exception=%s", name)  # noqa: TRY400
+            return HttpResult(STATUS_FAILED, error_code="egress_failed", reason="egress failed unexpectedly")
 
     def _log(self, message: dict[str, Any]) -> None:
         """Keep one guest log line: cut, escaped again and counted here (the child is not trusted)."""

@@ -9,8 +9,10 @@ reach them alone, so the tests run with the operator's ``SYNC_EGRESS_ALLOW_PRIVA
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -754,3 +756,49 @@ def test_failures_are_recorded_escaped(resolver: RecordingResolver) -> None:
         ("host_not_allowed", "other.test", -2),
     ]
     assert all("\x1b" not in str(v) and "\u202e" not in str(v) for f in client.failures for v in f.values())
+
+
+@contextlib.contextmanager
+def raw_server(answer: bytes) -> Iterator[int]:
+    """A server on 127.0.0.1 answering each connection with ``answer`` as is (what ``http.server`` would not
+    send); yields its port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                head = b""
+                while b"\r\n\r\n" not in head and (chunk := conn.recv(4096)):
+                    head += chunk
+                conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    "declared", [b"\xb2", b"1\xb9", b"+5"], ids=["superscript-two", "one-superscript", "sign"]
+)
+def test_a_content_length_that_is_not_ascii_digits_is_a_bad_response(
+    resolver: RecordingResolver, declared: bytes
+) -> None:
+    """``Content-Length: \\xb2`` (Latin-1 superscript two: ``str.isdigit`` says yes, ``int`` says no) is a
+    -5 ``bad_response``, not an exception out of ``request``."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: " + declared + b"\r\nConnection: close\r\n\r\nhello"
+    with raw_server(answer) as port:
+        client = egress(resolver, "loop.test", operator=("127.0.0.1:*",))
+        result = client.request(f"http://loop.test:{port}/", "GET", deadline=soon())
+    assert (result.status, result.error_code, result.body) == (-5, "bad_response", b"")

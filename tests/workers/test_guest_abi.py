@@ -8,6 +8,7 @@ their new payload, which the test reads back from the committed archive. HTTP go
 
 from __future__ import annotations
 
+import logging
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -23,7 +24,16 @@ from netns_hosts import Route, ServedHost, loopback_host
 from sync_format.builder import EMPTY_WASM
 from sync_format.reader import open_archive
 from sync_format.testing import make_archive, make_manifest
-from workers.refresh import COMMITTED, FAILED, NO_UPDATE_LOGIC, UNCHANGED, RefreshOutcome, run_refresh
+from workers.egress import HttpResult
+from workers.refresh import (
+    COMMITTED,
+    FAILED,
+    NO_UPDATE_LOGIC,
+    UNCHANGED,
+    RefreshOutcome,
+    execute_guest,
+    run_refresh,
+)
 from workers.runtime import GuestRuntime
 
 #: Generous bound for a guest stopped by its 1 s budget to come back; only reached when it did not stop.
@@ -498,3 +508,52 @@ def test_text_format_module_is_refused(runtime: GuestRuntime, tmp_path: Path) ->
     assert (outcome.status, outcome.error_code) == (FAILED, "guest_trap")
     assert "not a binary WebAssembly module" in (outcome.error or "")
     assert current(path) == (0, b"hello")
+
+
+def test_a_redirect_the_url_parser_cannot_read_is_refused_not_raised(
+    runtime: GuestRuntime, server: ServedHost, tmp_path: Path
+) -> None:
+    """A source redirecting to ``http://[x/`` (``urljoin`` raises on it) gives the guest -2
+    ``redirect_not_allowed`` and the refresh an outcome, instead of an exception out of ``run_refresh``."""
+    server.serve({"/bad-hop": Route.redirect("http://[x/")})
+    outcome, path = refresh(
+        runtime, tmp_path, guests.fetch(url(server, "loop.test", "/bad-hop")), allow_hosts=("loop.test",)
+    )
+    assert results(committed_payload(outcome, path), 3) == ([-2, 0, 0], b"")
+    assert outcome.egress_errors == ("redirect_not_allowed",)
+
+
+class RaisingRequester:
+    """A requester breaking its promise never to raise, with a message that must not reach the log."""
+
+    def __init__(self) -> None:
+        self.failures: list[dict[str, object]] = []
+
+    def request(self, url: str, method: str, **_: object) -> HttpResult:
+        raise ValueError("server-chosen \x1b[2J text")
+
+
+def test_an_exception_from_egress_is_the_guests_failed_request(
+    runtime: GuestRuntime, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The host-call layer's backstop: an exception from egress becomes -5 ``egress_failed`` for the guest,
+    which runs on, and one error line naming the exception's class but not its text."""
+    path = tmp_path / "guest.txt.sync"
+    make_archive(
+        path,
+        b"hello",
+        manifest=make_manifest(allow_hosts=("loop.test",)),
+        wasm=guests.fetch("http://loop.test/"),
+    )
+    with open_archive(path) as snap, caplog.at_level(logging.INFO, logger="workers.supervisor"):
+        outcome = execute_guest(snap, snap.read_wasm() or b"", runtime, requester=RaisingRequester())
+    try:
+        assert outcome.error is None
+        assert outcome.new_payload is not None
+        assert results(outcome.new_payload.read(), 3) == ([-5, 0, 0], b"")
+        assert outcome.egress_errors == ["egress_failed"]
+    finally:
+        outcome.close()
+    [line] = [r.getMessage() for r in caplog.records if "egress_failed" in r.getMessage()]
+    assert "exception=ValueError" in line
+    assert "server-chosen" not in caplog.text
