@@ -25,7 +25,8 @@ request with the standard library's ``http.client`` (spec §7.2, §7.4; fixes §
 * Nothing outlives ``deadline`` (a ``time.monotonic()`` value): DNS, connect and every read are clipped to
   the time left, and a watchdog shuts the socket down at the deadline, so a server dripping bytes cannot hold
   the parent past it.
-* At most ``max_requests`` calls per ``Egress``, refused ones included.
+* At most ``max_requests`` calls per ``Egress``, refused ones included. Every body byte read counts against
+  ``max_total_bytes``, also the bytes of a response that then failed (too large, cut short, too slow).
 * One ``egress request`` event is logged per call with the URL (query and userinfo left out: they carry
   secrets), never the body.
 
@@ -503,8 +504,6 @@ class Egress:
                 return _Refusal(STATUS_FAILED, "too_slow", watchdog.why)
             if watchdog.fired:
                 return _Refusal(STATUS_FAILED, "timeout", "deadline passed during the exchange")
-            if isinstance(answer, _Response):
-                self._received += len(answer.body)
             return answer
         return failure
 
@@ -563,6 +562,9 @@ class Egress:
                 if not chunk:
                     break
                 size += len(chunk)
+                # Charged as read, whatever the outcome: a body cut off for its size or ended early was
+                # downloaded all the same, and an uncharged one would let each request take a full budget.
+                self._received += len(chunk)
                 watchdog.received(len(chunk))
                 if size > cap:
                     return self._over(cap, f"more than {cap} bytes")

@@ -802,3 +802,24 @@ def test_a_content_length_that_is_not_ascii_digits_is_a_bad_response(
         client = egress(resolver, "loop.test", operator=("127.0.0.1:*",))
         result = client.request(f"http://loop.test:{port}/", "GET", deadline=soon())
     assert (result.status, result.error_code, result.body) == (-5, "bad_response", b"")
+
+
+@pytest.mark.parametrize(
+    ("route", "after"),
+    [
+        (Route.truncated(declared=60_000, sent=59_000), ["body_read_failed", "total_too_large", None]),
+        (Route.large(70_000, declare_length=False), ["too_large", "total_too_large", "total_too_large"]),
+    ],
+    ids=["cut-short", "over-its-cap"],
+)
+def test_bytes_of_failed_responses_count_against_the_run_budget(
+    hosts: dict[str, ServedHost], resolver: RecordingResolver, route: Route, after: list[str | None]
+) -> None:
+    """Body bytes read are charged to ``max_total_bytes`` whatever became of the response: a body that ended
+    early (59,000 bytes read) or ran over its own cap (60,001 read) leaves the next one only the rest of the
+    budget, and a run cannot download a budget per request."""
+    hosts["allowed"].serve({"/fail": route, "/small": Route.fixed(b"x" * 1000)})
+    client = egress(resolver, "allowed.test", max_response_size=60_000, max_total_bytes=100_000)
+    paths = ["/fail", "/fail", "/small"]
+    results = [client.request(f"http://allowed.test{p}", "GET", deadline=soon()) for p in paths]
+    assert [r.error_code for r in results] == after
