@@ -8,9 +8,11 @@ DNS and private-address checks; the child has no network at all. The new payload
 and is spooled to a temp file, capped at the policy's maximum. ABI v2 requests carry a header block and a
 body (sizes checked before reading); their headers pass ``guest_http.prepare_headers`` here, where granted
 operator secrets are filled in. A request never raises out of the session: an exception from the requester
-(which promises none) is the guest's -5 ``egress_failed``, logged with its class only. Guest ``log`` lines
-are counted and cut again here (the child is not trusted to have done it), kept in the outcome and written
-to the worker log. The child is always reaped with ``wait4``
+(which promises none) is the guest's -5 ``egress_failed``, logged with its class only. Every request counts
+against the policy's ``max_requests`` here, those refused before egress included; past it a call is -5 at
+once and unlogged, and only the first ``MAX_EGRESS_ERRORS`` error codes of a run are kept. Guest ``log``
+lines are counted and cut again here (the child is not trusted to have done it), kept in the outcome and
+written to the worker log. The child is always reaped with ``wait4``
 so its exit status and resource use are recorded. With a ``SpareChild`` the child may have been forked
 ahead of its job (``workers.spare``); with a ``Zygote`` a small separate process forks it
 (``workers.zygote``): the job is then sent to it, this process still kills its group at the deadline, and
@@ -71,6 +73,8 @@ HEARTBEAT_INTERVAL = 1.0
 CHILD_MESSAGE_LIMIT = 500
 #: Payloads up to this size stay in memory while staged; larger ones spill to a temp file.
 SPOOL_IN_MEMORY = 8 * 1024 * 1024
+#: Error codes kept per run in ``egress_errors`` (the first ones; a guest chooses how many calls fail).
+MAX_EGRESS_ERRORS = 64
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,8 @@ class SandboxOutcome:
         new_payload_size: Its size in bytes.
         fuel_used: Fuel the guest consumed.
         requests: HTTP requests the guest made.
-        egress_errors: ``error_code`` of every request that got no response (connect, DNS, timeout...).
+        egress_errors: ``error_code`` of each request that got no response (connect, DNS, timeout, refused
+            headers...), the first ``MAX_EGRESS_ERRORS`` of them.
         egress: Each refused or failed request (``rule``, ``host``, ``code``, ``url``, ``reason``; escaped).
         duration_ms: Wall time from fork to reap.
         usage: The child's exit status and resource use.
@@ -228,7 +233,9 @@ def run_in_sandbox(
                 child_main(child_sock.detach(), job)
             child_sock.close()
     performer = requester or Egress(egress_policy, resolver=resolver, heartbeat=heartbeat)
-    session = _Session(Channel(parent_sock), outcome, job, performer, grants or Grants())
+    session = _Session(
+        Channel(parent_sock), outcome, job, performer, grants or Grants(), egress_policy.max_requests
+    )
     try:
         session.serve(deadline, heartbeat)
     finally:
@@ -258,13 +265,21 @@ class _Session:
     """Parent side of the protocol for one child."""
 
     def __init__(
-        self, channel: Channel, outcome: SandboxOutcome, job: ChildJob, egress: Requester, grants: Grants
+        self,
+        channel: Channel,
+        outcome: SandboxOutcome,
+        job: ChildJob,
+        egress: Requester,
+        grants: Grants,
+        max_requests: int,
     ) -> None:
         self.channel = channel
         self.outcome = outcome
         self.job = job
         self.egress = egress
         self.grants = grants
+        self.max_requests = max_requests
+        self.calls = 0
         self.log_lines = 0
 
     def serve(self, deadline: float, heartbeat: Callable[[], None] | None) -> None:
@@ -326,29 +341,44 @@ class _Session:
         raise ProtocolViolation(f"unknown message type {kind!r}")
 
     def _http(self, message: dict[str, Any], deadline: float) -> None:
+        """One guest request, counted against the run's budget whether it is refused here, by egress or not.
+
+        Calls past ``max_requests`` are answered -5 ``too_many_requests`` at once and without a log line: a
+        guest looping on a refused call must not write the worker's log or the status record without end.
+        """
         url, method = message.get("url"), message.get("method")
         if not isinstance(url, str) or not isinstance(method, str):
             raise ProtocolViolation("http request without url or method")
-        if message.get("v") == 2:
-            result = self._http_v2(url, method, message, deadline)
+        v2 = message.get("v") == 2
+        # A v2 request's header block and body follow on the channel: read even when refused, to stay in step.
+        block, body = self._v2_parts(message, deadline) if v2 else (b"", b"")
+        self.calls += 1
+        if self.calls > self.max_requests:
+            result = HttpResult(STATUS_FAILED, error_code="too_many_requests", reason="request budget spent")
+        elif v2:
+            result = self._http_v2(url, method, block, body, deadline)
         else:
             result = self._perform(url, method, deadline)
-        if result.error_code is not None:
+        if result.error_code is not None and len(self.outcome.egress_errors) < MAX_EGRESS_ERRORS:
             self.outcome.egress_errors.append(result.error_code)
         reply: dict[str, Any] = {"type": "http_response", "status": result.status, "size": len(result.body)}
-        if message.get("v") == 2:
+        if v2:
             reply["headers"] = [list(h) for h in result.headers]
         self.channel.send_json(reply)
         self.channel.send_data(result.body)
 
-    def _http_v2(self, url: str, method: str, message: dict[str, Any], deadline: float) -> HttpResult:
-        """A v2 request: read its header block and body, check the headers, fill in granted secrets."""
+    def _v2_parts(self, message: dict[str, Any], deadline: float) -> tuple[bytes, bytes]:
+        """A v2 request's header block and body, their sizes checked before reading."""
         sizes = message.get("headers_size"), message.get("body_size")
         limits = MAX_REQUEST_HEADERS_BYTES, MAX_REQUEST_BODY
         if not all(isinstance(n, int) and 0 <= n <= cap for n, cap in zip(sizes, limits, strict=True)):
             raise ProtocolViolation(f"http request sizes {sizes!r} out of range")
         block = self.channel.recv_data(int(sizes[0] or 0), deadline)
         body = self.channel.recv_data(int(sizes[1] or 0), deadline)
+        return block, body
+
+    def _http_v2(self, url: str, method: str, block: bytes, body: bytes, deadline: float) -> HttpResult:
+        """A v2 request: check the headers, fill in granted secrets, perform it."""
         prepared = prepare_headers(
             block,
             allow_env=self.grants.allow_env,

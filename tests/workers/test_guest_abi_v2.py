@@ -501,3 +501,32 @@ def test_unbound_secret_is_one_warning_at_startup(tmp_path: Path, caplog: pytest
     (line,) = [r.getMessage() for r in caplog.records if "unusable until bound" in r.getMessage()]
     assert "names=SPARE" in line
     assert SECRET not in caplog.text
+
+
+def test_refused_sends_spend_the_request_budget_and_are_recorded_boundedly(
+    runtime: GuestRuntime, tmp_path: Path, servers: dict[str, ServedHost], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A guest looping on a refused ``http_send`` (a header the client owns) spends the run's 64 requests:
+    the 65th call and any later one, a valid one included, is -5 at once; the parent logs 64 refusals and
+    keeps 64 error codes, not one per call."""
+    target, refused_headers = url(servers), b"Host: x\n"
+    refused = call(
+        "http_send", URL_AT, len(target), METHOD_AT, 3, HEADERS_AT, len(refused_headers), BODY_AT, 0
+    )
+    valid = call("http_send", URL_AT, len(target), METHOD_AT, 3, HEADERS_AT, 0, BODY_AT, 0)
+    looped = f"""(block (result i32)
+      (local.set $len (i32.const 0))
+      (loop $again
+        (drop {refused})
+        (local.set $len (i32.add (local.get $len) (i32.const 1)))
+        (br_if $again (i32.lt_u (local.get $len) (i32.const 200))))
+      {refused})"""
+    data = {URL_AT: target, METHOD_AT: b"GET", HEADERS_AT: refused_headers}
+    wasm = record(looped, valid, data=data, imports=guests.V2_IMPORTS)
+    with caplog.at_level(logging.INFO, logger="workers.supervisor"):
+        outcome, path = run(runtime, tmp_path, wasm, allow_hosts=hosts(servers))
+    assert results(payload_of(path), 2) == ([-5, -5], b"")
+    assert servers["loop"].events() == []
+    assert outcome.egress_errors == ("forbidden_header",) * 64
+    refusals = [r for r in caplog.records if "egress request refused" in r.getMessage()]
+    assert len(refusals) == 64
