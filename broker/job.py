@@ -18,7 +18,8 @@ is tried again with a growing pause for up to ``END_RETRY_SECONDS`` before ``Bro
 raised. A script that ran but whose reply was lost (Redis stopped between running it and sending the reply)
 must not be applied again: the end script leaves a receipt under ``END_PREFIX + runner`` (this execution's
 unique id) holding its reply, and a later try that finds the receipt returns that reply and writes nothing.
-The receipt expires after ``END_RECEIPT_SECONDS``, far beyond the retry window.
+The receipt expires after ``END_RECEIPT_SECONDS``, far beyond the retry window. A failed-list entry's
+``error`` and ``error_code`` are escaped and bounded (``sync_format.escape``) whatever the outcome held.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from broker.contract import (
 from broker.failed import FAILED_LENGTH, FailedJob
 from broker.redis_client import translated
 from broker.status import (
+    MAX_ERROR_LENGTH,
     STATUS_LUA_FUNCTIONS,
     STATUS_WRITE_ARGS_LUA,
     StatusRecord,
@@ -57,6 +59,7 @@ from broker.status import (
 )
 from broker.swapped import SwappedEvent
 from sync_format.errors import BrokerUnavailable
+from sync_format.escape import escape_text
 
 # start: KEYS = claim, status, index; ARGV = token, ttl, runner, archive, running field/value pairs...
 # Returns the claim's {ok, merged}; the status says "running" only when the claim was taken.
@@ -64,6 +67,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds the end of a job keeps trying while Redis cannot be reached (a restart of Redis takes seconds).
 END_RETRY_SECONDS = 60.0
+#: Longest ``error_code`` kept in a failed-list entry, in characters (``error`` is bounded as in the status).
+ERROR_CODE_LIMIT = 64
 #: First pause between two tries of an end, in seconds; it doubles up to ``END_RETRY_MAX_PAUSE``.
 END_RETRY_PAUSE = 0.2
 END_RETRY_MAX_PAUSE = 5.0
@@ -269,10 +274,13 @@ class RefreshJob:
         Returns:
             The entry.
         """
+        code, error = outcome.get("error_code"), outcome.get("error")
+        # The outcome's text may quote an archive's guest (a worker of another release may not have escaped
+        # it): escaped and bounded here, where it enters the list operators read.
         return FailedJob(
             request=self.request,
-            error_code=outcome.get("error_code"),
-            error=outcome.get("error"),
+            error_code=None if code is None else escape_text(code, ERROR_CODE_LIMIT),
+            error=None if error is None else escape_text(error, MAX_ERROR_LENGTH),
             worker=self.worker,
             job_id=self.job_id,
             attempts=attempts,

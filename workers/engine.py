@@ -5,7 +5,8 @@ child (measured with wasmtime 50 here): fuel metering on; no parallel compilatio
 exist in a forked child, and compiling there hangs); small memory reservations so the child fits under
 RLIMIT_AS; copy-on-write memory images off (they need ``memfd_create``, which a confined child may not call);
 a wasm stack well below the 2 MiB that aborts the process. Modules must be binary WebAssembly (the reference's
-engine also accepts the text format).
+engine also accepts the text format). A module that does not compile fails as ``GuestTrap`` with wasmtime's
+message escaped and bounded: it quotes the module's names, which the archive author chose.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from dataclasses import dataclass
 import wasmtime
 
 from sync_format.errors import GuestTrap
+from sync_format.escape import escape_text
 from workers.egress import DEFAULT_MAX_RESPONSE_SIZE
 
+#: Longest compile or validation error kept, in characters (escapes included).
+COMPILE_ERROR_LIMIT = 500
 #: Address space reserved up front per linear memory, in bytes. It equals the default memory limit: growth
 #: inside the reservation is an mprotect, while growth beyond it copies the whole memory (a guest growing
 #: one page at a time past a small reservation burns minutes of system time with little fuel).
@@ -141,4 +145,5 @@ def compile_module(engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:
     try:
         return wasmtime.Module(engine, wasm)
     except wasmtime.WasmtimeError as exc:
-        raise GuestTrap(f"invalid module: {exc}") from exc
+        # wasmtime's validation errors quote the module (export and import names): the guest's own text.
+        raise GuestTrap(f"invalid module: {escape_text(str(exc), COMPILE_ERROR_LIMIT)}") from exc

@@ -32,7 +32,8 @@ import wasmtime
 
 from sync_format.atomic import create_temp, discard, publish, sync_file
 from sync_format.errors import CompileTimeout, GuestTrap, ModuleTooLarge, SyncError
-from workers.engine import compile_module, engine_fingerprint
+from sync_format.escape import escape_text
+from workers.engine import COMPILE_ERROR_LIMIT, compile_module, engine_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,8 @@ class ModuleCache:
         if data is None or (not data and os.waitstatus_to_exitcode(status) == -signal.SIGXCPU):
             raise CompileTimeout(f"sync.wasm did not compile within {self.compile_timeout:g} s")
         if data[:1] == _INVALID:
-            raise GuestTrap(data[1:].decode(errors="replace"))
+            # Escaped again here: the child is not trusted to have done it, and the text quotes the guest.
+            raise GuestTrap(escape_text(data[1:].decode(errors="replace"), COMPILE_ERROR_LIMIT))
         if data[:1] != _COMPILED:
             raise GuestTrap(f"the compiler child ended with status {os.waitstatus_to_exitcode(status)}")
         return data[1:]

@@ -220,3 +220,19 @@ def test_each_execution_has_its_own_receipt(redis_client: redis.Redis) -> None:
     receipts = list(redis_client.scan_iter("sync:end:*"))
     assert len(receipts) == 2
     assert all(0 < redis_client.ttl(key) <= 600 for key in receipts)
+
+
+def test_a_failed_entry_holds_the_error_escaped_and_bounded(redis_client: redis.Redis) -> None:
+    """The failed list is read by operators on a terminal: a guest-chosen newline, ESC or bidi control in the
+    outcome's error is escaped there, and a long error is cut."""
+    request = queued(redis_client)
+    job = job_of(redis_client, request)
+    assert job.start(now=NOW)
+    error = "invalid module: x\n[INFO] refresh done\x1b[2J\u202e" + "y" * 5000
+    doc = outcome("failed", 3, error_code="guest_trap\x1b[8m", error=error)
+    job.give_up(doc, job.failed_entry(doc, attempts=1, at=NOW), now=NOW)
+    [failed] = list_failed(redis_client)
+    assert failed.error is not None
+    assert failed.error.startswith("invalid module: x\\x0a[INFO] refresh done\\x1b[2J\\u202e")
+    assert len(failed.error) <= 1000
+    assert failed.error_code == "guest_trap\\x1b[8m"

@@ -33,7 +33,7 @@ from broker.settings import Settings
 from sync_format.reader import open_archive
 from sync_format.testing import make_archive, make_manifest
 from workers.confine import ALL_LAYERS
-from workers.engine import GuestLimits
+from workers.engine import WASM_HEADER, GuestLimits
 from workers.refresh import COMMITTED, FAILED, UNCHANGED, RefreshOutcome, run_refresh
 from workers.runtime import GuestRuntime
 from workers.spare import spare_pids
@@ -744,6 +744,48 @@ def test_guest_import_names_are_escaped(
     assert not set(outcome.error) & {"\n", "\x1b", "\u202e"}
     assert "unknown import host\\x1b[2J::x\\x0aINFO/ForkPoolWorker-1]" in outcome.error
     assert field not in outcome.error
+    for logged in caplog.records:
+        assert not set(logged.getMessage()) & {"\n", "\x1b", "\u202e"}
+
+
+def duplicate_exports(name: bytes) -> bytes:
+    """A module exporting one function twice under ``name``: wasmtime's validation error quotes the name."""
+
+    def leb(value: int) -> bytes:
+        out = bytearray()
+        while True:
+            byte, value = value & 0x7F, value >> 7
+            out.append(byte | (0x80 if value else 0))
+            if not value:
+                return bytes(out)
+
+    def section(kind: int, body: bytes) -> bytes:
+        return bytes([kind]) + leb(len(body)) + body
+
+    export = leb(len(name)) + name + b"\x00" + leb(0)
+    return (
+        WASM_HEADER
+        + section(1, leb(1) + b"\x60\x00\x00")
+        + section(3, leb(1) + leb(0))
+        + section(7, leb(2) + export * 2)
+        + section(10, leb(1) + leb(2) + b"\x00\x0b")
+    )
+
+
+def test_compile_errors_quoting_guest_names_are_escaped_and_bounded(
+    runtime: GuestRuntime, tmp_path: Path, parent: Parent, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A module whose export names hold a forged log line, ESC and a bidi control fails validation with
+    wasmtime quoting those names: the refresh error and every log line hold them escaped, and a long name
+    is cut."""
+    with caplog.at_level(logging.INFO):
+        outcome, path = refresh(runtime, tmp_path, duplicate_exports(FORGED + b"n" * 2000))
+    assert_contained(outcome, path, parent, FAILED, "guest_trap")
+    assert outcome.error is not None
+    assert outcome.error.startswith("invalid module")
+    assert "x\\x0aINFO/ForkPoolWorker-1] refresh done status=committed\\x1b[8m\\u202e" in outcome.error
+    assert not set(outcome.error) & {"\n", "\x1b", "\u202e"}
+    assert len(outcome.error) <= 500
     for logged in caplog.records:
         assert not set(logged.getMessage()) & {"\n", "\x1b", "\u202e"}
 
