@@ -19,9 +19,11 @@ request with the standard library's ``http.client`` (spec §7.2, §7.4; fixes §
 * Bodies are raw bytes, never decoded, and at most ``max_response_size``. A v1 request carries no body and
   no headers of the guest's; a v2 request (``request(..., headers=, body=)``) carries both, already checked by
   ``workers.guest_http``. Headers that carried an operator secret are dropped on a redirect to another
-  origin, and on any hop (the first included) whose host and port the operator's binding of every secret
-  used does not match (``secret_hosts``; no binding matches nothing). The body is dropped when a redirect
-  turns the method into GET. Response headers are returned with lower-case names.
+  origin, on any hop that is not https, and on any hop (the first included) whose host and port the
+  operator's binding of every secret used does not match (``secret_hosts``; no binding matches nothing).
+  ``workers.guest_http`` refuses a plain-http request with a secret before this; dropping is the backstop.
+  The body is dropped when a redirect turns the method into GET. Response headers are returned with
+  lower-case names.
 * Nothing outlives ``deadline`` (a ``time.monotonic()`` value): DNS, connect and every read are clipped to
   the time left, and a watchdog shuts the socket down at the deadline, so a server dripping bytes cannot hold
   the parent past it.
@@ -245,17 +247,18 @@ class _Outgoing:
     secret_hosts: tuple[tuple[str, ...], ...] = ()
 
     def after_redirect(
-        self, verb: str, same_origin: bool, host: str = "", port: int | None = None
+        self, verb: str, same_origin: bool, scheme: str = "", host: str = "", port: int | None = None
     ) -> _Outgoing:
         """What is sent after a hop: no body once the method is GET or HEAD, no secrets to another origin
         nor to a destination (``host``, ``port``) outside the secrets' bindings."""
         body = b"" if verb in {"GET", "HEAD"} else self.body
         kept = _Outgoing(self.headers, body, self.secret_headers, self.secret_hosts)
-        return kept.bound_to(host, port) if same_origin else kept.without_secrets()
+        return kept.bound_to(scheme, host, port) if same_origin else kept.without_secrets()
 
-    def bound_to(self, host: str, port: int | None) -> _Outgoing:
-        """These headers for a hop to ``host:port``: the secret ones only if every binding matches it."""
-        if not self.secret_headers or bound_everywhere(self.secret_hosts, host, port):
+    def bound_to(self, scheme: str, host: str, port: int | None) -> _Outgoing:
+        """These headers for a hop to ``scheme://host:port``: the secret ones only over https and only if
+        every binding matches it (a binding names no scheme; ``workers.guest_http`` says why https)."""
+        if not self.secret_headers or (scheme == "https" and bound_everywhere(self.secret_hosts, host, port)):
             return self
         return self.without_secrets()
 
@@ -363,7 +366,7 @@ class Egress:
         if isinstance(checked, _Refusal):
             return _failed(checked, url, 0)
         target, hops = checked, 0
-        extra = extra.bound_to(target.host, target.port)
+        extra = extra.bound_to(target.scheme, target.host, target.port)
         while True:
             answer = self._exchange(target, verb, deadline, extra)
             if isinstance(answer, _Refusal):
@@ -394,7 +397,7 @@ class Egress:
                 target.host,
                 target.port,
             )
-            extra = extra.after_redirect(verb, same_origin, checked.host, checked.port)
+            extra = extra.after_redirect(verb, same_origin, checked.scheme, checked.host, checked.port)
             target, hops = checked, hops + 1
 
     def _vet(self, url: str, deadline: float) -> _Target | _Refusal:

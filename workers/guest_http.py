@@ -10,10 +10,13 @@ Runs in the parent, which trusts nothing the child sends. A guest passes ``Name:
 * Secrets: a value may hold ``${NAME}`` references. NAME must be listed in the manifest's
   ``permissions.allow_env`` *and* supplied by the operator (``SYNC_GUEST_SECRET_<NAME>``) *and* bound by the
   operator to the request's destination (``SYNC_GUEST_SECRET_<NAME>_HOSTS``: the URL's host and port match
-  one of its patterns); otherwise the request is refused. The archive only asks; the operator decides where
-  a secret may go, so an archive listing its own host cannot collect the secret. A secret without a binding
-  is never sent. The value is substituted here, after the child is done with the header block, so a guest
-  never reads a secret.
+  one of its patterns) *and* the request is https; otherwise the request is refused. The archive only asks;
+  the operator decides where a secret may go, so an archive listing its own host cannot collect the secret.
+  A secret without a binding is never sent. A binding names host and port, never a scheme, so without the
+  https rule the archive would choose whether the operator's credential crosses the network in clear text
+  (``http://api.example.com:443/``); there is deliberately no setting to allow plain http for a secret.
+  The value is substituted here, after the child is done with the header block, so a guest never reads a
+  secret.
 * Credential headers (``Authorization``, ``Proxy-Authorization``, ``Cookie``, ``X-Api-Key``,
   ``X-Auth-Token``) are refused unless their value references a secret: credentials come from the operator,
   never from the archive. Headers that carried a secret are reported, with the bindings of the secrets
@@ -164,6 +167,10 @@ def _check_binding(name: str, url: str, bindings: Mapping[str, tuple[str, ...]])
     if target is None or not host_allowed(target.host, patterns, target.port):
         where = "this URL" if target is None else f"{target.host}:{target.port}"
         return HeaderRefusal("secret_not_bound", f"secret {name} is not bound to {where}")
+    if target.scheme != "https":
+        return HeaderRefusal(
+            "secret_needs_https", f"secret {name} is sent over https only, not {target.scheme}"
+        )
     return None
 
 

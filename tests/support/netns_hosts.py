@@ -226,18 +226,19 @@ def make_certificate(directory: Path, name: str) -> Certificate:
 
 
 @contextlib.contextmanager
-def loopback_host(label: str) -> Iterator[ServedHost]:
+def loopback_host(label: str, certificate: Certificate | None = None) -> Iterator[ServedHost]:
     """Run a server on 127.0.0.1 (port chosen by the kernel) in the test's own namespace.
 
     Args:
         label: Name for the host.
+        certificate: A certificate with which it also serves HTTPS (another port chosen by the kernel).
 
     Yields:
         The running host; stopped on exit.
     """
     with tempfile.TemporaryDirectory(prefix=f"netns-host-{label}-") as tmp, contextlib.ExitStack() as stack:
         host = ServedHost(label, "127.0.0.1", 0, Path(tmp))
-        _start(host, [], "127.0.0.1", 0, None, stack)
+        _start(host, [], "127.0.0.1", 0, certificate, stack)
         yield host
 
 

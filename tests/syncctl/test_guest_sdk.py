@@ -506,18 +506,27 @@ def test_merge_example_joins_two_sources(
     assert payload == b"station,t\ntromso,-3\nkristiansand,6\n"
 
 
-def test_json_to_csv_example_sends_the_operator_secret(
+def test_json_to_csv_example_never_sends_the_operator_secret_over_plain_http(
     examples: dict[str, bytes], source: ServedHost, tmp_path: Path, cache_dir: Path
 ) -> None:
-    """The API gets ``Authorization: Bearer`` with the operator's value; the table has the chosen columns."""
+    """The operator bound ``API_TOKEN`` to the source, but the source is plain http: the request is refused in
+    the parent (``secret_needs_https``), the source never sees it, and the refresh commits nothing (the
+    token reaching an https API is ``test_guest_abi_v2.py::test_granted_secret_is_sent_and_never_seen``)."""
     context = {"url": source.url("/cities"), "columns": "city,t", "auth": "bearer"}
-    outcome, payload, _ = refresh(
-        tmp_path, cache_dir, examples["json-to-csv"], context, source, "--allow-env", "API_TOKEN"
+    before = len(source.requests())
+    outcome, _, generation = refresh(
+        tmp_path,
+        cache_dir,
+        examples["json-to-csv"],
+        context,
+        source,
+        "--allow-env",
+        "API_TOKEN",
+        bind=source.address,
     )
-    assert payload == b"city,t\nOslo,4\nBergen,7\n"
-    assert outcome["guest_log"] == ["2 rows"]
-    sent = [r for r in source.requests() if r["path"] == "/cities"][-1]
-    assert sent["headers"]["Authorization"] == "Bearer t0k"
+    assert outcome["egress_errors"] == ["secret_needs_https"]
+    assert generation == 0
+    assert len(source.requests()) == before
 
 
 def test_json_to_csv_example_gets_no_secret_where_the_operator_did_not_bind_it(

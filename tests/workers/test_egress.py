@@ -384,11 +384,17 @@ def test_redirect_between_allowed_hosts_followed(
 SECRET_HEADERS = (("Authorization", "Bearer t0k"), ("Accept", "a/b"))
 
 
+def tls_egress(resolver: RecordingResolver, certificate: Certificate, *allow: str) -> Egress:
+    """An Egress allowing ``allow`` that trusts the test certificate (secrets go over https only)."""
+    policy = EgressPolicy(allow_hosts=allow, allow_private=NETNS_OPEN)
+    return Egress(policy, resolver=resolver, tls_context=certificate.client_context())
+
+
 @pytest.mark.parametrize(
     ("binding", "sent"),
     [
         ((("allowed.test",),), "Bearer t0k"),
-        ((("allowed.test:80",), ("*.test",)), "Bearer t0k"),
+        ((("allowed.test:443",), ("*.test",)), "Bearer t0k"),
         ((("example.com",),), None),
         ((("allowed.test:8080",),), None),
         ((("allowed.test",), ("example.com",)), None),
@@ -398,6 +404,7 @@ SECRET_HEADERS = (("Authorization", "Bearer t0k"), ("Accept", "a/b"))
 def test_secret_headers_go_only_where_every_binding_matches(
     hosts: dict[str, ServedHost],
     resolver: RecordingResolver,
+    certificate: Certificate,
     binding: tuple[tuple[str, ...], ...],
     sent: str | None,
 ) -> None:
@@ -405,8 +412,8 @@ def test_secret_headers_go_only_where_every_binding_matches(
     host and port that the binding of every secret used matches (none at all matches nothing); the other
     headers go regardless."""
     hosts["allowed"].serve({"/": Route.fixed(b"ok")})
-    result = egress(resolver, "allowed.test").request(
-        "http://allowed.test/",
+    result = tls_egress(resolver, certificate, "allowed.test").request(
+        hosts["allowed"].url("/", host="allowed.test", tls=True),
         "GET",
         deadline=soon(),
         headers=SECRET_HEADERS,
@@ -419,19 +426,49 @@ def test_secret_headers_go_only_where_every_binding_matches(
     assert seen["headers"]["Accept"] == "a/b"
 
 
+def test_secret_headers_never_go_over_plain_http(
+    hosts: dict[str, ServedHost], resolver: RecordingResolver
+) -> None:
+    """Egress's own backstop for the https rule: over plain http a secret header is left out even where its
+    binding matches (a binding names no scheme), and the other headers still go."""
+    hosts["allowed"].serve({"/": Route.fixed(b"ok")})
+    result = egress(resolver, "allowed.test").request(
+        "http://allowed.test/",
+        "GET",
+        deadline=soon(),
+        headers=SECRET_HEADERS,
+        secret_headers=frozenset({"authorization"}),
+        secret_hosts=(("allowed.test",),),
+    )
+    assert result.status == 200
+    (seen,) = hosts["allowed"].requests()
+    assert "Authorization" not in seen["headers"]
+    assert seen["headers"]["Accept"] == "a/b"
+
+
 @pytest.mark.parametrize(
     ("location", "kept"),
-    [("/b", True), ("http://alias.test/b", False), ("http://example.com/b", False)],
+    [
+        ("/b", True),
+        ("http://allowed.test/b", False),
+        ("http://alias.test/b", False),
+        ("http://example.com/b", False),
+    ],
 )
 def test_secret_headers_rechecked_on_every_redirect(
-    hosts: dict[str, ServedHost], resolver: RecordingResolver, location: str, kept: bool
+    hosts: dict[str, ServedHost],
+    resolver: RecordingResolver,
+    certificate: Certificate,
+    location: str,
+    kept: bool,
 ) -> None:
-    """A hop within the origin keeps the secret header (still bound); a hop to another origin drops it, even
-    to the same address under another name, and even when that name is bound too."""
+    """A hop within the (https) origin keeps the secret header (still bound); a hop to another origin drops
+    it: to plain http on the same name, to the same address under another name, and to another host, even
+    when that name is bound too."""
     hosts["allowed"].serve({"/a": Route.redirect(location), "/b": Route.fixed(b"b")})
     hosts["example"].serve({"/b": Route.fixed(b"b")})
-    result = egress(resolver, "allowed.test", "alias.test", "example.com").request(
-        "http://allowed.test/a",
+    result = tls_egress(resolver, certificate, "allowed.test", "alias.test", "example.com").request(
+        hosts["allowed"].url("/a", host="allowed.test", tls=True),
         "GET",
         deadline=soon(),
         headers=SECRET_HEADERS,

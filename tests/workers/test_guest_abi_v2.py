@@ -19,7 +19,7 @@ from pathlib import Path
 import guests
 import pytest
 from guests import NameTable, call, record, result, results
-from netns_hosts import Route, ServedHost, loopback_host
+from netns_hosts import Certificate, Route, ServedHost, loopback_host, make_certificate
 
 from broker.settings import Settings, SettingsError
 from sync_format.reader import open_archive
@@ -35,23 +35,39 @@ SECRET = "s3cret-value-never-seen"  # noqa: S105  (a test value)
 
 
 @pytest.fixture(scope="module")
-def servers() -> Iterator[dict[str, ServedHost]]:
-    """Two servers on 127.0.0.1 for the module."""
-    with loopback_host("v2") as one, loopback_host("v2-other") as other:
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
+    """A self-signed certificate for ``loop.test``."""
+    return make_certificate(tmp_path_factory.mktemp("v2-tls"), "loop.test")
+
+
+@pytest.fixture(scope="module")
+def servers(certificate: Certificate) -> Iterator[dict[str, ServedHost]]:
+    """Two servers on 127.0.0.1 for the module, the first also on https (as ``loop.test``)."""
+    with loopback_host("v2", certificate) as one, loopback_host("v2-other") as other:
         yield {"loop": one, "other": other}
+
+
+@pytest.fixture(autouse=True)
+def trusted(certificate: Certificate, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parent's egress trusts the test certificate (its default context reads ``SSL_CERT_FILE``)."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate.cert))
 
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory, servers: dict[str, ServedHost]) -> GuestRuntime:
     """A strict runtime where the operator supplies the secret ``TOKEN``, bound to ``loop.test`` on the loop
-    server's port only, and ``LOOSE``, bound to nothing (and no other secret). Loopback is opened by the
-    operator (``SYNC_EGRESS_ALLOW_PRIVATE``), as a manifest alone cannot."""
+    server's https port only, ``PLAIN``, bound to ``loop.test`` on its plain http port, and ``LOOSE``, bound
+    to nothing (and no other secret). Loopback is opened by the operator (``SYNC_EGRESS_ALLOW_PRIVATE``), as
+    a manifest alone cannot."""
     settings = Settings.from_env(
         {
             "cache_dir": tmp_path_factory.mktemp("v2-cache"),
             "sandbox": "strict",
-            "guest_secrets": {"TOKEN": SECRET, "LOOSE": SECRET},
-            "guest_secret_hosts": {"TOKEN": f"loop.test:{servers['loop'].port}"},
+            "guest_secrets": {"TOKEN": SECRET, "LOOSE": SECRET, "PLAIN": SECRET},
+            "guest_secret_hosts": {
+                "TOKEN": f"loop.test:{servers['loop'].tls_port}",
+                "PLAIN": f"loop.test:{servers['loop'].port}",
+            },
         },
         env={"SYNC_EGRESS_ALLOW_PRIVATE": "127.0.0.1:*"},
     )
@@ -83,8 +99,14 @@ def url(servers: dict[str, ServedHost], path: str = "/json") -> bytes:
     return servers["loop"].url(path, host="loop.test").encode()
 
 
+def secure_url(servers: dict[str, ServedHost], path: str = "/json") -> bytes:
+    """The loop server's https URL, where ``TOKEN`` is bound."""
+    return servers["loop"].url(path, host="loop.test", tls=True).encode()
+
+
 def hosts(servers: dict[str, ServedHost]) -> tuple[str, ...]:
-    return tuple(f"{name}.test:{servers[name].port}" for name in ("loop", "other"))
+    plain = tuple(f"{name}.test:{servers[name].port}" for name in ("loop", "other"))
+    return (*plain, f"loop.test:{servers['loop'].tls_port}")
 
 
 def run(
@@ -262,7 +284,7 @@ def test_header_rules_refuse_before_anything_is_sent(
 def test_a_secret_beyond_latin_1_is_refused_not_raised() -> None:
     """An operator secret HTTP cannot carry (non-Latin-1, or a control character) refuses the request (-3)
     instead of raising in the parent; the refusal does not show the value."""
-    bound = {"url": "http://a.test/", "bindings": {"K": ("a.test",)}}
+    bound = {"url": "https://a.test/", "bindings": {"K": ("a.test",)}}
     latin = prepare_headers(b"X-Key: ${K}\n", allow_env=("K",), secrets={"K": "p\u00e4ss"}, **bound)
     assert not isinstance(latin, HeaderRefusal)
     assert latin.headers == (("X-Key", "p\u00e4ss"),)
@@ -323,7 +345,7 @@ def test_granted_secret_is_sent_and_never_seen(
     guest's memory, the status record and the worker log never hold the value."""
     caplog.set_level(logging.DEBUG)
     headers = b"Authorization: Bearer ${TOKEN}\n"
-    request, data = send(url(servers), headers=headers)
+    request, data = send(secure_url(servers), headers=headers)
     wasm = record(
         request,
         call("last_response_headers_read", 0, 4096, OUT),
@@ -346,7 +368,7 @@ def test_secret_headers_do_not_follow_a_redirect_to_another_origin(
 ) -> None:
     """A redirect to another origin drops the headers that carried a secret; other headers still go."""
     request, data = send(
-        url(servers, "/hop"), headers=b"Authorization: Bearer ${TOKEN}\nAccept: text/plain\n"
+        secure_url(servers, "/hop"), headers=b"Authorization: Bearer ${TOKEN}\nAccept: text/plain\n"
     )
     wasm = record(request, data=data, imports=guests.V2_IMPORTS)
     outcome, path = run(runtime, tmp_path, wasm, allow_hosts=hosts(servers), allow_env=("TOKEN",))
@@ -364,7 +386,7 @@ def test_secret_never_follows_a_redirect_off_its_binding(
 ) -> None:
     """From the bound host, a redirect to an unbound destination (another name, or the bound name on another
     port) is followed without the secret header, though the manifest allows that destination."""
-    request, data = send(url(servers, path), headers=b"Authorization: Bearer ${TOKEN}\nAccept: a/b\n")
+    request, data = send(secure_url(servers, path), headers=b"Authorization: Bearer ${TOKEN}\nAccept: a/b\n")
     wasm = record(request, data=data, imports=guests.V2_IMPORTS)
     allow = (*hosts(servers), f"loop.test:{servers['other'].port}")
     outcome, _ = run(runtime, tmp_path, wasm, allow_hosts=allow, allow_env=("TOKEN",))
@@ -379,7 +401,7 @@ def test_secret_follows_a_same_origin_redirect_on_its_binding(
     runtime: GuestRuntime, tmp_path: Path, servers: dict[str, ServedHost]
 ) -> None:
     """A redirect within the bound origin keeps the secret (the binding is checked again and still holds)."""
-    request, data = send(url(servers, "/hop-self"), headers=b"Authorization: Bearer ${TOKEN}\n")
+    request, data = send(secure_url(servers, "/hop-self"), headers=b"Authorization: Bearer ${TOKEN}\n")
     wasm = record(request, data=data, imports=guests.V2_IMPORTS)
     _, path = run(runtime, tmp_path, wasm, allow_hosts=hosts(servers), allow_env=("TOKEN",))
     assert results(payload_of(path), 1) == ([200], b"")
@@ -530,3 +552,17 @@ def test_refused_sends_spend_the_request_budget_and_are_recorded_boundedly(
     assert outcome.egress_errors == ("forbidden_header",) * 64
     refusals = [r for r in caplog.records if "egress request refused" in r.getMessage()]
     assert len(refusals) == 64
+
+
+def test_a_secret_is_never_sent_over_plain_http(
+    runtime: GuestRuntime, tmp_path: Path, servers: dict[str, ServedHost]
+) -> None:
+    """The operator bound ``PLAIN`` to ``loop.test`` on the port the guest uses, but the guest asks for plain
+    http: refused with -3 ``secret_needs_https`` before connecting, so the secret never crosses the network
+    in clear text (a binding names host and port, never a scheme)."""
+    request, data = send(url(servers), headers=b"Authorization: Bearer ${PLAIN}\n")
+    wasm = record(request, data=data, imports=guests.V2_IMPORTS)
+    outcome, path = run(runtime, tmp_path, wasm, allow_hosts=hosts(servers), allow_env=("PLAIN",))
+    assert results(payload_of(path), 1) == ([-3], b"")
+    assert outcome.egress_errors == ("secret_needs_https",)
+    assert servers["loop"].events() == []
