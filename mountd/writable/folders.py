@@ -22,13 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from wsgidav import util as dav_util  # type: ignore[import-untyped]
-from wsgidav.dav_error import HTTP_FORBIDDEN, HTTP_METHOD_NOT_ALLOWED, DAVError  # type: ignore[import-untyped]
+from wsgidav.dav_error import HTTP_CONFLICT, HTTP_FORBIDDEN, HTTP_METHOD_NOT_ALLOWED, DAVError  # type: ignore[import-untyped]
 
 from mountd.dav.factory import StoreView
 from mountd.dav.index import ListedArchive
 from mountd.dav.resources import Folder
 from mountd.errors import dav_error
-from mountd.writable.archives import JunkResource, ListedWritableArchive, PendingArchive, create_archive
+from mountd.writable.archives import (
+    ArchiveWrites,
+    JunkResource,
+    ListedWritableArchive,
+    PendingArchive,
+    create_archive,
+)
 from mountd.writable.policy import WritePolicy, carry_properties, is_junk_name, require_property_room
 from sync_format import ArchiveError
 
@@ -82,7 +88,19 @@ class WritableCollection(Folder):
         if is_junk_name(name):
             return JunkResource(path, self.environ)
         self.policy.require_writer(self.environ, "PUT")
-        target = self.policy.archive_for(path)
+        try:
+            target = self.policy.archive_for(path)
+        except DAVError as exc:
+            if exc.value != HTTP_CONFLICT:
+                raise
+            # Its file exists: made meanwhile under this very name (a request racing this one, on this
+            # replica or another), so that archive is the resource now (a LOCK then meets its lock, a PUT
+            # overwrites it); or it is listed under another name, and the refusal stands.
+            self.provider.forget(self.environ)
+            existing = self.provider.get_resource_inst(path, self.environ)
+            if isinstance(existing, ArchiveWrites):
+                return existing
+            raise
         if self.environ.get("REQUEST_METHOD") == "PUT":
             # Nothing is created until the body is complete; see PendingArchive.
             return PendingArchive(path, self.environ, target, self.provider, self.policy)

@@ -36,6 +36,7 @@ from sync_format import (
     swap,
 )
 from sync_format.atomic import is_temp_name
+from sync_format.store import store_path_for
 
 AddArchive = Callable[..., BuildResult]
 #: Upload limit of the test server (bytes).
@@ -489,3 +490,29 @@ def test_an_overwrite_waits_for_a_held_commit_lock_only_so_long(
         os.close(holder)
     assert put(wurl, "/doc.csv", b"a,b\n") == 204
     assert request(wurl, "GET", "/doc.csv").body == b"a,b\n"
+
+
+def test_a_name_created_meanwhile_is_the_resource_a_racing_put_or_lock_meets(
+    wurl: str, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another request (or replica) creates the file of a new name between this request's look-up and its
+    create: the racing PUT overwrites that archive and the racing LOCK locks it, rather than a 409 for a name
+    that is listed as asked (the refusal is for files listed under another name)."""
+    original = WritePolicy.archive_for
+
+    def created_meanwhile(self: WritePolicy, path: str) -> Path:
+        target = store_path_for(self.root, path.strip("/"))
+        if not target.exists():
+            archives.create_archive(self, target, path.strip("/"), None)  # the other request's create
+        return original(self, path)
+
+    monkeypatch.setattr(WritePolicy, "archive_for", created_meanwhile)
+    assert request(wurl, "PUT", "/raced.csv", body=CSV).status in (201, 204)
+    assert request(wurl, "GET", "/raced.csv").body == CSV
+    lock_body = (
+        b'<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
+        b"<D:locktype><D:write/></D:locktype><D:owner>test</D:owner></D:lockinfo>"
+    )
+    locked = request(wurl, "LOCK", "/raced-lock.csv", body=lock_body)
+    assert locked.status in (200, 201)
+    assert put(wurl, "/raced-lock.csv", b"other\n") == 423
