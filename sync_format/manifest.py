@@ -27,6 +27,11 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 #: The UTF-8 byte order mark; the reference's TOML parser skips one at the start of a document.
 UTF8_BOM = b"\xef\xbb\xbf"
+#: Deepest nesting of tables and arrays accepted. ``tomllib`` builds a dotted table header such as
+#: ``[a.a.a…]`` of 5,000 parts (10 KB) without recursion, but everything that walks a manifest afterwards
+#: (freezing it, writing it back, the signature's canonical JSON) recurses: past about 500 levels that was a
+#: ``RecursionError``, not a ``ManifestError``. The reference's manifests nest 2 levels.
+MAX_NESTING = 32
 #: Parsed manifests remembered by their bytes (an LRU); a store's first listing opens each archive once,
 #: later opens of the same archive hit.
 MEMO_ENTRIES = 1024
@@ -235,6 +240,8 @@ class Manifest:
             raise ManifestError(f"invalid TOML: {exc}") from exc
         except RecursionError as exc:
             raise ManifestError("invalid TOML: nested too deeply") from exc
+        if _nested_deeper(doc, MAX_NESTING):
+            raise ManifestError(f"invalid TOML: tables or arrays nested more than {MAX_NESTING} levels deep")
         return cls.from_dict(doc)
 
     @classmethod
@@ -432,6 +439,23 @@ _KNOWN_TABLES = frozenset(
         "encryption",
     }
 )
+
+
+def _nested_deeper(doc: Any, limit: int) -> bool:
+    """Whether tables or arrays nest more than ``limit`` levels deep (walked without recursion)."""
+    stack = [(doc, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _freeze(value: Any) -> Any:

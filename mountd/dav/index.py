@@ -51,7 +51,7 @@ from mountd.dav.dir_watch import REVERIFY_NS, DirectoryWatcher, Watch, trusted
 from mountd.dav.facts import ArchiveFacts
 from mountd.dav.facts_store import FactsStore, StatKey, decode_facts, encode_facts, stat_key
 from mountd.dav.parallel_opens import share_with_helper
-from sync_format import ArchiveError, Expiry, FileIdentity, display_name, open_archive
+from sync_format import ArchiveError, Expiry, FileIdentity, MalformedArchive, display_name, open_archive
 from sync_format.store import SYNC_SUFFIX, is_archive_name
 
 log = logging.getLogger(__name__)
@@ -310,6 +310,13 @@ class ArchiveIndex:
                 snapshot.close()
         except ArchiveError as exc:
             self.note_unreadable(path, identity, exc)
+            return None
+        except Exception:  # a backstop: logged with its traceback below
+            # A reader bug met by one hostile file must not fail its whole folder's listing (a manifest
+            # nested 5,000 deep once raised RecursionError here, and the folder answered 500): that archive
+            # is left out, remembered as unreadable for this version, and the traceback is logged.
+            log.exception("archive open failed unexpectedly archive=%s", path)
+            self.note_unreadable(path, identity, MalformedArchive("unexpected error while reading it"))
             return None
         with self._lock:
             self._opens += 1

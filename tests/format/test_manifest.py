@@ -421,6 +421,19 @@ def test_schema_errors_name_the_field(text: str, field: str) -> None:
         pytest.param(b"[sync\n", id="bad-toml"),
         pytest.param(b"a = 1\na = 2\n", id="duplicate-key"),
         pytest.param(b"x = " + b"[" * 5000 + b"]" * 5000, id="deep-nesting"),
+        # Dotted keys nest without recursion in tomllib; freezing, writing and signing the manifest recurse.
+        pytest.param(
+            REFERENCE_MANIFEST_TOML.encode() + b"\n[" + b".".join([b"a"] * 5000) + b"]\nx = 1\n",
+            id="deep-dotted-table",
+        ),
+        pytest.param(
+            REFERENCE_MANIFEST_TOML.encode() + b"\n[" + b".".join([b"a"] * 33) + b"]\nx = 1\n",
+            id="dotted-table-one-past-the-limit",
+        ),
+        pytest.param(
+            REFERENCE_MANIFEST_TOML.encode() + b"\n[x]\n" + b".".join([b"a"] * 5000) + b" = 1\n",
+            id="deep-dotted-key",
+        ),
         pytest.param(_edit("ttl = 3600", "ttl = " + "1" * 5000).encode(), id="int-over-digit-limit"),
         pytest.param(b"", id="empty"),
     ],
@@ -487,3 +500,10 @@ def test_make_manifest_is_valid() -> None:
     """The test helper's manifest survives serialisation and parsing."""
     m = make_manifest(allow_hosts=("a.example", "b.example"))
     assert Manifest.from_bytes(m.to_bytes()) == m
+
+
+def test_nesting_up_to_the_limit_is_accepted() -> None:
+    """32 levels (the limit; the reference's manifests use 2) still open, and write back as they were."""
+    text = REFERENCE_MANIFEST_TOML + "\n[" + ".".join(["a"] * 31) + "]\nx = 1\n"
+    manifest = Manifest.from_bytes(text.encode())
+    assert Manifest.from_toml(manifest.to_toml()) == manifest

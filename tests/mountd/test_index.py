@@ -11,6 +11,7 @@ from rewrites import rewrite_in_place
 from store_manifests import csv_manifest
 
 from mountd import ArchiveFacts, ArchiveIndex, derive_etag
+from mountd.dav import index as index_module
 from mountd.dav.index import _child_paths
 from sync_format import BuildResult, FileIdentity, open_archive
 from sync_format.testing import make_archive, make_manifest
@@ -95,6 +96,32 @@ def test_unreadable_archive_is_opened_and_logged_once_per_version(
     assert index.stats.unreadable == 1
     add_archive("bad.txt.sync", b"fixed")
     assert list(index.list_directory(store).archives) == ["bad.txt"]
+
+
+def test_an_unexpected_error_opening_one_archive_leaves_it_out_not_its_folder(
+    store: Path, add_archive: AddArchive, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reader bug met by one file (any exception that is not an ``ArchiveError``) leaves that archive out
+    of the listing, remembered as unreadable for its version and logged with its traceback, and lists the
+    rest; before, the exception failed the whole listing."""
+    add_archive("good.txt.sync", b"fine")
+    add_archive("trips.txt.sync", b"a bug")
+    real_open = index_module.open_archive
+
+    def buggy_open(path: object, **options: object) -> object:
+        if str(path).endswith("trips.txt.sync"):
+            raise RecursionError("maximum recursion depth exceeded")
+        return real_open(path, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(index_module, "open_archive", buggy_open)
+    index = ArchiveIndex(parallel_min=10**9)
+    with caplog.at_level("WARNING", logger="mountd.dav.index"):
+        assert list(index.list_directory(store).archives) == ["good.txt"]
+        assert list(index.list_directory(store).archives) == ["good.txt"]
+    failed = [r for r in caplog.records if "failed unexpectedly" in r.getMessage()]
+    assert len(failed) == 1
+    assert failed[0].exc_info is not None
+    assert index.stats.unreadable == 1
 
 
 def test_an_unreadable_directory_lists_as_empty(store: Path, caplog: pytest.LogCaptureFixture) -> None:

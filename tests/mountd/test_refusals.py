@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from dav_client import Response, get, names, propfind, request
 from store_manifests import csv_manifest
 
 from sync_format import BuildResult
+from sync_format.testing import REFERENCE_MANIFEST_TOML
 
 AddArchive = Callable[..., BuildResult]
 
@@ -211,3 +213,21 @@ def test_mountd_rechecks_the_content_type_before_sending_it() -> None:
     assert safe_content_type("text/csv; charset=utf-8") == "text/csv; charset=utf-8"
     assert safe_content_type("text/html\r\nSet-Cookie: pwned=1") == "application/octet-stream"
     assert safe_content_type("text/\u00e9") == "application/octet-stream"
+
+
+def test_an_archive_whose_manifest_nests_too_deeply_is_left_out_not_a_500_for_its_folder(
+    add_archive: AddArchive, store: Path, url: str
+) -> None:
+    """A manifest with a table header of 5,000 dotted parts (10 KB; tomllib builds it without recursion,
+    and walking it afterwards used to raise ``RecursionError``, which no listing expected): its folder's
+    listing and page used to answer 500; now the archive is left out like any broken one."""
+    add_archive("report.csv.sync", b"good", manifest=csv_manifest())
+    deep = REFERENCE_MANIFEST_TOML.encode() + b"\n[" + b".".join([b"a"] * 5000) + b"]\nx = 1\n"
+    with zipfile.ZipFile(store / "deep.txt.sync", "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("manifest.toml", deep)
+        archive.writestr("payload", b"hidden")
+    assert names(propfind(url, "/")) == ["report.csv"]
+    page = request(url, "GET", "/", headers={"Accept": "text/html"})
+    assert (page.status, b"report.csv" in page.body) == (200, True)
+    assert get(url, "/deep.txt").status == 500
+    assert get(url, "/report.csv").body == b"good"
