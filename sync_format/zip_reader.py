@@ -24,6 +24,7 @@ from __future__ import annotations
 # (mountd.dav.parallel_opens) may have copied the import lock while another thread held it.
 import encodings.cp437  # noqa: F401
 import os
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -65,6 +66,8 @@ MAX_CENTRAL_DIRECTORY = 4 * 1024 * 1024
 MAX_DEFLATE_INPUT_FACTOR = 2
 
 #: Entry names every .sync archive uses, already checked: their records skip decoding and name checks.
+#: C0 control characters and DEL, never part of an entry name a writer means.
+_CONTROL = re.compile(r"[\x01-\x1f\x7f]")
 _KNOWN_NAMES = {
     raw.encode("ascii"): raw
     for raw in ("manifest.toml", "payload", "sync.wasm", "state.json", "context.json", "sync.proof")
@@ -292,6 +295,8 @@ def check_entry_name(name: str) -> str | None:
         return "empty entry name"
     if "\x00" in name:
         return "entry name contains NUL"
+    if _CONTROL.search(name):
+        return "entry name contains a control character"  # (names are printed: a newline forges lines)
     if "\\" in name:
         return "entry name contains a backslash"
     if name.startswith("/"):

@@ -23,6 +23,7 @@ from typing import Any
 
 from sync_format.builder import EMPTY_WASM
 from sync_format.errors import ArchiveError
+from sync_format.escape import escape_text
 from sync_format.payload_io import PayloadDigest
 from sync_format.reader import PAYLOAD_ENTRY, WASM_ENTRY, ArchiveSnapshot, open_archive
 from sync_format.signing import (
@@ -32,6 +33,9 @@ from sync_format.signing import (
     verify_manifest_signature,
     verify_sync_file,
 )
+
+#: Longest detail of a check shown, in characters (escapes included): a list of entry names can be long.
+DETAIL_LIMIT = 4000
 
 
 @dataclass(frozen=True)
@@ -127,10 +131,16 @@ class IntegrityReport:
         Returns:
             Text ending with a newline.
         """
-        lines = [f"verify {self.path}"]
-        lines += [f"  {'ok' if c.ok else 'FAIL':<5} {c.name}: {c.detail}" for c in self.checks]
-        lines += [f"  note: {note}" for note in self.notes]
-        lines += [f"  warning: {warning}" for warning in self.warnings]
+        # Details quote the archive (entry names, the signer, extension names, a sidecar's key): escaped,
+        # so that no newline or terminal sequence the author chose can print a line of its own (a forged
+        # "ok signature … intact" above a hidden "NOT intact").
+        lines = [f"verify {escape_text(self.path, DETAIL_LIMIT)}"]
+        lines += [
+            f"  {'ok' if c.ok else 'FAIL':<5} {c.name}: {escape_text(c.detail, DETAIL_LIMIT)}"
+            for c in self.checks
+        ]
+        lines += [f"  note: {escape_text(note, DETAIL_LIMIT)}" for note in self.notes]
+        lines += [f"  warning: {escape_text(warning, DETAIL_LIMIT)}" for warning in self.warnings]
         lines.append("intact" if self.ok else "NOT intact")
         return "\n".join(lines) + "\n"
 

@@ -328,12 +328,16 @@ def test_malformed_archives_are_refused(
         pytest.param("/etc/passwd", id="absolute"),
         pytest.param("dir\\file", id="backslash"),
         pytest.param("nul\x00name", id="nul"),
+        pytest.param("read, CRC-32 ok\n  ok    signature: forged\nintact", id="newline"),
+        pytest.param("hidden\x1b[8m", id="escape"),
+        pytest.param("del\x7f", id="del"),
         pytest.param("C:drive", id="drive-letter"),
         pytest.param("", id="empty"),
     ],
 )
 def test_unsafe_entry_names_are_refused(write: Callable[[bytes], Path], name: str) -> None:
-    """An extra entry whose name is absolute, has ``..``, a backslash, NUL or a drive is refused."""
+    """An extra entry whose name is absolute, has ``..``, a backslash, a drive or a control character (NUL,
+    a newline, ESC, DEL: names are printed by ``syncctl verify``) is refused."""
     path = write(writer_bytes([*base_entries(), (name, b"x")]))
     with pytest.raises(MalformedArchive, match="name"):
         open_archive(path)

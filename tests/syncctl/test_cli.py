@@ -648,6 +648,30 @@ def test_pack_refuses_unservable_content_type_and_display_ext(
     assert not out.exists()
 
 
+def test_verify_escapes_what_the_archive_author_wrote(tmp_path: Path) -> None:
+    """``syncctl verify`` prints the signer and the extension's name escaped: a ``created_by`` holding a
+    newline and terminal sequences used to print a line of its own (a forged "ok" above a hidden
+    "NOT intact")."""
+    from sync_format import Manifest
+    from sync_format.testing import REFERENCE_MANIFEST_TOML, make_archive
+
+    forged = "did:key:z6Mk\x1b[8m\n  ok    signature: signer did:key:z6Mk-trusted, v1 valid\nintact\u202e"
+    text = REFERENCE_MANIFEST_TOML.replace('created_by = "builder"', "created_by = " + json.dumps(forged))
+    text += (
+        '\n[signature]\nalgo = "Ed25519"\nmanifest_hash = "blake3:00"\ntimestamp = "2020-01-01T00:00:00Z"\n'
+        'value = "AA=="\nextension = "x\\u001b[8m"\n'
+    )
+    path = tmp_path / "forged.sync"
+    make_archive(path, b"x", manifest=Manifest.from_toml(text))
+    result = run_cli("verify", path)
+    shown = result.stdout.decode()
+    assert result.returncode == 1
+    assert not set(shown) & {"\x1b", "\u202e", "\r"}
+    assert [line for line in shown.splitlines() if line.strip().startswith("ok    signature")] == []
+    assert shown.splitlines()[-1] == "NOT intact"
+    assert "intact" not in shown.splitlines()[:-1]
+
+
 def test_inspect_escapes_what_the_archive_author_wrote(tmp_path: Path) -> None:
     """``syncctl inspect`` shows control and bidi characters of manifest strings as escapes, in text and in
     JSON: ``\\x1b[8m`` used to hide an allow-list entry from the person reviewing it (finding 5)."""
