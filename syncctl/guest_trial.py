@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from broker.settings import Settings
+from sync_format.atomic import atomic_write
 from sync_format.builder import SyncBuilder
 from sync_format.hosts import parse_pattern, parse_url
 from sync_format.reader import open_archive
@@ -107,7 +108,10 @@ def run_trial(
         out.write(f"result:   failed: {result.error.code}: {' '.join(result.error.message.split())}\n")
         return 1
     if new is not None and output is not None:
-        output.write_bytes(new)
+        # Written beside it and renamed over it: a symlink a local user planted at OUT (in /tmp, say) is
+        # replaced, never followed, so the guest's bytes cannot land in a file the link points at.
+        with atomic_write(output) as handle:
+            handle.write(new)
     return 0
 
 

@@ -159,6 +159,23 @@ def test_plain_sources_without_the_sdk_build_and_run(
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert out.read_bytes() == b"built without the SDK"
+    # OUT as a symlink someone planted (to a file of the person running the test): replaced, not followed.
+    victim = tmp_path / "victim.rc"
+    victim.write_bytes(b"the victim's own file\n")
+    planted = tmp_path / "planted.bin"
+    planted.symlink_to(victim)
+    done = syncctl(
+        "guest",
+        "test",
+        str(tmp_path / "plain.wasm"),
+        "-o",
+        str(planted),
+        env={"SYNC_CACHE_DIR": str(cache_dir)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert victim.read_bytes() == b"the victim's own file\n"
+    assert not planted.is_symlink()
+    assert planted.read_bytes() == b"built without the SDK"
 
 
 BAD_ABI = [
