@@ -7,7 +7,8 @@ proactive request and a stale read into one job per archive.
 
 An archive is due when it has update logic (``ArchiveFacts.has_update_logic``), a TTL that is neither 0 nor
 "never", and ``now >= expires_at - lead``, with ``lead = mountd.dav.facts.lead_ns(ttl)`` (10 % of the TTL,
-clamped to 1..60 s).
+clamped to 1..60 s, at most half the TTL). A new generation is not asked for again sooner than
+``MIN_PROACTIVE_SPACING`` (or half its TTL) after the scheduler learned of it.
 An archive whose base timestamp does not parse counts as expired, as it does for reads (fail closed).
 When refreshes take longer than that lead (a busy queue), the lead widens to twice the recent 90th
 percentile of the time from request to announced commit, at most half the TTL: the lead is kept.
@@ -83,6 +84,10 @@ MIN_SCAN_INTERVAL = 0.05
 RETRY_BACKOFF = 30.0
 #: Seconds between two requests for the same generation at most, however often it was asked for.
 MAX_RETRY_BACKOFF = 600.0
+#: Seconds after learning a new generation before it is asked for again at the soonest (or half its TTL,
+#: when that is longer). Commit times have whole seconds, so a new generation of a 1 s TTL can be due at
+#: once: without this floor such an archive was refreshed back to back with nobody reading it.
+MIN_PROACTIVE_SPACING = 1.0
 #: Seconds ``close`` waits for the thread (it stops between two archives, so this is never reached).
 CLOSE_TIMEOUT = 10.0
 #: Archive keys remembered as unusable (logged once each); more are logged again.
@@ -502,6 +507,9 @@ class RefreshScheduler:
                     self._note_latency(time.monotonic() - asked_at)
             due = self._due(facts)
             assert due is not None  # checked above; _due only moves it earlier
+            if old is not None and facts.generation > old.generation:
+                spacing = max(MIN_PROACTIVE_SPACING * NS_PER_SECOND, facts.ttl * NS_PER_SECOND / 2)
+                due = max(due, self.clock() + int(spacing))
             asked = self._asked.get(key)
             next_ns = due
             if asked is not None and asked.generation == facts.generation:

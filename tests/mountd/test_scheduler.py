@@ -192,6 +192,27 @@ def test_after_a_commit_the_next_expiry_is_scheduled(
     assert hook.calls == [("daily.txt.sync", 0, 5), ("daily.txt.sync", 1, 5)]
 
 
+def test_a_one_second_ttl_is_not_refreshed_back_to_back(
+    store: Path, hook: RecordingHook, clock: Clock, make_scheduler: Callable[..., RefreshScheduler]
+) -> None:
+    """TTL 1 s: the lead is half the TTL (it was the whole of it), and a new generation is asked for no sooner
+    than 1 s after the scheduler learned of it, even when (commit times have whole seconds) it is due at
+    once: one request per second at most, not one per commit (814 commits in 15 s, nobody reading)."""
+    assert [lead_ns(ttl) for ttl in (1, 2)] == [NS_PER_SECOND // 2, NS_PER_SECOND]
+    path = add(store, "fast.txt.sync", ttl=1)
+    scheduler = make_scheduler()
+    assert scheduler.scan().requested == 1  # generation 0 expired long ago
+    commit_payload(path, 0, b"refreshed")
+    clock.advance_to(max(clock.now, expiry_ns(path) - lead_ns(1)))  # generation 1 is due now
+    learned = clock.now
+    report = scheduler.scan()
+    assert report.requested == 0
+    assert report.next_due_ns == learned + NS_PER_SECOND
+    clock.advance_to(learned + NS_PER_SECOND)
+    assert scheduler.scan().requested == 1
+    assert hook.calls == [("fast.txt.sync", 0, 5), ("fast.txt.sync", 1, 5)]
+
+
 def test_the_walk_follows_folders_and_skips_what_listings_skip(
     store: Path,
     hook: RecordingHook,
