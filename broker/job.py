@@ -4,8 +4,10 @@ A producer claims the archive and sends the request (``broker.requests``); a wor
 for each delivery and drives it: ``start`` (take the claim as this execution and mark the status running),
 ``heartbeat`` while the refresh runs, then exactly one end: ``complete`` (the status, the "swapped"
 notification on commit, release), ``retry`` (the status, and the claim kept for the retry's countdown) or
-``give_up`` (the status, the failed list, release). What counts as retryable is the worker's call
-(``workers.outcomes``); this object only carries out each change.
+``give_up`` (the status, the failed list, release). After a failure, and after an ``unchanged`` end, the
+claim can instead be kept for a cooldown with no runner: the archive is still expired, and requests
+meanwhile merge into the claim instead of each starting a job (``Settings.refresh_cooldown``). What counts
+as retryable is the worker's call (``workers.outcomes``); this object only carries out each change.
 
 Invariants: every change of state is one Lua script call, composed of the claim's and the status record's
 functions (``broker.claims``, ``broker.status``), so the claim, the status, the history, the failed list and
@@ -204,11 +206,16 @@ class RefreshJob:
         """
         return self._claims.heartbeat(self.request.archive, self.request.request_id, self.claim_ttl_ms).ok
 
-    def complete(self, outcome: Mapping[str, Any], *, now: datetime | None = None) -> JobEnd:
-        """End a job that needs no retry and did not fail: status, "swapped" on commit, release.
+    def complete(
+        self, outcome: Mapping[str, Any], *, cooldown_ms: int = 0, now: datetime | None = None
+    ) -> JobEnd:
+        """End a job that needs no retry and did not fail: status, "swapped" on commit, release (after
+        ``cooldown_ms`` when nothing changed: the archive is still expired, and reads must not start a job
+        each).
 
         Args:
             outcome: ``RefreshOutcome.to_json()`` with ``archive`` the key (see ``broker.status``).
+            cooldown_ms: How long the claim is kept, with no runner, after an ``unchanged`` end.
             now: End time; the current time when None.
 
         Returns:
@@ -222,6 +229,8 @@ class RefreshJob:
         if outcome.get("status") == RefreshStatus.COMMITTED:
             event = SwappedEvent(self.request.archive, int(outcome["generation"]))
             swapped = json.dumps(event.to_json())
+        if cooldown_ms > 0 and outcome.get("status") == RefreshStatus.UNCHANGED:
+            return self._end_with(outcome, "requeue", cooldown_ms, now=now)
         return self._end_with(outcome, "release", 0, swapped=swapped, now=now)
 
     def retry(self, outcome: Mapping[str, Any], *, hold_ms: int, now: datetime | None = None) -> JobEnd:
@@ -244,13 +253,20 @@ class RefreshJob:
         return self._end_with(outcome, "requeue", hold_ms, now=now)
 
     def give_up(
-        self, outcome: Mapping[str, Any], failed: FailedJob, *, now: datetime | None = None
+        self,
+        outcome: Mapping[str, Any],
+        failed: FailedJob,
+        *,
+        cooldown_ms: int = 0,
+        now: datetime | None = None,
     ) -> JobEnd:
-        """End a job for good after a failure: status, the failed list, release.
+        """End a job for good after a failure: status, the failed list, release (after ``cooldown_ms``).
 
         Args:
             outcome: ``RefreshOutcome.to_json()`` with ``archive`` the key.
             failed: The entry for the failed list.
+            cooldown_ms: How long the claim is kept, with no runner: requests meanwhile merge into it
+                rather than each starting a job that would fail the same way.
             now: End time; the current time when None.
 
         Returns:
@@ -261,6 +277,8 @@ class RefreshJob:
             BrokerUnavailable: Redis cannot be reached.
         """
         entry = json.dumps(failed.to_json(), separators=(",", ":"))
+        if cooldown_ms > 0:
+            return self._end_with(outcome, "requeue", cooldown_ms, failed=entry, now=now)
         return self._end_with(outcome, "release", 0, failed=entry, now=now)
 
     def failed_entry(self, outcome: Mapping[str, Any], *, attempts: int, at: datetime) -> FailedJob:

@@ -39,6 +39,11 @@ DEFAULT_METRICS_HOST = "127.0.0.1"
 DEFAULT_VISIBILITY_MARGIN = 30.0
 #: Seconds a running job's claim outlives its last heartbeat (``broker.claims.RUNNING_CLAIM_TTL_MS``).
 DEFAULT_RUNNING_CLAIM_TTL = 30.0
+#: Seconds an archive's claim is kept after a refresh that failed or changed nothing: a guest that always
+#: fails, read 20 times a second, ran 1,143 times a minute without it (one job per read once the last ended).
+DEFAULT_REFRESH_COOLDOWN = 30.0
+#: Longest cooldown accepted (an explicit ``syncctl refresh`` of the archive waits it out too).
+MAX_REFRESH_COOLDOWN = 3600.0
 #: Bytes all of one run's guest HTTP responses may add up to (each one is also capped on its own).
 DEFAULT_EGRESS_MAX_TOTAL_BYTES = 64 * 1024 * 1024
 #: Largest ``sync.wasm`` a worker compiles, in bytes.
@@ -102,6 +107,7 @@ _ENV = {
     "visibility_margin": "SYNC_VISIBILITY_MARGIN",
     "egress_allow_private": "SYNC_EGRESS_ALLOW_PRIVATE",
     "running_claim_ttl": "SYNC_RUNNING_CLAIM_TTL",
+    "refresh_cooldown": "SYNC_REFRESH_COOLDOWN",
     "egress_max_total_bytes": "SYNC_EGRESS_MAX_TOTAL_BYTES",
     "max_module_size": "SYNC_MAX_MODULE_SIZE",
     "compile_timeout": "SYNC_COMPILE_TIMEOUT",
@@ -200,6 +206,9 @@ class Settings:
             CGNAT or other non-public address; the manifest must still list the host. Metadata addresses
             stay closed whatever it says.
         running_claim_ttl: Seconds a running job's claim outlives its last heartbeat (crash recovery time).
+        refresh_cooldown: Seconds an archive's claim is kept after a refresh that failed for good or ended
+            unchanged, so that reads of the still expired archive merge into it instead of starting a job
+            each (0: released at once).
         egress_max_total_bytes: Bytes one run's guest HTTP responses may add up to.
         max_module_size: Largest ``sync.wasm`` compiled, in bytes.
         compile_timeout: Seconds a ``sync.wasm`` may take to compile (in a forked child).
@@ -257,6 +266,7 @@ class Settings:
     # Egress screening and slow-source limits.
     egress_allow_private: tuple[str, ...] = ()
     running_claim_ttl: float = DEFAULT_RUNNING_CLAIM_TTL
+    refresh_cooldown: float = DEFAULT_REFRESH_COOLDOWN
     egress_max_total_bytes: int = DEFAULT_EGRESS_MAX_TOTAL_BYTES
     max_module_size: int = DEFAULT_MAX_MODULE_SIZE
     compile_timeout: float = DEFAULT_COMPILE_TIMEOUT
@@ -305,6 +315,11 @@ class Settings:
         for name in [*positive, *sorted(_INT_LIMITS), "header_timeout"]:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive, not {getattr(self, name)}")
+        if not 0 <= self.refresh_cooldown <= MAX_REFRESH_COOLDOWN:
+            raise SettingsError(
+                f"refresh_cooldown (SYNC_REFRESH_COOLDOWN) must be 0..{MAX_REFRESH_COOLDOWN:g} s,"
+                f" not {self.refresh_cooldown}"
+            )
         if not 0 <= self.fresh_wait <= MAX_FRESH_WAIT:
             raise SettingsError(
                 f"fresh_wait (SYNC_FRESH_WAIT) must be 0..{MAX_FRESH_WAIT:g} s, not {self.fresh_wait}"

@@ -220,9 +220,10 @@ def refresh_job(
     if not outcome.ok or decision.retry:
         # A job gives up on a failure, and on a retryable outcome whose retries are used up even when it is
         # not a failure by status (an unreachable source and no new payload ends "unchanged").
-        job.give_up(doc, job.failed_entry(doc, attempts=retries + 1, at=datetime.now(UTC)))
+        entry = job.failed_entry(doc, attempts=retries + 1, at=datetime.now(UTC))
+        job.give_up(doc, entry, cooldown_ms=int(state.settings.refresh_cooldown * 1000))
     else:
-        job.complete(doc)
+        job.complete(doc, cooldown_ms=int(state.settings.refresh_cooldown * 1000))
     return doc
 
 

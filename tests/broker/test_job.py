@@ -109,6 +109,30 @@ def test_give_up_records_the_failed_job_and_releases(redis_client: redis.Redis) 
     assert record.error_code == "guest_trap"
 
 
+def test_a_failure_or_an_unchanged_end_keeps_the_claim_for_the_cooldown(redis_client: redis.Redis) -> None:
+    """With a cooldown, giving up and an ``unchanged`` end keep the claim (no runner) for that long, so that
+    the requests meanwhile merge into it rather than each starting a job; a commit still releases."""
+    claims = Claims(redis_client)
+    for end in ("give_up", "unchanged", "committed"):
+        request = queued(redis_client)
+        job = job_of(redis_client, request)
+        assert job.start(now=NOW)
+        if end == "give_up":
+            doc = outcome("failed", 3, error_code="guest_trap", error="unreachable")
+            job.give_up(doc, job.failed_entry(doc, attempts=1, at=NOW), cooldown_ms=30_000, now=NOW)
+        else:
+            job.complete(outcome(end, 3 if end == "unchanged" else 4), cooldown_ms=30_000, now=NOW)
+        if end == "committed":
+            assert redis_client.exists(claim_key(request.archive)) == 0
+            continue
+        claim = redis_client.hgetall(claim_key(request.archive))
+        assert (claim["token"], "runner" in claim) == (request.request_id, False), end
+        assert 0 < redis_client.pttl(claim_key(request.archive)) <= 30_000
+        later = RefreshRequest.new(request.archive, 3, now=NOW)
+        assert not claims.claim(later.archive, later.request_id, QUEUED_CLAIM_TTL_MS).ok  # merged, not sent
+        redis_client.delete(claim_key(request.archive))
+
+
 def test_an_overtaken_job_writes_its_status_but_leaves_the_newer_claim(redis_client: redis.Redis) -> None:
     """When the claim expired and a newer request took it, ending the old job does not release it."""
     old = queued(redis_client)

@@ -161,3 +161,13 @@ def test_a_commands_own_defaults_yield_to_the_environment_and_flags() -> None:
     assert Settings.from_env(env=off, defaults=WORKER_DEFAULTS).sandbox_zygote is False
     flag = {"sandbox_zygote": False}
     assert Settings.from_env(flag, env={}, defaults=WORKER_DEFAULTS).sandbox_zygote is False
+
+
+def test_the_refresh_cooldown_defaults_to_30_s_and_is_bounded() -> None:
+    """``SYNC_REFRESH_COOLDOWN``: 30 s by default, 0 releases at once; over an hour or negative: refused."""
+    assert Settings.from_env(env={}).refresh_cooldown == 30.0
+    assert Settings.from_env(env={"SYNC_REFRESH_COOLDOWN": "0"}).refresh_cooldown == 0.0
+    assert Settings.from_env(env={"SYNC_REFRESH_COOLDOWN": "120"}).refresh_cooldown == 120.0
+    for bad in ("-1", "3601", "soon"):
+        with pytest.raises(SettingsError, match="refresh_cooldown"):
+            Settings.from_env(env={"SYNC_REFRESH_COOLDOWN": bad})

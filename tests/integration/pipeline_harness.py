@@ -103,6 +103,9 @@ def child_env(cache_dir: Path, **extra: str) -> dict[str, str]:
         SYNC_CACHE_DIR=str(cache_dir),
         PYTHONUNBUFFERED="1",
         SYNC_EGRESS_ALLOW_PRIVATE="127.0.0.1:*,10.231.0.0/16:*",
+        # A failed or unchanged refresh releases its claim at once: these tests follow one with the next
+        # request (``test_a_trapping_guest_fails_once_and_is_not_retried`` puts the default cooldown back).
+        SYNC_REFRESH_COOLDOWN="0",
     )
     env.update(extra)
     return env

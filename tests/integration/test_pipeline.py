@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -64,8 +65,9 @@ from broker import (
     replay_pending,
     request_refresh,
 )
-from broker.claims import QUEUED_CLAIM_TTL_MS, STALE_QUEUED_CLAIM_MS, Claims
+from broker.claims import QUEUED_CLAIM_TTL_MS, STALE_QUEUED_CLAIM_MS, Claims, claim_key
 from broker.contract import QUEUE_REFRESH, TASK_REFRESH
+from broker.settings import DEFAULT_REFRESH_COOLDOWN
 
 #: Concurrent requests of the burst test.
 THREADS = 1000
@@ -272,14 +274,16 @@ def test_a_trapping_guest_fails_once_and_is_not_retried(
     redis_server: RedisServer, redis_client: redis.Redis, workers: StartWorkers, store: Path
 ) -> None:
     """A guest trap is a deterministic failure: status failed with guest_trap after one attempt, the
-    archive unchanged, the job in the failed list at once and its claim released (no retry kept it)."""
-    workers("w1@pipeline")
+    archive unchanged, the job in the failed list at once, and its claim kept for the cooldown with no
+    runner: asking again meanwhile (as every read of the still expired archive does) merges into it instead
+    of starting another run that fails the same way (1,143 runs a minute for one reader before)."""
+    workers("w1@pipeline", env={"SYNC_REFRESH_COOLDOWN": str(DEFAULT_REFRESH_COOLDOWN)})
     path = build_archive(store, "trap.sync", trap_guest())
     before = path.read_bytes()
     with producing(redis_server.url, threads=1) as producers:
         producers.request(["trap.sync"])
         assert producers.answers(["trap.sync"], REFRESH_BOUND) == {"trap.sync": RequestResult.QUEUED}
-    record = wait_value(lambda: settled(redis_client, "trap.sync"), REFRESH_BOUND, what="trap recorded")
+    record = wait_value(lambda: finished(redis_client, "trap.sync"), REFRESH_BOUND, what="trap recorded")
     assert (record.status, record.error_code, record.generation, record.attempts) == (
         "failed",
         "guest_trap",
@@ -290,6 +294,15 @@ def test_a_trapping_guest_fails_once_and_is_not_retried(
     assert (failed.request.archive, failed.error_code, failed.attempts) == ("trap.sync", "guest_trap", 1)
     assert failed.worker == "w1@pipeline"
     assert path.read_bytes() == before
+    claim = redis_client.hgetall(claim_key("trap.sync"))
+    assert "runner" not in claim
+    assert 0 < redis_client.pttl(claim_key("trap.sync")) <= DEFAULT_REFRESH_COOLDOWN * 1000
+    with producing(redis_server.url, threads=1) as producers:
+        producers.request(["trap.sync"])
+        assert producers.answers(["trap.sync"], REFRESH_BOUND) == {"trap.sync": RequestResult.MERGED}
+    time.sleep(1.0)
+    assert len(list_failed(redis_client)) == 1
+    assert read_status(redis_client, "trap.sync") == record  # no second run
 
 
 def test_a_dripping_source_cannot_let_a_second_run_start(
