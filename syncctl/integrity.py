@@ -11,7 +11,9 @@
 5. **detached signature**: ``<archive>.sig.json`` next to the archive, when present (it covers every byte
    of the file, so it stops matching at the first refresh).
 
-``require_signature`` turns "no signature of either kind" into a failure. The archive is intact when every
+``require_signature`` turns "no signature of either kind" into a failure, and so a manifest signature that
+leaves non-empty update logic unsigned (v1 without the ``sync-ext/1`` extension, or with it stripped) unless
+a whole-file signature is valid. The archive is intact when every
 check passed; notes never fail it.
 """
 
@@ -82,6 +84,7 @@ class IntegrityReport:
     generation: int | None = None
     signature: ManifestVerification | None = None
     detached: dict[str, Any] | None = None
+    wasm_uncovered: bool = False  # a valid manifest signature that does not cover a non-empty sync.wasm
 
     @property
     def opened(self) -> bool:
@@ -176,6 +179,7 @@ class _Checker:
     warnings: list[str] = field(default_factory=list)
     signature: ManifestVerification | None = None
     detached: dict[str, Any] | None = None
+    wasm_uncovered: bool = False  # a valid manifest signature that does not cover a non-empty sync.wasm
 
     @property
     def generation(self) -> int:
@@ -203,6 +207,18 @@ class _Checker:
             self.notes.append("unsigned")
         if has_sidecar:
             self._detached(sidecar)
+        signed_whole = self.detached is not None and bool(self.detached.get("valid"))
+        if self.require_signature and self.wasm_uncovered and not signed_whole:
+            # A v1 signature stays valid when someone strips the sync-ext/1 keys and swaps sync.wasm: asked
+            # to require a signature, the update logic that will run must be signed too.
+            self.checks.append(
+                Check(
+                    "signature covers sync.wasm",
+                    False,
+                    "required: the update logic is not signed (no sync-ext/1 extension, no whole-file"
+                    f" signature {sidecar.name}); it could have been replaced",
+                )
+            )
         return IntegrityReport(
             snap.path,
             tuple(self.checks),
@@ -290,6 +306,7 @@ class _Checker:
             )
         self.checks.append(Check("signature", result.ok, ", ".join(parts)))
         if result.ok and not result.covers_wasm and wasm not in (None, EMPTY_WASM):
+            self.wasm_uncovered = True
             self.warnings.append(
                 "the signature does not cover sync.wasm: the update logic could be replaced "
                 "without breaking it"

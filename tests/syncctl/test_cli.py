@@ -387,6 +387,41 @@ def test_swapped_wasm_breaks_the_extension_signature(tmp_path: Path, payload: Pa
     assert doc["signature"]["extension_valid"] is False
 
 
+def test_require_signature_fails_when_the_extension_was_stripped_and_wasm_swapped(
+    tmp_path: Path, payload: Path, key: Path
+) -> None:
+    """Deleting the sync-ext/1 keys leaves v1 valid, so a swapped sync.wasm passed as "signed" with a mere
+    warning; asked to require a signature, verify now fails unless the update logic is signed too."""
+    wasm = tmp_path / "logic.wasm"
+    wasm.write_bytes(LOGIC_WASM)
+    signed = tmp_path / "live.sync"
+    assert run_cli("pack", payload, "-o", signed, "--wasm", wasm, "--sign", key).returncode == 0
+    with open_archive(signed) as snapshot:
+        text = snapshot.manifest_bytes.decode()
+    extension_keys = (
+        "extension",
+        "document_hash",
+        "wasm_hash",
+        "context_hash",
+        "proof_hash",
+        "extension_value",
+    )
+    stripped = "".join(
+        line for line in text.splitlines(keepends=True) if line.split(" = ")[0].strip() not in extension_keys
+    )
+    forged = tmp_path / "forged.sync"
+    builder = SyncBuilder().with_manifest_bytes(stripped.encode()).with_payload_file(payload)
+    builder.with_wasm_bytes(EMPTY_WASM + bytes([0, 5, 4]) + b"evil").write_to(forged)
+    plain = run_cli("verify", forged)
+    assert plain.returncode == 0  # v1 is valid: a warning only, as before
+    assert b"does not cover sync.wasm" in plain.stderr
+    required = run_cli("verify", forged, "--require-signature")
+    assert required.returncode == 1
+    errors = [line for line in required.stderr.decode().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert "the update logic is not signed" in errors[0]
+
+
 def test_require_signature_fails_on_unsigned_archive(archive: Path) -> None:
     """verify passes an unsigned archive, but --require-signature makes the missing signature exit 1."""
     assert run_cli("verify", archive).returncode == 0
