@@ -65,9 +65,9 @@ MAX_CENTRAL_DIRECTORY = 4 * 1024 * 1024
 #: uncompressed limit is refused unread.
 MAX_DEFLATE_INPUT_FACTOR = 2
 
-#: Entry names every .sync archive uses, already checked: their records skip decoding and name checks.
 #: C0 control characters and DEL, never part of an entry name a writer means.
 _CONTROL = re.compile(r"[\x01-\x1f\x7f]")
+#: Entry names every .sync archive uses, already checked: their records skip decoding and name checks.
 _KNOWN_NAMES = {
     raw.encode("ascii"): raw
     for raw in ("manifest.toml", "payload", "sync.wasm", "state.json", "context.json", "sync.proof")

@@ -54,6 +54,7 @@ from broker.contract import archive_key
 from mountd.dav.factory import ReadOnlyResources, ResourceFactory
 from mountd.dav.facts import ArchiveFacts
 from mountd.dav.index import ArchiveIndex
+from mountd.dav.render_slots import MIN_MEMBERS as RENDER_MIN_MEMBERS
 from mountd.dav.render_slots import RenderSlots
 from mountd.dav.resources import Folder, OpenedArchive, SingleArchiveCollection
 from mountd.errors import dav_error
@@ -200,8 +201,9 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         A PROPFIND with ``Depth: infinity``, or without a ``Depth`` (which means the same, RFC 4918 §9.1),
         is refused with 403 and the ``propfind-finite-depth`` precondition, as Apache's mod_dav does by
         default: wsgidav would describe the whole store in one document, rendered in memory, which any
-        reader could ask for again and again. A listing of a folder that reaches wsgidav (the fast path did
-        not answer it) is rendered in one of a few slots (``render_slots``: 503 when none comes free soon).
+        reader could ask for again and again. A listing of a big folder that reaches wsgidav (the fast path
+        did not answer it) is rendered in one of a few slots (``render_slots``: 503 when none comes free
+        soon).
         An answer wsgidav made whole in memory (its multistatus documents) may be sent to a slow reader by
         the connection loop, not by a worker thread (``mark_complete_body``).
         """
@@ -219,12 +221,19 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         return response
 
     def _is_folder(self, environ: dict[str, Any]) -> bool:
-        # Whether the request names a folder (resolved once per request: wsgidav finds it in the cache).
+        # Whether the request names a folder of ``MIN_MEMBERS`` or more members (resolved once per request:
+        # wsgidav finds it in the cache; the listing comes from the index's cache).
         try:
             resource = self.get_resource_inst(environ.get("PATH_INFO", "/"), environ)
         except DAVError:
             return False  # wsgidav answers it as it would have
-        return resource is not None and bool(resource.is_collection)
+        if resource is None or not resource.is_collection:
+            return False
+        listing = getattr(resource, "listing", None)
+        if listing is None:
+            return True  # no cheap count: a slot, to be safe
+        members = listing()
+        return len(members.archives) + len(members.folders) >= RENDER_MIN_MEMBERS
 
     def get_resource_inst(self, path: str, environ: dict[str, Any]) -> Any:
         """Map a request path to a resource, or None when nothing is there.

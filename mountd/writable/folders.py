@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from wsgidav import util as dav_util  # type: ignore[import-untyped]
-from wsgidav.dav_error import HTTP_CONFLICT, HTTP_FORBIDDEN, HTTP_METHOD_NOT_ALLOWED, DAVError  # type: ignore[import-untyped]
+from wsgidav.dav_error import (  # type: ignore[import-untyped]
+    HTTP_CONFLICT,
+    HTTP_FORBIDDEN,
+    HTTP_METHOD_NOT_ALLOWED,
+    HTTP_PRECONDITION_FAILED,
+    DAVError,
+)
 
 from mountd.dav.factory import StoreView
 from mountd.dav.index import ListedArchive
@@ -99,6 +105,9 @@ class WritableCollection(Folder):
             self.provider.forget(self.environ)
             existing = self.provider.get_resource_inst(path, self.environ)
             if isinstance(existing, ArchiveWrites):
+                if str(self.environ.get("HTTP_IF_NONE_MATCH", "")).strip() == "*":
+                    # A create-only request was checked against "nothing there": it must not overwrite.
+                    raise DAVError(HTTP_PRECONDITION_FAILED, "the resource exists now") from exc
                 return existing
             raise
         if self.environ.get("REQUEST_METHOD") == "PUT":

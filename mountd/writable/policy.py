@@ -20,8 +20,10 @@ Invariants:
     * Paths are checked by ``sync_format.store.check_store_name``; no hidden segment is ever created, nor a
       name with a control character, one that was not UTF-8, or one too long for its temp file
       (``MAX_NAME_BYTES``).
-    * A write that creates a file never replaces one: a new resource's file does not exist yet, and the
-      archive is listed under the very name the request gave (``archive_for``).
+    * A write that creates a file does not take another's: a new resource's file does not exist when the
+      request resolves it, and the archive is listed under the very name the request gave
+      (``archive_for``). (A file another request creates under that same name while this one's body is
+      still arriving is replaced when it commits: the last of two creates of one new name wins.)
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ MAX_NAME_BYTES = 255 - len(f"..sync.{'0' * 12}{TEMP_SUFFIX}")
 #: Dead properties (PROPPATCH) a resource may hold: clients set a handful (Windows: 4 timestamps and
 #: attributes; macOS: a few in its own namespace).
 MAX_DEAD_PROPERTIES = 64
+#: Environ key: the new dead-property names of this request so far (``require_property_room``).
+_NEW_PROPERTIES_KEY = "sync.proppatch.new_names"
 #: Characters no created name may hold: control characters (C0 and DEL) would reach listings, logs and
 #: terminals, and no request path may carry them (``mountd.http.middleware.path_problem``), so such a file
 #: could never be read or deleted again; U+FFFD and lone surrogates stand for bytes that were not UTF-8.
@@ -229,7 +233,14 @@ def require_property_room(resource: Any, name: str) -> None:
     if manager is None:
         return
     names = manager.get_properties(resource.get_ref_url(), resource.environ)
-    if name not in names and len(names) >= MAX_DEAD_PROPERTIES:
+    if name in names:
+        return
+    # wsgidav checks every property of a PROPPATCH (a dry run) before it writes any: the new names of this
+    # request are counted together there, so that a request that would pass the cap fails whole (RFC 4918
+    # §9.2: all or nothing), not after writing the first ones.
+    new = resource.environ.setdefault(_NEW_PROPERTIES_KEY, set())
+    new.add(name)
+    if len(names) + len(new) > MAX_DEAD_PROPERTIES:
         raise DAVError(
             HTTP_INSUFFICIENT_STORAGE,
             f"at most {MAX_DEAD_PROPERTIES} dead properties per resource; remove one first",
