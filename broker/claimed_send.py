@@ -36,8 +36,9 @@ from broker.claims import CLAIM_LUA_FUNCTIONS, ClaimResult, claim_key
 from broker.redis_client import translated
 
 # KEYS[1]  the archive's claim key; KEYS[2..]  the keys of the collected key commands, in order
-# ARGV[1]  the request id (claim token); ARGV[2]  the claim's TTL in milliseconds
-# ARGV[3..] the collected commands as triples: op ("lpush", "pexpire", "publish"), argument, value;
+# ARGV[1]  the request id (claim token); ARGV[2]  the claim's TTL in milliseconds; ARGV[3] the claim
+#          operation ("claim", or "force" for an operator's explicit refresh: ``broker.claims``)
+# ARGV[4..] the collected commands as triples: op ("lpush", "pexpire", "publish"), argument, value;
 #           lpush/pexpire act on the next KEYS entry (argument repeats it), publish on channel "argument"
 # Returns the claim's {ok, merged}; the commands run only when ok is 1. A script has no rollback, so what
 # could fail after the claim is checked before it: a queue key that holds something else than a list is an
@@ -46,7 +47,7 @@ _CLAIM_AND_SEND_LUA = (
     CLAIM_LUA_FUNCTIONS
     + """
 local k = 2
-for i = 3, #ARGV, 3 do
+for i = 4, #ARGV, 3 do
   if ARGV[i] == 'lpush' then
     local kind = redis.call('TYPE', KEYS[k]).ok
     if kind ~= 'none' and kind ~= 'list' then
@@ -57,12 +58,15 @@ for i = 3, #ARGV, 3 do
     k = k + 1
   end
 end
-local r = claim_op(KEYS[1], 'claim', ARGV[1], ARGV[2], '')
+if ARGV[3] ~= 'claim' and ARGV[3] ~= 'force' then
+  return redis.error_reply('claim and send: unknown claim operation ' .. tostring(ARGV[3]))
+end
+local r = claim_op(KEYS[1], ARGV[3], ARGV[1], ARGV[2], '')
 if r.err or r[1] ~= 1 then
   return r
 end
 k = 2
-for i = 3, #ARGV, 3 do
+for i = 4, #ARGV, 3 do
   local op = ARGV[i]
   if op == 'lpush' then
     redis.call('LPUSH', KEYS[k], ARGV[i + 2])
@@ -125,6 +129,8 @@ def claim_and_send(
     token: str,
     ttl_ms: int,
     send: Callable[[Any], object],
+    *,
+    force: bool = False,
 ) -> ClaimResult | None:
     """Claim ``archive`` and, only if the claim was taken, push the message ``send`` builds: one script.
 
@@ -136,6 +142,7 @@ def claim_and_send(
         ttl_ms: Lifetime of the claim if taken, in milliseconds.
         send: Sends the task through the producer it is given (``app.send_task(..., producer=p)``); what it
             publishes is collected, not sent.
+        force: Take over a claim no job runs under (``Claims.claim``).
 
     Returns:
         The claim's result (the message was pushed exactly when ``ok``), or None when this producer's
@@ -162,7 +169,7 @@ def claim_and_send(
         finally:
             del channel.create_publish_batch
     keys: list[str] = [key]
-    args: list[str | int] = [token, ttl_ms]
+    args: list[str | int] = [token, ttl_ms, "force" if force else "claim"]
     for name, command in capture.commands:
         if name not in KNOWN_COMMANDS or len(command) != 2:
             raise CaptureError(f"kombu batched an unexpected Redis command {name!r} ({len(command)} args)")

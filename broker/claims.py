@@ -61,7 +61,7 @@ STALE_QUEUED_CLAIM_MS = 60 * 1000
 # KEYS[1]  the archive's claim key (CLAIM_PREFIX + archive key): a hash {token, merged, sent, runner};
 #          ``sent`` is when the holder's message was last sent (Redis server time, ms; for a requeued
 #          claim, when its retry is due)
-# ARGV[1]  operation: "claim", "start", "heartbeat", "requeue" or "release"
+# ARGV[1]  operation: "claim", "force", "start", "heartbeat", "requeue" or "release"
 # ARGV[2]  the caller's token (the refresh request id)
 # ARGV[3]  TTL in milliseconds for every operation but "release" (a positive integer)
 # ARGV[4]  "start" only: the runner id of this execution
@@ -71,6 +71,9 @@ STALE_QUEUED_CLAIM_MS = 60 * 1000
 #              held by another token: merged += 1, TTL untouched               -> {0, merged after +1}
 #              ... and no runner and ``sent`` at least STALE_QUEUED_CLAIM_MS ago: the holder's message is
 #              presumed lost; ``sent`` := now, and the caller re-sends it        -> {0, merged, holder}
+#   force      as claim, but a claim held by another token with no runner (a queued job, a retry's
+#              countdown, a cooldown after a failed or unchanged end) is taken over  -> {1, 0}; the other
+#              token's message, if one comes, then finds the claim not its own and drops out
 #   start      free: take it for this token and runner                         -> {1, 0}
 #              held by this token, no runner or this runner: set runner, TTL   -> {1, merged}
 #              held by this token and another runner: nothing changes          -> {0, merged}
@@ -95,7 +98,7 @@ local function claim_op(key, op, token, ttl_text, runner)
       return redis.error_reply('claim script: TTL must be a positive number of milliseconds')
     end
   end
-  if op == 'claim' then
+  if op == 'claim' or op == 'force' then
     if holder == false then
       redis.call('HSET', key, 'token', token, 'merged', 0, 'sent', claim_now_ms())
       redis.call('PEXPIRE', key, ttl)
@@ -105,6 +108,12 @@ local function claim_op(key, op, token, ttl_text, runner)
       redis.call('HSET', key, 'sent', claim_now_ms())
       redis.call('PEXPIRE', key, ttl)
       return {1, tonumber(redis.call('HGET', key, 'merged'))}
+    end
+    if op == 'force' and redis.call('HEXISTS', key, 'runner') == 0 then
+      redis.call('DEL', key)
+      redis.call('HSET', key, 'token', token, 'merged', 0, 'sent', claim_now_ms())
+      redis.call('PEXPIRE', key, ttl)
+      return {1, 0}
     end
     local merged = redis.call('HINCRBY', key, 'merged', 1)
     local sent = tonumber(redis.call('HGET', key, 'sent'))
@@ -225,13 +234,15 @@ class Claims:
         self._client = client
         self._script = client.register_script(_CLAIM_LUA)
 
-    def claim(self, archive: str, token: str, ttl_ms: int) -> ClaimResult:
+    def claim(self, archive: str, token: str, ttl_ms: int, *, force: bool = False) -> ClaimResult:
         """Take the archive's claim, or merge into the one held.
 
         Args:
             archive: Archive key.
             token: The request id.
             ttl_ms: Lifetime of the claim if taken, in milliseconds.
+            force: Also take over a claim no job is running under (an operator's explicit refresh: a
+                cooldown after a failure must not swallow it).
 
         Returns:
             ``ok`` when taken (or already held by ``token``); otherwise merged.
@@ -241,7 +252,7 @@ class Claims:
             ValueError: ``token`` is empty.
             BrokerUnavailable: Redis cannot be reached.
         """
-        return self._run(archive, "claim", token, ttl_ms)
+        return self._run(archive, "force" if force else "claim", token, ttl_ms)
 
     def start(self, archive: str, token: str, runner: str, ttl_ms: int) -> ClaimResult:
         """Start running the request ``token`` as execution ``runner``.

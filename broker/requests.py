@@ -66,10 +66,12 @@ class WantedRefresh:
     Attributes:
         request: The request (its id is the claim token used when it is replayed).
         limits: Celery time limits to send it with, or None for the app's defaults.
+        force: An operator's explicit refresh: it takes over a claim no job runs under (``Claims.claim``).
     """
 
     request: RefreshRequest
     limits: TimeLimits | None = None
+    force: bool = False
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,7 @@ def request_refresh(
     *,
     limits: TimeLimits | None = None,
     claim_ttl_ms: int = QUEUED_CLAIM_TTL_MS,
+    force: bool = False,
 ) -> RequestResult:
     """Claim the archive and send its refresh, or merge into the one queued or running, or defer.
 
@@ -188,6 +191,8 @@ def request_refresh(
         pending: This process's pending refreshes.
         limits: Celery time limits for this archive (``job_time_limits`` of its manifest timeout).
         claim_ttl_ms: Lifetime of the claim until the job heartbeats it.
+        force: An operator's explicit refresh (``syncctl refresh``, ``syncctl failed retry``): it takes
+            over a claim no job runs under, such as the cooldown after a failure, instead of merging into it.
 
     Returns:
         ``QUEUED``, ``MERGED`` or ``DEFERRED``; an unreachable Redis or broker never raises.
@@ -195,7 +200,7 @@ def request_refresh(
     Raises:
         Exception: Only what is not an outage (a programming error), after releasing the claim.
     """
-    wanted = WantedRefresh(request, limits)
+    wanted = WantedRefresh(request, limits, force)
     earlier = pending.get(request.archive)
     if earlier is not None:
         wanted = _merge(earlier, wanted)
@@ -253,7 +258,11 @@ def replay_pending(
 
 def _merge(earlier: WantedRefresh, later: WantedRefresh) -> WantedRefresh:
     base = max(earlier.request.base_generation, later.request.base_generation)
-    return WantedRefresh(replace(earlier.request, base_generation=base), later.limits or earlier.limits)
+    return WantedRefresh(
+        replace(earlier.request, base_generation=base),
+        later.limits or earlier.limits,
+        earlier.force or later.force,
+    )
 
 
 def _enqueue(
@@ -265,7 +274,9 @@ def _enqueue(
         _send_refresh(app, request, wanted.limits, producer)
 
     try:
-        claim = claim_and_send(app, client, request.archive, request.request_id, claim_ttl_ms, send)
+        claim = claim_and_send(
+            app, client, request.archive, request.request_id, claim_ttl_ms, send, force=wanted.force
+        )
     except BrokerUnavailable as exc:
         return RequestResult.DEFERRED, exc.message
     except UNAVAILABLE_ERRORS as exc:
@@ -291,7 +302,7 @@ def _claim_then_send(
     request = wanted.request
     claims = Claims(client)
     try:
-        claim = claims.claim(request.archive, request.request_id, claim_ttl_ms)
+        claim = claims.claim(request.archive, request.request_id, claim_ttl_ms, force=wanted.force)
     except BrokerUnavailable as exc:
         return RequestResult.DEFERRED, exc.message
     if not claim.ok:

@@ -42,7 +42,7 @@ DEFAULT_RUNNING_CLAIM_TTL = 30.0
 #: Seconds an archive's claim is kept after a refresh that failed or changed nothing: a guest that always
 #: fails, read 20 times a second, ran 1,143 times a minute without it (one job per read once the last ended).
 DEFAULT_REFRESH_COOLDOWN = 30.0
-#: Longest cooldown accepted (an explicit ``syncctl refresh`` of the archive waits it out too).
+#: Longest cooldown accepted (reads merge for that long; an operator's ``syncctl refresh`` does not wait).
 MAX_REFRESH_COOLDOWN = 3600.0
 #: Bytes all of one run's guest HTTP responses may add up to (each one is also capped on its own).
 DEFAULT_EGRESS_MAX_TOTAL_BYTES = 64 * 1024 * 1024

@@ -131,8 +131,9 @@ def _retry(client: Any, key: Any, settings: Any, celery_url: str) -> int:
             generation, timeout = snap.generation, snap.manifest.policy.timeout
     app = make_celery_app(settings, broker_url=celery_url)
     request = RefreshRequest.new(key, generation)
+    # An operator's explicit retry: not swallowed by the cooldown after the failure it retries.
     result = request_refresh(
-        app, client, request, PendingRefreshes(), limits=job_time_limits(timeout, settings)
+        app, client, request, PendingRefreshes(), limits=job_time_limits(timeout, settings), force=True
     )
     if result is RequestResult.DEFERRED:
         raise BrokerUnavailable("the broker is not reachable: nothing was sent")

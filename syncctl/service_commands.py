@@ -192,8 +192,9 @@ def cmd_refresh(args: argparse.Namespace) -> int:
         )
         started = time.time()
         request = RefreshRequest.new(key, generation)
+        # An operator's explicit refresh: not swallowed by the cooldown after a failed or unchanged end.
         result = request_refresh(
-            app, client, request, PendingRefreshes(), limits=job_time_limits(timeout, settings)
+            app, client, request, PendingRefreshes(), limits=job_time_limits(timeout, settings), force=True
         )
         if result is RequestResult.DEFERRED:
             raise BrokerUnavailable(f"the broker at {connection.description} is not reachable")

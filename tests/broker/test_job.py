@@ -133,6 +133,25 @@ def test_a_failure_or_an_unchanged_end_keeps_the_claim_for_the_cooldown(redis_cl
         redis_client.delete(claim_key(request.archive))
 
 
+def test_an_explicit_refresh_takes_over_a_claim_no_job_runs_under(redis_client: redis.Redis) -> None:
+    """``force`` (``syncctl refresh``, ``syncctl failed retry``) takes over the cooldown claim a failed job
+    left, where a read's request merges; it never takes a claim a job is running under."""
+    claims = Claims(redis_client)
+    request = queued(redis_client)
+    job = job_of(redis_client, request)
+    assert job.start(now=NOW)
+    forced = RefreshRequest.new(request.archive, 3, now=NOW)
+    assert not claims.claim(forced.archive, forced.request_id, QUEUED_CLAIM_TTL_MS, force=True).ok  # running
+    doc = outcome("failed", 3, error_code="guest_trap", error="unreachable")
+    job.give_up(doc, job.failed_entry(doc, attempts=1, at=NOW), cooldown_ms=30_000, now=NOW)
+    read = RefreshRequest.new(request.archive, 3, now=NOW)
+    assert not claims.claim(read.archive, read.request_id, QUEUED_CLAIM_TTL_MS).ok
+    taken = claims.claim(forced.archive, forced.request_id, QUEUED_CLAIM_TTL_MS, force=True)
+    assert (taken.ok, taken.merged) == (True, 0)
+    assert redis_client.hget(claim_key(request.archive), "token") == forced.request_id
+    assert not job_of(redis_client, request).start(now=NOW)  # the old job's message, redelivered, drops out
+
+
 def test_an_overtaken_job_writes_its_status_but_leaves_the_newer_claim(redis_client: redis.Redis) -> None:
     """When the claim expired and a newer request took it, ending the old job does not release it."""
     old = queued(redis_client)

@@ -271,7 +271,7 @@ def test_two_workers_refresh_two_hundred_archives_once_each(
 
 
 def test_a_trapping_guest_fails_once_and_is_not_retried(
-    redis_server: RedisServer, redis_client: redis.Redis, workers: StartWorkers, store: Path
+    redis_server: RedisServer, redis_client: redis.Redis, workers: StartWorkers, store: Path, cache_dir: Path
 ) -> None:
     """A guest trap is a deterministic failure: status failed with guest_trap after one attempt, the
     archive unchanged, the job in the failed list at once, and its claim kept for the cooldown with no
@@ -303,6 +303,21 @@ def test_a_trapping_guest_fails_once_and_is_not_retried(
     time.sleep(1.0)
     assert len(list_failed(redis_client)) == 1
     assert read_status(redis_client, "trap.sync") == record  # no second run
+    # An operator's explicit refresh is not swallowed by the cooldown: it runs, and waits for its result.
+    env = child_env(cache_dir)
+    refresh = subprocess.run(
+        syncctl("refresh", str(path), "--store", str(store), "--broker", redis_server.url, "--wait"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=REFRESH_BOUND,
+        check=False,
+    )
+    assert refresh.stdout.splitlines()[0] == "trap.sync: queued (generation 0)", (
+        refresh.stdout + refresh.stderr
+    )
+    assert "guest_trap" in refresh.stderr
+    assert len(list_failed(redis_client)) == 2
 
 
 def test_a_dripping_source_cannot_let_a_second_run_start(
