@@ -302,21 +302,24 @@ class NameTable:
         return self.table[host]
 
 
+def leb(value: int) -> bytes:
+    """``value`` as an unsigned LEB128 (the integers of the binary WebAssembly format)."""
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def section(ident: int, body: bytes) -> bytes:
+    """A WebAssembly section: its id, its length, its body."""
+    return bytes([ident]) + leb(len(body)) + body
+
+
 def with_name_section(wasm: bytes, name: bytes, functions: int) -> bytes:
     """``wasm`` with a ``name`` custom section naming the module and its first ``functions`` functions
     ``name`` (an attacker's way to put text into wasmtime's backtraces and errors)."""
-
-    def leb(value: int) -> bytes:
-        out = bytearray()
-        while True:
-            byte, value = value & 0x7F, value >> 7
-            out.append(byte | (0x80 if value else 0))
-            if not value:
-                return bytes(out)
-
-    def section(ident: int, body: bytes) -> bytes:
-        return bytes([ident]) + leb(len(body)) + body
-
     names = leb(functions) + b"".join(leb(i) + leb(len(name)) + name for i in range(functions))
     custom = leb(4) + b"name" + section(0, leb(len(name)) + name) + section(1, names)
     return wasm + section(0, custom)

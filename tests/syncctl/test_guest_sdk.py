@@ -523,12 +523,21 @@ def test_merge_example_joins_two_sources(
     assert payload == b"station,t\ntromso,-3\nkristiansand,6\n"
 
 
-def test_json_to_csv_example_never_sends_the_operator_secret_over_plain_http(
-    examples: dict[str, bytes], source: ServedHost, tmp_path: Path, cache_dir: Path
+@pytest.mark.parametrize(
+    ("where", "refusal"),
+    [
+        # Bound to the source, but the source is plain http: never sent in clear text (the token reaching
+        # an https API is ``test_guest_abi_v2.py::test_granted_secret_is_sent_and_never_seen``).
+        pytest.param("source", "secret_needs_https", id="plain-http"),
+        # The archive lists its own host, but the operator bound the token to another one.
+        pytest.param("api.example.com:443", "secret_not_bound", id="bound-elsewhere"),
+    ],
+)
+def test_json_to_csv_example_never_sends_the_operator_secret_where_it_may_not_go(
+    examples: dict[str, bytes], source: ServedHost, tmp_path: Path, cache_dir: Path, where: str, refusal: str
 ) -> None:
-    """The operator bound ``API_TOKEN`` to the source, but the source is plain http: the request is refused in
-    the parent (``secret_needs_https``), the source never sees it, and the refresh commits nothing (the
-    token reaching an https API is ``test_guest_abi_v2.py::test_granted_secret_is_sent_and_never_seen``)."""
+    """The request is refused in the parent with its reason, the source never sees it, and the refresh
+    commits nothing."""
     context = {"url": source.url("/cities"), "columns": "city,t", "auth": "bearer"}
     before = len(source.requests())
     outcome, _, generation = refresh(
@@ -539,32 +548,9 @@ def test_json_to_csv_example_never_sends_the_operator_secret_over_plain_http(
         source,
         "--allow-env",
         "API_TOKEN",
-        bind=source.address,
+        bind=source.address if where == "source" else where,
     )
-    assert outcome["egress_errors"] == ["secret_needs_https"]
-    assert generation == 0
-    assert len(source.requests()) == before
-
-
-def test_json_to_csv_example_gets_no_secret_where_the_operator_did_not_bind_it(
-    examples: dict[str, bytes], source: ServedHost, tmp_path: Path, cache_dir: Path
-) -> None:
-    """The archive lists ``API_TOKEN`` and its own host, but the operator bound the token to another host:
-    the request is refused in the parent (``secret_not_bound``), the source never sees a request, and the
-    refresh commits nothing."""
-    context = {"url": source.url("/cities"), "columns": "city,t", "auth": "bearer"}
-    before = len(source.requests())
-    outcome, _, generation = refresh(
-        tmp_path,
-        cache_dir,
-        examples["json-to-csv"],
-        context,
-        source,
-        "--allow-env",
-        "API_TOKEN",
-        bind="api.example.com:443",
-    )
-    assert outcome["egress_errors"] == ["secret_not_bound"]
+    assert outcome["egress_errors"] == [refusal]
     assert generation == 0
     assert len(source.requests()) == before
 

@@ -750,18 +750,7 @@ def test_guest_import_names_are_escaped(
 
 def duplicate_exports(name: bytes) -> bytes:
     """A module exporting one function twice under ``name``: wasmtime's validation error quotes the name."""
-
-    def leb(value: int) -> bytes:
-        out = bytearray()
-        while True:
-            byte, value = value & 0x7F, value >> 7
-            out.append(byte | (0x80 if value else 0))
-            if not value:
-                return bytes(out)
-
-    def section(kind: int, body: bytes) -> bytes:
-        return bytes([kind]) + leb(len(body)) + body
-
+    leb, section = guests.leb, guests.section
     export = leb(len(name)) + name + b"\x00" + leb(0)
     return (
         WASM_HEADER
