@@ -121,6 +121,16 @@ def read_response(reader: Any) -> bytes:
     return bytes(reader.read(read_head(reader)))
 
 
+def read_to_close(reader: Any) -> bytes:
+    """What arrives until the server closes the connection. A close with the pipelined request still unread
+    is a reset, which may come before the bytes in flight: what was read by then is the answer."""
+    stream = bytearray()
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := reader.read1(65536):
+            stream += chunk
+    return bytes(stream)
+
+
 def answered_meanwhile(handle: ServerHandle) -> None:
     """A GET of the folder's first archive, answered within 5 s while the slow readers wait."""
     conn = http.client.HTTPConnection(handle.host, handle.port, timeout=5)
@@ -272,7 +282,7 @@ def test_a_chunk_that_fails_on_the_loop_closes_its_connection_not_the_loop(
             sock.sendall(f"GET /big/first.txt HTTP/1.1\r\nHost: 127.0.0.1:{handle.port}\r\n\r\n".encode())
             wait_for(lambda: parked(caplog) == 1, 30, what="the listing parked")
             length = read_head(reader)
-            stream = reader.read()  # to the end of the stream: the connection is closed
+            stream = read_to_close(reader)
             assert 0 < len(stream) < length
             assert b"one payload" not in stream  # the GET's answer
         answered_meanwhile(handle)
