@@ -35,7 +35,7 @@ from wsgidav.dav_error import (  # type: ignore[import-untyped]
     DAVError,
 )
 
-from sync_format import ArchiveError, CommitLockBusy, SwapConflict, SyncError
+from sync_format import ArchiveError, CommitLockBusy, FolderChanged, SwapConflict, SyncError
 
 
 class WriteError(SyncError):
@@ -130,6 +130,9 @@ def dav_error(exc: SyncError, archive: str) -> DAVError:
         return DAVError(HTTP_FORBIDDEN, exc.message)
     if isinstance(exc, SwapConflict):
         return DAVError(HTTP_CONFLICT, f"archive {archive} changed while it was being written; retry")
+    if isinstance(exc, FolderChanged):
+        changed = f"archive {archive}: its folder was replaced (a symbolic link now); nothing was changed"
+        return DAVError(HTTP_CONFLICT, changed)
     if isinstance(exc, CommitLockBusy):
         busy = f"archive {archive}: its folder is busy; nothing was changed, retry"
         return DAVError(HTTP_SERVICE_UNAVAILABLE, busy)

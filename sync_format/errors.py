@@ -14,6 +14,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+#: Where a process's open descriptors are named (``sync_format.beneath`` names pinned files through them).
+PROC_FD = "/proc/self/fd"
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """A path for messages and logs: one named through an open folder's descriptor (``sync_format.beneath``)
+    as the folder's real path (where it is now), any other unchanged."""
+    text = os.fspath(path)
+    if not text.startswith(f"{PROC_FD}/"):
+        return text
+    folder, _, name = text.rpartition("/")
+    try:
+        return os.path.join(os.readlink(folder), name)
+    except OSError:
+        return text
+
 
 class SyncError(Exception):
     """Root of every error sync raises on purpose.
@@ -40,7 +56,7 @@ class ArchiveError(SyncError):
 
     def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None) -> None:
         self.path = None if path is None else Path(path)
-        super().__init__(f"{self.path}: {message}" if self.path is not None else message)
+        super().__init__(f"{display_path(self.path)}: {message}" if self.path is not None else message)
         self.reason = message
 
     def at(self, path: str | os.PathLike[str]) -> ArchiveError:
@@ -54,7 +70,7 @@ class ArchiveError(SyncError):
         """
         if self.path is None:
             self.path = Path(path)
-            self.message = f"{self.path}: {self.reason}"
+            self.message = f"{display_path(self.path)}: {self.reason}"
             self.args = (self.message,)
         return self
 
@@ -85,6 +101,13 @@ class CommitLockBusy(ArchiveError):
     changed; the commit may be tried again later."""
 
     code = "commit_lock_busy"
+
+
+class FolderChanged(ArchiveError):
+    """A folder on the way to an archive is a symbolic link or no folder now: it was replaced since the
+    request or job found it (``sync_format.beneath``); nothing was changed."""
+
+    code = "folder_changed"
 
 
 class MissingEntry(ArchiveError):
@@ -156,7 +179,8 @@ class SwapConflict(SyncError):
         self.path = Path(path)
         self.expected_generation = expected_generation
         self.actual_generation = actual_generation
-        super().__init__(f"{self.path}: generation moved from {expected_generation} to {actual_generation}")
+        moved = f"generation moved from {expected_generation} to {actual_generation}"
+        super().__init__(f"{display_path(self.path)}: {moved}")
 
 
 class GuestError(SyncError):

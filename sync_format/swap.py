@@ -24,7 +24,7 @@ from typing import IO
 
 from sync_format.archive_writer import UNLIMITED, PayloadSource, write_temp_archive
 from sync_format.atomic import discard, publish
-from sync_format.errors import ArchiveError, CommitLockBusy, SwapConflict
+from sync_format.errors import ArchiveError, CommitLockBusy, SwapConflict, display_path
 from sync_format.freshness import format_timestamp, now_ns
 from sync_format.payload_io import PayloadDigest
 from sync_format.reader import PAYLOAD_ENTRY, ArchiveSnapshot, open_archive
@@ -110,7 +110,7 @@ def commit_payload(
         raise
     log.info(
         "payload committed archive=%s generation=%d size=%d duration_ms=%.1f",
-        target,
+        display_path(target),
         temp.state.generation,
         temp.digest.size,
         (time.monotonic() - started) * 1000,

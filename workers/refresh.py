@@ -10,6 +10,7 @@ on retries without parsing messages.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.contract import RefreshStatus
+from sync_format.beneath import pinned
 from sync_format.builder import EMPTY_WASM
 from sync_format.errors import PolicyDenied, SwapConflict, SyncError
 from sync_format.escape import escape_text
@@ -112,6 +114,7 @@ def run_refresh(
     *,
     base_generation: int | None = None,
     heartbeat: Callable[[], None] | None = None,
+    store: str | os.PathLike[str] | None = None,
 ) -> RefreshOutcome:
     """Refresh one archive now.
 
@@ -120,6 +123,10 @@ def run_refresh(
         runtime: The process's guest runtime.
         base_generation: The generation the request was made for; a newer archive is left alone.
         heartbeat: Called about once a second while the guest runs.
+        store: The store ``path`` is in (both with symlinks resolved, as ``broker.contract.archive_path``
+            gives them): the archive's folder is then opened from there without following a symlink and the
+            whole refresh, read to commit, goes through that folder (``sync_format.beneath``), so that a
+            folder replaced by a symlink meanwhile cannot lead the commit out of the store.
 
     Returns:
         The outcome (failures included).
@@ -127,7 +134,8 @@ def run_refresh(
     started = time.monotonic()
     archive = Path(path)
     try:
-        outcome = _refresh(archive, runtime, base_generation, heartbeat)
+        with contextlib.nullcontext(archive) if store is None else pinned(store, archive) as reached:
+            outcome = replace(_refresh(reached, runtime, base_generation, heartbeat), archive=archive)
     except SyncError as exc:
         generation = -1 if base_generation is None else base_generation
         outcome = RefreshOutcome(archive, FAILED, generation, generation, exc.code, exc.message)

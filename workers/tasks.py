@@ -185,7 +185,11 @@ def refresh_job(
 
     try:
         outcome = run_refresh(
-            path, state.runtime, base_generation=request.base_generation, heartbeat=heartbeat
+            path,
+            state.runtime,
+            base_generation=request.base_generation,
+            heartbeat=heartbeat,
+            store=os.path.realpath(store),  # the folder is reached from there, never through a symlink
         )
     except SoftTimeLimitExceeded:
         outcome = RefreshOutcome(

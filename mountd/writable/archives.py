@@ -60,6 +60,7 @@ from sync_format import (
     open_archive,
 )
 from sync_format.atomic import atomic_write
+from sync_format.beneath import pinned
 from sync_format.reader import open_regular
 from sync_format.swap import commit_payload
 from sync_format.template import extension_of, template_manifest
@@ -73,9 +74,10 @@ COPY_BLOCK = 1024 * 1024
 CONDITIONAL_HEADERS = ("HTTP_IF_MATCH", "HTTP_IF_UNMODIFIED_SINCE", "HTTP_IF")
 
 
-def _copy_file(source: Path, target: Path, key: str, identity: FileIdentity) -> None:
+def _copy_file(root: Path, source: Path, target: Path, key: str, identity: FileIdentity) -> None:
     """Copy the bytes of the archive version ``identity`` (the one the request resolved) to ``target``
-    atomically (temp, fsync, rename).
+    atomically (temp, fsync, rename); both are below the store ``root`` and reached through their folders
+    opened from there (``sync_format.beneath``).
 
     The source is opened again by name, so it is checked to be that very file: not followed through a
     symlink, not waited on (a FIFO), and the same version (device, inode, size, times), or nothing is
@@ -83,12 +85,13 @@ def _copy_file(source: Path, target: Path, key: str, identity: FileIdentity) -> 
     over the name meanwhile.
     """
     try:
-        fd, st = open_regular(source, follow_symlinks=False)
-        with os.fdopen(fd, "rb") as src:
-            if FileIdentity.from_stat(st) != identity:
-                raise dav_error(SwapConflict(source, -1, -1), key)  # replaced since it was resolved: retry
-            with atomic_write(target) as dst:
-                shutil.copyfileobj(src, dst, COPY_BLOCK)
+        with pinned(root, source) as reached, pinned(root, target) as written:
+            fd, st = open_regular(reached, follow_symlinks=False)
+            with os.fdopen(fd, "rb") as src:
+                if FileIdentity.from_stat(st) != identity:
+                    raise dav_error(SwapConflict(source, -1, -1), key)  # replaced since resolved: retry
+                with atomic_write(written) as dst:
+                    shutil.copyfileobj(src, dst, COPY_BLOCK)
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # a symlink since it was resolved: that is not the archive, retry
             raise dav_error(SwapConflict(source, -1, -1), key) from exc
@@ -127,13 +130,16 @@ class ArchiveWrites(DAVNonCollection):  # type: ignore[misc]  # wsgidav is untyp
         self.policy.require_writer(self.environ, "DELETE")
         self.policy.require_replaceable(self.archive, "DELETE")
         try:
-            self.archive.unlink()
+            with pinned(self.policy.root, self.archive) as reached:
+                reached.unlink()
         except FileNotFoundError:
             pass  # already gone: the outcome the client asked for
         except OSError as exc:
             raise dav_error(
                 ArchiveError(f"cannot delete: {exc.strerror}", path=self.archive), self.key
             ) from exc
+        except SyncError as exc:
+            raise dav_error(exc, self.key) from exc
         self.remove_all_properties(recursive=True)
         self.remove_all_locks(recursive=True)
         self.provider.forget(self.environ)
@@ -155,7 +161,7 @@ class ArchiveWrites(DAVNonCollection):  # type: ignore[misc]  # wsgidav is untyp
         if is_move:
             self._rename(target)
         else:
-            _copy_file(self.archive, target, self.key, self.facts.identity)
+            _copy_file(self.policy.root, self.archive, target, self.key, self.facts.identity)
             self.provider.forget(self.environ)
         self._carry_properties(dest_path, is_move=is_move)
         log.info("archive %s archive=%s to=%s", "moved" if is_move else "copied", self.key, target.name)
@@ -178,12 +184,16 @@ class ArchiveWrites(DAVNonCollection):  # type: ignore[misc]  # wsgidav is untyp
         return False  # the payload's time is its commit time, not something a client sets
 
     def _rename(self, target: Path) -> None:
+        root = self.policy.root
         try:
-            os.rename(self.archive, target)
+            with pinned(root, self.archive) as source, pinned(root, target) as destination:
+                os.rename(source, destination)
         except OSError as exc:
             raise dav_error(
                 ArchiveError(f"cannot move: {exc.strerror}", path=self.archive), self.key
             ) from exc
+        except SyncError as exc:
+            raise dav_error(exc, self.key) from exc
         self.provider.forget(self.environ)
 
     def _carry_properties(self, dest_path: str, *, is_move: bool) -> None:
@@ -223,7 +233,7 @@ class WritableArchiveResource(ArchiveWrites, OpenedArchive):
         if not self.snapshot.manifest.ownership.write_allowed:
             refusal = WriteRefused(self.path, "this archive does not allow writes (ownership.write_allowed)")
             raise dav_error(refusal, self.key)
-        self._sink = open_sink(self.policy.max_upload, self.environ, self.archive, self.key)
+        self._sink = open_sink(self.policy.max_upload, self.environ, self.archive, self.key, self.policy.root)
         return self._sink
 
     def end_write(self, *, with_errors: bool) -> None:
@@ -238,7 +248,8 @@ class WritableArchiveResource(ArchiveWrites, OpenedArchive):
             try:
                 stream.seek(0)
                 limit = self.policy.max_upload
-                commit_payload(self.archive, expected, (stream, size), max_payload_size=limit)
+                with pinned(self.policy.root, self.archive) as reached:
+                    commit_payload(reached, expected, (stream, size), max_payload_size=limit)
                 break
             except SwapConflict as exc:
                 # A refresh (or another upload) committed since this request opened the archive. A plain PUT
@@ -336,7 +347,7 @@ class PendingArchive(DAVNonCollection):  # type: ignore[misc]  # wsgidav is unty
 
     def begin_write(self, *, content_type: str | None = None) -> DavSink:
         self.policy.require_writer(self.environ, "PUT")
-        self._sink = open_sink(self.policy.max_upload, self.environ, self.target, self.key)
+        self._sink = open_sink(self.policy.max_upload, self.environ, self.target, self.key, self.policy.root)
         return self._sink
 
     def end_write(self, *, with_errors: bool) -> None:
@@ -372,9 +383,10 @@ def create_archive(policy: WritePolicy, target: Path, key: str, body: Body | Non
     builder = SyncBuilder().with_manifest(manifest)
     builder = builder.with_payload_bytes(b"") if body is None else builder.with_payload_stream(*body)
     try:
-        builder.write_to(target, max_payload_size=policy.max_upload)
-        with open_archive(target, follow_symlinks=False) as snapshot:
-            return ArchiveFacts.from_snapshot(snapshot)
+        with pinned(policy.root, target) as reached:
+            builder.write_to(reached, max_payload_size=policy.max_upload)
+            with open_archive(reached, follow_symlinks=False) as snapshot:
+                return ArchiveFacts.from_snapshot(snapshot)
     except SyncError as exc:
         raise dav_error(exc, key) from exc
 

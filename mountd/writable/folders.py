@@ -42,7 +42,8 @@ from mountd.writable.archives import (
     create_archive,
 )
 from mountd.writable.policy import WritePolicy, carry_properties, is_junk_name, require_property_room
-from sync_format import ArchiveError
+from sync_format import ArchiveError, SyncError
+from sync_format.beneath import pinned
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +124,16 @@ class WritableCollection(Folder):
         self.policy.require_writer(self.environ, "MKCOL")
         directory = self.policy.folder_for(dav_util.join_uri(self.path, name))
         try:
-            directory.mkdir()
+            with pinned(self.policy.root, directory) as reached:
+                reached.mkdir()
         except FileExistsError as exc:
             raise DAVError(HTTP_METHOD_NOT_ALLOWED, "a resource of that name exists") from exc
         except OSError as exc:
             raise dav_error(
                 ArchiveError(f"cannot create folder: {exc.strerror}", path=directory), name
             ) from exc
+        except SyncError as exc:
+            raise dav_error(exc, name) from exc
         self.provider.forget(self.environ)
         log.info("folder created folder=%s", directory.relative_to(self.policy.root).as_posix())
 
@@ -141,13 +145,16 @@ class WritableCollection(Folder):
         # wsgidav has deleted the members it lists; what is left are hidden files (OS metadata, in-flight
         # temp files of uploads that will now fail): the client asked for the whole folder to go.
         try:
-            shutil.rmtree(self.directory)
+            with pinned(self.policy.root, self.directory) as reached:
+                shutil.rmtree(reached)  # (rmtree itself follows no symlink below the folder it opened)
         except FileNotFoundError:
             pass
         except OSError as exc:
             raise dav_error(
                 ArchiveError(f"cannot delete folder: {exc.strerror}", path=self.directory), self.path
             ) from exc
+        except SyncError as exc:
+            raise dav_error(exc, self.path) from exc
         self.remove_all_properties(recursive=True)
         self.remove_all_locks(recursive=True)
         self.provider.forget(self.environ)
@@ -157,11 +164,14 @@ class WritableCollection(Folder):
         self.policy.require_writer(self.environ, "MOVE" if is_move else "COPY")
         directory = self.policy.folder_for(dest_path)
         try:
-            directory.mkdir(exist_ok=True)
+            with pinned(self.policy.root, directory) as reached:
+                reached.mkdir(exist_ok=True)
         except OSError as exc:
             raise dav_error(
                 ArchiveError(f"cannot create folder: {exc.strerror}", path=directory), dest_path
             ) from exc
+        except SyncError as exc:
+            raise dav_error(exc, dest_path) from exc
         self.provider.forget(self.environ)
         carry_properties(self.provider, self, dest_path, is_move=False, with_children=False)
 
@@ -174,13 +184,17 @@ class WritableCollection(Folder):
             raise DAVError(HTTP_FORBIDDEN, "the store's root cannot be moved")
         self.policy.require_folder_replaceable(self.directory, "MOVE")
         target = self.policy.folder_for(dest_path)
+        root = self.policy.root
         try:
-            os.rename(self.directory, target)
+            with pinned(root, self.directory) as source, pinned(root, target) as destination:
+                os.rename(source, destination)
         except OSError as exc:
             status = errno.errorcode.get(exc.errno or 0, "error")
             raise dav_error(
                 ArchiveError(f"cannot move folder: {exc.strerror} ({status})", path=self.directory), self.path
             ) from exc
+        except SyncError as exc:
+            raise dav_error(exc, self.path) from exc
         self.provider.forget(self.environ)
         carry_properties(self.provider, self, dest_path, is_move=True, with_children=True)
 

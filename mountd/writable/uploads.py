@@ -35,6 +35,7 @@ from typing import Any, BinaryIO
 from mountd.errors import IncompleteUpload, UploadTooLarge, dav_error
 from sync_format import ArchiveError, SyncError
 from sync_format.atomic import create_temp, discard
+from sync_format.beneath import Pin
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +80,14 @@ class UploadSink:
         target: The archive the body is for (the temp file goes next to it).
         limit: Most bytes accepted.
         expected: Bytes the client announced, or None.
+        root: The store's root, which ``target`` is below.
 
     Raises:
         UploadTooLarge: ``expected`` is above ``limit``.
         ArchiveError: The temp file cannot be created (missing directory, no permission, no space).
     """
 
-    def __init__(self, target: Path, limit: int, expected: int | None) -> None:
+    def __init__(self, target: Path, limit: int, expected: int | None, root: Path) -> None:
         if expected is not None and expected > limit:
             raise UploadTooLarge(expected, limit)
         self.target = target
@@ -93,7 +95,14 @@ class UploadSink:
         self.expected = expected
         self.received = 0
         self.path: Path | None
-        self.path, self._file = create_temp(target)
+        # The temp file is made, and later removed, in the folder as it was opened from the store's root:
+        # never in one a symlink put in its place leads to (``sync_format.beneath``).
+        self._folder = Pin(root, target)
+        try:
+            self.path, self._file = create_temp(self._folder.path)
+        except BaseException:
+            self._folder.close()
+            raise
 
     def write(self, data: bytes) -> int:
         """Append one block of the body.
@@ -151,6 +160,7 @@ class UploadSink:
         if self.path is not None:
             discard(self.path)
             self.path = None
+        self._folder.close()
 
 
 class DavSink:
@@ -188,14 +198,15 @@ class DavSink:
             raise dav_error(exc, self.key) from exc
 
 
-def open_sink(limit: int, environ: dict[str, Any], target: Path, key: str) -> DavSink:
-    """A ``DavSink`` for the PUT in ``environ``, its temp file next to ``target``.
+def open_sink(limit: int, environ: dict[str, Any], target: Path, key: str, root: Path) -> DavSink:
+    """A ``DavSink`` for the PUT in ``environ``, its temp file next to ``target`` (below the store ``root``).
 
     Raises:
-        DAVError: 413 when the announced length is over ``limit``, 400 for a bad length, 507 without space.
+        DAVError: 413 when the announced length is over ``limit``, 400 for a bad length, 507 without space,
+            409 when the target's folder is a symlink now.
     """
     try:
-        return DavSink(UploadSink(target, limit, declared_length(environ)), key)
+        return DavSink(UploadSink(target, limit, declared_length(environ), root), key)
     except SyncError as exc:
         raise dav_error(exc, key) from exc
 

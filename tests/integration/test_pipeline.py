@@ -388,6 +388,41 @@ def test_a_key_through_a_symlinked_directory_out_of_the_store_is_refused(
     assert generation(inside) == 1
 
 
+def test_a_folder_replaced_by_a_symlink_while_a_job_runs_does_not_lead_its_commit_out_of_the_store(
+    redis_server: RedisServer, redis_client: redis.Redis, workers: StartWorkers, store: Path, tmp_path: Path
+) -> None:
+    """Someone who may write to a store folder renames it away while a job of one of its archives runs and
+    puts a symlink in its place, to a folder where an archive of the same name and generation is (another
+    store's, say). The commit still goes to the folder the job opened, under its new name; the archive the
+    symlink leads to is untouched (it used to be the one committed: the worker resolved the folder again by
+    name when it committed)."""
+    with netns_hosts(["slow"]) as served:
+        source = served["slow"]
+        source.serve({"/data": Route.trickle(size=8, interval=0.25)})  # the guest runs for 2 s
+        guest = fetch_then_append_guest(source.url("/data"))
+        path = build_archive(store / "shared", "report.sync", guest, allow_hosts=(source.address,))
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        victim = elsewhere / "report.sync"
+        victim.write_bytes(path.read_bytes())
+        before = victim.read_bytes()
+        workers("w1@pipeline")
+        with producing(redis_server.url, threads=1) as producers:
+            producers.request(["shared/report.sync"])
+            assert producers.answers(["shared/report.sync"], REFRESH_BOUND) == {
+                "shared/report.sync": RequestResult.QUEUED
+            }
+        wait_for(lambda: len(source.requests()) == 1, REFRESH_BOUND, what="the guest's request at the source")
+        (store / "shared").rename(store / "moved")
+        (store / "shared").symlink_to(elsewhere, target_is_directory=True)
+        record = wait_value(
+            lambda: settled(redis_client, "shared/report.sync"), REFRESH_BOUND, what="the job settled"
+        )
+    assert victim.read_bytes() == before
+    assert (record.status, record.error_code) == ("committed", None)
+    assert generation(store / "moved" / "report.sync") == 1
+
+
 @pytest.mark.parametrize(
     ("guest", "status", "error_code"),
     [(fetch_then_append_guest, "failed", "guest_trap"), (fetch_or_keep_guest, "unchanged", None)],

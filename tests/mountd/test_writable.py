@@ -416,7 +416,8 @@ def test_copying_from_a_fifo_renamed_over_the_source_is_refused_not_waited_on(tm
     fifo, target = tmp_path / "a.csv.sync", tmp_path / "b.csv.sync"
     os.mkfifo(fifo)
     identity = FileIdentity.from_stat(os.stat(fifo))
-    refused = outcome_beside_a_fifo(lambda: archives._copy_file(fifo, target, "a.csv", identity), fifo)
+    copy = lambda: archives._copy_file(tmp_path, fifo, target, "a.csv", identity)  # noqa: E731
+    refused = outcome_beside_a_fifo(copy, fifo)
     assert isinstance(refused, DAVError)
     assert "not a regular file" in str(refused.context_info)
     assert not target.exists()
@@ -433,13 +434,13 @@ def test_copy_reads_only_the_archive_it_resolved(tmp_path: Path) -> None:
     source.unlink()
     source.symlink_to(secret)
     with pytest.raises(DAVError) as followed:
-        archives._copy_file(source, target, "a.csv", identity)
+        archives._copy_file(tmp_path, source, target, "a.csv", identity)
     assert followed.value.value == 409
     assert not target.exists()
     source.unlink()
     source.write_bytes(b"another file under the name")
     with pytest.raises(DAVError) as refused:
-        archives._copy_file(source, target, "a.csv", identity)
+        archives._copy_file(tmp_path, source, target, "a.csv", identity)
     assert refused.value.value == 409
     assert not target.exists()
 
