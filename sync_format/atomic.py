@@ -168,15 +168,16 @@ def sweep_temp_files(root: Path, *, older_than: float, now: float | None = None)
     """
     limit = (time.time() if now is None else now) - older_than
     removed: list[Path] = []
-    for directory, folders, files in os.walk(root):
-        folders[:] = [name for name in folders if not os.path.islink(os.path.join(directory, name))]
+    # fwalk holds each folder open and acts relative to it: a folder swapped for a symlink meanwhile is
+    # neither entered nor swept (``sync_format.beneath`` explains the swap).
+    for directory, _folders, files, folder_fd in os.fwalk(root):
         for name in files:
             if not is_temp_name(name):
                 continue
             path = Path(directory, name)
             try:
-                if os.lstat(path).st_mtime < limit:
-                    path.unlink()
+                if os.stat(name, dir_fd=folder_fd, follow_symlinks=False).st_mtime < limit:
+                    os.unlink(name, dir_fd=folder_fd)
                     removed.append(path)
             except FileNotFoundError:
                 continue  # its writer finished (or another sweep got it) meanwhile

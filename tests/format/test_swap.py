@@ -471,3 +471,35 @@ def test_sweep_removes_only_abandoned_temp_files(tmp_path: Path) -> None:
     assert fresh.exists()
     assert elsewhere.exists()
     assert all(path.exists() for path in keep)
+
+
+def test_sweep_does_not_follow_a_folder_swapped_for_a_symlink_while_it_walks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder ``a`` is renamed away and a symlink to a folder outside the store put in its place after
+    the sweep listed the root and before it entered ``a``: nothing outside is removed. (``os.walk`` checked
+    for a symlink just before entering, by name, which left a window; ``os.fwalk`` enters through the
+    folder's descriptor and leaves none.)"""
+    from sync_format import atomic
+
+    store, outside = tmp_path / "store", tmp_path / "outside"
+    (store / "a").mkdir(parents=True)
+    outside.mkdir()
+    hour_ago = time.time() - 7200
+    temps = []
+    for folder in (store, outside):
+        temp, handle = atomic.create_temp(folder / "x.sync")
+        handle.close()
+        os.utime(temp, (hour_ago, hour_ago))
+        temps.append(temp)
+    checked = atomic.is_temp_name
+
+    def check_then_swap(name: str) -> bool:
+        if (store / "a").is_dir() and not (store / "a").is_symlink():
+            (store / "a").rename(store / "moved")
+            (store / "a").symlink_to(outside, target_is_directory=True)
+        return checked(name)
+
+    monkeypatch.setattr(atomic, "is_temp_name", check_then_swap)
+    assert atomic.sweep_temp_files(store, older_than=3600) == [temps[0]]
+    assert temps[1].exists()
