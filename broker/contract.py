@@ -42,8 +42,11 @@ STATUS_PREFIX = KEY_PREFIX + "status:"
 HISTORY_PREFIX = KEY_PREFIX + "history:"
 #: Set of archive keys that have a status record.
 STATUS_INDEX_KEY = KEY_PREFIX + "status-index"
-#: Jobs that gave up, newest first (a list of JSON), kept for operators.
+#: Jobs that gave up, newest first (a list of JSON), kept for operators: the latest of each archive only.
 FAILED_KEY = KEY_PREFIX + "failed"
+#: Each archive's entry in ``FAILED_KEY``, exactly as stored (a hash: archive key → entry), so that a new
+#: failure replaces its archive's old one in one step (``broker.failed``).
+FAILED_INDEX_KEY = KEY_PREFIX + "failed-index"
 #: Receipt of one execution's end: ``END_PREFIX + runner`` (a string "attempts:held:merged", expiring), so an
 #: end whose reply was lost and is tried again is not applied twice (see ``broker.job``).
 END_PREFIX = KEY_PREFIX + "end:"

@@ -5,8 +5,12 @@ transient failure outlived its retries; the decision is the worker's (``workers/
 own failure state is not kept (results are off), and its retries republish the message, so this list and
 the status records (``broker.status``) are where a failure stays visible.
 
-Invariants: the list ``FAILED_KEY`` holds JSON entries, newest first, never more than ``FAILED_LENGTH``
-(push and trim are one transaction); entries decode strictly.
+Invariants: the list ``FAILED_KEY`` holds JSON entries, newest first, never more than ``FAILED_LENGTH``,
+and at most one per archive: a new failure of an archive replaces its previous entry (the status history,
+``broker.status``, keeps every attempt), so that one archive failing again and again cannot push every
+other archive's failure out of the list. ``FAILED_INDEX_KEY`` names each archive's entry; the push, the
+replacement, the trim and the index are one Lua step (``FAILED_PUSH_LUA``, also run by the end of a job,
+``broker.job``). Entries decode strictly.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 import redis
 
 from broker.contract import (
+    FAILED_INDEX_KEY,
     FAILED_KEY,
     ArchiveKey,
     MalformedRecord,
@@ -34,8 +39,34 @@ FAILED_LENGTH = 1000
 
 _FIELDS = frozenset({"request", "error_code", "error", "worker", "job_id", "attempts", "failed_at"})
 
-# KEYS[1] the failed list; ARGV[1] an archive key. Removes every entry whose request names the archive (an
-# entry that does not decode is left alone) and returns how many went: one step, whatever others push.
+#: Lua: ``failed_push(list, index, archive, entry, length)`` puts ``entry`` first in the failed list in
+#: place of ``archive``'s previous entry, trims the list to ``length`` and drops the trimmed entries from the
+#: index (each names its archive: ``request.archive``; an entry that does not decode names none).
+FAILED_PUSH_LUA = """
+local function failed_push(list, index, archive, entry, length)
+  local previous = redis.call('HGET', index, archive)
+  if previous then
+    redis.call('LREM', list, 1, previous)
+  end
+  redis.call('LPUSH', list, entry)
+  redis.call('HSET', index, archive, entry)
+  for _, old in ipairs(redis.call('LRANGE', list, length, -1)) do
+    local ok, job = pcall(cjson.decode, old)
+    if ok and type(job) == 'table' and type(job.request) == 'table' and type(job.request.archive) == 'string'
+        and redis.call('HGET', index, job.request.archive) == old then
+      redis.call('HDEL', index, job.request.archive)
+    end
+  end
+  redis.call('LTRIM', list, 0, length - 1)
+end
+"""
+
+# KEYS[1] the failed list, KEYS[2] its index; ARGV[1] an archive key, ARGV[2] the entry, ARGV[3] the length.
+_RECORD_LUA = FAILED_PUSH_LUA + "failed_push(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]))"
+
+# KEYS[1] the failed list, KEYS[2] its index; ARGV[1] an archive key. Removes every entry whose request names
+# the archive (an entry that does not decode is left alone) and its index entry, and returns how many went:
+# one step, whatever others push.
 _FORGET_LUA = """
 local removed = 0
 for _, entry in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
@@ -44,6 +75,7 @@ for _, entry in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
     removed = removed + redis.call('LREM', KEYS[1], 0, entry)
   end
 end
+redis.call('HDEL', KEYS[2], ARGV[1])
 return removed
 """
 
@@ -119,7 +151,7 @@ class FailedJob:
 
 
 def record_failed(client: redis.Redis, job: FailedJob) -> None:
-    """Keep a failed job where operators see it.
+    """Keep a failed job where operators see it, in place of its archive's previous one.
 
     Args:
         client: Redis client.
@@ -128,11 +160,11 @@ def record_failed(client: redis.Redis, job: FailedJob) -> None:
     Raises:
         BrokerUnavailable: Redis cannot be reached.
     """
-    pipe = client.pipeline(transaction=True)
-    pipe.lpush(FAILED_KEY, json.dumps(job.to_json(), separators=(",", ":")))
-    pipe.ltrim(FAILED_KEY, 0, FAILED_LENGTH - 1)
+    entry = json.dumps(job.to_json(), separators=(",", ":"))
     with translated(client, "record failed job"):
-        pipe.execute()
+        client.register_script(_RECORD_LUA)(
+            keys=[FAILED_KEY, FAILED_INDEX_KEY], args=[job.request.archive, entry, FAILED_LENGTH]
+        )
 
 
 def list_failed(client: redis.Redis, limit: int = FAILED_LENGTH) -> list[FailedJob]:
@@ -179,4 +211,5 @@ def forget_failed(client: redis.Redis, archive: ArchiveKey) -> int:
         BrokerUnavailable: Redis cannot be reached.
     """
     with translated(client, "forget failed jobs"):
-        return int(client.register_script(_FORGET_LUA)(keys=[FAILED_KEY], args=[ArchiveKey(archive)]))
+        keys = [FAILED_KEY, FAILED_INDEX_KEY]
+        return int(client.register_script(_FORGET_LUA)(keys=keys, args=[ArchiveKey(archive)]))

@@ -41,13 +41,14 @@ import redis
 from broker.claims import CLAIM_LUA_FUNCTIONS, Claims, claim_key
 from broker.contract import (
     END_PREFIX,
+    FAILED_INDEX_KEY,
     FAILED_KEY,
     STATUS_INDEX_KEY,
     SWAPPED_CHANNEL,
     RefreshRequest,
     RefreshStatus,
 )
-from broker.failed import FAILED_LENGTH, FailedJob
+from broker.failed import FAILED_LENGTH, FAILED_PUSH_LUA, FailedJob
 from broker.redis_client import translated
 from broker.status import (
     MAX_ERROR_LENGTH,
@@ -88,14 +89,15 @@ end
 return r
 """
 )
-# end: KEYS = claim, status, history, index, failed, receipt; ARGV = token, claim op ("release" or "requeue"),
-# ttl, archive, swapped message ("" for none), failed entry ("" for none), failed length, receipt seconds,
-# status write args... Returns {attempts, claim ok, merged}; the same reply, and no write, when the receipt
-# exists (this end already ran: a retry after a lost reply).
+# end: KEYS = claim, status, history, index, failed, receipt, failed index; ARGV = token, claim op ("release"
+# or "requeue"), ttl, archive, swapped message ("" for none), failed entry ("" for none), failed length,
+# receipt seconds, status write args... Returns {attempts, claim ok, merged}; the same reply, and no write,
+# when the receipt exists (this end already ran: a retry after a lost reply).
 _END_LUA = (
     CLAIM_LUA_FUNCTIONS
     + STATUS_LUA_FUNCTIONS
     + STATUS_WRITE_ARGS_LUA
+    + FAILED_PUSH_LUA
     + """
 local receipt = redis.call('GET', KEYS[6])
 if receipt then
@@ -120,8 +122,7 @@ if ARGV[5] ~= '' then
     + """', ARGV[5])
 end
 if ARGV[6] ~= '' then
-  redis.call('LPUSH', KEYS[5], ARGV[6])
-  redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[7]) - 1)
+  failed_push(KEYS[5], KEYS[7], ARGV[4], ARGV[6], tonumber(ARGV[7]))
 end
 redis.call('SET', KEYS[6], attempts .. ':' .. r[1] .. ':' .. (r[2] or 0), 'EX', tonumber(ARGV[8]))
 return {attempts, r[1], r[2]}
@@ -324,6 +325,7 @@ class RefreshJob:
             STATUS_INDEX_KEY,
             FAILED_KEY,
             END_PREFIX + self.runner,
+            FAILED_INDEX_KEY,
         ]
         head: list[Any] = [
             self.request.request_id,

@@ -8,15 +8,15 @@ import pytest
 import redis
 
 from broker import FailedJob, MalformedRecord, RefreshRequest, list_failed
-from broker.contract import FAILED_KEY
-from broker.failed import FAILED_LENGTH, record_failed
+from broker.contract import FAILED_INDEX_KEY, FAILED_KEY, ArchiveKey
+from broker.failed import FAILED_LENGTH, forget_failed, record_failed
 
 NOW = datetime(2025, 5, 1, tzinfo=UTC)
 
 
-def failed_job(i: int) -> FailedJob:
-    """A failed job numbered ``i``."""
-    request = RefreshRequest("a.sync", i, NOW, f"{i:032x}")
+def failed_job(i: int, archive: str | None = None) -> FailedJob:
+    """A failed job numbered ``i``, of ``archive`` (its own archive ``a<i>.sync`` by default)."""
+    request = RefreshRequest(archive or f"a{i}.sync", i, NOW, f"{i:032x}")
     return FailedJob(request, "guest_trap", "unreachable", "w1", request.request_id, 1, NOW)
 
 
@@ -36,6 +36,33 @@ def test_failed_list_is_bounded(redis_client: redis.Redis) -> None:
         record_failed(redis_client, failed_job(i))
     assert redis_client.llen(FAILED_KEY) == FAILED_LENGTH
     assert list_failed(redis_client, limit=1)[0] == failed_job(FAILED_LENGTH + 2)
+
+
+def test_an_archive_keeps_only_its_latest_failure(redis_client: redis.Redis) -> None:
+    """A new failure of an archive replaces its previous entry (newest first, the others in their order), so
+    an archive that fails again and again holds one place: the others' failures stay (before, 1,000 failures
+    of one archive pushed every other one out). Forgetting it removes it and its index entry."""
+    record_failed(redis_client, failed_job(0))
+    for i in range(1, FAILED_LENGTH + 5):
+        record_failed(redis_client, failed_job(i, "looping.sync"))
+    record_failed(redis_client, failed_job(FAILED_LENGTH + 5))
+    assert list_failed(redis_client) == [
+        failed_job(FAILED_LENGTH + 5),
+        failed_job(FAILED_LENGTH + 4, "looping.sync"),
+        failed_job(0),
+    ]
+    assert forget_failed(redis_client, ArchiveKey("looping.sync")) == 1
+    assert list_failed(redis_client) == [failed_job(FAILED_LENGTH + 5), failed_job(0)]
+    assert sorted(redis_client.hkeys(FAILED_INDEX_KEY)) == sorted([f"a{FAILED_LENGTH + 5}.sync", "a0.sync"])
+
+
+def test_the_index_names_only_what_the_list_holds(redis_client: redis.Redis) -> None:
+    """Archives whose entries were trimmed off the end leave the index too: it stays as long as the list."""
+    for i in range(FAILED_LENGTH + 10):
+        record_failed(redis_client, failed_job(i))
+    assert redis_client.hlen(FAILED_INDEX_KEY) == FAILED_LENGTH
+    assert redis_client.hget(FAILED_INDEX_KEY, "a9.sync") is None
+    assert redis_client.hget(FAILED_INDEX_KEY, "a10.sync") == redis_client.lindex(FAILED_KEY, -1)
 
 
 def test_corrupt_entries_raise_our_error(redis_client: redis.Redis) -> None:

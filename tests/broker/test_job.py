@@ -265,6 +265,19 @@ def test_each_execution_has_its_own_receipt(redis_client: redis.Redis) -> None:
     assert all(0 < redis_client.ttl(key) <= 600 for key in receipts)
 
 
+def test_a_job_that_gives_up_replaces_its_archives_previous_failed_entry(redis_client: redis.Redis) -> None:
+    """Two jobs of the same archive give up one after the other: the failed list holds the second only (its
+    attempts and error), so an archive failing again and again keeps one place in it."""
+    for attempts, error in ((1, "first"), (2, "second")):
+        request = queued(redis_client)
+        job = job_of(redis_client, request)
+        assert job.start(now=NOW)
+        doc = outcome("failed", 3, error_code="guest_trap", error=error)
+        job.give_up(doc, job.failed_entry(doc, attempts=attempts, at=NOW), now=NOW)
+    [failed] = list_failed(redis_client)
+    assert (failed.request.archive, failed.attempts, failed.error) == ("a.sync", 2, "second")
+
+
 def test_a_failed_entry_holds_the_error_escaped_and_bounded(redis_client: redis.Redis) -> None:
     """The failed list is read by operators on a terminal: a guest-chosen newline, ESC or bidi control in the
     outcome's error is escaped there, and a long error is cut."""

@@ -317,7 +317,9 @@ def test_a_trapping_guest_fails_once_and_is_not_retried(
         refresh.stdout + refresh.stderr
     )
     assert "guest_trap" in refresh.stderr
-    assert len(list_failed(redis_client)) == 2
+    [again] = list_failed(redis_client)  # the archive's new failure, in place of its first
+    assert (again.request.archive, again.error_code) == ("trap.sync", "guest_trap")
+    assert again.job_id != failed.job_id
 
 
 def test_a_dripping_source_cannot_let_a_second_run_start(

@@ -85,12 +85,14 @@ def test_retry_sends_a_new_request_from_the_current_generation(
 def test_forget_drops_failures_and_status(
     client: redis.Redis, server: RedisServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``failed forget KEY`` drops the archive's failed entries, status record and history."""
+    """``failed forget KEY`` drops the archive's failed entry (its second failure replaced its first), status
+    record and history."""
     fail(client, "a.sync", 1)
     fail(client, "a.sync", 2)
     fail(client, "b.sync", 1)
+    assert [job.request.archive for job in list_failed(client)] == ["b.sync", "a.sync"]
     assert main(["failed", "forget", "a.sync", "--broker", server.url]) == 0
-    assert capsys.readouterr().out == "a.sync: forgot 2 failed job(s) and its status\n"
+    assert capsys.readouterr().out == "a.sync: forgot 1 failed job(s) and its status\n"
     assert [job.request.archive for job in list_failed(client)] == ["b.sync"]
     assert read_status(client, "a.sync") is None
     assert read_status(client, "b.sync") is not None
