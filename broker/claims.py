@@ -12,6 +12,9 @@ Semantics are "strict": at most one refresh of an archive is queued or running a
   a message whose job runs longer than the visibility timeout) and this copy must not run either.
 * A job that schedules a retry *requeues* its claim: the runner is cleared and the TTL set to cover the
   countdown, so the retry can start while no other request for the archive is sent meanwhile.
+* A job that failed for good or changed nothing *cools* its claim: kept with no runner for the cooldown,
+  so that requests meanwhile merge into it, and marked so that no copy of its own message (a redelivery)
+  starts on it either; an operator's ``force`` takes it over.
 * Heartbeat and release compare the token, so a job whose claim expired and was taken by a newer request
   can neither extend nor delete the newer claim.
 
@@ -61,7 +64,7 @@ STALE_QUEUED_CLAIM_MS = 60 * 1000
 # KEYS[1]  the archive's claim key (CLAIM_PREFIX + archive key): a hash {token, merged, sent, runner};
 #          ``sent`` is when the holder's message was last sent (Redis server time, ms; for a requeued
 #          claim, when its retry is due)
-# ARGV[1]  operation: "claim", "force", "start", "heartbeat", "requeue" or "release"
+# ARGV[1]  operation: "claim", "force", "start", "heartbeat", "requeue", "cool" or "release"
 # ARGV[2]  the caller's token (the refresh request id)
 # ARGV[3]  TTL in milliseconds for every operation but "release" (a positive integer)
 # ARGV[4]  "start" only: the runner id of this execution
@@ -76,10 +79,14 @@ STALE_QUEUED_CLAIM_MS = 60 * 1000
 #              token's message, if one comes, then finds the claim not its own and drops out
 #   start      free: take it for this token and runner                         -> {1, 0}
 #              held by this token, no runner or this runner: set runner, TTL   -> {1, merged}
+#              ... but cooling (below): nothing changes                         -> {0, merged}
 #              held by this token and another runner: nothing changes          -> {0, merged}
 #              held by another token: merged += 1                              -> {0, merged after +1}
 #   heartbeat  held by this token: reset the TTL to ARGV[3]                    -> {1, merged}
 #   requeue    held by this token: clear the runner, reset the TTL, ``sent`` := now + TTL -> {1, merged}
+#   cool       as requeue, and mark the claim ``cooling``: the job ended (it failed for good or changed
+#              nothing) and the claim is only kept for the cooldown; a copy of its message the broker
+#              delivers again must not start on it (``force`` still takes it over) -> {1, merged}
 #   release    held by this token: delete the claim                            -> {1, merged}
 #   (heartbeat, requeue, release when not held by this token: nothing changes  -> {0, 0})
 # An unknown operation or a bad TTL is an error reply; nothing changes.
@@ -106,6 +113,7 @@ local function claim_op(key, op, token, ttl_text, runner)
     end
     if holder == token then
       redis.call('HSET', key, 'sent', claim_now_ms())
+      redis.call('HDEL', key, 'cooling')
       redis.call('PEXPIRE', key, ttl)
       return {1, tonumber(redis.call('HGET', key, 'merged'))}
     end
@@ -140,14 +148,14 @@ local function claim_op(key, op, token, ttl_text, runner)
     end
     local current = redis.call('HGET', key, 'runner')
     local merged = tonumber(redis.call('HGET', key, 'merged'))
-    if current ~= false and current ~= runner then
+    if (current ~= false and current ~= runner) or redis.call('HEXISTS', key, 'cooling') == 1 then
       return {0, merged}
     end
     redis.call('HSET', key, 'runner', runner)
     redis.call('PEXPIRE', key, ttl)
     return {1, merged}
   end
-  if op ~= 'heartbeat' and op ~= 'requeue' and op ~= 'release' then
+  if op ~= 'heartbeat' and op ~= 'requeue' and op ~= 'cool' and op ~= 'release' then
     return redis.error_reply('claim script: unknown operation ' .. tostring(op))
   end
   if holder ~= token then
@@ -156,10 +164,13 @@ local function claim_op(key, op, token, ttl_text, runner)
   local merged = tonumber(redis.call('HGET', key, 'merged'))
   if op == 'heartbeat' then
     redis.call('PEXPIRE', key, ttl)
-  elseif op == 'requeue' then
+  elseif op == 'requeue' or op == 'cool' then
     -- the retry's message waits out its countdown in the worker: not stale before the claim expires
     redis.call('HDEL', key, 'runner')
     redis.call('HSET', key, 'sent', claim_now_ms() + ttl)
+    if op == 'cool' then
+      redis.call('HSET', key, 'cooling', 1)
+    end
     redis.call('PEXPIRE', key, ttl)
   else
     redis.call('DEL', key)

@@ -89,10 +89,10 @@ end
 return r
 """
 )
-# end: KEYS = claim, status, history, index, failed, receipt, failed index; ARGV = token, claim op ("release"
-# or "requeue"), ttl, archive, swapped message ("" for none), failed entry ("" for none), failed length,
-# receipt seconds, status write args... Returns {attempts, claim ok, merged}; the same reply, and no write,
-# when the receipt exists (this end already ran: a retry after a lost reply).
+# end: KEYS = claim, status, history, index, failed, receipt, failed index; ARGV = token, claim op
+# ("release", "requeue" or "cool"), ttl, archive, swapped message ("" for none), failed entry ("" for none),
+# failed length, receipt seconds, status write args... Returns {attempts, claim ok, merged}; the same reply,
+# and no write, when the receipt exists (this end already ran: a retry after a lost reply).
 _END_LUA = (
     CLAIM_LUA_FUNCTIONS
     + STATUS_LUA_FUNCTIONS
@@ -231,7 +231,7 @@ class RefreshJob:
             event = SwappedEvent(self.request.archive, int(outcome["generation"]))
             swapped = json.dumps(event.to_json())
         if cooldown_ms > 0 and outcome.get("status") == RefreshStatus.UNCHANGED:
-            return self._end_with(outcome, "requeue", cooldown_ms, now=now)
+            return self._end_with(outcome, "cool", cooldown_ms, now=now)
         return self._end_with(outcome, "release", 0, swapped=swapped, now=now)
 
     def retry(self, outcome: Mapping[str, Any], *, hold_ms: int, now: datetime | None = None) -> JobEnd:
@@ -279,7 +279,7 @@ class RefreshJob:
         """
         entry = json.dumps(failed.to_json(), separators=(",", ":"))
         if cooldown_ms > 0:
-            return self._end_with(outcome, "requeue", cooldown_ms, failed=entry, now=now)
+            return self._end_with(outcome, "cool", cooldown_ms, failed=entry, now=now)
         return self._end_with(outcome, "release", 0, failed=entry, now=now)
 
     def failed_entry(self, outcome: Mapping[str, Any], *, attempts: int, at: datetime) -> FailedJob:

@@ -111,7 +111,8 @@ def test_give_up_records_the_failed_job_and_releases(redis_client: redis.Redis) 
 
 def test_a_failure_or_an_unchanged_end_keeps_the_claim_for_the_cooldown(redis_client: redis.Redis) -> None:
     """With a cooldown, giving up and an ``unchanged`` end keep the claim (no runner) for that long, so that
-    the requests meanwhile merge into it rather than each starting a job; a commit still releases."""
+    the requests meanwhile merge into it rather than each starting a job, and a redelivered copy of the job's
+    message does not start on it either (it did: same token, no runner); a commit still releases."""
     claims = Claims(redis_client)
     for end in ("give_up", "unchanged", "committed"):
         request = queued(redis_client)
@@ -130,6 +131,8 @@ def test_a_failure_or_an_unchanged_end_keeps_the_claim_for_the_cooldown(redis_cl
         assert 0 < redis_client.pttl(claim_key(request.archive)) <= 30_000
         later = RefreshRequest.new(request.archive, 3, now=NOW)
         assert not claims.claim(later.archive, later.request_id, QUEUED_CLAIM_TTL_MS).ok  # merged, not sent
+        # Nor does a copy of the job's own message that the broker delivers again start on it.
+        assert not job_of(redis_client, request).start(now=NOW), end
         redis_client.delete(claim_key(request.archive))
 
 
