@@ -169,19 +169,33 @@ def sweep_temp_files(root: Path, *, older_than: float, now: float | None = None)
     limit = (time.time() if now is None else now) - older_than
     removed: list[Path] = []
     # fwalk holds each folder open and acts relative to it: a folder swapped for a symlink meanwhile is
-    # neither entered nor swept (``sync_format.beneath`` explains the swap).
-    for directory, _folders, files, folder_fd in os.fwalk(root):
+    # neither entered nor swept (``sync_format.beneath`` explains the swap). The root is the operator's and
+    # may be a symlink itself: opened (following it) here, walked from that descriptor.
+    try:
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        log.warning("temp files not swept root=%s reason=%s", root, exc.strerror)
+        return removed
+    try:
+        removed.extend(_temp_files_below(root, root_fd, limit))
+    finally:
+        os.close(root_fd)
+    return removed
+
+
+def _temp_files_below(root: Path, root_fd: int, limit: float) -> Iterator[Path]:
+    """Remove (and yield) the temp files below the folder ``root_fd`` untouched since ``limit``."""
+    for directory, _folders, files, folder_fd in os.fwalk(".", dir_fd=root_fd):
         for name in files:
             if not is_temp_name(name):
                 continue
-            path = Path(directory, name)
+            path = Path(os.path.normpath(os.path.join(root, directory, name)))
             try:
                 if os.stat(name, dir_fd=folder_fd, follow_symlinks=False).st_mtime < limit:
                     os.unlink(name, dir_fd=folder_fd)
-                    removed.append(path)
+                    yield path
             except FileNotFoundError:
                 continue  # its writer finished (or another sweep got it) meanwhile
             except OSError as exc:
                 # Not ours to remove after all (permissions): listings ignore it anyway; say so once here.
                 log.warning("abandoned temp file kept path=%s reason=%s", path, exc.strerror)
-    return removed

@@ -83,13 +83,18 @@ def commit_payload(
     Returns:
         The committed generation and state.
 
+    A symlink as the archive's name is refused (``ArchiveError``): the commit renames the new file over the
+    name, so it would replace the link and not the file it leads to, and whoever may write to the folder could
+    point the link at an archive only the committer may read, whose manifest, update logic and context
+    would then be published under the name.
+
     Raises:
         SwapConflict: The generation moved (before or while the new file was written).
-        ArchiveError: The archive is unreadable, or the new one could not be written.
+        ArchiveError: The archive is unreadable or a symlink, or the new one could not be written.
     """
     target = Path(path)
     source = _source(staged)
-    with open_archive(target) as base:
+    with open_archive(target, follow_symlinks=False) as base:
         if base.generation != expected_generation:
             raise SwapConflict(target, expected_generation, base.generation)
         leading = _kept_entries(base)
@@ -152,7 +157,7 @@ def _next_state(base_generation: int, digest: PayloadDigest) -> ArchiveState:
 def _publish_if_current(temp: Path, target: Path, expected_generation: int) -> None:
     """Under the directory lock: compare the generation on disk, then rename the temp file over it."""
     with _directory_lock(target.parent):
-        with open_archive(target) as current:
+        with open_archive(target, follow_symlinks=False) as current:
             actual = current.generation
         if actual != expected_generation:
             raise SwapConflict(target, expected_generation, actual)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -189,8 +190,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from workers.runtime import GuestRuntime
 
     settings = Settings.from_env({"sandbox": args.sandbox, "cache_dir": args.cache_dir})
-    outcome = run_refresh(args.archive, GuestRuntime(settings))
+    # The user named this file: a symlink is followed here, once (the refresh itself never follows one).
+    outcome = run_refresh(os.path.realpath(args.archive), GuestRuntime(settings))
     doc = outcome.to_json()
+    doc["archive"] = str(args.archive)
     if args.json:
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -161,7 +161,9 @@ def _refresh(
     base_generation: int | None,
     heartbeat: Callable[[], None] | None,
 ) -> RefreshOutcome:
-    with open_archive(archive) as snap:
+    # Never through a symlink as the name: the store's key was resolved to a real file (archive_path), and
+    # the commit refuses one too (a link put there meanwhile could lead to an archive only we may read).
+    with open_archive(archive, follow_symlinks=False) as snap:
         generation = snap.generation
         if base_generation is not None and generation > base_generation:
             return RefreshOutcome(archive, ALREADY_FRESH, base_generation, generation)

@@ -74,10 +74,10 @@ COPY_BLOCK = 1024 * 1024
 CONDITIONAL_HEADERS = ("HTTP_IF_MATCH", "HTTP_IF_UNMODIFIED_SINCE", "HTTP_IF")
 
 
-def _copy_file(root: Path, source: Path, target: Path, key: str, identity: FileIdentity) -> None:
+def _copy_file(policy: WritePolicy, source: Path, target: Path, key: str, identity: FileIdentity) -> None:
     """Copy the bytes of the archive version ``identity`` (the one the request resolved) to ``target``
-    atomically (temp, fsync, rename); both are below the store ``root`` and reached through their folders
-    opened from there (``sync_format.beneath``).
+    atomically (temp, fsync, rename), if ``target`` may be replaced; both are below the store's root and
+    reached through their folders opened from there (``sync_format.beneath``), where the check is made too.
 
     The source is opened again by name, so it is checked to be that very file: not followed through a
     symlink, not waited on (a FIFO), and the same version (device, inode, size, times), or nothing is
@@ -85,7 +85,8 @@ def _copy_file(root: Path, source: Path, target: Path, key: str, identity: FileI
     over the name meanwhile.
     """
     try:
-        with pinned(root, source) as reached, pinned(root, target) as written:
+        with pinned(policy.root, source) as reached, pinned(policy.root, target) as written:
+            policy.require_replaceable(target, "COPY", reached=written)
             fd, st = open_regular(reached, follow_symlinks=False)
             with os.fdopen(fd, "rb") as src:
                 if FileIdentity.from_stat(st) != identity:
@@ -128,9 +129,9 @@ class ArchiveWrites(DAVNonCollection):  # type: ignore[misc]  # wsgidav is untyp
 
     def delete(self) -> None:
         self.policy.require_writer(self.environ, "DELETE")
-        self.policy.require_replaceable(self.archive, "DELETE")
         try:
             with pinned(self.policy.root, self.archive) as reached:
+                self.policy.require_replaceable(self.archive, "DELETE", reached=reached)
                 reached.unlink()
         except FileNotFoundError:
             pass  # already gone: the outcome the client asked for
@@ -156,12 +157,9 @@ class ArchiveWrites(DAVNonCollection):  # type: ignore[misc]  # wsgidav is untyp
         else:
             target = self.policy.archive_for(dest_path)
         if is_move:
-            self.policy.require_replaceable(self.archive, "MOVE")
-        self.policy.require_replaceable(target, "MOVE" if is_move else "COPY")
-        if is_move:
             self._rename(target)
         else:
-            _copy_file(self.policy.root, self.archive, target, self.key, self.facts.identity)
+            _copy_file(self.policy, self.archive, target, self.key, self.facts.identity)
             self.provider.forget(self.environ)
         self._carry_properties(dest_path, is_move=is_move)
         log.info("archive %s archive=%s to=%s", "moved" if is_move else "copied", self.key, target.name)
@@ -187,6 +185,8 @@ class ArchiveWrites(DAVNonCollection):  # type: ignore[misc]  # wsgidav is untyp
         root = self.policy.root
         try:
             with pinned(root, self.archive) as source, pinned(root, target) as destination:
+                self.policy.require_replaceable(self.archive, "MOVE", reached=source)
+                self.policy.require_replaceable(target, "MOVE", reached=destination)
                 os.rename(source, destination)
         except OSError as exc:
             raise dav_error(
@@ -249,6 +249,7 @@ class WritableArchiveResource(ArchiveWrites, OpenedArchive):
                 stream.seek(0)
                 limit = self.policy.max_upload
                 with pinned(self.policy.root, self.archive) as reached:
+                    self.policy.require_replaceable(self.archive, "PUT", reached=reached)
                     commit_payload(reached, expected, (stream, size), max_payload_size=limit)
                 break
             except SwapConflict as exc:

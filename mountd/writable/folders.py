@@ -141,11 +141,11 @@ class WritableCollection(Folder):
         self.policy.require_writer(self.environ, "DELETE")
         if self.directory == self.policy.root:
             raise DAVError(HTTP_FORBIDDEN, "the store's root cannot be deleted")
-        self.policy.require_folder_replaceable(self.directory, "DELETE")
         # wsgidav has deleted the members it lists; what is left are hidden files (OS metadata, in-flight
         # temp files of uploads that will now fail): the client asked for the whole folder to go.
         try:
             with pinned(self.policy.root, self.directory) as reached:
+                self.policy.require_folder_replaceable(self.directory, "DELETE", reached=reached)
                 shutil.rmtree(reached)  # (rmtree itself follows no symlink below the folder it opened)
         except FileNotFoundError:
             pass
@@ -182,11 +182,11 @@ class WritableCollection(Folder):
         self.policy.require_writer(self.environ, "MOVE")
         if self.directory == self.policy.root:
             raise DAVError(HTTP_FORBIDDEN, "the store's root cannot be moved")
-        self.policy.require_folder_replaceable(self.directory, "MOVE")
         target = self.policy.folder_for(dest_path)
         root = self.policy.root
         try:
             with pinned(root, self.directory) as source, pinned(root, target) as destination:
+                self.policy.require_folder_replaceable(self.directory, "MOVE", reached=source)
                 os.rename(source, destination)
         except OSError as exc:
             status = errno.errorcode.get(exc.errno or 0, "error")

@@ -109,17 +109,20 @@ class WritePolicy:
         if not self.may_write(environ):
             raise dav_error(WriteRefused(what, "your role may read this store but not change it"), what)
 
-    def require_replaceable(self, archive: Path, what: str) -> None:
+    def require_replaceable(self, archive: Path, what: str, *, reached: Path | None = None) -> None:
         """Refuse (403) when ``archive`` exists and its manifest says ``ownership.write_allowed = false``.
 
         Args:
             archive: An archive file (which may not exist).
             what: The operation, for the message.
+            reached: ``archive`` named through its pinned folder (``sync_format.beneath``): checked there, in
+                the folder the write then acts in, not again by name (which a folder swapped in between,
+                even without a symlink, would answer for another file).
 
         Raises:
             DAVError: 403.
         """
-        if is_protected(archive):
+        if is_protected(archive if reached is None else reached):
             name = (
                 archive.relative_to(self.root).as_posix()
                 if archive.is_relative_to(self.root)
@@ -130,18 +133,21 @@ class WritePolicy:
             )
             raise dav_error(refusal, name)
 
-    def require_folder_replaceable(self, directory: Path, what: str) -> None:
+    def require_folder_replaceable(self, directory: Path, what: str, *, reached: Path | None = None) -> None:
         """Refuse (403) when any archive under ``directory`` is write-protected (see ``is_protected``).
 
         Args:
             directory: A folder about to be deleted or moved as a whole.
             what: The operation, for the message.
+            reached: ``directory`` named through its pinned parent, walked instead (see
+                ``require_replaceable``).
 
         Raises:
             DAVError: 403.
         """
-        for archive in sorted(directory.rglob("*.sync")):
-            self.require_replaceable(archive, what)
+        walked = directory if reached is None else reached
+        for archive in sorted(walked.rglob("*.sync")):
+            self.require_replaceable(directory / archive.relative_to(walked), what, reached=archive)
 
     def archive_for(self, path: str) -> Path:
         """The archive file a new resource's request path creates (``/a/x.csv`` → ``<root>/a/x.csv.sync``):

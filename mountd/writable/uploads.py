@@ -154,13 +154,20 @@ class UploadSink:
         return self._file, self.received
 
     def discard(self) -> None:
-        """Remove the temp file (safe to call more than once)."""
-        if not self._file.closed:
-            self._file.close()
-        if self.path is not None:
-            discard(self.path)
-            self.path = None
-        self._folder.close()
+        """Remove the temp file (safe to call more than once). Every step is taken even when an earlier one
+        fails (closing can fail to flush, e.g. EIO): the file is removed and the folder closed regardless."""
+        try:
+            if not self._file.closed:
+                self._file.close()
+        except OSError as exc:
+            log.warning("upload temp file failed to close archive=%s reason=%s", self.target, exc.strerror)
+        finally:
+            try:
+                if self.path is not None:
+                    discard(self.path)
+                    self.path = None
+            finally:
+                self._folder.close()
 
 
 class DavSink:

@@ -503,3 +503,37 @@ def test_sweep_does_not_follow_a_folder_swapped_for_a_symlink_while_it_walks(
     monkeypatch.setattr(atomic, "is_temp_name", check_then_swap)
     assert atomic.sweep_temp_files(store, older_than=3600) == [temps[0]]
     assert temps[1].exists()
+
+
+def test_a_commit_never_goes_through_a_symlink_as_the_archives_name(tmp_path: Path) -> None:
+    """A symlink as the archive's name, to an archive only the committer may read: refused, and neither the
+    link nor the archive it leads to changes (before, that archive's manifest, update logic and context were
+    published under the name, its payload replaced, and the link replaced by the new file)."""
+    private = tmp_path / "private.sync"
+    make_archive(private, b"secret")
+    before = private.read_bytes()
+    link = tmp_path / "store" / "x.sync"
+    link.parent.mkdir()
+    link.symlink_to(private)
+    with pytest.raises(ArchiveError):
+        commit_payload(link, 0, b"new")
+    assert link.is_symlink()
+    assert private.read_bytes() == before
+    assert [p.name for p in link.parent.iterdir()] == ["x.sync"]  # no temp file left either
+
+
+def test_sweep_through_a_symlinked_root(tmp_path: Path) -> None:
+    """The store's root may be a symlink (the operator's): its temp files are swept through it, and named
+    under it."""
+    from sync_format.atomic import create_temp, sweep_temp_files
+
+    real = tmp_path / "real"
+    (real / "a").mkdir(parents=True)
+    old, handle = create_temp(real / "a" / "x.sync")
+    handle.close()
+    hour_ago = time.time() - 7200
+    os.utime(old, (hour_ago, hour_ago))
+    (tmp_path / "store").symlink_to(real, target_is_directory=True)
+    assert sweep_temp_files(tmp_path / "store", older_than=3600) == [tmp_path / "store" / "a" / old.name]
+    assert not old.exists()
+    assert sweep_temp_files(tmp_path / "missing", older_than=3600) == []

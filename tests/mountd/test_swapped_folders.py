@@ -36,6 +36,7 @@ from sync_format.testing import make_archive
 AddArchive = Callable[..., BuildResult]
 
 ORIGINAL = b"store,figures\n1,2\n"
+PROTECTED = b"published,figures\n5,6\n"
 VICTIM = b"another store's,figures\n3,4\n"
 
 
@@ -108,18 +109,35 @@ def test_an_upload_whose_folder_is_replaced_by_a_symlink_meanwhile_changes_nothi
     assert payload(store / "moved" / "b.csv.sync") == (0, ORIGINAL)
 
 
-#: Each method with a target in ``dir``, its headers' Destination (a path, or None), and the policy check
-#: during which the folder is swapped (with an argument it must be called with, or None: its first call).
+#: Each method with a target in ``dir`` and its headers' Destination (a path, or None). The folder is swapped
+#: when the method's handler starts (its first ``require_writer``), after the request was resolved.
 WRITES = {
-    "delete": ("DELETE", "/dir/b.csv", None, ("require_replaceable", None)),
-    "move-out": ("MOVE", "/dir/b.csv", "/kept.csv", ("require_replaceable", None)),
-    "move-in": ("MOVE", "/top.csv", "/dir/b.csv", ("require_replaceable", None)),
-    "copy-in": ("COPY", "/top.csv", "/dir/b.csv", ("require_replaceable", None)),
-    "delete-folder": ("DELETE", "/dir/sub/", None, ("require_folder_replaceable", None)),
-    "move-folder": ("MOVE", "/dir/sub/", "/sub2/", ("require_folder_replaceable", None)),
-    "mkcol": ("MKCOL", "/dir/made/", None, ("folder_for", None)),
-    "copy-folder-in": ("COPY", "/top/", "/dir/made/", ("require_writer", "COPY")),
+    "delete": ("DELETE", "/dir/b.csv", None),
+    "move-out": ("MOVE", "/dir/b.csv", "/kept.csv"),
+    "move-in": ("MOVE", "/top.csv", "/dir/b.csv"),
+    "copy-in": ("COPY", "/top.csv", "/dir/b.csv"),
+    "delete-folder": ("DELETE", "/dir/sub/", None),
+    "move-folder": ("MOVE", "/dir/sub/", "/sub2/"),
+    "mkcol": ("MKCOL", "/dir/made/", None),
+    "copy-folder-in": ("COPY", "/top/", "/dir/made/"),
 }
+
+
+def after_first_call(monkeypatch: pytest.MonkeyPatch, name: str, act: Callable[[], None]) -> list[bool]:
+    """Wrap ``WritePolicy.<name>`` so that ``act`` runs once, right after its first call returned (what
+    another user does at that moment); the list says whether it ran."""
+    checked = getattr(WritePolicy, name)
+    done: list[bool] = []
+
+    def check_then_act(policy: WritePolicy, *args: Any, **kwargs: Any) -> Any:
+        answer = checked(policy, *args, **kwargs)
+        if not done:
+            done.append(True)
+            act()
+        return answer
+
+    monkeypatch.setattr(WritePolicy, name, check_then_act)
+    return done
 
 
 @pytest.mark.parametrize("write", WRITES.values(), ids=WRITES.keys())
@@ -129,26 +147,16 @@ def test_writes_whose_folder_is_replaced_by_a_symlink_meanwhile_change_nothing_o
     elsewhere: Path,
     add_archive: AddArchive,
     monkeypatch: pytest.MonkeyPatch,
-    write: tuple[str, str, str | None, tuple[str, str | None]],
+    write: tuple[str, str, str | None],
 ) -> None:
-    """The folder is swapped while the method's write rule is checked, after the request resolved it:
+    """The folder is swapped when the method's handler starts, after the request resolved it:
     409, and nothing changed where the symlink leads (before: ``VICTIM`` deleted, moved away or replaced,
     ``elsewhere/sub`` deleted or moved, ``elsewhere/made`` created by MKCOL or a folder's COPY)."""
-    method, path, destination, (check, called_with) = write
+    method, path, destination = write
     add_archive("top.csv.sync", ORIGINAL, manifest=editable())
     (store / "top").mkdir()
     outside = snapshot(elsewhere)
-    checked = getattr(WritePolicy, check)
-    swapped: list[bool] = []
-
-    def check_then_swap(policy: WritePolicy, *args: Any, **kwargs: Any) -> Any:
-        answer = checked(policy, *args, **kwargs)
-        if not swapped and (called_with is None or called_with in args):
-            swapped.append(True)
-            swap(store, elsewhere)
-        return answer
-
-    monkeypatch.setattr(WritePolicy, check, check_then_swap)
+    swapped = after_first_call(monkeypatch, "require_writer", lambda: swap(store, elsewhere))
     headers = {} if destination is None else {"Destination": server.mount_url + destination, "Overwrite": "T"}
     answer = request(server.mount_url, method, path, headers=headers)
     assert swapped
@@ -156,3 +164,73 @@ def test_writes_whose_folder_is_replaced_by_a_symlink_meanwhile_change_nothing_o
     assert snapshot(elsewhere) == outside
     assert payload(store / "moved" / "b.csv.sync") == (0, ORIGINAL)
     assert (store / "moved" / "sub").is_dir()
+
+
+def exchange(store: Path, one: str, other: str) -> None:
+    """Two store folders trade names (what ``renameat2(RENAME_EXCHANGE)`` does at once): no symlink at all."""
+    (store / one).rename(store / "trading")
+    (store / other).rename(store / one)
+    (store / "trading").rename(store / other)
+
+
+#: Each write on the decoy's side and the protected archive it would reach after the exchange (``dir/`` is
+#: ``decoy/`` afterwards). A folder's move is of ``inner/``: what is pinned is the folder holding the target.
+EXCHANGED = {
+    "delete": ("DELETE", "/decoy/b.csv", None, "b.csv.sync"),
+    "move-out": ("MOVE", "/decoy/b.csv", "/kept.csv", "b.csv.sync"),
+    "copy-onto": ("COPY", "/top.csv", "/decoy/b.csv", "b.csv.sync"),
+    "move-folder": ("MOVE", "/decoy/inner/", "/moved/", "inner/p.csv.sync"),
+}
+
+
+@pytest.mark.parametrize("write", EXCHANGED.values(), ids=EXCHANGED.keys())
+def test_a_folder_exchanged_after_the_write_rule_was_checked_does_not_expose_a_protected_archive(
+    server: ServerHandle,
+    store: Path,
+    add_archive: AddArchive,
+    monkeypatch: pytest.MonkeyPatch,
+    write: tuple[str, str, str | None, str],
+) -> None:
+    """``decoy/`` holds archives that may be written, ``dir/`` the same names write-protected
+    (``ownership.write_allowed = false``). The two folders trade names right after the rule was checked on
+    the decoy's archive: the write goes to the decoy's archive it checked, wherever its folder is now, and
+    the protected archive is untouched (the answer may still be an error: wsgidav looks the name up again
+    afterwards, and finds it taken). Before, the rule was checked by name and the write then resolved the
+    folder again: it deleted, moved away or overwrote the protected archive, or moved a folder of them."""
+    method, path, destination, name = write
+    (store / "dir" / "b.csv.sync").unlink()
+    for side, manifest, payload in (("dir", csv_manifest(), PROTECTED), ("decoy", editable(), ORIGINAL)):
+        add_archive(f"{side}/b.csv.sync", payload, manifest=manifest)
+        add_archive(f"{side}/inner/p.csv.sync", payload, manifest=manifest)
+    add_archive("top.csv.sync", VICTIM, manifest=editable())
+    protected = (store / "dir" / name).read_bytes()
+    traded = after_first_call(monkeypatch, "require_replaceable", lambda: exchange(store, "dir", "decoy"))
+    headers = {} if destination is None else {"Destination": server.mount_url + destination, "Overwrite": "T"}
+    request(server.mount_url, method, path, headers=headers)  # its status depends on wsgidav's re-reads
+    assert traded
+    assert (store / "decoy" / name).read_bytes() == protected  # where its folder is now
+    assert not (store / "dir" / name).exists()  # the decoy's, which the rule was checked on
+
+
+def test_an_overwrite_whose_archive_is_replaced_by_a_symlink_meanwhile_commits_nothing(
+    server: ServerHandle, store: Path, elsewhere: Path
+) -> None:
+    """Half the body is sent, then the archive's own name is replaced by a symlink to an archive outside the
+    store (one only the server may read, say): the PUT fails, and neither the link nor that archive changes
+    (before, the new payload was committed with that archive's manifest and update logic into the store, in
+    the link's place)."""
+    outside = snapshot(elsewhere)
+    body = b"evil,figures\n9,9\n"
+    archive = store / "dir" / "b.csv.sync"
+    with socket.create_connection((server.host, server.port), timeout=30) as sock:
+        host = f"{server.host}:{server.port}"
+        head = f"PUT /dir/b.csv HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n\r\n"
+        sock.sendall(head.encode() + body[:5])
+        wait_for(lambda: any(p.name.endswith(".sync-tmp") for p in archive.parent.iterdir()), 10, what="temp")
+        archive.unlink()
+        archive.symlink_to(elsewhere / "b.csv.sync")
+        sock.sendall(body[5:])
+        status = sock.makefile("rb").readline()
+    assert status.split()[1] in (b"404", b"409"), status
+    assert archive.is_symlink()
+    assert snapshot(elsewhere) == outside

@@ -416,7 +416,7 @@ def test_copying_from_a_fifo_renamed_over_the_source_is_refused_not_waited_on(tm
     fifo, target = tmp_path / "a.csv.sync", tmp_path / "b.csv.sync"
     os.mkfifo(fifo)
     identity = FileIdentity.from_stat(os.stat(fifo))
-    copy = lambda: archives._copy_file(tmp_path, fifo, target, "a.csv", identity)  # noqa: E731
+    copy = lambda: archives._copy_file(WritePolicy(tmp_path), fifo, target, "a.csv", identity)  # noqa: E731
     refused = outcome_beside_a_fifo(copy, fifo)
     assert isinstance(refused, DAVError)
     assert "not a regular file" in str(refused.context_info)
@@ -434,13 +434,13 @@ def test_copy_reads_only_the_archive_it_resolved(tmp_path: Path) -> None:
     source.unlink()
     source.symlink_to(secret)
     with pytest.raises(DAVError) as followed:
-        archives._copy_file(tmp_path, source, target, "a.csv", identity)
+        archives._copy_file(WritePolicy(tmp_path), source, target, "a.csv", identity)
     assert followed.value.value == 409
     assert not target.exists()
     source.unlink()
     source.write_bytes(b"another file under the name")
     with pytest.raises(DAVError) as refused:
-        archives._copy_file(tmp_path, source, target, "a.csv", identity)
+        archives._copy_file(WritePolicy(tmp_path), source, target, "a.csv", identity)
     assert refused.value.value == 409
     assert not target.exists()
 
@@ -520,3 +520,25 @@ def test_a_name_created_meanwhile_is_the_resource_a_racing_put_or_lock_meets(
     locked = request(wurl, "LOCK", "/raced-lock.csv", body=lock_body)
     assert locked.status == 201  # (wsgidav's answer for a name it resolved as new) the lock of what is there
     assert put(wurl, "/raced-lock.csv", b"other\n") == 423
+
+
+def test_an_upload_that_cannot_close_its_temp_file_still_cleans_up(tmp_path: Path) -> None:
+    """Closing the temp file can fail (its buffered bytes cannot be flushed: EIO, a quota on close over
+    NFS): the temp file is still removed and its folder's descriptor closed (before, both were left)."""
+    (tmp_path / "dir").mkdir()
+    before = len(os.listdir("/proc/self/fd"))
+    sink = uploads.UploadSink(tmp_path / "dir" / "x.csv.sync", 1 << 20, None, tmp_path)
+    sink.write(b"body")
+    real = sink._file
+
+    class FailsToClose:
+        closed = False
+
+        def close(self) -> None:
+            real.close()
+            raise OSError(5, "Input/output error")
+
+    sink._file = FailsToClose()  # type: ignore[assignment]
+    sink.discard()
+    assert list((tmp_path / "dir").iterdir()) == []
+    assert len(os.listdir("/proc/self/fd")) == before

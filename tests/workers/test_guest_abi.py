@@ -557,3 +557,23 @@ def test_an_exception_from_egress_is_the_guests_failed_request(
     [line] = [r.getMessage() for r in caplog.records if "egress_failed" in r.getMessage()]
     assert "exception=ValueError" in line
     assert "server-chosen" not in caplog.text
+
+
+def test_a_symlink_in_an_archives_place_is_never_refreshed_through(
+    runtime: GuestRuntime, tmp_path: Path
+) -> None:
+    """A store archive's name replaced by a symlink to an archive only the worker may read (after the key was
+    resolved): the job fails, the guest of that archive never runs, and neither the link nor that archive
+    changes (before, its guest ran with its manifest's grants and the result, with its manifest, was
+    committed into the store in the link's place)."""
+    store = tmp_path / "store"
+    store.mkdir()
+    private = tmp_path / "private.txt.sync"
+    make_archive(private, b"secret", manifest=make_manifest(), wasm=bytes(wasmtime.wat2wasm(guests.ECHO_WAT)))
+    before = private.read_bytes()
+    link = store / "x.txt.sync"
+    link.symlink_to(private)
+    outcome = run_refresh(link, runtime, store=store)
+    assert (outcome.status, outcome.entry) == (FAILED, None), outcome
+    assert link.is_symlink()
+    assert private.read_bytes() == before
