@@ -14,10 +14,12 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,11 +147,17 @@ class WritableCollection(Folder):
         # temp files of uploads that will now fail): the client asked for the whole folder to go.
         try:
             with pinned(self.policy.root, self.directory) as reached:
-                self.policy.require_folder_replaceable(self.directory, "DELETE", reached=reached)
-                shutil.rmtree(reached)  # (rmtree itself follows no symlink below the folder it opened)
+                _remove_folder(
+                    reached,
+                    lambda held: self.policy.require_folder_replaceable(
+                        self.directory, "DELETE", reached=held
+                    ),
+                )
         except FileNotFoundError:
             pass
         except OSError as exc:
+            if exc.errno == errno.ENOTEMPTY:  # something was put there meanwhile (or took the folder's name)
+                raise DAVError(HTTP_CONFLICT, "the folder changed while it was deleted; retry") from exc
             raise dav_error(
                 ArchiveError(f"cannot delete folder: {exc.strerror}", path=self.directory), self.path
             ) from exc
@@ -203,3 +211,26 @@ class WritableCollection(Folder):
         if value is not None:  # (None removes the property)
             require_property_room(self, name)
         super().set_property_value(name, value, dry_run=dry_run)
+
+
+def _remove_folder(reached: Path, check: Callable[[Path], None]) -> None:
+    """Remove the folder ``reached`` (a pinned path) and everything in it, if ``check`` passes on it.
+
+    The folder itself is opened (never through a symlink), checked and emptied through that descriptor, so
+    a folder that takes its name meanwhile is neither checked instead nor emptied; the name is then removed
+    only if it is an empty folder (``rmdir``), so such a folder is left as it is (the request fails).
+    """
+    fd = os.open(reached, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        check(Path(f"/proc/self/fd/{fd}"))
+        with os.scandir(fd) as entries:
+            names = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+        for name, is_folder in names:
+            if is_folder:
+                shutil.rmtree(name, dir_fd=fd)  # (follows no symlink below the folder it opened)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(reached)

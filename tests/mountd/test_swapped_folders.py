@@ -234,3 +234,23 @@ def test_an_overwrite_whose_archive_is_replaced_by_a_symlink_meanwhile_commits_n
     assert status.split()[1] in (b"404", b"409"), status
     assert archive.is_symlink()
     assert snapshot(elsewhere) == outside
+
+
+def test_a_folder_taking_the_name_of_one_being_deleted_is_not_emptied(
+    server: ServerHandle, store: Path, add_archive: AddArchive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``x/other/`` is deleted; right after its last check, ``x/inner/`` (which holds a write-protected
+    archive) trades names with it. The folder that was checked is emptied and the name removed only if it
+    is an empty folder: the protected archive stays, the request fails with 409 (before, the folder now
+    under the name was removed whole, protected archive included)."""
+    add_archive("x/inner/p.csv.sync", PROTECTED, manifest=csv_manifest())
+    add_archive("x/other/p.csv.sync", ORIGINAL, manifest=editable())
+    protected = (store / "x" / "inner" / "p.csv.sync").read_bytes()
+    traded = after_first_call(
+        monkeypatch, "require_folder_replaceable", lambda: exchange(store / "x", "inner", "other")
+    )
+    answer = request(server.mount_url, "DELETE", "/x/other/")
+    assert traded
+    assert answer.status == 409
+    assert (store / "x" / "other" / "p.csv.sync").read_bytes() == protected  # where its folder is now
+    assert list((store / "x" / "inner").iterdir()) == []  # the folder that was checked, emptied
