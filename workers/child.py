@@ -359,9 +359,10 @@ def _send_error(channel: Channel | None, exc: SyncError) -> int:
 
 
 def _isolate_descriptors(keep: int) -> None:
-    """Stdio to /dev/null; close inherited sockets, pipes and writable files other than ``keep``.
+    """Stdio to /dev/null; close inherited sockets, pipes, folders and writable files other than ``keep``.
 
-    Read-only regular files stay open: wasmtime may still map a module's file.
+    Read-only regular files stay open: wasmtime may still map a module's file. Folders go: a child forked
+    from the worker (no zygote) would otherwise hold the job's own folder (``sync_format.beneath``).
     """
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
@@ -378,5 +379,6 @@ def _isolate_descriptors(keep: int) -> None:
         writable = False
         if stat.S_ISREG(st.st_mode):
             writable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
-        if stat.S_ISSOCK(st.st_mode) or stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode) or writable:
+        kind = st.st_mode
+        if stat.S_ISSOCK(kind) or stat.S_ISFIFO(kind) or stat.S_ISCHR(kind) or stat.S_ISDIR(kind) or writable:
             os.close(fd)

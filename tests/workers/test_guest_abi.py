@@ -8,7 +8,11 @@ their new payload, which the test reads back from the committed archive. HTTP go
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -577,3 +581,51 @@ def test_a_symlink_in_an_archives_place_is_never_refreshed_through(
     assert (outcome.status, outcome.entry) == (FAILED, None), outcome
     assert link.is_symlink()
     assert private.read_bytes() == before
+
+
+#: Run by a watcher process: for up to 8 s, look at the children of the process ``argv[1]``; once one is
+#: the sandbox child (its own session: it called setsid, then isolated its descriptors; it holds the archive
+#: ``argv[2]``: read-only files stay open) and the guest has had a moment to start, print its descriptors.
+WATCH_CHILDREN = """
+import json, os, sys, time
+parent, archive = int(sys.argv[1]), sys.argv[2]
+deadline = time.monotonic() + 8
+while time.monotonic() < deadline:
+    for task in os.listdir(f"/proc/{parent}/task"):
+        for pid in map(int, open(f"/proc/{parent}/task/{task}/children").read().split()):
+            try:
+                if os.getsid(pid) == os.getsid(parent):
+                    continue
+                time.sleep(0.3)
+                fds = f"/proc/{pid}/fd"
+                links = [os.readlink(os.path.join(fds, fd)) for fd in os.listdir(fds)]
+            except OSError:
+                continue
+            if archive in links:
+                print(json.dumps(links))
+                sys.exit(0)
+    time.sleep(0.02)
+"""
+
+
+def test_a_child_forked_from_the_worker_keeps_no_folder_of_the_job(
+    make_runtime: Callable[..., GuestRuntime], tmp_path: Path
+) -> None:
+    """With the zygote off, the sandbox child is forked from the worker while it holds the job's folder open
+    (``run_refresh(store=…)``): the child closes inherited folders with the other descriptors, so that it
+    never holds the job's folder (found by an attack review)."""
+    runtime = make_runtime(tmp_path / "cache", sandbox_zygote=False, sandbox_spare_child=False)
+    store = tmp_path / "store"
+    (store / "jobs").mkdir(parents=True)
+    path = store / "jobs" / "loop.txt.sync"
+    make_archive(path, b"x", manifest=make_manifest(timeout=8), wasm=guests.endless_loop())
+    watcher = subprocess.Popen(  # a process, not a thread: the runtime forks only a single-threaded process
+        [sys.executable, "-c", WATCH_CHILDREN, str(os.getpid()), str(path)], stdout=subprocess.PIPE, text=True
+    )
+    outcome = run_refresh(path, runtime, store=store)
+    seen, _ = watcher.communicate(timeout=30)
+    runtime.close()
+    assert outcome.error_code in ("guest_timeout", "guest_out_of_fuel"), outcome
+    held = [set(json.loads(line)) for line in seen.splitlines()]
+    assert held, "no sandbox child was seen"
+    assert all(str(store / "jobs") not in links for links in held), held
