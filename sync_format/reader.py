@@ -207,6 +207,14 @@ class ArchiveSnapshot:
         """True once ``close`` was called."""
         return self._fd.fd < 0
 
+    def fileno(self) -> int:
+        """The snapshot's descriptor, to look at (where the file is, ``fstat``); the snapshot closes it.
+
+        Raises:
+            ValueError: The snapshot is closed.
+        """
+        return self._fd.get()
+
     def expiry(self) -> Expiry:
         """When this payload stops being fresh (``freshness.expiry`` of manifest and state).
 

@@ -76,6 +76,7 @@ from sync_format import (
     SyncError,
     open_archive_fd,
 )
+from sync_format.errors import PROC_FD
 from sync_format.freshness import now_ns
 from sync_format.store import SYNC_SUFFIX, check_store_name, is_archive_name
 
@@ -172,6 +173,11 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
             raise ArchiveError("store is neither a directory nor an archive file", path=store)
         self.freshness = freshness
         self._root_text = str(self.root).rstrip("/")  # "" for "/", so that f"{root}/{name}" is right
+        #: The store's real path, which every archive opened below it must show (``_reached_as_named``);
+        #: None where ``/proc`` is not mounted (the check is then skipped).
+        self._real_root_text: str | None = (
+            os.path.realpath(self.root).rstrip("/") if os.path.isdir(PROC_FD) else None
+        )
         self._names: dict[tuple[str, str], str] = {}
         self._known_paths: dict[str, tuple[tuple[str, ...], str] | None] = {}
         if index is None:
@@ -341,6 +347,9 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
             fd = os.open(candidate, KNOWN_OPEN_FLAGS)
         except OSError:
             return None
+        if not self._reached_as_named(fd, candidate[len(self._root_text) :]):
+            os.close(fd)
+            return None
         known = self._known(candidate, name, fd)
         if known is not None and known.facts.is_expired():
             self._check_freshness(Path(known.archive), known.facts)
@@ -406,6 +415,18 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
             reader.close()
             return None
         return KnownPayload(candidate, facts, reader)
+
+    def _reached_as_named(self, fd: int, relative: str) -> bool:
+        """Whether the file open on ``fd`` is the one at ``relative`` ("/a/x.sync") below the store, as the
+        kernel names it: a folder on the way replaced by a symlink after the lookups that found it a real
+        folder (``_is_folder``) would have led the open elsewhere, to a file the server may read and the
+        client may not; a file replaced since (a commit) is named "... (deleted)": open it again."""
+        if self._real_root_text is None:
+            return True
+        try:
+            return os.readlink(f"{PROC_FD}/{fd}") == f"{self._real_root_text}{relative}"
+        except OSError:
+            return False
 
     def _display_name(self, archive: str, display_ext: str) -> str:
         # The name rule of a path and extension never changes, so its answers are remembered (bounded).
@@ -509,7 +530,11 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
                 raise dav_error(exc, key) from exc
             opened = resource.facts.identity
             now = _regular_identity(archive)
-            if not verify or (now is not None and (now.device, now.inode) == (opened.device, opened.inode)):
+            if not verify or (
+                now is not None
+                and (now.device, now.inode) == (opened.device, opened.inode)
+                and self._reached_as_named(resource.snapshot.fileno(), f"/{key}")
+            ):
                 self.index.learn(resource.facts)
                 return resource
             # The name now points elsewhere (a swap, or something that is not a regular file): what was

@@ -29,6 +29,7 @@ from store_manifests import csv_manifest
 
 from broker import Settings
 from mountd import ServerHandle, serve_background
+from mountd.dav import provider
 from mountd.writable.policy import WritePolicy
 from sync_format import BuildResult, OwnershipSection, open_archive
 from sync_format.testing import make_archive
@@ -254,3 +255,35 @@ def test_a_folder_taking_the_name_of_one_being_deleted_is_not_emptied(
     assert answer.status == 409
     assert (store / "x" / "other" / "p.csv.sync").read_bytes() == protected  # where its folder is now
     assert list((store / "x" / "inner").iterdir()) == []  # the folder that was checked, emptied
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "wsgidav-path"])
+def test_a_read_whose_folder_is_replaced_by_a_symlink_after_its_lookup_serves_nothing_from_there(
+    store: Path, hook: RecordingHook, elsewhere: Path, monkeypatch: pytest.MonkeyPatch, fast: bool
+) -> None:
+    """A GET of ``/dir/b.csv``: right after the lookup found ``dir`` a real folder, it is swapped for a
+    symlink to a folder the server may read (``elsewhere/b.csv.sync`` there: another store's). The archive
+    opened is checked to be the one below the store by the name it was asked for, so nothing from there is
+    served (before, its payload was). A condition header sends the GET to wsgidav's path, not the fast one."""
+
+    checks = {"_is_folder_text": provider._is_folder_text, "_is_folder": provider._is_folder}
+    swapped: list[bool] = []
+
+    def lookup_then_swap(name: str) -> Callable[..., bool]:
+        def check(path: Any, *args: Any) -> bool:
+            found = checks[name](path, *args)
+            if not swapped and str(path) == str(store / "dir"):
+                swapped.append(True)
+                swap(store, elsewhere)
+            return found
+
+        return check
+
+    for name in checks:
+        monkeypatch.setattr(provider, name, lookup_then_swap(name))
+    headers = {} if fast else {"If-Unmodified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"}
+    with serve_background(Settings(host="127.0.0.1", port=0), store, hook) as handle:
+        answer = request(handle.mount_url, "GET", "/dir/b.csv", headers=headers)
+    assert swapped
+    assert VICTIM not in answer.body
+    assert answer.status in (404, 503), answer.status
