@@ -13,12 +13,10 @@ caller's code.
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import os
 import signal
 import socket
-import stat
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -28,6 +26,7 @@ from sync_format.errors import GuestError, GuestTrap, SandboxUnavailable, SyncEr
 from workers.channel import Channel, ChannelClosed, ProtocolViolation
 from workers.confine import SandboxPolicy, SandboxReport, apply_policy, enforce, set_pdeathsig
 from workers.confine.apply import EARLY_LAYERS, LATE_LAYERS
+from workers.confine.descriptors import isolate_descriptors
 from workers.engine import GuestLimits
 from workers.guest_runner import run_guest
 from workers.host_abi import ERR_REQUEST_FAILED
@@ -267,7 +266,7 @@ def _enter(sock_fd: int) -> Channel:
     gc.freeze()
     os.setsid()
     set_pdeathsig(signal.SIGKILL)
-    _isolate_descriptors(sock_fd)
+    isolate_descriptors(sock_fd)
     os.environ.clear()
     return Channel(socket.socket(fileno=sock_fd))
 
@@ -356,29 +355,3 @@ def _send_error(channel: Channel | None, exc: SyncError) -> int:
     except (ChannelClosed, ProtocolViolation):
         return EXIT_INTERNAL
     return 0
-
-
-def _isolate_descriptors(keep: int) -> None:
-    """Stdio to /dev/null; close inherited sockets, pipes, folders and writable files other than ``keep``.
-
-    Read-only regular files stay open: wasmtime may still map a module's file. Folders go: a child forked
-    from the worker (no zygote) would otherwise hold the job's own folder (``sync_format.beneath``).
-    """
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd in (0, 1, 2, keep):
-            continue
-        try:
-            st = os.fstat(fd)
-        except OSError:
-            continue
-        writable = False
-        if stat.S_ISREG(st.st_mode):
-            writable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
-        kind = st.st_mode
-        if stat.S_ISSOCK(kind) or stat.S_ISFIFO(kind) or stat.S_ISCHR(kind) or stat.S_ISDIR(kind) or writable:
-            os.close(fd)

@@ -11,6 +11,13 @@ bounded too: a module over ``max_module_size`` bytes is refused unread (``Module
 miss compiles in a forked child with RLIMIT_CPU set, killed when ``compile_timeout`` seconds pass
 (``CompileTimeout``); the parent only deserializes what the child produced. Like the supervisor, the caller
 must not run other non-daemon threads while a module compiles (the child is forked).
+
+The module is the archive author's, and compiling it runs a large native compiler over it: that child is
+confined like a guest's own (``workers.confine``: every inherited socket, pipe, folder and writable file
+closed, no_new_privs, an empty network namespace, rlimits with RLIMIT_AS, Landlock with no path, the same
+seccomp filter), so a module that found a flaw in the compiler would hold nothing of the worker's: no
+Redis connection, no store folder, no network, no file. In strict mode a layer that cannot be applied fails
+the compile (``SandboxUnavailable``); nothing was compiled.
 """
 
 from __future__ import annotations
@@ -19,7 +26,6 @@ import contextlib
 import logging
 import math
 import os
-import resource
 import select
 import signal
 import stat
@@ -31,8 +37,10 @@ import blake3
 import wasmtime
 
 from sync_format.atomic import create_temp, discard, publish, sync_file
-from sync_format.errors import CompileTimeout, GuestTrap, ModuleTooLarge, SyncError
+from sync_format.errors import CompileTimeout, GuestTrap, ModuleTooLarge, SandboxUnavailable, SyncError
 from sync_format.escape import escape_text
+from workers.confine import SandboxPolicy, apply_policy, build_program, enforce, set_pdeathsig
+from workers.confine.descriptors import isolate_descriptors
 from workers.engine import COMPILE_ERROR_LIMIT, compile_module, engine_fingerprint
 
 log = logging.getLogger(__name__)
@@ -42,7 +50,8 @@ CACHE_SUFFIX = ".cwasm"
 DEFAULT_MAX_MODULE_SIZE = 16 * 1024 * 1024
 #: Seconds a module may take to compile.
 DEFAULT_COMPILE_TIMEOUT = 30.0
-_COMPILED, _INVALID = b"C", b"E"
+#: The child's answer starts with one of these: compiled code, the compiler's refusal, or a layer missing.
+_COMPILED, _INVALID, _UNCONFINED = b"C", b"E", b"S"
 
 
 class UnsafeCacheDirectory(SyncError):
@@ -69,6 +78,8 @@ class ModuleCache:
         *,
         max_module_size: int = DEFAULT_MAX_MODULE_SIZE,
         compile_timeout: float = DEFAULT_COMPILE_TIMEOUT,
+        policy: SandboxPolicy | None = None,
+        seccomp_program: bytes | None = None,
     ) -> None:
         """Use ``directory`` (created if missing) for compiled modules of ``engine``.
 
@@ -77,6 +88,10 @@ class ModuleCache:
             engine: The engine modules are compiled for (``workers.engine.make_engine``).
             max_module_size: Largest module compiled, in bytes.
             compile_timeout: Seconds a compile may take.
+            policy: How the compiler child is confined (its RLIMIT_CPU comes from ``compile_timeout``);
+                by default every layer, strict.
+            seccomp_program: The filter for that child (``workers.confine.build_program``); built here
+                when not given and the policy has a seccomp layer.
 
         Raises:
             UnsafeCacheDirectory: The directory is not private to us.
@@ -85,6 +100,12 @@ class ModuleCache:
         self.engine = engine
         self.max_module_size = max_module_size
         self.compile_timeout = compile_timeout
+        cpu = math.ceil(compile_timeout) + 1
+        self.policy = (policy or SandboxPolicy()).with_cpu_seconds(cpu)
+        if seccomp_program is None and policy is None:
+            with contextlib.suppress(SandboxUnavailable):  # strict mode then refuses at the first compile
+                seccomp_program = build_program()
+        self.seccomp_program = seccomp_program
         self._fingerprint = engine_fingerprint()
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -183,7 +204,7 @@ class ModuleCache:
         pid = os.fork()
         if pid == 0:  # pragma: no cover  (the child's work is checked by the parent)
             os.close(read_end)
-            _compile_child(self.engine, wasm, write_end, self.compile_timeout)
+            _compile_child(self.engine, wasm, write_end, self.policy, self.seccomp_program)
         os.close(write_end)
         try:
             data = _read_until(read_end, time.monotonic() + self.compile_timeout)
@@ -192,8 +213,13 @@ class ModuleCache:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             _, status = os.waitpid(pid, 0)
-        if data is None or (not data and os.waitstatus_to_exitcode(status) == -signal.SIGXCPU):
+        # RLIMIT_CPU is applied with soft = hard, so the kernel may send SIGKILL rather than SIGXCPU.
+        out_of_cpu = os.waitstatus_to_exitcode(status) in (-signal.SIGXCPU, -signal.SIGKILL)
+        if data is None or (not data and out_of_cpu):
             raise CompileTimeout(f"sync.wasm did not compile within {self.compile_timeout:g} s")
+        if data[:1] == _UNCONFINED:
+            layer, _, reason = data[1:].decode(errors="replace").partition("\0")
+            raise SandboxUnavailable(layer, f"the module compiler could not be confined: {reason}")
         if data[:1] == _INVALID:
             # Escaped again here: the child is not trusted to have done it, and the text quotes the guest.
             raise GuestTrap(escape_text(data[1:].decode(errors="replace"), COMPILE_ERROR_LIMIT))
@@ -214,16 +240,25 @@ class ModuleCache:
             raise
 
 
-def _compile_child(engine: wasmtime.Engine, wasm: bytes, fd: int, timeout: float) -> None:  # pragma: no cover
-    """In the forked child: compile under RLIMIT_CPU and write the result to ``fd``, then exit."""
+def _compile_child(  # pragma: no cover  (the parent checks what it answers)
+    engine: wasmtime.Engine, wasm: bytes, fd: int, policy: SandboxPolicy, program: bytes | None
+) -> None:
+    """In the forked child: confine, compile, write the result to ``fd``, then exit (never returns)."""
     status = 0
     try:
-        cpu = math.ceil(timeout) + 1
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+        os.setsid()
+        set_pdeathsig(signal.SIGKILL)
+        isolate_descriptors(fd)
+        os.environ.clear()
         try:
-            result = _COMPILED + compile_module(engine, wasm).serialize()
-        except GuestTrap as exc:
-            result = _INVALID + exc.message.encode()
+            enforce(apply_policy(policy, program), policy.mode)
+        except SandboxUnavailable as exc:
+            result = _UNCONFINED + f"{exc.layer}\0{exc.message.removeprefix(f'{exc.layer}: ')}".encode()
+        else:
+            try:
+                result = _COMPILED + compile_module(engine, wasm).serialize()
+            except GuestTrap as exc:
+                result = _INVALID + exc.message.encode()
         view = memoryview(result)
         while view:
             view = view[os.write(fd, view) :]

@@ -68,13 +68,6 @@ class GuestRuntime:
         """
         self.settings = settings
         self.engine = make_engine()
-        self.modules = ModuleCache(
-            settings.cache_dir / "modules",
-            self.engine,
-            max_module_size=settings.max_module_size,
-            compile_timeout=settings.compile_timeout,
-        )
-        self.policy = SandboxPolicy(mode=SandboxMode(settings.sandbox))
         self.resolver = resolver
         unbound = settings.unbound_secrets()
         if unbound:
@@ -83,12 +76,21 @@ class GuestRuntime:
                 "guest secrets unusable until bound names=%s (set SYNC_GUEST_SECRET_<NAME>_HOSTS)",
                 ",".join(unbound),
             )
+        self.policy = SandboxPolicy(mode=SandboxMode(settings.sandbox))
         self.seccomp_program: bytes | None
         try:
             self.seccomp_program = build_program()
         except SandboxUnavailable as exc:
             log.warning("seccomp filter unavailable reason=%s", exc.message)
             self.seccomp_program = None
+        self.modules = ModuleCache(
+            settings.cache_dir / "modules",
+            self.engine,
+            max_module_size=settings.max_module_size,
+            compile_timeout=settings.compile_timeout,
+            policy=self.policy,
+            seccomp_program=self.seccomp_program,
+        )
         warm_up_paths(self.engine, self.policy, self.seccomp_program)
         #: The child forked ahead for the next job (``Settings.sandbox_spare_child``), else None.
         self.spare: SpareChild | None = None

@@ -8,8 +8,10 @@ run in-process only to show they work (a constant function; nothing is confined)
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +22,8 @@ import wasmtime
 
 import workers.engine
 import workers.module_cache
-from sync_format.errors import GuestTrap
+from sync_format.errors import GuestTrap, SandboxUnavailable
+from workers.confine import SandboxMode, SandboxPolicy
 from workers.engine import engine_fingerprint, make_engine
 from workers.module_cache import CACHE_SUFFIX, ModuleCache, UnsafeCacheDirectory
 
@@ -235,3 +238,72 @@ def test_invalid_wasm_is_a_guest_trap(
     with pytest.raises(GuestTrap, match=message):
         cache.load(wasm)
     assert list(cache.directory.iterdir()) == []
+
+
+def test_the_compiler_child_holds_nothing_of_the_worker_and_reaches_nothing(
+    engine: wasmtime.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The archive author's module is compiled in a child confined like a guest's: what the worker held
+    (a connection, stand-in for Redis; a store folder; a log open for writing) is closed before the
+    compiler starts, and it can open no file and create no socket. The compiler is replaced by a probe
+    that reports what it could reach, as a compile error, so the parent shows it."""
+    worker_end, other_end = socket.socketpair()
+    folder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    log_file = (tmp_path / "worker.log").open("ab")
+    held = {"connection": worker_end.fileno(), "folder": folder, "log": log_file.fileno()}
+
+    def probe(engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:
+        seen = []
+        for name, fd in held.items():
+            try:
+                os.write(fd, b"x")
+            except OSError as exc:
+                seen.append(f"{name} {'closed' if exc.errno == errno.EBADF else exc.errno}")
+            else:
+                seen.append(f"{name} open")
+        for name, attempt in (
+            ("file", lambda: os.close(os.open("/etc/hostname", os.O_RDONLY))),
+            ("socket", lambda: socket.socket().close()),
+        ):
+            try:
+                attempt()
+            except PermissionError:
+                seen.append(f"{name} refused")
+            else:
+                seen.append(f"{name} reached")
+        raise GuestTrap(", ".join(seen))
+
+    monkeypatch.setattr(workers.module_cache, "compile_module", probe)
+    try:
+        with pytest.raises(GuestTrap) as caught:
+            ModuleCache(tmp_path / "modules", engine).load(ANSWER)
+        other_end.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            other_end.recv(1)  # nothing came through the worker's connection
+    finally:
+        worker_end.close()
+        other_end.close()
+        os.close(folder)
+        log_file.close()
+    assert caught.value.message == (
+        "connection closed, folder closed, log closed, file refused, socket refused"
+    )
+    assert (tmp_path / "worker.log").read_bytes() == b""
+
+
+def test_a_compiler_child_that_cannot_be_confined_compiles_nothing_in_strict_mode(
+    engine: wasmtime.Engine, tmp_path: Path
+) -> None:
+    """Strict mode with no seccomp filter (libseccomp missing, say) refuses to compile, saying which layer
+    is missing; nothing is cached. Permissive mode compiles without it."""
+    strict = ModuleCache(tmp_path / "strict", engine, policy=SandboxPolicy(), seccomp_program=None)
+    with pytest.raises(SandboxUnavailable, match=r"^seccomp: the module compiler could not be confined: "):
+        strict.load(ANSWER)
+    assert list(strict.directory.iterdir()) == []
+    permissive = ModuleCache(
+        tmp_path / "permissive",
+        engine,
+        policy=SandboxPolicy(mode=SandboxMode.PERMISSIVE),
+        seccomp_program=None,
+    )
+    assert answer(engine, permissive.load(ANSWER)) == 42
