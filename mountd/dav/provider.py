@@ -241,11 +241,13 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         members = listing()
         return len(members.archives) + len(members.folders) >= RENDER_MIN_MEMBERS
 
-    def get_resource_inst(self, path: str, environ: dict[str, Any]) -> Any:
+    def get_resource_inst(self, path: str | None, environ: dict[str, Any]) -> Any:
         """Map a request path to a resource, or None when nothing is there.
 
         Args:
-            path: The unquoted, normalized request path.
+            path: The unquoted, normalized request path; None is the parent of the root, which wsgidav asks
+                for when a write names the root itself (PUT, DELETE, MOVE or COPY of ``/``, or ``/`` as a
+                Destination): nothing is there, so wsgidav answers 405 or 409, not 500.
             environ: The WSGI environ.
 
         Returns:
@@ -254,6 +256,8 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
         Raises:
             DAVError: The archive exists but cannot be served (500 with the reason, or 404/403).
         """
+        if path is None:
+            return None
         cache = environ.get(RESOURCES_KEY)
         if cache is None:
             cache = environ[RESOURCES_KEY] = {}

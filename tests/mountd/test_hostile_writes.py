@@ -218,3 +218,30 @@ def test_what_locks_and_dead_properties_keep_is_bounded(wurl: str) -> None:
     assert b"HTTP/1.1 200" not in whole.body
     stored = request(wurl, "PROPFIND", "/h.csv", headers={"Depth": "0"})
     assert b"urn:test" not in stored.body
+
+
+@pytest.mark.parametrize("writable", [True, False], ids=["writable", "read-only"])
+def test_writes_naming_the_root_itself_get_a_clear_refusal_not_a_server_error(
+    store: Path, hook: RecordingHook, add_archive: AddArchive, writable: bool
+) -> None:
+    """PUT, DELETE, MOVE and COPY of ``/``, and MOVE or COPY of an archive onto ``/`` (as a path, a URL, or a
+    URL without the slash), asked wsgidav for the root's parent: each answered 500 (``AttributeError`` on
+    None). Now each is a 4xx that says why, and the store is as it was."""
+    add_archive("a.csv.sync", PROTECTED, manifest=editable_csv_manifest())
+    before = sorted(p.name for p in store.iterdir())
+    policy = WritePolicy(store, max_upload=1 << 20) if writable else None
+    with serve_background(Settings(host="127.0.0.1", port=0), store, hook, writable=policy) as handle:
+        url = handle.mount_url
+        answers = {}
+        for method in ("PUT", "DELETE", "MOVE", "COPY"):
+            answers[f"{method} /"] = request(
+                url, method, "/", body=b"x\n", headers=_destination(url, "/b.csv")
+            ).status
+        for destination in ("/", url + "/", url):
+            for method in ("MOVE", "COPY"):
+                answers[f"{method} -> {destination}"] = request(
+                    url, method, "/a.csv", headers={"Destination": destination, "Overwrite": "T"}
+                ).status
+        assert request(url, "GET", "/a.csv").body == PROTECTED
+    assert {key: status for key, status in answers.items() if not 400 <= status < 500} == {}
+    assert sorted(p.name for p in store.iterdir()) == before
