@@ -53,6 +53,7 @@ from sync_format.reader import (
     ArchiveSnapshot,
     FileIdentity,
     open_archive,
+    open_archive_at,
     open_archive_fd,
 )
 from sync_format.state import STATE_ENTRY
@@ -114,6 +115,7 @@ __all__ = [
     "host_allowed",
     "invalid_entries",
     "open_archive",
+    "open_archive_at",
     "open_archive_fd",
     "parse_timestamp_ns",
     "parse_url",

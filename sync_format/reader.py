@@ -337,6 +337,30 @@ def open_archive(path: str | os.PathLike[str], *, follow_symlinks: bool = True) 
     return open_archive_fd(fd, path)
 
 
+def open_archive_at(dir_fd: int, name: str, path: str | os.PathLike[str]) -> ArchiveSnapshot:
+    """Open and validate the archive ``name`` of the folder open on ``dir_fd``, never through a symlink.
+
+    For callers that scanned that folder through the same descriptor (a listing): the archive opened is the
+    one the scan found there, wherever the folder has been renamed since and whatever took its name.
+
+    Args:
+        dir_fd: The folder, open (``O_RDONLY`` or ``O_PATH``).
+        name: A name in it (no separator).
+        path: Where the folder's entry is, for the snapshot and for error messages.
+
+    Returns:
+        A snapshot holding one open file descriptor.
+
+    Raises:
+        ArchiveError: As for ``open_archive(path, follow_symlinks=False)``.
+    """
+    try:
+        fd = os.open(name, OPEN_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except OSError as exc:
+        raise ArchiveError(f"cannot open: {exc.strerror}", path=Path(path)) from exc
+    return open_archive_fd(fd, path)
+
+
 def open_archive_fd(fd: int, path: str | os.PathLike[str]) -> ArchiveSnapshot:
     """Validate an archive from a file descriptor the caller already opened, as ``open_archive`` does.
 

@@ -36,6 +36,7 @@ Invariants:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -51,7 +52,16 @@ from mountd.dav.dir_watch import REVERIFY_NS, DirectoryWatcher, Watch, trusted
 from mountd.dav.facts import ArchiveFacts
 from mountd.dav.facts_store import FactsStore, StatKey, decode_facts, encode_facts, stat_key
 from mountd.dav.parallel_opens import share_with_helper
-from sync_format import ArchiveError, Expiry, FileIdentity, MalformedArchive, display_name, open_archive
+from sync_format import (
+    ArchiveError,
+    Expiry,
+    FileIdentity,
+    MalformedArchive,
+    display_name,
+    open_archive,
+    open_archive_at,
+)
+from sync_format.beneath import Pin
 from sync_format.store import SYNC_SUFFIX, is_archive_name
 
 log = logging.getLogger(__name__)
@@ -297,13 +307,25 @@ class ArchiveIndex:
         return self._open(path, identity, follow_symlinks=follow_symlinks)
 
     def _open(
-        self, path: Path, identity: FileIdentity, source: str | None = None, *, follow_symlinks: bool = False
+        self,
+        path: Path,
+        identity: FileIdentity,
+        source: str | None = None,
+        *,
+        follow_symlinks: bool = False,
+        folder: int | None = None,
+        name: str = "",
     ) -> ArchiveFacts | None:
         # Open an archive whose version is not in memory; None when unreadable (noted). ``source`` is
         # ``path`` as text when the caller has it (a listing: the Path need not be formatted). Not through a
-        # symlink unless asked: a scan found a regular file there, which may have been swapped since.
+        # symlink unless asked: a scan found a regular file there, which may have been swapped since. A
+        # listing passes the folder it scanned (``folder``, ``name``): the file is opened in that folder.
         try:
-            snapshot = open_archive(path if source is None else source, follow_symlinks=follow_symlinks)
+            text = path if source is None else source
+            if folder is None:
+                snapshot = open_archive(text, follow_symlinks=follow_symlinks)
+            else:
+                snapshot = open_archive_at(folder, name, text)
             try:
                 facts = ArchiveFacts.from_snapshot(snapshot)
             finally:
@@ -344,18 +366,23 @@ class ArchiveIndex:
             return None
         return ListedArchive(path, self.name_rule(path, facts.display_ext), facts)
 
-    def list_directory(self, directory: Path) -> DirectoryListing:
+    def list_directory(self, directory: Path, root: Path | None = None) -> DirectoryListing:
         """List one store directory: its visible subdirectories and its readable archives by display name.
 
         The directory is scanned (``lstat`` of every entry) unless its watch vouches that nothing changed
         since the last listing of it; when no entry was added, removed or changed identity since then, that
-        listing is returned as it was, without looking up, naming or sorting its archives again.
+        listing is returned as it was, without looking up, naming or sorting its archives again. The scan
+        and every archive it opens go through one descriptor of the directory, opened from ``root`` without
+        following a symlink (``_open_listed``): a folder swapped for a symlink after the caller's lookup
+        lists nothing from where the symlink leads.
 
         Args:
             directory: The directory (already known to be inside the store and not a symlink).
+            root: The store's root (the operator's; followed if it is a symlink); None: ``directory`` is
+                the root.
 
         Returns:
-            The listing; an unreadable directory lists as empty (logged).
+            The listing; an unreadable directory, or one that is no folder now, lists as empty (logged).
         """
         started = self._clock()  # before any lstat: see FactsStore.record
         memo_key = str(directory)
@@ -368,7 +395,25 @@ class ArchiveIndex:
                     self._listings.move_to_end(memo_key)
                     self._hits += len(remembered[1].archives)
                     return remembered[1]
-        folders, files = _scan(directory)
+        folder = _open_listed(directory, root)
+        if folder is None:
+            return DirectoryListing(directory, (), MappingProxyType({}))  # not remembered: may come back
+        try:
+            return self._list_scanned(directory, folder, memo_key, remembered, watched, started)
+        finally:
+            os.close(folder)
+
+    def _list_scanned(
+        self,
+        directory: Path,
+        folder: int,
+        memo_key: str,
+        remembered: _Remembered | None,
+        watched: tuple[Watch, int] | None,
+        started: int,
+    ) -> DirectoryListing:
+        # ``list_directory`` once it has the folder open and no remembered listing stood without a scan.
+        folders, files = _scan(folder, directory)
         # Compared in place: building the key of 10,000 files for nothing cost half a MB per request.
         if remembered is not None and not _same_entries(remembered[0], folders, files):
             remembered = None
@@ -385,7 +430,7 @@ class ArchiveIndex:
             if watched is not None:  # the scan found it unchanged: it stands for this scan's count now
                 self._remember(memo_key, remembered, watched, _untrusted(directory, files), started)
             return remembered[1]
-        facts_found, complete = self._facts_of_files(directory, memo_key, files, started)
+        facts_found, complete = self._facts_of_files(directory, folder, memo_key, files, started)
         found: list[ListedArchive] = []
         child = _child_paths(directory)
         for (name, _), facts in zip(files, facts_found, strict=True):
@@ -410,7 +455,7 @@ class ArchiveIndex:
         return listing
 
     def archive_facts(
-        self, directory: Path, stop: threading.Event | None = None
+        self, directory: Path, stop: threading.Event | None = None, root: Path | None = None
     ) -> tuple[tuple[str, ...], list[tuple[Path, ArchiveFacts]]]:
         """Every readable archive of one store directory with its facts, as a listing learns them (memory,
         then the facts store, then opening, shared with a helper when many are new), but without display
@@ -420,17 +465,23 @@ class ArchiveIndex:
         Args:
             directory: The directory (already known to be inside the store and not a symlink).
             stop: When it is set, no further archive is opened (checked between two) and nothing is returned.
+            root: The store's root, as for ``list_directory``.
 
         Returns:
             Its visible subdirectory names, and its readable archives with their facts in file-name order;
             nothing at all when ``stop`` was set meanwhile.
         """
         started = self._clock()
-        folders, files = _scan(directory)
+        folder = _open_listed(directory, root)
+        if folder is None:
+            return (), []
         try:
-            facts_found, _ = self._facts_of_files(directory, str(directory), files, started, stop)
+            folders, files = _scan(folder, directory)
+            facts_found, _ = self._facts_of_files(directory, folder, str(directory), files, started, stop)
         except _Stopped:
             return (), []
+        finally:
+            os.close(folder)
         child = _child_paths(directory)
         return folders, [
             (child(name), facts)
@@ -441,6 +492,7 @@ class ArchiveIndex:
     def _facts_of_files(
         self,
         directory: Path,
+        folder: int,
         memo_key: str,
         files: tuple[tuple[str, os.stat_result], ...],
         started: int,
@@ -475,7 +527,7 @@ class ArchiveIndex:
         fresh: dict[int, ArchiveFacts | None] = {}
         if pending:
             prefix = os.path.join(memo_key, "")
-            fresh = self._open_all(pending, files, identities, prefix, _child_paths(directory), stop)
+            fresh = self._open_all(pending, files, identities, folder, prefix, _child_paths(directory), stop)
         found: list[ArchiveFacts | None] = []
         complete = True
         for position, ((_, st), identity, cached) in enumerate(zip(files, identities, known, strict=True)):
@@ -498,6 +550,7 @@ class ArchiveIndex:
         pending: list[int],
         files: tuple[tuple[str, os.stat_result], ...],
         identities: list[FileIdentity],
+        folder: int,
         prefix: str,
         child: Callable[[str], Path],
         stop: threading.Event | None,
@@ -512,7 +565,9 @@ class ArchiveIndex:
                 raise _Stopped
             position = pending[n]
             name = files[position][0]
-            opened[position] = self._open(child(name), identities[position], prefix + name)
+            opened[position] = self._open(
+                child(name), identities[position], prefix + name, folder=folder, name=name
+            )
 
         if len(pending) < self._parallel_min:
             for n in range(len(pending)):
@@ -531,9 +586,10 @@ class ArchiveIndex:
                 learned.append(facts)
 
         def theirs(n: int) -> tuple[object, ...]:
-            return _sent_facts(prefix + files[pending[n]][0])
+            name = files[pending[n]][0]
+            return _sent_facts(folder, name, prefix + name)
 
-        share = share_with_helper(len(pending), own, theirs, receive)
+        share = share_with_helper(len(pending), own, theirs, receive, keep=(folder,))
         if stop is not None and stop.is_set():
             raise _Stopped
         redo += share.missing(len(pending))
@@ -647,10 +703,10 @@ class _Stopped(Exception):
     """``archive_facts`` was asked to stop."""
 
 
-def _sent_facts(source: str) -> tuple[object, ...]:
+def _sent_facts(folder: int, name: str, source: str) -> tuple[object, ...]:
     # In the helper process: one archive's facts as plain values (raises when unreadable or unstorable; the
-    # listing opens that one again itself and notes why).
-    snapshot = open_archive(source, follow_symlinks=False)
+    # listing opens that one again itself and notes why). ``folder`` is the listing's, inherited by fork.
+    snapshot = open_archive_at(folder, name, source)
     try:
         facts = ArchiveFacts.from_snapshot(snapshot)
     finally:
@@ -750,13 +806,37 @@ def _same_entries(
 
 #: ``Path._make_child_relpath``: ``directory / name`` for one plain name without parsing it again (7 times
 #: cheaper; a first listing makes a path per archive). A private method, so only used where it exists.
-def _scan(directory: Path) -> tuple[tuple[str, ...], tuple[tuple[str, os.stat_result], ...]]:
-    """Visible subdirectory names and archive files with their ``lstat``, sorted by name.
+#: How a listed folder is opened: to read its entries, and to open the archives it holds through it.
+LISTED_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_listed(directory: Path, root: Path | None) -> int | None:
+    """A descriptor of ``directory``, opened from ``root`` one folder at a time without following a symlink
+    (``sync_format.beneath``); the root itself is the operator's and followed. None when it cannot be opened
+    or is no folder now (logged): the caller lists nothing."""
+    try:
+        if root is None or directory == root:
+            return os.open(directory, LISTED_FOLDER_FLAGS & ~os.O_NOFOLLOW)
+        with Pin(root, directory) as pin:
+            return os.open(pin.path, LISTED_FOLDER_FLAGS)
+    except OSError as exc:
+        reason = exc.strerror if exc.errno not in (errno.ELOOP, errno.ENOTDIR) else "no folder now"
+        log.warning("directory unreadable directory=%s reason=%s", directory, reason)
+    except ArchiveError as exc:
+        log.warning("directory unreadable directory=%s reason=%s", directory, exc.message)
+    except ValueError:  # not below the root: no caller asks for that
+        log.warning("directory unreadable directory=%s reason=not below the store", directory)
+    return None
+
+
+def _scan(folder: int, directory: Path) -> tuple[tuple[str, ...], tuple[tuple[str, os.stat_result], ...]]:
+    """Visible subdirectory names and archive files with their ``lstat``, sorted by name, of the folder open
+    on ``folder`` (``directory`` names it in logs).
 
     An unreadable directory has none (logged).
     """
     try:
-        with os.scandir(directory) as it:
+        with os.scandir(folder) as it:
             entries = sorted(it, key=lambda e: e.name)
     except OSError as exc:
         log.warning("directory unreadable directory=%s reason=%s", directory, exc.strerror)

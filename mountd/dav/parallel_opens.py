@@ -123,6 +123,7 @@ def share_with_helper(
     receive: Callable[[int, tuple[Any, ...]], object],
     *,
     wait: float = HELPER_WAIT,
+    keep: tuple[int, ...] = (),
 ) -> HelperShare:
     """Run ``own(i)`` here from the front while a forked helper computes ``theirs(i)`` from the back.
 
@@ -135,6 +136,7 @@ def share_with_helper(
         receive: Takes the helper's values of item ``i``, here, in this thread: between two ``own`` calls as
             batches arrive, and at the end. Never called for an item ``own`` did, nor twice for one item.
         wait: Seconds to wait for the helper's last batches once this side stopped.
+        keep: Descriptors the helper keeps (``theirs`` uses them); every other one is closed in it.
 
     Returns:
         What this side did and what it received; ``missing`` are the caller's to do.
@@ -144,7 +146,7 @@ def share_with_helper(
     if not hasattr(os, "fork") or usable_cpus() < 2 or not _ONE_AT_A_TIME.acquire(blocking=False):
         return _alone(count, own)
     try:
-        return _shared(count, own, theirs, receive, wait)
+        return _shared(count, own, theirs, receive, wait, keep)
     finally:
         _ONE_AT_A_TIME.release()
 
@@ -161,6 +163,7 @@ def _shared(
     theirs: Callable[[int], tuple[Any, ...]],
     receive: Callable[[int, tuple[Any, ...]], object],
     wait: float,
+    keep: tuple[int, ...],
 ) -> HelperShare:
     # Anything that fails in setting up (no descriptor left, no memory) means doing everything here.
     try:
@@ -181,7 +184,7 @@ def _shared(
         except OSError:
             pid = -1
         if pid == 0:  # the helper: never returns
-            _helper(board, write_fd, count, theirs, parent)
+            _helper(board, write_fd, count, theirs, parent, keep)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(write_fd)
         if pid < 0:
@@ -375,11 +378,16 @@ def _wait_for(pid: int) -> None:
 
 
 def _helper(
-    board: mmap.mmap, write_fd: int, count: int, theirs: Callable[[int], tuple[Any, ...]], parent: int
+    board: mmap.mmap,
+    write_fd: int,
+    count: int,
+    theirs: Callable[[int], tuple[Any, ...]],
+    parent: int,
+    keep: tuple[int, ...],
 ) -> None:
     try:
         gc.disable()  # nothing of the server's is finalized here
-        _detach(parent, write_fd)
+        _detach(parent, (write_fd, *keep))
         indexes: list[int] = []
         rows: list[tuple[Any, ...]] = []
         sent = 0
@@ -413,13 +421,17 @@ def _send(write_fd: int, indexes: list[int], rows: list[tuple[Any, ...]], board:
     return sent
 
 
-def _detach(parent: int, write_fd: int) -> None:
-    # The server's descriptors are not the helper's: all closed but the pipe (sockets, the inotify
-    # descriptor, and files other threads hold ``flock`` locks on, which would stay locked while it runs).
+def _detach(parent: int, kept: tuple[int, ...]) -> None:
+    # The server's descriptors are not the helper's: all closed but the pipe and the caller's ``keep``
+    # (sockets, the inotify descriptor, and files other threads hold ``flock`` locks on, which would stay
+    # locked while it runs).
     # Nor its signal handling: default dispositions, then unblocked (a SIGTERM to the process group ends it),
     # no wakeup descriptor, and death with the thread that forked it.
-    os.closerange(3, write_fd)
-    os.closerange(write_fd + 1, _MAX_FD)
+    low = 3
+    for fd in sorted(kept):
+        os.closerange(low, fd)
+        low = max(low, fd + 1)
+    os.closerange(low, _MAX_FD)
     with contextlib.suppress(ValueError):
         signal.set_wakeup_fd(-1)
     for sig in _HELPER_SIGNALS:

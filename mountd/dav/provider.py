@@ -496,7 +496,7 @@ class SyncProvider(DAVProvider):  # type: ignore[misc]  # wsgidav is untyped
                     if self.index.name_rule(candidate, resource.facts.display_ext) == name:
                         return resource
                     resource.close()
-        listed = self.index.list_directory(directory).archives.get(name)
+        listed = self.index.list_directory(directory, self.root).archives.get(name)
         if listed is None:
             return None
         return self._open(path, environ, listed.path)

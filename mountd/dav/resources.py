@@ -270,7 +270,7 @@ class Folder(DAVCollection):  # type: ignore[misc]  # wsgidav is untyped
     def listing(self) -> DirectoryListing:
         """The directory as listed for this request (scanned once per resource)."""
         if self._listing is None:
-            self._listing = self.index.list_directory(self.directory)
+            self._listing = self.index.list_directory(self.directory, self.store)
         return self._listing
 
     def get_member_names(self) -> list[str]:

@@ -667,7 +667,7 @@ class RefreshScheduler:
             # One folder at a time, as a listing learns it: the facts store first (a restart opens only
             # what changed), and a folder of many new archives opened on two cores.
             directory = pending.pop()
-            folders, archives = self.index.archive_facts(directory, self._stop)
+            folders, archives = self.index.archive_facts(directory, self._stop, self.root)
             pending.extend(directory / name for name in reversed(folders))
             for path, facts in archives:
                 if self._stop.is_set():

@@ -29,9 +29,11 @@ def scans(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     seen: list[Path] = []
     real = index_module._scan
 
-    def counting(directory: Path) -> tuple[tuple[str, ...], tuple[tuple[str, os.stat_result], ...]]:
+    def counting(
+        folder: int, directory: Path
+    ) -> tuple[tuple[str, ...], tuple[tuple[str, os.stat_result], ...]]:
         seen.append(directory)
-        return real(directory)
+        return real(folder, directory)
 
     monkeypatch.setattr(index_module, "_scan", counting)
     return seen

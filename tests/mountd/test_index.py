@@ -106,14 +106,14 @@ def test_an_unexpected_error_opening_one_archive_leaves_it_out_not_its_folder(
     rest; before, the exception failed the whole listing."""
     add_archive("good.txt.sync", b"fine")
     add_archive("trips.txt.sync", b"a bug")
-    real_open = index_module.open_archive
+    real_open = index_module.open_archive_at
 
-    def buggy_open(path: object, **options: object) -> object:
-        if str(path).endswith("trips.txt.sync"):
+    def buggy_open(folder: int, name: str, path: object) -> object:
+        if name == "trips.txt.sync":
             raise RecursionError("maximum recursion depth exceeded")
-        return real_open(path, **options)  # type: ignore[arg-type]
+        return real_open(folder, name, path)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(index_module, "open_archive", buggy_open)
+    monkeypatch.setattr(index_module, "open_archive_at", buggy_open)
     index = ArchiveIndex(parallel_min=10**9)
     with caplog.at_level("WARNING", logger="mountd.dav.index"):
         assert list(index.list_directory(store).archives) == ["good.txt"]

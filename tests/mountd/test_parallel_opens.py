@@ -236,9 +236,9 @@ def _slowed(index: ArchiveIndex) -> ArchiveIndex:
     # process may take a while) surely gets to open some.
     real = index._open
 
-    def slow_open(*args: object) -> object:
+    def slow_open(*args: object, **options: object) -> object:
         time.sleep(0.001)
-        return real(*args)  # type: ignore[arg-type]
+        return real(*args, **options)  # type: ignore[arg-type]
 
     index._open = slow_open  # type: ignore[method-assign,assignment]
     return index
@@ -295,7 +295,11 @@ def test_facts_a_helper_opened_are_recorded_for_a_restart(store: Path, tmp_path:
 def test_received_facts_are_checked(store: Path) -> None:
     """Values from the helper become facts only when they are what ``_sent_facts`` gives."""
     make_archive(store / "x.csv.sync", b"a,b\n", manifest=csv_manifest())
-    sent = _sent_facts(str(store / "x.csv.sync"))
+    folder = os.open(store, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        sent = _sent_facts(folder, "x.csv.sync", str(store / "x.csv.sync"))
+    finally:
+        os.close(folder)
     snapshot = open_archive(store / "x.csv.sync")
     from mountd import ArchiveFacts
 

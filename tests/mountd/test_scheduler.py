@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from recording_hook import RecordingHook
@@ -288,11 +289,13 @@ def test_close_returns_promptly_even_mid_pass(store: Path, hook: RecordingHook) 
     release = threading.Event()
     original = index._open
 
-    def open_one(path: Path, identity: FileIdentity, source: str | None = None) -> ArchiveFacts | None:
+    def open_one(
+        path: Path, identity: FileIdentity, source: str | None = None, **where: Any
+    ) -> ArchiveFacts | None:
         if not opened.is_set():
             opened.set()
             release.wait(WAIT)  # hold the pass at its first archive until close was called
-        return original(path, identity, source)
+        return original(path, identity, source, **where)
 
     index._open = open_one  # type: ignore[method-assign]
     busy = RefreshScheduler(store, hook, index).start()
@@ -345,9 +348,9 @@ def test_a_restarted_scheduler_opens_nothing_that_did_not_change(
         index = ArchiveIndex(store=FactsStore.open(tmp_path / "cache"), clock=lambda: later, parallel_min=10)
         real = index._open
 
-        def slow_open(*args: object) -> object:  # the helper surely gets to open some of the 30
+        def slow_open(*args: object, **where: object) -> object:  # the helper surely opens some of the 30
             time.sleep(0.005)
-            return real(*args)  # type: ignore[arg-type]
+            return real(*args, **where)  # type: ignore[arg-type]
 
         index._open = slow_open  # type: ignore[method-assign,assignment]
         return RefreshScheduler(store, hook, index, clock=lambda: later)

@@ -30,6 +30,7 @@ from store_manifests import csv_manifest
 from broker import Settings
 from mountd import ServerHandle, serve_background
 from mountd.dav import provider
+from mountd.dav.index import ArchiveIndex
 from mountd.writable.policy import WritePolicy
 from sync_format import BuildResult, OwnershipSection, open_archive
 from sync_format.testing import make_archive
@@ -287,3 +288,43 @@ def test_a_read_whose_folder_is_replaced_by_a_symlink_after_its_lookup_serves_no
     assert swapped
     assert VICTIM not in answer.body
     assert answer.status in (404, 503), answer.status
+
+
+def test_a_listing_whose_folder_is_replaced_by_a_symlink_after_its_lookup_lists_nothing_from_there(
+    store: Path, hook: RecordingHook, elsewhere: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PROPFIND of ``/dir/``: right after the lookup found ``dir`` a real folder, it is swapped for a
+    symlink to a folder the server may read. The listing scans the folder it opened from the store's root
+    without following a symlink, so no name, size or date from there is listed (before, they were)."""
+    make_archive(elsewhere / "secret-plans.csv.sync", VICTIM, manifest=editable())
+    real = provider._is_folder
+    swapped: list[bool] = []
+
+    def lookup_then_swap(path: Any, *args: Any) -> bool:
+        found = real(path, *args)
+        if not swapped and str(path) == str(store / "dir"):
+            swapped.append(True)
+            swap(store, elsewhere)
+        return found
+
+    monkeypatch.setattr(provider, "_is_folder", lookup_then_swap)
+    with serve_background(Settings(host="127.0.0.1", port=0), store, hook) as handle:
+        answer = request(handle.mount_url, "PROPFIND", "/dir/", headers={"Depth": "1"})
+    assert swapped
+    assert b"secret-plans" not in answer.body
+    assert b"b.csv" not in answer.body
+    assert answer.status in (207, 404), answer.status
+
+
+def test_the_index_lists_and_walks_nothing_through_a_folder_swapped_for_a_symlink(
+    store: Path, elsewhere: Path
+) -> None:
+    """The index itself, as the listing and the refresh scheduler call it: the folder is named by its path,
+    which is a symlink to another store's folder by then; nothing from there is listed or walked."""
+    make_archive(elsewhere / "secret-plans.csv.sync", VICTIM, manifest=editable())
+    swap(store, elsewhere)
+    index = ArchiveIndex(watcher=False)
+    listing = index.list_directory(store / "dir", store)
+    assert (listing.folders, dict(listing.archives)) == ((), {})
+    assert index.archive_facts(store / "dir", None, store) == ((), [])
+    assert sorted(index.list_directory(store / "moved", store).archives) == ["b.csv"]
