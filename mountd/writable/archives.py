@@ -49,7 +49,12 @@ from mountd.dav.facts import ArchiveFacts
 from mountd.dav.index import ListedArchive
 from mountd.dav.resources import SYNC_PROPERTIES, ListedArchiveFile, OpenedArchive
 from mountd.errors import WriteRefused, dav_error
-from mountd.writable.policy import WritePolicy, carry_properties, require_property_room
+from mountd.writable.policy import (
+    WritePolicy,
+    carry_properties,
+    refuse_onto_a_holder,
+    require_property_room,
+)
 from mountd.writable.uploads import Body, DavSink, end_upload, open_sink
 from sync_format import (
     ArchiveError,
@@ -122,9 +127,11 @@ class ArchiveWrites(DAVNonCollection):  # type: ignore[misc]  # wsgidav is untyp
         return False  # wsgidav checks locks, then calls delete()
 
     def handle_copy(self, dest_path: str, *, depth_infinity: bool) -> bool:
+        refuse_onto_a_holder(self.path, dest_path)
         return False
 
     def handle_move(self, dest_path: str) -> bool:
+        refuse_onto_a_holder(self.path, dest_path)
         return False
 
     def delete(self) -> None:
@@ -158,6 +165,9 @@ class ArchiveWrites(DAVNonCollection):  # type: ignore[misc]  # wsgidav is untyp
             target = self.policy.archive_for(dest_path)
         if is_move:
             self._rename(target)
+            # A lock does not move with its resource (RFC 4918 §7.7): left on the old name it would keep
+            # that name locked, and UNLOCK there finds nothing to unlock.
+            self.remove_all_locks(recursive=False)
         else:
             _copy_file(self.policy, self.archive, target, self.key, self.facts.identity)
             self.provider.forget(self.environ)

@@ -26,6 +26,7 @@ from typing import Any
 from wsgidav import util as dav_util  # type: ignore[import-untyped]
 from wsgidav.dav_error import (  # type: ignore[import-untyped]
     HTTP_CONFLICT,
+    HTTP_FAILED_DEPENDENCY,
     HTTP_FORBIDDEN,
     HTTP_METHOD_NOT_ALLOWED,
     HTTP_PRECONDITION_FAILED,
@@ -43,7 +44,13 @@ from mountd.writable.archives import (
     PendingArchive,
     create_archive,
 )
-from mountd.writable.policy import WritePolicy, carry_properties, is_junk_name, require_property_room
+from mountd.writable.policy import (
+    WritePolicy,
+    carry_properties,
+    is_junk_name,
+    refuse_onto_a_holder,
+    require_property_room,
+)
 from sync_format import ArchiveError, SyncError
 from sync_format.beneath import pinned
 
@@ -84,12 +91,19 @@ class WritableCollection(Folder):
         )
 
     def handle_delete(self) -> bool:
+        # Before wsgidav deletes the members one by one: refused only in ``delete`` (last), a DELETE of
+        # ``/`` answered 403 with the whole store deleted.
+        self.policy.require_writer(self.environ, "DELETE")
+        if self.directory == self.policy.root:
+            raise DAVError(HTTP_FORBIDDEN, "the store's root cannot be deleted")
         return False
 
     def handle_copy(self, dest_path: str, *, depth_infinity: bool) -> bool:
+        refuse_onto_a_holder(self.path, dest_path)
         return False
 
     def handle_move(self, dest_path: str) -> bool:
+        refuse_onto_a_holder(self.path, dest_path)
         return False
 
     def create_empty_resource(self, name: str) -> Any:
@@ -144,7 +158,15 @@ class WritableCollection(Folder):
         if self.directory == self.policy.root:
             raise DAVError(HTTP_FORBIDDEN, "the store's root cannot be deleted")
         # wsgidav has deleted the members it lists; what is left are hidden files (OS metadata, in-flight
-        # temp files of uploads that will now fail): the client asked for the whole folder to go.
+        # temp files of uploads that will now fail): the client asked for the whole folder to go. A member
+        # still listed is one wsgidav could not delete (locked, write-protected; its error is in the
+        # response), or one added meanwhile: the folder stays, with it (wsgidav's own check of that misses
+        # a folder named without its trailing slash, and a member folder's own failed member). A COPY or
+        # MOVE that overwrites this folder calls this directly, having checked the locks of its whole tree.
+        if self.environ.get("REQUEST_METHOD") == "DELETE":
+            listed = self.index.list_directory(self.directory, self.policy.root)
+            if listed.folders or listed.archives:
+                raise DAVError(HTTP_FAILED_DEPENDENCY, "the folder still holds members that were not deleted")
         try:
             with pinned(self.policy.root, self.directory) as reached:
                 _remove_folder(

@@ -35,7 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from wsgidav.dav_error import HTTP_CONFLICT, HTTP_INSUFFICIENT_STORAGE, DAVError  # type: ignore[import-untyped]
+from wsgidav.dav_error import (  # type: ignore[import-untyped]
+    HTTP_CONFLICT,
+    HTTP_FORBIDDEN,
+    HTTP_INSUFFICIENT_STORAGE,
+    DAVError,
+)
 
 from mountd.auth import access as auth
 from mountd.errors import WriteRefused, dav_error
@@ -220,6 +225,27 @@ class WritePolicy:
                     WriteRefused(path, f"names longer than {MAX_NAME_BYTES} bytes are not stored"), path
                 )
         return relative
+
+
+def refuse_onto_a_holder(source_path: str, dest_path: str) -> None:
+    """Refuse (403) a COPY or MOVE whose destination is a folder that holds the source (``/d/x.csv`` onto
+    ``/d/``, or onto ``/``).
+
+    wsgidav refuses a destination equal to the source or below it, not one above it: with ``Overwrite: T``
+    it deleted that folder as the destination to overwrite, source and all, then failed to copy or move
+    the source it had just deleted. Called from ``handle_copy`` and ``handle_move``, before anything changes.
+
+    Args:
+        source_path: The request path of what is copied or moved.
+        dest_path: The destination's request path.
+
+    Raises:
+        DAVError: 403 when ``dest_path`` is a folder above ``source_path``.
+    """
+    source = source_path.rstrip("/")
+    holder = dest_path.rstrip("/")
+    if source != holder and source.startswith(f"{holder}/"):
+        raise DAVError(HTTP_FORBIDDEN, "cannot copy or move a resource onto a folder that holds it")
 
 
 def require_property_room(resource: Any, name: str) -> None:

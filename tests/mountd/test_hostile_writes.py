@@ -226,16 +226,19 @@ def test_writes_naming_the_root_itself_get_a_clear_refusal_not_a_server_error(
 ) -> None:
     """PUT, DELETE, MOVE and COPY of ``/``, and MOVE or COPY of an archive onto ``/`` (as a path, a URL, or a
     URL without the slash), asked wsgidav for the root's parent: each answered 500 (``AttributeError`` on
-    None). Now each is a 4xx that says why, and the store is as it was."""
+    None). Now each is a 4xx that says why, and the store is as it was: a DELETE of ``/`` answered 403
+    only after wsgidav had deleted every member, one by one."""
     add_archive("a.csv.sync", PROTECTED, manifest=editable_csv_manifest())
+    add_archive("d/b.csv.sync", PROTECTED, manifest=editable_csv_manifest())
     before = sorted(p.name for p in store.iterdir())
     policy = WritePolicy(store, max_upload=1 << 20) if writable else None
     with serve_background(Settings(host="127.0.0.1", port=0), store, hook, writable=policy) as handle:
         url = handle.mount_url
         answers = {}
         for method in ("PUT", "DELETE", "MOVE", "COPY"):
+            body = b"x\n" if method == "PUT" else None  # (a DELETE with a body is refused for that)
             answers[f"{method} /"] = request(
-                url, method, "/", body=b"x\n", headers=_destination(url, "/b.csv")
+                url, method, "/", body=body, headers=_destination(url, "/b.csv")
             ).status
         for destination in ("/", url + "/", url):
             for method in ("MOVE", "COPY"):
@@ -245,3 +248,70 @@ def test_writes_naming_the_root_itself_get_a_clear_refusal_not_a_server_error(
         assert request(url, "GET", "/a.csv").body == PROTECTED
     assert {key: status for key, status in answers.items() if not 400 <= status < 500} == {}
     assert sorted(p.name for p in store.iterdir()) == before
+    assert _payload(store / "d" / "b.csv.sync") == PROTECTED
+
+
+@pytest.mark.parametrize(
+    ("method", "source", "destination"),
+    [
+        ("COPY", "/d/e.csv", "/d/"),
+        ("MOVE", "/d/e.csv", "/d"),
+        ("MOVE", "/d/sub/f.csv", "/d/"),
+        ("MOVE", "/d/sub/", "/d/"),
+        ("COPY", "/d/sub/", "/d/"),
+        ("COPY", "/d/sub/f.csv", "/"),
+    ],
+)
+def test_a_copy_or_move_onto_a_folder_that_holds_the_source_changes_nothing(
+    store: Path, hook: RecordingHook, add_archive: AddArchive, method: str, source: str, destination: str
+) -> None:
+    """With ``Overwrite: T`` wsgidav deleted the destination folder (the source inside it) and then failed
+    to copy or move the source (404): the folder was gone. Now 403 (or 409 for the root), nothing changed."""
+    for name in ("d/e.csv.sync", "d/sub/f.csv.sync", "g.csv.sync"):
+        add_archive(name, PROTECTED, manifest=editable_csv_manifest())
+    before = {p.relative_to(store).as_posix() for p in store.rglob("*")}
+    policy = WritePolicy(store, max_upload=1 << 20)
+    with serve_background(Settings(host="127.0.0.1", port=0), store, hook, writable=policy) as handle:
+        url = handle.mount_url
+        answer = request(url, method, source, headers=_destination(url, destination))
+    assert answer.status in (403, 409), answer.status
+    assert {p.relative_to(store).as_posix() for p in store.rglob("*")} == before
+
+
+@pytest.mark.parametrize(
+    ("locked", "deleted"),
+    [("/d/e.csv", "/d"), ("/d/e.csv", "/d/"), ("/d/sub/f.csv", "/d/"), ("/d/sub/f.csv", "/d/sub")],
+)
+def test_a_folder_delete_keeps_a_locked_member_and_the_folders_that_hold_it(
+    wurl: str, store: Path, locked: str, deleted: str
+) -> None:
+    """The locked member is reported (423) and kept, with every folder above it and its lock; the members
+    not locked are deleted (RFC 4918 §9.6.1). Before, a folder named without its slash, or a member folder
+    holding the locked archive, was removed whole, the locked archive with it (and its lock)."""
+    for folder in ("/d/", "/d/sub/"):
+        assert request(wurl, "MKCOL", folder).status == 201
+    for name in ("d/e.csv", "d/sub/f.csv", "d/sub/h.csv"):
+        assert request(wurl, "PUT", f"/{name}", body=b"mine\n").status == 201
+    lock = request(wurl, "LOCK", locked, body=_lock_body("exclusive", "me"), headers={"Timeout": "Second-60"})
+    assert lock.status == 200
+    answer = request(wurl, "DELETE", deleted)
+    assert answer.status == 207
+    assert b"423" in answer.body
+    archive = store / f"{locked.lstrip('/')}.sync"
+    assert _payload(archive) == b"mine\n"
+    assert request(wurl, "PUT", locked, body=b"not the owner\n").status == 423  # still locked
+    assert not (store / "d" / "sub" / "h.csv.sync").exists()  # what was not locked is deleted
+
+
+def test_a_lock_does_not_stay_behind_on_the_name_its_archive_was_moved_from(wurl: str, store: Path) -> None:
+    """RFC 4918 §7.7: a MOVE does not move the lock. It stayed on the old name: that name answered 423 to
+    anyone else's PUT, and UNLOCK there found nothing (404) until it expired."""
+    assert request(wurl, "PUT", "/mine.csv", body=b"mine\n").status == 201
+    lock = request(wurl, "LOCK", "/mine.csv", body=_lock_body("exclusive", "me"))
+    token = lock.header("lock-token") or ""
+    moved = request(
+        wurl, "MOVE", "/mine.csv", headers={**_destination(wurl, "/moved.csv"), "If": f"({token})"}
+    )
+    assert moved.status == 201
+    assert request(wurl, "PUT", "/mine.csv", body=b"someone else\n").status == 201
+    assert request(wurl, "PUT", "/moved.csv", body=b"changed\n").status == 204
