@@ -180,7 +180,8 @@ class RedisLockStorage:
             keys.append(self._url_key(root))
         if include_children:
             pattern = self._escape(self._url_key(root.rstrip("/") + "/")) + "*"
-            keys.extend(self._client().scan_iter(match=pattern, count=1000))
+            own = self._url_key(root)  # matched by the pattern of "/" (its children's start with it)
+            keys.extend(k for k in self._client().scan_iter(match=pattern, count=1000) if str(k) != own)
         found: list[Any] = []
         for key in keys:
             for member in self._client().smembers(key):

@@ -284,6 +284,38 @@ def test_locks_are_shared_through_redis(tmp_path: Path, store: Path, hook: Recor
             assert put(one.mount_url, "/shared.txt", b"v3") == 204
 
 
+def test_locks_of_the_root_are_not_their_own_children_in_redis(
+    tmp_path: Path, store: Path, hook: RecordingHook
+) -> None:
+    """With Redis lock storage, the lock of ``/`` was found again among its own children (the pattern of
+    ``/``'s children matched its own key): a second LOCK of ``/`` answered 500 (wsgidav's assertion), two
+    shared locks could not be taken, and listing the root's locks counted the lock twice."""
+
+    def lock_body(scope: str) -> bytes:
+        return (
+            f'<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:{scope}/></D:lockscope>'
+            "<D:locktype><D:write/></D:locktype><D:owner>test</D:owner></D:lockinfo>"
+        ).encode()
+
+    policy = WritePolicy(store, max_upload=LIMIT)
+    settings = Settings(host="127.0.0.1", port=0)
+    with RedisServer(tmp_path / "redis") as redis_server:
+        storage = RedisLockStorage(redis_server.url, prefix="test:dav:")
+        with serve_background(settings, store, hook, writable=policy, lock_storage=storage) as server:
+            url = server.mount_url
+            timeout = {"Timeout": "Second-60"}
+            tokens = []
+            for _ in range(2):
+                answer = request(url, "LOCK", "/", body=lock_body("shared"), headers=timeout)
+                assert answer.status == 200
+                tokens.append(answer.header("lock-token") or "")
+            assert request(url, "LOCK", "/", body=lock_body("exclusive"), headers=timeout).status == 423
+            held = storage.get_lock_list("/", include_root=True, include_children=True, token_only=True)
+            assert sorted(held) == sorted(t.strip("<>") for t in tokens)
+            assert put(url, "/new.txt", b"x") == 423
+            assert put(url, "/new.txt", b"x", If=" ".join(f"({t})" for t in tokens)) == 201
+
+
 def test_read_only_server_still_refuses_writes(url: str, store: Path) -> None:
     """Without writable mode a PUT of a new name is refused with 403 and nothing is stored."""
     assert put(url, "/new.txt", b"data") == 403
