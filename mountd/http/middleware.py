@@ -36,6 +36,8 @@ from datetime import timedelta
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
+from wsgidav import util as dav_util  # type: ignore[import-untyped]
+
 log = logging.getLogger(__name__)
 
 WSGIEnviron = dict[str, Any]
@@ -206,7 +208,12 @@ def _refuse(start_response: StartResponse, status: str, message: str) -> list[by
 
 
 class ConditionalHeaders:
-    """Rewrite If-Modified-Since of GET and HEAD so that wsgidav's check gives RFC 9110's answer.
+    """Make the date conditions wsgidav reads safe and right for every method.
+
+    * A date wsgidav's own parser cannot turn into a time (``If-Modified-Since``, ``If-Unmodified-Since``
+      or a date ``If-Range`` in year 10000: ``calendar.timegm`` raises ``ValueError``) answered 500 for any
+      method. Such a header is removed: an invalid date is ignored (RFC 9110 §13.1.3, §13.1.4, §13.1.5).
+    * If-Modified-Since of GET and HEAD is rewritten so that wsgidav's check gives RFC 9110's answer.
 
     Args:
         app: The wrapped application.
@@ -216,6 +223,10 @@ class ConditionalHeaders:
         self.app = app
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
+        for key in _DATE_CONDITIONS:
+            value = environ.get(key)
+            if value is not None and not _parses(value, key):
+                del environ[key]
         since = environ.get("HTTP_IF_MODIFIED_SINCE")
         if since is not None and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
             if "HTTP_IF_NONE_MATCH" in environ:
@@ -230,6 +241,21 @@ class ConditionalHeaders:
                         moment + timedelta(seconds=1), usegmt=True
                     )
         return self.app(environ, start_response)
+
+
+#: The request headers whose value wsgidav parses as a date (``If-Range`` only when it is not an ETag).
+_DATE_CONDITIONS = ("HTTP_IF_MODIFIED_SINCE", "HTTP_IF_UNMODIFIED_SINCE", "HTTP_IF_RANGE")
+
+
+def _parses(value: str, key: str) -> bool:
+    # Whether wsgidav's date parser survives ``value`` (None, "not a date", is an answer it handles).
+    if key == "HTTP_IF_RANGE" and value.lstrip().startswith(('"', "W/")):
+        return True  # an ETag
+    try:
+        dav_util.parse_time_string(value)
+    except (ValueError, OverflowError, TypeError):
+        return False
+    return True
 
 
 class RequestScope:

@@ -471,3 +471,43 @@ def test_listings_of_small_folders_take_no_render_slot(
     monkeypatch.setattr(provider_module, "RENDER_MIN_MEMBERS", 3)
     assert request(hserver.mount_url, "PROPFIND", "/", headers=conditional).status == 207
     assert len(taken) == 1
+
+
+FAR_DATES = (
+    "Sat, 01 Jan 10000 00:00:00 GMT",
+    "Saturday, 01-Jan-10000 00:00:00 GMT",
+    "Sat Jan  1 00:00:00 10000",
+)
+
+
+@pytest.mark.parametrize("writable", [True, False], ids=["writable", "read-only"])
+def test_dates_past_year_9999_in_conditions_are_ignored_not_a_server_error(
+    store: Path, hook: RecordingHook, add_archive: AddArchive, writable: bool
+) -> None:
+    """wsgidav's date parser raises for a year of five digits (``calendar.timegm``): each method with such an
+    ``If-Modified-Since``, ``If-Unmodified-Since`` or ``If-Range`` answered 500. The header is now ignored
+    as an invalid date (RFC 9110), so a GET answers 200 with the payload."""
+    add_archive("a.csv.sync", b"a,b\n1,2\n", manifest=csv_manifest())
+    policy = WritePolicy(store, max_upload=1 << 20) if writable else None
+    failed = {}
+    with serve_background(Settings(host="127.0.0.1", port=0), store, hook, writable=policy) as handle:
+        url = handle.mount_url
+        for header in ("If-Modified-Since", "If-Unmodified-Since", "If-Range"):
+            for date in FAR_DATES:
+                for method, path in (
+                    ("GET", "/a.csv"),
+                    ("HEAD", "/a.csv"),
+                    ("PROPFIND", "/a.csv"),
+                    ("PUT", "/new.csv"),
+                    ("DELETE", "/missing.csv"),
+                    ("COPY", "/a.csv"),
+                    ("LOCK", "/a.csv"),
+                ):
+                    headers = {header: date, "Destination": f"{url}/copy.csv", "Range": "bytes=0-1"}
+                    body = b"x\n" if method == "PUT" else None
+                    answer = request(url, method, path, headers=headers, body=body)
+                    if answer.status >= 500:
+                        failed[f"{method} {header}: {date}"] = answer.status
+                    if method == "GET" and header != "If-Range":
+                        assert answer.status in (200, 206), (header, date, answer.status)
+    assert failed == {}
