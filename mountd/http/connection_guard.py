@@ -30,6 +30,12 @@ Invariants:
       ``header_timeout`` seconds have passed since the body began (``_MinimumRate``); a client dripping a
       body is cut off (the connection closed) instead of holding its thread for as long as it likes. So a
       worker thread waits for a slow client at most about ``header_timeout`` plus one read timeout.
+    * At most ``max_body_threads`` worker threads (half of them by default) are given requests whose body
+      has not arrived whole; the others wait in the selector loop, not in a thread, for one of those to end
+      (``BODY_QUEUE_TIMEOUT`` at most). A body that stalls can hold its thread for a read timeout or two
+      (above), so stalled uploads are bounded to half the threads: reads are always answered. (Before, 16
+      uploads announcing a body and sending none held every thread: the server answered nothing for 10 s
+      at a time.) A request whose whole body is already waiting in the kernel needs no such thread.
     * A worker thread does not wait on a client after its response either: a connection it closes lingers,
       and the rest of a payload body for a reader that makes no room is sent, from the selector loop
       (``mountd.http.handoff``).
@@ -39,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import selectors
 import socket
 import threading
@@ -71,6 +78,12 @@ COALESCE_MAX = 64 * 1024
 #: Least average rate of a request body, in bytes per second, once the grace period (``header_timeout``)
 #: is over: far below any real client's upload, far above a drip.
 MIN_BODY_RATE = 1024
+#: Seconds a request with a complete head may wait for a body thread (``max_body_threads``) before its
+#: connection is closed.
+BODY_QUEUE_TIMEOUT = 120.0
+#: A request head's declared body: its Content-Length, or Transfer-Encoding (chunked: length unknown).
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*(\d{1,20})[ \t]*(?=\r\n|$)")
+_TRANSFER_ENCODING = b"\r\ntransfer-encoding"
 
 
 class HeaderFieldsExceeded(errors.MaxSizeExceeded):
@@ -124,7 +137,15 @@ class GuardedRequest(server.HTTPRequest):
     _held_head: bytes = b""
 
     def send_headers(self) -> None:
-        """cheroot's head, held back (see the class docstring)."""
+        """cheroot's head, held back (see the class docstring).
+
+        After a body read that failed (timed out, too slow, reset) the connection is closed: cheroot would
+        otherwise read the rest of the body from that socket to keep it alive, and that read raised
+        (``cannot read from timed out object``), so the client never got the answer.
+        """
+        rfile = getattr(self.conn, "rfile", None)
+        if isinstance(rfile, _MinimumRate) and rfile.failed:
+            self.close_connection = True
         wfile = self.conn.wfile
         capture = _HeadCapture()
         self.conn.wfile = capture
@@ -218,12 +239,15 @@ class _MinimumRate:
         self.grace = grace
         self.started = time.monotonic()
         self.received = 0
+        #: Whether a read failed (the socket timed out or broke, or the rate was too low).
+        self.failed = False
 
     def _count(self, got: int) -> None:
         self.received += got
         elapsed = time.monotonic() - self.started
         if elapsed > self.grace and self.received < MIN_BODY_RATE * (elapsed - self.grace):
             log.info("connection closed reason=slow-body bytes=%d seconds=%.1f", self.received, elapsed)
+            self.failed = True
             raise TimeoutError("timed out")  # cheroot closes the connection quietly on exactly this text
 
     # A buffered read(n) or readline() waits for all it asks for, however slowly it comes; these read one
@@ -231,7 +255,11 @@ class _MinimumRate:
     def read(self, size: Any = -1) -> bytes:
         out = bytearray()
         while size is None or size < 0 or len(out) < size:
-            chunk = self.rfile.read1(65536 if size is None or size < 0 else size - len(out))
+            try:
+                chunk = self.rfile.read1(65536 if size is None or size < 0 else size - len(out))
+            except OSError:
+                self.failed = True
+                raise
             if not chunk:
                 break
             out += chunk
@@ -241,7 +269,11 @@ class _MinimumRate:
     def readline(self, size: Any = -1) -> bytes:
         out = bytearray()
         while size is None or size < 0 or len(out) < size:
-            buffered = self.rfile.peek(1)
+            try:
+                buffered = self.rfile.peek(1)
+            except OSError:
+                self.failed = True
+                raise
             if not buffered:
                 break
             room = len(buffered) if size is None or size < 0 else min(len(buffered), size - len(out))
@@ -267,8 +299,18 @@ class GuardedConnection(server.HTTPConnection):
     #: The rest of a payload body to send from the loop (``park_send``), handed over by ``close``.
     _pending_send: handoff.Parked | None = None
 
+    #: Whether this connection's request holds one of the manager's body threads (``_admit``).
+    body_thread = False
+
     def communicate(self) -> bool:
-        keep = bool(super().communicate())  # type: ignore[no-untyped-call]
+        try:
+            keep = bool(super().communicate())  # type: ignore[no-untyped-call]
+        finally:
+            if self.body_thread:
+                self.body_thread = False
+                manager = getattr(self.server, "_connections", None)
+                if isinstance(manager, GuardedConnections):
+                    manager.release_body_thread()
         pending = self._pending_send
         if pending is not None:  # the response's body is not out yet: the loop finishes it (``close``)
             pending.keep_alive = keep
@@ -405,6 +447,23 @@ class GuardedConnections(connections.ConnectionManager):
         self._handed_lock = threading.Lock()
         self._closing = False
         self._last_handed_check = 0.0
+        #: Connections with a complete head waiting for a body thread: connection → monotonic deadline.
+        self._queued: dict[Any, float] = {}
+        self._body_threads = 0  # requests with a body still to arrive, in worker threads now
+        self._body_lock = threading.Lock()
+        self.max_body_threads = server_.max_body_threads or max(1, server_.requests.min // 2)
+
+    def release_body_thread(self) -> None:
+        """A request that held a body thread ended (called from its worker thread)."""
+        with self._body_lock:
+            self._body_threads -= 1
+
+    def _take_body_thread(self) -> bool:
+        with self._body_lock:
+            if self._body_threads >= self.max_body_threads:
+                return False
+            self._body_threads += 1
+            return True
 
     @property
     def _num_connections(self) -> int:
@@ -538,7 +597,7 @@ class GuardedConnections(connections.ConnectionManager):
         manager: Any = self
         last_expiration_check = time.time()
         while not manager._stop_requested:
-            wait = PARKED_RECHECK if self._parked else expiration_interval
+            wait = PARKED_RECHECK if self._parked or self._queued else expiration_interval
             try:
                 active_list = manager._selector.select(timeout=wait)
             except OSError:
@@ -555,7 +614,7 @@ class GuardedConnections(connections.ConnectionManager):
                 else:
                     manager._selector.unregister(sock_fd)
                     self._admit(conn)
-            if self._parked:
+            if self._parked or self._queued:
                 self._recheck_parked()
             if self._handed:
                 self._expire_handed()
@@ -579,6 +638,15 @@ class GuardedConnections(connections.ConnectionManager):
     def _admit(self, conn: Any) -> None:
         """Dispatch ``conn`` when its head is complete; park or wait in the selector otherwise."""
         state = self._head_state(conn)
+        if state == "body":
+            if not self._take_body_thread():
+                self._parked.pop(conn, None)
+                if conn not in self._queued:
+                    self._queued[conn] = time.monotonic() + BODY_QUEUE_TIMEOUT
+                return
+            conn.body_thread = True
+            state = "ready"
+        self._queued.pop(conn, None)
         if state == "ready":
             self._parked.pop(conn, None)
             self.server.process_conn(conn)
@@ -607,9 +675,21 @@ class GuardedConnections(connections.ConnectionManager):
                 conn.close()
                 continue
             self._admit(conn)
+        for conn, deadline in list(self._queued.items()):
+            if now > deadline:
+                del self._queued[conn]
+                log.info(
+                    "connection closed reason=body-queue-timeout remote=%s",
+                    getattr(conn, "remote_addr", None),
+                )
+                conn.close()
+                continue
+            if self._body_threads < self.max_body_threads:
+                self._admit(conn)
 
     def _head_state(self, conn: Any) -> str:
-        """``ready`` (dispatch), ``partial`` (park), ``idle`` (selector) or ``closed``."""
+        """``ready`` (dispatch), ``body`` (dispatch to a body thread), ``partial`` (park), ``idle``
+        (selector) or ``closed``."""
         sock = conn.socket
         if type(sock) is not socket.socket or conn.rfile.has_data():
             return "ready"  # TLS, or bytes already buffered by cheroot: as cheroot does
@@ -627,21 +707,37 @@ class GuardedConnections(connections.ConnectionManager):
             sock.settimeout(timeout)
         if not data:
             return "closed"
-        if _HEAD_END in data or len(data) > limit:
+        end = data.find(_HEAD_END)
+        if end >= 0:
+            return "body" if _body_to_come(data, end) else "ready"
+        if len(data) > limit:
             return "ready"
         # A lone request line is allowed to finish with a bare CRLF only by HTTP/0.9, which cheroot refuses.
         return "partial"
 
     def close(self) -> None:
-        for conn in list(self._parked):
+        for conn in [*self._parked, *self._queued]:
             conn.close()
         self._parked.clear()
+        self._queued.clear()
         with self._handed_lock:
             self._closing = True
             handed = list(self._handed.values())
         for entry in handed:
             self.end(entry)
         super().close()
+
+
+def _body_to_come(data: bytes, end: int) -> bool:
+    """Whether the request whose head ends at ``end`` of ``data`` (peeked) declares a body that is not all
+    in ``data``."""
+    head = data[:end].lower()
+    if _TRANSFER_ENCODING in head:
+        return True
+    found = _CONTENT_LENGTH.search(head)
+    if found is None:
+        return False
+    return int(found.group(1)) > len(data) - end - len(_HEAD_END)
 
 
 class GuardedServer(wsgi.Server):
@@ -652,6 +748,8 @@ class GuardedServer(wsgi.Server):
         max_header_bytes: Largest request head in bytes.
         max_header_fields: Most header lines per request.
         header_timeout: Seconds from a head's first byte to its end.
+        max_body_threads: Most worker threads given requests whose body is still to arrive (default: half
+            of ``numthreads``).
         inherited_socket: A listening, non-blocking socket to serve instead of binding one (shared by
             several server processes, ``mountd.processes``); cheroot's ``bind_addr`` becomes its address.
         **kwargs: As ``cheroot.wsgi.Server``.
@@ -665,6 +763,7 @@ class GuardedServer(wsgi.Server):
         max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
         max_header_fields: int = DEFAULT_MAX_HEADER_FIELDS,
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        max_body_threads: int | None = None,
         inherited_socket: socket.socket | None = None,
         **kwargs: Any,
     ) -> None:
@@ -672,6 +771,7 @@ class GuardedServer(wsgi.Server):
         self.max_request_header_size = max_header_bytes
         self.max_header_fields = max_header_fields
         self.header_timeout = header_timeout
+        self.max_body_threads = max_body_threads
         self.inherited_socket = inherited_socket
         if inherited_socket is not None:
             self.bind_addr = inherited_socket.getsockname()[:2]

@@ -14,8 +14,10 @@ from recording_hook import RecordingHook
 from redis_server import wait_for
 from store_manifests import csv_manifest
 
+import mountd.server
 from broker import Settings
 from mountd import ServerHandle, serve_background
+from mountd.writable.policy import WritePolicy
 from sync_format import BuildResult
 
 AddArchive = Callable[..., BuildResult]
@@ -141,3 +143,45 @@ def test_a_dripped_body_is_cut_off_and_holds_no_thread_for_long(guarded: ServerH
                 break
     assert closed
     assert get(guarded.mount_url, "/a.csv").status == 200
+
+
+def test_uploads_that_stall_their_body_leave_threads_for_reads_and_get_an_answer(
+    store: Path, hook: RecordingHook, add_archive: AddArchive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As many uploads as the server has threads (16), each announcing a 100-byte body and sending 4 bytes:
+    before, each held a thread for a read timeout (10 s; 6 s here), so a GET waited for them, over and over
+    as the uploader opened new ones. Now at most half the threads take a body still to come, so reads are
+    answered while they all still wait; and a stalled upload gets its 400 with the connection closed
+    (cheroot tried to read the rest of the body from the timed-out socket, raised, and the client got no
+    answer)."""
+    monkeypatch.setattr(mountd.server, "CONNECTION_TIMEOUT", 6)
+    add_archive("a.csv.sync", b"payload", manifest=csv_manifest())
+    policy = WritePolicy(store, max_upload=1 << 20)
+    settings = Settings(host="127.0.0.1", port=0, header_timeout=2.0)
+    with serve_background(settings, store, hook, writable=policy) as handle:
+        stalled = []
+        try:
+            for i in range(mountd.server.SERVER_THREADS):
+                sock = _connect(handle)
+                host = f"{handle.host}:{handle.port}"
+                head = f"PUT /s{i}.csv HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100\r\n\r\n"
+                sock.sendall(head.encode() + b"a,b\n")
+                stalled.append(sock)
+            assert request(handle.mount_url, "GET", "/a.csv", timeout=ANSWERED_WITHIN).status == 200
+            propfind = request(
+                handle.mount_url, "PROPFIND", "/", headers={"Depth": "1"}, timeout=ANSWERED_WITHIN
+            )
+            assert propfind.status == 207
+            for sock in stalled:  # answered while every upload still waits: no stalled one had to end first
+                sock.settimeout(0)  # (with a timeout, Python waits for data whatever the flags say)
+                with pytest.raises(BlockingIOError):
+                    sock.recv(1, socket.MSG_PEEK)
+            first = stalled[0]
+            first.settimeout(15)
+            answer = first.makefile("rb").read()  # to the end: the server closes the connection
+            assert answer.startswith(b"HTTP/1.1 400 "), answer[:100]
+            assert b"connection: close" in answer.lower()
+        finally:
+            for sock in stalled:
+                sock.close()
+    assert sorted(p.name for p in store.iterdir()) == ["a.csv.sync"]  # nothing half-uploaded is left
