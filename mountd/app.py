@@ -239,6 +239,7 @@ def _assemble(config: MountdConfig, resources: ResourceFactory, index: ArchiveIn
         DIGEST_KEY_CONFIG_KEY: config.digest_key,
     }
     _suppress_version_info()
+    _forward_wsgidav_errors()
     # wsgidav logs "Share '/' will allow anonymous write access" here because SyncProvider.is_readonly() is
     # False (so that LOCK works); in read-only mode the resources refuse every write with 403 all the same.
     dav = WsgiDAVApp(dav_config)
@@ -250,6 +251,26 @@ def _assemble(config: MountdConfig, resources: ResourceFactory, index: ArchiveIn
     bounded = XmlBodyLimit(ops, max_body=settings.max_xml_body, max_elements=settings.max_xml_elements)
     guard = RequestGuard(bounded, host_names(settings.host, config.allowed_hosts))
     return MountdApp(guard, provider, metrics)
+
+
+class _WsgidavErrors(logging.Handler):
+    """Passes wsgidav's error records (a request that failed with 500, and its traceback) to mountd's log.
+
+    wsgidav's loggers end at its base logger ``wsgidav``, which does not propagate (its logging is off here,
+    ``"logging": {"enable": False}``, to keep its per-request lines out): a 500 left no trace in any log.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if not message.startswith("e.src_exception:"):  # (the exception once more, after its traceback)
+            log.error("request failed inside wsgidav: %s", message)
+
+
+def _forward_wsgidav_errors() -> None:
+    # Once per process, however many apps are built.
+    errors = logging.getLogger("wsgidav.error_printer")
+    if not any(isinstance(handler, _WsgidavErrors) for handler in errors.handlers):
+        errors.addHandler(_WsgidavErrors(logging.ERROR))
 
 
 def _property_manager(path: Path | Any | None) -> Any:

@@ -511,3 +511,23 @@ def test_dates_past_year_9999_in_conditions_are_ignored_not_a_server_error(
                     if method == "GET" and header != "If-Range":
                         assert answer.status in (200, 206), (header, date, answer.status)
     assert failed == {}
+
+
+def test_a_request_that_fails_inside_wsgidav_leaves_its_traceback_in_the_log(
+    store: Path, hook: RecordingHook, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """wsgidav logs a 500's traceback to its own loggers, which end at one that does not propagate: the
+    500s the hostile-client pass found left no trace in mountd's log. They reach it now, as errors."""
+
+    def a_bug(self: Any, path: str, environ: dict[str, Any]) -> Any:
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(provider_module.SyncProvider, "get_resource_inst", a_bug)
+    with (
+        caplog.at_level("ERROR", logger="mountd"),
+        serve_background(Settings(host="127.0.0.1", port=0), store, hook) as handle,
+    ):
+        assert request(handle.mount_url, "PROPPATCH", "/x.csv").status == 500
+    logged = [r for r in caplog.records if r.name == "mountd.app" and r.levelname == "ERROR"]
+    assert logged
+    assert any("RuntimeError: a bug of ours" in r.getMessage() for r in logged)
