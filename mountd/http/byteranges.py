@@ -1,4 +1,5 @@
-"""Several ranges in one GET: ``multipart/byteranges`` as RFC 9110 §14.6 says (wsgidav answers one range).
+"""Ranges of a GET as RFC 9110 §14 says: several in ``multipart/byteranges`` (wsgidav answers one range),
+and a single one checked strictly before wsgidav sees it.
 
 ``ByteRanges`` sits in wsgidav's stack after authentication and before ``FastGet``. For a GET of an archive
 whose ``Range`` header asks for more than one range it:
@@ -16,12 +17,20 @@ whose ``Range`` header asks for more than one range it:
   ``Content-Type`` and ``Content-Range``, read from the snapshot's payload reader (one file version for the
   whole response), with ``payload_safety_headers``.
 
-Requests with a single range, and everything that is not a GET of an archive, pass through unchanged.
+A single range is parsed by the same strict rules (ASCII digits only; ``first <= last``; the unit
+``bytes``), since wsgidav's parser finds a range anywhere in the text: ``bytes=5-2`` answered the last two
+bytes, ``items=0-1``, ``bytes=0x10-0x20``, ``bytes=+1-+2`` answered 206, and ``bytes=-0`` a 206 with
+``Content-Range: bytes 8-7/8``. An invalid one is ignored (the whole body, 200); a valid one is passed on in
+canonical form, and one no byte of the payload satisfies gets 416 here (unless the request has conditions,
+which wsgidav evaluates first).
+
+Everything that is not a GET passes through unchanged.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -40,6 +49,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_RANGES = 16
 #: Bytes per read of a part.
 PART_BLOCK = 1024 * 1024
+_DIGITS = re.compile(r"[0-9]*")
 CONDITIONS = (
     "HTTP_IF_MATCH",
     "HTTP_IF_NONE_MATCH",
@@ -57,8 +67,8 @@ def parse_ranges(header: str) -> list[tuple[int | None, int | None]] | None:
     specs: list[tuple[int | None, int | None]] = []
     for item in spec.split(","):
         first, dash, last = item.strip().partition("-")
-        if not dash:
-            return None
+        if not dash or not _DIGITS.fullmatch(first + last or "-"):
+            return None  # (``int`` takes signs, blanks, underscores and non-ASCII digits: none is allowed)
         try:
             if not first:
                 if not last:
@@ -112,9 +122,11 @@ class ByteRanges(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         header = environ.get("HTTP_RANGE")
-        if environ.get("REQUEST_METHOD") != "GET" or not header or "," not in header:
+        if environ.get("REQUEST_METHOD") != "GET" or not header:
             return self.next_app(environ, start_response)  # type: ignore[no-any-return]
         specs = parse_ranges(header)
+        if "," not in header:
+            return self._single(environ, start_response, specs)
         provider = environ.get("wsgidav.provider")
         if specs is None or len(specs) > self.max_ranges or provider is None:
             if specs is not None and len(specs) > self.max_ranges:
@@ -132,16 +144,7 @@ class ByteRanges(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         size = facts.payload_size
         spans = resolve_ranges(specs, size)
         if not spans:
-            body = b"416 Range Not Satisfiable\n"
-            start_response(
-                "416 Range Not Satisfiable",
-                [
-                    ("Content-Range", f"bytes */{size}"),
-                    ("Content-Type", "text/plain"),
-                    ("Content-Length", str(len(body))),
-                ],
-            )
-            return [body]
+            return _unsatisfiable(start_response, size)
         if len(spans) == 1:
             environ["HTTP_RANGE"] = f"bytes={spans[0][0]}-{spans[0][1]}"
             return self.next_app(environ, start_response)  # type: ignore[no-any-return]
@@ -171,10 +174,45 @@ class ByteRanges(BaseMiddleware):  # type: ignore[misc]  # wsgidav is untyped
         start_response("206 Partial Content", headers)
         return _Parts(reader, heads, spans, tail)
 
+    def _single(
+        self,
+        environ: WSGIEnviron,
+        start_response: StartResponse,
+        specs: list[tuple[int | None, int | None]] | None,
+    ) -> Iterable[bytes]:
+        # One range: ignored when invalid, canonical for wsgidav when valid, 416 when nothing satisfies it.
+        if specs is None:
+            return self._whole(environ, start_response)
+        first, last = specs[0]
+        if first is None:
+            environ["HTTP_RANGE"] = f"bytes=-{last}"
+        else:
+            environ["HTTP_RANGE"] = f"bytes={first}-{'' if last is None else last}"
+        provider = environ.get("wsgidav.provider")
+        if provider is None or any(name in environ for name in CONDITIONS) or "HTTP_IF_RANGE" in environ:
+            return self.next_app(environ, start_response)  # type: ignore[no-any-return]
+        resource = provider.get_resource_inst(environ["PATH_INFO"], environ)
+        if isinstance(resource, OpenedArchive) and not resolve_ranges(specs, resource.facts.payload_size):
+            return _unsatisfiable(start_response, resource.facts.payload_size)
+        return self.next_app(environ, start_response)  # type: ignore[no-any-return]
+
     def _whole(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         del environ["HTTP_RANGE"]
         environ.pop("HTTP_IF_RANGE", None)
         return self.next_app(environ, start_response)  # type: ignore[no-any-return]
+
+
+def _unsatisfiable(start_response: StartResponse, size: int) -> list[bytes]:
+    body = b"416 Range Not Satisfiable\n"
+    start_response(
+        "416 Range Not Satisfiable",
+        [
+            ("Content-Range", f"bytes */{size}"),
+            ("Content-Type", "text/plain"),
+            ("Content-Length", str(len(body))),
+        ],
+    )
+    return [body]
 
 
 class _Parts:

@@ -313,6 +313,53 @@ def test_too_many_ranges_get_the_whole_body_and_unsatisfiable_get_416(hserver: S
     assert past.header("content-range") == f"bytes */{len(PAYLOAD)}"
 
 
+MISREAD_RANGES = (
+    "bytes=5-2",
+    "bytes=0x10-0x20",
+    "items=0-1",
+    "bytes 0-1",
+    "bytes=--1",
+    "bytes=+1-+2",
+    "bytes=1_0-2_0",
+    "bytes=\u0661-\u0662",
+    "bytes=-",
+    "bytes=1",
+    "x bytes=0-1",
+)
+
+
+def test_a_single_range_wsgidav_would_misread_is_ignored(hserver: ServerHandle) -> None:
+    """wsgidav's parser finds a range anywhere in the text and takes signs and other units: each of these
+    answered 206 with some slice (``bytes=5-2``: the last two bytes). They are invalid (RFC 9110 §14.1.1),
+    so the header is ignored: 200 with the whole payload."""
+    answers = {}
+    for header in MISREAD_RANGES:
+        encoded = header.encode("utf-8").decode("latin-1")  # as a client would send the bytes
+        resp = request(hserver.mount_url, "GET", "/data.csv", headers={"Range": encoded})
+        answers[header] = (resp.status, resp.header("content-range"), resp.body == PAYLOAD)
+    assert answers == dict.fromkeys(MISREAD_RANGES, (200, None, True))
+
+
+def test_a_valid_single_range_gets_its_exact_slice_or_416(hserver: ServerHandle) -> None:
+    """Valid single ranges answer their slice; one no byte satisfies answers 416 with ``bytes */size``
+    (``bytes=-0`` answered 206 with ``Content-Range: bytes 10240-10239/10240``)."""
+    size = len(PAYLOAD)
+    expected = {
+        "bytes=2-3": (206, f"bytes 2-3/{size}", PAYLOAD[2:4]),
+        "bytes = 2-3": (206, f"bytes 2-3/{size}", PAYLOAD[2:4]),
+        "BYTES=10235-": (206, f"bytes 10235-10239/{size}", PAYLOAD[10235:]),
+        "bytes=-3": (206, f"bytes 10237-10239/{size}", PAYLOAD[-3:]),
+        "bytes=10000-99999": (206, f"bytes 10000-10239/{size}", PAYLOAD[10000:]),
+        "bytes=-0": (416, f"bytes */{size}", None),
+        "bytes=10240-": (416, f"bytes */{size}", None),
+    }
+    answers = {}
+    for header, (_, _, body) in expected.items():
+        resp = request(hserver.mount_url, "GET", "/data.csv", headers={"Range": header})
+        answers[header] = (resp.status, resp.header("content-range"), resp.body if body is not None else None)
+    assert answers == expected
+
+
 def test_handed_over_connections_are_bounded_by_the_descriptor_limit_too() -> None:
     """Under a soft descriptor limit of 800, at most 100 connections of a kind are handed to the loop (an
     eighth), not the 1,024 and 256 caps; with the limit raised, the caps."""
