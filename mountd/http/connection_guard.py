@@ -91,14 +91,37 @@ class HeaderFieldsExceeded(errors.MaxSizeExceeded):
 
 
 class _LineCounter:
-    """A file wrapper that allows ``limit`` lines to be read, then raises ``HeaderFieldsExceeded``."""
+    """A file wrapper that allows ``limit`` lines to be read, then raises ``HeaderFieldsExceeded``; it also
+    notes the lines that frame the body (``Content-Length``, ``Transfer-Encoding``), which cheroot merges
+    (the last Content-Length wins)."""
 
     def __init__(self, rfile: Any, limit: int) -> None:
         self.rfile = rfile
         self.limit = limit
         self.lines = 0
+        self.lengths: set[bytes] = set()
+        self.transfer_encoding = False
+
+    def framing_conflict(self) -> str | None:
+        """Why the head's body framing is ambiguous, or None (RFC 9112 §6.3: a request smuggling vector)."""
+        if len(self.lengths) > 1:
+            return "Content-Length headers disagree"
+        if self.lengths and self.transfer_encoding:
+            return "both Content-Length and Transfer-Encoding"
+        return None
 
     def readline(self, size: Any = None) -> bytes:
+        line = self._readline(size)
+        name, colon, value = line.partition(b":")
+        if colon:
+            key = name.strip().lower()
+            if key == b"content-length":
+                self.lengths.add(value.strip())
+            elif key == b"transfer-encoding":
+                self.transfer_encoding = True
+        return line
+
+    def _readline(self, size: Any = None) -> bytes:
         self.lines += 1
         if self.lines > self.limit:
             raise HeaderFieldsExceeded
@@ -198,7 +221,8 @@ class GuardedRequest(server.HTTPRequest):
             return
         # The field count: each header line is one readline, plus the blank line that ends the head.
         sized = self.rfile
-        self.rfile = _LineCounter(sized, limits.max_header_fields + 1)
+        counter = _LineCounter(sized, limits.max_header_fields + 1)
+        self.rfile = counter
         try:
             ok = self.read_request_headers()  # type: ignore[no-untyped-call]
         except errors.MaxSizeExceeded as exc:
@@ -218,6 +242,14 @@ class GuardedRequest(server.HTTPRequest):
         finally:
             self.rfile = sized
         if ok:
+            conflict = counter.framing_conflict()
+            if conflict is not None:
+                log.info("request refused reason=framing remote=%s", getattr(self.conn, "remote_addr", None))
+                self.close_connection = True
+                self.simple_response(
+                    "400 Bad Request", f"The request's body framing is ambiguous: {conflict}."
+                )
+                return
             self.ready = True
 
     def respond(self) -> None:

@@ -185,3 +185,33 @@ def test_uploads_that_stall_their_body_leave_threads_for_reads_and_get_an_answer
             for sock in stalled:
                 sock.close()
     assert sorted(p.name for p in store.iterdir()) == ["a.csv.sync"]  # nothing half-uploaded is left
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: 100\r\nContent-Length: 5\r\n",
+        b"Content-Length: 5\r\nContent-Length: 100\r\n",
+        b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+    ],
+    ids=["lengths-last-short", "lengths-last-long", "length-then-chunked", "chunked-then-length"],
+)
+def test_a_request_whose_body_framing_is_ambiguous_is_refused(
+    store: Path, hook: RecordingHook, framing: bytes
+) -> None:
+    """Two Content-Length values, or Content-Length with Transfer-Encoding, frame the body two ways (a proxy
+    in front may read it one way, mountd the other: request smuggling). cheroot took the last length: with
+    100 then 5 the upload of the first 5 bytes was stored (201), and the rest would be read as the next
+    request; with 5 then 100 it waited for a body that never came. Now 400 at once, the connection closed,
+    nothing stored (RFC 9112 §6.3)."""
+    policy = WritePolicy(store, max_upload=1 << 20)
+    settings = Settings(host="127.0.0.1", port=0)
+    with serve_background(settings, store, hook, writable=policy) as handle, _connect(handle) as sock:
+        host = f"{handle.host}:{handle.port}"
+        sock.sendall(f"PUT /cl.csv HTTP/1.1\r\nHost: {host}\r\n".encode() + framing + b"\r\nabcde")
+        sock.settimeout(ANSWERED_WITHIN)
+        answer = sock.makefile("rb").read()  # to the end: the server closes the connection
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:60]
+    assert b"framing is ambiguous" in answer
+    assert list(store.iterdir()) == []
