@@ -102,6 +102,8 @@ class RefuseWrites:
     the reference's read-only mount answers for write opens (spec §8.2).
     """
 
+    environ: dict[str, Any]  # (the wsgidav resource's it is combined with)
+
     def handle_delete(self) -> bool:
         raise read_only("DELETE")
 
@@ -133,7 +135,8 @@ class RefuseWrites:
         raise read_only("PROPPATCH")
 
     def create_empty_resource(self, name: str) -> Any:
-        raise read_only("PUT")
+        # A PUT, or a LOCK of a name nothing is listed under (which would create an empty file).
+        raise read_only(str(self.environ.get("REQUEST_METHOD") or "PUT"))
 
     def create_collection(self, name: str) -> None:
         raise read_only("MKCOL")

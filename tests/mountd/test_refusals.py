@@ -45,6 +45,19 @@ def test_writes_are_refused_with_403(
     assert get(url, "/report.csv").body == b"a,b\n"
 
 
+def test_a_lock_of_a_new_name_is_refused_as_a_lock(store: Path, url: str) -> None:
+    """A LOCK of a name nothing is listed under would create an empty file (RFC 4918 §9.10.4): 403 naming
+    LOCK (it said "PUT: this store is served read-only"), nothing created."""
+    body = (
+        b'<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
+        b"<D:locktype><D:write/></D:locktype><D:owner>me</D:owner></D:lockinfo>"
+    )
+    resp = request(url, "LOCK", "/new.csv", body=body)
+    assert resp.status == 403
+    assert b"LOCK: this store is served read-only" in resp.body
+    assert list(store.iterdir()) == []
+
+
 def test_proppatch_is_refused(add_archive: AddArchive, url: str) -> None:
     """PROPPATCH of an archive answers 207 with 403 for the property (RFC 4918 §9.2) and stores nothing."""
     add_archive("report.csv.sync", manifest=csv_manifest())
