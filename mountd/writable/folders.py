@@ -22,12 +22,14 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from wsgidav import util as dav_util  # type: ignore[import-untyped]
 from wsgidav.dav_error import (  # type: ignore[import-untyped]
     HTTP_CONFLICT,
     HTTP_FAILED_DEPENDENCY,
     HTTP_FORBIDDEN,
+    HTTP_LOCKED,
     HTTP_METHOD_NOT_ALLOWED,
     HTTP_PRECONDITION_FAILED,
     DAVError,
@@ -96,7 +98,31 @@ class WritableCollection(Folder):
         self.policy.require_writer(self.environ, "DELETE")
         if self.directory == self.policy.root:
             raise DAVError(HTTP_FORBIDDEN, "the store's root cannot be deleted")
+        self._require_membership_unlocked()
         return False
+
+    def _require_membership_unlocked(self) -> None:
+        """423 when this folder, or a folder below it, has a Depth 0 lock the request does not hold.
+
+        Such a lock protects the folder's membership (RFC 4918 §7.5): wsgidav checks each member against its
+        own locks and its parents' Depth infinity locks only, so it deleted every member of a folder locked
+        Depth 0 by someone else, then answered 423 for the folder alone.
+        """
+        manager = getattr(self.provider, "lock_manager", None)
+        if manager is None:
+            return
+        tokens = self.environ.get("wsgidav.ifLockTokenList", [])
+        principal = self.environ.get("wsgidav.user_name")
+        found = manager.storage.get_lock_list(
+            self.get_ref_url(), include_root=True, include_children=True, token_only=False
+        )
+        for lock in found:
+            held = lock.get("principal") == principal and lock.get("token") in tokens
+            if lock.get("depth") != "0" or held:
+                continue
+            below = unquote(str(lock.get("root", ""))).strip("/")  # (lock roots are quoted URLs)
+            if (self.policy.root / below).is_dir():
+                raise DAVError(HTTP_LOCKED, f"the folder /{below}/ is locked; nothing was deleted")
 
     def handle_copy(self, dest_path: str, *, depth_infinity: bool) -> bool:
         refuse_onto_a_holder(self.path, dest_path)

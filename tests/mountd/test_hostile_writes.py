@@ -315,3 +315,31 @@ def test_a_lock_does_not_stay_behind_on_the_name_its_archive_was_moved_from(wurl
     assert moved.status == 201
     assert request(wurl, "PUT", "/mine.csv", body=b"someone else\n").status == 201
     assert request(wurl, "PUT", "/moved.csv", body=b"changed\n").status == 204
+
+
+@pytest.mark.parametrize("locked", ["/my d/", "/my d/sub/"], ids=["the-folder", "a-folder-below"])
+def test_a_folder_locked_depth_0_by_someone_else_keeps_its_members_on_delete(
+    wurl: str, store: Path, locked: str
+) -> None:
+    """A Depth 0 lock on a folder protects its membership (RFC 4918 §7.5). wsgidav checked each member
+    against its own locks only: a DELETE of the folder without the token deleted every member, then
+    answered 423 for the folder. Now 423 before anything is deleted; with the token, the delete goes on."""
+    for folder in ("/my%20d/", "/my%20d/sub/"):
+        assert request(wurl, "MKCOL", folder).status == 201
+    for name in ("my%20d/e.csv", "my%20d/sub/f.csv"):
+        assert request(wurl, "PUT", f"/{name}", body=b"mine\n").status == 201
+    before = sorted(p.relative_to(store).as_posix() for p in (store / "my d").rglob("*"))
+    lock = request(
+        wurl,
+        "LOCK",
+        locked.replace(" ", "%20"),
+        body=_lock_body("exclusive", "someone"),
+        headers={"Depth": "0", "Timeout": "Second-60"},
+    )
+    assert lock.status == 200
+    assert request(wurl, "DELETE", "/my%20d/").status == 423
+    assert sorted(p.relative_to(store).as_posix() for p in (store / "my d").rglob("*")) == before
+    token = lock.header("lock-token") or ""
+    tagged = f"<{wurl}{locked.replace(' ', '%20')}> ({token})"  # (untagged, every member must hold it)
+    assert request(wurl, "DELETE", "/my%20d/", headers={"If": tagged}).status == 204
+    assert not (store / "my d").exists()
