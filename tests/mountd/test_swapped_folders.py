@@ -16,6 +16,7 @@ server does is its own).
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -328,3 +329,22 @@ def test_the_index_lists_and_walks_nothing_through_a_folder_swapped_for_a_symlin
     assert (listing.folders, dict(listing.archives)) == ((), {})
     assert index.archive_facts(store / "dir", None, store) == ((), [])
     assert sorted(index.list_directory(store / "moved", store).archives) == ["b.csv"]
+
+
+def test_listings_below_the_root_need_no_proc(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The folders are opened with ``openat`` from the root, not named through ``/proc/self/fd``: where
+    ``/proc`` is not mounted, a folder below the root still lists what it holds (it listed nothing, and the
+    scheduler walked nothing below the root). ``/proc`` is made unusable by making every path under it
+    fail to open."""
+    make_archive(store / "a" / "b" / "x.csv.sync", ORIGINAL, manifest=editable())
+    real_open = os.open
+
+    def no_proc(path: Any, *args: Any, **kwargs: Any) -> int:
+        if str(path).startswith("/proc"):
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_proc)
+    index = ArchiveIndex(watcher=False)
+    assert sorted(index.list_directory(store / "a" / "b", store).archives) == ["x.csv"]
+    assert [p.name for p, _ in index.archive_facts(store / "a" / "b", None, store)[1]] == ["x.csv.sync"]
