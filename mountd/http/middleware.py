@@ -227,6 +227,10 @@ class ConditionalHeaders:
             value = environ.get(key)
             if value is not None and not _parses(value, key):
                 del environ[key]
+                if key == "HTTP_IF_RANGE":
+                    # An If-Range that does not match means the whole body (RFC 9110 §13.1.5): without
+                    # it, the Range alone would be answered.
+                    environ.pop("HTTP_RANGE", None)
         since = environ.get("HTTP_IF_MODIFIED_SINCE")
         if since is not None and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
             if "HTTP_IF_NONE_MATCH" in environ:
