@@ -81,9 +81,16 @@ MIN_BODY_RATE = 1024
 #: Seconds a request with a complete head may wait for a body thread (``max_body_threads``) before its
 #: connection is closed.
 BODY_QUEUE_TIMEOUT = 120.0
+#: Most connections of one client address waiting for a body thread; more get 503 at once.
+MAX_QUEUED_PER_ADDRESS = 16
+#: What a connection that gets no body thread is told before it is closed.
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+)
 #: A request head's declared body: its Content-Length, or Transfer-Encoding (chunked: length unknown).
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*(\d{1,20})[ \t]*(?=\r\n|$)")
 _TRANSFER_ENCODING = b"\r\ntransfer-encoding"
+_DIGITS = re.compile(rb"[0-9]{1,19}")
 
 
 class HeaderFieldsExceeded(errors.MaxSizeExceeded):
@@ -101,9 +108,19 @@ class _LineCounter:
         self.lines = 0
         self.lengths: set[bytes] = set()
         self.transfer_encoding = False
+        self.folded = False
 
     def framing_conflict(self) -> str | None:
-        """Why the head's body framing is ambiguous, or None (RFC 9112 §6.3: a request smuggling vector)."""
+        """Why the head's body framing is ambiguous, or None (RFC 9112 §6.3: a request smuggling vector).
+
+        Also refused: a Content-Length that is not plain digits (cheroot's ``int`` takes ``+5``, ``1_0``
+        and any number of leading zeros) and a header line folded onto the next (obs-fold, RFC 9112 §5.2),
+        with which a value could be read one way here and another by cheroot.
+        """
+        if self.folded:
+            return "a header line continues onto the next (obs-fold)"
+        if any(not _DIGITS.fullmatch(value) for value in self.lengths):
+            return "Content-Length is not a number"
         if len(self.lengths) > 1:
             return "Content-Length headers disagree"
         if self.lengths and self.transfer_encoding:
@@ -112,6 +129,8 @@ class _LineCounter:
 
     def readline(self, size: Any = None) -> bytes:
         line = self._readline(size)
+        if line[:1] in (b" ", b"\t"):
+            self.folded = True
         name, colon, value = line.partition(b":")
         if colon:
             key = name.strip().lower()
@@ -162,12 +181,18 @@ class GuardedRequest(server.HTTPRequest):
     def send_headers(self) -> None:
         """cheroot's head, held back (see the class docstring).
 
-        After a body read that failed (timed out, too slow, reset) the connection is closed: cheroot would
-        otherwise read the rest of the body from that socket to keep it alive, and that read raised
-        (``cannot read from timed out object``), so the client never got the answer.
+        After a body read that failed (timed out, too slow, reset), or a refusal sent before the body was
+        read, the connection is closed: cheroot would otherwise read the rest of the body from that socket
+        to keep it alive, and that read raised (``cannot read from timed out object``) or timed out, so the
+        client never got the answer.
         """
         rfile = getattr(self.conn, "rfile", None)
         if isinstance(rfile, _MinimumRate) and rfile.failed:
+            self.close_connection = True
+        elif getattr(self.rfile, "remaining", 0) and self.status[:1] in (b"4", b"5"):
+            # A request refused before its body was read: cheroot would read the rest of the body here, in
+            # this thread, to keep the connection; from a client that stalls, until its read timed out,
+            # and then it dropped the answer. The connection is closed instead (lingering, in the loop).
             self.close_connection = True
         wfile = self.conn.wfile
         capture = _HeadCapture()
@@ -481,9 +506,30 @@ class GuardedConnections(connections.ConnectionManager):
         self._last_handed_check = 0.0
         #: Connections with a complete head waiting for a body thread: connection → monotonic deadline.
         self._queued: dict[Any, float] = {}
+        #: Connections a worker gave back with a read-ahead request the loop must look at (``put``).
+        self._returned: list[Any] = []
         self._body_threads = 0  # requests with a body still to arrive, in worker threads now
         self._body_lock = threading.Lock()
         self.max_body_threads = server_.max_body_threads or max(1, server_.requests.min // 2)
+
+    def put(self, conn: Any) -> None:
+        """Take a connection back after a request (from its worker thread); one whose next request cheroot
+        read ahead is dispatched at once only if its head is complete and it needs no body thread (or gets
+        one); otherwise the loop takes it (``_admit``): pipelining must not get around the head deadline
+        or the body threads."""
+        if not conn.rfile.has_data():
+            super().put(conn)
+            return
+        conn.last_used = time.time()
+        state = self._head_state(conn)
+        if state == "body" and self._take_body_thread():
+            conn.body_thread = True
+            state = "ready"
+        if state == "ready":
+            self.server.process_conn(conn)
+            return
+        with self._handed_lock:
+            self._returned.append(conn)
 
     def release_body_thread(self) -> None:
         """A request that held a body thread ended (called from its worker thread)."""
@@ -646,6 +692,11 @@ class GuardedConnections(connections.ConnectionManager):
                 else:
                     manager._selector.unregister(sock_fd)
                     self._admit(conn)
+            if self._returned:
+                with self._handed_lock:
+                    returned, self._returned = self._returned, []
+                for conn in returned:
+                    self._admit(conn)
             if self._parked or self._queued:
                 self._recheck_parked()
             if self._handed:
@@ -674,6 +725,13 @@ class GuardedConnections(connections.ConnectionManager):
             if not self._take_body_thread():
                 self._parked.pop(conn, None)
                 if conn not in self._queued:
+                    address = _address(conn)
+                    if (
+                        sum(1 for other in self._queued if _address(other) == address)
+                        >= MAX_QUEUED_PER_ADDRESS
+                    ):
+                        _refuse_busy(conn, "body-queue-full")
+                        return
                     self._queued[conn] = time.monotonic() + BODY_QUEUE_TIMEOUT
                 return
             conn.body_thread = True
@@ -710,31 +768,34 @@ class GuardedConnections(connections.ConnectionManager):
         for conn, deadline in list(self._queued.items()):
             if now > deadline:
                 del self._queued[conn]
-                log.info(
-                    "connection closed reason=body-queue-timeout remote=%s",
-                    getattr(conn, "remote_addr", None),
-                )
-                conn.close()
+                _refuse_busy(conn, "body-queue-timeout")
                 continue
-            if self._body_threads < self.max_body_threads:
-                self._admit(conn)
+            # Every one, a body thread free or not: a body that arrived whole meanwhile needs none, and a
+            # client that went away is closed now rather than when a thread frees.
+            self._admit(conn)
 
     def _head_state(self, conn: Any) -> str:
         """``ready`` (dispatch), ``body`` (dispatch to a body thread), ``partial`` (park), ``idle``
         (selector) or ``closed``."""
         sock = conn.socket
-        if type(sock) is not socket.socket or conn.rfile.has_data():
-            return "ready"  # TLS, or bytes already buffered by cheroot: as cheroot does
+        if type(sock) is not socket.socket:
+            return "ready"  # TLS: as cheroot does
+        # What cheroot read ahead already (a pipelined request), then what the kernel holds.
+        buffered = _read_ahead(conn)
         limit = self.server.max_request_header_size
         # A Python socket with a timeout polls before it receives (whatever the flags say): peek with none.
         timeout = sock.gettimeout()
         sock.settimeout(0)
         try:
-            data = sock.recv(limit + len(_HEAD_END), socket.MSG_PEEK)
+            data = buffered + sock.recv(limit + len(_HEAD_END), socket.MSG_PEEK)
         except BlockingIOError:
-            return "idle" if conn not in self._parked else "partial"
+            if not buffered:
+                return "idle" if conn not in self._parked else "partial"
+            data = buffered
         except OSError:
-            return "closed"
+            if not buffered:
+                return "closed"
+            data = buffered
         finally:
             sock.settimeout(timeout)
         if not data:
@@ -760,6 +821,27 @@ class GuardedConnections(connections.ConnectionManager):
         super().close()
 
 
+def _address(conn: Any) -> Any:
+    remote = getattr(conn, "remote_addr", None)
+    return remote[0] if isinstance(remote, tuple) else remote
+
+
+def _refuse_busy(conn: Any, reason: str) -> None:
+    """Answer 503 (Retry-After) to a connection waiting for a body thread, from the loop, and close it."""
+    log.info("connection closed reason=%s remote=%s", reason, getattr(conn, "remote_addr", None))
+    with suppress(OSError):
+        conn.socket.send(_BUSY, socket.MSG_DONTWAIT)  # a few bytes into an empty send buffer
+    conn.close()
+
+
+def _read_ahead(conn: Any) -> bytes:
+    """The bytes cheroot's reader holds for ``conn`` beyond what it gave out (a pipelined request)."""
+    rfile = conn.rfile
+    if not rfile.has_data():
+        return b""
+    return bytes(rfile._read_buf[rfile._read_pos :])  # (what ``has_data`` looks at)
+
+
 def _body_to_come(data: bytes, end: int) -> bool:
     """Whether the request whose head ends at ``end`` of ``data`` (peeked) declares a body that is not all
     in ``data``."""
@@ -768,7 +850,9 @@ def _body_to_come(data: bytes, end: int) -> bool:
         return True
     found = _CONTENT_LENGTH.search(head)
     if found is None:
-        return False
+        # No plain length: none at all (no body), or one written otherwise (``+5``, folded...), which
+        # cheroot may still read as a length: taken as a body to come (the head is refused anyway).
+        return b"\r\ncontent-length" in head
     return int(found.group(1)) > len(data) - end - len(_HEAD_END)
 
 

@@ -17,6 +17,7 @@ from store_manifests import csv_manifest
 import mountd.server
 from broker import Settings
 from mountd import ServerHandle, serve_background
+from mountd.http import connection_guard
 from mountd.writable.policy import WritePolicy
 from sync_format import BuildResult
 
@@ -194,8 +195,23 @@ def test_uploads_that_stall_their_body_leave_threads_for_reads_and_get_an_answer
         b"Content-Length: 5\r\nContent-Length: 100\r\n",
         b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
         b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+        b"Content-Length: +5\r\n",
+        b"Content-Length: 0_5\r\n",
+        b"Content-Length: 000000000000000000005\r\n",
+        b"Content-Length: 2\r\n 5\r\n",
+        b"X-Pad: a\r\n Content-Length: 5\r\n",
     ],
-    ids=["lengths-last-short", "lengths-last-long", "length-then-chunked", "chunked-then-length"],
+    ids=[
+        "lengths-last-short",
+        "lengths-last-long",
+        "length-then-chunked",
+        "chunked-then-length",
+        "signed",
+        "underscore",
+        "21-digits",
+        "folded-length",
+        "folded-line",
+    ],
 )
 def test_a_request_whose_body_framing_is_ambiguous_is_refused(
     store: Path, hook: RecordingHook, framing: bytes
@@ -203,8 +219,10 @@ def test_a_request_whose_body_framing_is_ambiguous_is_refused(
     """Two Content-Length values, or Content-Length with Transfer-Encoding, frame the body two ways (a proxy
     in front may read it one way, mountd the other: request smuggling). cheroot took the last length: with
     100 then 5 the upload of the first 5 bytes was stored (201), and the rest would be read as the next
-    request; with 5 then 100 it waited for a body that never came. Now 400 at once, the connection closed,
-    nothing stored (RFC 9112 §6.3)."""
+    request; with 5 then 100 it waited for a body that never came. A length that is not plain digits, which
+    cheroot's ``int`` reads (``+5``, ``0_5``), and a folded header line (obs-fold: with ``Content-Length: 2``
+    folded onto `` 5``, cheroot stored 5 bytes) are refused too. Now 400 at once, the connection closed,
+    nothing stored (RFC 9112 §5.2, §6.3)."""
     policy = WritePolicy(store, max_upload=1 << 20)
     settings = Settings(host="127.0.0.1", port=0)
     with serve_background(settings, store, hook, writable=policy) as handle, _connect(handle) as sock:
@@ -214,4 +232,68 @@ def test_a_request_whose_body_framing_is_ambiguous_is_refused(
         answer = sock.makefile("rb").read()  # to the end: the server closes the connection
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:60]
     assert b"framing is ambiguous" in answer
+    assert list(store.iterdir()) == []
+
+
+def test_pipelined_requests_get_no_thread_their_head_or_body_has_not_earned(
+    store: Path, hook: RecordingHook, add_archive: AddArchive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GET followed in the same packet by an upload whose body never comes: cheroot read the upload's
+    head ahead and gave the connection straight back to a thread, past the body threads; 16 such clients
+    made reads wait again. And a client with more stalled uploads waiting than its share is told 503 at
+    once instead of waiting in the queue (up to 120 s) to be closed without an answer."""
+    monkeypatch.setattr(mountd.server, "CONNECTION_TIMEOUT", 6)
+    add_archive("a.csv.sync", b"payload", manifest=csv_manifest())
+    policy = WritePolicy(store, max_upload=1 << 20)
+    settings = Settings(host="127.0.0.1", port=0, header_timeout=2.0)
+    with serve_background(settings, store, hook, writable=policy) as handle:
+        host = f"{handle.host}:{handle.port}"
+        stalled = []
+        try:
+            for i in range(mountd.server.SERVER_THREADS + connection_guard.MAX_QUEUED_PER_ADDRESS - 8):
+                sock = _connect(handle)
+                sock.sendall(
+                    f"GET /a.csv HTTP/1.1\r\nHost: {host}\r\n\r\n"
+                    f"PUT /s{i}.csv HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100000\r\n\r\n".encode()
+                )
+                stalled.append(sock)
+            for sock in stalled:  # each GET answered: read its response (payload last)
+                sock.settimeout(ANSWERED_WITHIN)
+                got = b""
+                while not got.endswith(b"payload"):
+                    got += sock.recv(4096)
+            assert request(handle.mount_url, "GET", "/a.csv", timeout=ANSWERED_WITHIN).status == 200
+            for sock in stalled:  # while every upload still waits: none had to end first
+                sock.settimeout(0)
+                with pytest.raises(BlockingIOError):
+                    sock.recv(1, socket.MSG_PEEK)
+            with _connect(handle) as extra:  # one more of this client's: over its share of the queue
+                head = f"PUT /more.csv HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100000\r\n\r\n"
+                extra.sendall(head.encode())
+                extra.settimeout(ANSWERED_WITHIN)
+                assert extra.makefile("rb").read().startswith(b"HTTP/1.1 503 ")
+        finally:
+            for sock in stalled:
+                sock.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "host", "status"),
+    [("/x.csv.sync", None, b"403"), ("/x.csv", "elsewhere.example", b"421")],
+    ids=["refused-name", "other-host"],
+)
+def test_a_request_refused_before_its_stalled_body_gets_its_answer(
+    store: Path, hook: RecordingHook, path: str, host: str | None, status: bytes
+) -> None:
+    """An upload refused before its body is read, whose body never comes: cheroot read the rest of the
+    body to keep the connection, in the thread, until the read timed out (10 s), and then dropped the
+    answer. The answer now comes at once and the connection is closed."""
+    policy = WritePolicy(store, max_upload=1 << 20)
+    settings = Settings(host="127.0.0.1", port=0)
+    with serve_background(settings, store, hook, writable=policy) as handle, _connect(handle) as sock:
+        named = host or f"{handle.host}:{handle.port}"
+        sock.sendall(f"PUT {path} HTTP/1.1\r\nHost: {named}\r\nContent-Length: 100\r\n\r\na,b\n".encode())
+        sock.settimeout(ANSWERED_WITHIN)
+        answer = sock.makefile("rb").read()
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:60]
     assert list(store.iterdir()) == []
