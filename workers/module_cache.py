@@ -212,11 +212,21 @@ class ModuleCache:
             os.close(read_end)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            _, status = os.waitpid(pid, 0)
-        # RLIMIT_CPU is applied with soft = hard, so the kernel may send SIGKILL rather than SIGXCPU.
-        out_of_cpu = os.waitstatus_to_exitcode(status) in (-signal.SIGXCPU, -signal.SIGKILL)
+            _, status, usage = os.wait4(pid, 0)
+        # RLIMIT_CPU is applied with soft = hard, so the kernel may send SIGKILL rather than SIGXCPU; a
+        # SIGKILL before the CPU limit is something else (the kernel out of memory, say), not a timeout.
+        ended = os.waitstatus_to_exitcode(status)
+        spent = usage.ru_utime + usage.ru_stime
+        out_of_cpu = ended == -signal.SIGXCPU or (
+            ended == -signal.SIGKILL and spent >= self.policy.rlimits.cpu_seconds - 0.5
+        )
         if data is None or (not data and out_of_cpu):
             raise CompileTimeout(f"sync.wasm did not compile within {self.compile_timeout:g} s")
+        if not data and ended == -signal.SIGKILL:
+            raise GuestTrap(
+                f"the compiler child was killed after {spent:.1f} s of CPU (out of memory?); "
+                "sync.wasm was not compiled"
+            )
         if data[:1] == _UNCONFINED:
             layer, _, reason = data[1:].decode(errors="replace").partition("\0")
             raise SandboxUnavailable(layer, f"the module compiler could not be confined: {reason}")

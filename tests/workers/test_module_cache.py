@@ -11,8 +11,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import socket
 import stat
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -307,3 +310,32 @@ def test_a_compiler_child_that_cannot_be_confined_compiles_nothing_in_strict_mod
         seccomp_program=None,
     )
     assert answer(engine, permissive.load(ANSWER)) == 42
+
+
+def test_a_compiler_child_killed_before_its_cpu_limit_is_not_called_a_timeout(
+    engine: wasmtime.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL and no answer was reported as "did not compile within 30 s" even when the child had used no
+    CPU (the kernel's out-of-memory killer, say). The child's CPU time now tells: here it is killed from
+    outside at once, and the error says it was killed, not that it ran out of time."""
+
+    def wait(engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:
+        time.sleep(30)  # (clock_nanosleep: allowed by the child's filter)
+        raise AssertionError("not killed")
+
+    def kill_the_child() -> None:
+        own = os.getpid()
+        for _ in range(500):
+            for task in os.listdir(f"/proc/{own}/task"):
+                children = Path(f"/proc/{own}/task/{task}/children").read_text().split()
+                for child in children:
+                    os.kill(int(child), signal.SIGKILL)
+                    return
+            time.sleep(0.01)
+
+    monkeypatch.setattr(workers.module_cache, "compile_module", wait)
+    killer = threading.Thread(target=kill_the_child, daemon=True)  # (a daemon: compiling forks)
+    killer.start()
+    with pytest.raises(GuestTrap, match=r"killed after 0\.\d s of CPU \(out of memory\?\)"):
+        ModuleCache(tmp_path / "modules", engine, compile_timeout=20).load(ANSWER)
+    killer.join(5)
