@@ -189,7 +189,7 @@ class GuardedRequest(server.HTTPRequest):
         rfile = getattr(self.conn, "rfile", None)
         if isinstance(rfile, _MinimumRate) and rfile.failed:
             self.close_connection = True
-        elif getattr(self.rfile, "remaining", 0) and self.status[:1] in (b"4", b"5"):
+        elif getattr(self.rfile, "remaining", 0) and _refusal(self.status):
             # A request refused before its body was read: cheroot would read the rest of the body here, in
             # this thread, to keep the connection; from a client that stalls, until its read timed out,
             # and then it dropped the answer. The connection is closed instead (lingering, in the loop).
@@ -819,6 +819,12 @@ class GuardedConnections(connections.ConnectionManager):
         for entry in handed:
             self.end(entry)
         super().close()
+
+
+def _refusal(status: Any) -> bool:
+    # A 4xx or 5xx status line (bytes, as cheroot's WSGI gateway sets it; its stubs say str).
+    text = status.decode("latin-1") if isinstance(status, bytes) else str(status)
+    return text[:1] in ("4", "5")
 
 
 def _address(conn: Any) -> Any:
