@@ -61,7 +61,9 @@ class Pin:
         if not names or ".." in names:
             raise ValueError(f"{path} is not a file or folder below {root}")
         self.original = Path(path)
-        self._fd = _open_folder(Path(root), names[:-1], self.original)
+        if not PROC_FD.is_dir():
+            raise ArchiveError(f"cannot write safely: {PROC_FD} is not mounted", path=self.original)
+        self._fd = open_folder(Path(root), names[:-1], self.original)
         self.path = PROC_FD / str(self._fd) / names[-1]
 
     def close(self) -> None:
@@ -85,11 +87,20 @@ def pinned(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Iterat
         yield pin.path
 
 
-def _open_folder(root: Path, names: tuple[str, ...], path: Path) -> int:
-    """Open ``root``, then each of ``names`` below it without following a symlink; the last one's
-    descriptor."""
-    if not PROC_FD.is_dir():
-        raise ArchiveError(f"cannot write safely: {PROC_FD} is not mounted", path=path)
+def open_folder(root: Path, names: tuple[str, ...], path: Path) -> int:
+    """Open ``root`` (followed if it is a symlink), then each of ``names`` below it without following a
+    symlink; the last one's descriptor (``O_PATH``: a place to look names up in, with ``dir_fd``). Needs no
+    ``/proc``.
+
+    Args:
+        root: The folder to start from.
+        names: Folder names below it, in order (none: the root's own descriptor).
+        path: What is reached through them, for error messages.
+
+    Raises:
+        FolderChanged: A folder on the way is a symbolic link or not a folder.
+        ArchiveError: The root or a folder on the way is missing or cannot be opened.
+    """
     try:
         fd = os.open(root, ROOT_FLAGS)
     except OSError as exc:

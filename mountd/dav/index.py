@@ -61,6 +61,7 @@ from sync_format import (
     open_archive,
     open_archive_at,
 )
+from sync_format.beneath import open_folder
 from sync_format.store import SYNC_SUFFIX, is_archive_name
 
 log = logging.getLogger(__name__)
@@ -807,14 +808,12 @@ def _same_entries(
 #: cheaper; a first listing makes a path per archive). A private method, so only used where it exists.
 #: How a listed folder is opened: to read its entries, and to open the archives it holds through it.
 LISTED_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-#: How the folders on the way to it are opened: only to look the next name up in.
-_WALK_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _open_listed(directory: Path, root: Path | None) -> int | None:
     """A descriptor of ``directory``, opened from ``root`` one folder at a time without following a symlink
-    (``openat`` with ``O_NOFOLLOW``; no ``/proc`` needed); the root itself is the operator's and followed.
-    None when it cannot be opened or is no folder now (logged): the caller lists nothing."""
+    (``sync_format.beneath.open_folder``; no ``/proc`` needed); the root itself is the operator's and
+    followed. None when it cannot be opened or is no folder now (logged): the caller lists nothing."""
     try:
         if root is None or directory == root:
             return os.open(directory, LISTED_FOLDER_FLAGS & ~os.O_NOFOLLOW)
@@ -822,21 +821,16 @@ def _open_listed(directory: Path, root: Path | None) -> int | None:
         if ".." in names:
             log.warning("directory unreadable directory=%s reason=not below the store", directory)
             return None
-        at = os.open(root, _WALK_FLAGS & ~os.O_NOFOLLOW)
+        parent = open_folder(root, names[:-1], directory)
         try:
-            for name in names[:-1]:
-                parent, at = at, -1
-                try:
-                    at = os.open(name, _WALK_FLAGS, dir_fd=parent)
-                finally:
-                    os.close(parent)
-            return os.open(names[-1], LISTED_FOLDER_FLAGS, dir_fd=at)
+            return os.open(names[-1], LISTED_FOLDER_FLAGS, dir_fd=parent)
         finally:
-            if at >= 0:
-                os.close(at)
+            os.close(parent)
     except OSError as exc:
         reason = exc.strerror if exc.errno not in (errno.ELOOP, errno.ENOTDIR) else "no folder now"
         log.warning("directory unreadable directory=%s reason=%s", directory, reason)
+    except ArchiveError as exc:
+        log.warning("directory unreadable directory=%s reason=%s", directory, exc.reason)
     except ValueError:  # not below the root: no caller asks for that
         log.warning("directory unreadable directory=%s reason=not below the store", directory)
     return None

@@ -93,3 +93,11 @@ def names(listing: dict[str, dict[str, str]], folder: str = "/") -> list[str]:
         name = href.rstrip("/").rsplit("/", 1)[-1]
         out.append(name + "/" if href.endswith("/") else name)
     return sorted(out)
+
+
+def lock_body(scope: str = "exclusive", owner: str = "me") -> bytes:
+    """A LOCK request body: a write lock of ``scope`` (``exclusive`` or ``shared``) held by ``owner``."""
+    return (
+        f'<?xml version="1.0" encoding="utf-8"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:{scope}/>'
+        f"</D:lockscope><D:locktype><D:write/></D:locktype><D:owner>{owner}</D:owner></D:lockinfo>"
+    ).encode()

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from dav_client import Response, get, names, propfind, request
+from dav_client import Response, get, lock_body, names, propfind, request
 from store_manifests import csv_manifest
 
 from sync_format import BuildResult
@@ -48,11 +48,7 @@ def test_writes_are_refused_with_403(
 def test_a_lock_of_a_new_name_is_refused_as_a_lock(store: Path, url: str) -> None:
     """A LOCK of a name nothing is listed under would create an empty file (RFC 4918 §9.10.4): 403 naming
     LOCK (it said "PUT: this store is served read-only"), nothing created."""
-    body = (
-        b'<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
-        b"<D:locktype><D:write/></D:locktype><D:owner>me</D:owner></D:lockinfo>"
-    )
-    resp = request(url, "LOCK", "/new.csv", body=body)
+    resp = request(url, "LOCK", "/new.csv", body=lock_body())
     assert resp.status == 403
     assert b"LOCK: this store is served read-only" in resp.body
     assert list(store.iterdir()) == []

@@ -288,7 +288,8 @@ def test_a_read_whose_folder_is_replaced_by_a_symlink_after_its_lookup_serves_no
         answer = request(handle.mount_url, "GET", "/dir/b.csv", headers=headers)
     assert swapped
     assert VICTIM not in answer.body
-    assert answer.status in (404, 503), answer.status
+    # The fast path falls back to a lookup that finds nothing (404); wsgidav's retries the open, then 503.
+    assert answer.status == (404 if fast else 503)
 
 
 def test_a_listing_whose_folder_is_replaced_by_a_symlink_after_its_lookup_lists_nothing_from_there(
@@ -314,7 +315,7 @@ def test_a_listing_whose_folder_is_replaced_by_a_symlink_after_its_lookup_lists_
     assert swapped
     assert b"secret-plans" not in answer.body
     assert b"b.csv" not in answer.body
-    assert answer.status in (207, 404), answer.status
+    assert answer.status == 207  # the folder, listed empty
 
 
 def test_the_index_lists_and_walks_nothing_through_a_folder_swapped_for_a_symlink(

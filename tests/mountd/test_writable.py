@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from dav_client import names, propfind, request
+from dav_client import lock_body, names, propfind, request
 from recording_hook import RecordingHook
 from redis_server import RedisServer, wait_for
 from store_manifests import csv_manifest
@@ -290,12 +290,6 @@ def test_locks_of_the_root_are_not_their_own_children_in_redis(
     """With Redis lock storage, the lock of ``/`` was found again among its own children (the pattern of
     ``/``'s children matched its own key): a second LOCK of ``/`` answered 500 (wsgidav's assertion), two
     shared locks could not be taken, and listing the root's locks counted the lock twice."""
-
-    def lock_body(scope: str) -> bytes:
-        return (
-            f'<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:{scope}/></D:lockscope>'
-            "<D:locktype><D:write/></D:locktype><D:owner>test</D:owner></D:lockinfo>"
-        ).encode()
 
     policy = WritePolicy(store, max_upload=LIMIT)
     settings = Settings(host="127.0.0.1", port=0)
