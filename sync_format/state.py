@@ -38,6 +38,7 @@ _WRITTEN = re.compile(
     rb'"updated_at":(?:null|"([\x20\x21\x23-\x5b\x5d-\x7e]*)")\}'
 )
 _INT64_MAX = 2**63 - 1
+_new_object = object.__new__
 
 
 @dataclass(frozen=True)
@@ -79,17 +80,22 @@ class ArchiveState:
             MalformedArchive: Not a JSON object with exactly our keys and types.
         """
         written = _WRITTEN.fullmatch(data)
-        if written is not None:
+        if written is not None and cls is ArchiveState:
             generation, size, crc = int(written[1]), int(written[4]), int(written[3])
             if generation <= _INT64_MAX and size <= _INT64_MAX and crc <= 0xFFFFFFFF:
                 updated_at = written[5]
-                return cls(
-                    generation,
-                    None if updated_at is None else updated_at.decode("ascii"),
-                    size,
-                    crc,
-                    written[2].decode("ascii"),
+                # ``cls(...)`` without the frozen ``__init__``'s six ``object.__setattr__`` calls (every
+                # archive open decodes a state): the same fields, all of them.
+                state: ArchiveState = _new_object(ArchiveState)
+                state.__dict__.update(
+                    generation=generation,
+                    updated_at=None if updated_at is None else updated_at.decode("ascii"),
+                    payload_size=size,
+                    payload_crc32=crc,
+                    payload_blake3=written[2].decode("ascii"),
+                    stale=False,
                 )
+                return state
         return cls._from_document(data)
 
     @classmethod

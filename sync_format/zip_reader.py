@@ -27,7 +27,6 @@ import os
 import re
 import struct
 import zlib
-from dataclasses import dataclass
 from operator import attrgetter
 from typing import NamedTuple
 
@@ -77,7 +76,11 @@ _EOCD = struct.Struct("<4s4H2LH")
 _ZIP64_LOCATOR = struct.Struct("<4sLQL")
 _ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
 _CENTRAL = struct.Struct("<4s6H3L5H2L")
+#: The fields of a central record the reader uses (signature, flags, method, CRC, sizes, the three lengths,
+#: disk, header offset), skipping the others: fewer values to make per entry.
+_CENTRAL_USED = struct.Struct("<4s4x2H4x3L4H6xL")
 _LOCAL = struct.Struct("<4s5H3L2H")
+_U16 = struct.Struct("<H")
 _by_header_offset = attrgetter("header_offset")
 
 
@@ -110,9 +113,8 @@ class EntryInfo(NamedTuple):
         return self.data_offset + self.compressed_size
 
 
-@dataclass(frozen=True, slots=True)
-class ZipDirectory:
-    """The validated central directory of one file.
+class ZipDirectory(NamedTuple):
+    """The validated central directory of one file (a named tuple, as ``EntryInfo``: one per open).
 
     Attributes:
         entries: Entries in central-directory order.
@@ -320,6 +322,9 @@ class _Parser:
         # inside it without a call per entry.
         self.tail = b""
         self.tail_start = file_size
+        # Set by ``_central_records``: True when the entries, in directory order, are already known not to
+        # overlap (``_check_overlaps`` has nothing to find).
+        self._in_order = False
 
     def fail(self, message: str, offset: int | None = None) -> MalformedArchive:
         return MalformedArchive(message, path=self.path, offset=offset)
@@ -366,8 +371,9 @@ class _Parser:
         else:
             cd = self.read(cd_size, cd_offset)
         entries = self._central_records(cd, cd_offset, total_entries)
-        self._check_overlaps(entries, cd_offset)
-        return ZipDirectory(entries=entries, cd_offset=cd_offset, file_size=self.size)
+        if not self._in_order:
+            self._check_overlaps(entries, cd_offset)
+        return ZipDirectory(entries, cd_offset, self.size)
 
     def _find_eocd(self, tail: bytes) -> int:
         # Scan backwards: the record whose comment length reaches exactly the end of the file wins, so a
@@ -377,7 +383,7 @@ class _Parser:
             pos = tail.rfind(EOCD_SIG, 0, pos + 4)
             if pos < 0:
                 return -1
-            (comment_len,) = struct.unpack_from("<H", tail, pos + 20)
+            (comment_len,) = _U16.unpack_from(tail, pos + 20)
             if pos + EOCD_SIZE + comment_len == len(tail):
                 return pos
             pos -= 1
@@ -402,67 +408,92 @@ class _Parser:
         entries: list[EntryInfo] = []
         names: set[str] = set()
         pos = 0
+        cd_size = len(cd)
         tail, tail_start, size = self.tail, self.tail_start, self.size
+        unpack_central = _CENTRAL_USED.unpack_from
         unpack_local = _LOCAL.unpack_from
         new_entry = tuple.__new__  # ``EntryInfo(...)`` without its Python-level ``__new__`` (4 per open)
+        previous_end = 0
+        in_order = True
         for _ in range(count):
-            rec_offset = cd_offset + pos
-            if pos + CENTRAL_SIZE > len(cd):
-                raise self.fail("central directory ends inside a record", rec_offset)
-            (sig, _, _, flags, method, _, _, crc, csize, usize, n, m, k, disk_start, _, _, hoff) = (
-                _CENTRAL.unpack_from(cd, pos)
-            )
+            start = pos
+            try:
+                (sig, flags, method, crc, csize, usize, n, m, k, disk_start, hoff) = unpack_central(cd, pos)
+            except struct.error:
+                raise self.fail("central directory ends inside a record", cd_offset + start) from None
             if sig != CENTRAL_SIG:
-                raise self.fail("bad central directory signature", rec_offset)
-            end = pos + CENTRAL_SIZE + n + m + k
-            if end > len(cd):
-                raise self.fail("central directory record overruns the directory", rec_offset)
-            raw_name = cd[pos + CENTRAL_SIZE : pos + CENTRAL_SIZE + n]
+                raise self.fail("bad central directory signature", cd_offset + start)
             extra_at = pos + CENTRAL_SIZE + n
-            pos = end
-            name = _KNOWN_NAMES.get(raw_name) or self._decode_name(raw_name, flags, rec_offset)
+            pos = extra_at + m + k
+            if pos > cd_size:
+                raise self.fail("central directory record overruns the directory", cd_offset + start)
+            raw_name = cd[start + CENTRAL_SIZE : extra_at]
+            name = _KNOWN_NAMES.get(raw_name) or self._decode_name(raw_name, flags, cd_offset + start)
             if name in names:
-                raise self.fail(f"duplicate entry {name!r}", rec_offset)
+                raise self.fail(f"duplicate entry {name!r}", cd_offset + start)
             names.add(name)
             if flags & FLAG_ENCRYPTED:
-                raise self.fail(f"entry {name!r} is encrypted", rec_offset)
+                raise self.fail(f"entry {name!r} is encrypted", cd_offset + start)
             if method not in (METHOD_STORED, METHOD_DEFLATED):
-                raise self.fail(f"entry {name!r} uses unsupported compression method {method}", rec_offset)
+                raise self.fail(
+                    f"entry {name!r} uses unsupported compression method {method}", cd_offset + start
+                )
             if m or U32_MAX in (usize, csize, hoff):
                 usize, csize, hoff, disk_start = self._apply_zip64_extra(
-                    cd[extra_at : extra_at + m], usize, csize, hoff, disk_start, rec_offset
+                    cd[extra_at : extra_at + m], usize, csize, hoff, disk_start, cd_offset + start
                 )
             if disk_start != 0:
-                raise self.fail(f"entry {name!r} starts on another disk", rec_offset)
+                raise self.fail(f"entry {name!r} starts on another disk", cd_offset + start)
             if method == METHOD_STORED and csize != usize:
-                raise self.fail(f"stored entry {name!r} has different sizes", rec_offset)
-            # The usual case, accepted inline: a local header inside the tail already read, agreeing with
+                raise self.fail(f"stored entry {name!r} has different sizes", cd_offset + start)
+            # The usual cases, accepted inline: a local header inside the tail already read, agreeing with
             # its central record in every field ``_local_header`` checks, without data descriptor or ZIP64
             # sizes. Anything else (including every refusal) goes through ``_local_header``, which checks
             # from scratch: this only skips work when its answer would be this same data offset.
             rel = hoff - tail_start
+            data_offset = -1
             if rel >= 0 and hoff + LOCAL_SIZE <= size:
-                (lsig, _, lflags, lmethod, _, _, lcrc, lcsize, lusize, ln, lm) = unpack_local(tail, rel)
                 if (
-                    lsig == LOCAL_SIG
-                    and hoff + LOCAL_SIZE + ln + lm <= size
-                    and ln == n
+                    # Most writers (ours, the reference's) repeat the central record's bytes from "version
+                    # needed" to the name length in the local header: one comparison checks flags, method,
+                    # CRC, both sizes and the name length at once. Without central extra fields (``m``),
+                    # no size is a ZIP64 marker here (``_apply_zip64_extra`` refused those).
+                    not m
+                    and not flags & FLAG_DATA_DESCRIPTOR
+                    and tail.startswith(LOCAL_SIG, rel)
+                    and tail[rel + 4 : rel + 28] == cd[start + 6 : start + 30]
                     and tail.startswith(raw_name, rel + LOCAL_SIZE)
-                    and lmethod == method
-                    and not lflags & (FLAG_ENCRYPTED | FLAG_DATA_DESCRIPTOR)
-                    and U32_MAX not in (lcsize, lusize)
-                    and lcrc == crc
-                    and lcsize == csize
-                    and lusize == usize
                 ):
-                    data_offset = hoff + LOCAL_SIZE + ln + lm
+                    data_offset = hoff + LOCAL_SIZE + n + (tail[rel + 28] | tail[rel + 29] << 8)
+                    if data_offset > size:
+                        data_offset = -1
                 else:
-                    data_offset = self._local_header(name, raw_name, flags, method, crc, csize, usize, hoff)
-            else:
+                    (lsig, _, lflags, lmethod, _, _, lcrc, lcsize, lusize, ln, lm) = unpack_local(tail, rel)
+                    if (
+                        lsig == LOCAL_SIG
+                        and hoff + LOCAL_SIZE + ln + lm <= size
+                        and ln == n
+                        and tail.startswith(raw_name, rel + LOCAL_SIZE)
+                        and lmethod == method
+                        and not lflags & (FLAG_ENCRYPTED | FLAG_DATA_DESCRIPTOR)
+                        and U32_MAX not in (lcsize, lusize)
+                        and lcrc == crc
+                        and lcsize == csize
+                        and lusize == usize
+                    ):
+                        data_offset = hoff + LOCAL_SIZE + ln + lm
+            if data_offset < 0:
                 data_offset = self._local_header(name, raw_name, flags, method, crc, csize, usize, hoff)
+            # Overlaps are judged after every record was read (``parse``); the usual layout (entries in
+            # header order, each starting after the previous one's data, all before the directory) is
+            # recognised here so that ``_check_overlaps`` need not sort and walk them again.
+            if hoff < previous_end or data_offset + csize > cd_offset:
+                in_order = False
+            previous_end = data_offset + csize
             entries.append(new_entry(EntryInfo, (name, method, flags, crc, csize, usize, hoff, data_offset)))
-        if pos != len(cd):
+        if pos != cd_size:
             raise self.fail("central directory size does not match its records", cd_offset)
+        self._in_order = in_order
         return tuple(entries)
 
     def _decode_name(self, raw: bytes, flags: int, offset: int) -> str:

@@ -41,6 +41,7 @@ from sync_format.testing import (
     reference_archive_bytes,
     reference_manifest,
 )
+from sync_format.zip_reader import ZipDirectory
 from sync_format.zip_writer import ZipWriter
 
 EMPTY_WASM = b"\x00asm\x01\x00\x00\x00"
@@ -218,6 +219,19 @@ def _overlong_manifest() -> bytes:
     return writer_bytes([*base_entries()[1:], ("manifest.toml", MANIFEST + padding)])
 
 
+def _central_reversed(data: bytes) -> bytes:
+    """``data`` with its central records in the reverse order of their entries (sizes and offsets kept)."""
+    found = sorted(records(data).values(), key=lambda rec: rec.central)
+    eocd = eocd_offset(data)
+    ends = [rec.central for rec in found[1:]] + [eocd]
+    pieces = [data[rec.central : end] for rec, end in zip(found, ends, strict=True)]
+    return data[: found[0].central] + b"".join(reversed(pieces)) + data[eocd:]
+
+
+def _reversed_and_overlapping() -> bytes:
+    return _central_reversed(_both("payload", L_CSIZE, C_CSIZE, "<2L", 10, 10)())
+
+
 MALFORMED = [
     # The end record is where it claims to be and the central directory lies inside the file.
     pytest.param(_truncated(21), "too short", id="shorter-than-eocd"),
@@ -282,6 +296,7 @@ MALFORMED = [
     pytest.param(_tv1_patch("C", "payload", C_CSIZE, "<L", 6), "different sizes", id="stored-sizes-differ"),
     # Entries do not overlap and end before the central directory.
     pytest.param(_both("payload", L_CSIZE, C_CSIZE, "<2L", 10, 10), "overlaps", id="overlap"),
+    pytest.param(_reversed_and_overlapping, "overlaps", id="overlap-listed-out-of-order"),
     pytest.param(
         _both("sync.wasm", L_CSIZE, C_CSIZE, "<2L", 20, 20),
         "runs into the central directory",
@@ -306,6 +321,41 @@ def test_inline_local_headers_refuse_malformed_archives_like_the_full_check(
 
     inline, full = read_both_ways(build(), tmp_path / "case.sync")
     assert inline == full
+
+
+#: Archives that must open, written in ways our writer does not: a local header differing from its central
+#: record only in fields the reader does not compare (version needed, time, date) is not taken by the
+#: reader's byte-for-byte shortcut, and central records out of file order skip its overlap shortcut.
+UNUSUAL_BUT_VALID = [
+    pytest.param(_tv1_patch("L", "payload", 4, "<H", 45), id="local-version-differs"),
+    pytest.param(_tv1_patch("L", "manifest.toml", 10, "<2H", 0x6000, 0x5821), id="local-time-date-differ"),
+    pytest.param(lambda: _central_reversed(tv1()), id="central-records-out-of-order"),
+    pytest.param(
+        lambda: zipfile_bytes([("manifest.toml", MANIFEST, zipfile.ZIP_DEFLATED), ("payload", b"x", 0)]),
+        id="zipfile-written",
+    ),
+]
+
+
+@pytest.mark.parametrize("build", UNUSUAL_BUT_VALID)
+def test_unusual_but_valid_archives_open_with_the_same_entries_both_ways(
+    tmp_path: Path, build: Callable[[], bytes]
+) -> None:
+    """Each opens, to the same directory with the inline acceptance of local headers as without it, and to
+    the entries and data offsets the test finds itself."""
+    from inline_check import read_both_ways  # here: mountd's tests import this module as a package
+
+    data = build()
+    inline, full = read_both_ways(data, tmp_path / "case.sync")
+    assert isinstance(inline, ZipDirectory)
+    assert inline == full
+    found = records(data)
+    assert {entry.name: entry.header_offset for entry in inline.entries} == {
+        name: rec.local for name, rec in found.items()
+    }
+    for entry in inline.entries:
+        n, m = struct.unpack_from("<2H", data, entry.header_offset + L_NAMELEN)
+        assert entry.data_offset == entry.header_offset + 30 + n + m
 
 
 @pytest.mark.parametrize(("build", "message"), MALFORMED)

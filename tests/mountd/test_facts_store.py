@@ -17,6 +17,7 @@ from support import wait_for
 
 from broker import Settings
 from mountd.app import open_facts_store
+from mountd.dav import facts as facts_module
 from mountd.dav import facts_store
 from mountd.dav.facts_store import DB_NAME, DIR_NAME, FactsStore
 from mountd.dav.index import ArchiveIndex, DirectoryListing
@@ -207,7 +208,7 @@ def test_a_bad_row_under_the_right_key_is_a_miss(
 
 def test_a_good_row_is_restored_exactly(store: Path, tmp_path: Path) -> None:
     """What a restart reads back from the index equals what opening the archive gives, field by field."""
-    assert facts_store._SETTERS is not None  # restored by setting the slots, not through the constructor
+    assert facts_module._SETTERS is not None  # restored by setting the slots, not through the constructor
     make_archive(store / "r.sync", manifest=make_manifest(content_type="text/csv", display_ext="csv", ttl=60))
     first, _ = listed(tmp_path / "cache", store)
     second, index = listed(tmp_path / "cache", store)
