@@ -128,6 +128,42 @@ class WritableCollection(Folder):
         refuse_onto_a_holder(self.path, dest_path)
         return False
 
+    def get_descendants(
+        self,
+        *,
+        collections: bool = True,
+        resources: bool = True,
+        depth_first: bool = False,
+        depth: str = "infinity",
+        add_self: bool = False,
+    ) -> list[Any]:
+        """wsgidav's walk below this folder; for the source of a ``COPY`` with ``Depth: 0``, no member.
+
+        Such a COPY makes the folder and its properties, not its members (RFC 4918 §9.8.3); wsgidav copies
+        what this returns whatever the depth (it copied the whole tree). Over an existing folder the
+        destination's own members, not in this (empty) list, are then removed as for any COPY of a folder
+        onto a folder: the two are not merged (§9.8.4).
+        """
+        if self._copied_alone():
+            return [self] if add_self and collections else []
+        found: list[Any] = super().get_descendants(
+            collections=collections,
+            resources=resources,
+            depth_first=depth_first,
+            depth=depth,
+            add_self=add_self,
+        )
+        return found
+
+    def _copied_alone(self) -> bool:
+        # This folder is the source of the request, a COPY with ``Depth: 0``.
+        environ = self.environ
+        return bool(
+            environ.get("REQUEST_METHOD") == "COPY"
+            and environ.get("HTTP_DEPTH") == "0"
+            and self.path.rstrip("/") == str(environ.get("PATH_INFO", "")).rstrip("/")
+        )
+
     def handle_move(self, dest_path: str) -> bool:
         refuse_onto_a_holder(self.path, dest_path)
         return False

@@ -219,6 +219,41 @@ def test_folders_delete_move_and_copy(wurl: str, store: Path) -> None:
     assert os.listdir(store) == []
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_copy_of_depth_0_copies_the_folder_not_its_members(
+    wurl: str, store: Path, overwrite: bool
+) -> None:
+    """``COPY`` of a folder with ``Depth: 0`` makes the folder (with its properties) and nothing below it
+    (RFC 4918 §9.8.3); over an existing folder (``Overwrite: T``) the result is not merged: the destination
+    is left empty. wsgidav copied the whole tree whatever the depth. ``Depth: infinity`` copies it all."""
+    assert request(wurl, "MKCOL", "/d/").status == 201
+    assert request(wurl, "MKCOL", "/d/sub/").status == 201
+    assert put(wurl, "/d/x.csv", CSV) == 201
+    assert put(wurl, "/d/sub/y.csv", CSV) == 201
+    patch = (
+        b'<?xml version="1.0"?><D:propertyupdate xmlns:D="DAV:" xmlns:Z="urn:example">'
+        b"<D:set><D:prop><Z:colour>blue</Z:colour></D:prop></D:set></D:propertyupdate>"
+    )
+    assert request(wurl, "PROPPATCH", "/d/", body=patch).status == 207
+    if overwrite:
+        assert request(wurl, "MKCOL", "/e/").status == 201
+        assert put(wurl, "/e/old.csv", CSV) == 201
+    copied = request(wurl, "COPY", "/d/", headers={"Destination": f"{wurl}/e/", "Depth": "0"})
+    assert copied.status == (204 if overwrite else 201)
+    assert os.listdir(store / "e") == []
+    assert propfind(wurl, "/e/", depth="0")["/e/"].get("{urn:example}colour") == "blue"
+    assert sorted(os.listdir(store / "d")) == ["sub", "x.csv.sync"]
+    assert os.listdir(store / "d" / "sub") == ["y.csv.sync"]
+    whole = request(wurl, "COPY", "/d/", headers={"Destination": f"{wurl}/f/", "Depth": "infinity"})
+    assert whole.status == 201
+    assert names(propfind(wurl, "/f/")) == ["f/", "sub/", "x.csv"]
+    assert os.listdir(store / "f" / "sub") == ["y.csv.sync"]
+    # An archive has no members: Depth 0 copies it whole.
+    single = request(wurl, "COPY", "/d/x.csv", headers={"Destination": f"{wurl}/g.csv", "Depth": "0"})
+    assert single.status == 201
+    assert request(wurl, "GET", "/g.csv").body == CSV
+
+
 def test_os_metadata_files_are_accepted_and_discarded(wurl: str, store: Path) -> None:
     """``._*`` and ``.DS_Store`` uploads succeed without storing anything; other hidden names are refused."""
     assert put(wurl, "/._report.csv", b"apple double") in (201, 204)
