@@ -7,6 +7,7 @@ and the test asserts the specific ``ArchiveError`` subclass and the rule's messa
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import json
@@ -24,6 +25,7 @@ from support import outcome_beside_a_fifo
 
 from sync_format import (
     ArchiveError,
+    ArchiveSnapshot,
     MalformedArchive,
     MissingEntry,
     SyncBuilder,
@@ -1225,3 +1227,19 @@ def test_remembered_served_strings_never_admit_a_refused_one() -> None:
         assert media_type_problem(f"text/x-{i}") is None
     assert media_type_problem("text/csv\n") is not None
     assert media_type_problem("text/csv") is None
+
+
+def test_snapshots_and_states_made_without_their_constructors_have_every_field(tmp_path: Path) -> None:
+    """``open_archive`` fills a snapshot, and the written-state fast path fills a state, without their frozen
+    ``__init__``: each must have every field of its class, in order (a field added to the class and not to
+    those two places would otherwise be missing, or silently keep its class default)."""
+    path = tmp_path / "a.sync"
+    make_archive(path)
+    with open_archive(path) as snapshot:
+        made = {name: value for name, value in vars(snapshot).items() if name != "path"}  # (cached_property)
+        assert list(made) == [field.name for field in dataclasses.fields(ArchiveSnapshot)]
+        state = snapshot.state
+        assert state.generation == 0
+        assert state.payload_blake3 is not None  # the fast path's answer, not ArchiveState()
+        assert list(vars(state)) == [field.name for field in dataclasses.fields(ArchiveState)]
+        assert state == ArchiveState(**vars(state))
