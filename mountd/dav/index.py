@@ -308,7 +308,7 @@ class ArchiveIndex:
 
     def _open(
         self,
-        path: Path,
+        path: Path | None,
         identity: FileIdentity,
         source: str | None = None,
         *,
@@ -317,11 +317,18 @@ class ArchiveIndex:
         name: str = "",
     ) -> ArchiveFacts | None:
         # Open an archive whose version is not in memory; None when unreadable (noted). ``source`` is
-        # ``path`` as text when the caller has it (a listing: the Path need not be formatted). Not through a
-        # symlink unless asked: a scan found a regular file there, which may have been swapped since. A
-        # listing passes the folder it scanned (``folder``, ``name``): the file is opened in that folder.
+        # ``path`` as text when the caller has it (a listing: the Path need not be formatted, nor made: None
+        # when ``source`` is given, made from it only to report a failure). Not through a symlink unless
+        # asked: a scan found a regular file there, which may have been swapped since. A listing passes the
+        # folder it scanned (``folder``, ``name``): the file is opened in that folder.
+        text: str | Path
+        if source is not None:
+            text = source
+        elif path is not None:
+            text = path
+        else:
+            raise ValueError("an archive to open needs a path or a source")
         try:
-            text = path if source is None else source
             if folder is None:
                 snapshot = open_archive(text, follow_symlinks=follow_symlinks)
             else:
@@ -331,14 +338,14 @@ class ArchiveIndex:
             finally:
                 snapshot.close()
         except ArchiveError as exc:
-            self.note_unreadable(path, identity, exc)
+            self.note_unreadable(Path(text), identity, exc)
             return None
         except Exception:  # a backstop: logged with its traceback below
             # A reader bug met by one hostile file must not fail its whole folder's listing (a manifest
             # nested 5,000 deep once raised RecursionError here, and the folder answered 500): that archive
             # is left out, remembered as unreadable for this version, and the traceback is logged.
-            log.exception("archive open failed unexpectedly archive=%s", path)
-            self.note_unreadable(path, identity, MalformedArchive("unexpected error while reading it"))
+            log.exception("archive open failed unexpectedly archive=%s", text)
+            self.note_unreadable(Path(text), identity, MalformedArchive("unexpected error while reading it"))
             return None
         with self._lock:
             self._opens += 1
@@ -527,7 +534,7 @@ class ArchiveIndex:
         fresh: dict[int, ArchiveFacts | None] = {}
         if pending:
             prefix = os.path.join(memo_key, "")
-            fresh = self._open_all(pending, files, identities, folder, prefix, _child_paths(directory), stop)
+            fresh = self._open_all(pending, files, identities, folder, prefix, stop)
         found: list[ArchiveFacts | None] = []
         complete = True
         for position, ((_, st), identity, cached) in enumerate(zip(files, identities, known, strict=True)):
@@ -552,7 +559,6 @@ class ArchiveIndex:
         identities: list[FileIdentity],
         folder: int,
         prefix: str,
-        child: Callable[[str], Path],
         stop: threading.Event | None,
     ) -> dict[int, ArchiveFacts | None]:
         # Open the archives at these positions of a scan (versions never seen): position → facts, or None
@@ -565,9 +571,7 @@ class ArchiveIndex:
                 raise _Stopped
             position = pending[n]
             name = files[position][0]
-            opened[position] = self._open(
-                child(name), identities[position], prefix + name, folder=folder, name=name
-            )
+            opened[position] = self._open(None, identities[position], prefix + name, folder=folder, name=name)
 
         if len(pending) < self._parallel_min:
             for n in range(len(pending)):
@@ -722,9 +726,16 @@ def _received_facts(
     sent: tuple[object, ...], expiries: dict[tuple[object, ...], Expiry]
 ) -> ArchiveFacts | None:
     # ``_sent_facts``'s values as received from the helper; None when they are not such values.
-    if len(sent) != 20 or not all(type(v) is int for v in sent[:5]):
+    if type(sent) is not tuple or len(sent) != 20:
         return None
-    return decode_facts(sent[5:], FileIdentity(*sent[:5]), expiries)  # type: ignore[arg-type]
+    head = sent[:5]
+    if tuple(map(type, head)) != _FIVE_INTS:
+        return None
+    return decode_facts(sent[5:], _new_tuple(FileIdentity, head), expiries)
+
+
+_FIVE_INTS = (int,) * 5
+_new_tuple = tuple.__new__  # a named tuple without its Python-level ``__new__`` (one per received archive)
 
 
 def _child_paths(directory: Path) -> Callable[[str], Path]:

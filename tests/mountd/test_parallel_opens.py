@@ -270,6 +270,8 @@ def test_a_shared_first_listing_equals_one_done_alone(store: Path, caplog: pytes
         assert listed.path == expected.archives[name].path
     unreadable = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
     assert len(unreadable) == 3, unreadable
+    for i in (5, 150, 290):  # each named by its path, whichever side met it
+        assert sum(f"archive={store / f'bad{i}.csv.sync'} " in line for line in unreadable) == 1, unreadable
     assert shared.stats.unreadable == 3
 
 
@@ -310,6 +312,9 @@ def test_received_facts_are_checked(store: Path) -> None:
     bad = [
         sent[:19],  # short
         ("1", *sent[1:]),  # identity not a number
+        (True, *sent[1:]),  # nor a bool
+        (*sent[:4], float(sent[4]), *sent[5:]),  # nor a float
+        list(sent),  # not a tuple
         (*sent[:7], -1, *sent[8:]),  # negative payload size
         (*sent[:7], sent[3] + 1, *sent[8:]),  # payload larger than the file
         (*sent[:9], "not an etag!", *sent[10:]),
