@@ -75,7 +75,6 @@ _KNOWN_NAMES = {
 _EOCD = struct.Struct("<4s4H2LH")
 _ZIP64_LOCATOR = struct.Struct("<4sLQL")
 _ZIP64_EOCD = struct.Struct("<4sQ2H2L4Q")
-_CENTRAL = struct.Struct("<4s6H3L5H2L")
 #: The fields of a central record the reader uses (signature, flags, method, CRC, sizes, the three lengths,
 #: disk, header offset), skipping the others: fewer values to make per entry.
 _CENTRAL_USED = struct.Struct("<4s4x2H4x3L4H6xL")
@@ -322,9 +321,6 @@ class _Parser:
         # inside it without a call per entry.
         self.tail = b""
         self.tail_start = file_size
-        # Set by ``_central_records``: True when the entries, in directory order, are already known not to
-        # overlap (``_check_overlaps`` has nothing to find).
-        self._in_order = False
 
     def fail(self, message: str, offset: int | None = None) -> MalformedArchive:
         return MalformedArchive(message, path=self.path, offset=offset)
@@ -370,8 +366,10 @@ class _Parser:
             cd = tail[cd_offset - tail_start : cd_offset - tail_start + cd_size]
         else:
             cd = self.read(cd_size, cd_offset)
-        entries = self._central_records(cd, cd_offset, total_entries)
-        if not self._in_order:
+        # ``in_order``: the entries, in directory order, are already known not to overlap (``_check_overlaps``
+        # would find nothing).
+        entries, in_order = self._central_records(cd, cd_offset, total_entries)
+        if not in_order:
             self._check_overlaps(entries, cd_offset)
         return ZipDirectory(entries, cd_offset, self.size)
 
@@ -404,7 +402,7 @@ class _Parser:
             raise self.fail("bad ZIP64 end-of-central-directory signature", z64_offset)
         return disk, cd_disk, disk_entries, total_entries, cd_size, cd_offset, z64_offset
 
-    def _central_records(self, cd: bytes, cd_offset: int, count: int) -> tuple[EntryInfo, ...]:
+    def _central_records(self, cd: bytes, cd_offset: int, count: int) -> tuple[tuple[EntryInfo, ...], bool]:
         entries: list[EntryInfo] = []
         names: set[str] = set()
         pos = 0
@@ -493,8 +491,7 @@ class _Parser:
             entries.append(new_entry(EntryInfo, (name, method, flags, crc, csize, usize, hoff, data_offset)))
         if pos != cd_size:
             raise self.fail("central directory size does not match its records", cd_offset)
-        self._in_order = in_order
-        return tuple(entries)
+        return tuple(entries), in_order
 
     def _decode_name(self, raw: bytes, flags: int, offset: int) -> str:
         known = _KNOWN_NAMES.get(raw)

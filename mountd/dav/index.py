@@ -321,12 +321,8 @@ class ArchiveIndex:
         # when ``source`` is given, made from it only to report a failure). Not through a symlink unless
         # asked: a scan found a regular file there, which may have been swapped since. A listing passes the
         # folder it scanned (``folder``, ``name``): the file is opened in that folder.
-        text: str | Path
-        if source is not None:
-            text = source
-        elif path is not None:
-            text = path
-        else:
+        text = path if source is None else source
+        if text is None:
             raise ValueError("an archive to open needs a path or a source")
         try:
             if folder is None:
