@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         get_runs=args.runs,
         propfind_runs=0,
         wrk_seconds=0,
+        first_rounds=0,
     )
     with ExitStack() as stack:
         tmp = Path(tempfile.mkdtemp(prefix="sync-ab-sendfile-", dir=args.dir))

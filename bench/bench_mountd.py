@@ -4,8 +4,10 @@ Servers, all started here on free 127.0.0.1 ports with their configuration in th
 stopped at the end:
 
 * ``mountd``: this repository's server (``mountd.serve``, a subprocess of this script) over a store of
-  archives built with ``sync_format``; ``mountd-copy`` is the same with ``sendfile=False`` (the path TLS
-  takes), shown for the big GET only; ``mountd x2`` is ``syncctl serve --processes 2`` (two server processes
+  archives built with ``sync_format``; its loopback readers here get payload spans copied (``pread`` and a
+  non-blocking ``send``, parked when the reader is slower), not by ``os.sendfile`` (``mountd.http.sendfile``);
+  ``mountd-copy`` is the same with ``sendfile=False`` (the path TLS takes: blocking ``sendall``, never
+  parked), shown for the big GET only; ``mountd x2`` is ``syncctl serve --processes 2`` (two server processes
   on one socket, the embedded broker, no local workers, no scheduler: the way to serve many small reads),
   shown for the small GETs only;
 * ``wsgidav``: wsgidav's own ``FilesystemProvider`` with its command line's defaults (cheroot);

@@ -385,7 +385,13 @@ class GuardedConnection(server.HTTPConnection):
         return manager if handoff.plain_socket(self) else None
 
     def park_send(
-        self, file_fd: int, offset: int, count: int, on_sent: Callable[[int], None] | None = None
+        self,
+        file_fd: int,
+        offset: int,
+        count: int,
+        on_sent: Callable[[int], None] | None = None,
+        *,
+        copy: bool = False,
     ) -> bool:
         """Have the connection loop send ``count`` bytes of ``file_fd`` from ``offset`` once this response's
         request is done; False (send them yourself) when no send can be parked now.
@@ -396,6 +402,7 @@ class GuardedConnection(server.HTTPConnection):
             count: Bytes to send.
             on_sent: Told once, from the loop, how many of them were sent (``count`` unless the reader went
                 away or stalled), when the send ends; not called when this returns False.
+            copy: Copy the bytes instead of ``os.sendfile`` (``handoff.ParkedSend``).
         """
         manager = self._handing_to()
         if manager is None or not manager.reserve_send():
@@ -405,7 +412,7 @@ class GuardedConnection(server.HTTPConnection):
         except OSError:
             manager.unreserve_send()
             return False
-        self._pending_send = handoff.ParkedSend(manager, self, duplicate, offset, count, on_sent)
+        self._pending_send = handoff.ParkedSend(manager, self, duplicate, offset, count, on_sent, copy=copy)
         return True
 
     def park_spilled(self, pending: bytes | memoryview, remaining: int, chunks: Iterator[bytes]) -> bool:

@@ -12,11 +12,13 @@ where a waiting client costs a file descriptor and a few bytes of bookkeeping, n
   ``LINGER_SECONDS`` or ``LINGER_BYTES``, whichever comes first. Closing at once with unread input makes the
   kernel answer with a reset, and a client still sending its body then fails on its send (EPIPE) without
   ever reading the answer already on its way.
-* **Parked sends** (``ParkedSend``): when a payload body going out by ``os.sendfile``
+* **Parked sends** (``ParkedSend``): when a payload body going out on a plain socket
   (``mountd.http.sendfile``) fills the reader's socket buffer (the reader is slower than the file), the
   worker waits ``PARK_AFTER`` seconds for room (0: none), then the rest of the body is sent from the loop
-  whenever the socket can take more. A worker thread so never waits on a reader, however slowly it reads
-  (as nginx's event loop), and serves the next request meanwhile. It is sent from a duplicate of the
+  whenever the socket can take more, the way the worker sent it: by ``os.sendfile``, or to a loopback
+  reader by ``pread`` into one buffer of the loop's thread and ``send`` (``copy``). A worker thread so
+  never waits on a reader, however slowly it reads (as nginx's event loop), and serves the next request
+  meanwhile. It is sent from a duplicate of the
   payload's file descriptor, the same open file (inode) the response began on, at explicit offsets, so a
   swap meanwhile changes no byte of it. Once the body is out, the connection goes back to keep-alive (or is
   closed, as the response announced); a reader that takes nothing for ``SEND_IDLE`` seconds (60, as
@@ -53,6 +55,7 @@ import socket
 import struct
 import tempfile
 import termios
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -102,6 +105,17 @@ SEND_IDLE = 60.0
 
 #: Where lingering connections' bytes are read to and forgotten (only the connection loop's thread).
 _DISCARD = bytearray(65536)
+#: Per thread: the ``SEND_CHUNK`` buffer a copying parked send reads into (``copy_buffer``).
+_LOCAL = threading.local()
+
+
+def copy_buffer() -> memoryview:
+    """This thread's ``SEND_CHUNK``-byte buffer for copied sends (one per connection loop: a process may
+    run several servers, each with its loop thread; made on first use)."""
+    view: memoryview | None = getattr(_LOCAL, "view", None)
+    if view is None:
+        view = _LOCAL.view = memoryview(bytearray(SEND_CHUNK))
+    return view
 
 
 class Owner(Protocol):
@@ -211,7 +225,9 @@ class Parked(ABC):
 
 
 class ParkedSend(Parked):
-    """The rest of a payload body, sent by ``os.sendfile`` from the loop as the socket takes it.
+    """The rest of a payload body, sent from the loop as the socket takes it: by ``os.sendfile``, or with
+    ``copy`` read into the loop thread's buffer (``copy_buffer``) and written (bytes the socket did not take
+    are read again from the file next time, at their offset).
 
     Attributes:
         file_fd: A duplicate of the payload's descriptor (or a spilled document's file), owned by this entry.
@@ -219,9 +235,10 @@ class ParkedSend(Parked):
         on_sent: Told, once, how many bytes this entry sent (when it is released, in full or not), or None.
         spilled: Bytes of a temporary file this entry holds (``spill``; counted against
             ``MAX_SPILLED_BYTES``), 0 for a payload.
+        copy: Copy instead of ``os.sendfile`` (a loopback reader: ``mountd.http.sendfile``).
     """
 
-    __slots__ = ("_moved", "file_fd", "offset", "on_sent", "spilled")
+    __slots__ = ("_moved", "copy", "file_fd", "offset", "on_sent", "spilled")
 
     def __init__(
         self,
@@ -232,20 +249,28 @@ class ParkedSend(Parked):
         remaining: int,
         on_sent: Callable[[int], None] | None = None,
         spilled: int = 0,
+        *,
+        copy: bool = False,
     ) -> None:
         super().__init__(owner, conn, remaining)
         self.file_fd = file_fd
         self.offset = offset
         self.on_sent = on_sent
         self.spilled = spilled
+        self.copy = copy
         self._moved = 0
 
     def pump(self) -> bool:
         """Send what the socket takes now; True once the body is out or cannot be (``failed``)."""
         moved = 0
+        buffer = copy_buffer() if self.copy else None
         while moved < TURN_BYTES:
             try:
-                n = os.sendfile(self.fd, self.file_fd, self.offset, min(self.remaining, SEND_CHUNK))
+                if buffer is None:
+                    n = os.sendfile(self.fd, self.file_fd, self.offset, min(self.remaining, SEND_CHUNK))
+                else:
+                    got = os.preadv(self.file_fd, [buffer[: min(self.remaining, SEND_CHUNK)]], self.offset)
+                    n = os.write(self.fd, buffer[:got]) if got else 0  # the socket is non-blocking
             except BlockingIOError:
                 return False
             except OSError:  # the client went away

@@ -1,9 +1,12 @@
-"""The payload write path (``mountd.http.sendfile``): exact bodies over sendfile and the copy path, HTTP
+"""The payload write path (``mountd.http.sendfile``): exact bodies over sendfile and the copy paths, HTTP
 intact.
 
-Every test runs against a real server from ``serve_background`` on a free port, once with ``os.sendfile``
-and once with the copy path forced (``sendfile=False``, what TLS gets), through real sockets. Which path
-carried a body is read from the gateway's debug log.
+Every test runs against a real server from ``serve_background`` on a free port, through real sockets, once
+per path a span can take: ``os.sendfile`` (what a peer off this machine gets; forced on loopback here by
+``PayloadGateway.copy_to_loopback = False``), the loopback copy (what a loopback peer gets: the default on
+these 127.0.0.1 sockets), and the copy path forced (``sendfile=False``, what TLS gets). The slow-reader
+tests run both plain-socket paths, which park. Which path carried a body is read from the gateway's debug
+log.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from broker import Settings
 from mountd import BLOCK_SIZE, ServerHandle, serve_background
 from mountd.http import handoff
 from mountd.http import sendfile as sendfile_module
-from mountd.http.sendfile import LATE_BYTES_KEY, direct_bytes
+from mountd.http.sendfile import LATE_BYTES_KEY, PayloadGateway, direct_bytes
 from sync_format import BuildResult, commit_payload
 
 AddArchive = Callable[..., BuildResult]
@@ -46,16 +49,32 @@ SHORT_TIMEOUT = 1
 LOGGER = "mountd.http.sendfile"
 
 
-@pytest.fixture(params=[True, False], ids=["sendfile", "copy"])
-def sendfile(request: pytest.FixtureRequest) -> bool:
-    """Whether the server uses ``os.sendfile`` (False forces the copy path)."""
-    value: bool = request.param
+@pytest.fixture(params=["sendfile", "loopback"])
+def plain_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The path of a span on a plain socket to this (loopback) test client: ``os.sendfile`` (as to a peer
+    off this machine) or the loopback copy."""
+    value: str = request.param
+    monkeypatch.setattr(PayloadGateway, "copy_to_loopback", value == "loopback")
+    return value
+
+
+@pytest.fixture(params=["sendfile", "loopback", "copy"])
+def span_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``plain_path``'s two, or the copy path forced (``sendfile=False``)."""
+    value: str = request.param
+    monkeypatch.setattr(PayloadGateway, "copy_to_loopback", value == "loopback")
     return value
 
 
 @pytest.fixture
+def sendfile(span_path: str) -> bool:
+    """The server's ``sendfile`` argument for ``span_path``."""
+    return span_path != "copy"
+
+
+@pytest.fixture
 def payload_server(store: Path, hook: RecordingHook, sendfile: bool) -> Iterator[ServerHandle]:
-    """mountd over ``store`` with the payload path chosen by ``sendfile``."""
+    """mountd over ``store`` with the payload path chosen by ``span_path``."""
     with serve_background(Settings(host="127.0.0.1", port=0), store, hook, sendfile=sendfile) as handle:
         yield handle
 
@@ -75,12 +94,8 @@ def _via(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [m.group(1) for r in caplog.records if (m := re.search(r" via=(\w+)", r.getMessage()))]
 
 
-def _expected_via(sendfile: bool) -> str:
-    return "sendfile" if sendfile else "copy"
-
-
 def test_big_get_is_byte_exact_on_the_chosen_path(
-    big: bytes, payload_server: ServerHandle, sendfile: bool, caplog: pytest.LogCaptureFixture
+    big: bytes, payload_server: ServerHandle, span_path: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A multi-MiB GET answers exactly the payload with its Content-Length, sent by the chosen path."""
     conn = _connect(payload_server)
@@ -92,7 +107,7 @@ def test_big_get_is_byte_exact_on_the_chosen_path(
     assert resp.status == 200
     assert resp.getheader("Content-Length") == str(len(big))
     assert body == big
-    assert _via(caplog) == [_expected_via(sendfile)]
+    assert _via(caplog) == [span_path]
 
 
 @pytest.mark.parametrize(
@@ -108,7 +123,7 @@ def test_big_get_is_byte_exact_on_the_chosen_path(
 def test_single_range_is_byte_exact(
     big: bytes,
     payload_server: ServerHandle,
-    sendfile: bool,
+    span_path: str,
     caplog: pytest.LogCaptureFixture,
     spec: str,
     first: int,
@@ -125,7 +140,7 @@ def test_single_range_is_byte_exact(
     assert resp.getheader("Content-Range") == f"bytes {first}-{last}/{len(big)}"
     assert resp.getheader("Content-Length") == str(last - first + 1)
     assert body == big[first : last + 1]
-    assert _via(caplog) == ([_expected_via(sendfile)] if last - first + 1 > BLOCK_SIZE else [])
+    assert _via(caplog) == ([span_path] if last - first + 1 > BLOCK_SIZE else [])
 
 
 def _ranges_answered(resp: http.client.HTTPResponse, body: bytes) -> list[tuple[int, int, bytes]]:
@@ -358,11 +373,57 @@ def test_a_reader_that_stops_reading_is_cut_off_and_its_files_released(
     assert "Traceback" not in capfd.readouterr().err
 
 
-def _tcp_pair() -> tuple[socket.socket, socket.socket]:
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        client = socket.create_connection(listener.getsockname())
+def _tcp_pair(host: str = "127.0.0.1") -> tuple[socket.socket, socket.socket]:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.create_server((host, 0), family=family) as listener:
+        client = socket.create_connection(listener.getsockname()[:2])
         server, _ = listener.accept()
     return server, client
+
+
+@pytest.mark.parametrize(
+    ("family", "host", "loopback"),
+    [
+        (socket.AF_INET, "127.0.0.1", True),
+        (socket.AF_INET, "127.45.6.7", True),
+        (socket.AF_INET, "10.0.0.1", False),
+        (socket.AF_INET, "172.17.0.1", False),
+        (socket.AF_INET, "1.127.0.0", False),
+        (socket.AF_INET6, "::1", True),
+        (socket.AF_INET6, "::ffff:127.0.0.1", True),
+        (socket.AF_INET6, "::FFFF:127.0.0.1", True),
+        (socket.AF_INET6, "::ffff:10.0.0.1", False),
+        (socket.AF_INET6, "fe80::1", False),
+        (socket.AF_INET6, "2001:db8::1", False),
+        (socket.AF_UNIX, "", False),
+    ],
+)
+def test_loopback_addresses(family: int, host: str, loopback: bool) -> None:
+    """Only 127.0.0.0/8, ``::1`` and IPv4-mapped 127.0.0.0/8 are loopback (a peer on another interface,
+    a Docker bridge's gateway among them, keeps ``os.sendfile``)."""
+    assert sendfile_module.loopback_address(family, host) is loopback
+
+
+def test_loopback_peers_are_told_from_others() -> None:
+    """Real sockets: IPv4 and IPv6 loopback peers are loopback, a Unix socket's peer is not, and a socket
+    without a peer is not."""
+    pairs = [_tcp_pair("127.0.0.1")]
+    if socket.has_ipv6:
+        with suppress(OSError):
+            pairs.append(_tcp_pair("::1"))
+    try:
+        for server, client in pairs:
+            assert sendfile_module._is_loopback(server)
+            assert sendfile_module._is_loopback(client)
+        left, right = socket.socketpair()
+        with left, right:
+            assert not sendfile_module._is_loopback(left)
+        with socket.socket() as unconnected:
+            assert not sendfile_module._is_loopback(unconnected)
+    finally:
+        for server, client in pairs:
+            server.close()
+            client.close()
 
 
 def _send_timeout(sock: socket.socket) -> tuple[int, int]:
@@ -377,9 +438,10 @@ def _assert_restored(sock: socket.socket, timeout: float) -> None:
     assert _send_timeout(sock) == (0, 0)
 
 
-def test_sendfile_sends_exactly_the_span_and_leaves_the_socket_as_it_was(tmp_path: Path) -> None:
-    """The sendfile loop sends exactly the span asked for and leaves the socket as cheroot set it:
-    non-blocking with its timeout, no kernel send timeout."""
+@pytest.mark.parametrize("copy", [False, True], ids=["sendfile", "loopback"])
+def test_a_span_is_sent_exactly_and_the_socket_left_as_it_was(tmp_path: Path, copy: bool) -> None:
+    """The span loop (by ``os.sendfile`` or copied) sends exactly the span asked for and leaves the socket as
+    cheroot set it: non-blocking with its timeout, no kernel send timeout."""
     data = os.urandom(8 * 1024 * 1024 + 4321)
     source = tmp_path / "data"
     source.write_bytes(data)
@@ -396,7 +458,7 @@ def test_sendfile_sends_exactly_the_span_and_leaves_the_socket_as_it_was(tmp_pat
         server.settimeout(7.5)
         fd = os.open(source, os.O_RDONLY)
         try:
-            sent = sendfile_module._sendfile(server, fd, 1000, len(data) - 2000)
+            sent = sendfile_module._send_span(server, fd, 1000, len(data) - 2000, copy=copy)
         finally:
             os.close(fd)
         _assert_restored(server, 7.5)
@@ -409,9 +471,12 @@ def test_sendfile_sends_exactly_the_span_and_leaves_the_socket_as_it_was(tmp_pat
     assert bytes(received) == data[1000:-1000]
 
 
-def test_sendfile_to_a_reader_that_stopped_times_out_and_restores_the_socket(tmp_path: Path) -> None:
-    """A peer that reads nothing makes the sendfile loop raise cheroot's "timed out" after the socket's
-    timeout, and the socket is left as it was all the same."""
+@pytest.mark.parametrize("copy", [False, True], ids=["sendfile", "loopback"])
+def test_a_span_to_a_reader_that_stopped_times_out_and_restores_the_socket(
+    tmp_path: Path, copy: bool
+) -> None:
+    """A peer that reads nothing makes the span loop (either way) raise cheroot's "timed out" after the
+    socket's timeout, and the socket is left as it was all the same."""
     source = tmp_path / "data"
     source.write_bytes(os.urandom(HUGE_MIB * 1024 * 1024))
     server, client = _tcp_pair()
@@ -421,7 +486,7 @@ def test_sendfile_to_a_reader_that_stopped_times_out_and_restores_the_socket(tmp
     def send() -> None:
         fd = os.open(source, os.O_RDONLY)
         try:
-            outcome.append(sendfile_module._sendfile(server, fd, 0, HUGE_MIB * 1024 * 1024))
+            outcome.append(sendfile_module._send_span(server, fd, 0, HUGE_MIB * 1024 * 1024, copy=copy))
         except OSError as exc:
             outcome.append(exc)
         finally:
@@ -467,7 +532,11 @@ def _slow_get(handle: ServerHandle, path: str) -> tuple[socket.socket, Any]:
 
 
 def test_slow_readers_hold_no_thread_and_get_exact_bodies(
-    add_archive: AddArchive, store: Path, hook: RecordingHook, monkeypatch: pytest.MonkeyPatch
+    add_archive: AddArchive,
+    store: Path,
+    hook: RecordingHook,
+    monkeypatch: pytest.MonkeyPatch,
+    plain_path: str,
 ) -> None:
     """24 readers that stop reading mid-body (more than the 16 threads) are parked in the connection loop:
     other GETs are answered meanwhile, and each parked body arrives exact once its reader reads on."""
@@ -502,6 +571,7 @@ def test_a_parked_body_survives_a_swap_and_the_connection_stays_alive(
     hook: RecordingHook,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
+    plain_path: str,
 ) -> None:
     """A body parked mid-way is all old bytes though a swap is committed meanwhile; the same connection then
     answers the next request with the new payload."""
@@ -518,6 +588,7 @@ def test_a_parked_body_survives_a_swap_and_the_connection_stays_alive(
             commit_payload(store / "huge.txt.sync", 0, new)
             assert head + reader.read(len(old) - len(head)) == old
             assert _parked(caplog) == 1
+            assert _via(caplog) == [plain_path]
             sock.sendall(f"GET /huge.txt HTTP/1.1\r\nHost: 127.0.0.1:{handle.port}\r\n\r\n".encode())
             assert reader.readline().startswith(b"HTTP/1.1 200")
             length = 0
@@ -537,6 +608,7 @@ def test_a_parked_reader_that_never_reads_is_closed_and_its_files_released(
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
+    plain_path: str,
 ) -> None:
     """A parked send without progress for the connection timeout is closed by the loop: the socket and the
     payload's duplicate descriptor go; past ``MAX_PARKED_SENDS`` a worker waits as before, with the same
