@@ -19,6 +19,11 @@ If-Modified-Since holds. The RFC says to ignore If-Modified-Since when If-None-M
 ``last_modified < D + 1 s``, so the middleware drops the header in the first case and adds one second to
 it in the second.
 
+It also reads the WebDAV ``If`` header once, strictly (``mountd.http.if_header``): a malformed one is answered
+400 (wsgidav took ``If: garbage((`` for "no condition" and went ahead); a well-formed one is handed to wsgidav
+already parsed (its tagged lists keyed by path, which wsgidav's own parser never matched) and kept in the
+environ (``IF_LISTS_KEY``) for a write to a name with no resource (``mountd.writable.conditions``).
+
 ``RequestScope`` gives each request a place to register cleanups (``on_request_end``) and runs them when
 the response has been sent or abandoned — the provider closes the snapshots it opened there, so a file
 descriptor lives exactly as long as its request, whatever wsgidav did with the resource.
@@ -37,6 +42,8 @@ from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
 from wsgidav import util as dav_util  # type: ignore[import-untyped]
+
+from mountd.http.if_header import MalformedIf, parse_if, wsgidav_form
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +214,17 @@ def _refuse(start_response: StartResponse, status: str, message: str) -> list[by
     return [body]
 
 
+#: Environ key of the request's parsed ``If`` header (``if_header.parse_if``), when it has one.
+IF_LISTS_KEY = "sync.if.lists"
+#: Longest excerpt of a parse error shown in a 400 (the header is the client's text).
+_IF_ERROR_SHOWN = 200
+
+
 class ConditionalHeaders:
-    """Make the date conditions wsgidav reads safe and right for every method.
+    """Make the conditions wsgidav reads safe and right for every method.
+
+    * A malformed ``If`` header (RFC 4918 §10.4.2) is answered 400; a well-formed one is parsed here for
+      wsgidav (``wsgidav.conditions.if``, ``wsgidav.ifLockTokenList``) and kept under ``IF_LISTS_KEY``.
 
     * A date wsgidav's own parser cannot turn into a time (``If-Modified-Since``, ``If-Unmodified-Since``
       or a date ``If-Range`` in year 10000: ``calendar.timegm`` raises ``ValueError``) answered 500 for any
@@ -223,6 +239,15 @@ class ConditionalHeaders:
         self.app = app
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
+        text = environ.get("HTTP_IF")
+        if text is not None:
+            try:
+                lists = parse_if(str(text))
+            except MalformedIf as exc:
+                message = f"malformed If header: {exc}"
+                return _refuse(start_response, "400 Bad Request", message[:_IF_ERROR_SHOWN])
+            environ[IF_LISTS_KEY] = lists
+            environ["wsgidav.conditions.if"], environ["wsgidav.ifLockTokenList"] = wsgidav_form(lists)
         for key in _DATE_CONDITIONS:
             value = environ.get(key)
             if value is not None and not _parses(value, key):

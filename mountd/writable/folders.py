@@ -46,6 +46,7 @@ from mountd.writable.archives import (
     PendingArchive,
     create_archive,
 )
+from mountd.writable.conditions import require_lock_grantable, require_preconditions_where_nothing_is
 from mountd.writable.policy import (
     WritePolicy,
     carry_properties,
@@ -189,18 +190,28 @@ class WritableCollection(Folder):
                     raise DAVError(HTTP_PRECONDITION_FAILED, "the resource exists now") from exc
                 return existing
             raise
+        self._require_preconditions(path)
         if self.environ.get("REQUEST_METHOD") == "PUT":
             # Nothing is created until the body is complete; see PendingArchive.
             return PendingArchive(path, self.environ, target, self.provider, self.policy)
-        # LOCK on an unmapped name (RFC 4918 §9.10.4): an empty file must exist from now on.
+        # LOCK on an unmapped name (RFC 4918 §9.10.4): an empty file must exist from now on, if the lock is
+        # granted (checked first: wsgidav checks after the resource exists).
+        require_lock_grantable(self.environ, path, getattr(self.provider, "lock_manager", None))
         facts = create_archive(self.policy, target, target.relative_to(self.policy.root).as_posix(), None)
         self.provider.index.learn(facts)
         self.provider.forget(self.environ)
         return self.provider.get_resource_inst(path, self.environ)
 
+    def _require_preconditions(self, path: str) -> None:
+        """412 when the request's ``If-Match`` or ``If`` is false for the new name ``path``."""
+        manager = getattr(self.provider, "lock_manager", None)
+        require_preconditions_where_nothing_is(self.environ, path, manager)
+
     def create_collection(self, name: str) -> None:
         self.policy.require_writer(self.environ, "MKCOL")
-        directory = self.policy.folder_for(dav_util.join_uri(self.path, name))
+        path = dav_util.join_uri(self.path, name)
+        directory = self.policy.folder_for(path)
+        self._require_preconditions(path)
         try:
             with pinned(self.policy.root, directory) as reached:
                 reached.mkdir()
