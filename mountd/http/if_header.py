@@ -250,7 +250,10 @@ def _entity_tag(text: str, at: int) -> tuple[str, int]:
 
 def _tag_path(uri: str) -> str:
     """A resource tag's path, percent-decoded: from an absolute URI (``http://host/a/b``) or a path."""
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError as exc:  # "Invalid IPv6 URL", say
+        raise MalformedIf(f"resource tag {uri!r}: {exc}") from exc
     path = parts.path if parts.scheme or parts.netloc else uri
     if not path.startswith("/"):
         raise MalformedIf(f"resource tag {uri!r} names no absolute path")

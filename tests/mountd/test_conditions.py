@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from dav_client import lock_body, request
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from recording_hook import RecordingHook
 from store_manifests import csv_manifest
 
@@ -101,6 +103,7 @@ def test_well_formed_if_headers_parse(text: str, expected: tuple[IfList, ...]) -
         "<http://h/a> (<urn:x>) (<urn:y>) <http://h/b>",
         "<http://h/a>",
         "<relative/path> (<urn:x>)",
+        "<http://[::1/a> (<urn:x>)",
         '(["x"y])',
         "([])",
         "([a b])",
@@ -276,3 +279,16 @@ def test_a_lock_of_a_new_name_in_a_locked_folder_creates_nothing_when_refused(
     assert (store / "d" / "new.csv.sync").exists() is (scope == "shared")
     assert _lock(wurl, "/free.csv", "exclusive")[0] == 201  # where nothing is locked, as before
     assert (store / "free.csv.sync").exists()
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet='<>()[]" \tNotW/:[]x1%', max_size=60) | st.text(max_size=60))
+def test_any_text_parses_or_is_malformed(text: str) -> None:
+    """Whatever a client sends, the parser answers lists or ``MalformedIf`` (a 400), never another error;
+    and what it answers can be handed to wsgidav and evaluated."""
+    try:
+        lists = parse_if(text)
+    except MalformedIf:
+        return
+    wsgidav_form(lists)
+    holds_where_nothing_is(lists, "/d/x", frozenset())
