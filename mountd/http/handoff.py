@@ -94,8 +94,12 @@ MEMORY_FILE_SYSTEMS = frozenset({"tmpfs", "ramfs"})
 DESCRIPTORS_PER_ENTRY = 8
 #: Most bytes one entry moves in one turn of the loop.
 TURN_BYTES = 4 * 1024 * 1024
-#: Largest count asked of one ``os.sendfile`` call of a parked send.
+#: Largest count asked of one ``os.sendfile`` call of a parked send (and read for one write when copying).
 SEND_CHUNK = 1024 * 1024
+#: Smallest read of a copying parked send: after a write the socket took only part of, the next read is as
+#: large as what it took (not less than this), and doubles again with each write taken whole, so a reader
+#: that makes little room does not have a whole ``SEND_CHUNK`` read for each small write.
+COPY_MIN = 16 * 1024
 #: Seconds between two looks at a parked send's unacknowledged bytes (``ParkedSend.expired``).
 PROGRESS_CHECK = 1.0
 #: Seconds a parked send may go without progress before it is closed (nginx's ``send_timeout``): longer
@@ -227,7 +231,8 @@ class Parked(ABC):
 class ParkedSend(Parked):
     """The rest of a payload body, sent from the loop as the socket takes it: by ``os.sendfile``, or with
     ``copy`` read into the loop thread's buffer (``copy_buffer``) and written (bytes the socket did not take
-    are read again from the file next time, at their offset).
+    are read again from the file next time, at their offset; reads follow what the socket takes,
+    ``COPY_MIN``).
 
     Attributes:
         file_fd: A duplicate of the payload's descriptor (or a spilled document's file), owned by this entry.
@@ -238,7 +243,7 @@ class ParkedSend(Parked):
         copy: Copy instead of ``os.sendfile`` (a loopback reader: ``mountd.http.sendfile``).
     """
 
-    __slots__ = ("_moved", "copy", "file_fd", "offset", "on_sent", "spilled")
+    __slots__ = ("_chunk", "_moved", "copy", "file_fd", "offset", "on_sent", "spilled")
 
     def __init__(
         self,
@@ -259,6 +264,7 @@ class ParkedSend(Parked):
         self.spilled = spilled
         self.copy = copy
         self._moved = 0
+        self._chunk = SEND_CHUNK  # the next read when copying
 
     def pump(self) -> bool:
         """Send what the socket takes now; True once the body is out or cannot be (``failed``)."""
@@ -269,7 +275,7 @@ class ParkedSend(Parked):
                 if buffer is None:
                     n = os.sendfile(self.fd, self.file_fd, self.offset, min(self.remaining, SEND_CHUNK))
                 else:
-                    got = os.preadv(self.file_fd, [buffer[: min(self.remaining, SEND_CHUNK)]], self.offset)
+                    got = os.preadv(self.file_fd, [buffer[: min(self.remaining, self._chunk)]], self.offset)
                     n = os.write(self.fd, buffer[:got]) if got else 0  # the socket is non-blocking
             except BlockingIOError:
                 return False
@@ -287,6 +293,11 @@ class ParkedSend(Parked):
             self._last_used = time.time()
             if self.remaining == 0:
                 return True
+            if buffer is not None:
+                if n < got:  # the socket is full: wait for room, then read about as much as it took
+                    self._chunk = max(COPY_MIN, n)
+                    return False
+                self._chunk = min(SEND_CHUNK, self._chunk * 2)
         return False
 
     def release(self) -> None:

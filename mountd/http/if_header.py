@@ -25,12 +25,18 @@ brackets.
 One leniency: a header that ends inside its last list, after at least one complete list, is taken without
 that list. litmus builds ``(<token> ["etag"]) (Not <DAV:no-lock> ["etag"])`` in a 200-byte buffer and cuts
 it off there when the entity tags are as long as ours (64 hex digits); a client with such a buffer means the
-lists it finished. Leaving a list out can only make the header stricter: one alternative fewer, and its
-tokens not submitted.
+lists it finished. Leaving such a list out can only make the header stricter (one alternative fewer for
+the same resource, and its tokens not submitted), so it is done only where that holds: in an untagged
+header, or after a complete list of the same tag; a tag whose only list is cut off is malformed (dropping
+it would drop every condition on its resource).
+
+The value is decoded as UTF-8 where cheroot gave it as Latin-1 (raw non-ASCII bytes in a tag, as
+``PATH_INFO`` is re-decoded), so a tag naming ``/ä.txt`` unencoded matches that resource.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 from urllib.parse import quote, unquote, urlsplit
 
@@ -83,6 +89,10 @@ def parse_if(text: str) -> tuple[IfList, ...]:
     """
     if len(text) > MAX_IF_LENGTH:
         raise MalformedIf(f"longer than {MAX_IF_LENGTH} characters")
+    if not text.isascii():
+        # (not bytes cheroot decoded, or not UTF-8: read as it is)
+        with contextlib.suppress(UnicodeError):
+            text = text.encode("latin-1").decode("utf-8")
     lists: list[IfList] = []
     tagged: bool | None = None
     resource: str | None = None
@@ -104,7 +114,7 @@ def parse_if(text: str) -> tuple[IfList, ...]:
             try:
                 conditions, at = _list(text, at)
             except _CutOff:
-                if lists:
+                if lists and (not tagged or tag_has_list):
                     return tuple(lists)  # the lists before the one cut off (see the module's docstring)
                 raise
             lists.append(IfList(resource if tagged else None, conditions))

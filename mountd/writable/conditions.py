@@ -60,13 +60,14 @@ def require_preconditions_where_nothing_is(environ: dict[str, Any], path: str, l
         raise DAVError(HTTP_PRECONDITION_FAILED, "'If' header condition failed: no resource is there")
 
 
-def require_lock_grantable(environ: dict[str, Any], path: str, lock_manager: Any) -> None:
+def require_lock_grantable(environ: dict[str, Any], path: str, folder_url: str, lock_manager: Any) -> None:
     """Raise 423 when the LOCK this request asks for at the new name ``path`` would conflict with a lock
     that covers it, before anything is made there.
 
     Args:
         environ: The LOCK request's environ (its body screened and buffered by ``XmlBodyLimit``).
         path: The new resource's path (wsgidav's, percent-decoded).
+        folder_url: The folder's reference URL (quoted, with its trailing slash), where the member is made.
         lock_manager: The provider's lock manager, or None (no locks: nothing to check).
 
     Raises:
@@ -80,8 +81,9 @@ def require_lock_grantable(environ: dict[str, Any], path: str, lock_manager: Any
     url = quote(path)
     tokens = environ.get("wsgidav.ifLockTokenList", [])
     principal = environ.get("wsgidav.user_name")
-    # Making a member of a locked folder is a write to it: the lock's token is needed, as for a PUT.
-    lock_manager.check_write_permission(url=url, depth="0", token_list=tokens, principal=principal)
+    # Making a member of a locked folder is a write to it: the token of its lock (a Depth 0 lock on the folder
+    # itself, or a Depth infinity one on it or above) is needed, checked as a PUT checks the folder.
+    lock_manager.check_write_permission(url=folder_url, depth="0", token_list=tokens, principal=principal)
     # wsgidav's own rule, the one ``acquire`` applies right after (a private method of the pinned version).
     scope = _asked_scope(environ)
     lock_manager._check_lock_permission(url, "write", scope, depth, tokens, principal)

@@ -196,7 +196,9 @@ class WritableCollection(Folder):
             return PendingArchive(path, self.environ, target, self.provider, self.policy)
         # LOCK on an unmapped name (RFC 4918 §9.10.4): an empty file must exist from now on, if the lock is
         # granted (checked first: wsgidav checks after the resource exists).
-        require_lock_grantable(self.environ, path, getattr(self.provider, "lock_manager", None))
+        require_lock_grantable(
+            self.environ, path, self.get_ref_url(), getattr(self.provider, "lock_manager", None)
+        )
         facts = create_archive(self.policy, target, target.relative_to(self.policy.root).as_posix(), None)
         self.provider.index.learn(facts)
         self.provider.forget(self.environ)

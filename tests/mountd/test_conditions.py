@@ -110,6 +110,8 @@ def test_well_formed_if_headers_parse(text: str, expected: tuple[IfList, ...]) -
         "(urn:x)",
         '(["cut',
         "<http://h/a> (<urn:x",
+        # a tag whose only list is cut off: dropping it would drop every condition on its resource
+        '</other> (<DAV:no-lock>) </a.txt> (["bogus"',
         "(" * 10 + "x",
     ],
 )
@@ -117,6 +119,21 @@ def test_malformed_if_headers_are_refused(text: str) -> None:
     """Anything else is malformed, a header cut off before any complete list too."""
     with pytest.raises(MalformedIf):
         parse_if(text)
+
+
+def test_a_cut_off_list_is_left_out_only_where_that_is_stricter() -> None:
+    """Untagged, or after a complete list of the same tag: the finished lists are kept."""
+    assert parse_if("(<urn:a>) (<urn:b") == (IfList(None, (Condition(False, "locktoken", "urn:a"),)),)
+    tagged = parse_if("</a> (<urn:a>) (<urn:b")
+    assert tagged == (IfList("/a", (Condition(False, "locktoken", "urn:a"),)),)
+
+
+def test_raw_utf8_in_the_header_is_read_as_utf8() -> None:
+    """cheroot hands header bytes over as Latin-1; a tag naming ``/ä.csv`` unencoded names that resource, as
+    its percent-encoded form does."""
+    raw = '</d/ä.csv> (["x"])'.encode().decode("latin-1")
+    assert parse_if(raw)[0].resource == "/d/ä.csv"
+    assert parse_if('</d/%C3%A4.csv> (["x"])')[0].resource == "/d/ä.csv"
 
 
 def test_the_parse_is_handed_to_wsgidav_keyed_as_its_resources_name_themselves() -> None:
@@ -234,6 +251,16 @@ def test_put_and_mkcol_of_a_new_name_honour_their_conditions(
     assert (store / "e").is_dir() is (status == 201)
 
 
+def test_a_tag_in_raw_utf8_names_its_resource(wurl: str, store: Path) -> None:
+    """A tag naming the new name ``/ä.csv`` in raw UTF-8 bytes applies to it (412 with an entity tag), as
+    the percent-encoded tag does; it was matched against nothing, and the PUT went ahead."""
+    raw = {"If": '</ä.csv> (["abc"])'.encode().decode("latin-1")}
+    assert request(wurl, "PUT", "/%C3%A4.csv", headers=raw, body=b"x\n").status == 412
+    encoded = {"If": '</%C3%A4.csv> (["abc"])'}
+    assert request(wurl, "PUT", "/%C3%A4.csv", headers=encoded, body=b"x\n").status == 412
+    assert not (store / "ä.csv.sync").exists()
+
+
 def test_a_tagged_list_naming_an_existing_archive_by_its_url_is_evaluated(wurl: str, store: Path) -> None:
     """``<http://host/a.csv> (["old etag"])`` on a PUT of ``/a.csv`` is 412 (wsgidav keyed the list by the
     URL's text and never found it: the PUT went ahead); with the current entity tag it replaces the file."""
@@ -279,6 +306,26 @@ def test_a_lock_of_a_new_name_in_a_locked_folder_creates_nothing_when_refused(
     assert (store / "d" / "new.csv.sync").exists() is (scope == "shared")
     assert _lock(wurl, "/free.csv", "exclusive")[0] == 201  # where nothing is locked, as before
     assert (store / "free.csv.sync").exists()
+
+
+def test_a_lock_of_a_new_name_in_a_folder_locked_depth_0_needs_the_folders_token(
+    wurl: str, store: Path
+) -> None:
+    """A Depth 0 lock protects the folder's membership (RFC 4918 §7.5): a LOCK of a new name in it without
+    the folder's token is 423 and makes nothing, as a PUT or MKCOL is (it made the member before); with
+    the token it is granted (the folder's Depth 0 lock does not conflict with a lock on a member)."""
+    answer = request(
+        wurl, "LOCK", "/d/", headers={"Depth": "0", "Content-Type": "application/xml"}, body=lock_body()
+    )
+    token = (answer.header("Lock-Token") or "").strip("<>")
+    assert answer.status == 200
+    assert token
+    assert request(wurl, "PUT", "/d/put.csv", body=b"x\n").status == 423
+    assert _lock(wurl, "/d/sneaky.csv")[0] == 423
+    assert list((store / "d").iterdir()) == []
+    tagged = f"<{wurl}/d/> (<{token}>)"
+    assert _lock(wurl, "/d/mine.csv", If=tagged)[0] == 201
+    assert [p.name for p in (store / "d").iterdir()] == ["mine.csv.sync"]
 
 
 @settings(max_examples=2000, deadline=None)

@@ -720,3 +720,57 @@ def test_a_reader_reading_on_slowly_is_not_cut_though_no_send_is_possible(
         finally:
             reader.close()
             sock.close()
+
+
+class _Loop:
+    """The owner a parked send reports its end to (``handoff.Owner``), as the connection loop is."""
+
+    def end(self, entry: object) -> None:
+        pass
+
+
+class _Conn:
+    def __init__(self, sock: socket.socket) -> None:
+        self.socket = sock
+
+
+def test_a_copying_parked_send_reads_about_what_its_reader_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loopback reader that makes little room at a time: the loop's copying send reads, per write, about as
+    much as the socket took the time before (not ``SEND_CHUNK`` for each small write: a reader taking 500
+    bytes at a time had it read 1 MiB per write), and the bytes arrive exact."""
+    data = os.urandom(512 * 1024)
+    source = tmp_path / "data"
+    source.write_bytes(data)
+    server, client = _tcp_pair()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    server.setblocking(False)
+    read = [0]
+    real_preadv = os.preadv
+
+    def counting_preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        got = real_preadv(fd, buffers, offset)
+        read[0] += got
+        return got
+
+    monkeypatch.setattr(handoff.os, "preadv", counting_preadv)
+    fd = os.open(source, os.O_RDONLY)
+    entry = handoff.ParkedSend(_Loop(), _Conn(server), fd, 0, len(data), copy=True)  # type: ignore[arg-type]
+    received = bytearray()
+    try:
+        for _ in range(100_000):
+            if entry.pump():
+                break
+            received += client.recv(65536)
+        server.shutdown(socket.SHUT_WR)
+        while chunk := client.recv(65536):
+            received += chunk
+    finally:
+        entry.release()
+        server.close()
+        client.close()
+    assert not entry.failed
+    assert bytes(received) == data
+    assert read[0] < 4 * len(data), f"read {read[0]} bytes of the file to send {len(data)}"
