@@ -4,7 +4,10 @@
 ``hash_algo = "blake3"``, ``created_at`` = now (``YYYY-MM-DDTHH:MM:SSZ``), variant plain. ``display_ext`` is
 the extension of the input file's name by Rust's rule (text after the last dot, none for dot-files; a
 trailing ``.sync`` is stripped first; whitespace and leading dots trimmed) and ``content_type`` comes from
-the spec's table, looked up with the effective ``display_ext`` lower-cased.
+the spec's table, looked up with the effective ``display_ext`` lower-cased. Where that text is no
+extension a manifest may carry (``sync_format.media``: ``Dr. Who notes``, ``prog.c++``, ``x.ä``, over 32
+characters), the file has none (``""``): the reference wrote it anyway, making an archive no strict reader
+serves, and an upload of such a name failed (500).
 
 ``syncctl pack`` and the writable store of ``mountd`` (which wraps every upload with it) share this one copy.
 Uploads differ in one field: ``ownership.write_allowed`` is true, because a file a user put into a writable
@@ -26,6 +29,7 @@ from sync_format.manifest import (
     PolicySection,
     SyncSection,
 )
+from sync_format.media import display_ext_problem
 
 #: ``meta.created_by`` of unsigned archives when none is given.
 DEFAULT_CREATED_BY = "sync-fs"
@@ -77,7 +81,8 @@ def extension_of(name: str) -> str:
         name: A file name or path (``report.csv``, ``notes.md.sync``, ``.bashrc``).
 
     Returns:
-        The extension (``csv``, ``md``), or ``""`` when there is none.
+        The extension (``csv``, ``md``), or ``""`` when there is none, or when the text after the last dot
+        is no ``display_ext`` a manifest may carry (``media.display_ext_problem``).
     """
     base = PurePath(name).name
     if base.endswith(_SYNC_SUFFIX):
@@ -85,7 +90,8 @@ def extension_of(name: str) -> str:
     dot = base.rfind(".")
     if dot <= 0:  # no dot, or a dot-file such as ".bashrc": Rust's Path::extension gives None
         return ""
-    return clean_ext(base[dot + 1 :])
+    ext = clean_ext(base[dot + 1 :])
+    return ext if display_ext_problem(ext) is None else ""
 
 
 def content_type_for(display_ext: str) -> str:

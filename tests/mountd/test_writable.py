@@ -10,7 +10,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
 from dav_client import lock_body, names, propfind, request
@@ -603,3 +603,25 @@ def test_an_upload_that_cannot_close_its_temp_file_still_cleans_up(tmp_path: Pat
     sink.discard()
     assert list((tmp_path / "dir").iterdir()) == []
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.parametrize(
+    "name", ["Dr. Who notes", "version 1.0 draft", "prog.c++", "photo.jpg copy", "x.\u00e4", "x." + "e" * 40]
+)
+def test_a_name_whose_last_dot_starts_no_extension_is_stored_under_that_name(
+    wurl: str, store: Path, name: str
+) -> None:
+    """A file whose text after the last dot is no extension a manifest may carry (a space, ``+``, a
+    non-ASCII letter, too long) is stored and listed under its name, as ``application/octet-stream``, with
+    no extension in its manifest (it was 500: the upload template wrote that text as ``display_ext``, which
+    the manifest refused). rclone copies a file called "Dr. Who notes" this way."""
+    path = "/" + quote(name)
+    assert request(wurl, "PUT", path, body=b"hello\n").status == 201
+    got = request(wurl, "GET", path)
+    assert got.status == 200
+    assert got.body == b"hello\n"
+    assert got.header("Content-Type") == "application/octet-stream"
+    assert name in names(propfind(wurl, "/"))
+    with open_archive(store / f"{name}.sync") as snapshot:
+        assert snapshot.manifest.sync.display_ext == ""
+    assert request(wurl, "LOCK", "/" + quote("another " + name), body=lock_body()).status == 201

@@ -259,10 +259,17 @@ def test_pack_rejects_a_context_that_is_not_a_json_object(payload: Path, tmp_pat
         (".bashrc", "", "application/octet-stream"),
         ("README", "", "application/octet-stream"),
         ("x.sync", "", "application/octet-stream"),
+        ("Dr. Who notes", "", "application/octet-stream"),
+        ("prog.c++", "", "application/octet-stream"),
+        ("x.\u00e4", "", "application/octet-stream"),
+        ("photo.jpg copy", "", "application/octet-stream"),
+        ("x." + "e" * 33, "", "application/octet-stream"),
+        ("x." + "e" * 32, "e" * 32, "application/octet-stream"),
     ],
 )
 def test_template_extension_and_content_type(name: str, ext: str, content_type: str) -> None:
-    """display_ext follows Rust's extension rule after stripping .sync; content_type the spec's table."""
+    """display_ext follows Rust's extension rule after stripping .sync, and is none where that text is no
+    extension a manifest may carry; content_type the spec's table."""
     assert extension_of(name) == ext
     assert content_type_for(ext) == content_type
 
