@@ -162,7 +162,7 @@ class ArchiveWrites(DAVNonCollection):  # type: ignore[misc]  # wsgidav is untyp
         if isinstance(existing, ArchiveWrites):
             target = existing.archive
         else:
-            target = self.policy.archive_for(dest_path)
+            target = self.policy.archive_for(dest_path, self.facts.display_ext)
         if is_move:
             self._rename(target)
             # A lock does not move with its resource (RFC 4918 §7.7): left on the old name it would keep

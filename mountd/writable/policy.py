@@ -154,7 +154,7 @@ class WritePolicy:
         for archive in sorted(walked.rglob("*.sync")):
             self.require_replaceable(directory / archive.relative_to(walked), what, reached=archive)
 
-    def archive_for(self, path: str) -> Path:
+    def archive_for(self, path: str, display_ext: str | None = None) -> Path:
         """The archive file a new resource's request path creates (``/a/x.csv`` → ``<root>/a/x.csv.sync``):
         a PUT or LOCK of a name no archive is listed under, or the destination of a COPY or MOVE.
 
@@ -168,21 +168,28 @@ class WritePolicy:
 
         Args:
             path: A request path of a file.
+            display_ext: The ``display_ext`` the archive will have: a COPY or MOVE keeps its source's
+                manifest (``/v/zz`` copied from ``x.txt`` would be listed as ``zz.txt``); None for a new
+                archive from the upload template, which derives it from the name.
 
         Returns:
             The archive path.
 
         Raises:
             DAVError: 403 for names the store cannot hold (hidden, invalid, too long) or that would be listed
-                under another name (a name ending in ``.sync``); 409 when a file of that name exists.
+                under another name (a name ending in ``.sync``, or a copy's name without its extension); 409
+                when a file of that name exists.
         """
         relative = self._relative(path)
         target = store_path_for(self.root, relative.as_posix())
-        shown = writable_display_name(target, extension_of(target.name))
+        shown = writable_display_name(
+            target, extension_of(target.name) if display_ext is None else display_ext
+        )
         if shown != relative.name:
             reason = (
                 f"a new file named {relative.name!r} would be listed as {shown!r}"
-                " (names ending in .sync are the store's own file names): choose another name"
+                " (names ending in .sync are the store's own file names; a copy keeps its type and so its"
+                " extension): choose another name"
             )
             raise dav_error(WriteRefused(path, reason), path)
         if os.path.lexists(target):

@@ -100,10 +100,12 @@ def test_an_archive_named_by_its_file_name_is_neither_replaced_nor_hidden(
     ):
         assert request(wurl, "PUT", name, body=b"evil\n").status == status, name
         assert request(wurl, "LOCK", name, body=LOCK_BODY).status == status, name
+        # A copy of mine.csv keeps its csv type: at /report it would be listed as report.csv (403 first).
+        copied = 403 if name == "/report" else status
         for method in ("COPY", "MOVE"):
             for overwrite in ("F", "T"):
                 headers = {"Destination": wurl + name, "Overwrite": overwrite}
-                assert request(wurl, method, "/mine.csv", headers=headers).status == status, (name, method)
+                assert request(wurl, method, "/mine.csv", headers=headers).status == copied, (name, method)
     for archive in ("a.csv.sync", "report.sync", "r.sync", "dir/b.csv.sync"):
         assert _payload(store / archive) == PROTECTED, archive
     assert _payload(store / "mine.csv.sync") == b"mine\n"

@@ -625,3 +625,21 @@ def test_a_name_whose_last_dot_starts_no_extension_is_stored_under_that_name(
     with open_archive(store / f"{name}.sync") as snapshot:
         assert snapshot.manifest.sync.display_ext == ""
     assert request(wurl, "LOCK", "/" + quote("another " + name), body=lock_body()).status == 201
+
+
+@pytest.mark.parametrize("method", ["COPY", "MOVE"])
+def test_a_copy_or_move_is_listed_under_the_name_asked_for_or_refused(
+    wurl: str, store: Path, method: str
+) -> None:
+    """A copy keeps its source's manifest, so ``/a.txt`` copied to ``/zz`` would be listed as ``zz.txt``
+    (it was: 201, and ``/zz`` stayed 404): refused with 403 naming the listed name, nothing made; to
+    ``/zz.txt`` it is made and listed there."""
+    assert request(wurl, "PUT", "/a.txt", body=b"a\n").status == 201
+    refused = request(wurl, method, "/a.txt", headers={"Destination": f"{wurl}/zz"})
+    assert refused.status == 403
+    assert b"zz.txt" in refused.body
+    assert not (store / "zz.sync").exists()
+    assert (store / "a.txt.sync").exists()
+    assert request(wurl, method, "/a.txt", headers={"Destination": f"{wurl}/zz.txt"}).status == 201
+    assert request(wurl, "GET", "/zz.txt").body == b"a\n"
+    assert (store / "a.txt.sync").exists() is (method == "COPY")
