@@ -12,8 +12,9 @@ so such a request is answered 412 and nothing is created. ``If-None-Match`` hold
 A LOCK of a new name makes an empty archive there (RFC 4918 §9.10.4); wsgidav made it first and checked the
 lock's conflicts afterwards, so a LOCK under a folder someone else had locked (exclusive, Depth infinity)
 was answered 423 and left its empty archive in the locked folder: anyone allowed to write could add files
-to a folder another client held locked, and a shared lock on a folder let anyone without its token add a
-member by locking a new name (a PUT of that name needs the token). ``require_lock_grantable`` checks the
+to a folder another client held locked; and a shared lock on a folder, or any lock of Depth 0 (which
+protects the folder's membership), let anyone without its token add a member by locking a new name (a PUT
+of that name needs the token). ``require_lock_grantable`` checks the
 write to the folder (its covering locks' tokens must be submitted, as for a PUT) and runs wsgidav's own
 conflict check for the lock asked for (scope from the screened body, depth from the header) before anything
 is created.
