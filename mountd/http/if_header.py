@@ -146,7 +146,7 @@ def wsgidav_form(lists: tuple[IfList, ...]) -> tuple[dict[str, list[list[tuple[b
         if entry.resource is None:
             keys = ["*"]
         else:
-            bare = quote(entry.resource.rstrip("/") or "/")
+            bare = quote(_bare(entry.resource))
             keys = [bare] if bare == "/" else [bare, bare + "/"]
         for key in keys:
             by_resource.setdefault(key, []).append(tests)
@@ -168,15 +168,16 @@ def holds_where_nothing_is(lists: tuple[IfList, ...], path: str, tokens: frozens
     Returns:
         True when the request may go ahead.
     """
-    wanted = path.rstrip("/") or "/"
-    about = [
-        entry.conditions
-        for entry in lists
-        if entry.resource is None or (entry.resource.rstrip("/") or "/") == wanted
-    ]
+    wanted = _bare(path)
+    about = [entry.conditions for entry in lists if entry.resource is None or _bare(entry.resource) == wanted]
     if not about:
         return True
     return any(all(_holds(condition, tokens) for condition in conditions) for conditions in about)
+
+
+def _bare(path: str) -> str:
+    """A path without its trailing slash (a folder's tag names it with or without one); ``/`` stays."""
+    return path.rstrip("/") or "/"
 
 
 def _holds(condition: Condition, tokens: frozenset[str]) -> bool:

@@ -49,21 +49,23 @@ SHORT_TIMEOUT = 1
 LOGGER = "mountd.http.sendfile"
 
 
+def _take_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    value: str = request.param
+    monkeypatch.setattr(PayloadGateway, "copy_to_loopback", value == "loopback")
+    return value
+
+
 @pytest.fixture(params=["sendfile", "loopback"])
 def plain_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """The path of a span on a plain socket to this (loopback) test client: ``os.sendfile`` (as to a peer
     off this machine) or the loopback copy."""
-    value: str = request.param
-    monkeypatch.setattr(PayloadGateway, "copy_to_loopback", value == "loopback")
-    return value
+    return _take_path(request, monkeypatch)
 
 
 @pytest.fixture(params=["sendfile", "loopback", "copy"])
 def span_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """``plain_path``'s two, or the copy path forced (``sendfile=False``)."""
-    value: str = request.param
-    monkeypatch.setattr(PayloadGateway, "copy_to_loopback", value == "loopback")
-    return value
+    return _take_path(request, monkeypatch)
 
 
 @pytest.fixture
@@ -424,6 +426,30 @@ def test_loopback_peers_are_told_from_others() -> None:
         for server, client in pairs:
             server.close()
             client.close()
+
+
+class _PeerOf:
+    """What ``_is_loopback`` reads of a socket, for a peer this test cannot reach from 127.0.0.1."""
+
+    def __init__(self, family: int, host: str) -> None:
+        self.family = family
+        self.host = host
+
+    def getpeername(self) -> tuple[object, ...]:
+        return (self.host, 8080) if self.family == socket.AF_INET else (self.host, 8080, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("family", "host", "loopback"),
+    [
+        (socket.AF_INET, "192.168.1.20", False),
+        (socket.AF_INET6, "2001:db8::1", False),
+        (socket.AF_INET, "127.0.0.1", True),
+    ],
+)
+def test_a_peer_off_this_machine_keeps_sendfile(family: int, host: str, loopback: bool) -> None:
+    """The socket's own peer address decides: one off the loopback range is not loopback."""
+    assert sendfile_module._is_loopback(_PeerOf(family, host)) is loopback  # type: ignore[arg-type]
 
 
 def _send_timeout(sock: socket.socket) -> tuple[int, int]:
